@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Set up (or reuse) .venv and run tl-langneurons:   ./run.sh demo  |  ./run.sh test  |  ./run.sh <subcommand> ...
+# Torch is installed first: TL_LANGNEURONS_TORCH overrides the requirement (default torch==2.13.0,
+# the CPU wheel on this kind of machine; e.g. TL_LANGNEURONS_TORCH="torch" for a CUDA build).
+set -euo pipefail
+cd "$(dirname "$0")"
+VENV="${TL_LANGNEURONS_VENV:-.venv}"
+PY="${PYTHON:-python3}"
+if [ ! -x "$VENV/bin/python" ]; then
+  "$PY" -m venv "$VENV"
+  "$VENV/bin/pip" install -q --upgrade pip
+fi
+stamp="$VENV/.tl_langneurons_installed"
+want="$(cat pyproject.toml | sha256sum | cut -c1-16)-${TL_LANGNEURONS_TORCH:-torch==2.13.0}"
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+  "$VENV/bin/pip" install -q "${TL_LANGNEURONS_TORCH:-torch==2.13.0}"
+  "$VENV/bin/pip" install -q -e ".[test]"
+  echo "$want" > "$stamp"
+fi
+cmd="${1:-demo}"; shift || true
+case "$cmd" in
+  test) exec "$VENV/bin/python" -m pytest -q "$@" ;;
+  *) exec "$VENV/bin/tl-langneurons" "$cmd" "$@" ;;
+esac
