@@ -1,0 +1,287 @@
+"""Language-specific neurons: ``find_neurons`` (steps 1-3) and the ``LanguageNeurons`` result.
+
+``LanguageNeurons`` holds, per language, the top-k, bottom-k and middle-k neurons by AP with
+their AP, clamp value (median over the language's texts) and on/off statistics. It saves and
+loads itself, prints a summary, and gives clamp hooks for TransformerLens.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from jaxtyping import Float
+from safetensors import SafetensorError
+from torch import Tensor
+
+from .activations import POOLINGS, PooledActivations, collect
+from .corpus import MultilingualCorpus
+from .errors import LangNeuronsError
+from .intervention import clamp_hooks
+from .models import model_name
+from .provenance import atomic_write_bytes, atomic_write_json, atomic_write_text, package_versions
+from .ranking import average_precision, bottom_k, check_k, middle_k, parse_k, top_k
+from .sites import NeuronIndex, resolve_sites
+
+WHICH = ("top", "bottom", "middle")
+FORMAT_VERSION = 1
+
+
+@dataclass
+class FindConfig:
+    """Settings of detection; defaults are the paper's."""
+
+    sites: str = "mlp_post"
+    pooling: str = "mean"
+    include_bos: bool = True
+    k: int | str = 1000
+    batch_size: int = 32
+    max_batch_tokens: int = 8192
+    max_length: int = 512
+
+    def __post_init__(self) -> None:
+        if self.pooling not in POOLINGS:
+            raise LangNeuronsError(f"unknown pooling {self.pooling!r}; use one of {', '.join(POOLINGS)}")
+        if self.batch_size < 1 or self.max_batch_tokens < 1:
+            raise LangNeuronsError("batch_size and max_batch_tokens must be positive")
+        if isinstance(self.k, (int, np.integer)) and not isinstance(self.k, bool):
+            check_k(int(self.k), 10**12)
+
+
+@dataclass
+class NeuronSet:
+    """Selected neurons of one language and kind, with their statistics (all [k])."""
+
+    neurons: Tensor  # int64 global indices
+    ap: Tensor
+    median_on: Tensor  # clamp value: median pooled value over the language's texts
+    mean_on: Tensor
+    std_on: Tensor
+    mean_off: Tensor
+    std_off: Tensor
+
+    FIELDS = ("neurons", "ap", "median_on", "mean_on", "std_on", "mean_off", "std_off")
+
+
+def _stats(values: Tensor, pos: Tensor, neurons: Tensor, ap: Tensor) -> NeuronSet:
+    v = values[:, neurons].double()
+    on, off = v[pos], v[~pos]
+    return NeuronSet(
+        neurons=neurons.clone(), ap=ap[neurons].double(),
+        median_on=torch.quantile(on, 0.5, dim=0).float(),  # numpy-style median (mean of the middle two)
+        mean_on=on.mean(0).float(), std_on=on.std(0).float(),
+        mean_off=off.mean(0).float(), std_off=off.std(0).float(),
+    )
+
+
+@dataclass
+class LanguageNeurons:
+    """The language-specific neurons of one model, per language (see module docstring)."""
+
+    languages: list[str]
+    index: NeuronIndex
+    k: int
+    sets: dict[str, dict[str, NeuronSet]]
+    ap: Float[Tensor, "language neuron"]
+    meta: dict = field(default_factory=dict)
+
+    # ---- construction ---------------------------------------------------------------------
+    @classmethod
+    def from_activations(cls, pooled: PooledActivations, labels: np.ndarray, languages: Sequence[str],
+                         k: int | str = 1000, meta: dict | None = None, progress: bool = False) -> "LanguageNeurons":
+        """Rank and select from pooled activations (steps 2-3)."""
+        k = parse_k(k, pooled.index.n_neurons)
+        labels = np.asarray(labels)
+        ap = average_precision(pooled.values, labels, len(languages), progress=progress)
+        sets: dict[str, dict[str, NeuronSet]] = {}
+        for li, lang in enumerate(languages):
+            pos = torch.as_tensor(labels == li)
+            sets[lang] = {
+                "top": _stats(pooled.values, pos, top_k(ap[li], k), ap[li]),
+                "bottom": _stats(pooled.values, pos, bottom_k(ap[li], k), ap[li]),
+                "middle": _stats(pooled.values, pos, middle_k(ap[li], k), ap[li]),
+            }
+        m = dict(meta or {})
+        m.update({"k": k, "k_fraction": k / pooled.index.n_neurons, "n_neurons": pooled.index.n_neurons,
+                  "pooling": pooled.meta.get("pooling"), "include_bos": pooled.meta.get("include_bos"),
+                  "sites": pooled.index.spec})
+        return cls(list(languages), pooled.index, k, sets, ap.float(), m)
+
+    # ---- access ---------------------------------------------------------------------------
+    def _check_lang(self, lang: str) -> None:
+        if lang not in self.sets:
+            raise LangNeuronsError(f"no neurons for language {lang!r}; this result has {', '.join(self.languages)}")
+
+    def selected(self, lang: str, which: str = "both") -> tuple[Tensor, Tensor]:
+        """(neurons, median clamp values) of ``which``: top, bottom, both (top + bottom) or middle."""
+        self._check_lang(lang)
+        kinds = {"both": ("top", "bottom"), "top": ("top",), "bottom": ("bottom",), "middle": ("middle",)}
+        if which not in kinds:
+            raise LangNeuronsError(f"unknown neuron set {which!r}; use top, bottom, both or middle")
+        sets = [self.sets[lang][w] for w in kinds[which]]
+        return torch.cat([s.neurons for s in sets]), torch.cat([s.median_on for s in sets])
+
+    def hooks(self, lang: str, which: str = "both", value: str | float = "median", scale: float = 1.0,
+              positions: str = "all", k: int | None = None) -> list[tuple[str, Callable]]:
+        """TransformerLens ``fwd_hooks`` that clamp the language's neurons.
+
+        ``value``: "median" (the paper: median over the language's texts), "zero", or a number.
+        ``scale`` multiplies the value. ``k`` uses only the first k of each set (k <= self.k).
+        ``positions``: "all" (the paper) or "last" (only the newest position).
+        """
+        neurons, medians = self.selected(lang, which)
+        if k is not None:
+            check_k(k, self.k)
+            parts = [self.sets[lang][w] for w in (("top", "bottom") if which == "both" else (which,))]
+            neurons = torch.cat([p.neurons[:k] for p in parts])
+            medians = torch.cat([p.median_on[:k] for p in parts])
+        if value == "median":
+            vals = medians
+        elif value == "zero":
+            vals = torch.zeros_like(medians)
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            vals = torch.full_like(medians, float(value))
+        else:
+            raise LangNeuronsError(f"unknown clamp value {value!r}; use median, zero or a number")
+        return clamp_hooks(self.index, neurons, vals * float(scale), positions)
+
+    def table(self, lang: str, which: str = "top") -> list[dict]:
+        """One row per selected neuron: rank, hook, layer, unit, AP and statistics."""
+        self._check_lang(lang)
+        s = self.sets[lang][which]
+        rows = self.index.table(s.neurons.tolist())
+        for r, row in enumerate(rows):
+            row.update({"lang": lang, "which": which, "rank": r + 1, "ap": float(s.ap[r]),
+                        "median_on": float(s.median_on[r]), "mean_on": float(s.mean_on[r]),
+                        "mean_off": float(s.mean_off[r])})
+        return rows
+
+    def summary(self) -> str:
+        """Markdown table: per language the mean AP of top/middle/bottom and their mean values."""
+        lines = [f"Language neurons of {self.meta.get('model', '?')} at {self.index.spec} "
+                 f"({self.index.n_neurons} neurons, k={self.k}, pooling={self.meta.get('pooling')})", "",
+                 "| lang | top mean AP | top min AP | middle mean AP | bottom mean AP | bottom max AP | top mean on/off | bottom mean on/off |",
+                 "|---|---|---|---|---|---|---|---|"]
+        for lang in self.languages:
+            t, mi, b = (self.sets[lang][w] for w in WHICH[:1] + ("middle", "bottom"))
+            lines.append(
+                f"| {lang} | {t.ap.mean():.3f} | {t.ap.min():.3f} | {mi.ap.mean():.3f} | {b.ap.mean():.3f} | "
+                f"{b.ap.max():.3f} | {t.mean_on.mean():+.3f} / {t.mean_off.mean():+.3f} | "
+                f"{b.mean_on.mean():+.3f} / {b.mean_off.mean():+.3f} |")
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return (f"LanguageNeurons(languages={self.languages}, k={self.k}, sites={self.index.spec!r}, "
+                f"n_neurons={self.index.n_neurons})")
+
+    # ---- persistence ----------------------------------------------------------------------
+    def save(self, directory: str | Path) -> Path:
+        """Write ``neurons.safetensors``, ``neurons.json``, ``neurons.csv`` and ``summary.md`` (each atomically)."""
+        from safetensors.torch import save
+
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        tensors = {"ap": self.ap.float().contiguous()}
+        for lang, sets in self.sets.items():
+            for which, s in sets.items():
+                for f in NeuronSet.FIELDS:
+                    tensors[f"{lang}.{which}.{f}"] = getattr(s, f).contiguous()
+        atomic_write_bytes(d / "neurons.safetensors", save(tensors))
+        atomic_write_json(d / "neurons.json", {
+            "format": FORMAT_VERSION, "languages": self.languages, "k": self.k,
+            "index": self.index.to_dict(), "meta": {k: v for k, v in self.meta.items() if k != "timings"},
+        })
+        if "timings" in self.meta:  # kept apart so that neurons.json is byte-identical across runs
+            atomic_write_json(d / "timings.json", self.meta["timings"])
+        rows = [r for lang in self.languages for w in WHICH for r in self.table(lang, w)]
+        cols = ["lang", "which", "rank", "neuron", "hook", "layer", "unit", "ap", "median_on", "mean_on", "mean_off"]
+        csv = ",".join(cols) + "\n" + "\n".join(",".join(str(r[c]) for c in cols) for r in rows) + "\n"
+        atomic_write_text(d / "neurons.csv", csv)
+        atomic_write_text(d / "summary.md", self.summary() + "\n")
+        return d
+
+    @classmethod
+    def load(cls, directory: str | Path) -> "LanguageNeurons":
+        from safetensors.torch import load_file
+
+        d = Path(directory)
+        if not (d / "neurons.json").exists() or not (d / "neurons.safetensors").exists():
+            raise LangNeuronsError(f"{d} holds no neurons (neurons.json and neurons.safetensors); run `tl-langneurons find --out {d}` first")
+        try:
+            info = json.loads((d / "neurons.json").read_text(encoding="utf-8"))
+            tensors = load_file(str(d / "neurons.safetensors"))
+            if info.get("format") != FORMAT_VERSION:
+                raise LangNeuronsError(f"{d}/neurons.json has format {info.get('format')}, this version reads {FORMAT_VERSION}")
+            index = NeuronIndex.from_dict(info["index"])
+            sets = {lang: {w: NeuronSet(**{f: tensors[f"{lang}.{w}.{f}"] for f in NeuronSet.FIELDS}) for w in WHICH}
+                    for lang in info["languages"]}
+            ap = tensors["ap"]
+        except LangNeuronsError:
+            raise
+        except (SafetensorError, OSError, KeyError, json.JSONDecodeError, TypeError, RuntimeError) as e:
+            raise LangNeuronsError(f"neurons in {d} are corrupt or incomplete ({type(e).__name__}: {e}); run find again") from e
+        if ap.shape != (len(info["languages"]), index.n_neurons):
+            raise LangNeuronsError(f"neurons in {d} are inconsistent (AP shape {tuple(ap.shape)}); run find again")
+        return cls(info["languages"], index, int(info["k"]), sets, ap, info.get("meta", {}))
+
+    def check_model(self, model) -> None:
+        """Refuse to steer a model whose sites differ from the ones these neurons were found on."""
+        try:
+            other = resolve_sites(model, self.index.spec)
+        except LangNeuronsError as e:
+            raise LangNeuronsError(f"these neurons were found at sites {self.index.spec!r}, which this model lacks: {e}") from e
+        if other != self.index:
+            raise LangNeuronsError(
+                f"these neurons were found on {self.meta.get('model', 'another model')} with {self.index.n_neurons} "
+                f"neurons at {self.index.spec!r}; this model has {other.n_neurons} there. Use neurons found on this model"
+            )
+
+
+def find_neurons(model, corpus: MultilingualCorpus, config: FindConfig | None = None, *,
+                 cache: str | Path | None = None, progress: bool = True,
+                 return_activations: bool = False, **overrides):
+    """Steps 1-3 of the method on ``model`` and ``corpus``: a :class:`LanguageNeurons`.
+
+    ``cache`` is an optional path of a pooled-activation cache: used when its header matches
+    (model, sites, pooling, texts), refused with an error when it does not, written otherwise.
+    ``overrides`` set :class:`FindConfig` fields (``k=100``, ``pooling="max"``, ...).
+    """
+    config = config or FindConfig()
+    if overrides:
+        config = FindConfig(**{**asdict(config), **overrides})
+    texts, labels = corpus.flat()
+    index = resolve_sites(model, config.sites)
+    k = parse_k(config.k, index.n_neurons)
+    timings: dict[str, float] = {}
+    expect = {"model": model_name(model), "sites": index.spec, "pooling": config.pooling,
+              "include_bos": config.include_bos, "corpus_sha256": corpus.sha256(), "max_length": config.max_length}
+    pooled = None
+    t0 = time.perf_counter()
+    if cache is not None and Path(cache).exists():
+        pooled = PooledActivations.load(cache, expect=expect)
+        if pooled.index != index:
+            raise LangNeuronsError(f"activation cache {cache} has another neuron index than this model; delete it")
+    if pooled is None:
+        pooled = collect(model, texts, index, config.pooling, config.include_bos, config.batch_size,
+                         config.max_batch_tokens, config.max_length, progress)
+        pooled.meta.update(expect)
+        if cache is not None:
+            pooled.save(cache)
+    timings["collect_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    meta = {**expect, "corpus": corpus.name, "corpus_sources": corpus.sources,
+            "texts_per_language": {l: len(t) for l, t in corpus.texts.items()},
+            "padded_share": pooled.meta.get("padded_share"), "tokens": pooled.meta.get("tokens"),
+            "n_truncated": pooled.meta.get("n_truncated"), "config": asdict(config),
+            "versions": package_versions()}
+    result = LanguageNeurons.from_activations(pooled, labels, corpus.languages, k, meta, progress=progress)
+    timings["rank_s"] = time.perf_counter() - t0
+    result.meta["timings"] = timings
+    if return_activations:
+        return result, pooled, labels
+    return result

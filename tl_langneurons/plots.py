@@ -1,0 +1,95 @@
+"""Figures of the study (matplotlib, Agg backend): per-layer histograms (paper Fig. 2), the
+overlap heatmap (Table 1), on/off activation distributions (Fig. 4) and the k ablation (Fig. 5)."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from .provenance import atomic_write_bytes  # noqa: E402
+
+
+def _save(fig, path: str | Path) -> None:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight", metadata={"Software": None})
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def layer_histograms(neurons, path: str | Path) -> None:
+    from .analysis import layer_counts
+
+    langs = neurons.languages
+    n_layers = neurons.index.n_layers
+    fig, axes = plt.subplots(1, len(langs), figsize=(3.2 * len(langs), 3), sharey=True, squeeze=False)
+    x = np.arange(n_layers)
+    for ax, lang in zip(axes[0], langs):
+        for which, color in (("top", "tab:red"), ("middle", "tab:gray"), ("bottom", "tab:blue")):
+            ax.plot(x, layer_counts(neurons, lang, which), marker=".", color=color, label=which)
+        ax.set_title(lang)
+        ax.set_xlabel("layer")
+    axes[0][0].set_ylabel(f"neurons (k={neurons.k})")
+    axes[0][-1].legend(fontsize=8)
+    fig.suptitle(f"Layer of top / middle / bottom-{neurons.k} neurons ({neurons.index.spec})")
+    _save(fig, path)
+
+
+def overlap_heatmap(ov: np.ndarray, langs: Sequence[str], size: int, path: str | Path) -> None:
+    fig, ax = plt.subplots(figsize=(4.5, 4))
+    pct = 100 * ov / size
+    np.fill_diagonal(pct, np.nan)
+    im = ax.imshow(pct, cmap="viridis")
+    ax.set_xticks(range(len(langs)), langs)
+    ax.set_yticks(range(len(langs)), langs)
+    for i in range(len(langs)):
+        for j in range(len(langs)):
+            if i != j:
+                ax.text(j, i, str(ov[i, j]), ha="center", va="center", color="w", fontsize=8)
+    fig.colorbar(im, ax=ax, label=f"% of {size} shared")
+    ax.set_title("Overlap of language-specific neurons")
+    _save(fig, path)
+
+
+def activation_distributions(neurons, values, labels: np.ndarray, path: str | Path) -> None:
+    langs = neurons.languages
+    fig, axes = plt.subplots(2, len(langs), figsize=(3.2 * len(langs), 5.5), squeeze=False)
+    for j, lang in enumerate(langs):
+        pos = labels == j
+        for i, which in enumerate(("top", "bottom")):
+            idx = neurons.sets[lang][which].neurons
+            v = values[:, idx].numpy()
+            on, off = v[pos].ravel(), v[~pos].ravel()
+            lo, hi = np.percentile(np.concatenate([on, off]), [0.5, 99.5])
+            bins = np.linspace(lo, hi, 60)
+            ax = axes[i][j]
+            ax.hist(off, bins=bins, density=True, alpha=0.5, label="other languages", color="tab:gray")
+            ax.hist(on, bins=bins, density=True, alpha=0.6, label=lang, color="tab:red" if which == "top" else "tab:blue")
+            ax.set_title(f"{lang} {which}-{neurons.k}", fontsize=9)
+    axes[0][-1].legend(fontsize=7)
+    fig.suptitle("Pooled activation of selected neurons on and off the language")
+    _save(fig, path)
+
+
+def k_ablation(rows: list[dict], path: str | Path) -> None:
+    """rows: {k, lang, rate, gated?, bleu} -> rate and BLEU against log10 k (paper Fig. 5)."""
+    langs = sorted({r["lang"] for r in rows})
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    for lang in langs:
+        rs = sorted((r for r in rows if r["lang"] == lang), key=lambda r: r["k"])
+        ks = np.log10([r["k"] for r in rs])
+        axes[0].plot(ks, [r["rate"] for r in rs], marker="o", label=lang)
+        axes[1].plot(ks, [r["bleu"] for r in rs], marker="o", label=lang)
+    axes[0].set_ylabel("occurrence rate")
+    axes[1].set_ylabel("BLEU-4")
+    for ax in axes:
+        ax.set_xlabel("log10 k")
+    axes[1].legend(fontsize=8)
+    fig.suptitle("Intervention strength (k top + k bottom neurons)")
+    _save(fig, path)
