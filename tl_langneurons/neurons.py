@@ -68,12 +68,22 @@ class NeuronSet:
     FIELDS = ("neurons", "ap", "median_on", "mean_on", "std_on", "mean_off", "std_off")
 
 
-def _stats(values: Tensor, pos: Tensor, neurons: Tensor, ap: Tensor) -> NeuronSet:
+def median0(x: Float[Tensor, "n m"], chunk: int = 8192) -> Float[Tensor, "m"]:
+    """Median over dim 0 as numpy computes it (mean of the two middle values), chunked over columns."""
+    out = torch.empty(x.shape[1], dtype=torch.float32)
+    n = x.shape[0]
+    for i in range(0, x.shape[1], chunk):
+        s = x[:, i:i + chunk].double().sort(0).values
+        out[i:i + chunk] = ((s[(n - 1) // 2] + s[n // 2]) / 2).float()
+    return out
+
+
+def _stats(values: Tensor, pos: Tensor, neurons: Tensor, ap: Tensor, medians: Tensor) -> NeuronSet:
     v = values[:, neurons].double()
     on, off = v[pos], v[~pos]
     return NeuronSet(
         neurons=neurons.clone(), ap=ap[neurons].double(),
-        median_on=torch.quantile(on, 0.5, dim=0).float(),  # numpy-style median (mean of the middle two)
+        median_on=medians[neurons].clone(),
         mean_on=on.mean(0).float(), std_on=on.std(0).float(),
         mean_off=off.mean(0).float(), std_off=off.std(0).float(),
     )
@@ -87,7 +97,8 @@ class LanguageNeurons:
     index: NeuronIndex
     k: int
     sets: dict[str, dict[str, NeuronSet]]
-    ap: Float[Tensor, "language neuron"]
+    ap: Float[Tensor, "language neuron"]  # float64: AP of every neuron
+    medians: Float[Tensor, "language neuron"]  # median of every neuron over the language's texts
     meta: dict = field(default_factory=dict)
 
     # ---- construction ---------------------------------------------------------------------
@@ -99,47 +110,55 @@ class LanguageNeurons:
         labels = np.asarray(labels)
         ap = average_precision(pooled.values, labels, len(languages), progress=progress)
         sets: dict[str, dict[str, NeuronSet]] = {}
+        medians = torch.empty(ap.shape, dtype=torch.float32)
         for li, lang in enumerate(languages):
             pos = torch.as_tensor(labels == li)
+            medians[li] = median0(pooled.values[pos])
             sets[lang] = {
-                "top": _stats(pooled.values, pos, top_k(ap[li], k), ap[li]),
-                "bottom": _stats(pooled.values, pos, bottom_k(ap[li], k), ap[li]),
-                "middle": _stats(pooled.values, pos, middle_k(ap[li], k), ap[li]),
+                "top": _stats(pooled.values, pos, top_k(ap[li], k), ap[li], medians[li]),
+                "bottom": _stats(pooled.values, pos, bottom_k(ap[li], k), ap[li], medians[li]),
+                "middle": _stats(pooled.values, pos, middle_k(ap[li], k), ap[li], medians[li]),
             }
         m = dict(meta or {})
         m.update({"k": k, "k_fraction": k / pooled.index.n_neurons, "n_neurons": pooled.index.n_neurons,
                   "pooling": pooled.meta.get("pooling"), "include_bos": pooled.meta.get("include_bos"),
                   "sites": pooled.index.spec})
-        return cls(list(languages), pooled.index, k, sets, ap.float(), m)
+        return cls(list(languages), pooled.index, k, sets, ap, medians, m)
 
     # ---- access ---------------------------------------------------------------------------
     def _check_lang(self, lang: str) -> None:
         if lang not in self.sets:
             raise LangNeuronsError(f"no neurons for language {lang!r}; this result has {', '.join(self.languages)}")
 
-    def selected(self, lang: str, which: str = "both") -> tuple[Tensor, Tensor]:
-        """(neurons, median clamp values) of ``which``: top, bottom, both (top + bottom) or middle."""
+    def selected(self, lang: str, which: str = "both", k: int | None = None) -> tuple[Tensor, Tensor]:
+        """(neurons, median clamp values) of ``which`` (top, bottom, both = top + bottom, middle).
+
+        ``k`` defaults to the k of the result; any k up to the neuron count works, since the AP and
+        median of every neuron are kept.
+        """
         self._check_lang(lang)
         kinds = {"both": ("top", "bottom"), "top": ("top",), "bottom": ("bottom",), "middle": ("middle",)}
         if which not in kinds:
             raise LangNeuronsError(f"unknown neuron set {which!r}; use top, bottom, both or middle")
-        sets = [self.sets[lang][w] for w in kinds[which]]
-        return torch.cat([s.neurons for s in sets]), torch.cat([s.median_on for s in sets])
+        li = self.languages.index(lang)
+        if k is None or k == self.k:
+            idx = [self.sets[lang][w].neurons for w in kinds[which]]
+        else:
+            check_k(k, self.index.n_neurons)
+            pick = {"top": top_k, "bottom": bottom_k, "middle": middle_k}
+            idx = [pick[w](self.ap[li], k) for w in kinds[which]]
+        neurons = torch.cat(idx)
+        return neurons, self.medians[li][neurons]
 
     def hooks(self, lang: str, which: str = "both", value: str | float = "median", scale: float = 1.0,
               positions: str = "all", k: int | None = None) -> list[tuple[str, Callable]]:
         """TransformerLens ``fwd_hooks`` that clamp the language's neurons.
 
         ``value``: "median" (the paper: median over the language's texts), "zero", or a number.
-        ``scale`` multiplies the value. ``k`` uses only the first k of each set (k <= self.k).
+        ``scale`` multiplies the value. ``k`` overrides the number of neurons per set.
         ``positions``: "all" (the paper) or "last" (only the newest position).
         """
-        neurons, medians = self.selected(lang, which)
-        if k is not None:
-            check_k(k, self.k)
-            parts = [self.sets[lang][w] for w in (("top", "bottom") if which == "both" else (which,))]
-            neurons = torch.cat([p.neurons[:k] for p in parts])
-            medians = torch.cat([p.median_on[:k] for p in parts])
+        neurons, medians = self.selected(lang, which, k)
         if value == "median":
             vals = medians
         elif value == "zero":
@@ -186,7 +205,7 @@ class LanguageNeurons:
 
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
-        tensors = {"ap": self.ap.float().contiguous()}
+        tensors = {"ap": self.ap.double().contiguous(), "medians": self.medians.float().contiguous()}
         for lang, sets in self.sets.items():
             for which, s in sets.items():
                 for f in NeuronSet.FIELDS:
@@ -220,14 +239,14 @@ class LanguageNeurons:
             index = NeuronIndex.from_dict(info["index"])
             sets = {lang: {w: NeuronSet(**{f: tensors[f"{lang}.{w}.{f}"] for f in NeuronSet.FIELDS}) for w in WHICH}
                     for lang in info["languages"]}
-            ap = tensors["ap"]
+            ap, medians = tensors["ap"], tensors["medians"]
         except LangNeuronsError:
             raise
         except (SafetensorError, OSError, KeyError, json.JSONDecodeError, TypeError, RuntimeError) as e:
             raise LangNeuronsError(f"neurons in {d} are corrupt or incomplete ({type(e).__name__}: {e}); run find again") from e
-        if ap.shape != (len(info["languages"]), index.n_neurons):
+        if ap.shape != (len(info["languages"]), index.n_neurons) or medians.shape != ap.shape:
             raise LangNeuronsError(f"neurons in {d} are inconsistent (AP shape {tuple(ap.shape)}); run find again")
-        return cls(info["languages"], index, int(info["k"]), sets, ap, info.get("meta", {}))
+        return cls(info["languages"], index, int(info["k"]), sets, ap, medians, info.get("meta", {}))
 
     def check_model(self, model) -> None:
         """Refuse to steer a model whose sites differ from the ones these neurons were found on."""

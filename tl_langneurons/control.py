@@ -1,0 +1,234 @@
+"""The control experiment (paper Table 2 and Figure 5): generate with the language's neurons
+clamped, per condition (none, top, bottom, both) and per k, and score every cell.
+
+Each finished cell is written to ``cells/`` with the settings that made it, so an interrupted run
+resumes where it stopped: cells whose settings match are read back, never recomputed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+from .errors import LangNeuronsError
+from .evaluation import BleuReferences, score_samples, tokenize_for_bleu
+from .generation import GenerationConfig, generate
+from .models import model_name
+from .neurons import LanguageNeurons
+from .provenance import atomic_write_json, atomic_write_text, package_versions
+from .runner import Runner
+
+CONDITIONS = ("none", "top", "bottom", "both")
+PAPER_KS = (10, 100, 1000, 3000, 10000, 30000)
+
+
+def default_ablation_ks(n_neurons: int) -> list[int]:
+    """10 .. 30000 (within the neuron count), plus the neuron count where it is below 100,000."""
+    ks = [k for k in PAPER_KS if k <= n_neurons]
+    if n_neurons < 100_000 and n_neurons not in ks:
+        ks.append(n_neurons)
+    return ks
+
+
+@dataclass
+class EvaluateConfig:
+    """Settings of the control experiment; defaults are the paper's."""
+
+    languages: list[str] | None = None
+    conditions: Sequence[str] = CONDITIONS
+    samples: int = 100  # seeds 1..samples
+    max_new_tokens: int = 64
+    temperature: float = 0.8
+    prompt: str | None = None
+    value: str | float = "median"
+    scale: float = 1.0
+    positions: str = "all"
+    ablation_ks: list[int] | None = None  # None: default_ablation_ks; [] skips the ablation
+    ablation_samples: int | None = None
+    batch_size: int = 50
+
+    def __post_init__(self) -> None:
+        bad = [c for c in self.conditions if c not in CONDITIONS]
+        if bad:
+            raise LangNeuronsError(f"unknown condition(s) {', '.join(bad)}; use {', '.join(CONDITIONS)}")
+        if self.samples < 1:
+            raise LangNeuronsError(f"samples must be at least 1, got {self.samples}")
+        GenerationConfig(self.max_new_tokens, self.temperature, [1], self.batch_size, self.prompt)
+
+    def generation(self, samples: int | None = None) -> GenerationConfig:
+        return GenerationConfig(self.max_new_tokens, self.temperature, list(range(1, (samples or self.samples) + 1)),
+                                self.batch_size, self.prompt)
+
+
+@dataclass
+class ControlResult:
+    """Scores per cell: rows of dicts (lang, condition, k, n, rate, ci, bleu, gated_rate, ...)."""
+
+    table2: list[dict]
+    ablation: list[dict]
+    meta: dict = field(default_factory=dict)
+
+
+def _cell_key(settings: dict) -> str:
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def evaluate_control(model, neurons: LanguageNeurons, references: dict[str, list[str]] | None = None,
+                     config: EvaluateConfig | None = None, out: str | Path | None = None,
+                     progress: bool = True) -> ControlResult:
+    """Run the control experiment and, with ``out``, write its tables, figure and samples there."""
+    cfg = config or EvaluateConfig()
+    neurons.check_model(model)
+    runner = Runner(model)
+    langs = cfg.languages or neurons.languages
+    for l in langs:
+        neurons._check_lang(l)
+    refs = {}
+    if references:
+        for l in langs:
+            if references.get(l):
+                refs[l] = BleuReferences(tokenize_for_bleu(runner.tokenizer, references[l]))
+    out = Path(out) if out is not None else None
+    cells_dir = out / "cells" if out else None
+    base = {"model": model_name(model), "neurons_model": neurons.meta.get("model"), "sites": neurons.index.spec,
+            "max_new_tokens": cfg.max_new_tokens, "temperature": cfg.temperature, "prompt": cfg.prompt,
+            "value": cfg.value, "scale": cfg.scale, "positions": cfg.positions,
+            "ap_sha": hashlib.sha256(neurons.ap.numpy().tobytes()).hexdigest()[:16]}
+    timings: dict[str, float] = {}
+    used: list[str] = []
+
+    def cell(lang: str | None, cond: str, k: int, samples: int):
+        """Samples of one cell, read back from ``cells/`` when they exist with the same settings."""
+        settings = {**base, "lang": lang if cond != "none" else None, "condition": cond,
+                    "k": k if cond != "none" else None, "samples": samples}
+        key = _cell_key(settings)
+        path = cells_dir / f"{cond}-{lang if cond != 'none' else 'all'}-k{k if cond != 'none' else 0}-{key}.json" if cells_dir else None
+        if path is not None:
+            used.append(path.name)
+        if path is not None and path.exists():
+            try:
+                data = json.loads(path.read_text(encoding="utf-8"))
+                if data["settings"] == settings:
+                    return data["samples"]
+            except (json.JSONDecodeError, KeyError):
+                pass  # a damaged cell is recomputed
+        hooks = [] if cond == "none" else neurons.hooks(lang, cond, cfg.value, cfg.scale, cfg.positions, k=k)
+        t0 = time.perf_counter()
+        samples_ = generate(model, cfg.generation(samples), hooks, progress=progress,
+                            desc=f"{cond} {lang or ''} k={k}".strip())
+        timings[f"{cond}-{lang}-{k}"] = time.perf_counter() - t0
+        rows = [{"seed": s.seed, "text": s.text, "tokens": s.tokens} for s in samples_]
+        if path is not None:
+            atomic_write_json(path, {"settings": settings, "samples": rows})
+        return rows
+
+    table2 = []
+    none_rows = cell(None, "none", 0, cfg.samples) if "none" in cfg.conditions else None
+    for lang in langs:
+        for cond in cfg.conditions:
+            rows = none_rows if cond == "none" else cell(lang, cond, neurons.k, cfg.samples)
+            s = score_samples([r["text"] for r in rows], [r["tokens"] for r in rows], lang, refs.get(lang), runner.tokenizer)
+            table2.append({"lang": lang, "condition": cond, "k": neurons.k, **s.as_dict()})
+    ablation = []
+    ks = default_ablation_ks(neurons.index.n_neurons) if cfg.ablation_ks is None else list(cfg.ablation_ks)
+    for k in ks:
+        for lang in langs:
+            rows = cell(lang, "both", k, cfg.ablation_samples or cfg.samples)
+            s = score_samples([r["text"] for r in rows], [r["tokens"] for r in rows], lang, refs.get(lang), runner.tokenizer)
+            ablation.append({"lang": lang, "condition": "both", "k": k, "k_fraction": k / neurons.index.n_neurons, **s.as_dict()})
+    meta = {**base, "languages": langs, "config": asdict(cfg), "ablation_ks": ks, "seeds": f"1..{cfg.samples}",
+            "bleu_references": {l: len(references[l]) for l in refs} if references else {},
+            "neurons_meta": {k: v for k, v in neurons.meta.items() if k != "timings"},
+            "versions": package_versions(), "timings": timings, "cells": used}
+    result = ControlResult(table2, ablation, meta)
+    if out is not None:
+        write_control(result, out)
+    return result
+
+
+def _mean(rows: list[dict], key: str) -> float:
+    return sum(r[key] for r in rows) / len(rows) if rows else 0.0
+
+
+def table2_markdown(rows: list[dict]) -> str:
+    """Paper Table 2 layout: occurrence rate (%) per language and condition, raw and gated."""
+    conds = [c for c in CONDITIONS if any(r["condition"] == c for r in rows)]
+    langs = list(dict.fromkeys(r["lang"] for r in rows))
+    get = {(r["lang"], r["condition"]): r for r in rows}
+    out = []
+    for title, key in (("Occurrence rate of the target language (%), lid.176 score > 0.5; [95% Wilson CI]", "rate"),
+                       ("Gated occurrence rate (%): target language and not degenerate (>= 40% distinct tokens)", "gated_rate"),
+                       ("BLEU-4 of target-language samples against the language's texts", "bleu"),
+                       ("Degenerate samples (%): fewer than 40% distinct tokens", "degenerate")):
+        out += [f"**{title}**", "", "| lang | " + " | ".join(conds) + " |", "|---|" + "---|" * len(conds)]
+        for lang in langs + ["mean"]:
+            cells = []
+            for c in conds:
+                if lang == "mean":
+                    v = _mean([get[(l, c)] for l in langs], key)
+                    cells.append(f"{v:.3f}" if key == "bleu" else f"{100 * v:.1f}")
+                    continue
+                r = get[(lang, c)]
+                if key == "rate":
+                    cells.append(f"{100 * r['rate']:.1f} [{100 * r['ci'][0]:.0f}-{100 * r['ci'][1]:.0f}]")
+                elif key == "bleu":
+                    cells.append(f"{r['bleu']:.3f}")
+                else:
+                    cells.append(f"{100 * r[key]:.1f}")
+            out.append(f"| {lang} | " + " | ".join(cells) + " |")
+        out.append("")
+    return "\n".join(out)
+
+
+def ablation_markdown(rows: list[dict]) -> str:
+    ks = sorted({r["k"] for r in rows})
+    langs = list(dict.fromkeys(r["lang"] for r in rows))
+    get = {(r["lang"], r["k"]): r for r in rows}
+    out = ["| k | log10 k | fraction | " + " | ".join(f"{l} rate / gated / BLEU" for l in langs) + " | mean rate | mean gated | mean BLEU |",
+           "|---|---|---|" + "---|" * (len(langs) + 3)]
+    for k in ks:
+        rs = [get[(l, k)] for l in langs]
+        import math
+        out.append(f"| {k} | {math.log10(k):.2f} | {100 * rs[0]['k_fraction']:.2f}% | " + " | ".join(
+            f"{100 * r['rate']:.0f} / {100 * r['gated_rate']:.0f} / {r['bleu']:.3f}" for r in rs)
+            + f" | {100 * _mean(rs, 'rate'):.1f} | {100 * _mean(rs, 'gated_rate'):.1f} | {_mean(rs, 'bleu'):.3f} |")
+    return "\n".join(out) + "\n"
+
+
+def write_control(result: ControlResult, out: str | Path) -> None:
+    from . import plots
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "table2.md", table2_markdown(result.table2))
+    cols = ["lang", "condition", "k", "n", "hits", "rate", "ci_low", "ci_high", "gated_rate", "bleu", "degenerate", "distinct"]
+
+    def csv(rows):
+        lines = [",".join(cols)]
+        for r in rows:
+            lines.append(",".join(str(v) for v in [r["lang"], r["condition"], r["k"], r["n"], r["hits"], f"{r['rate']:.4f}",
+                                                  f"{r['ci'][0]:.4f}", f"{r['ci'][1]:.4f}", f"{r['gated_rate']:.4f}",
+                                                  f"{r['bleu']:.4f}", f"{r['degenerate']:.4f}", f"{r['distinct']:.4f}"]))
+        return "\n".join(lines) + "\n"
+
+    atomic_write_text(out / "table2.csv", csv(result.table2))
+    if result.ablation:
+        atomic_write_text(out / "k_ablation.md", ablation_markdown(result.ablation))
+        atomic_write_text(out / "k_ablation.csv", csv(result.ablation))
+        plots.k_ablation(result.ablation, out / "k_ablation.png")
+    atomic_write_json(out / "evaluation.json", {"meta": result.meta, "table2": result.table2, "ablation": result.ablation})
+    # a few samples per cell, for reading
+    lines = ["# Sample generations", ""]
+    for name in result.meta.get("cells", []):
+        path = out / "cells" / name
+        if not path.exists():
+            continue
+        data = json.loads(path.read_text(encoding="utf-8"))
+        st = data["settings"]
+        lines += [f"## {st['condition']} {st['lang'] or ''} k={st['k']}", ""]
+        lines += [f"- seed {r['seed']}: {' '.join(r['text'].split())[:300]!s}" for r in data["samples"][:5]] + [""]
+    atomic_write_text(out / "samples.md", "\n".join(lines))
