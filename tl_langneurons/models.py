@@ -176,3 +176,19 @@ def model_name(model: nn.Module) -> str:
     if hf is not None and getattr(getattr(hf, "config", None), "_name_or_path", ""):
         return hf.config._name_or_path
     return type(model).__name__
+
+
+def weights_fingerprint(model: nn.Module) -> str:
+    """A hash of the model's parameter names, shapes and a strided sample of their values: tells
+    two models apart in milliseconds (results record it; steering checks it)."""
+    import hashlib
+
+    hf = getattr(model, "original_model", None) or model
+    h = hashlib.sha256()
+    for name, p in sorted(hf.named_parameters(), key=lambda kv: kv[0]):
+        h.update(f"{name}:{tuple(p.shape)}".encode())
+        if p.device.type == "meta":
+            continue
+        flat = p.detach().reshape(-1)
+        h.update(flat[:: max(1, flat.numel() // 4096)].float().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]

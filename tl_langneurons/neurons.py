@@ -23,7 +23,7 @@ from .activations import POOLINGS, PooledActivations, collect
 from .corpus import MultilingualCorpus
 from .errors import LangNeuronsError
 from .intervention import clamp_hooks
-from .models import model_name
+from .models import model_name, weights_fingerprint
 from .provenance import atomic_write_bytes, atomic_write_json, atomic_write_text, package_versions
 from .ranking import average_precision, bottom_k, check_k, middle_k, parse_k, top_k
 from .sites import NeuronIndex, resolve_sites
@@ -254,6 +254,12 @@ class LanguageNeurons:
             other = resolve_sites(model, self.index.spec)
         except LangNeuronsError as e:
             raise LangNeuronsError(f"these neurons were found at sites {self.index.spec!r}, which this model lacks: {e}") from e
+        theirs = self.meta.get("weights_sha")
+        if theirs and theirs != weights_fingerprint(model):
+            raise LangNeuronsError(
+                f"these neurons were found on {self.meta.get('model', 'another model')} (weights {theirs}); this model's "
+                f"weights differ ({weights_fingerprint(model)}). Use neurons found on this model"
+            )
         if other != self.index:
             raise LangNeuronsError(
                 f"these neurons were found on {self.meta.get('model', 'another model')} with {self.index.n_neurons} "
@@ -277,7 +283,7 @@ def find_neurons(model, corpus: MultilingualCorpus, config: FindConfig | None = 
     index = resolve_sites(model, config.sites)
     k = parse_k(config.k, index.n_neurons)
     timings: dict[str, float] = {}
-    expect = {"model": model_name(model), "sites": index.spec, "pooling": config.pooling,
+    expect = {"model": model_name(model), "weights_sha": weights_fingerprint(model), "sites": index.spec, "pooling": config.pooling,
               "include_bos": config.include_bos, "corpus_sha256": corpus.sha256(), "max_length": config.max_length}
     pooled = None
     t0 = time.perf_counter()

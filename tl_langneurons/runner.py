@@ -142,3 +142,8 @@ class Runner:
         ids = torch.full((1, 2), tok, dtype=torch.long, device=self.device)
         with self.hooks([(n, make(n)) for n in todo]):
             self.trunk(ids, torch.ones_like(ids))
+        silent = [n for n in todo if n not in self._sizes]
+        if silent:
+            raise LangNeuronsError(
+                f"hook {silent[0]!r} exists but never fires in this model's forward pass; choose another site"
+            )

@@ -133,6 +133,8 @@ def resolve_sites(model, spec: str = "mlp_post") -> NeuronIndex:
                     f"site {name!r} does not exist on this model (site spec {spec!r}); "
                     "`tl-langneurons info --model M` lists the hooks it has"
                 )
+        if any(".attn.q." in n for n, _, _ in found):  # the bridge splits fused qkv: don't count it twice
+            found = [f for f in found if ".attn.qkv." not in f[0] or f[1] not in _OPTIONAL]
         if "paper" in [p.strip() for p in spec.split(",")] and not any(
             ".attn.q." in n or ".attn.qkv." in n for n, _, _ in found
         ):

@@ -1,0 +1,81 @@
+"""Pooled activations: padding never matters, poolings are what they say, the forward stops
+early, and the cache round-trips and refuses a mismatch."""
+
+import numpy as np
+import pytest
+import torch
+
+from tl_langneurons import LangNeuronsError, PooledActivations, collect, resolve_sites
+from tl_langneurons.activations import make_batches, pool
+
+
+@pytest.mark.parametrize("pooling", ["mean", "max", "last", "median"])
+@pytest.mark.parametrize("include_bos", [True, False])
+def test_padded_batch_equals_each_text_alone(tiny_llama, tiny_corpus, pooling, include_bos):
+    texts = tiny_corpus.flat()[0][::5][:8]
+    batched = collect(tiny_llama, texts, "mlp_post", pooling, include_bos, batch_size=8, progress=False)
+    assert batched.meta["padded_share"] > 0  # the batch really was padded
+    for i, t in enumerate(texts):
+        alone = collect(tiny_llama, [t], "mlp_post", pooling, include_bos, progress=False)
+        assert torch.allclose(batched.values[i], alone.values[0], atol=1e-5), (pooling, i)
+
+
+def test_pool_definitions():
+    x = torch.tensor([[[1.0], [3.0], [8.0], [100.0]]])
+    mask = torch.tensor([[True, True, True, False]])
+    assert pool(x, mask, "mean").item() == 4.0
+    assert pool(x, mask, "max").item() == 8.0
+    assert pool(x, mask, "last").item() == 8.0
+    assert pool(x, mask, "median").item() == 3.0
+    with pytest.raises(LangNeuronsError, match="unknown pooling 'sum'"):
+        pool(x, mask, "sum")
+
+
+def test_mean_pool_matches_run_with_cache(tiny_llama):
+    text = "Die Katze schläft auf dem Sofa."
+    pooled = collect(tiny_llama, [text], "mlp_post", "mean", progress=False)
+    ids = [tiny_llama.tokenizer.bos_token_id] + tiny_llama.tokenizer(text, add_special_tokens=False)["input_ids"]
+    _, cache = tiny_llama.run_with_cache(torch.tensor([ids]))
+    ref = torch.cat([cache[f"blocks.{l}.mlp.hook_post"][0].mean(0) for l in range(3)])
+    assert torch.allclose(pooled.values[0], ref, atol=1e-5)
+
+
+def test_forward_stops_after_last_site(tiny_llama):
+    calls = []
+    idx = resolve_sites(tiny_llama, "blocks.{l}.mlp.hook_post")
+    first = type(idx)(idx.spec, idx.slices[:1])  # only layer 0
+    with tiny_llama.hooks(fwd_hooks=[("blocks.2.hook_resid_post", lambda x, hook: calls.append(1))]):
+        collect(tiny_llama, ["a short text", "another one"], first, progress=False)
+    assert calls == []  # block 2 never ran
+    with tiny_llama.hooks(fwd_hooks=[("unembed.hook_out", lambda x, hook: calls.append(1))]):
+        collect(tiny_llama, ["a short text"], "mlp_post", progress=False)
+    assert calls == []  # the unembedding never ran
+
+
+def test_batches_sorted_and_bounded():
+    lengths = [5, 50, 7, 48, 6, 49]
+    batches = make_batches(lengths, batch_size=2, max_batch_tokens=1000)
+    assert batches == [[1, 5], [3, 2], [4, 0]]
+    assert make_batches(lengths, batch_size=10, max_batch_tokens=150) == [[1, 5, 3], [2, 4, 0]]  # width = longest
+
+
+def test_cache_round_trip_and_mismatch(tiny_llama, tiny_corpus, tmp_path):
+    texts = tiny_corpus.flat()[0][:6]
+    pa = collect(tiny_llama, texts, "mlp_post", progress=False)
+    pa.meta.update({"model": "tiny"})
+    path = tmp_path / "cache.safetensors"
+    pa.save(path)
+    back = PooledActivations.load(path, expect={"model": "tiny", "pooling": "mean"})
+    assert torch.equal(back.values, pa.values) and back.index == pa.index
+    with pytest.raises(LangNeuronsError, match="made for other settings \\(pooling differ\\)"):
+        PooledActivations.load(path, expect={"model": "tiny", "pooling": "max"})
+    path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(LangNeuronsError, match="corrupt"):
+        PooledActivations.load(path)
+
+
+def test_long_texts_truncated_with_warning(tiny_llama):
+    long = " ".join(["word"] * 400)
+    with pytest.warns(UserWarning, match="1 text\\(s\\) longer than 16 tokens were truncated"):
+        pa = collect(tiny_llama, [long, "short"], "mlp_post", max_length=16, progress=False)
+    assert pa.meta["n_truncated"] == 1

@@ -1,0 +1,86 @@
+"""Evaluation: lid.176, Wilson intervals, BLEU equal to NLTK's, degeneracy, and the control
+experiment end to end on the tiny model (with resume)."""
+
+import json
+import random
+
+import pytest
+from nltk.translate.bleu_score import SmoothingFunction, sentence_bleu
+
+from tl_langneurons import LangNeuronsError
+from tl_langneurons.control import EvaluateConfig, default_ablation_ks, evaluate_control
+from tl_langneurons.evaluation import (BleuReferences, identify, is_degenerate, is_language, longest_repeat_run,
+                                       wilson)
+from tl_langneurons.neurons import find_neurons
+from tl_langneurons.report import build_report
+
+
+def test_lid_handles_languages_and_newlines():
+    res = identify(["Das ist ein schöner Tag im Park.", "これは日本語の文章です。\n二行目もあります。", ""])
+    assert res[0][0] == "de" and res[0][1] > 0.5
+    assert res[1][0] == "ja"
+    assert res[2] == ("", 0.0)
+    assert is_language(["Ceci est une phrase en français, sans aucun doute."], "fr") == [True]
+
+
+def test_wilson_reference_values():
+    lo, hi = wilson(8, 10)
+    assert abs(lo - 0.4902) < 1e-4 and abs(hi - 0.9433) < 1e-4  # published Wilson interval of 8/10
+    assert wilson(0, 100)[0] == 0.0 and wilson(100, 100)[1] == 1.0
+
+
+def test_bleu_equals_nltk():
+    rng = random.Random(0)
+    vocab = list("abcdefgh")
+    for _ in range(300):
+        refs = [[rng.choice(vocab) for _ in range(rng.randint(1, 15))] for _ in range(rng.randint(1, 6))]
+        hyp = [rng.choice(vocab) for _ in range(rng.randint(0, 12))]
+        ref = sentence_bleu(refs, hyp, smoothing_function=SmoothingFunction().method1)
+        assert abs(BleuReferences(refs).score(hyp) - ref) < 1e-12
+
+
+def test_degeneracy():
+    assert is_degenerate([5] * 20) and is_degenerate([])
+    assert not is_degenerate(list(range(20)))
+    assert longest_repeat_run([1, 2, 3, 4, 3, 4, 3, 4, 9]) == 6
+    assert longest_repeat_run([1, 2, 3]) == 0
+
+
+def test_ablation_ks():
+    assert default_ablation_ks(36864) == [10, 100, 1000, 3000, 10000, 30000, 36864]
+    assert default_ablation_ks(221184) == [10, 100, 1000, 3000, 10000, 30000]
+    assert default_ablation_ks(144) == [10, 100, 144]
+
+
+def test_control_end_to_end_and_resume(tiny_llama, tiny_corpus, tmp_path):
+    neurons = find_neurons(tiny_llama, tiny_corpus, k=10, progress=False)
+    neurons.meta["model"] = "tiny"
+    neurons.save(tmp_path)
+    from tl_langneurons.analysis import write_analysis
+    write_analysis(neurons, tmp_path)
+    cfg = EvaluateConfig(languages=["de", "ja"], samples=4, max_new_tokens=6, ablation_ks=[1, 5], batch_size=4)
+    out = tmp_path / "control"
+    res = evaluate_control(tiny_llama, neurons, tiny_corpus.texts, cfg, out, progress=False)
+    assert len(res.table2) == 2 * 4 and len(res.ablation) == 2 * 2
+    for r in res.table2:
+        assert r["n"] == 4 and 0 <= r["rate"] <= 1 and r["ci"][0] <= r["rate"] <= r["ci"][1]
+    for name in ("table2.md", "table2.csv", "k_ablation.md", "k_ablation.csv", "k_ablation.png", "samples.md",
+                 "evaluation.json"):
+        assert (out / name).exists(), name
+    assert "| mean |" in (out / "table2.md").read_text()
+    n_cells = len(list((out / "cells").glob("*.json")))
+    assert n_cells == 1 + 2 * 3 + 2 * 2
+    again = evaluate_control(tiny_llama, neurons, tiny_corpus.texts, cfg, out, progress=False)
+    assert again.meta["timings"] == {}  # every cell was read back, none recomputed
+    assert again.table2 == json.loads(json.dumps(res.table2, default=list)) or again.table2 == res.table2
+    report = build_report(tmp_path)
+    text = report.read_text()
+    assert "Table 2" in text and "![layers](layers.png)" in text and "transformer-lens" in text
+    assert "<table" in (tmp_path / "report.html").read_text()
+
+
+def test_evaluate_config_errors():
+    with pytest.raises(LangNeuronsError, match="unknown condition"):
+        EvaluateConfig(conditions=["top", "middle-ish"])
+    with pytest.raises(LangNeuronsError, match="samples must be at least 1"):
+        EvaluateConfig(samples=0)
