@@ -23,10 +23,7 @@ from pathlib import Path
 from .errors import LangNeuronsError
 
 
-def _peak_rss_gb() -> float:
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+from .neurons import _peak_rss_gb  # noqa: E402
 
 
 def _load_model(args):
@@ -102,7 +99,7 @@ def cmd_find(args) -> Path:
     t1 = time.perf_counter()
     stats = write_analysis(neurons, out, pooled, labels)
     neurons.meta["timings"]["analysis_s"] = time.perf_counter() - t1
-    neurons.meta["timings"]["peak_rss_gb"] = _peak_rss_gb()
+    neurons.meta["timings"]["peak_rss_gb_after_analysis"] = _peak_rss_gb()
     neurons.save(out)
     print(neurons.summary())
     print((out / "overlap.md").read_text(encoding="utf-8"))

@@ -29,6 +29,13 @@ from .ranking import average_precision, bottom_k, check_k, middle_k, parse_k, to
 from .sites import NeuronIndex, resolve_sites
 
 WHICH = ("top", "bottom", "middle")
+
+
+def _peak_rss_gb() -> float:
+    """Peak resident memory of this process so far (Linux reports KiB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 FORMAT_VERSION = 1
 
 
@@ -298,6 +305,7 @@ def find_neurons(model, corpus: MultilingualCorpus, config: FindConfig | None = 
         if cache is not None:
             pooled.save(cache)
     timings["collect_s"] = time.perf_counter() - t0
+    timings["peak_rss_gb_after_collect"] = _peak_rss_gb()
     t0 = time.perf_counter()
     meta = {**expect, "corpus": corpus.name, "corpus_sources": corpus.sources,
             "texts_per_language": {l: len(t) for l, t in corpus.texts.items()},
@@ -306,6 +314,7 @@ def find_neurons(model, corpus: MultilingualCorpus, config: FindConfig | None = 
             "versions": package_versions()}
     result = LanguageNeurons.from_activations(pooled, labels, corpus.languages, k, meta, progress=progress)
     timings["rank_s"] = time.perf_counter() - t0
+    timings["peak_rss_gb_after_rank"] = _peak_rss_gb()
     result.meta["timings"] = timings
     if return_activations:
         return result, pooled, labels
