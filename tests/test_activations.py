@@ -79,3 +79,47 @@ def test_long_texts_truncated_with_warning(tiny_llama):
     with pytest.warns(UserWarning, match="1 text\\(s\\) longer than 16 tokens were truncated"):
         pa = collect(tiny_llama, [long, "short"], "mlp_post", max_length=16, progress=False)
     assert pa.meta["n_truncated"] == 1
+
+
+def test_interrupted_collection_resumes_and_equals_uninterrupted(tiny_llama, tiny_corpus, tmp_path):
+    texts = tiny_corpus.flat()[0][:24]
+    full = collect(tiny_llama, texts, "mlp_post", batch_size=4, progress=False)
+    ckpt = tmp_path / "partial.safetensors"
+    calls = []
+
+    def interrupt(bi, n):
+        calls.append(bi)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        collect(tiny_llama, texts, "mlp_post", batch_size=4, progress=False, checkpoint=ckpt, on_batch=interrupt)
+    assert ckpt.exists()
+    rerun = []
+    resumed = collect(tiny_llama, texts, "mlp_post", batch_size=4, progress=False, checkpoint=ckpt,
+                      on_batch=lambda bi, n: rerun.append(bi))
+    assert len(rerun) == 6 - 3  # finished batches were not recomputed
+    assert torch.equal(resumed.values, full.values)
+    assert not ckpt.exists()
+    # a partial run with other settings is refused, not silently mixed in
+    with pytest.raises(KeyboardInterrupt):
+        calls.clear()
+        collect(tiny_llama, texts, "mlp_post", batch_size=4, progress=False, checkpoint=ckpt, on_batch=interrupt)
+    with pytest.raises(LangNeuronsError, match="partial run .* other settings"):
+        collect(tiny_llama, texts, "mlp_post", pooling="max", batch_size=4, progress=False, checkpoint=ckpt)
+
+
+def test_long_texts_refused_by_option(tiny_llama):
+    with pytest.raises(LangNeuronsError, match="text 0 has .* tokens, more than the limit 16"):
+        collect(tiny_llama, [" ".join(["word"] * 50), "short"], "mlp_post", max_length=16, truncate=False, progress=False)
+
+
+def test_nan_activation_names_neuron_and_text(tiny_llama):
+    def poison(x, hook):
+        x = x.clone()
+        x[-1, :, 7] = float("nan")
+        return x
+
+    with tiny_llama.hooks(fwd_hooks=[("blocks.1.mlp.hook_post", poison)]):
+        with pytest.raises(LangNeuronsError, match=r"non-finite activation at blocks.1.mlp.hook_post\[7\] on text"):
+            collect(tiny_llama, ["one text here", "two"], "mlp_post", progress=False)

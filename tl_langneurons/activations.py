@@ -141,11 +141,16 @@ class PooledActivations:
 def collect(model, texts: Sequence[str], sites: str | NeuronIndex = "mlp_post", pooling: str = "mean",
             include_bos: bool = True, batch_size: int = 32, max_batch_tokens: int = 8192,
             max_length: int | None = 512, progress: bool = True,
-            on_batch: Callable[[int, int], None] | None = None) -> PooledActivations:
+            on_batch: Callable[[int, int], None] | None = None, truncate: bool = True,
+            checkpoint: str | Path | None = None, checkpoint_every_s: float = 30.0) -> PooledActivations:
     """Pooled activations of ``texts`` at ``sites`` (step 1 of the method).
 
     ``pooling`` is mean (the paper), max, last or median over each text's real tokens; the BOS
-    position takes part unless ``include_bos`` is False. Returns float32 values [n_texts, n_neurons].
+    position takes part unless ``include_bos`` is False. Texts longer than ``max_length`` tokens
+    are truncated with a warning, or refused when ``truncate`` is False. With ``checkpoint``, the
+    finished batches are saved there (every ``checkpoint_every_s`` and when interrupted) and a
+    rerun with the same arguments skips them; the file is removed once the run completes.
+    Returns float32 values [n_texts, n_neurons].
     """
     if pooling not in POOLINGS:
         raise LangNeuronsError(f"unknown pooling {pooling!r}; use one of {', '.join(POOLINGS)}")
@@ -153,11 +158,19 @@ def collect(model, texts: Sequence[str], sites: str | NeuronIndex = "mlp_post", 
         raise LangNeuronsError("no texts to run; the corpus is empty")
     runner = Runner(model)
     index = sites if isinstance(sites, NeuronIndex) else resolve_sites(runner, sites)
-    tokd = tokenize(runner, texts, max_length)
+    tokd = tokenize(runner, texts, max_length, truncate)
     lengths = [len(t) for t in tokd.ids]
     batches = make_batches(lengths, batch_size, max_batch_tokens)
     out = torch.empty((len(texts), index.n_neurons), dtype=torch.float32)
+    done = torch.zeros(len(texts), dtype=torch.bool)
     state: dict = {}
+    ckpt_header = {"texts_sha256": sha256_texts(texts), "pooling": pooling, "include_bos": include_bos,
+                   "index": index.to_dict(), "max_length": max_length, "n_texts": len(texts)}
+    if checkpoint is not None and Path(checkpoint).exists():
+        prev = _load_checkpoint(Path(checkpoint), ckpt_header)
+        if prev is not None:
+            out, done = prev
+            log.warning("resuming from %s: %d of %d texts already done", checkpoint, int(done.sum()), len(texts))
 
     def make_hook(sl):
         def hook_fn(x, hook):
@@ -178,27 +191,43 @@ def collect(model, texts: Sequence[str], sites: str | NeuronIndex = "mlp_post", 
     n_real = sum(lengths)
     n_padded = sum(len(b) * lengths[b[0]] for b in batches)
     t0 = time.perf_counter()
-    bar = tqdm(total=len(texts), desc=f"collect {pooling} @ {index.spec}", unit="text", disable=not progress)
-    with runner.hooks(hooks):
-        for bi, b in enumerate(batches):
-            longest = lengths[b[0]]
-            ids = torch.full((len(b), longest), runner.pad_id, dtype=torch.long)
-            mask = torch.zeros((len(b), longest), dtype=torch.bool)
-            for r, i in enumerate(b):
-                ids[r, : lengths[i]] = torch.tensor(tokd.ids[i])
-                mask[r, : lengths[i]] = True
-            pool_mask = mask.clone()
-            if not include_bos and runner.bos_id is not None:
-                pool_mask[:, 0] = False
-                if (pool_mask.sum(1) == 0).any():
-                    raise LangNeuronsError("a text has only the BOS token; with include_bos=False it has nothing to pool")
-            state["mask"] = pool_mask.to(device)
-            state["rows"] = torch.tensor(b)
-            runner.trunk(ids.to(device), mask.long().to(device))
-            bar.update(len(b))
-            if on_batch:
-                on_batch(bi, len(batches))
-    bar.close()
+    bar = tqdm(total=len(texts), desc=f"collect {pooling} @ {index.spec}", unit="text", disable=not progress,
+               initial=int(done.sum()))
+    last_save = time.perf_counter()
+    try:
+        with runner.hooks(hooks):
+            for bi, b in enumerate(batches):
+                if bool(done[b].all()):
+                    continue
+                longest = lengths[b[0]]
+                ids = torch.full((len(b), longest), runner.pad_id, dtype=torch.long)
+                mask = torch.zeros((len(b), longest), dtype=torch.bool)
+                for r, i in enumerate(b):
+                    ids[r, : lengths[i]] = torch.tensor(tokd.ids[i])
+                    mask[r, : lengths[i]] = True
+                pool_mask = mask.clone()
+                if not include_bos and runner.bos_id is not None:
+                    pool_mask[:, 0] = False
+                    if (pool_mask.sum(1) == 0).any():
+                        raise LangNeuronsError("a text has only the BOS token; with include_bos=False it has nothing to pool")
+                state["mask"] = pool_mask.to(device)
+                state["rows"] = torch.tensor(b)
+                runner.trunk(ids.to(device), mask.long().to(device))
+                done[b] = True
+                bar.update(len(b))
+                if checkpoint is not None and time.perf_counter() - last_save > checkpoint_every_s:
+                    _save_checkpoint(Path(checkpoint), ckpt_header, out, done)
+                    last_save = time.perf_counter()
+                if on_batch:
+                    on_batch(bi, len(batches))
+    except BaseException:
+        if checkpoint is not None and done.any():
+            _save_checkpoint(Path(checkpoint), ckpt_header, out, done)
+        raise
+    finally:
+        bar.close()
+    if checkpoint is not None and Path(checkpoint).exists():
+        Path(checkpoint).unlink()
     seconds = time.perf_counter() - t0
     meta = {
         "n_texts": len(texts),
@@ -216,3 +245,29 @@ def collect(model, texts: Sequence[str], sites: str | NeuronIndex = "mlp_post", 
     log.info("collected %d texts in %.1fs (%.1f texts/s), padded share %.1f%%", len(texts), seconds,
              len(texts) / max(seconds, 1e-9), 100 * meta["padded_share"])
     return PooledActivations(out, index, meta)
+
+
+def _save_checkpoint(path: Path, header: dict, values: Tensor, done: Tensor) -> None:
+    from safetensors.torch import save
+
+    data = save({"values": values.contiguous(), "done": done.to(torch.uint8)},
+                metadata={"tl_langneurons_partial": json.dumps(header, sort_keys=True)})
+    atomic_write_bytes(path, data)
+
+
+def _load_checkpoint(path: Path, header: dict) -> tuple[Tensor, Tensor] | None:
+    """(values, done) of a partial run with the same header; None (and a warning) otherwise."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            saved = json.loads(f.metadata()["tl_langneurons_partial"])
+            values, done = f.get_tensor("values"), f.get_tensor("done").bool()
+    except (SafetensorError, OSError, KeyError, json.JSONDecodeError, RuntimeError) as e:
+        log.warning("ignoring unreadable partial run %s (%s); starting over", path, e)
+        return None
+    if saved != json.loads(json.dumps(header, sort_keys=True)):
+        raise LangNeuronsError(
+            f"partial run {path} was made with other settings; delete it to start over, or rerun with the same arguments"
+        )
+    return values, done

@@ -50,6 +50,7 @@ class FindConfig:
     batch_size: int = 32
     max_batch_tokens: int = 8192
     max_length: int = 512
+    truncate: bool = True  # False: refuse texts longer than max_length instead of truncating
 
     def __post_init__(self) -> None:
         if self.pooling not in POOLINGS:
@@ -275,12 +276,13 @@ class LanguageNeurons:
 
 
 def find_neurons(model, corpus: MultilingualCorpus, config: FindConfig | None = None, *,
-                 cache: str | Path | None = None, progress: bool = True,
+                 cache: str | Path | None = None, checkpoint: str | Path | None = None, progress: bool = True,
                  return_activations: bool = False, **overrides):
     """Steps 1-3 of the method on ``model`` and ``corpus``: a :class:`LanguageNeurons`.
 
     ``cache`` is an optional path of a pooled-activation cache: used when its header matches
     (model, sites, pooling, texts), refused with an error when it does not, written otherwise.
+    ``checkpoint`` is a file for the finished batches of an interrupted collection (see ``collect``).
     ``overrides`` set :class:`FindConfig` fields (``k=100``, ``pooling="max"``, ...).
     """
     config = config or FindConfig()
@@ -300,7 +302,8 @@ def find_neurons(model, corpus: MultilingualCorpus, config: FindConfig | None = 
             raise LangNeuronsError(f"activation cache {cache} has another neuron index than this model; delete it")
     if pooled is None:
         pooled = collect(model, texts, index, config.pooling, config.include_bos, config.batch_size,
-                         config.max_batch_tokens, config.max_length, progress)
+                         config.max_batch_tokens, config.max_length, progress, truncate=config.truncate,
+                         checkpoint=checkpoint)
         pooled.meta.update(expect)
         if cache is not None:
             pooled.save(cache)
