@@ -64,14 +64,19 @@ def write_analysis(neurons: LanguageNeurons, out: str | Path, pooled=None, label
     h, rows = layer_table(neurons)
     atomic_write_text(out / "layers.md", _md(h, rows))
     atomic_write_text(out / "layers.csv", _csv(h, rows))
-    ov = overlap_matrix(neurons, "both")
-    size = 2 * neurons.k
     langs = neurons.languages
-    ov_rows = [[a, *[f"{ov[i, j]} ({100 * ov[i, j] / size:.1f}%)" if i != j else "-" for j in range(len(langs))]]
-               for i, a in enumerate(langs)]
-    atomic_write_text(out / "overlap.md", f"Shared neurons (top-{neurons.k} + bottom-{neurons.k} per language; "
-                      f"percent of {size})\n\n" + _md(["", *langs], ov_rows))
-    atomic_write_text(out / "overlap.csv", _csv(["", *langs], [[a, *ov[i].tolist()] for i, a in enumerate(langs)]))
+    md, ovs = [], {}
+    for which, size, title in (("both", 2 * neurons.k, f"top-{neurons.k} + bottom-{neurons.k} (the paper's Table 1)"),
+                               ("top", neurons.k, f"top-{neurons.k} only"), ("bottom", neurons.k, f"bottom-{neurons.k} only")):
+        ov = overlap_matrix(neurons, which)
+        ovs[which] = ov
+        rows = [[a, *[f"{ov[i, j]} ({100 * ov[i, j] / size:.1f}%)" if i != j else "-" for j in range(len(langs))]]
+                for i, a in enumerate(langs)]
+        md.append(f"Shared neurons, {title}; percent of {size}\n\n" + _md(["", *langs], rows))
+    atomic_write_text(out / "overlap.md", "\n".join(md))
+    atomic_write_text(out / "overlap.csv", "".join(
+        _csv(["which", "", *langs], [[w, a, *ovs[w][i].tolist()] for i, a in enumerate(langs)]) for w in ovs))
+    ov, size = ovs["both"], 2 * neurons.k
     plots.layer_histograms(neurons, out / "layers.png")
     plots.overlap_heatmap(ov, langs, size, out / "overlap.png")
     if pooled is not None and labels is not None:
@@ -81,7 +86,8 @@ def write_analysis(neurons: LanguageNeurons, out: str | Path, pooled=None, label
         c = sum(layer_counts(neurons, l, which) for l in langs)
         f, l = quarter_shares(c)
         shares[which] = {"first_quarter": f, "last_quarter": l}
-    off = ov[~np.eye(len(langs), dtype=bool)]
-    return {"quarter_shares": shares, "overlap_max": int(off.max()) if off.size else 0,
-            "overlap_mean": float(off.mean()) if off.size else 0.0,
+    offdiag = ~np.eye(len(langs), dtype=bool)
+    return {"quarter_shares": shares,
+            "overlap_max": {w: int(o[offdiag].max()) for w, o in ovs.items()},
+            "overlap_mean": {w: float(o[offdiag].mean()) for w, o in ovs.items()},
             "top_mean_ap": {l: float(neurons.sets[l]["top"].ap.mean()) for l in langs}}

@@ -31,16 +31,23 @@ def check_labels(labels: np.ndarray, n_languages: int) -> None:
 def average_precision(scores: Float[Tensor, "text neuron"], labels: Int[Tensor, "text"] | np.ndarray,
                       n_languages: int | None = None, chunk: int | None = None,
                       progress: bool = False) -> Float[Tensor, "language neuron"]:
-    """AP [n_languages, n_neurons] (float64) of each neuron's scores against "text is language l"."""
+    """AP [n_languages, n_neurons] (float64) of each neuron's scores against "text is language l".
+
+    Per neuron: one descending sort of all texts; each text gets the end position e of its tie
+    group (texts with equal scores form one threshold, as in scikit-learn). For the P positives
+    of a language, AP = (1/P) * sum_r #{e <= e_r} / (e_r + 1): precision at each positive's
+    threshold, averaged. That needs only a small sort of the positives' e per language.
+    """
     labels = torch.as_tensor(np.asarray(labels), dtype=torch.long)
     n, m = scores.shape
     if labels.shape != (n,):
         raise LangNeuronsError(f"labels have shape {tuple(labels.shape)}, expected ({n},)")
     n_lang = int(n_languages if n_languages is not None else int(labels.max()) + 1)
     check_labels(labels.numpy(), n_lang)
-    positives = torch.bincount(labels, minlength=n_lang).to(torch.float64)
-    # memory per chunk ~ n * chunk * (n_lang + 4) * 8 bytes; keep it near 256 MB
-    chunk = chunk or max(1, int(256e6 / (8 * n * (n_lang + 4))))
+    grouped = torch.sort(labels, stable=True).indices  # texts grouped by language
+    bounds = [0] + torch.cumsum(torch.bincount(labels, minlength=n_lang), 0).tolist()
+    # memory per chunk ~ n * chunk * 40 bytes; keep it near 256 MB
+    chunk = chunk or max(1, int(256e6 / (40 * n)))
     out = torch.empty((n_lang, m), dtype=torch.float64)
     arange = torch.arange(n)
     for start in tqdm(range(0, m, chunk), desc="AP", unit="chunk", disable=not progress):
@@ -48,21 +55,21 @@ def average_precision(scores: Float[Tensor, "text neuron"], labels: Int[Tensor, 
         if not torch.isfinite(s).all():
             bad = (~torch.isfinite(s)).nonzero()[0]
             raise LangNeuronsError(f"non-finite score for neuron {start + int(bad[1])} on text {int(bad[0])}")
-        sorted_s, order = torch.sort(s, dim=0, descending=True, stable=True)  # [n, c]
-        lab = labels[order]  # [n, c]
-        c = s.shape[1]
-        # true positives of every language at every cut (counts fit in int32)
-        tp = torch.nn.functional.one_hot(lab, n_lang).to(torch.int32).cumsum(0)  # [n, c, L]
+        st = s.T[:, grouped].contiguous()  # [c, n], rows = neurons
+        c = st.shape[0]
+        sorted_s, order = torch.sort(st, dim=1, descending=True)
         last = torch.ones_like(sorted_s, dtype=torch.bool)
-        last[:-1] = sorted_s[:-1] != sorted_s[1:]  # end of a tie group
-        end = torch.where(last, arange.unsqueeze(1), n)
-        end = torch.flip(torch.cummin(torch.flip(end, [0]), 0).values, [0])  # [n, c]
-        # only a text's own language gets its precision: tp[end(i), j, lab(i)] / (end(i) + 1)
-        flat = (end * c + torch.arange(c).unsqueeze(0)) * n_lang + lab
-        prec = tp.reshape(-1)[flat].to(torch.float64) / (end.to(torch.float64) + 1)  # [n, c]
-        ap = torch.zeros((c, n_lang), dtype=torch.float64).scatter_add_(1, lab.T, prec.T)
-        ap /= positives
-        out[:, start:start + s.shape[1]] = ap.T
+        last[:, :-1] = sorted_s[:, :-1] != sorted_s[:, 1:]  # end of a tie group
+        if bool(last.all()):
+            end = arange.expand(c, n)
+        else:
+            end = torch.where(last, arange, n)
+            end = torch.flip(torch.cummin(torch.flip(end, [1]), 1).values, [1])
+        end_of_text = torch.empty((c, n), dtype=torch.long).scatter_(1, order, end)
+        for li in range(n_lang):
+            e = torch.sort(end_of_text[:, bounds[li]:bounds[li + 1]], dim=1).values
+            tp = torch.searchsorted(e, e, right=True)  # positives at or above each threshold
+            out[li, start:start + c] = (tp.to(torch.float64) / (e + 1).to(torch.float64)).mean(1)
     return out
 
 

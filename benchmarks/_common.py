@@ -1,0 +1,69 @@
+"""Shared helpers of the benchmarks: machine description, a Markdown table, and appending the
+results (with machine, versions and date) to benchmarks/RESULTS.md."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import platform
+import resource
+import subprocess
+from pathlib import Path
+
+RESULTS = Path(__file__).with_name("RESULTS.md")
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = ""
+    try:
+        kb = int(next(l for l in Path("/proc/meminfo").read_text().splitlines() if l.startswith("MemTotal")).split()[1])
+        mem = f", {kb / 2**20:.0f} GiB RAM"
+    except (OSError, StopIteration):
+        pass
+    import torch
+
+    dev = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return f"{cpu}, {os.cpu_count()} cores{mem}, {dev}, torch threads {torch.get_num_threads()}"
+
+
+def versions() -> str:
+    from tl_langneurons.provenance import package_versions
+
+    v = package_versions()
+    return ", ".join(f"{k} {v[k]}" for k in ("python", "torch", "transformer-lens", "transformers", "numpy", "scikit-learn"))
+
+
+def table(header: list[str], rows: list[list]) -> str:
+    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    out += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return "\n".join(out)
+
+
+def peak_rss_gib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def record(title: str, body: str, notes: str = "") -> None:
+    """Print the result and append it to RESULTS.md."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                cwd=Path(__file__).parent).stdout.strip()
+    except OSError:
+        commit = "?"
+    when = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    text = (f"\n## {title}\n\n{when}, commit {commit}\n\nMachine: {machine()}\n\nVersions: {versions()}\n\n"
+            f"{body}\n" + (f"\n{notes}\n" if notes else ""))
+    print(text)
+    if not RESULTS.exists():
+        RESULTS.write_text("# Benchmark results\n\nEach section is appended by a script under benchmarks/; "
+                           "ratios are measured side by side in one run.\n", encoding="utf-8")
+    with RESULTS.open("a", encoding="utf-8") as f:
+        f.write(text)
