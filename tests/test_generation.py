@@ -73,3 +73,21 @@ def test_config_errors():
         GenerationConfig(temperature=0)
     with pytest.raises(LangNeuronsError, match="duplicates"):
         GenerationConfig(seeds=[1, 1])
+
+
+@pytest.mark.parametrize("backend", ["bridge", "hf"])
+def test_generate_inside_user_hooks_context(tiny_dirs, tiny_corpus, backend):
+    """The README pattern: `with model.hooks(neurons.hooks("de")): generate(...)` clamps every step."""
+    from tl_langneurons import load_model
+
+    model = load_model(str(tiny_dirs["llama"]), backend=backend)
+    neurons = find_neurons(model, tiny_corpus, k=10, progress=False)
+    cfg = GenerationConfig(max_new_tokens=8, seeds=[1, 2, 3], prompt="The weather today is", stop_at_eos=False)
+    inside = None
+    with model.hooks(fwd_hooks=neurons.hooks("de")):
+        inside = generate(model, cfg)
+        again = generate(model, cfg)  # the outer hooks are still active after an inner call
+    explicit = generate(model, cfg, neurons.hooks("de"))
+    plain = generate(model, cfg)
+    assert [s.tokens for s in inside] == [s.tokens for s in explicit] == [s.tokens for s in again]
+    assert [s.tokens for s in plain] != [s.tokens for s in explicit]

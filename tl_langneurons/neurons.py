@@ -36,7 +36,7 @@ def _peak_rss_gb() -> float:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 @dataclass
@@ -107,6 +107,8 @@ class LanguageNeurons:
     sets: dict[str, dict[str, NeuronSet]]
     ap: Float[Tensor, "language neuron"]  # float64: AP of every neuron
     medians: Float[Tensor, "language neuron"]  # median of every neuron over the language's texts
+    means: Float[Tensor, "language neuron"]  # mean of every neuron over the language's texts
+    mean_all: Float[Tensor, "neuron"]  # mean of every neuron over all texts (for mean-ablation)
     meta: dict = field(default_factory=dict)
 
     # ---- construction ---------------------------------------------------------------------
@@ -119,9 +121,11 @@ class LanguageNeurons:
         ap = average_precision(pooled.values, labels, len(languages), progress=progress)
         sets: dict[str, dict[str, NeuronSet]] = {}
         medians = torch.empty(ap.shape, dtype=torch.float32)
+        means = torch.empty(ap.shape, dtype=torch.float32)
         for li, lang in enumerate(languages):
             pos = torch.as_tensor(labels == li)
             medians[li] = median0(pooled.values[pos])
+            means[li] = pooled.values[pos].double().mean(0).float()
             sets[lang] = {
                 "top": _stats(pooled.values, pos, top_k(ap[li], k), ap[li], medians[li]),
                 "bottom": _stats(pooled.values, pos, bottom_k(ap[li], k), ap[li], medians[li]),
@@ -131,7 +135,8 @@ class LanguageNeurons:
         m.update({"k": k, "k_fraction": k / pooled.index.n_neurons, "n_neurons": pooled.index.n_neurons,
                   "pooling": pooled.meta.get("pooling"), "include_bos": pooled.meta.get("include_bos"),
                   "sites": pooled.index.spec})
-        return cls(list(languages), pooled.index, k, sets, ap, medians, m)
+        return cls(list(languages), pooled.index, k, sets, ap, medians, means,
+                   pooled.values.double().mean(0).float(), m)
 
     # ---- access ---------------------------------------------------------------------------
     def _check_lang(self, lang: str) -> None:
@@ -213,7 +218,8 @@ class LanguageNeurons:
 
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
-        tensors = {"ap": self.ap.double().contiguous(), "medians": self.medians.float().contiguous()}
+        tensors = {"ap": self.ap.double().contiguous(), "medians": self.medians.float().contiguous(),
+                   "means": self.means.float().contiguous(), "mean_all": self.mean_all.float().contiguous()}
         for lang, sets in self.sets.items():
             for which, s in sets.items():
                 for f in NeuronSet.FIELDS:
@@ -247,14 +253,15 @@ class LanguageNeurons:
             index = NeuronIndex.from_dict(info["index"])
             sets = {lang: {w: NeuronSet(**{f: tensors[f"{lang}.{w}.{f}"] for f in NeuronSet.FIELDS}) for w in WHICH}
                     for lang in info["languages"]}
-            ap, medians = tensors["ap"], tensors["medians"]
+            ap, medians, means, mean_all = tensors["ap"], tensors["medians"], tensors["means"], tensors["mean_all"]
         except LangNeuronsError:
             raise
         except (SafetensorError, OSError, KeyError, json.JSONDecodeError, TypeError, RuntimeError) as e:
             raise LangNeuronsError(f"neurons in {d} are corrupt or incomplete ({type(e).__name__}: {e}); run find again") from e
-        if ap.shape != (len(info["languages"]), index.n_neurons) or medians.shape != ap.shape:
+        if (ap.shape != (len(info["languages"]), index.n_neurons) or medians.shape != ap.shape
+                or means.shape != ap.shape or mean_all.shape != (index.n_neurons,)):
             raise LangNeuronsError(f"neurons in {d} are inconsistent (AP shape {tuple(ap.shape)}); run find again")
-        return cls(info["languages"], index, int(info["k"]), sets, ap, medians, info.get("meta", {}))
+        return cls(info["languages"], index, int(info["k"]), sets, ap, medians, means, mean_all, info.get("meta", {}))
 
     def check_model(self, model) -> None:
         """Refuse to steer a model whose sites differ from the ones these neurons were found on."""
