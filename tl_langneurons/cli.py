@@ -189,6 +189,85 @@ def cmd_evaluate(args) -> Path:
     return out
 
 
+def _analysis_setup(args):
+    from .neurons import LanguageNeurons
+
+    neurons = LanguageNeurons.load(args.neurons)
+    args.model = args.model or neurons.meta.get("model")
+    model = _load_model(args)
+    neurons.check_model(model)
+    out = Path(args.neurons) / "analyses"
+    out.mkdir(exist_ok=True)
+    return neurons, model, out
+
+
+def _heldout(spec: str, languages):
+    from .corpus import MultilingualCorpus
+
+    return MultilingualCorpus.load(spec, languages=languages)
+
+
+def cmd_deactivate(args) -> None:
+    from . import plots
+    from .analyses import deactivation
+    from .provenance import atomic_write_json, atomic_write_text
+
+    neurons, model, out = _analysis_setup(args)
+    res = deactivation(model, neurons, _heldout(args.heldout, neurons.languages), args.mode, args.which, args.n_texts,
+                       args.seed, progress=not args.quiet)
+    md = res.markdown()
+    atomic_write_text(out / "deactivation.md", md)
+    atomic_write_json(out / "deactivation.json", {"languages": res.languages, "baseline": res.baseline.tolist(),
+                                                  "delta": res.delta.tolist(), "delta_random": res.delta_random.tolist(),
+                                                  "meta": res.meta})
+    plots.matrix_heatmap(res.delta, res.languages, res.languages,
+                         f"Loss change when the row language's neurons are {args.mode}-ablated", out / "deactivation.png",
+                         "+.2f", "RdBu_r", center=True)
+    print(md)
+
+
+def cmd_attribution(args) -> None:
+    from .analyses import attribution_markdown, logit_attribution
+    from .provenance import atomic_write_json, atomic_write_text
+
+    neurons, model, out = _analysis_setup(args)
+    rows = logit_attribution(model, neurons, _langs(args.languages), args.n_neurons, args.top_tokens)
+    md = attribution_markdown(rows)
+    atomic_write_text(out / "attribution.md", md)
+    atomic_write_json(out / "attribution.json", rows)
+    print(md)
+
+
+def cmd_tokens(args) -> None:
+    from . import plots
+    from .analyses import token_view
+
+    neurons, model, out = _analysis_setup(args)
+    tokens, act, score = token_view(model, neurons, args.text)
+    plots.token_strip(tokens, score, neurons.languages, out / "tokens.png")
+    best = score.argmax(0)
+    for t, b, col in zip(tokens, best, score.T):
+        print(f"{t!r:>16}  {neurons.languages[b]}  " + " ".join(f"{l}:{v:+.2f}" for l, v in zip(neurons.languages, col)))
+    print(f"figure: {out / 'tokens.png'}")
+
+
+def cmd_cross_steer(args) -> None:
+    from . import plots
+    from .analyses import cross_steering, cross_steering_markdown
+    from .provenance import atomic_write_json, atomic_write_text
+
+    neurons, model, out = _analysis_setup(args)
+    res = cross_steering(model, neurons, _heldout(args.heldout, neurons.languages), args.n_prompts, args.samples,
+                         args.max_new_tokens, args.seed, args.which, progress=not args.quiet)
+    md = cross_steering_markdown(res)
+    atomic_write_text(out / "cross_steering.md", md)
+    atomic_write_json(out / "cross_steering.json", res)
+    import numpy as np
+    plots.matrix_heatmap(np.array(res["rate"]), res["languages"], res["languages"],
+                         "Target rate: row = prompt language, column = clamped language", out / "cross_steering.png")
+    print(md)
+
+
 def cmd_report(args) -> Path:
     from .report import build_report
 
@@ -281,6 +360,41 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--ablation-samples", type=int, default=None, help="samples per k (default: --samples)")
     _gen_args(q, 100, 64)
     q.set_defaults(func=cmd_evaluate)
+
+    def analysis_args(q):
+        model_args(q, required_default=False)
+        q.add_argument("--neurons", required=True, help="a find output folder (results go to NEURONS/analyses)")
+
+    q = sub.add_parser("deactivate", help="loss change on held-out texts when a language's neurons are ablated")
+    analysis_args(q)
+    q.add_argument("--heldout", required=True, help="held-out corpus (never used for selection), e.g. ../shared/data/ud-dev-test")
+    q.add_argument("--mode", default="zero", choices=["zero", "mean"])
+    q.add_argument("--which", default="both", choices=["both", "top", "bottom"])
+    q.add_argument("--n-texts", type=int, default=50, help="held-out texts per language (default 50)")
+    q.add_argument("--seed", type=int, default=0)
+    q.set_defaults(func=cmd_deactivate)
+
+    q = sub.add_parser("attribution", help="tokens promoted by each top mlp_post neuron (direct logit attribution)")
+    analysis_args(q)
+    q.add_argument("--languages", default=None)
+    q.add_argument("--n-neurons", type=int, default=50, help="top neurons per language (default 50)")
+    q.add_argument("--top-tokens", type=int, default=20)
+    q.set_defaults(func=cmd_attribution)
+
+    q = sub.add_parser("tokens", help="per-token activation and language score of one text (heat strip)")
+    analysis_args(q)
+    q.add_argument("text")
+    q.set_defaults(func=cmd_tokens)
+
+    q = sub.add_parser("cross-steer", help="prompt in one language, clamp another's neurons: target-rate matrix")
+    analysis_args(q)
+    q.add_argument("--heldout", required=True, help="held-out corpus for the prompts")
+    q.add_argument("--n-prompts", type=int, default=10)
+    q.add_argument("--samples", type=int, default=2, help="samples per prompt (default 2)")
+    q.add_argument("--max-new-tokens", type=int, default=32)
+    q.add_argument("--which", default="both", choices=["both", "top", "bottom"])
+    q.add_argument("--seed", type=int, default=0)
+    q.set_defaults(func=cmd_cross_steer)
 
     q = sub.add_parser("report", help="write report.md and report.html for a find output folder")
     q.add_argument("dir")

@@ -93,3 +93,33 @@ def k_ablation(rows: list[dict], path: str | Path) -> None:
     axes[1].legend(fontsize=8)
     fig.suptitle("Intervention strength (k top + k bottom neurons)")
     _save(fig, path)
+
+
+def matrix_heatmap(m: np.ndarray, rows: Sequence[str], cols: Sequence[str], title: str, path: str | Path,
+                   fmt: str = ".2f", cmap: str = "viridis", center: bool = False) -> None:
+    fig, ax = plt.subplots(figsize=(1.0 + 0.75 * len(cols), 0.8 + 0.6 * len(rows)))
+    kw = {}
+    if center:
+        v = float(np.nanmax(np.abs(m))) or 1.0
+        kw = {"vmin": -v, "vmax": v}
+    im = ax.imshow(m, cmap=cmap, **kw)
+    ax.set_xticks(range(len(cols)), cols)
+    ax.set_yticks(range(len(rows)), rows)
+    for i in range(len(rows)):
+        for j in range(len(cols)):
+            ax.text(j, i, format(m[i, j], fmt), ha="center", va="center", fontsize=7,
+                    color="k" if center else "w")
+    fig.colorbar(im, ax=ax)
+    ax.set_title(title, fontsize=9)
+    _save(fig, path)
+
+
+def token_strip(tokens: Sequence[str], score: np.ndarray, langs: Sequence[str], path: str | Path) -> None:
+    """Per-token language score of each language (rows) over the tokens (columns)."""
+    fig, ax = plt.subplots(figsize=(max(4, 0.45 * len(tokens)), 0.5 + 0.4 * len(langs)))
+    v = float(np.abs(score).max()) or 1.0
+    ax.imshow(score, cmap="RdBu_r", vmin=-v, vmax=v, aspect="auto")
+    ax.set_yticks(range(len(langs)), langs)
+    ax.set_xticks(range(len(tokens)), [t.replace("\n", "\\n") for t in tokens], rotation=70, fontsize=7)
+    ax.set_title("Per-token language score from the language neurons (top minus bottom)", fontsize=9)
+    _save(fig, path)

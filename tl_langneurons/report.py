@@ -54,6 +54,17 @@ def build_report(directory: str | Path) -> Path:
             parts += ["## Intervention strength (paper Figure 5)", "", "![k ablation](control/k_ablation.png)", "",
                       _read(ctl / "k_ablation.md"), ""]
         parts += ["Sample generations: [control/samples.md](control/samples.md)", ""]
+    an = d / "analyses"
+    for name, title, fig in (("deactivation", "Deactivation: loss change on held-out texts", "deactivation.png"),
+                             ("attribution", "Direct logit attribution of the top neurons", None),
+                             ("cross_steering", "Cross-language steering", "cross_steering.png")):
+        if (an / f"{name}.md").exists():
+            parts += [f"## {title}", ""]
+            if fig and (an / fig).exists():
+                parts += [f"![{name}](analyses/{fig})", ""]
+            parts += [_read(an / f"{name}.md"), ""]
+    if (an / "tokens.png").exists():
+        parts += ["## Token-level view", "", "![tokens](analyses/tokens.png)", ""]
     versions = meta.get("versions", {})
     parts += ["## Package versions", "", "| package | version |", "|---|---|"] + [f"| {k} | {v} |" for k, v in versions.items()]
     md = "\n".join(parts) + "\n"
