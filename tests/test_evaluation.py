@@ -84,3 +84,28 @@ def test_evaluate_config_errors():
         EvaluateConfig(conditions=["top", "middle-ish"])
     with pytest.raises(LangNeuronsError, match="samples must be at least 1"):
         EvaluateConfig(samples=0)
+
+
+def test_sample_nll_matches_cross_entropy(tiny_llama):
+    import torch
+
+    from tl_langneurons.generation import GenerationConfig, generate, sample_nll
+
+    samples = generate(tiny_llama, GenerationConfig(max_new_tokens=6, seeds=[1, 2], stop_at_eos=False))
+    nll = sample_nll(tiny_llama, samples)
+    for s, x in zip(samples, nll):
+        ids = [tiny_llama.tokenizer.bos_token_id] + s.tokens
+        with torch.no_grad():
+            logits = tiny_llama(torch.tensor([ids]))
+        ref = torch.nn.functional.cross_entropy(logits[0, :-1].double(), torch.tensor(ids[1:]))
+        assert abs(x - float(ref)) < 1e-6
+
+
+def test_distinct_threshold_from_real_text(tiny_llama):
+    from tl_langneurons import MultilingualCorpus
+    from tl_langneurons.evaluation import distinct_threshold
+
+    texts = MultilingualCorpus.bundled().texts["de"]
+    t = distinct_threshold(tiny_llama.tokenizer, texts)
+    assert 0.2 < t < 1.0
+    assert distinct_threshold(tiny_llama.tokenizer, ["kurz"]) == 0.4  # too little text: the documented default

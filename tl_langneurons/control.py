@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Sequence
 
 from .errors import LangNeuronsError
-from .evaluation import BleuReferences, score_samples, tokenize_for_bleu
-from .generation import GenerationConfig, generate
+from .evaluation import DEGENERATE_DISTINCT, BleuReferences, distinct_threshold, score_samples, tokenize_for_bleu
+from .generation import GenerationConfig, Sample, generate, sample_nll
 from .models import model_name
 from .neurons import LanguageNeurons
 from .provenance import atomic_write_json, atomic_write_text, package_versions
@@ -87,11 +87,15 @@ def evaluate_control(model, neurons: LanguageNeurons, references: dict[str, list
     langs = cfg.languages or neurons.languages
     for l in langs:
         neurons._check_lang(l)
-    refs = {}
-    if references:
-        for l in langs:
-            if references.get(l):
-                refs[l] = BleuReferences(tokenize_for_bleu(runner.tokenizer, references[l]))
+    refs, thresholds, ref_nll = {}, {}, {}
+    for l in langs:
+        texts = (references or {}).get(l)
+        thresholds[l] = distinct_threshold(runner.tokenizer, texts) if texts else DEGENERATE_DISTINCT
+        if texts:
+            refs[l] = BleuReferences(tokenize_for_bleu(runner.tokenizer, texts))
+            from .analyses import text_losses
+            total, count = text_losses(model, texts[:100])
+            ref_nll[l] = total / count
     out = Path(out) if out is not None else None
     cells_dir = out / "cells" if out else None
     base = {"model": model_name(model), "neurons_model": neurons.meta.get("model"), "sites": neurons.index.spec,
@@ -120,28 +124,34 @@ def evaluate_control(model, neurons: LanguageNeurons, references: dict[str, list
         t0 = time.perf_counter()
         samples_ = generate(model, cfg.generation(samples), hooks, progress=progress,
                             desc=f"{cond} {lang or ''} k={k}".strip())
+        nll = sample_nll(model, samples_, cfg.prompt, cfg.batch_size)  # fluency under the unclamped model
         timings[f"{cond}-{lang}-{k}"] = time.perf_counter() - t0
-        rows = [{"seed": s.seed, "text": s.text, "tokens": s.tokens} for s in samples_]
+        rows = [{"seed": s.seed, "text": s.text, "tokens": s.tokens, "nll": x} for s, x in zip(samples_, nll)]
         if path is not None:
             atomic_write_json(path, {"settings": settings, "samples": rows})
         return rows
+
+    def _score(rows, lang):
+        return score_samples([r["text"] for r in rows], [r["tokens"] for r in rows], lang, refs.get(lang),
+                             runner.tokenizer, thresholds[lang], [r.get("nll", float("nan")) for r in rows])
 
     table2 = []
     none_rows = cell(None, "none", 0, cfg.samples) if "none" in cfg.conditions else None
     for lang in langs:
         for cond in cfg.conditions:
             rows = none_rows if cond == "none" else cell(lang, cond, neurons.k, cfg.samples)
-            s = score_samples([r["text"] for r in rows], [r["tokens"] for r in rows], lang, refs.get(lang), runner.tokenizer)
+            s = _score(rows, lang)
             table2.append({"lang": lang, "condition": cond, "k": neurons.k, **s.as_dict()})
     ablation = []
     ks = default_ablation_ks(neurons.index.n_neurons) if cfg.ablation_ks is None else list(cfg.ablation_ks)
     for k in ks:
         for lang in langs:
             rows = cell(lang, "both", k, cfg.ablation_samples or cfg.samples)
-            s = score_samples([r["text"] for r in rows], [r["tokens"] for r in rows], lang, refs.get(lang), runner.tokenizer)
+            s = _score(rows, lang)
             ablation.append({"lang": lang, "condition": "both", "k": k, "k_fraction": k / neurons.index.n_neurons, **s.as_dict()})
     meta = {**base, "languages": langs, "config": asdict(cfg), "ablation_ks": ks, "seeds": f"1..{cfg.samples}",
             "bleu_references": {l: len(references[l]) for l in refs} if references else {},
+            "distinct_thresholds": thresholds, "reference_nll": ref_nll,
             "neurons_meta": {k: v for k, v in neurons.meta.items() if k != "timings"},
             "versions": package_versions(), "timings": timings, "cells": used}
     result = ControlResult(table2, ablation, meta)
@@ -161,22 +171,25 @@ def table2_markdown(rows: list[dict]) -> str:
     get = {(r["lang"], r["condition"]): r for r in rows}
     out = []
     for title, key in (("Occurrence rate of the target language (%), lid.176 score > 0.5; [95% Wilson CI]", "rate"),
-                       ("Gated occurrence rate (%): target language and not degenerate (>= 40% distinct tokens)", "gated_rate"),
+                       ("Gated occurrence rate (%): target language and not degenerate (distinct-token ratio at or above the "
+                        "5th percentile of real 64-token text of the language)", "gated_rate"),
                        ("BLEU-4 of target-language samples against the language's texts", "bleu"),
-                       ("Degenerate samples (%): fewer than 40% distinct tokens", "degenerate")):
+                       ("Degenerate samples (%): distinct-token ratio below the language's gate", "degenerate"),
+                       ("Fluency: mean per-token NLL of the samples under the unclamped model (lower is more natural)", "nll")):
         out += [f"**{title}**", "", "| lang | " + " | ".join(conds) + " |", "|---|" + "---|" * len(conds)]
         for lang in langs + ["mean"]:
             cells = []
             for c in conds:
                 if lang == "mean":
-                    v = _mean([get[(l, c)] for l in langs], key)
-                    cells.append(f"{v:.3f}" if key == "bleu" else f"{100 * v:.1f}")
+                    vals = [get[(l, c)][key] for l in langs if get[(l, c)][key] is not None]
+                    v = sum(vals) / len(vals) if vals else float("nan")
+                    cells.append(f"{v:.3f}" if key in ("bleu", "nll") else f"{100 * v:.1f}")
                     continue
                 r = get[(lang, c)]
                 if key == "rate":
                     cells.append(f"{100 * r['rate']:.1f} [{100 * r['ci'][0]:.0f}-{100 * r['ci'][1]:.0f}]")
-                elif key == "bleu":
-                    cells.append(f"{r['bleu']:.3f}")
+                elif key in ("bleu", "nll"):
+                    cells.append("-" if r[key] is None else f"{r[key]:.3f}")
                 else:
                     cells.append(f"{100 * r[key]:.1f}")
             out.append(f"| {lang} | " + " | ".join(cells) + " |")
@@ -188,14 +201,16 @@ def ablation_markdown(rows: list[dict]) -> str:
     ks = sorted({r["k"] for r in rows})
     langs = list(dict.fromkeys(r["lang"] for r in rows))
     get = {(r["lang"], r["k"]): r for r in rows}
-    out = ["| k | log10 k | fraction | " + " | ".join(f"{l} rate / gated / BLEU" for l in langs) + " | mean rate | mean gated | mean BLEU |",
-           "|---|---|---|" + "---|" * (len(langs) + 3)]
+    out = ["| k | log10 k | fraction | " + " | ".join(f"{l} rate / gated / BLEU" for l in langs)
+           + " | mean rate | mean gated | mean BLEU | mean NLL |",
+           "|---|---|---|" + "---|" * (len(langs) + 4)]
     for k in ks:
         rs = [get[(l, k)] for l in langs]
         import math
         out.append(f"| {k} | {math.log10(k):.2f} | {100 * rs[0]['k_fraction']:.2f}% | " + " | ".join(
             f"{100 * r['rate']:.0f} / {100 * r['gated_rate']:.0f} / {r['bleu']:.3f}" for r in rs)
-            + f" | {100 * _mean(rs, 'rate'):.1f} | {100 * _mean(rs, 'gated_rate'):.1f} | {_mean(rs, 'bleu'):.3f} |")
+            + f" | {100 * _mean(rs, 'rate'):.1f} | {100 * _mean(rs, 'gated_rate'):.1f} | {_mean(rs, 'bleu'):.3f} | "
+            + (f"{sum(r['nll'] for r in rs if r['nll'] is not None) / max(1, sum(r['nll'] is not None for r in rs)):.3f} |"))
     return "\n".join(out) + "\n"
 
 
@@ -204,15 +219,26 @@ def write_control(result: ControlResult, out: str | Path) -> None:
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "table2.md", table2_markdown(result.table2))
-    cols = ["lang", "condition", "k", "n", "hits", "rate", "ci_low", "ci_high", "gated_rate", "bleu", "degenerate", "distinct"]
+    m = result.meta
+    notes = ""
+    if m.get("distinct_thresholds"):
+        notes += "Degeneracy gate (distinct-token ratio, 5th percentile of real 64-token text): " + ", ".join(
+            f"{l} {v:.2f}" for l, v in m["distinct_thresholds"].items()) + "\n\n"
+    if m.get("reference_nll"):
+        notes += "Fluency reference: NLL per token of real text of the language: " + ", ".join(
+            f"{l} {v:.3f}" for l, v in m["reference_nll"].items()) + "\n"
+    atomic_write_text(out / "table2.md", table2_markdown(result.table2) + "\n" + notes)
+    cols = ["lang", "condition", "k", "n", "hits", "rate", "ci_low", "ci_high", "gated_rate", "bleu", "degenerate",
+            "distinct", "longest_run", "nll", "threshold"]
 
     def csv(rows):
         lines = [",".join(cols)]
         for r in rows:
             lines.append(",".join(str(v) for v in [r["lang"], r["condition"], r["k"], r["n"], r["hits"], f"{r['rate']:.4f}",
                                                   f"{r['ci'][0]:.4f}", f"{r['ci'][1]:.4f}", f"{r['gated_rate']:.4f}",
-                                                  f"{r['bleu']:.4f}", f"{r['degenerate']:.4f}", f"{r['distinct']:.4f}"]))
+                                                  f"{r['bleu']:.4f}", f"{r['degenerate']:.4f}", f"{r['distinct']:.4f}",
+                                                  f"{r['longest_run']:.2f}", "" if r["nll"] is None else f"{r['nll']:.4f}",
+                                                  f"{r['threshold']:.3f}"]))
         return "\n".join(lines) + "\n"
 
     atomic_write_text(out / "table2.csv", csv(result.table2))

@@ -130,6 +130,21 @@ def tokenize_for_bleu(tokenizer, texts: Sequence[str]) -> list[list[str]]:
     return [tokenizer.convert_ids_to_tokens(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
 
 
+def distinct_threshold(tokenizer, references: Sequence[str], window: int = 64, percentile: float = 5.0) -> float:
+    """The degeneracy gate of a language, set from real text: the ``percentile`` of the distinct-token
+    ratio over ``window``-token stretches of the references (consecutive texts joined)."""
+    ids: list[int] = []
+    for t in references:
+        ids += tokenizer(t, add_special_tokens=False)["input_ids"]
+    ratios = [distinct_ratio(ids[i:i + window]) for i in range(0, len(ids) - window + 1, window)]
+    if len(ratios) < 5:
+        return DEGENERATE_DISTINCT
+    ratios.sort()
+    pos = (len(ratios) - 1) * percentile / 100
+    lo = int(pos)
+    return ratios[lo] + (ratios[min(lo + 1, len(ratios) - 1)] - ratios[lo]) * (pos - lo)
+
+
 @dataclass
 class ConditionScore:
     """Scores of one (language, condition) cell."""
@@ -143,16 +158,22 @@ class ConditionScore:
     gated_hits: int
     gated_rate: float
     distinct: float
+    longest_run: float
+    nll: float | None
+    threshold: float
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
 
 
 def score_samples(texts: Sequence[str], tokens: Sequence[Sequence[int]], lang: str,
-                  bleu_refs: BleuReferences | None, tokenizer) -> ConditionScore:
-    """Occurrence rate (+ Wilson CI), BLEU of the target-language samples, degeneracy, gated rate."""
+                  bleu_refs: BleuReferences | None, tokenizer, threshold: float = DEGENERATE_DISTINCT,
+                  nll: Sequence[float] | None = None) -> ConditionScore:
+    """Occurrence rate (+ Wilson CI), BLEU of the target-language samples, degeneracy (distinct
+    ratio below ``threshold``), the gated rate (target language and not degenerate), the longest
+    repeated run and the fluency (mean per-token NLL under the unclamped model, when given)."""
     hits = is_language(texts, lang)
-    degen = [is_degenerate(t) for t in tokens]
+    degen = [is_degenerate(t, threshold) for t in tokens]
     n = len(texts)
     bleus = []
     if bleu_refs is not None:
@@ -161,8 +182,11 @@ def score_samples(texts: Sequence[str], tokens: Sequence[Sequence[int]], lang: s
                 bleus.append(bleu_refs.score(tokenize_for_bleu(tokenizer, [t])[0]))
     k = sum(hits)
     g = sum(h and not d for h, d in zip(hits, degen))
+    finite = [x for x in (nll or []) if x == x]
     return ConditionScore(
         n=n, hits=k, rate=k / n if n else 0.0, ci=wilson(k, n), bleu=sum(bleus) / len(bleus) if bleus else 0.0,
         degenerate=sum(degen) / n if n else 0.0, gated_hits=g, gated_rate=g / n if n else 0.0,
         distinct=sum(distinct_ratio(t) for t in tokens) / n if n else 0.0,
+        longest_run=sum(longest_repeat_run(t) for t in tokens) / n if n else 0.0,
+        nll=sum(finite) / len(finite) if finite else None, threshold=threshold,
     )

@@ -110,3 +110,32 @@ def generate(model, config: GenerationConfig | None = None, fwd_hooks: Sequence[
                 out.append(Sample(s, row, runner.tokenizer.decode(row, skip_special_tokens=True)))
     bar.close()
     return out
+
+
+@torch.no_grad()
+def sample_nll(model, samples: Sequence[Sample], prompt: str | None = None, batch_size: int = 50) -> list[float]:
+    """Mean per-token negative log-likelihood of each sample's tokens under ``model`` as it is
+    (call it without clamp hooks: the fluency of steered text judged by the unclamped model)."""
+    runner = Runner(model)
+    start = prompt_ids(runner, prompt)
+    out: list[float] = []
+    for i in range(0, len(samples), batch_size):
+        chunk = samples[i:i + batch_size]
+        longest = max(len(s.tokens) for s in chunk)
+        if longest == 0:
+            out += [float("nan")] * len(chunk)
+            continue
+        ids = torch.full((len(chunk), len(start) + longest), runner.pad_id, dtype=torch.long)
+        mask = torch.zeros_like(ids, dtype=torch.bool)
+        for r, s in enumerate(chunk):
+            row = start + list(s.tokens)
+            ids[r, : len(row)] = torch.tensor(row)
+            mask[r, : len(row)] = True
+        logits = runner.logits(ids.to(runner.device), mask.long().to(runner.device))
+        lp = torch.log_softmax(logits[:, :-1].double(), -1).gather(-1, ids[:, 1:, None].to(logits.device))[..., 0]
+        gen = mask[:, 1:].clone()
+        gen[:, : len(start) - 1] = False  # only the generated tokens
+        gen = gen.to(lp.device)
+        for r, s in enumerate(chunk):
+            out.append(float(-(lp[r] * gen[r]).sum() / gen[r].sum()) if len(s.tokens) else float("nan"))
+    return out
