@@ -123,3 +123,17 @@ def test_find_with_cache(tiny_llama, tiny_corpus, tmp_path):
     assert torch.equal(a.ap, b.ap)
     with pytest.raises(LangNeuronsError, match="other settings"):
         find_neurons(tiny_llama, tiny_corpus, k=5, cache=cache, pooling="max", progress=False)
+
+
+def test_layer_subsets(found):
+    neurons = found[0]
+    assert neurons.layer_subset("first") == [0] and neurons.layer_subset("ends") == [0, 2]
+    sel, _ = neurons.selected("de", "top", k=5, layers="last")
+    assert set(neurons.index.layers()[sel.numpy()].tolist()) == {2}
+    li = neurons.languages.index("de")
+    in_last = torch.from_numpy(neurons.index.layers() == 2)
+    assert neurons.ap[li][sel].min() >= neurons.ap[li][in_last].sort(descending=True).values[4]
+    with pytest.raises(LangNeuronsError, match="unknown layer subset 'middle'"):
+        neurons.selected("de", layers="middle")
+    with pytest.raises(LangNeuronsError, match="larger than the number of neurons \\(48\\)"):
+        neurons.selected("de", k=49, layers="first")

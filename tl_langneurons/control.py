@@ -77,83 +77,101 @@ def _cell_key(settings: dict) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
+class CellRunner:
+    """Generates and scores cells (one clamp setting, one language, a list of seeds), reading a cell
+    back from ``cells_dir`` when it was made with the same settings: the unit of resume."""
+
+    def __init__(self, model, neurons: LanguageNeurons, cfg: EvaluateConfig,
+                 references: dict[str, list[str]] | None, cells_dir: Path | None, progress: bool = True):
+        neurons.check_model(model)
+        self.model, self.neurons, self.cfg, self.cells_dir, self.progress = model, neurons, cfg, cells_dir, progress
+        self.runner = Runner(model)
+        self.refs, self.thresholds, self.ref_nll = {}, {}, {}
+        for l in cfg.languages or neurons.languages:
+            neurons._check_lang(l)
+            texts = (references or {}).get(l)
+            self.thresholds[l] = distinct_threshold(self.runner.tokenizer, texts) if texts else DEGENERATE_DISTINCT
+            if texts:
+                from .analyses import text_losses
+
+                self.refs[l] = BleuReferences(tokenize_for_bleu(self.runner.tokenizer, texts))
+                total, count = text_losses(model, texts[:100])
+                self.ref_nll[l] = total / count
+        self.base = {"model": model_name(model), "neurons_model": neurons.meta.get("model"), "sites": neurons.index.spec,
+                     "max_new_tokens": cfg.max_new_tokens, "temperature": cfg.temperature, "prompt": cfg.prompt,
+                     "ap_sha": hashlib.sha256(neurons.ap.numpy().tobytes()).hexdigest()[:16]}
+        self.timings: dict[str, float] = {}
+        self.used: list[str] = []
+
+    def samples(self, lang: str | None, cond: str, k: int, seeds: Sequence[int], value=None, scale=None,
+                positions=None, layers=None) -> list[dict]:
+        """Samples of one cell (cond "none" ignores every clamp argument)."""
+        cfg = self.cfg
+        clamp = None if cond == "none" else {
+            "lang": lang, "k": k, "value": cfg.value if value is None else value,
+            "scale": cfg.scale if scale is None else scale, "positions": positions or cfg.positions,
+            "layers": layers if layers not in (None, "all") else None}
+        settings = {**self.base, "condition": cond, "clamp": clamp, "seeds": list(seeds)}
+        key = _cell_key(settings)
+        path = None
+        if self.cells_dir is not None:
+            path = self.cells_dir / f"{cond}-{lang if clamp else 'all'}-k{k if clamp else 0}-{key}.json"
+            self.used.append(path.name)
+            if path.exists():
+                try:
+                    data = json.loads(path.read_text(encoding="utf-8"))
+                    if data["settings"] == settings:
+                        return data["samples"]
+                except (json.JSONDecodeError, KeyError):
+                    pass  # a damaged cell is recomputed
+        hooks = [] if clamp is None else self.neurons.hooks(
+            lang, cond, clamp["value"], clamp["scale"], clamp["positions"], k=k, layers=clamp["layers"])
+        gcfg = GenerationConfig(cfg.max_new_tokens, cfg.temperature, list(seeds), cfg.batch_size, cfg.prompt)
+        t0 = time.perf_counter()
+        out = generate(self.model, gcfg, hooks, progress=self.progress, desc=f"{cond} {lang or ''} k={k}".strip())
+        nll = sample_nll(self.model, out, cfg.prompt, cfg.batch_size)  # fluency under the unclamped model
+        self.timings[path.name if path else f"{cond}-{lang}-{k}-{key}"] = time.perf_counter() - t0
+        rows = [{"seed": s.seed, "text": s.text, "tokens": s.tokens, "nll": x} for s, x in zip(out, nll)]
+        if path is not None:
+            atomic_write_json(path, {"settings": settings, "samples": rows})
+        return rows
+
+    def score(self, rows: list[dict], lang: str):
+        return score_samples([r["text"] for r in rows], [r["tokens"] for r in rows], lang, self.refs.get(lang),
+                             self.runner.tokenizer, self.thresholds[lang], [r.get("nll", float("nan")) for r in rows])
+
+    def meta(self) -> dict:
+        return {**self.base, "distinct_thresholds": self.thresholds, "reference_nll": self.ref_nll,
+                "neurons_meta": {k: v for k, v in self.neurons.meta.items() if k != "timings"},
+                "versions": package_versions(), "timings": self.timings, "cells": self.used}
+
+
 def evaluate_control(model, neurons: LanguageNeurons, references: dict[str, list[str]] | None = None,
                      config: EvaluateConfig | None = None, out: str | Path | None = None,
                      progress: bool = True) -> ControlResult:
     """Run the control experiment and, with ``out``, write its tables, figure and samples there."""
     cfg = config or EvaluateConfig()
-    neurons.check_model(model)
-    runner = Runner(model)
-    langs = cfg.languages or neurons.languages
-    for l in langs:
-        neurons._check_lang(l)
-    refs, thresholds, ref_nll = {}, {}, {}
-    for l in langs:
-        texts = (references or {}).get(l)
-        thresholds[l] = distinct_threshold(runner.tokenizer, texts) if texts else DEGENERATE_DISTINCT
-        if texts:
-            refs[l] = BleuReferences(tokenize_for_bleu(runner.tokenizer, texts))
-            from .analyses import text_losses
-            total, count = text_losses(model, texts[:100])
-            ref_nll[l] = total / count
     out = Path(out) if out is not None else None
-    cells_dir = out / "cells" if out else None
-    base = {"model": model_name(model), "neurons_model": neurons.meta.get("model"), "sites": neurons.index.spec,
-            "max_new_tokens": cfg.max_new_tokens, "temperature": cfg.temperature, "prompt": cfg.prompt,
-            "value": cfg.value, "scale": cfg.scale, "positions": cfg.positions,
-            "ap_sha": hashlib.sha256(neurons.ap.numpy().tobytes()).hexdigest()[:16]}
-    timings: dict[str, float] = {}
-    used: list[str] = []
-
-    def cell(lang: str | None, cond: str, k: int, samples: int):
-        """Samples of one cell, read back from ``cells/`` when they exist with the same settings."""
-        settings = {**base, "lang": lang if cond != "none" else None, "condition": cond,
-                    "k": k if cond != "none" else None, "samples": samples}
-        key = _cell_key(settings)
-        path = cells_dir / f"{cond}-{lang if cond != 'none' else 'all'}-k{k if cond != 'none' else 0}-{key}.json" if cells_dir else None
-        if path is not None:
-            used.append(path.name)
-        if path is not None and path.exists():
-            try:
-                data = json.loads(path.read_text(encoding="utf-8"))
-                if data["settings"] == settings:
-                    return data["samples"]
-            except (json.JSONDecodeError, KeyError):
-                pass  # a damaged cell is recomputed
-        hooks = [] if cond == "none" else neurons.hooks(lang, cond, cfg.value, cfg.scale, cfg.positions, k=k)
-        t0 = time.perf_counter()
-        samples_ = generate(model, cfg.generation(samples), hooks, progress=progress,
-                            desc=f"{cond} {lang or ''} k={k}".strip())
-        nll = sample_nll(model, samples_, cfg.prompt, cfg.batch_size)  # fluency under the unclamped model
-        timings[f"{cond}-{lang}-{k}"] = time.perf_counter() - t0
-        rows = [{"seed": s.seed, "text": s.text, "tokens": s.tokens, "nll": x} for s, x in zip(samples_, nll)]
-        if path is not None:
-            atomic_write_json(path, {"settings": settings, "samples": rows})
-        return rows
-
-    def _score(rows, lang):
-        return score_samples([r["text"] for r in rows], [r["tokens"] for r in rows], lang, refs.get(lang),
-                             runner.tokenizer, thresholds[lang], [r.get("nll", float("nan")) for r in rows])
-
+    cells = CellRunner(model, neurons, cfg, references, out / "cells" if out else None, progress)
+    langs = cfg.languages or neurons.languages
+    seeds = list(range(1, cfg.samples + 1))
     table2 = []
-    none_rows = cell(None, "none", 0, cfg.samples) if "none" in cfg.conditions else None
+    none_rows = cells.samples(None, "none", 0, seeds) if "none" in cfg.conditions else None
     for lang in langs:
         for cond in cfg.conditions:
-            rows = none_rows if cond == "none" else cell(lang, cond, neurons.k, cfg.samples)
-            s = _score(rows, lang)
-            table2.append({"lang": lang, "condition": cond, "k": neurons.k, **s.as_dict()})
+            rows = none_rows if cond == "none" else cells.samples(lang, cond, neurons.k, seeds)
+            table2.append({"lang": lang, "condition": cond, "k": neurons.k, **cells.score(rows, lang).as_dict()})
     ablation = []
     ks = default_ablation_ks(neurons.index.n_neurons) if cfg.ablation_ks is None else list(cfg.ablation_ks)
+    ab_seeds = list(range(1, (cfg.ablation_samples or cfg.samples) + 1))
     for k in ks:
         for lang in langs:
-            rows = cell(lang, "both", k, cfg.ablation_samples or cfg.samples)
-            s = _score(rows, lang)
-            ablation.append({"lang": lang, "condition": "both", "k": k, "k_fraction": k / neurons.index.n_neurons, **s.as_dict()})
-    meta = {**base, "languages": langs, "config": asdict(cfg), "ablation_ks": ks, "seeds": f"1..{cfg.samples}",
-            "bleu_references": {l: len(references[l]) for l in refs} if references else {},
-            "distinct_thresholds": thresholds, "reference_nll": ref_nll,
-            "neurons_meta": {k: v for k, v in neurons.meta.items() if k != "timings"},
-            "versions": package_versions(), "timings": timings, "cells": used}
+            rows = cells.samples(lang, "both", k, ab_seeds)
+            ablation.append({"lang": lang, "condition": "both", "k": k, "k_fraction": k / neurons.index.n_neurons,
+                             **cells.score(rows, lang).as_dict()})
+    meta = {**cells.meta(), "languages": langs, "config": asdict(cfg), "ablation_ks": ks, "seeds": f"1..{cfg.samples}",
+            "value": cfg.value, "scale": cfg.scale, "positions": cfg.positions,
+            "bleu_references": {l: len(references[l]) for l in cells.refs} if references else {}}
     result = ControlResult(table2, ablation, meta)
     if out is not None:
         write_control(result, out)
@@ -255,6 +273,8 @@ def write_control(result: ControlResult, out: str | Path) -> None:
             continue
         data = json.loads(path.read_text(encoding="utf-8"))
         st = data["settings"]
-        lines += [f"## {st['condition']} {st['lang'] or ''} k={st['k']}", ""]
+        c = st.get("clamp") or {}
+        desc = " ".join(f"{k}={v}" for k, v in c.items() if k not in ("lang", "k") and v is not None)
+        lines += [f"## {st['condition']} {c.get('lang', '')} k={c.get('k', 0)} {desc}".rstrip(), ""]
         lines += [f"- seed {r['seed']}: {' '.join(r['text'].split())[:300]!s}" for r in data["samples"][:5]] + [""]
     atomic_write_text(out / "samples.md", "\n".join(lines))

@@ -143,12 +143,45 @@ class LanguageNeurons:
         if lang not in self.sets:
             raise LangNeuronsError(f"no neurons for language {lang!r}; this result has {', '.join(self.languages)}")
 
-    def selected(self, lang: str, which: str = "both", k: int | None = None) -> tuple[Tensor, Tensor]:
+    def layer_subset(self, layers: str | Sequence[int] | None) -> list[int] | None:
+        """Layer numbers of a subset: all (None), first / last quarter, ends (both), or a list."""
+        if layers is None or layers == "all":
+            return None
+        n = self.index.n_layers
+        q = max(1, n // 4)
+        named = {"first": list(range(q)), "last": list(range(n - q, n)), "ends": list(range(q)) + list(range(n - q, n))}
+        if isinstance(layers, str):
+            if layers not in named:
+                raise LangNeuronsError(f"unknown layer subset {layers!r}; use all, first, last, ends or a list of layers")
+            return named[layers]
+        out = sorted({int(l) for l in layers})
+        if not out or out[0] < 0 or out[-1] >= n:
+            raise LangNeuronsError(f"layers must be between 0 and {n - 1}, got {list(layers)}")
+        return out
+
+    def selected(self, lang: str, which: str = "both", k: int | None = None,
+                 layers: str | Sequence[int] | None = None) -> tuple[Tensor, Tensor]:
         """(neurons, median clamp values) of ``which`` (top, bottom, both = top + bottom, middle).
 
         ``k`` defaults to the k of the result; any k up to the neuron count works, since the AP and
-        median of every neuron are kept.
+        median of every neuron are kept. ``layers`` ranks only the neurons of those layers
+        (see ``layer_subset``), so k neurons are chosen inside the subset.
         """
+        subset = self.layer_subset(layers)
+        if subset is not None:
+            self._check_lang(lang)
+            li = self.languages.index(lang)
+            keep = torch.from_numpy(np.isin(self.index.layers(), subset))
+            k = self.k if k is None else k
+            check_k(k, int(keep.sum()))
+            out = []
+            for w in {"both": ("top", "bottom"), "top": ("top",), "bottom": ("bottom",)}.get(which, ()):
+                masked = self.ap[li].masked_fill(~keep, float("-inf") if w == "top" else float("inf"))
+                out.append((top_k if w == "top" else bottom_k)(masked, k))
+            if not out:
+                raise LangNeuronsError(f"neuron set {which!r} cannot be restricted to layers; use top, bottom or both")
+            neurons = torch.cat(out)
+            return neurons, self.medians[li][neurons]
         self._check_lang(lang)
         kinds = {"both": ("top", "bottom"), "top": ("top",), "bottom": ("bottom",), "middle": ("middle",)}
         if which not in kinds:
@@ -164,14 +197,16 @@ class LanguageNeurons:
         return neurons, self.medians[li][neurons]
 
     def hooks(self, lang: str, which: str = "both", value: str | float = "median", scale: float = 1.0,
-              positions: str = "all", k: int | None = None) -> list[tuple[str, Callable]]:
+              positions: str = "all", k: int | None = None,
+              layers: str | Sequence[int] | None = None) -> list[tuple[str, Callable]]:
         """TransformerLens ``fwd_hooks`` that clamp the language's neurons.
 
         ``value``: "median" (the paper: median over the language's texts), "zero", or a number.
         ``scale`` multiplies the value. ``k`` overrides the number of neurons per set.
         ``positions``: "all" (the paper) or "last" (only the newest position).
+        ``layers``: choose the k neurons only among these layers (all, first, last, ends, or a list).
         """
-        neurons, medians = self.selected(lang, which, k)
+        neurons, medians = self.selected(lang, which, k, layers)
         if value == "median":
             vals = medians
         elif value == "zero":
