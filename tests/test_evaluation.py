@@ -109,3 +109,18 @@ def test_distinct_threshold_from_real_text(tiny_llama):
     t = distinct_threshold(tiny_llama.tokenizer, texts)
     assert 0.2 < t < 1.0
     assert distinct_threshold(tiny_llama.tokenizer, ["kurz"]) == 0.4  # too little text: the documented default
+
+
+def test_sweep_end_to_end(tiny_llama, tiny_corpus, tmp_path):
+    from tl_langneurons.sweep import SweepConfig, run_sweep
+
+    neurons = find_neurons(tiny_llama, tiny_corpus, k=10, progress=False)
+    cfg = SweepConfig(languages=["de"], k_fractions=["2%", "5%"], scales=[1.0, 2.0], positions=["all", "last"],
+                      layer_sets=["all", "first"], val_samples=2, test_samples=3, max_new_tokens=4)
+    res = run_sweep(tiny_llama, neurons, tiny_corpus.texts, cfg, tmp_path, progress=False)
+    assert set(res.best) == {"de"} and res.best["de"]["k"] in (3, 7)
+    assert [r["stage"] for r in res.stages] == ["k", "k", "scale", "scale", "positions", "positions", "layers", "layers"]
+    assert [r["setting"] for r in res.test] == ["none", "paper k=1000", "k=0.45%", "best"]
+    assert (tmp_path / "sweep.md").exists() and (tmp_path / "tradeoff.png").exists()
+    again = run_sweep(tiny_llama, neurons, tiny_corpus.texts, cfg, tmp_path, progress=False)
+    assert again.meta["timings"] == {} and again.test == res.test  # resumed from the cells

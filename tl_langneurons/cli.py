@@ -268,6 +268,24 @@ def cmd_cross_steer(args) -> None:
     print(md)
 
 
+def cmd_sweep(args) -> Path:
+    from .neurons import LanguageNeurons
+    from .sweep import SweepConfig, run_sweep
+
+    neurons = LanguageNeurons.load(args.neurons)
+    args.model = args.model or neurons.meta.get("model")
+    out = Path(args.out) if args.out else Path(args.neurons) / "sweep"
+    cfg = SweepConfig(languages=_langs(args.languages), k_fractions=args.k_fractions.split(","),
+                      scales=[float(x) for x in args.scales.split(",")], positions=args.positions.split(","),
+                      layer_sets=args.layer_sets.split(","), val_samples=args.val_samples,
+                      test_samples=args.test_samples, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
+    refs = _references(neurons, args.corpus)
+    model = _load_model(args)
+    run_sweep(model, neurons, refs, cfg, out, progress=not args.quiet)
+    print((out / "sweep.md").read_text(encoding="utf-8"))
+    return out
+
+
 def cmd_report(args) -> Path:
     from .report import build_report
 
@@ -395,6 +413,22 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--which", default="both", choices=["both", "top", "bottom"])
     q.add_argument("--seed", type=int, default=0)
     q.set_defaults(func=cmd_cross_steer)
+
+    q = sub.add_parser("sweep", help="search clamp settings (k fraction, scale, positions, layers) for fluent steering")
+    model_args(q, required_default=False)
+    q.add_argument("--neurons", required=True, help="a find output folder")
+    q.add_argument("--out", default=None, help="output folder (default NEURONS/sweep)")
+    q.add_argument("--languages", default=None)
+    q.add_argument("--corpus", default=None, help="references for BLEU, the degeneracy gate and fluency (default: the find corpus)")
+    q.add_argument("--k-fractions", default="0.05%,0.1%,0.27%,0.45%,1%,2.7%")
+    q.add_argument("--scales", default="0.5,1,1.5,2")
+    q.add_argument("--positions", default="all,last")
+    q.add_argument("--layer-sets", default="all,first,last,ends")
+    q.add_argument("--val-samples", type=int, default=20, help="validation samples per setting (seeds 1001..)")
+    q.add_argument("--test-samples", type=int, default=100, help="fresh samples for the final report (seeds 1..)")
+    q.add_argument("--max-new-tokens", type=int, default=48)
+    q.add_argument("--batch-size", type=int, default=50)
+    q.set_defaults(func=cmd_sweep)
 
     q = sub.add_parser("report", help="write report.md and report.html for a find output folder")
     q.add_argument("dir")

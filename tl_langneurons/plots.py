@@ -123,3 +123,22 @@ def token_strip(tokens: Sequence[str], score: np.ndarray, langs: Sequence[str], 
     ax.set_xticks(range(len(tokens)), [t.replace("\n", "\\n") for t in tokens], rotation=70, fontsize=7)
     ax.set_title("Per-token language score from the language neurons (top minus bottom)", fontsize=9)
     _save(fig, path)
+
+
+def tradeoff(rows: list[dict], path: str | Path) -> None:
+    """Gated rate and fluency (NLL) against the k fraction, per language."""
+    langs = sorted({r["lang"] for r in rows})
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    for lang in langs:
+        rs = sorted((r for r in rows if r["lang"] == lang), key=lambda r: r["k"])
+        x = [100 * r["k_fraction"] for r in rs]
+        axes[0].plot(x, [r["gated_rate"] for r in rs], marker="o", label=lang)
+        axes[1].plot(x, [r["nll"] if r["nll"] is not None else np.nan for r in rs], marker="o", label=lang)
+    for ax in axes:
+        ax.set_xscale("log")
+        ax.set_xlabel("k (% of the site's neurons, top + bottom each)")
+    axes[0].set_ylabel("gated rate")
+    axes[1].set_ylabel("NLL per token (unclamped model)")
+    axes[1].legend(fontsize=8)
+    fig.suptitle("Steering trade-off: language rate against fluency")
+    _save(fig, path)

@@ -54,6 +54,9 @@ def build_report(directory: str | Path) -> Path:
             parts += ["## Intervention strength (paper Figure 5)", "", "![k ablation](control/k_ablation.png)", "",
                       _read(ctl / "k_ablation.md"), ""]
         parts += ["Sample generations: [control/samples.md](control/samples.md)", ""]
+    if (d / "sweep" / "sweep.md").exists():
+        parts += ["## Fluent steering: settings sweep", "", "![trade-off](sweep/tradeoff.png)", "",
+                  _read(d / "sweep" / "sweep.md"), ""]
     an = d / "analyses"
     for name, title, fig in (("deactivation", "Deactivation: loss change on held-out texts", "deactivation.png"),
                              ("attribution", "Direct logit attribution of the top neurons", None),
