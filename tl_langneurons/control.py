@@ -16,7 +16,7 @@ from typing import Sequence
 
 from .errors import LangNeuronsError
 from .evaluation import DEGENERATE_DISTINCT, BleuReferences, distinct_threshold, score_samples, tokenize_for_bleu
-from .generation import GenerationConfig, Sample, generate, sample_nll
+from .generation import SAMPLER, GenerationConfig, Sample, generate, sample_nll
 from .models import model_name
 from .neurons import LanguageNeurons
 from .provenance import atomic_write_json, atomic_write_text, package_versions
@@ -99,7 +99,7 @@ class CellRunner:
                 self.ref_nll[l] = total / count
         self.base = {"model": model_name(model), "neurons_model": neurons.meta.get("model"), "sites": neurons.index.spec,
                      "max_new_tokens": cfg.max_new_tokens, "temperature": cfg.temperature, "prompt": cfg.prompt,
-                     "ap_sha": hashlib.sha256(neurons.ap.numpy().tobytes()).hexdigest()[:16]}
+                     "sampler": SAMPLER, "ap_sha": hashlib.sha256(neurons.ap.numpy().tobytes()).hexdigest()[:16]}
         self.timings: dict[str, float] = {}
         self.used: list[str] = []
 

@@ -53,14 +53,35 @@ class Sample:
     text: str
 
 
+SAMPLER = "inverse-cdf-blocked-v1"  # recorded with every generated cell
+_BLOCK = 1024
+
+
 def sample_next(logits: Float[Tensor, "batch vocab"], temperature: float,
                 gens: Sequence[torch.Generator]) -> Int[Tensor, "batch"]:
-    """One token per row by inverse-CDF sampling with the row's own generator."""
-    probs = torch.softmax(logits.double() / temperature, dim=-1)
-    cdf = probs.cumsum(-1)
-    u = torch.stack([torch.rand((), generator=g, dtype=torch.float64) for g in gens]).to(cdf.device)
-    idx = torch.searchsorted(cdf, (u * cdf[:, -1]).unsqueeze(1)).squeeze(1)
-    return idx.clamp_max(logits.shape[-1] - 1)
+    """One token per row by inverse-CDF sampling with the row's own generator.
+
+    Exact for the softmax at ``temperature`` over the full vocabulary: each row draws u ~ U(0, 1)
+    and takes the first token whose cumulative (unnormalised) probability exceeds u times the total.
+    The cumulative sum is taken in two levels (blocks of 1024 tokens, float64), so a step costs
+    one pass over the logits; every operation is per row, so a row's token does not depend on
+    the other rows of the batch.
+    """
+    b, v = logits.shape
+    x = logits.float() / temperature
+    p = torch.exp(x - x.max(-1, keepdim=True).values)
+    pad = (-v) % _BLOCK
+    if pad:
+        p = torch.nn.functional.pad(p, (0, pad))
+    blocks = p.view(b, -1, _BLOCK)
+    cum_blocks = blocks.sum(-1, dtype=torch.float64).cumsum(-1)  # [b, n_blocks]
+    u = torch.stack([torch.rand((), generator=g, dtype=torch.float64) for g in gens]).to(p.device)
+    target = u * cum_blocks[:, -1]
+    j = torch.searchsorted(cum_blocks, target.unsqueeze(1)).squeeze(1).clamp_max(cum_blocks.shape[1] - 1)
+    before = torch.where(j > 0, cum_blocks.gather(1, (j - 1).clamp_min(0).unsqueeze(1)).squeeze(1), 0.0)
+    within = blocks[torch.arange(b, device=p.device), j].to(torch.float64).cumsum(-1)  # [b, block]
+    i = torch.searchsorted(within, (target - before).unsqueeze(1)).squeeze(1).clamp_max(_BLOCK - 1)
+    return (j * _BLOCK + i).clamp_max(v - 1)
 
 
 def prompt_ids(runner: Runner, prompt: str | None) -> list[int]:
