@@ -28,11 +28,8 @@ def bare_forward(model, texts, batch_size, max_batch_tokens, logits=True):
     tokd = tokenize(runner, texts, 512)
     lengths = [len(t) for t in tokd.ids]
     for b in make_batches(lengths, batch_size, max_batch_tokens):
-        ids = torch.full((len(b), lengths[b[0]]), runner.pad_id, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for r, i in enumerate(b):
-            ids[r, : lengths[i]] = torch.tensor(tokd.ids[i])
-            mask[r, : lengths[i]] = 1
+        ids, mask = runner.pad([tokd.ids[i] for i in b])
+        mask = mask.long()
         if logits:
             runner.hf(input_ids=ids, attention_mask=mask, use_cache=False)
         else:

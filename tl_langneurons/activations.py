@@ -199,12 +199,7 @@ def collect(model, texts: Sequence[str], sites: str | NeuronIndex = "mlp_post", 
             for bi, b in enumerate(batches):
                 if bool(done[b].all()):
                     continue
-                longest = lengths[b[0]]
-                ids = torch.full((len(b), longest), runner.pad_id, dtype=torch.long)
-                mask = torch.zeros((len(b), longest), dtype=torch.bool)
-                for r, i in enumerate(b):
-                    ids[r, : lengths[i]] = torch.tensor(tokd.ids[i])
-                    mask[r, : lengths[i]] = True
+                ids, mask = runner.pad([tokd.ids[i] for i in b])
                 pool_mask = mask.clone()
                 if not include_bos and runner.bos_id is not None:
                     pool_mask[:, 0] = False

@@ -57,17 +57,9 @@ def text_losses(model, texts: Sequence[str], fwd_hooks=(), batch_size: int = 16,
     total, count = 0.0, 0
     with runner.hooks(list(fwd_hooks)):
         for b in make_batches(lengths, batch_size, 8192):
-            longest = lengths[b[0]]
-            ids = torch.full((len(b), longest), runner.pad_id, dtype=torch.long)
-            mask = torch.zeros((len(b), longest), dtype=torch.bool)
-            for r, i in enumerate(b):
-                ids[r, : lengths[i]] = torch.tensor(tokd.ids[i])
-                mask[r, : lengths[i]] = True
-            logits = runner.logits(ids.to(runner.device), mask.long().to(runner.device))
-            lp = torch.log_softmax(logits[:, :-1].double(), -1).gather(-1, ids[:, 1:, None].to(logits.device))[..., 0]
-            m = mask[:, 1:].to(lp.device)
-            total += float(-(lp * m).sum())
-            count += int(m.sum())
+            ids, mask = runner.pad([tokd.ids[i] for i in b])
+            total += float(-runner.next_token_logprobs(ids, mask).sum())
+            count += int(mask[:, 1:].sum())
     return total, count
 
 

@@ -142,21 +142,12 @@ def sample_nll(model, samples: Sequence[Sample], prompt: str | None = None, batc
     out: list[float] = []
     for i in range(0, len(samples), batch_size):
         chunk = samples[i:i + batch_size]
-        longest = max(len(s.tokens) for s in chunk)
-        if longest == 0:
+        if max(len(s.tokens) for s in chunk) == 0:
             out += [float("nan")] * len(chunk)
             continue
-        ids = torch.full((len(chunk), len(start) + longest), runner.pad_id, dtype=torch.long)
-        mask = torch.zeros_like(ids, dtype=torch.bool)
+        ids, mask = runner.pad([start + list(s.tokens) for s in chunk])
+        lp = runner.next_token_logprobs(ids, mask)
+        lp[:, : len(start) - 1] = 0.0  # only the generated tokens count
         for r, s in enumerate(chunk):
-            row = start + list(s.tokens)
-            ids[r, : len(row)] = torch.tensor(row)
-            mask[r, : len(row)] = True
-        logits = runner.logits(ids.to(runner.device), mask.long().to(runner.device))
-        lp = torch.log_softmax(logits[:, :-1].double(), -1).gather(-1, ids[:, 1:, None].to(logits.device))[..., 0]
-        gen = mask[:, 1:].clone()
-        gen[:, : len(start) - 1] = False  # only the generated tokens
-        gen = gen.to(lp.device)
-        for r, s in enumerate(chunk):
-            out.append(float(-(lp[r] * gen[r]).sum() / gen[r].sum()) if len(s.tokens) else float("nan"))
+            out.append(float(-lp[r].sum() / len(s.tokens)) if len(s.tokens) else float("nan"))
     return out

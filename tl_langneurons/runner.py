@@ -111,6 +111,24 @@ class Runner:
             return self.hf(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits.float()
         return self.model(input_ids, attention_mask=attention_mask, return_type="logits").float()
 
+    def pad(self, seqs: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Right-padded token ids [batch, longest] and the mask of real tokens (padding after the
+        text never changes a causal model's activations on the text)."""
+        longest = max(len(s) for s in seqs)
+        ids = torch.full((len(seqs), longest), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(seqs), longest), dtype=torch.bool)
+        for r, seq in enumerate(seqs):
+            ids[r, : len(seq)] = torch.as_tensor(list(seq), dtype=torch.long)
+            mask[r, : len(seq)] = True
+        return ids, mask
+
+    @torch.no_grad()
+    def next_token_logprobs(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """log p(token t | tokens < t) for t = 1..T-1, [batch, T-1] (float64), 0 at padding."""
+        logits = self.logits(ids.to(self.device), mask.long().to(self.device))
+        lp = torch.log_softmax(logits[:, :-1].double(), -1).gather(-1, ids[:, 1:, None].to(logits.device))[..., 0]
+        return lp * mask[:, 1:].to(lp.device)
+
     def hook_size(self, name: str) -> int:
         """Units at a hook, flattened over trailing dims (heads x d_head for q/k/v)."""
         self.check_hook(name)
