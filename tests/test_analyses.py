@@ -28,7 +28,7 @@ def test_text_losses_match_manual_cross_entropy(tiny_llama):
     with torch.no_grad():
         logits = tiny_llama(ids)
     ref = torch.nn.functional.cross_entropy(logits[0, :-1].double(), ids[0, 1:], reduction="sum")
-    assert count == ids.shape[1] - 1 and abs(total - float(ref)) < 1e-6
+    assert count == ids.shape[1] - 1 and abs(total - float(ref)) < 1e-7 * float(ref)  # float32 logits
 
 
 def test_deactivation_matrix(tiny_llama, setup):

@@ -108,7 +108,8 @@ class Runner:
     def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Full logits [batch, pos, vocab] (no cache)."""
         if self.hf is not None:
-            return self.hf(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits.float()
+            logits = self.hf(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+            return logits if logits.dtype == torch.float32 else logits.float()
         return self.model(input_ids, attention_mask=attention_mask, return_type="logits").float()
 
     def pad(self, seqs: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -123,11 +124,27 @@ class Runner:
         return ids, mask
 
     @torch.no_grad()
-    def next_token_logprobs(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """log p(token t | tokens < t) for t = 1..T-1, [batch, T-1] (float64), 0 at padding."""
-        logits = self.logits(ids.to(self.device), mask.long().to(self.device))
-        lp = torch.log_softmax(logits[:, :-1].double(), -1).gather(-1, ids[:, 1:, None].to(logits.device))[..., 0]
-        return lp * mask[:, 1:].to(lp.device)
+    def next_token_logprobs(self, ids: torch.Tensor, mask: torch.Tensor, max_logits: int = 2**25) -> torch.Tensor:
+        """log p(token t | tokens < t) for t = 1..T-1, [batch, T-1] (float64), 0 at padding.
+
+        Rows run in groups so that at most ``max_logits`` logits (128 MiB in float32) exist at once:
+        a 262k vocabulary makes the full [batch, pos, vocab] tensor many gigabytes.
+        """
+        out = torch.zeros((ids.shape[0], ids.shape[1] - 1), dtype=torch.float64)
+        step = max(1, max_logits // (ids.shape[1] * self._vocab_size()))
+        for i in range(0, ids.shape[0], step):
+            sub, m = ids[i:i + step], mask[i:i + step]
+            logits = self.logits(sub.to(self.device), m.long().to(self.device))[:, :-1]
+            target = logits.gather(-1, sub[:, 1:, None].to(logits.device))[..., 0]
+            lp = (target - torch.logsumexp(logits, -1)).double().cpu()
+            out[i:i + step] = lp * m[:, 1:]
+        return out
+
+    def _vocab_size(self) -> int:
+        if self.hf is not None:
+            return int(self.hf.get_output_embeddings().weight.shape[0]) if hasattr(
+                self.hf.get_output_embeddings(), "weight") else int(self.hf.config.vocab_size)
+        return int(getattr(self.model.cfg, "d_vocab", 50_000))
 
     def hook_size(self, name: str) -> int:
         """Units at a hook, flattened over trailing dims (heads x d_head for q/k/v)."""
