@@ -67,7 +67,7 @@ def test_cache_round_trip_and_mismatch(tiny_llama, tiny_corpus, tmp_path):
     pa.save(path)
     back = PooledActivations.load(path, expect={"model": "tiny", "pooling": "mean"})
     assert torch.equal(back.values, pa.values) and back.index == pa.index
-    with pytest.raises(LangNeuronsError, match="made for other settings \\(pooling differ\\)"):
+    with pytest.raises(LangNeuronsError, match="made for other settings \\(different pooling\\)"):
         PooledActivations.load(path, expect={"model": "tiny", "pooling": "max"})
     path.write_bytes(path.read_bytes()[:100])
     with pytest.raises(LangNeuronsError, match="corrupt"):

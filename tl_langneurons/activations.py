@@ -128,7 +128,7 @@ class PooledActivations:
             diff = [k for k, v in expect.items() if header.get(k) != v]
             if diff:
                 raise LangNeuronsError(
-                    f"activation cache {path} was made for other settings ({', '.join(diff)} differ); "
+                    f"activation cache {path} was made for other settings (different {', '.join(diff)}); "
                     "delete it or choose another cache path"
                 )
         index = NeuronIndex.from_dict(header.pop("index"))

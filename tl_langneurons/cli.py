@@ -73,7 +73,7 @@ def _check_out(out: Path, overwrite: bool, settings: dict) -> None:
         diff = [k for k, v in settings.items() if old.get(k) != v]
         if diff:
             raise LangNeuronsError(
-                f"{out} holds another run (its {', '.join(diff)} differ); choose another --out or pass --overwrite"
+                f"{out} holds another run (different {', '.join(diff)}); choose another --out or pass --overwrite"
             )
 
 
