@@ -60,11 +60,12 @@ def average_precision(scores: Float[Tensor, "text neuron"], labels: Int[Tensor, 
         sorted_s, order = torch.sort(st, dim=1, descending=True)
         last = torch.ones_like(sorted_s, dtype=torch.bool)
         last[:, :-1] = sorted_s[:, :-1] != sorted_s[:, 1:]  # end of a tie group
-        if bool(last.all()):
-            end = arange.expand(c, n)
-        else:
-            end = torch.where(last, arange, n)
-            end = torch.flip(torch.cummin(torch.flip(end, [1]), 1).values, [1])
+        end = arange.expand(c, n)
+        tied = ~last.all(1)  # only neurons with tied scores need the end of each tie group
+        if bool(tied.any()):
+            end = end.clone()
+            e = torch.where(last[tied], arange, n)
+            end[tied] = torch.flip(torch.cummin(torch.flip(e, [1]), 1).values, [1])
         end_of_text = torch.empty((c, n), dtype=torch.long).scatter_(1, order, end)
         for li in range(n_lang):
             e = torch.sort(end_of_text[:, bounds[li]:bounds[li + 1]], dim=1).values
