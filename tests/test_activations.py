@@ -123,3 +123,20 @@ def test_nan_activation_names_neuron_and_text(tiny_llama):
     with tiny_llama.hooks(fwd_hooks=[("blocks.1.mlp.hook_post", poison)]):
         with pytest.raises(LangNeuronsError, match=r"non-finite activation at blocks.1.mlp.hook_post\[7\] on text"):
             collect(tiny_llama, ["one text here", "two"], "mlp_post", progress=False)
+
+
+def test_on_disk_store_equals_in_memory(tiny_llama, tiny_corpus, tmp_path):
+    from tl_langneurons.activations import DiskMatrix
+    from tl_langneurons.neurons import find_neurons
+
+    texts = tiny_corpus.flat()[0][:20]
+    mem = collect(tiny_llama, texts, "mlp_post", batch_size=4, progress=False)
+    disk = collect(tiny_llama, texts, "mlp_post", batch_size=4, progress=False, store=tmp_path / "m.npy")
+    assert isinstance(disk.values, DiskMatrix) and disk.values.shape == tuple(mem.values.shape)
+    assert torch.equal(disk.values[:, 0:144], mem.values)
+    assert np.array_equal(np.load(tmp_path / "m.npy"), mem.values.numpy())
+    a = find_neurons(tiny_llama, tiny_corpus, k=5, progress=False)
+    b = find_neurons(tiny_llama, tiny_corpus, k=5, progress=False, store=tmp_path / "f.npy")
+    assert torch.equal(a.ap, b.ap) and torch.equal(a.medians, b.medians) and torch.equal(a.mean_all, b.mean_all)
+    with pytest.raises(LangNeuronsError, match="column chunks only"):
+        disk.values[0, :]

@@ -142,7 +142,8 @@ def collect(model, texts: Sequence[str], sites: str | NeuronIndex = "mlp_post", 
             include_bos: bool = True, batch_size: int = 32, max_batch_tokens: int = 8192,
             max_length: int | None = 512, progress: bool = True,
             on_batch: Callable[[int, int], None] | None = None, truncate: bool = True,
-            checkpoint: str | Path | None = None, checkpoint_every_s: float = 30.0) -> PooledActivations:
+            checkpoint: str | Path | None = None, checkpoint_every_s: float = 30.0,
+            store: str | Path | None = None) -> PooledActivations:
     """Pooled activations of ``texts`` at ``sites`` (step 1 of the method).
 
     ``pooling`` is mean (the paper), max, last or median over each text's real tokens; the BOS
@@ -150,6 +151,7 @@ def collect(model, texts: Sequence[str], sites: str | NeuronIndex = "mlp_post", 
     are truncated with a warning, or refused when ``truncate`` is False. With ``checkpoint``, the
     finished batches are saved there (every ``checkpoint_every_s`` and when interrupted) and a
     rerun with the same arguments skips them; the file is removed once the run completes.
+    With ``store`` (a ``.npy`` path) the values go to a :class:`DiskMatrix` there instead of memory.
     Returns float32 values [n_texts, n_neurons].
     """
     if pooling not in POOLINGS:
@@ -161,7 +163,14 @@ def collect(model, texts: Sequence[str], sites: str | NeuronIndex = "mlp_post", 
     tokd = tokenize(runner, texts, max_length, truncate)
     lengths = [len(t) for t in tokd.ids]
     batches = make_batches(lengths, batch_size, max_batch_tokens)
-    out = torch.empty((len(texts), index.n_neurons), dtype=torch.float32)
+    shape = (len(texts), index.n_neurons)
+    if store is not None:
+        resume = checkpoint is not None and Path(checkpoint).exists() and Path(store).exists()
+        out = DiskMatrix(store) if resume else DiskMatrix.create(store, shape)
+        if out.shape != shape:
+            raise LangNeuronsError(f"{store} holds a {out.shape} matrix, not {shape}; delete it")
+    else:
+        out = torch.empty(shape, dtype=torch.float32)
     done = torch.zeros(len(texts), dtype=torch.bool)
     state: dict = {}
     ckpt_header = {"texts_sha256": sha256_texts(texts), "pooling": pooling, "include_bos": include_bos,
@@ -169,7 +178,9 @@ def collect(model, texts: Sequence[str], sites: str | NeuronIndex = "mlp_post", 
     if checkpoint is not None and Path(checkpoint).exists():
         prev = _load_checkpoint(Path(checkpoint), ckpt_header)
         if prev is not None:
-            out, done = prev
+            values, done = prev
+            if store is None:
+                out = values
             log.warning("resuming from %s: %d of %d texts already done", checkpoint, int(done.sum()), len(texts))
 
     def make_hook(sl):
@@ -182,7 +193,7 @@ def collect(model, texts: Sequence[str], sites: str | NeuronIndex = "mlp_post", 
                     f"non-finite activation at {sl.hook}[{int(bad[1])}] on text {state['rows'][int(bad[0])]}; "
                     "check the model weights and dtype (use float32)"
                 )
-            out[state["rows"], sl.offset: sl.offset + sl.size] = vals.cpu()
+            state["buf"][:, sl.offset: sl.offset + sl.size] = vals.cpu()
         return hook_fn
 
     hooks = [(sl.hook, make_hook(sl)) for sl in index.slices]
@@ -207,7 +218,12 @@ def collect(model, texts: Sequence[str], sites: str | NeuronIndex = "mlp_post", 
                         raise LangNeuronsError("a text has only the BOS token; with include_bos=False it has nothing to pool")
                 state["mask"] = pool_mask.to(device)
                 state["rows"] = torch.tensor(b)
+                state["buf"] = torch.empty((len(b), index.n_neurons), dtype=torch.float32)
                 runner.trunk(ids.to(device), mask.long().to(device))
+                if store is not None:
+                    out.write_rows(b, state["buf"])
+                else:
+                    out[b] = state["buf"]
                 done[b] = True
                 bar.update(len(b))
                 if checkpoint is not None and time.perf_counter() - last_save > checkpoint_every_s:
@@ -242,10 +258,11 @@ def collect(model, texts: Sequence[str], sites: str | NeuronIndex = "mlp_post", 
     return PooledActivations(out, index, meta)
 
 
-def _save_checkpoint(path: Path, header: dict, values: Tensor, done: Tensor) -> None:
+def _save_checkpoint(path: Path, header: dict, values, done: Tensor) -> None:
     from safetensors.torch import save
 
-    data = save({"values": values.contiguous(), "done": done.to(torch.uint8)},
+    kept = values.contiguous() if isinstance(values, Tensor) else torch.zeros(0)  # a DiskMatrix is on disk already
+    data = save({"values": kept, "done": done.to(torch.uint8)},
                 metadata={"tl_langneurons_partial": json.dumps(header, sort_keys=True)})
     atomic_write_bytes(path, data)
 
@@ -266,3 +283,54 @@ def _load_checkpoint(path: Path, header: dict) -> tuple[Tensor, Tensor] | None:
             f"partial run {path} was made with other settings; delete it to start over, or rerun with the same arguments"
         )
     return values, done
+
+
+class DiskMatrix:
+    """A float32 [rows, cols] matrix in a ``.npy`` file, written by rows and read by column chunks
+    with plain file reads (no memory map), for pooled matrices larger than memory (e.g. the
+    ``paper`` sites of Llama-2-13B: 2.1M neurons x 3,000 texts = 25.6 GB). Ranking and statistics
+    read it ``values[:, a:b]`` at a time."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        try:
+            with open(self.path, "rb") as f:
+                version = np.lib.format.read_magic(f)
+                read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+                shape, fortran, dtype = read(f)
+                self.offset = f.tell()
+        except (OSError, ValueError) as e:
+            raise LangNeuronsError(f"{self.path} is not a readable .npy matrix ({e})") from e
+        if dtype != np.float32 or fortran or len(shape) != 2:
+            raise LangNeuronsError(f"{self.path} must hold a 2-D C-ordered float32 matrix")
+        self.shape = tuple(int(x) for x in shape)
+
+    @classmethod
+    def create(cls, path: str | Path, shape: tuple[int, int]) -> "DiskMatrix":
+        """A new zero-filled (sparse) file of ``shape``."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "wb") as f:
+            np.lib.format.write_array_header_1_0(f, {"descr": "<f4", "fortran_order": False, "shape": tuple(shape)})
+            offset = f.tell()
+            f.truncate(offset + 4 * shape[0] * shape[1])
+        return cls(path)
+
+    def write_rows(self, rows: Sequence[int], values: Tensor) -> None:
+        data = values.detach().to(torch.float32).contiguous().numpy()
+        with open(self.path, "r+b") as f:
+            for r, row in zip(rows, data):
+                f.seek(self.offset + 4 * int(r) * self.shape[1])
+                f.write(row.tobytes())
+
+    def __getitem__(self, key) -> Tensor:
+        rows, cols = key
+        if rows != slice(None) or not isinstance(cols, slice) or cols.step not in (None, 1):
+            raise LangNeuronsError("DiskMatrix reads column chunks only: values[:, a:b]")
+        a, b, _ = cols.indices(self.shape[1])
+        out = np.empty((self.shape[0], max(0, b - a)), dtype=np.float32)
+        with open(self.path, "rb") as f:
+            for r in range(self.shape[0]):
+                f.seek(self.offset + 4 * (r * self.shape[1] + a))
+                f.readinto(memoryview(out[r]))
+        return torch.from_numpy(out)

@@ -79,7 +79,7 @@ def write_analysis(neurons: LanguageNeurons, out: str | Path, pooled=None, label
     ov, size = ovs["both"], 2 * neurons.k
     plots.layer_histograms(neurons, out / "layers.png")
     plots.overlap_heatmap(ov, langs, size, out / "overlap.png")
-    if pooled is not None and labels is not None:
+    if pooled is not None and labels is not None and isinstance(pooled.values, torch.Tensor):
         plots.activation_distributions(neurons, pooled.values, np.asarray(labels), out / "distributions.png")
     shares = {}
     for which in ("top", "middle", "bottom"):

@@ -92,7 +92,8 @@ def cmd_find(args) -> Path:
     neurons, pooled, labels = find_neurons(
         model, corpus, sites=args.sites, pooling=args.pooling, k=args.k, include_bos=not args.no_bos,
         batch_size=args.batch_size, max_length=args.max_length, truncate=not args.refuse_long, cache=args.cache,
-        checkpoint=out / ".partial-activations.safetensors", return_activations=True, progress=not args.quiet)
+        checkpoint=out / ".partial-activations.safetensors", store=args.on_disk, return_activations=True,
+        progress=not args.quiet)
     neurons.meta.update({"model": args.model, "corpus_spec": args.corpus, "n_per_lang": args.n_per_lang,
                          "corpus_seed": args.seed, "k_spec": str(args.k)})
     neurons.save(out)
@@ -306,7 +307,7 @@ def cmd_demo(args) -> None:
           "on 2 CPU cores; run `tl-langneurons evaluate` for the full protocol")
     ns = argparse.Namespace(model=DEFAULT_MODEL, backend="auto", corpus="bundled", n_per_lang=None, seed=0,
                             languages=None, sites="mlp_post", pooling="mean", k=args.k, no_bos=False, batch_size=32,
-                            max_length=512, refuse_long=False, cache=None, out=str(out), overwrite=True, quiet=args.quiet)
+                            max_length=512, refuse_long=False, cache=None, on_disk=None, out=str(out), overwrite=True, quiet=args.quiet)
     cmd_find(ns)
     ev = argparse.Namespace(neurons=str(out), model=DEFAULT_MODEL, backend="auto", out=None, languages=None,
                             samples=args.samples, max_new_tokens=args.max_new_tokens, temperature=0.8, prompt=None,
@@ -352,6 +353,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--max-length", type=int, default=512, help="truncate longer texts (tokens, default 512)")
     q.add_argument("--refuse-long", action="store_true", help="refuse texts longer than --max-length instead of truncating")
     q.add_argument("--cache", default=None, help="pooled-activation cache file (.safetensors)")
+    q.add_argument("--on-disk", default=None, metavar="NPY",
+                   help="keep the pooled matrix in this .npy file instead of memory (huge neuron counts)")
     q.add_argument("--out", required=True, help="output folder")
     q.add_argument("--overwrite", action="store_true", help="replace a folder that holds another run")
     q.set_defaults(func=cmd_find)

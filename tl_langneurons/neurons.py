@@ -86,15 +86,34 @@ def median0(x: Float[Tensor, "n m"], chunk: int = 8192) -> Float[Tensor, "m"]:
     return out
 
 
-def _stats(values: Tensor, pos: Tensor, neurons: Tensor, ap: Tensor, medians: Tensor) -> NeuronSet:
-    v = values[:, neurons].double()
-    on, off = v[pos], v[~pos]
-    return NeuronSet(
-        neurons=neurons.clone(), ap=ap[neurons].double(),
-        median_on=medians[neurons].clone(),
-        mean_on=on.mean(0).float(), std_on=on.std(0).float(),
-        mean_off=off.mean(0).float(), std_off=off.std(0).float(),
-    )
+def neuron_statistics(values, labels: np.ndarray, n_languages: int,
+                      chunk_bytes: float = 128e6) -> dict[str, Tensor]:
+    """Per language and neuron: median, mean and std on the language's texts, mean and std off
+    them ([L, n_neurons] each), and the mean over all texts ([n_neurons]). Reads ``values`` (a
+    tensor or an on-disk ``DiskMatrix``) in column chunks, so it never needs the whole matrix."""
+    n, m = values.shape
+    out = {k: torch.empty((n_languages, m), dtype=torch.float32)
+           for k in ("median_on", "mean_on", "std_on", "mean_off", "std_off")}
+    out["mean_all"] = torch.empty(m, dtype=torch.float32)
+    masks = [torch.as_tensor(labels == li) for li in range(n_languages)]
+    chunk = max(1, int(chunk_bytes / (8 * n)))
+    for a in range(0, m, chunk):
+        v = values[:, a:a + chunk].double()
+        b = a + v.shape[1]
+        out["mean_all"][a:b] = v.mean(0).float()
+        for li, pos in enumerate(masks):
+            on, off = v[pos], v[~pos]
+            out["median_on"][li, a:b] = median0(on)
+            out["mean_on"][li, a:b] = on.mean(0).float()
+            out["std_on"][li, a:b] = on.std(0).float()
+            out["mean_off"][li, a:b] = off.mean(0).float()
+            out["std_off"][li, a:b] = off.std(0).float()
+    return out
+
+
+def _set(stats: dict[str, Tensor], li: int, neurons: Tensor, ap: Tensor) -> NeuronSet:
+    return NeuronSet(neurons=neurons.clone(), ap=ap[neurons].double(),
+                     **{k: stats[k][li][neurons].clone() for k in ("median_on", "mean_on", "std_on", "mean_off", "std_off")})
 
 
 @dataclass
@@ -119,24 +138,17 @@ class LanguageNeurons:
         k = parse_k(k, pooled.index.n_neurons)
         labels = np.asarray(labels)
         ap = average_precision(pooled.values, labels, len(languages), progress=progress)
+        stats = neuron_statistics(pooled.values, labels, len(languages))
         sets: dict[str, dict[str, NeuronSet]] = {}
-        medians = torch.empty(ap.shape, dtype=torch.float32)
-        means = torch.empty(ap.shape, dtype=torch.float32)
         for li, lang in enumerate(languages):
-            pos = torch.as_tensor(labels == li)
-            medians[li] = median0(pooled.values[pos])
-            means[li] = pooled.values[pos].double().mean(0).float()
-            sets[lang] = {
-                "top": _stats(pooled.values, pos, top_k(ap[li], k), ap[li], medians[li]),
-                "bottom": _stats(pooled.values, pos, bottom_k(ap[li], k), ap[li], medians[li]),
-                "middle": _stats(pooled.values, pos, middle_k(ap[li], k), ap[li], medians[li]),
-            }
+            sets[lang] = {"top": _set(stats, li, top_k(ap[li], k), ap[li]),
+                          "bottom": _set(stats, li, bottom_k(ap[li], k), ap[li]),
+                          "middle": _set(stats, li, middle_k(ap[li], k), ap[li])}
         m = dict(meta or {})
         m.update({"k": k, "k_fraction": k / pooled.index.n_neurons, "n_neurons": pooled.index.n_neurons,
                   "pooling": pooled.meta.get("pooling"), "include_bos": pooled.meta.get("include_bos"),
                   "sites": pooled.index.spec})
-        return cls(list(languages), pooled.index, k, sets, ap, medians, means,
-                   pooled.values.double().mean(0).float(), m)
+        return cls(list(languages), pooled.index, k, sets, ap, stats["median_on"], stats["mean_on"], stats["mean_all"], m)
 
     # ---- access ---------------------------------------------------------------------------
     def _check_lang(self, lang: str) -> None:
@@ -318,13 +330,16 @@ class LanguageNeurons:
 
 
 def find_neurons(model, corpus: MultilingualCorpus, config: FindConfig | None = None, *,
-                 cache: str | Path | None = None, checkpoint: str | Path | None = None, progress: bool = True,
+                 cache: str | Path | None = None, checkpoint: str | Path | None = None,
+                 store: str | Path | None = None, progress: bool = True,
                  return_activations: bool = False, **overrides):
     """Steps 1-3 of the method on ``model`` and ``corpus``: a :class:`LanguageNeurons`.
 
     ``cache`` is an optional path of a pooled-activation cache: used when its header matches
     (model, sites, pooling, texts), refused with an error when it does not, written otherwise.
     ``checkpoint`` is a file for the finished batches of an interrupted collection (see ``collect``).
+    ``store`` keeps the pooled matrix in a ``.npy`` file instead of memory (for neuron counts that
+    do not fit); ranking and statistics then read it in column chunks.
     ``overrides`` set :class:`FindConfig` fields (``k=100``, ``pooling="max"``, ...).
     """
     config = config or FindConfig()
@@ -336,6 +351,8 @@ def find_neurons(model, corpus: MultilingualCorpus, config: FindConfig | None = 
     timings: dict[str, float] = {}
     expect = {"model": model_name(model), "weights_sha": weights_fingerprint(model), "sites": index.spec, "pooling": config.pooling,
               "include_bos": config.include_bos, "corpus_sha256": corpus.sha256(), "max_length": config.max_length}
+    if cache is not None and store is not None:
+        raise LangNeuronsError("use either cache (in-memory matrix saved to a file) or store (matrix kept on disk), not both")
     pooled = None
     t0 = time.perf_counter()
     if cache is not None and Path(cache).exists():
@@ -345,7 +362,7 @@ def find_neurons(model, corpus: MultilingualCorpus, config: FindConfig | None = 
     if pooled is None:
         pooled = collect(model, texts, index, config.pooling, config.include_bos, config.batch_size,
                          config.max_batch_tokens, config.max_length, progress, truncate=config.truncate,
-                         checkpoint=checkpoint)
+                         checkpoint=checkpoint, store=store)
         pooled.meta.update(expect)
         if cache is not None:
             pooled.save(cache)
