@@ -56,7 +56,7 @@ def main() -> None:
         whole = "MemoryError, as expected"
     t0 = time.perf_counter()
     ap_ = average_precision(mat, labels, 6)
-    stats = neuron_statistics(mat, labels, 6)
+    neuron_statistics(mat, labels, 6)  # medians, means and stds per language, also chunked
     t_rank = time.perf_counter() - t0
     top = int(torch.argmax(ap_[5]))
     rows = [[f"{n} x {m}", f"{size_gib:.2f}", f"{args.limit_gib:.2f}", whole, f"{t_write:.0f}", f"{t_rank:.0f}",

@@ -14,7 +14,6 @@ import sys
 import time
 from pathlib import Path
 
-import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import peak_rss_gib, record, table  # noqa: E402
@@ -47,7 +46,7 @@ def main() -> None:
         out = generate(model, cfg, hooks)
         t = time.perf_counter() - t0
         same = all(a.tokens == b.tokens for a, b in zip(out, seq))
-        rows.append([f"batched, KV cache", bs, f"{t:.0f}", f"{args.samples * args.tokens / t:.1f}", f"{t_seq / t:.1f}x",
+        rows.append(["batched, KV cache", bs, f"{t:.0f}", f"{args.samples * args.tokens / t:.1f}", f"{t_seq / t:.1f}x",
                      "yes" if same else "NO"])
     best = min(float(r[2].split()[0]) for r in rows[1:])
     cells = 1 + 6 * 3

@@ -1,7 +1,6 @@
 """Analyses that compose with TransformerLens: deactivation, logit attribution, token view and
 cross-language steering, through the API and the command line, on the tiny model."""
 
-import json
 
 import numpy as np
 import pytest

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from tl_langneurons import LangNeuronsError, collect, load_model
+from tl_langneurons import LangNeuronsError, load_model
 from tl_langneurons.analysis import layer_counts, overlap_matrix, quarter_shares, write_analysis
 from tl_langneurons.neurons import FindConfig, LanguageNeurons, find_neurons
 from tl_langneurons.ranking import average_precision

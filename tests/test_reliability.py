@@ -1,7 +1,6 @@
 """Hook hygiene after normal and raising calls (bridge and fallback), and reproducibility of
 evaluate (same seeds, same generations and numbers)."""
 
-import json
 
 import pytest
 import torch

@@ -4,7 +4,7 @@ and site specs resolve on real and tiny models."""
 import pytest
 import torch
 
-from tl_langneurons import HFHookedModel, LangNeuronsError, load_model, resolve_sites
+from tl_langneurons import HFHookedModel, LangNeuronsError, resolve_sites
 
 
 def _meta_model(cfg):

@@ -20,7 +20,6 @@ import numpy as np
 import torch
 from jaxtyping import Bool, Float
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 from torch import Tensor
 from tqdm.auto import tqdm
 

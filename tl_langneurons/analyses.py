@@ -14,7 +14,6 @@ from __future__ import annotations
 import random
 import unicodedata
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -30,7 +29,6 @@ from .evaluation import identify, is_language
 from .generation import GenerationConfig, generate
 from .intervention import clamp_hooks
 from .neurons import LanguageNeurons
-from .provenance import atomic_write_json, atomic_write_text
 from .runner import Runner
 
 

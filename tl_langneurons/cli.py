@@ -328,7 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def model_args(q, required_default=True):
         q.add_argument("--model", default=DEFAULT_MODEL if required_default else None,
-                       help=f"gemma-3-270m (default, offline), a local model folder, or a hub name")
+                       help="gemma-3-270m (default, offline), a local model folder, or a hub name")
         q.add_argument("--backend", default="auto", choices=["auto", "bridge", "hf"],
                        help="TransformerBridge, or the forward-hook fallback (hf); auto tries the bridge first")
         q.add_argument("--quiet", action="store_true", help="no progress bars")

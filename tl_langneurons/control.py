@@ -16,7 +16,7 @@ from typing import Sequence
 
 from .errors import LangNeuronsError
 from .evaluation import DEGENERATE_DISTINCT, BleuReferences, distinct_threshold, score_samples, tokenize_for_bleu
-from .generation import SAMPLER, GenerationConfig, Sample, generate, sample_nll
+from .generation import SAMPLER, GenerationConfig, generate, sample_nll
 from .models import model_name
 from .neurons import LanguageNeurons
 from .provenance import atomic_write_json, atomic_write_text, package_versions
