@@ -124,10 +124,10 @@ class Runner:
         return ids, mask
 
     @torch.no_grad()
-    def next_token_logprobs(self, ids: torch.Tensor, mask: torch.Tensor, max_logits: int = 2**25) -> torch.Tensor:
+    def next_token_logprobs(self, ids: torch.Tensor, mask: torch.Tensor, max_logits: int = 2**26) -> torch.Tensor:
         """log p(token t | tokens < t) for t = 1..T-1, [batch, T-1] (float64), 0 at padding.
 
-        Rows run in groups so that at most ``max_logits`` logits (128 MiB in float32) exist at once:
+        Rows run in groups so that at most ``max_logits`` logits (256 MiB in float32) exist at once:
         a 262k vocabulary makes the full [batch, pos, vocab] tensor many gigabytes.
         """
         out = torch.zeros((ids.shape[0], ids.shape[1] - 1), dtype=torch.float64)
