@@ -96,12 +96,12 @@ def cmd_find(args) -> Path:
         progress=not args.quiet)
     neurons.meta.update({"model": args.model, "corpus_spec": args.corpus, "n_per_lang": args.n_per_lang,
                          "corpus_seed": args.seed, "k_spec": str(args.k)})
-    neurons.save(out)
     t1 = time.perf_counter()
     stats = write_analysis(neurons, out, pooled, labels)
     neurons.meta["timings"]["analysis_s"] = time.perf_counter() - t1
     neurons.meta["timings"]["peak_rss_gb_after_analysis"] = _peak_rss_gb()
     neurons.save(out)
+    print(f"{neurons.meta.get('tokens')} tokens, padded share {100 * (neurons.meta.get('padded_share') or 0):.1f}%")
     print(neurons.summary())
     print((out / "overlap.md").read_text(encoding="utf-8"))
     sh = stats["quarter_shares"]

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+from .analyses import text_losses
 from .errors import LangNeuronsError
 from .evaluation import DEGENERATE_DISTINCT, BleuReferences, distinct_threshold, score_samples, tokenize_for_bleu
 from .generation import SAMPLER, GenerationConfig, generate, sample_nll
@@ -59,10 +60,6 @@ class EvaluateConfig:
             raise LangNeuronsError(f"samples must be at least 1, got {self.samples}")
         GenerationConfig(self.max_new_tokens, self.temperature, [1], self.batch_size, self.prompt)
 
-    def generation(self, samples: int | None = None) -> GenerationConfig:
-        return GenerationConfig(self.max_new_tokens, self.temperature, list(range(1, (samples or self.samples) + 1)),
-                                self.batch_size, self.prompt)
-
 
 @dataclass
 class ControlResult:
@@ -92,8 +89,6 @@ class CellRunner:
             texts = (references or {}).get(l)
             self.thresholds[l] = distinct_threshold(self.runner.tokenizer, texts) if texts else DEGENERATE_DISTINCT
             if texts:
-                from .analyses import text_losses
-
                 self.refs[l] = BleuReferences(tokenize_for_bleu(self.runner.tokenizer, texts))
                 total, count = text_losses(model, texts[:100])
                 self.ref_nll[l] = total / count
