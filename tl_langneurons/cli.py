@@ -21,9 +21,7 @@ import time
 from pathlib import Path
 
 from .errors import LangNeuronsError
-
-
-from .neurons import _peak_rss_gb  # noqa: E402
+from .neurons import _peak_rss_gb
 
 
 def _load_model(args):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -173,8 +174,10 @@ def evaluate_control(model, neurons: LanguageNeurons, references: dict[str, list
     return result
 
 
-def _mean(rows: list[dict], key: str) -> float:
-    return sum(r[key] for r in rows) / len(rows) if rows else 0.0
+def mean_of(rows: list[dict], key: str) -> float:
+    """Mean of ``key`` over the rows that have a value (NLL is None for empty samples); nan if none."""
+    vals = [r[key] for r in rows if r[key] is not None]
+    return sum(vals) / len(vals) if vals else float("nan")
 
 
 def table2_markdown(rows: list[dict]) -> str:
@@ -194,8 +197,7 @@ def table2_markdown(rows: list[dict]) -> str:
             cells = []
             for c in conds:
                 if lang == "mean":
-                    vals = [get[(l, c)][key] for l in langs if get[(l, c)][key] is not None]
-                    v = sum(vals) / len(vals) if vals else float("nan")
+                    v = mean_of([get[(l, c)] for l in langs], key)
                     cells.append(f"{v:.3f}" if key in ("bleu", "nll") else f"{100 * v:.1f}")
                     continue
                 r = get[(lang, c)]
@@ -219,11 +221,10 @@ def ablation_markdown(rows: list[dict]) -> str:
            "|---|---|---|" + "---|" * (len(langs) + 4)]
     for k in ks:
         rs = [get[(l, k)] for l in langs]
-        import math
         out.append(f"| {k} | {math.log10(k):.2f} | {100 * rs[0]['k_fraction']:.2f}% | " + " | ".join(
             f"{100 * r['rate']:.0f} / {100 * r['gated_rate']:.0f} / {r['bleu']:.3f}" for r in rs)
-            + f" | {100 * _mean(rs, 'rate'):.1f} | {100 * _mean(rs, 'gated_rate'):.1f} | {_mean(rs, 'bleu'):.3f} | "
-            + (f"{sum(r['nll'] for r in rs if r['nll'] is not None) / max(1, sum(r['nll'] is not None for r in rs)):.3f} |"))
+            + f" | {100 * mean_of(rs, 'rate'):.1f} | {100 * mean_of(rs, 'gated_rate'):.1f} | {mean_of(rs, 'bleu'):.3f} | "
+            + f"{mean_of(rs, 'nll'):.3f} |")
     return "\n".join(out) + "\n"
 
 

@@ -77,22 +77,30 @@ def activation_distributions(neurons, values, labels: np.ndarray, path: str | Pa
     _save(fig, path)
 
 
-def k_ablation(rows: list[dict], path: str | Path) -> None:
-    """rows: {k, lang, rate, gated?, bleu} -> rate and BLEU against log10 k (paper Fig. 5)."""
+def _curves(rows: list[dict], x, left: str, right: str, ylabels: tuple[str, str], xlabel: str, title: str,
+            path: str | Path, log_x: bool = False) -> None:
+    """Two panels of per-language curves over k: ``left`` and ``right`` keys against ``x(row)``."""
     langs = sorted({r["lang"] for r in rows})
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     for lang in langs:
         rs = sorted((r for r in rows if r["lang"] == lang), key=lambda r: r["k"])
-        ks = np.log10([r["k"] for r in rs])
-        axes[0].plot(ks, [r["rate"] for r in rs], marker="o", label=lang)
-        axes[1].plot(ks, [r["bleu"] for r in rs], marker="o", label=lang)
-    axes[0].set_ylabel("occurrence rate")
-    axes[1].set_ylabel("BLEU-4")
-    for ax in axes:
-        ax.set_xlabel("log10 k")
+        xs = [x(r) for r in rs]
+        for ax, key in zip(axes, (left, right)):
+            ax.plot(xs, [np.nan if r[key] is None else r[key] for r in rs], marker="o", label=lang)
+    for ax, label in zip(axes, ylabels):
+        ax.set_ylabel(label)
+        ax.set_xlabel(xlabel)
+        if log_x:
+            ax.set_xscale("log")
     axes[1].legend(fontsize=8)
-    fig.suptitle("Intervention strength (k top + k bottom neurons)")
+    fig.suptitle(title)
     _save(fig, path)
+
+
+def k_ablation(rows: list[dict], path: str | Path) -> None:
+    """rows: {k, lang, rate, bleu} -> rate and BLEU against log10 k (paper Fig. 5)."""
+    _curves(rows, lambda r: np.log10(r["k"]), "rate", "bleu", ("occurrence rate", "BLEU-4"), "log10 k",
+            "Intervention strength (k top + k bottom neurons)", path)
 
 
 def matrix_heatmap(m: np.ndarray, rows: Sequence[str], cols: Sequence[str], title: str, path: str | Path,
@@ -127,18 +135,6 @@ def token_strip(tokens: Sequence[str], score: np.ndarray, langs: Sequence[str], 
 
 def tradeoff(rows: list[dict], path: str | Path) -> None:
     """Gated rate and fluency (NLL) against the k fraction, per language."""
-    langs = sorted({r["lang"] for r in rows})
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
-    for lang in langs:
-        rs = sorted((r for r in rows if r["lang"] == lang), key=lambda r: r["k"])
-        x = [100 * r["k_fraction"] for r in rs]
-        axes[0].plot(x, [r["gated_rate"] for r in rs], marker="o", label=lang)
-        axes[1].plot(x, [r["nll"] if r["nll"] is not None else np.nan for r in rs], marker="o", label=lang)
-    for ax in axes:
-        ax.set_xscale("log")
-        ax.set_xlabel("k (% of the site's neurons, top + bottom each)")
-    axes[0].set_ylabel("gated rate")
-    axes[1].set_ylabel("NLL per token (unclamped model)")
-    axes[1].legend(fontsize=8)
-    fig.suptitle("Steering trade-off: language rate against fluency")
-    _save(fig, path)
+    _curves(rows, lambda r: 100 * r["k_fraction"], "gated_rate", "nll",
+            ("gated rate", "NLL per token (unclamped model)"), "k (% of the site's neurons, top + bottom each)",
+            "Steering trade-off: language rate against fluency", path, log_x=True)

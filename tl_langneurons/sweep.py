@@ -8,11 +8,12 @@ best setting of each language is then reported on fresh seeds, beside the paper'
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from .control import CellRunner, EvaluateConfig
+from .control import CellRunner, EvaluateConfig, mean_of
 from .errors import LangNeuronsError
 from .neurons import LanguageNeurons
 from .provenance import atomic_write_json, atomic_write_text
@@ -116,9 +117,9 @@ def sweep_markdown(res: SweepResult) -> str:
         cells = []
         for s in settings:
             rs = [get[(x, s)] for x in langs] if l == "mean" else [get[(l, s)]]
-            nll = [r["nll"] for r in rs if r["nll"] is not None]
-            cells.append(f"{sum(r['rate'] for r in rs) / len(rs):.2f} / {sum(r['gated_rate'] for r in rs) / len(rs):.2f} / "
-                         + (f"{sum(nll) / len(nll):.2f}" if nll else "-"))
+            nll = mean_of(rs, "nll")
+            cells.append(f"{mean_of(rs, 'rate'):.2f} / {mean_of(rs, 'gated_rate'):.2f} / "
+                         + ("-" if math.isnan(nll) else f"{nll:.2f}"))
         out.append(f"| {l} | " + " | ".join(cells) + " |")
     ref = res.meta.get("reference_nll", {})
     if ref:
