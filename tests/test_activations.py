@@ -140,3 +140,19 @@ def test_on_disk_store_equals_in_memory(tiny_llama, tiny_corpus, tmp_path):
     assert torch.equal(a.ap, b.ap) and torch.equal(a.medians, b.medians) and torch.equal(a.mean_all, b.mean_all)
     with pytest.raises(LangNeuronsError, match="column chunks only"):
         disk.values[0, :]
+
+
+def test_collect_poolings_equals_one_collect_per_pooling(tiny_llama, tiny_corpus):
+    from tl_langneurons import collect_poolings
+
+    texts = tiny_corpus.flat()[0][:12]
+    many = collect_poolings(tiny_llama, texts, "mlp_post", ["mean", "max", "last", "median"], batch_size=5, progress=False)
+    assert list(many) == ["mean", "max", "last", "median"]
+    for p, res in many.items():
+        one = collect(tiny_llama, texts, "mlp_post", p, batch_size=5, progress=False)
+        assert res.meta["pooling"] == p
+        assert torch.equal(res.values, one.values), p
+    with pytest.raises(LangNeuronsError, match="unknown pooling 'sum'"):
+        collect_poolings(tiny_llama, texts, "mlp_post", ["mean", "sum"])
+    with pytest.raises(LangNeuronsError, match="without repeats"):
+        collect_poolings(tiny_llama, texts, "mlp_post", ["mean", "mean"])

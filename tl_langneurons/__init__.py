@@ -1,7 +1,7 @@
 """tl-langneurons: find the language-specific neurons of a multilingual decoder LM and steer the
 language it writes by clamping them (Kojima et al., NAACL 2024), on TransformerLens hook points."""
 
-from .activations import PooledActivations, collect
+from .activations import PooledActivations, collect, collect_poolings
 from .backend import HFHookedModel
 from .control import ControlResult, EvaluateConfig, evaluate_control
 from .corpus import PAPER_LANGUAGES, MultilingualCorpus
@@ -17,6 +17,6 @@ __version__ = "0.1.0"
 __all__ = [
     "DEFAULT_MODEL", "ControlResult", "EvaluateConfig", "FindConfig", "GenerationConfig", "HFHookedModel",
     "LangNeuronsError", "LanguageNeurons", "MultilingualCorpus", "NeuronIndex", "PAPER_LANGUAGES",
-    "PooledActivations", "clamp_hooks", "collect", "evaluate_control", "find_neurons", "generate", "load_model",
+    "PooledActivations", "clamp_hooks", "collect", "collect_poolings", "evaluate_control", "find_neurons", "generate", "load_model",
     "resolve_sites",
 ]

@@ -153,8 +153,29 @@ def collect(model, texts: Sequence[str], sites: str | NeuronIndex = "mlp_post", 
     With ``store`` (a ``.npy`` path) the values go to a :class:`DiskMatrix` there instead of memory.
     Returns float32 values [n_texts, n_neurons].
     """
-    if pooling not in POOLINGS:
-        raise LangNeuronsError(f"unknown pooling {pooling!r}; use one of {', '.join(POOLINGS)}")
+    return _collect(model, texts, sites, (pooling,), include_bos, batch_size, max_batch_tokens, max_length, progress,
+                    on_batch, truncate, checkpoint, checkpoint_every_s, store)[pooling]
+
+
+@torch.no_grad()
+def collect_poolings(model, texts: Sequence[str], sites: str | NeuronIndex = "mlp_post",
+                     poolings: Sequence[str] = POOLINGS, include_bos: bool = True, batch_size: int = 32,
+                     max_batch_tokens: int = 8192, max_length: int | None = 512,
+                     progress: bool = True) -> dict[str, PooledActivations]:
+    """Several poolings of the same texts from one forward pass (e.g. to compare mean, max, last
+    and median): ``{pooling: PooledActivations}``, each equal to :func:`collect` with that pooling."""
+    if not poolings or len(set(poolings)) != len(poolings):
+        raise LangNeuronsError("poolings must be a non-empty list without repeats")
+    return _collect(model, texts, sites, tuple(poolings), include_bos, batch_size, max_batch_tokens, max_length,
+                    progress, None, True, None, 30.0, None)
+
+
+def _collect(model, texts, sites, poolings: tuple[str, ...], include_bos, batch_size, max_batch_tokens, max_length,
+             progress, on_batch, truncate, checkpoint, checkpoint_every_s, store) -> dict[str, PooledActivations]:
+    for pooling in poolings:
+        if pooling not in POOLINGS:
+            raise LangNeuronsError(f"unknown pooling {pooling!r}; use one of {', '.join(POOLINGS)}")
+    pooling = poolings[0]
     if len(texts) == 0:
         raise LangNeuronsError("no texts to run; the corpus is empty")
     runner = Runner(model)
@@ -170,6 +191,9 @@ def collect(model, texts: Sequence[str], sites: str | NeuronIndex = "mlp_post", 
             raise LangNeuronsError(f"{store} holds a {out.shape} matrix, not {shape}; delete it")
     else:
         out = torch.empty(shape, dtype=torch.float32)
+    if len(poolings) > 1 and (store is not None or checkpoint is not None):
+        raise LangNeuronsError("several poolings at once are collected in memory only (no store or checkpoint)")
+    extra = {p: torch.empty(shape, dtype=torch.float32) for p in poolings[1:]}
     done = torch.zeros(len(texts), dtype=torch.bool)
     state: dict = {}
     ckpt_header = {"texts_sha256": sha256_texts(texts), "pooling": pooling, "include_bos": include_bos,
@@ -184,15 +208,16 @@ def collect(model, texts: Sequence[str], sites: str | NeuronIndex = "mlp_post", 
 
     def make_hook(sl):
         def hook_fn(x, hook):
-            flat = x.reshape(x.shape[0], x.shape[1], -1)
-            vals = pool(flat.float(), state["mask"], pooling)
-            if not torch.isfinite(vals).all():
-                bad = (~torch.isfinite(vals)).nonzero()[0]
-                raise LangNeuronsError(
-                    f"non-finite activation at {sl.hook}[{int(bad[1])}] on text {state['rows'][int(bad[0])]}; "
-                    "check the model weights and dtype (use float32)"
-                )
-            state["buf"][:, sl.offset: sl.offset + sl.size] = vals.cpu()
+            flat = x.reshape(x.shape[0], x.shape[1], -1).float()
+            for p in poolings:
+                vals = pool(flat, state["mask"], p)
+                if not torch.isfinite(vals).all():
+                    bad = (~torch.isfinite(vals)).nonzero()[0]
+                    raise LangNeuronsError(
+                        f"non-finite activation at {sl.hook}[{int(bad[1])}] on text {state['rows'][int(bad[0])]}; "
+                        "check the model weights and dtype (use float32)"
+                    )
+                state["buf"][p][:, sl.offset: sl.offset + sl.size] = vals.cpu()
         return hook_fn
 
     hooks = [(sl.hook, make_hook(sl)) for sl in index.slices]
@@ -201,7 +226,7 @@ def collect(model, texts: Sequence[str], sites: str | NeuronIndex = "mlp_post", 
     n_real = sum(lengths)
     n_padded = sum(len(b) * lengths[b[0]] for b in batches)
     t0 = time.perf_counter()
-    bar = tqdm(total=len(texts), desc=f"collect {pooling} @ {index.spec}", unit="text", disable=not progress,
+    bar = tqdm(total=len(texts), desc=f"collect {'+'.join(poolings)} @ {index.spec}", unit="text", disable=not progress,
                initial=int(done.sum()))
     last_save = time.perf_counter()
     try:
@@ -217,12 +242,14 @@ def collect(model, texts: Sequence[str], sites: str | NeuronIndex = "mlp_post", 
                         raise LangNeuronsError("a text has only the BOS token; with include_bos=False it has nothing to pool")
                 state["mask"] = pool_mask.to(device)
                 state["rows"] = torch.tensor(b)
-                state["buf"] = torch.empty((len(b), index.n_neurons), dtype=torch.float32)
+                state["buf"] = {p: torch.empty((len(b), index.n_neurons), dtype=torch.float32) for p in poolings}
                 runner.trunk(ids.to(device), mask.long().to(device))
                 if store is not None:
-                    out.write_rows(b, state["buf"])
+                    out.write_rows(b, state["buf"][pooling])
                 else:
-                    out[b] = state["buf"]
+                    out[b] = state["buf"][pooling]
+                for p in poolings[1:]:
+                    extra[p][b] = state["buf"][p]
                 done[b] = True
                 bar.update(len(b))
                 if checkpoint is not None and time.perf_counter() - last_save > checkpoint_every_s:
@@ -254,7 +281,7 @@ def collect(model, texts: Sequence[str], sites: str | NeuronIndex = "mlp_post", 
     }
     log.info("collected %d texts in %.1fs (%.1f texts/s), padded share %.1f%%", len(texts), seconds,
              len(texts) / max(seconds, 1e-9), 100 * meta["padded_share"])
-    return PooledActivations(out, index, meta)
+    return {p: PooledActivations(out if p == pooling else extra[p], index, {**meta, "pooling": p}) for p in poolings}
 
 
 def _save_checkpoint(path: Path, header: dict, values, done: Tensor) -> None:

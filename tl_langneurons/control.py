@@ -88,7 +88,9 @@ class CellRunner:
         for l in cfg.languages or neurons.languages:
             neurons._check_lang(l)
             texts = (references or {}).get(l)
-            self.thresholds[l] = distinct_threshold(self.runner.tokenizer, texts) if texts else DEGENERATE_DISTINCT
+            # the gate is set on real stretches as long as the samples (shorter text has more distinct tokens)
+            self.thresholds[l] = (distinct_threshold(self.runner.tokenizer, texts, window=cfg.max_new_tokens)
+                                  if texts else DEGENERATE_DISTINCT)
             if texts:
                 self.refs[l] = BleuReferences(tokenize_for_bleu(self.runner.tokenizer, texts))
                 total, count = text_losses(model, texts[:100])
@@ -188,7 +190,7 @@ def table2_markdown(rows: list[dict]) -> str:
     out = []
     for title, key in (("Occurrence rate of the target language (%), lid.176 score > 0.5; [95% Wilson CI]", "rate"),
                        ("Gated occurrence rate (%): target language and not degenerate (distinct-token ratio at or above the "
-                        "5th percentile of real 64-token text of the language)", "gated_rate"),
+                        "5th percentile of real text of the language, in stretches as long as the samples)", "gated_rate"),
                        ("BLEU-4 of target-language samples against the language's texts", "bleu"),
                        ("Degenerate samples (%): distinct-token ratio below the language's gate", "degenerate"),
                        ("Fluency: mean per-token NLL of the samples under the unclamped model (lower is more natural)", "nll")):
@@ -236,7 +238,8 @@ def write_control(result: ControlResult, out: str | Path) -> None:
     m = result.meta
     notes = ""
     if m.get("distinct_thresholds"):
-        notes += "Degeneracy gate (distinct-token ratio, 5th percentile of real 64-token text): " + ", ".join(
+        notes += (f"Degeneracy gate (distinct-token ratio, 5th percentile of real {m.get('max_new_tokens', '?')}-token "
+                  "stretches): ") + ", ".join(
             f"{l} {v:.2f}" for l, v in m["distinct_thresholds"].items()) + "\n\n"
     if m.get("reference_nll"):
         notes += "Fluency reference: NLL per token of real text of the language: " + ", ".join(
