@@ -60,3 +60,29 @@ def test_selection_orders_and_k():
                      ("abc", "count like 1000")]:
         with pytest.raises(LangNeuronsError, match=msg):
             parse_k(bad, 36864)
+
+
+def test_ap_signed_zeros_extremes_threads_and_disk(tmp_path):
+    """Negative scores, -0.0 == +0.0 (one tie group), huge and subnormal values, rows with and
+    without ties in one chunk, several threads, and a DiskMatrix source: all equal scikit-learn."""
+    from tl_langneurons.activations import DiskMatrix
+
+    rng = np.random.default_rng(3)
+    n, m = 90, 40
+    scores = rng.normal(size=(n, m)).astype(np.float32)
+    scores[:, 0] = rng.choice(np.array([-0.0, 0.0, 1.0, -1.0], dtype=np.float32), size=n)
+    scores[:, 1] = rng.choice(np.array([-3e38, 3e38, 1e-45, -1e-45, 0.0], dtype=np.float32), size=n)
+    scores[:, 2] = np.float32(-0.0)
+    scores[::3, 3] = scores[0, 3]
+    labels = np.concatenate([np.arange(7), rng.integers(0, 7, n - 7)])
+    ref = _reference(scores, labels, 7)
+    for kw in ({"chunk": 3, "threads": 2}, {"threads": 1}):
+        np.testing.assert_allclose(average_precision(torch.from_numpy(scores), labels, 7, **kw).numpy(), ref,
+                                   atol=1e-9, rtol=0)
+    disk = DiskMatrix.create(tmp_path / "m.npy", (n, m))
+    disk.write_rows(list(range(n)), torch.from_numpy(scores))
+    np.testing.assert_allclose(average_precision(disk, labels, 7, chunk=7).numpy(), ref, atol=1e-9, rtol=0)
+    many = rng.normal(size=(60, 5)).astype(np.float32)  # more languages than 3 label bits hold
+    lab20 = np.arange(60) % 20
+    np.testing.assert_allclose(average_precision(torch.from_numpy(many), lab20, 20).numpy(),
+                               _reference(many, lab20, 20), atol=1e-9, rtol=0)

@@ -2,11 +2,12 @@
 
 ``average_precision`` equals scikit-learn's ``average_precision_score`` (step-wise, tied scores
 form one threshold) for all neurons and all languages at once: one sort per neuron serves every
-language. With ties, AP = (1/P) * sum_i y_i * precision(end of i's tie group), which needs only
-the sorted labels' cumulative sum and the end index of each tie group.
+language.
 """
 
 from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -27,51 +28,81 @@ def check_labels(labels: np.ndarray, n_languages: int) -> None:
         raise LangNeuronsError("every text has the same language: AP is undefined without negatives")
 
 
-@torch.no_grad()
 def average_precision(scores: Float[Tensor, "text neuron"], labels: Int[Tensor, "text"] | np.ndarray,
                       n_languages: int | None = None, chunk: int | None = None,
-                      progress: bool = False) -> Float[Tensor, "language neuron"]:
+                      progress: bool = False, threads: int | None = None) -> Float[Tensor, "language neuron"]:
     """AP [n_languages, n_neurons] (float64) of each neuron's scores against "text is language l".
 
-    Per neuron: one descending sort of all texts; each text gets the end position e of its tie
-    group (texts with equal scores form one threshold, as in scikit-learn). For the P positives
-    of a language, AP = (1/P) * sum_r #{e <= e_r} / (e_r + 1): precision at each positive's
-    threshold, averaged. That needs only a small sort of the positives' e per language.
+    Per neuron: one sort of all texts serves every language. Each score becomes an integer key
+    that orders like the float (descending), with the text's language in its low bits, so a plain
+    (SIMD) integer sort yields the languages in rank order; a stable sort of those codes (radix)
+    gives each language's positive positions p_1 < ... < p_P, and AP = (1/P) * sum_r r / (p_r + 1).
+    Tied scores form one threshold (as in scikit-learn): for neurons with ties, each positive's
+    position is replaced by the end of its tie group and r by the positives up to that end.
+    ``scores`` may be anything indexable as ``scores[:, a:b]`` (a tensor or a DiskMatrix); chunks
+    of neurons run on ``threads`` threads (default: torch's thread count).
     """
-    labels = torch.as_tensor(np.asarray(labels), dtype=torch.long)
+    labels = np.asarray(labels.numpy() if isinstance(labels, Tensor) else labels)
     n, m = scores.shape
     if labels.shape != (n,):
         raise LangNeuronsError(f"labels have shape {tuple(labels.shape)}, expected ({n},)")
+    labels = labels.astype(np.int64)
     n_lang = int(n_languages if n_languages is not None else int(labels.max()) + 1)
-    check_labels(labels.numpy(), n_lang)
-    grouped = torch.sort(labels, stable=True).indices  # texts grouped by language
-    bounds = [0] + torch.cumsum(torch.bincount(labels, minlength=n_lang), 0).tolist()
-    # memory per chunk ~ n * chunk * 40 bytes; keep it near 256 MB
-    chunk = chunk or max(1, int(256e6 / (40 * n)))
-    out = torch.empty((n_lang, m), dtype=torch.float64)
-    arange = torch.arange(n)
-    for start in tqdm(range(0, m, chunk), desc="AP", unit="chunk", disable=not progress):
+    check_labels(labels, n_lang)
+    sizes = np.bincount(labels, minlength=n_lang)
+    # memory per chunk ~ n * chunk * 40 bytes; keep it near 64 MB per thread
+    chunk = chunk or max(1, int(64e6 / (40 * n)))
+    out = np.empty((n_lang, m), dtype=np.float64)
+    threads = max(1, threads or torch.get_num_threads())
+
+    def work(start: int) -> int:
         s = scores[:, start:start + chunk]
-        if not torch.isfinite(s).all():
-            bad = (~torch.isfinite(s)).nonzero()[0]
-            raise LangNeuronsError(f"non-finite score for neuron {start + int(bad[1])} on text {int(bad[0])}")
-        st = s.T[:, grouped].contiguous()  # [c, n], rows = neurons
-        c = st.shape[0]
-        sorted_s, order = torch.sort(st, dim=1, descending=True)
-        last = torch.ones_like(sorted_s, dtype=torch.bool)
-        last[:, :-1] = sorted_s[:, :-1] != sorted_s[:, 1:]  # end of a tie group
-        end = arange.expand(c, n)
-        tied = ~last.all(1)  # only neurons with tied scores need the end of each tie group
-        if bool(tied.any()):
-            end = end.clone()
-            e = torch.where(last[tied], arange, n)
-            end[tied] = torch.flip(torch.cummin(torch.flip(e, [1]), 1).values, [1])
-        end_of_text = torch.empty((c, n), dtype=torch.long).scatter_(1, order, end)
-        for li in range(n_lang):
-            e = torch.sort(end_of_text[:, bounds[li]:bounds[li + 1]], dim=1).values
-            tp = torch.searchsorted(e, e, right=True)  # positives at or above each threshold
-            out[li, start:start + c] = (tp.to(torch.float64) / (e + 1).to(torch.float64)).mean(1)
-    return out
+        s = s.numpy() if isinstance(s, Tensor) else np.asarray(s)
+        st = np.array(s.T, dtype=np.float32, order="C")  # [c, n], rows = neurons (own copy)
+        if not np.isfinite(st).all():
+            bad = np.argwhere(~np.isfinite(st))[0]
+            raise LangNeuronsError(f"non-finite score for neuron {start + int(bad[0])} on text {int(bad[1])}")
+        out[:, start:start + st.shape[0]] = _ap_rows(st, labels, sizes)
+        return st.shape[0]
+
+    with tqdm(total=m, desc="AP", unit="neuron", disable=not progress) as bar, \
+            ThreadPoolExecutor(threads) as pool:
+        for done in pool.map(work, range(0, m, chunk)):
+            bar.update(done)
+    return torch.from_numpy(out)
+
+
+def _ap_rows(st: np.ndarray, labels: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+    """AP [n_languages, c] of each row of ``st`` [c, n] (float32, modified in place)."""
+    c, n = st.shape
+    st += np.float32(0)  # -0.0 -> +0.0: equal scores must get equal keys
+    i = st.view(np.int32)
+    key = i ^ ((i >> 31) & np.int32(0x7FFFFFFF))  # int32 ordered as the floats
+    key = (~key).astype(np.int64)  # descending
+    bits = max(1, (len(sizes) - 1).bit_length())
+    key <<= bits
+    key |= labels
+    key.sort(axis=1)
+    lang = (key & ((1 << bits) - 1)).astype(np.int8 if bits < 8 else np.int16 if bits < 16 else np.int32)  # radix sort
+    pos = np.argsort(lang, axis=1, kind="stable")  # [c, n]: positions of language 0, then 1, ...
+    bounds = np.concatenate([[0], np.cumsum(sizes)])
+    rank = np.concatenate([np.arange(1, p + 1) for p in sizes]).astype(np.float64)  # r within each language
+    prec = rank / (pos + 1)
+    vals = key >> bits
+    last = np.ones((c, n), dtype=bool)  # end of a tie group
+    np.not_equal(vals[:, :-1], vals[:, 1:], out=last[:, :-1])
+    tied = np.flatnonzero(~last.all(1))
+    if len(tied):  # precision at the end of each positive's tie group
+        ar = np.arange(n)
+        end = np.minimum.accumulate(np.where(last[tied], ar, n)[:, ::-1], axis=1)[:, ::-1]
+        e = np.take_along_axis(end, pos[tied], 1)  # non-decreasing within each language's segment
+        lastp = np.ones(e.shape, dtype=bool)
+        np.not_equal(e[:, :-1], e[:, 1:], out=lastp[:, :-1])
+        lastp[:, bounds[1:-1] - 1] = True  # never look past a language's segment
+        upto = np.minimum.accumulate(np.where(lastp, ar, n)[:, ::-1], axis=1)[:, ::-1]
+        seg_start = np.repeat(bounds[:-1], sizes)
+        prec[tied] = (upto - seg_start + 1) / (e + 1)
+    return np.stack([prec[:, a:b].mean(1) for a, b in zip(bounds[:-1], bounds[1:])])
 
 
 def top_k(ap: Float[Tensor, "neuron"], k: int) -> Int[Tensor, "k"]:
