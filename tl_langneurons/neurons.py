@@ -87,7 +87,7 @@ def median0(x: Float[Tensor, "n m"], chunk: int = 8192) -> Float[Tensor, "m"]:
 
 
 def neuron_statistics(values, labels: np.ndarray, n_languages: int,
-                      chunk_bytes: float = 128e6) -> dict[str, Tensor]:
+                      chunk_bytes: float = 32e6) -> dict[str, Tensor]:
     """Per language and neuron: median, mean and std on the language's texts, mean and std off
     them ([L, n_neurons] each), and the mean over all texts ([n_neurons]). Reads ``values`` (a
     tensor or an on-disk ``DiskMatrix``) in column chunks, so it never needs the whole matrix."""
