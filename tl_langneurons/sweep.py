@@ -111,7 +111,9 @@ def sweep_markdown(res: SweepResult) -> str:
     for l, b in res.best.items():
         out.append(f"| {l} | {b['k']} ({100 * b['val']['k_fraction']:.2f}%) | {b['scale']} | {b['positions']} | "
                    f"{b['layers']} | {b['val']['gated_rate']:.2f} |")
-    out += ["", "| lang | " + " | ".join(f"{s}: rate / gated / NLL" for s in settings) + " |",
+    out += ["", "rate: lid.176 > 0.5; gated: target language and not degenerate; ok: share of samples that pass the "
+            "degeneracy gate whatever their language (the gated rate cannot exceed it)", "",
+            "| lang | " + " | ".join(f"{s}: rate / gated / ok / NLL" for s in settings) + " |",
             "|---|" + "---|" * len(settings)]
     for l in langs + ["mean"]:
         cells = []
@@ -119,16 +121,18 @@ def sweep_markdown(res: SweepResult) -> str:
             rs = [get[(x, s)] for x in langs] if l == "mean" else [get[(l, s)]]
             nll = mean_of(rs, "nll")
             cells.append(f"{mean_of(rs, 'rate'):.2f} / {mean_of(rs, 'gated_rate'):.2f} / "
+                         f"{1 - mean_of(rs, 'degenerate'):.2f} / "
                          + ("-" if math.isnan(nll) else f"{nll:.2f}"))
         out.append(f"| {l} | " + " | ".join(cells) + " |")
     ref = res.meta.get("reference_nll", {})
     if ref:
         out += ["", "Reference NLL of real text: " + ", ".join(f"{l} {v:.2f}" for l, v in ref.items())]
     out += ["", "Trade-off along k (validation seeds, scale 1, all positions, all layers):", "",
-            "| lang | k | fraction | rate | gated | NLL |", "|---|---|---|---|---|---|"]
+            "| lang | k | fraction | rate | gated | ok | NLL |", "|---|---|---|---|---|---|---|"]
     for r in res.stages:
         if r["stage"] == "k":
             out.append(f"| {r['lang']} | {r['k']} | {100 * r['k_fraction']:.2f}% | {r['rate']:.2f} | {r['gated_rate']:.2f} | "
+                       f"{1 - r['degenerate']:.2f} | "
                        + (f"{r['nll']:.2f} |" if r["nll"] is not None else "- |"))
     return "\n".join(out) + "\n"
 
