@@ -91,3 +91,12 @@ def test_generate_inside_user_hooks_context(tiny_dirs, tiny_corpus, backend):
     plain = generate(model, cfg)
     assert [s.tokens for s in inside] == [s.tokens for s in explicit] == [s.tokens for s in again]
     assert [s.tokens for s in plain] != [s.tokens for s in explicit]
+
+
+def test_clamp_last_equals_all_from_bos_but_not_after_a_prompt(tiny_llama, tiny_corpus):
+    neurons = find_neurons(tiny_llama, tiny_corpus, k=10, progress=False)
+    for prompt, same in ((None, True), ("The weather today is fine and", False)):
+        cfg = GenerationConfig(max_new_tokens=8, seeds=[1, 2, 3, 4], prompt=prompt, stop_at_eos=False)
+        every = generate(tiny_llama, cfg, neurons.hooks("ja", "both", positions="all", scale=5.0))
+        newest = generate(tiny_llama, cfg, neurons.hooks("ja", "both", positions="last", scale=5.0))
+        assert ([a.tokens for a in every] == [b.tokens for b in newest]) is same, prompt

@@ -23,7 +23,9 @@ def clamp_hooks(index: NeuronIndex, neurons: Int[Tensor, "n"], values: Float[Ten
     """Hooks that set ``neurons`` (global indices into ``index``) to ``values``.
 
     ``positions="all"`` clamps every position (the paper); ``"last"`` only the newest one, which
-    with a KV cache during generation is the token being produced.
+    with a KV cache during generation is the token being produced. The two differ only where one
+    forward pass holds several positions (a prompt, or generation without the cache): generating
+    from BOS alone with the cache, they give the same tokens.
     """
     if positions not in POSITIONS:
         raise LangNeuronsError(f"unknown clamp positions {positions!r}; use all or last")

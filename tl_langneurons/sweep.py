@@ -67,12 +67,16 @@ def run_sweep(model, neurons: LanguageNeurons, references: dict[str, list[str]] 
     def better(a, b):
         return (a["gated_rate"], -(a["nll"] or 99)) > (b["gated_rate"], -(b["nll"] or 99))
 
+    # Generation starts from BOS alone with the KV cache, so every forward pass holds only the newest
+    # position: clamping "last" gives exactly the samples of "all" and is not searched.
+    positions = [p for p in cfg.positions if p != "last"] or ["all"]
+    notes = ["positions=last skipped: from BOS with the KV cache it equals positions=all"] if "last" in cfg.positions else []
     best: dict[str, dict] = {}
     for lang in langs:
         cur = {"k": parse_k("0.45%", n), "scale": 1.0, "positions": "all", "layers": "all"}
         cur_score = None
         for stage, key, values in (("k", "k", [parse_k(f, n) for f in cfg.k_fractions]), ("scale", "scale", cfg.scales),
-                                   ("positions", "positions", cfg.positions), ("layers", "layers", cfg.layer_sets)):
+                                   ("positions", "positions", positions), ("layers", "layers", cfg.layer_sets)):
             for v in values:
                 s = {**cur, key: v}
                 try:
@@ -95,7 +99,7 @@ def run_sweep(model, neurons: LanguageNeurons, references: dict[str, list[str]] 
                         ("best", {k: best[lang][k] for k in ("k", "scale", "positions", "layers")})):
             r = evaluate(lang, s, test_seeds)
             test.append({**r, "setting": name})
-    result = SweepResult(best, stages, test, {**cells.meta(), "config": asdict(cfg), "languages": langs})
+    result = SweepResult(best, stages, test, {**cells.meta(), "config": asdict(cfg), "languages": langs, "notes": notes})
     if out is not None:
         write_sweep(result, out)
     return result
@@ -124,6 +128,7 @@ def sweep_markdown(res: SweepResult) -> str:
                          f"{1 - mean_of(rs, 'degenerate'):.2f} / "
                          + ("-" if math.isnan(nll) else f"{nll:.2f}"))
         out.append(f"| {l} | " + " | ".join(cells) + " |")
+    out += ["", *res.meta.get("notes", [])]
     ref = res.meta.get("reference_nll", {})
     if ref:
         out += ["", "Reference NLL of real text: " + ", ".join(f"{l} {v:.2f}" for l, v in ref.items())]
