@@ -116,7 +116,7 @@ def _gen_args(p: argparse.ArgumentParser, samples: int, tokens: int) -> None:
     p.add_argument("--value", default="median", help="clamp value: median (default), zero, or a number")
     p.add_argument("--scale", type=float, default=1.0, help="multiply the clamp value (default 1)")
     p.add_argument("--positions", default="all", choices=["all", "last"], help="clamp every position (default) or only the newest")
-    p.add_argument("--batch-size", type=int, default=50, help="samples per batch (default 50)")
+    p.add_argument("--batch-size", type=int, default=100, help="samples per batch (default 100: faster than 50 on CPU, same samples)")
 
 
 def _value(s: str):
@@ -428,7 +428,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--val-samples", type=int, default=20, help="validation samples per setting (seeds 1001..)")
     q.add_argument("--test-samples", type=int, default=100, help="fresh samples for the final report (seeds 1..)")
     q.add_argument("--max-new-tokens", type=int, default=48)
-    q.add_argument("--batch-size", type=int, default=50)
+    q.add_argument("--batch-size", type=int, default=100)
     q.set_defaults(func=cmd_sweep)
 
     q = sub.add_parser("report", help="write report.md and report.html for a find output folder")

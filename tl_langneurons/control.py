@@ -51,7 +51,7 @@ class EvaluateConfig:
     positions: str = "all"
     ablation_ks: list[int] | None = None  # None: default_ablation_ks; [] skips the ablation
     ablation_samples: int | None = None
-    batch_size: int = 50
+    batch_size: int = 100  # samples do not depend on it (per-seed sampling)
 
     def __post_init__(self) -> None:
         bad = [c for c in self.conditions if c not in CONDITIONS]

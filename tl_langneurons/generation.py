@@ -27,7 +27,7 @@ class GenerationConfig:
     max_new_tokens: int = 64
     temperature: float = 0.8
     seeds: Sequence[int] = field(default_factory=lambda: list(range(1, 101)))
-    batch_size: int = 50
+    batch_size: int = 100
     prompt: str | None = None
     use_cache: bool = True
     stop_at_eos: bool = True

@@ -31,7 +31,7 @@ class SweepConfig:
     test_samples: int = 100  # fresh seeds 1..test_samples
     max_new_tokens: int = 48
     temperature: float = 0.8
-    batch_size: int = 50
+    batch_size: int = 100
 
     def __post_init__(self) -> None:
         if self.val_samples < 1 or self.test_samples < 1:
