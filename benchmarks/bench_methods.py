@@ -21,7 +21,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import peak_rss_gib, record, table  # noqa: E402
@@ -31,7 +30,7 @@ from tl_langneurons import load_model, resolve_sites  # noqa: E402
 from tl_langneurons.analysis import layer_counts, overlap_matrix, quarter_shares  # noqa: E402
 from tl_langneurons.control import CellRunner, EvaluateConfig  # noqa: E402
 from tl_langneurons.provenance import sha256_texts  # noqa: E402
-from tl_langneurons.ranking import average_precision  # noqa: E402
+from tl_langneurons.ranking import average_precision, bottom_k, top_k  # noqa: E402
 
 CONFIGS = [("mlp_post", "mean"), ("mlp_post", "max"), ("mlp_post", "last"), ("mlp_post", "median"), ("paper", "mean")]
 
@@ -122,13 +121,9 @@ def main() -> None:
             stab = {}
             ap_a = average_precision(pooled[p].values[a_idx], labels[a_idx], len(langs))
             ap_b = average_precision(pooled[p].values[b_idx], labels[b_idx], len(langs))
-            for which, desc in (("top", True), ("bottom", False)):
-                s = []
-                for li in range(len(langs)):
-                    ta = set(torch.sort(ap_a[li], descending=desc, stable=True).indices[:k].tolist())
-                    tb = set(torch.sort(ap_b[li], descending=desc, stable=True).indices[:k].tolist())
-                    s.append(len(ta & tb) / k)
-                stab[which] = np.mean(s)
+            for which, select in (("top", top_k), ("bottom", bottom_k)):
+                stab[which] = np.mean([len(set(select(ap_a[li], k).tolist()) & set(select(ap_b[li], k).tolist())) / k
+                                       for li in range(len(langs))])
             # Table 2 "both" rate on a few samples per language
             ecfg = EvaluateConfig(languages=langs, samples=args.samples, ablation_ks=[], batch_size=50)
             cells = CellRunner(model, neurons, ecfg, refs, work / f"cells-{sites}-{p}", progress=False)

@@ -191,8 +191,6 @@ def _collect(model, texts, sites, poolings: tuple[str, ...], include_bos, batch_
             raise LangNeuronsError(f"{store} holds a {out.shape} matrix, not {shape}; delete it")
     else:
         out = torch.empty(shape, dtype=torch.float32)
-    if len(poolings) > 1 and (store is not None or checkpoint is not None):
-        raise LangNeuronsError("several poolings at once are collected in memory only (no store or checkpoint)")
     extra = {p: torch.empty(shape, dtype=torch.float32) for p in poolings[1:]}
     done = torch.zeros(len(texts), dtype=torch.bool)
     state: dict = {}

@@ -93,16 +93,20 @@ def _ap_rows(st: np.ndarray, labels: np.ndarray, sizes: np.ndarray) -> np.ndarra
     np.not_equal(vals[:, :-1], vals[:, 1:], out=last[:, :-1])
     tied = np.flatnonzero(~last.all(1))
     if len(tied):  # precision at the end of each positive's tie group
-        ar = np.arange(n)
-        end = np.minimum.accumulate(np.where(last[tied], ar, n)[:, ::-1], axis=1)[:, ::-1]
-        e = np.take_along_axis(end, pos[tied], 1)  # non-decreasing within each language's segment
+        e = np.take_along_axis(_next_true(last[tied]), pos[tied], 1)  # non-decreasing within a language
         lastp = np.ones(e.shape, dtype=bool)
         np.not_equal(e[:, :-1], e[:, 1:], out=lastp[:, :-1])
         lastp[:, bounds[1:-1] - 1] = True  # never look past a language's segment
-        upto = np.minimum.accumulate(np.where(lastp, ar, n)[:, ::-1], axis=1)[:, ::-1]
+        upto = _next_true(lastp)
         seg_start = np.repeat(bounds[:-1], sizes)
         prec[tied] = (upto - seg_start + 1) / (e + 1)
     return np.stack([prec[:, a:b].mean(1) for a, b in zip(bounds[:-1], bounds[1:])])
+
+
+def _next_true(mask: np.ndarray) -> np.ndarray:
+    """For each position of each row, the index of the first True at or after it (the end of its group)."""
+    idx = np.where(mask, np.arange(mask.shape[1]), mask.shape[1])
+    return np.minimum.accumulate(idx[:, ::-1], axis=1)[:, ::-1]
 
 
 def top_k(ap: Float[Tensor, "neuron"], k: int) -> Int[Tensor, "k"]:
