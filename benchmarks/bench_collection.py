@@ -18,8 +18,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _common import peak_rss_gib, record, table  # noqa: E402
 
 from tl_langneurons import MultilingualCorpus, collect, load_model  # noqa: E402
-from tl_langneurons.activations import make_batches, tokenize  # noqa: E402
-from tl_langneurons.runner import Runner  # noqa: E402
+from tl_langneurons.detect.activations import make_batches, tokenize  # noqa: E402
+from tl_langneurons.model.driver import Runner  # noqa: E402
 
 
 @torch.no_grad()

@@ -22,9 +22,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import peak_rss_gib, record, table  # noqa: E402
 
-from tl_langneurons.activations import DiskMatrix  # noqa: E402
-from tl_langneurons.neurons import neuron_statistics  # noqa: E402
-from tl_langneurons.ranking import average_precision  # noqa: E402
+from tl_langneurons.detect.neurons import neuron_statistics  # noqa: E402
+from tl_langneurons.detect.ranking import average_precision  # noqa: E402
+from tl_langneurons.detect.storage import DiskMatrix  # noqa: E402
 
 
 def main() -> None:

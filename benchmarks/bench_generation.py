@@ -14,12 +14,11 @@ import sys
 import time
 from pathlib import Path
 
-
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import peak_rss_gib, record, table  # noqa: E402
 
 from tl_langneurons import MultilingualCorpus, find_neurons, load_model  # noqa: E402
-from tl_langneurons.generation import GenerationConfig, generate  # noqa: E402
+from tl_langneurons.steer.generation import GenerationConfig, generate  # noqa: E402
 
 
 def main() -> None:

@@ -25,12 +25,23 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import peak_rss_gib, record, table  # noqa: E402
 
-from tl_langneurons import LangNeuronsError, LanguageNeurons, MultilingualCorpus, PooledActivations, collect_poolings  # noqa: E402
-from tl_langneurons import load_model, resolve_sites  # noqa: E402
-from tl_langneurons.analysis import layer_counts, overlap_matrix, quarter_shares  # noqa: E402
-from tl_langneurons.control import CellRunner, EvaluateConfig  # noqa: E402
+from tl_langneurons import (  # noqa: E402
+    LangNeuronsError,
+    LanguageNeurons,
+    MultilingualCorpus,
+    PooledActivations,
+    collect_poolings,
+    load_model,
+    resolve_sites,
+)
+from tl_langneurons.analyses.placement import (  # noqa: E402
+    layer_counts,
+    overlap_matrix,
+    quarter_shares,
+)
+from tl_langneurons.detect.ranking import average_precision, bottom_k, top_k  # noqa: E402
+from tl_langneurons.evaluate.control import CellRunner, EvaluateConfig  # noqa: E402
 from tl_langneurons.provenance import sha256_texts  # noqa: E402
-from tl_langneurons.ranking import average_precision, bottom_k, top_k  # noqa: E402
 
 CONFIGS = [("mlp_post", "mean"), ("mlp_post", "max"), ("mlp_post", "last"), ("mlp_post", "median"), ("paper", "mean")]
 

@@ -21,7 +21,7 @@ from sklearn.metrics import average_precision_score
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import record, table  # noqa: E402
 
-from tl_langneurons.ranking import average_precision  # noqa: E402
+from tl_langneurons.detect.ranking import average_precision  # noqa: E402
 
 
 def main() -> None:

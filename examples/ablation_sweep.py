@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 import tl_langneurons as tln
-from tl_langneurons.analyses import text_losses
+from tl_langneurons.evaluate.metrics import text_losses
 
 
 def main(model="gemma-3-270m", lang: str = "fr", other: str = "en", n_per_lang: int = 100,

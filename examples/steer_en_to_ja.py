@@ -8,6 +8,7 @@ From a notebook: ``from examples.steer_en_to_ja import main; main()``.
 from __future__ import annotations
 
 import tl_langneurons as tln
+from tl_langneurons.evaluate.metrics import is_language
 
 
 def main(model="gemma-3-270m", n_per_lang: int = 100, k: int = 100, prompt: str = "My favourite season is",
@@ -24,7 +25,7 @@ def main(model="gemma-3-270m", n_per_lang: int = 100, k: int = 100, prompt: str 
     for a, b in zip(plain, steered):
         print(f"seed {a.seed}\n  plain:   {a.text!r}\n  steered: {b.text!r}")
         pairs.append((a.text, b.text))
-    rate = sum(tln.evaluation.is_language([b for _, b in pairs], "ja")) / len(pairs)
+    rate = sum(is_language([b for _, b in pairs], "ja")) / len(pairs)
     print(f"Japanese (lid.176 > 0.5) with the clamp: {rate:.0%}")
     return pairs
 

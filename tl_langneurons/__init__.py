@@ -1,16 +1,16 @@
 """tl-langneurons: find the language-specific neurons of a multilingual decoder LM and steer the
 language it writes by clamping them (Kojima et al., NAACL 2024), on TransformerLens hook points."""
 
-from .activations import PooledActivations, collect, collect_poolings
-from .backend import HFHookedModel
-from .control import ControlResult, EvaluateConfig, evaluate_control
-from .corpus import PAPER_LANGUAGES, MultilingualCorpus
+from .detect.activations import PooledActivations, collect, collect_poolings
+from .detect.corpus import PAPER_LANGUAGES, MultilingualCorpus
+from .detect.neurons import FindConfig, LanguageNeurons, find_neurons
 from .errors import LangNeuronsError
-from .generation import GenerationConfig, generate
-from .intervention import clamp_hooks
-from .models import DEFAULT_MODEL, load_model
-from .neurons import FindConfig, LanguageNeurons, find_neurons
-from .sites import NeuronIndex, resolve_sites
+from .evaluate.control import ControlResult, EvaluateConfig, evaluate_control
+from .model.hf_hooked import HFHookedModel
+from .model.load import DEFAULT_MODEL, load_model
+from .model.sites import NeuronIndex, resolve_sites
+from .steer.generation import GenerationConfig, generate
+from .steer.interventions import clamp_hooks
 
 __version__ = "0.1.0"
 

@@ -21,11 +21,11 @@ import time
 from pathlib import Path
 
 from .errors import LangNeuronsError
-from .neurons import _peak_rss_gb
+from .provenance import peak_rss_gb
 
 
 def _load_model(args):
-    from .models import load_model
+    from .model.load import load_model
 
     t0 = time.perf_counter()
     model = load_model(args.model, backend=args.backend, device=getattr(args, "device", None))
@@ -38,8 +38,8 @@ def _langs(s: str | None) -> list[str] | None:
 
 
 def cmd_info(args) -> None:
-    from .runner import Runner
-    from .sites import PRESETS, resolve_sites
+    from .model.driver import Runner
+    from .model.sites import PRESETS, resolve_sites
 
     model = _load_model(args)
     runner = Runner(model)
@@ -76,9 +76,9 @@ def _check_out(out: Path, overwrite: bool, settings: dict) -> None:
 
 
 def cmd_find(args) -> Path:
-    from .analysis import write_analysis
-    from .corpus import MultilingualCorpus
-    from .neurons import find_neurons
+    from .analyses.placement import write_analysis
+    from .detect.corpus import MultilingualCorpus
+    from .detect.neurons import find_neurons
 
     out = Path(args.out)
     corpus = MultilingualCorpus.load(args.corpus, args.n_per_lang, args.seed, _langs(args.languages))
@@ -97,7 +97,7 @@ def cmd_find(args) -> Path:
     t1 = time.perf_counter()
     stats = write_analysis(neurons, out, pooled, labels)
     neurons.meta["timings"]["analysis_s"] = time.perf_counter() - t1
-    neurons.meta["timings"]["peak_rss_gb_after_analysis"] = _peak_rss_gb()
+    neurons.meta["timings"]["peak_rss_gb_after_analysis"] = peak_rss_gb()
     neurons.save(out)
     print(f"{neurons.meta.get('tokens')} tokens, padded share {100 * (neurons.meta.get('padded_share') or 0):.1f}%")
     print(neurons.summary())
@@ -105,7 +105,7 @@ def cmd_find(args) -> Path:
     sh = stats["quarter_shares"]
     print("share in first / last quarter of layers: " + ", ".join(
         f"{w} {100 * sh[w]['first_quarter']:.0f}% / {100 * sh[w]['last_quarter']:.0f}%" for w in ("top", "middle", "bottom")))
-    print(f"find took {time.perf_counter() - t0:.1f}s, peak memory {_peak_rss_gb():.2f} GB; results in {out}")
+    print(f"find took {time.perf_counter() - t0:.1f}s, peak memory {peak_rss_gb():.2f} GB; results in {out}")
     return out
 
 
@@ -127,8 +127,8 @@ def _value(s: str):
 
 
 def cmd_steer(args) -> None:
-    from .generation import GenerationConfig, generate
-    from .neurons import LanguageNeurons
+    from .detect.neurons import LanguageNeurons
+    from .steer.generation import GenerationConfig, generate
 
     neurons = LanguageNeurons.load(args.neurons)
     args.model = args.model or neurons.meta.get("model")
@@ -148,7 +148,7 @@ def cmd_steer(args) -> None:
 
 
 def _references(neurons, spec: str | None):
-    from .corpus import MultilingualCorpus
+    from .detect.corpus import MultilingualCorpus
 
     spec = spec or neurons.meta.get("corpus_spec")
     if not spec:
@@ -160,8 +160,8 @@ def _references(neurons, spec: str | None):
 
 
 def cmd_evaluate(args) -> Path:
-    from .control import EvaluateConfig, evaluate_control
-    from .neurons import LanguageNeurons
+    from .detect.neurons import LanguageNeurons
+    from .evaluate.control import EvaluateConfig, evaluate_control
 
     neurons = LanguageNeurons.load(args.neurons)
     args.model = args.model or neurons.meta.get("model")
@@ -171,7 +171,7 @@ def cmd_evaluate(args) -> Path:
     elif args.ablation_ks.strip().lower() in ("", "none"):
         ks = []
     else:
-        from .ranking import parse_k
+        from .detect.ranking import parse_k
         ks = [parse_k(x, neurons.index.n_neurons) for x in args.ablation_ks.split(",")]
     cfg = EvaluateConfig(languages=_langs(args.languages), samples=args.samples, max_new_tokens=args.max_new_tokens,
                          temperature=args.temperature, prompt=args.prompt, value=_value(args.value), scale=args.scale,
@@ -184,12 +184,12 @@ def cmd_evaluate(args) -> Path:
     print((out / "table2.md").read_text(encoding="utf-8"))
     if (out / "k_ablation.md").exists():
         print((out / "k_ablation.md").read_text(encoding="utf-8"))
-    print(f"evaluate took {time.perf_counter() - t0:.1f}s, peak memory {_peak_rss_gb():.2f} GB; results in {out}")
+    print(f"evaluate took {time.perf_counter() - t0:.1f}s, peak memory {peak_rss_gb():.2f} GB; results in {out}")
     return out
 
 
 def _analysis_setup(args):
-    from .neurons import LanguageNeurons
+    from .detect.neurons import LanguageNeurons
 
     neurons = LanguageNeurons.load(args.neurons)
     args.model = args.model or neurons.meta.get("model")
@@ -201,15 +201,15 @@ def _analysis_setup(args):
 
 
 def _heldout(spec: str, languages):
-    from .corpus import MultilingualCorpus
+    from .detect.corpus import MultilingualCorpus
 
     return MultilingualCorpus.load(spec, languages=languages)
 
 
 def cmd_deactivate(args) -> None:
-    from . import plots
-    from .analyses import deactivation
+    from .analyses.deactivation import deactivation
     from .provenance import atomic_write_json, atomic_write_text
+    from .report import plots
 
     neurons, model, out = _analysis_setup(args)
     res = deactivation(model, neurons, _heldout(args.heldout, neurons.languages), args.mode, args.which, args.n_texts,
@@ -226,7 +226,7 @@ def cmd_deactivate(args) -> None:
 
 
 def cmd_attribution(args) -> None:
-    from .analyses import attribution_markdown, logit_attribution
+    from .analyses.attribution import attribution_markdown, logit_attribution
     from .provenance import atomic_write_json, atomic_write_text
 
     neurons, model, out = _analysis_setup(args)
@@ -238,8 +238,8 @@ def cmd_attribution(args) -> None:
 
 
 def cmd_tokens(args) -> None:
-    from . import plots
-    from .analyses import token_view
+    from .analyses.token_view import token_view
+    from .report import plots
 
     neurons, model, out = _analysis_setup(args)
     tokens, act, score = token_view(model, neurons, args.text)
@@ -251,9 +251,9 @@ def cmd_tokens(args) -> None:
 
 
 def cmd_cross_steer(args) -> None:
-    from . import plots
-    from .analyses import cross_steering, cross_steering_markdown
+    from .analyses.cross_steering import cross_steering, cross_steering_markdown
     from .provenance import atomic_write_json, atomic_write_text
+    from .report import plots
 
     neurons, model, out = _analysis_setup(args)
     res = cross_steering(model, neurons, _heldout(args.heldout, neurons.languages), args.n_prompts, args.samples,
@@ -268,8 +268,8 @@ def cmd_cross_steer(args) -> None:
 
 
 def cmd_sweep(args) -> Path:
-    from .neurons import LanguageNeurons
-    from .sweep import SweepConfig, run_sweep
+    from .detect.neurons import LanguageNeurons
+    from .evaluate.sweep import SweepConfig, run_sweep
 
     neurons = LanguageNeurons.load(args.neurons)
     args.model = args.model or neurons.meta.get("model")
@@ -286,7 +286,7 @@ def cmd_sweep(args) -> Path:
 
 
 def cmd_report(args) -> Path:
-    from .report import build_report
+    from .report.build import build_report
 
     path = build_report(args.dir)
     print(f"report: {path} and {path.with_suffix('.html')}")
@@ -294,7 +294,7 @@ def cmd_report(args) -> Path:
 
 
 def cmd_demo(args) -> None:
-    from .models import DEFAULT_MODEL
+    from .model.load import DEFAULT_MODEL
 
     t0 = time.perf_counter()
     out = Path(args.out)
@@ -317,7 +317,7 @@ def cmd_demo(args) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .models import DEFAULT_MODEL
+    from .model.load import DEFAULT_MODEL
 
     p = argparse.ArgumentParser(prog="tl-langneurons", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)

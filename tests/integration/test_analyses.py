@@ -1,0 +1,103 @@
+"""Analyses that compose with TransformerLens: deactivation, logit attribution, token view and
+cross-language steering, through the API and the command line, on the tiny model."""
+
+
+import numpy as np
+import pytest
+import torch
+
+from tl_langneurons import MultilingualCorpus
+from tl_langneurons.analyses.attribution import (
+    logit_attribution,
+    neuron_directions,
+    token_matches,
+)
+from tl_langneurons.analyses.cross_steering import cross_steering
+from tl_langneurons.analyses.deactivation import deactivation, random_like
+from tl_langneurons.analyses.token_view import token_view
+from tl_langneurons.cli import main
+from tl_langneurons.detect.neurons import find_neurons
+from tl_langneurons.evaluate.metrics import text_losses
+
+
+@pytest.fixture(scope="module")
+def setup(tiny_llama, tiny_corpus):
+    sel, held = MultilingualCorpus.bundled().split(0.1, seed=0)
+    neurons = find_neurons(tiny_llama, sel.sample(12, seed=1), k=10, progress=False)
+    return neurons, held
+
+
+def test_text_losses_match_manual_cross_entropy(tiny_llama):
+    text = "Der Hund schläft."
+    total, count = text_losses(tiny_llama, [text])
+    ids = torch.tensor([[1] + tiny_llama.tokenizer(text, add_special_tokens=False)["input_ids"]])
+    with torch.no_grad():
+        logits = tiny_llama(ids)
+    ref = torch.nn.functional.cross_entropy(logits[0, :-1].double(), ids[0, 1:], reduction="sum")
+    assert count == ids.shape[1] - 1 and abs(total - float(ref)) < 1e-7 * float(ref)  # float32 logits
+
+
+def test_deactivation_matrix(tiny_llama, setup):
+    neurons, held = setup
+    res = deactivation(tiny_llama, neurons, held, n_texts=3, progress=False)
+    assert res.delta.shape == (6, 6) and res.delta_random.shape == (6, 6)
+    assert np.isfinite(res.delta).all() and (np.abs(res.delta) > 0).any()
+    assert "Control: random neurons" in res.markdown()
+    sel, _ = neurons.selected("de")
+    rnd = random_like(neurons, sel, 0)
+    assert len(rnd) == len(sel) and not torch.equal(rnd.sort().values, sel.sort().values)
+
+
+def test_logit_attribution(tiny_llama, setup):
+    neurons, _ = setup
+    rows = logit_attribution(tiny_llama, neurons, ["ja"], n_neurons=3, top_tokens=5)
+    assert len(rows) == 3 and all(len(r["promoted"]) == 5 and 0 <= r["match_share"] <= 1 for r in rows)
+    # the direction really is the down-projection column: its logits equal clamping the unit alone
+    n = neurons.sets["ja"]["top"].neurons[:1]
+    d = neuron_directions(tiny_llama, n, neurons.index)
+    site, unit = neurons.index.locate(int(n))
+    W = tiny_llama.original_model.model.layers[site.layer].mlp.down_proj
+    W = getattr(W, "original_component", W).weight
+    assert torch.allclose(d[0], W[:, unit].float() * (getattr(tiny_llama.original_model.model.norm, "original_component",
+                                                               tiny_llama.original_model.model.norm).weight.float()))
+
+
+def test_token_matches():
+    assert token_matches("ですね", "ja") and not token_matches("ですね", "zh")
+    assert token_matches("中国", "zh")
+    assert not token_matches("ab", "en")
+
+
+def test_token_view(tiny_llama, setup):
+    neurons, _ = setup
+    tokens, act, score = token_view(tiny_llama, neurons, "Hello world. こんにちは世界。")
+    assert act.shape == score.shape == (6, len(tokens)) and np.isfinite(score).all()
+
+
+def test_cross_steering(tiny_llama, setup):
+    neurons, held = setup
+    res = cross_steering(tiny_llama, neurons, held.select(["en", "ja"]), n_prompts=2, samples=1, max_new_tokens=4,
+                         progress=False)
+    assert res["languages"] == ["en", "ja"]
+    assert np.array(res["rate"]).shape == (2, 2)
+
+
+def test_analysis_commands(tiny_dirs, tmp_path, capsys):
+    model = str(tiny_dirs["llama"])
+    out = tmp_path / "run"
+    assert main(["find", "--model", model, "--n-per-lang", "8", "--k", "5", "--out", str(out), "--quiet"]) == 0
+    held = tmp_path / "held"
+    held.mkdir()
+    for lang, texts in MultilingualCorpus.bundled().sample(4, seed=9).texts.items():
+        (held / f"{lang}.txt").write_text("\n".join(texts) + "\n", encoding="utf-8")
+    assert main(["deactivate", "--neurons", str(out), "--heldout", str(held), "--n-texts", "2", "--quiet"]) == 0
+    assert main(["attribution", "--neurons", str(out), "--n-neurons", "2", "--top-tokens", "3"]) == 0
+    assert main(["tokens", "--neurons", str(out), "Guten Morgen"]) == 0
+    assert main(["cross-steer", "--neurons", str(out), "--heldout", str(held), "--n-prompts", "1", "--samples", "1",
+                 "--max-new-tokens", "3", "--quiet"]) == 0
+    for name in ("deactivation.md", "deactivation.png", "attribution.md", "tokens.png", "cross_steering.json",
+                 "cross_steering.png"):
+        assert (out / "analyses" / name).exists(), name
+    assert main(["report", str(out)]) == 0
+    text = (out / "report.md").read_text()
+    assert "Deactivation" in text and "Cross-language steering" in text and "Token-level view" in text

@@ -1,0 +1,80 @@
+"""The control experiment and the sweep end to end on the tiny model (with resume); NLL and the
+degeneracy gate against references."""
+
+import json
+
+from tl_langneurons.detect.neurons import find_neurons
+from tl_langneurons.evaluate.control import (
+    EvaluateConfig,
+    evaluate_control,
+)
+from tl_langneurons.report.build import build_report
+
+
+def test_control_end_to_end_and_resume(tiny_llama, tiny_corpus, tmp_path):
+    neurons = find_neurons(tiny_llama, tiny_corpus, k=10, progress=False)
+    neurons.meta["model"] = "tiny"
+    neurons.save(tmp_path)
+    from tl_langneurons.analyses.placement import write_analysis
+    write_analysis(neurons, tmp_path)
+    cfg = EvaluateConfig(languages=["de", "ja"], samples=4, max_new_tokens=6, ablation_ks=[1, 5], batch_size=4)
+    out = tmp_path / "control"
+    res = evaluate_control(tiny_llama, neurons, tiny_corpus.texts, cfg, out, progress=False)
+    assert len(res.table2) == 2 * 4 and len(res.ablation) == 2 * 2
+    for r in res.table2:
+        assert r["n"] == 4 and 0 <= r["rate"] <= 1 and r["ci"][0] <= r["rate"] <= r["ci"][1]
+    for name in ("table2.md", "table2.csv", "k_ablation.md", "k_ablation.csv", "k_ablation.png", "samples.md",
+                 "evaluation.json"):
+        assert (out / name).exists(), name
+    assert "| mean |" in (out / "table2.md").read_text()
+    n_cells = len(list((out / "cells").glob("*.json")))
+    assert n_cells == 1 + 2 * 3 + 2 * 2
+    again = evaluate_control(tiny_llama, neurons, tiny_corpus.texts, cfg, out, progress=False)
+    assert again.meta["timings"] == {}  # every cell was read back, none recomputed
+    assert again.table2 == json.loads(json.dumps(res.table2, default=list)) or again.table2 == res.table2
+    report = build_report(tmp_path)
+    text = report.read_text()
+    assert "Table 2" in text and "![layers](layers.png)" in text and "transformer-lens" in text
+    assert "<table" in (tmp_path / "report.html").read_text()
+
+
+def test_sample_nll_matches_cross_entropy(tiny_llama):
+    import torch
+
+    from tl_langneurons.steer.generation import GenerationConfig, generate, sample_nll
+
+    samples = generate(tiny_llama, GenerationConfig(max_new_tokens=6, seeds=[1, 2], stop_at_eos=False))
+    nll = sample_nll(tiny_llama, samples)
+    for s, x in zip(samples, nll):
+        ids = [tiny_llama.tokenizer.bos_token_id] + s.tokens
+        with torch.no_grad():
+            logits = tiny_llama(torch.tensor([ids]))
+        ref = torch.nn.functional.cross_entropy(logits[0, :-1].double(), torch.tensor(ids[1:]))
+        assert abs(x - float(ref)) < 1e-6
+
+
+def test_distinct_threshold_from_real_text(tiny_llama):
+    from tl_langneurons import MultilingualCorpus
+    from tl_langneurons.evaluate.metrics import distinct_threshold
+
+    texts = MultilingualCorpus.bundled().texts["de"]
+    t = distinct_threshold(tiny_llama.tokenizer, texts)
+    assert 0.2 < t < 1.0
+    assert distinct_threshold(tiny_llama.tokenizer, ["kurz"]) == 0.4  # too little text: the documented default
+
+
+def test_sweep_end_to_end(tiny_llama, tiny_corpus, tmp_path):
+    from tl_langneurons.evaluate.sweep import SweepConfig, run_sweep
+
+    neurons = find_neurons(tiny_llama, tiny_corpus, k=10, progress=False)
+    cfg = SweepConfig(languages=["de"], k_fractions=["2%", "5%"], scales=[1.0, 2.0], positions=["all", "last"],
+                      layer_sets=["all", "first"], val_samples=2, test_samples=3, max_new_tokens=4)
+    res = run_sweep(tiny_llama, neurons, tiny_corpus.texts, cfg, tmp_path, progress=False)
+    assert set(res.best) == {"de"} and res.best["de"]["k"] in (3, 7)
+    # positions=last equals all from BOS with the KV cache, so only "all" is tried (and noted)
+    assert [r["stage"] for r in res.stages] == ["k", "k", "scale", "scale", "positions", "layers", "layers"]
+    assert "positions=last skipped" in (tmp_path / "sweep.md").read_text()
+    assert [r["setting"] for r in res.test] == ["none", "paper k=1000", "k=0.45%", "best"]
+    assert (tmp_path / "sweep.md").exists() and (tmp_path / "tradeoff.png").exists()
+    again = run_sweep(tiny_llama, neurons, tiny_corpus.texts, cfg, tmp_path, progress=False)
+    assert again.meta["timings"] == {} and again.test == res.test  # resumed from the cells

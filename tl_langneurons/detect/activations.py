@@ -1,0 +1,282 @@
+"""Step 1 of the method: pooled activations of every neuron on every text.
+
+Texts are tokenized (BOS first, as the paper's code does), sorted by length and batched with
+right padding so padding stays small and never shifts positions. Pooling runs inside the hooks,
+so the full [batch, pos, d] activations are never kept, and the forward pass stops after the last
+block that holds a site (the unembedding is never computed).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+from jaxtyping import Bool, Float
+from safetensors import SafetensorError
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from ..errors import LangNeuronsError
+from ..model.driver import Runner
+from ..model.sites import NeuronIndex, resolve_sites
+from ..provenance import atomic_write_bytes, package_versions, sha256_texts
+from .storage import DiskMatrix, load_checkpoint, save_checkpoint
+
+log = logging.getLogger(__name__)
+POOLINGS = ("mean", "max", "last", "median")
+
+
+def pool(x: Float[Tensor, "batch pos d"], mask: Bool[Tensor, "batch pos"], how: str) -> Float[Tensor, "batch d"]:
+    """Pool over the positions where ``mask`` is True (padding never takes part)."""
+    if how == "mean":
+        m = mask.to(x.dtype).unsqueeze(-1)
+        return (x * m).sum(1) / m.sum(1).clamp_min(1)
+    if how == "max":
+        return x.masked_fill(~mask.unsqueeze(-1), float("-inf")).max(1).values
+    if how == "last":
+        pos = torch.arange(mask.shape[1], device=mask.device).expand_as(mask)
+        last = torch.where(mask, pos, -1).max(1).values
+        return x[torch.arange(x.shape[0], device=x.device), last]
+    if how == "median":  # lower median, as torch.median
+        return x.masked_fill(~mask.unsqueeze(-1), float("nan")).nanmedian(1).values
+    raise LangNeuronsError(f"unknown pooling {how!r}; use one of {', '.join(POOLINGS)}")
+
+
+@dataclass
+class Tokenized:
+    ids: list[list[int]]
+    n_truncated: int
+
+
+def tokenize(runner: Runner, texts: Sequence[str], max_length: int | None = None, truncate: bool = True) -> Tokenized:
+    """Token ids of each text, BOS first when the tokenizer has one; long texts are truncated."""
+    tok = runner.tokenizer
+    limit = min(max_length or runner.max_length, runner.max_length)
+    enc = tok(list(texts), add_special_tokens=False)["input_ids"]
+    bos = runner.bos_id
+    out, n_trunc = [], 0
+    for i, ids in enumerate(enc):
+        ids = ([bos] if bos is not None else []) + list(ids)
+        if len(ids) > limit:
+            if not truncate:
+                raise LangNeuronsError(
+                    f"text {i} has {len(ids)} tokens, more than the limit {limit}; shorten it or allow truncation"
+                )
+            ids = ids[:limit]
+            n_trunc += 1
+        if len(ids) == 0:
+            raise LangNeuronsError(f"text {i} has no tokens")
+        out.append(ids)
+    if n_trunc:
+        warnings.warn(f"{n_trunc} text(s) longer than {limit} tokens were truncated", stacklevel=2)
+    return Tokenized(out, n_trunc)
+
+
+def make_batches(lengths: Sequence[int], batch_size: int, max_batch_tokens: int) -> list[list[int]]:
+    """Text indices grouped by length (longest first), each batch within both limits."""
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    batches, cur = [], []
+    for i in order:
+        longest = lengths[cur[0]] if cur else lengths[i]
+        if cur and (len(cur) + 1 > batch_size or (len(cur) + 1) * longest > max_batch_tokens):
+            batches.append(cur)
+            cur = []
+        cur.append(i)
+    if cur:
+        batches.append(cur)
+    return batches
+
+
+@dataclass
+class PooledActivations:
+    """Pooled activations [n_texts, n_neurons] (float32) with the neuron index table and provenance."""
+
+    values: Float[Tensor, "text neuron"]
+    index: NeuronIndex
+    meta: dict = field(default_factory=dict)
+
+    def header(self) -> dict:
+        return {"index": self.index.to_dict(), **self.meta}
+
+    def save(self, path: str | Path) -> None:
+        """safetensors with a JSON header (model, sites, pooling, corpus hash, versions); atomic."""
+        from safetensors.torch import save
+
+        data = save({"values": self.values.contiguous()}, metadata={"tl_langneurons": json.dumps(self.header())})
+        atomic_write_bytes(path, data)
+
+    @classmethod
+    def load(cls, path: str | Path, expect: dict | None = None) -> "PooledActivations":
+        """Load a cache; with ``expect``, refuse it unless every expected header field matches."""
+        from safetensors import safe_open
+
+        path = Path(path)
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                header = json.loads(f.metadata()["tl_langneurons"])
+                values = f.get_tensor("values")
+        except (SafetensorError, OSError, KeyError, json.JSONDecodeError, RuntimeError) as e:
+            raise LangNeuronsError(f"activation cache {path} is corrupt or not a tl-langneurons cache ({e}); delete it") from e
+        if expect:
+            diff = [k for k, v in expect.items() if header.get(k) != v]
+            if diff:
+                raise LangNeuronsError(
+                    f"activation cache {path} was made for other settings (different {', '.join(diff)}); "
+                    "delete it or choose another cache path"
+                )
+        index = NeuronIndex.from_dict(header.pop("index"))
+        if tuple(values.shape) != (header.get("n_texts"), index.n_neurons):
+            raise LangNeuronsError(f"activation cache {path} has shape {tuple(values.shape)}, which does not match its header; delete it")
+        return cls(values, index, header)
+
+
+@torch.no_grad()
+def collect(model, texts: Sequence[str], sites: str | NeuronIndex = "mlp_post", pooling: str = "mean",
+            include_bos: bool = True, batch_size: int = 32, max_batch_tokens: int = 8192,
+            max_length: int | None = 512, progress: bool = True,
+            on_batch: Callable[[int, int], None] | None = None, truncate: bool = True,
+            checkpoint: str | Path | None = None, checkpoint_every_s: float = 30.0,
+            store: str | Path | None = None) -> PooledActivations:
+    """Pooled activations of ``texts`` at ``sites`` (step 1 of the method).
+
+    ``pooling`` is mean (the paper), max, last or median over each text's real tokens; the BOS
+    position takes part unless ``include_bos`` is False. Texts longer than ``max_length`` tokens
+    are truncated with a warning, or refused when ``truncate`` is False. With ``checkpoint``, the
+    finished batches are saved there (every ``checkpoint_every_s`` and when interrupted) and a
+    rerun with the same arguments skips them; the file is removed once the run completes.
+    With ``store`` (a ``.npy`` path) the values go to a :class:`DiskMatrix` there instead of memory.
+    Returns float32 values [n_texts, n_neurons].
+    """
+    return _collect(model, texts, sites, (pooling,), include_bos, batch_size, max_batch_tokens, max_length, progress,
+                    on_batch, truncate, checkpoint, checkpoint_every_s, store)[pooling]
+
+
+@torch.no_grad()
+def collect_poolings(model, texts: Sequence[str], sites: str | NeuronIndex = "mlp_post",
+                     poolings: Sequence[str] = POOLINGS, include_bos: bool = True, batch_size: int = 32,
+                     max_batch_tokens: int = 8192, max_length: int | None = 512,
+                     progress: bool = True) -> dict[str, PooledActivations]:
+    """Several poolings of the same texts from one forward pass (e.g. to compare mean, max, last
+    and median): ``{pooling: PooledActivations}``, each equal to :func:`collect` with that pooling."""
+    if not poolings or len(set(poolings)) != len(poolings):
+        raise LangNeuronsError("poolings must be a non-empty list without repeats")
+    return _collect(model, texts, sites, tuple(poolings), include_bos, batch_size, max_batch_tokens, max_length,
+                    progress, None, True, None, 30.0, None)
+
+
+def _collect(model, texts, sites, poolings: tuple[str, ...], include_bos, batch_size, max_batch_tokens, max_length,
+             progress, on_batch, truncate, checkpoint, checkpoint_every_s, store) -> dict[str, PooledActivations]:
+    for pooling in poolings:
+        if pooling not in POOLINGS:
+            raise LangNeuronsError(f"unknown pooling {pooling!r}; use one of {', '.join(POOLINGS)}")
+    pooling = poolings[0]
+    if len(texts) == 0:
+        raise LangNeuronsError("no texts to run; the corpus is empty")
+    runner = Runner(model)
+    index = sites if isinstance(sites, NeuronIndex) else resolve_sites(runner, sites)
+    tokd = tokenize(runner, texts, max_length, truncate)
+    lengths = [len(t) for t in tokd.ids]
+    batches = make_batches(lengths, batch_size, max_batch_tokens)
+    shape = (len(texts), index.n_neurons)
+    if store is not None:
+        resume = checkpoint is not None and Path(checkpoint).exists() and Path(store).exists()
+        out = DiskMatrix(store) if resume else DiskMatrix.create(store, shape)
+        if out.shape != shape:
+            raise LangNeuronsError(f"{store} holds a {out.shape} matrix, not {shape}; delete it")
+    else:
+        out = torch.empty(shape, dtype=torch.float32)
+    extra = {p: torch.empty(shape, dtype=torch.float32) for p in poolings[1:]}
+    done = torch.zeros(len(texts), dtype=torch.bool)
+    state: dict = {}
+    ckpt_header = {"texts_sha256": sha256_texts(texts), "pooling": pooling, "include_bos": include_bos,
+                   "index": index.to_dict(), "max_length": max_length, "n_texts": len(texts)}
+    if checkpoint is not None and Path(checkpoint).exists():
+        prev = load_checkpoint(Path(checkpoint), ckpt_header)
+        if prev is not None:
+            values, done = prev
+            if store is None:
+                out = values
+            log.warning("resuming from %s: %d of %d texts already done", checkpoint, int(done.sum()), len(texts))
+
+    def make_hook(sl):
+        def hook_fn(x, hook):
+            flat = x.reshape(x.shape[0], x.shape[1], -1).float()
+            for p in poolings:
+                vals = pool(flat, state["mask"], p)
+                if not torch.isfinite(vals).all():
+                    bad = (~torch.isfinite(vals)).nonzero()[0]
+                    raise LangNeuronsError(
+                        f"non-finite activation at {sl.hook}[{int(bad[1])}] on text {state['rows'][int(bad[0])]}; "
+                        "check the model weights and dtype (use float32)"
+                    )
+                state["buf"][p][:, sl.offset: sl.offset + sl.size] = vals.cpu()
+        return hook_fn
+
+    hooks = [(sl.hook, make_hook(sl)) for sl in index.slices]
+    hooks.append(runner.stopper(max(sl.layer for sl in index.slices)))
+    device = runner.device
+    n_real = sum(lengths)
+    n_padded = sum(len(b) * lengths[b[0]] for b in batches)
+    t0 = time.perf_counter()
+    bar = tqdm(total=len(texts), desc=f"collect {'+'.join(poolings)} @ {index.spec}", unit="text", disable=not progress,
+               initial=int(done.sum()))
+    last_save = time.perf_counter()
+    try:
+        with runner.hooks(hooks):
+            for bi, b in enumerate(batches):
+                if bool(done[b].all()):
+                    continue
+                ids, mask = runner.pad([tokd.ids[i] for i in b])
+                pool_mask = mask.clone()
+                if not include_bos and runner.bos_id is not None:
+                    pool_mask[:, 0] = False
+                    if (pool_mask.sum(1) == 0).any():
+                        raise LangNeuronsError("a text has only the BOS token; with include_bos=False it has nothing to pool")
+                state["mask"] = pool_mask.to(device)
+                state["rows"] = torch.tensor(b)
+                state["buf"] = {p: torch.empty((len(b), index.n_neurons), dtype=torch.float32) for p in poolings}
+                runner.trunk(ids.to(device), mask.long().to(device))
+                if store is not None:
+                    out.write_rows(b, state["buf"][pooling])
+                else:
+                    out[b] = state["buf"][pooling]
+                for p in poolings[1:]:
+                    extra[p][b] = state["buf"][p]
+                done[b] = True
+                bar.update(len(b))
+                if checkpoint is not None and time.perf_counter() - last_save > checkpoint_every_s:
+                    save_checkpoint(Path(checkpoint), ckpt_header, out, done)
+                    last_save = time.perf_counter()
+                if on_batch:
+                    on_batch(bi, len(batches))
+    except BaseException:
+        if checkpoint is not None and done.any():
+            save_checkpoint(Path(checkpoint), ckpt_header, out, done)
+        raise
+    finally:
+        bar.close()
+    if checkpoint is not None and Path(checkpoint).exists():
+        Path(checkpoint).unlink()
+    seconds = time.perf_counter() - t0
+    meta = {
+        "n_texts": len(texts),
+        "pooling": pooling,
+        "include_bos": include_bos,
+        "sites": index.spec,
+        "texts_sha256": sha256_texts(texts),
+        "max_length": max_length,
+        "n_truncated": tokd.n_truncated,
+        "tokens": n_real,
+        "padded_share": 1 - n_real / n_padded,
+        "seconds": seconds,
+        "versions": package_versions(),
+    }
+    log.info("collected %d texts in %.1fs (%.1f texts/s), padded share %.1f%%", len(texts), seconds,
+             len(texts) / max(seconds, 1e-9), 100 * meta["padded_share"])
+    return {p: PooledActivations(out if p == pooling else extra[p], index, {**meta, "pooling": p}) for p in poolings}

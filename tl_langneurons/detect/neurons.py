@@ -1,0 +1,384 @@
+"""Language-specific neurons: ``find_neurons`` (steps 1-3) and the ``LanguageNeurons`` result.
+
+``LanguageNeurons`` holds, per language, the top-k, bottom-k and middle-k neurons by AP with
+their AP, clamp value (median over the language's texts) and on/off statistics. It saves and
+loads itself, prints a summary, and gives clamp hooks for TransformerLens.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from jaxtyping import Float
+from safetensors import SafetensorError
+from torch import Tensor
+
+from ..errors import LangNeuronsError
+from ..model.load import model_name, weights_fingerprint
+from ..model.sites import NeuronIndex, resolve_sites
+from ..provenance import (
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+    package_versions,
+    peak_rss_gb,
+)
+from ..steer.interventions import clamp_hooks
+from .activations import POOLINGS, PooledActivations, collect
+from .corpus import MultilingualCorpus
+from .ranking import average_precision, bottom_k, check_k, middle_k, parse_k, top_k
+
+WHICH = ("top", "bottom", "middle")
+
+
+FORMAT_VERSION = 2
+
+
+@dataclass
+class FindConfig:
+    """Settings of detection; defaults are the paper's."""
+
+    sites: str = "mlp_post"
+    pooling: str = "mean"
+    include_bos: bool = True
+    k: int | str = 1000
+    batch_size: int = 32
+    max_batch_tokens: int = 8192
+    max_length: int = 512
+    truncate: bool = True  # False: refuse texts longer than max_length instead of truncating
+
+    def __post_init__(self) -> None:
+        if self.pooling not in POOLINGS:
+            raise LangNeuronsError(f"unknown pooling {self.pooling!r}; use one of {', '.join(POOLINGS)}")
+        if self.batch_size < 1 or self.max_batch_tokens < 1:
+            raise LangNeuronsError("batch_size and max_batch_tokens must be positive")
+        if isinstance(self.k, (int, np.integer)) and not isinstance(self.k, bool):
+            check_k(int(self.k), 10**12)
+
+
+@dataclass
+class NeuronSet:
+    """Selected neurons of one language and kind, with their statistics (all [k])."""
+
+    neurons: Tensor  # int64 global indices
+    ap: Tensor
+    median_on: Tensor  # clamp value: median pooled value over the language's texts
+    mean_on: Tensor
+    std_on: Tensor
+    mean_off: Tensor
+    std_off: Tensor
+
+    FIELDS = ("neurons", "ap", "median_on", "mean_on", "std_on", "mean_off", "std_off")
+
+
+def median0(x: Float[Tensor, "n m"], chunk: int = 8192) -> Float[Tensor, "m"]:
+    """Median over dim 0 as numpy computes it (mean of the two middle values), chunked over columns."""
+    out = torch.empty(x.shape[1], dtype=torch.float32)
+    n = x.shape[0]
+    for i in range(0, x.shape[1], chunk):
+        s = x[:, i:i + chunk].double().sort(0).values
+        out[i:i + chunk] = ((s[(n - 1) // 2] + s[n // 2]) / 2).float()
+    return out
+
+
+def neuron_statistics(values, labels: np.ndarray, n_languages: int,
+                      chunk_bytes: float = 32e6) -> dict[str, Tensor]:
+    """Per language and neuron: median, mean and std on the language's texts, mean and std off
+    them ([L, n_neurons] each), and the mean over all texts ([n_neurons]). Reads ``values`` (a
+    tensor or an on-disk ``DiskMatrix``) in column chunks, so it never needs the whole matrix."""
+    n, m = values.shape
+    out = {k: torch.empty((n_languages, m), dtype=torch.float32)
+           for k in ("median_on", "mean_on", "std_on", "mean_off", "std_off")}
+    out["mean_all"] = torch.empty(m, dtype=torch.float32)
+    masks = [torch.as_tensor(labels == li) for li in range(n_languages)]
+    chunk = max(1, int(chunk_bytes / (8 * n)))
+    for a in range(0, m, chunk):
+        v = values[:, a:a + chunk].double()
+        b = a + v.shape[1]
+        out["mean_all"][a:b] = v.mean(0).float()
+        for li, pos in enumerate(masks):
+            on, off = v[pos], v[~pos]
+            out["median_on"][li, a:b] = median0(on)
+            out["mean_on"][li, a:b] = on.mean(0).float()
+            out["std_on"][li, a:b] = on.std(0).float()
+            out["mean_off"][li, a:b] = off.mean(0).float()
+            out["std_off"][li, a:b] = off.std(0).float()
+    return out
+
+
+def _set(stats: dict[str, Tensor], li: int, neurons: Tensor, ap: Tensor) -> NeuronSet:
+    return NeuronSet(neurons=neurons.clone(), ap=ap[neurons].double(),
+                     **{k: stats[k][li][neurons].clone() for k in ("median_on", "mean_on", "std_on", "mean_off", "std_off")})
+
+
+@dataclass
+class LanguageNeurons:
+    """The language-specific neurons of one model, per language (see module docstring)."""
+
+    languages: list[str]
+    index: NeuronIndex
+    k: int
+    sets: dict[str, dict[str, NeuronSet]]
+    ap: Float[Tensor, "language neuron"]  # float64: AP of every neuron
+    medians: Float[Tensor, "language neuron"]  # median of every neuron over the language's texts
+    means: Float[Tensor, "language neuron"]  # mean of every neuron over the language's texts
+    mean_all: Float[Tensor, "neuron"]  # mean of every neuron over all texts (for mean-ablation)
+    meta: dict = field(default_factory=dict)
+
+    # ---- construction ---------------------------------------------------------------------
+    @classmethod
+    def from_activations(cls, pooled: PooledActivations, labels: np.ndarray, languages: Sequence[str],
+                         k: int | str = 1000, meta: dict | None = None, progress: bool = False) -> "LanguageNeurons":
+        """Rank and select from pooled activations (steps 2-3)."""
+        k = parse_k(k, pooled.index.n_neurons)
+        labels = np.asarray(labels)
+        ap = average_precision(pooled.values, labels, len(languages), progress=progress)
+        stats = neuron_statistics(pooled.values, labels, len(languages))
+        sets: dict[str, dict[str, NeuronSet]] = {}
+        for li, lang in enumerate(languages):
+            sets[lang] = {"top": _set(stats, li, top_k(ap[li], k), ap[li]),
+                          "bottom": _set(stats, li, bottom_k(ap[li], k), ap[li]),
+                          "middle": _set(stats, li, middle_k(ap[li], k), ap[li])}
+        m = dict(meta or {})
+        m.update({"k": k, "k_fraction": k / pooled.index.n_neurons, "n_neurons": pooled.index.n_neurons,
+                  "pooling": pooled.meta.get("pooling"), "include_bos": pooled.meta.get("include_bos"),
+                  "sites": pooled.index.spec})
+        return cls(list(languages), pooled.index, k, sets, ap, stats["median_on"], stats["mean_on"], stats["mean_all"], m)
+
+    # ---- access ---------------------------------------------------------------------------
+    def _check_lang(self, lang: str) -> None:
+        if lang not in self.sets:
+            raise LangNeuronsError(f"no neurons for language {lang!r}; this result has {', '.join(self.languages)}")
+
+    def layer_subset(self, layers: str | Sequence[int] | None) -> list[int] | None:
+        """Layer numbers of a subset: all (None), first / last quarter, ends (both), or a list."""
+        if layers is None or layers == "all":
+            return None
+        n = self.index.n_layers
+        q = max(1, n // 4)
+        named = {"first": list(range(q)), "last": list(range(n - q, n)), "ends": list(range(q)) + list(range(n - q, n))}
+        if isinstance(layers, str):
+            if layers not in named:
+                raise LangNeuronsError(f"unknown layer subset {layers!r}; use all, first, last, ends or a list of layers")
+            return named[layers]
+        out = sorted({int(l) for l in layers})
+        if not out or out[0] < 0 or out[-1] >= n:
+            raise LangNeuronsError(f"layers must be between 0 and {n - 1}, got {list(layers)}")
+        return out
+
+    def selected(self, lang: str, which: str = "both", k: int | None = None,
+                 layers: str | Sequence[int] | None = None) -> tuple[Tensor, Tensor]:
+        """(neurons, median clamp values) of ``which`` (top, bottom, both = top + bottom, middle).
+
+        ``k`` defaults to the k of the result; any k up to the neuron count works, since the AP and
+        median of every neuron are kept. ``layers`` ranks only the neurons of those layers
+        (see ``layer_subset``), so k neurons are chosen inside the subset.
+        """
+        subset = self.layer_subset(layers)
+        if subset is not None:
+            self._check_lang(lang)
+            li = self.languages.index(lang)
+            keep = torch.from_numpy(np.isin(self.index.layers(), subset))
+            k = self.k if k is None else k
+            check_k(k, int(keep.sum()))
+            out = []
+            for w in {"both": ("top", "bottom"), "top": ("top",), "bottom": ("bottom",)}.get(which, ()):
+                masked = self.ap[li].masked_fill(~keep, float("-inf") if w == "top" else float("inf"))
+                out.append((top_k if w == "top" else bottom_k)(masked, k))
+            if not out:
+                raise LangNeuronsError(f"neuron set {which!r} cannot be restricted to layers; use top, bottom or both")
+            neurons = torch.cat(out)
+            return neurons, self.medians[li][neurons]
+        self._check_lang(lang)
+        kinds = {"both": ("top", "bottom"), "top": ("top",), "bottom": ("bottom",), "middle": ("middle",)}
+        if which not in kinds:
+            raise LangNeuronsError(f"unknown neuron set {which!r}; use top, bottom, both or middle")
+        li = self.languages.index(lang)
+        if k is None or k == self.k:
+            idx = [self.sets[lang][w].neurons for w in kinds[which]]
+        else:
+            check_k(k, self.index.n_neurons)
+            pick = {"top": top_k, "bottom": bottom_k, "middle": middle_k}
+            idx = [pick[w](self.ap[li], k) for w in kinds[which]]
+        neurons = torch.cat(idx)
+        return neurons, self.medians[li][neurons]
+
+    def hooks(self, lang: str, which: str = "both", value: str | float = "median", scale: float = 1.0,
+              positions: str = "all", k: int | None = None,
+              layers: str | Sequence[int] | None = None) -> list[tuple[str, Callable]]:
+        """TransformerLens ``fwd_hooks`` that clamp the language's neurons.
+
+        ``value``: "median" (the paper: median over the language's texts), "zero", or a number.
+        ``scale`` multiplies the value. ``k`` overrides the number of neurons per set.
+        ``positions``: "all" (the paper) or "last" (only the newest position).
+        ``layers``: choose the k neurons only among these layers (all, first, last, ends, or a list).
+        """
+        neurons, medians = self.selected(lang, which, k, layers)
+        if value == "median":
+            vals = medians
+        elif value == "zero":
+            vals = torch.zeros_like(medians)
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            vals = torch.full_like(medians, float(value))
+        else:
+            raise LangNeuronsError(f"unknown clamp value {value!r}; use median, zero or a number")
+        return clamp_hooks(self.index, neurons, vals * float(scale), positions)
+
+    def table(self, lang: str, which: str = "top") -> list[dict]:
+        """One row per selected neuron: rank, hook, layer, unit, AP and statistics."""
+        self._check_lang(lang)
+        s = self.sets[lang][which]
+        rows = self.index.table(s.neurons.tolist())
+        for r, row in enumerate(rows):
+            row.update({"lang": lang, "which": which, "rank": r + 1, "ap": float(s.ap[r]),
+                        "median_on": float(s.median_on[r]), "mean_on": float(s.mean_on[r]),
+                        "mean_off": float(s.mean_off[r])})
+        return rows
+
+    def summary(self) -> str:
+        """Markdown table: per language the mean AP of top/middle/bottom and their mean values."""
+        lines = [f"Language neurons of {self.meta.get('model', '?')} at {self.index.spec} "
+                 f"({self.index.n_neurons} neurons, k={self.k}, pooling={self.meta.get('pooling')})", "",
+                 "| lang | top mean AP | top min AP | middle mean AP | bottom mean AP | bottom max AP | top mean on/off | bottom mean on/off |",
+                 "|---|---|---|---|---|---|---|---|"]
+        for lang in self.languages:
+            t, mi, b = (self.sets[lang][w] for w in WHICH[:1] + ("middle", "bottom"))
+            lines.append(
+                f"| {lang} | {t.ap.mean():.3f} | {t.ap.min():.3f} | {mi.ap.mean():.3f} | {b.ap.mean():.3f} | "
+                f"{b.ap.max():.3f} | {t.mean_on.mean():+.3f} / {t.mean_off.mean():+.3f} | "
+                f"{b.mean_on.mean():+.3f} / {b.mean_off.mean():+.3f} |")
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return (f"LanguageNeurons(languages={self.languages}, k={self.k}, sites={self.index.spec!r}, "
+                f"n_neurons={self.index.n_neurons})")
+
+    # ---- persistence ----------------------------------------------------------------------
+    def save(self, directory: str | Path) -> Path:
+        """Write ``neurons.safetensors``, ``neurons.json``, ``neurons.csv`` and ``summary.md`` (each atomically)."""
+        from safetensors.torch import save
+
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        tensors = {"ap": self.ap.double().contiguous(), "medians": self.medians.float().contiguous(),
+                   "means": self.means.float().contiguous(), "mean_all": self.mean_all.float().contiguous()}
+        for lang, sets in self.sets.items():
+            for which, s in sets.items():
+                for f in NeuronSet.FIELDS:
+                    tensors[f"{lang}.{which}.{f}"] = getattr(s, f).contiguous()
+        atomic_write_bytes(d / "neurons.safetensors", save(tensors))
+        atomic_write_json(d / "neurons.json", {
+            "format": FORMAT_VERSION, "languages": self.languages, "k": self.k,
+            "index": self.index.to_dict(), "meta": {k: v for k, v in self.meta.items() if k != "timings"},
+        })
+        if "timings" in self.meta:  # kept apart so that neurons.json is byte-identical across runs
+            atomic_write_json(d / "timings.json", self.meta["timings"])
+        rows = [r for lang in self.languages for w in WHICH for r in self.table(lang, w)]
+        cols = ["lang", "which", "rank", "neuron", "hook", "layer", "unit", "ap", "median_on", "mean_on", "mean_off"]
+        csv = ",".join(cols) + "\n" + "\n".join(",".join(str(r[c]) for c in cols) for r in rows) + "\n"
+        atomic_write_text(d / "neurons.csv", csv)
+        atomic_write_text(d / "summary.md", self.summary() + "\n")
+        return d
+
+    @classmethod
+    def load(cls, directory: str | Path) -> "LanguageNeurons":
+        from safetensors.torch import load_file
+
+        d = Path(directory)
+        if not (d / "neurons.json").exists() or not (d / "neurons.safetensors").exists():
+            raise LangNeuronsError(f"{d} holds no neurons (neurons.json and neurons.safetensors); run `tl-langneurons find --out {d}` first")
+        try:
+            info = json.loads((d / "neurons.json").read_text(encoding="utf-8"))
+            tensors = load_file(str(d / "neurons.safetensors"))
+            if info.get("format") != FORMAT_VERSION:
+                raise LangNeuronsError(f"{d}/neurons.json has format {info.get('format')}, this version reads {FORMAT_VERSION}")
+            index = NeuronIndex.from_dict(info["index"])
+            sets = {lang: {w: NeuronSet(**{f: tensors[f"{lang}.{w}.{f}"] for f in NeuronSet.FIELDS}) for w in WHICH}
+                    for lang in info["languages"]}
+            ap, medians, means, mean_all = tensors["ap"], tensors["medians"], tensors["means"], tensors["mean_all"]
+        except LangNeuronsError:
+            raise
+        except (SafetensorError, OSError, KeyError, json.JSONDecodeError, TypeError, RuntimeError) as e:
+            raise LangNeuronsError(f"neurons in {d} are corrupt or incomplete ({type(e).__name__}: {e}); run find again") from e
+        if (ap.shape != (len(info["languages"]), index.n_neurons) or medians.shape != ap.shape
+                or means.shape != ap.shape or mean_all.shape != (index.n_neurons,)):
+            raise LangNeuronsError(f"neurons in {d} are inconsistent (AP shape {tuple(ap.shape)}); run find again")
+        return cls(info["languages"], index, int(info["k"]), sets, ap, medians, means, mean_all, info.get("meta", {}))
+
+    def check_model(self, model) -> None:
+        """Refuse to steer a model whose sites differ from the ones these neurons were found on."""
+        try:
+            other = resolve_sites(model, self.index.spec)
+        except LangNeuronsError as e:
+            raise LangNeuronsError(f"these neurons were found at sites {self.index.spec!r}, which this model lacks: {e}") from e
+        theirs = self.meta.get("weights_sha")
+        if theirs and theirs != weights_fingerprint(model):
+            raise LangNeuronsError(
+                f"these neurons were found on {self.meta.get('model', 'another model')} (weights {theirs}); this model's "
+                f"weights differ ({weights_fingerprint(model)}). Use neurons found on this model"
+            )
+        if other != self.index:
+            raise LangNeuronsError(
+                f"these neurons were found on {self.meta.get('model', 'another model')} with {self.index.n_neurons} "
+                f"neurons at {self.index.spec!r}; this model has {other.n_neurons} there. Use neurons found on this model"
+            )
+
+
+def find_neurons(model, corpus: MultilingualCorpus, config: FindConfig | None = None, *,
+                 cache: str | Path | None = None, checkpoint: str | Path | None = None,
+                 store: str | Path | None = None, progress: bool = True,
+                 return_activations: bool = False, **overrides):
+    """Steps 1-3 of the method on ``model`` and ``corpus``: a :class:`LanguageNeurons`.
+
+    ``cache`` is an optional path of a pooled-activation cache: used when its header matches
+    (model, sites, pooling, texts), refused with an error when it does not, written otherwise.
+    ``checkpoint`` is a file for the finished batches of an interrupted collection (see ``collect``).
+    ``store`` keeps the pooled matrix in a ``.npy`` file instead of memory (for neuron counts that
+    do not fit); ranking and statistics then read it in column chunks.
+    ``overrides`` set :class:`FindConfig` fields (``k=100``, ``pooling="max"``, ...).
+    """
+    config = config or FindConfig()
+    if overrides:
+        config = FindConfig(**{**asdict(config), **overrides})
+    texts, labels = corpus.flat()
+    index = resolve_sites(model, config.sites)
+    k = parse_k(config.k, index.n_neurons)
+    timings: dict[str, float] = {}
+    expect = {"model": model_name(model), "weights_sha": weights_fingerprint(model), "sites": index.spec, "pooling": config.pooling,
+              "include_bos": config.include_bos, "corpus_sha256": corpus.sha256(), "max_length": config.max_length}
+    if cache is not None and store is not None:
+        raise LangNeuronsError("use either cache (in-memory matrix saved to a file) or store (matrix kept on disk), not both")
+    pooled = None
+    t0 = time.perf_counter()
+    if cache is not None and Path(cache).exists():
+        pooled = PooledActivations.load(cache, expect=expect)
+        if pooled.index != index:
+            raise LangNeuronsError(f"activation cache {cache} has another neuron index than this model; delete it")
+    if pooled is None:
+        pooled = collect(model, texts, index, config.pooling, config.include_bos, config.batch_size,
+                         config.max_batch_tokens, config.max_length, progress, truncate=config.truncate,
+                         checkpoint=checkpoint, store=store)
+        pooled.meta.update(expect)
+        if cache is not None:
+            pooled.save(cache)
+    timings["collect_s"] = time.perf_counter() - t0
+    timings["peak_rss_gb_after_collect"] = peak_rss_gb()
+    t0 = time.perf_counter()
+    meta = {**expect, "corpus": corpus.name, "corpus_sources": corpus.sources,
+            "texts_per_language": {l: len(t) for l, t in corpus.texts.items()},
+            "padded_share": pooled.meta.get("padded_share"), "tokens": pooled.meta.get("tokens"),
+            "n_truncated": pooled.meta.get("n_truncated"), "config": asdict(config),
+            "versions": package_versions()}
+    result = LanguageNeurons.from_activations(pooled, labels, corpus.languages, k, meta, progress=progress)
+    timings["rank_s"] = time.perf_counter() - t0
+    timings["peak_rss_gb_after_rank"] = peak_rss_gb()
+    result.meta["timings"] = timings
+    if return_activations:
+        return result, pooled, labels
+    return result

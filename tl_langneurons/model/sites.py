@@ -1,0 +1,155 @@
+"""Neuron sites: which hook points' output units count as "neurons", and the index table that
+maps a column of the pooled matrix to (hook, layer, unit).
+
+Presets:
+- ``mlp_post`` (default): ``blocks.{l}.mlp.hook_post``, the MLP activation (input of the down-projection).
+- ``mlp_pre``: ``blocks.{l}.mlp.hook_pre``, the MLP pre-activation (the gate projection for gated MLPs).
+- ``paper``: the output units of every linear layer in every block, as counted in the paper's
+  Table 3: attention q, k, v (or fused qkv), o; MLP input (gate and up for gated MLPs); MLP out.
+
+A site spec is a preset name, or a comma-separated list of hook templates with ``{l}`` for the layer
+(``"blocks.{l}.hook_resid_post"``), or a mix.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Sequence
+
+import numpy as np
+
+from ..errors import LangNeuronsError
+
+PRESETS: dict[str, tuple[str, ...]] = {
+    "mlp_post": ("blocks.{l}.mlp.hook_post",),
+    "mlp_pre": ("blocks.{l}.mlp.hook_pre",),
+    "paper": (
+        "blocks.{l}.attn.q.hook_out", "blocks.{l}.attn.k.hook_out", "blocks.{l}.attn.v.hook_out",
+        "blocks.{l}.attn.qkv.hook_out", "blocks.{l}.attn.o.hook_out",
+        "blocks.{l}.mlp.gate.hook_out", "blocks.{l}.mlp.in.hook_out", "blocks.{l}.mlp.out.hook_out",
+    ),
+}
+# In `paper`, these templates may be absent on an architecture (fused qkv, no gate) without error.
+_OPTIONAL = {"blocks.{l}.attn.qkv.hook_out", "blocks.{l}.mlp.gate.hook_out",
+             "blocks.{l}.attn.q.hook_out", "blocks.{l}.attn.k.hook_out", "blocks.{l}.attn.v.hook_out"}
+
+
+@dataclass(frozen=True)
+class SiteSlice:
+    """One hook at one layer: its units are columns ``offset .. offset+size`` of the pooled matrix."""
+
+    hook: str
+    template: str
+    layer: int
+    size: int
+    offset: int
+
+
+@dataclass
+class NeuronIndex:
+    """The neuron index table: every column of the pooled matrix as (hook, layer, unit)."""
+
+    spec: str
+    slices: list[SiteSlice]
+
+    @property
+    def n_neurons(self) -> int:
+        return sum(s.size for s in self.slices)
+
+    @property
+    def n_layers(self) -> int:
+        return max(s.layer for s in self.slices) + 1
+
+    def layers(self) -> np.ndarray:
+        """Layer of every neuron, [n_neurons]."""
+        return np.concatenate([np.full(s.size, s.layer, dtype=np.int64) for s in self.slices])
+
+    def locate(self, neuron: int) -> tuple[SiteSlice, int]:
+        """(site, unit) of a global neuron index."""
+        offsets = np.array([s.offset for s in self.slices])
+        i = int(np.searchsorted(offsets, neuron, side="right") - 1)
+        if neuron < 0 or neuron >= self.n_neurons:
+            raise IndexError(f"neuron {neuron} out of range 0..{self.n_neurons - 1}")
+        return self.slices[i], neuron - self.slices[i].offset
+
+    def describe(self, neuron: int) -> str:
+        site, unit = self.locate(neuron)
+        return f"{site.hook}[{unit}]"
+
+    def table(self, neurons: Sequence[int]) -> list[dict]:
+        """Rows (neuron, hook, layer, unit) for a list of global indices."""
+        rows = []
+        for n in neurons:
+            site, unit = self.locate(int(n))
+            rows.append({"neuron": int(n), "hook": site.hook, "layer": site.layer, "unit": unit})
+        return rows
+
+    def to_dict(self) -> dict:
+        return {"spec": self.spec, "slices": [asdict(s) for s in self.slices]}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "NeuronIndex":
+        return cls(spec=d["spec"], slices=[SiteSlice(**s) for s in d["slices"]])
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, NeuronIndex) and self.to_dict() == other.to_dict()
+
+
+def templates_for(spec: str) -> list[tuple[str, bool]]:
+    """(hook template, required) pairs of a site spec; unknown names are an error."""
+    if not spec or not spec.strip():
+        raise LangNeuronsError("empty site spec; use mlp_post, mlp_pre, paper or hook templates with {l}")
+    out: dict[str, bool] = {}
+    for part in (p.strip() for p in spec.split(",")):
+        if part in PRESETS:
+            for t in PRESETS[part]:
+                out[t] = out.get(t, False) or not (part == "paper" and t in _OPTIONAL)
+        elif part.startswith("blocks.") and "{l}" in part:
+            out[part] = True
+        else:
+            raise LangNeuronsError(
+                f"unknown site {part!r}; use one of {', '.join(PRESETS)} or a hook template with {{l}} "
+                "such as 'blocks.{l}.hook_resid_post'"
+            )
+    return list(out.items())
+
+
+def resolve_sites(model, spec: str = "mlp_post") -> NeuronIndex:
+    """The neuron index table of ``spec`` on ``model`` (a hooked model or a Runner)."""
+    from .driver import Runner
+
+    runner = model if isinstance(model, Runner) else Runner(model)
+    templates = templates_for(spec)
+    names = set(runner.hook_names)
+    chosen: list[tuple[str, str, int]] = []
+    for layer in range(runner.n_layers):
+        found = []
+        for t, required in templates:
+            name = t.replace("{l}", str(layer))
+            if name in names:
+                found.append((name, t, layer))
+            elif required:
+                raise LangNeuronsError(
+                    f"site {name!r} does not exist on this model (site spec {spec!r}); "
+                    "`tl-langneurons info --model M` lists the hooks it has"
+                )
+        if any(".attn.q." in n for n, _, _ in found):  # the bridge splits fused qkv: don't count it twice
+            found = [f for f in found if ".attn.qkv." not in f[0] or f[1] not in _OPTIONAL]
+        if "paper" in [p.strip() for p in spec.split(",")] and not any(
+            ".attn.q." in n or ".attn.qkv." in n for n, _, _ in found
+        ):
+            raise LangNeuronsError(
+                f"the paper site preset found no attention q/qkv projection in block {layer}; "
+                "this architecture is not supported for `paper`: use mlp_post"
+            )
+        chosen.extend(found)
+    if not chosen:
+        raise LangNeuronsError(f"site spec {spec!r} matched no hook on this model")
+    if not hasattr(runner.model, "hook_size"):
+        runner.probe([c[0] for c in chosen])
+    slices, offset = [], 0
+    for name, t, layer in chosen:
+        size = runner.hook_size(name)
+        slices.append(SiteSlice(hook=name, template=t, layer=layer, size=size, offset=offset))
+        offset += size
+    return NeuronIndex(spec=spec, slices=slices)

@@ -1,0 +1,112 @@
+"""One report of a study: every table and figure of detection and control, the settings and the
+package versions, as ``report.md`` and a self-contained-looking ``report.html``."""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+from pathlib import Path
+
+from ..errors import LangNeuronsError
+from ..provenance import atomic_write_text
+
+
+def _read(path: Path) -> str:
+    return path.read_text(encoding="utf-8").strip() if path.exists() else ""
+
+
+def build_report(directory: str | Path) -> Path:
+    """Write ``report.md`` and ``report.html`` into a ``find`` output folder (with ``control/`` if evaluated)."""
+    d = Path(directory)
+    if not (d / "neurons.json").exists():
+        raise LangNeuronsError(f"{d} is not a tl-langneurons result folder (no neurons.json); run `tl-langneurons find --out {d}`")
+    info = json.loads((d / "neurons.json").read_text(encoding="utf-8"))
+    meta = info.get("meta", {})
+    ctl = d / "control"
+    parts = [f"# Language-specific neurons of {meta.get('model', '?')}", "",
+             "Method: Kojima et al. (NAACL 2024). Neurons ranked by average precision of their pooled activation "
+             "for each language; top-k and bottom-k are the language's neurons; control clamps them to their median.",
+             "", "## Settings", "",
+             "| setting | value |", "|---|---|"]
+    for key in ("model", "sites", "pooling", "include_bos", "k", "k_fraction", "n_neurons", "corpus", "corpus_spec",
+                "texts_per_language", "corpus_sha256", "padded_share"):
+        if key in meta:
+            parts.append(f"| {key} | {meta[key]} |")
+    timings = d / "timings.json"
+    if timings.exists():
+        parts.append(f"| detection timings (s) | {_read(timings).replace(chr(10), ' ')} |")
+    parts += ["", "## Detection", "", _read(d / "summary.md"), "",
+              "### Where the neurons sit (paper Figure 2)", "", "![layers](layers.png)", "", _read(d / "layers.md"), "",
+              "### Overlap between languages (paper Table 1)", "", "![overlap](overlap.png)", "", _read(d / "overlap.md"), ""]
+    if (d / "distributions.png").exists():
+        parts += ["### Activation on and off the language (paper Figure 4)", "", "![distributions](distributions.png)", ""]
+    if (ctl / "table2.md").exists():
+        ev = json.loads(_read(ctl / "evaluation.json") or "{}").get("meta", {})
+        cfg = ev.get("config", {})
+        parts += ["## Control (paper Table 2)", "",
+                  f"Generation: {'BOS only' if not cfg.get('prompt') else 'prompt ' + repr(cfg.get('prompt'))}, "
+                  f"temperature {cfg.get('temperature')}, {cfg.get('max_new_tokens')} new tokens, seeds {ev.get('seeds')}, "
+                  f"clamp value {cfg.get('value')} x {cfg.get('scale')} at {cfg.get('positions')} positions. "
+                  "Language-ID rates are shown beside a quality measure: lid.176 labels degenerate repetition as the language.",
+                  "", _read(ctl / "table2.md"), ""]
+        if (ctl / "k_ablation.md").exists():
+            parts += ["## Intervention strength (paper Figure 5)", "", "![k ablation](control/k_ablation.png)", "",
+                      _read(ctl / "k_ablation.md"), ""]
+        parts += ["Sample generations: [control/samples.md](control/samples.md)", ""]
+    if (d / "sweep" / "sweep.md").exists():
+        parts += ["## Fluent steering: settings sweep", "", "![trade-off](sweep/tradeoff.png)", "",
+                  _read(d / "sweep" / "sweep.md"), ""]
+    an = d / "analyses"
+    for name, title, fig in (("deactivation", "Deactivation: loss change on held-out texts", "deactivation.png"),
+                             ("attribution", "Direct logit attribution of the top neurons", None),
+                             ("cross_steering", "Cross-language steering", "cross_steering.png")):
+        if (an / f"{name}.md").exists():
+            parts += [f"## {title}", ""]
+            if fig and (an / fig).exists():
+                parts += [f"![{name}](analyses/{fig})", ""]
+            parts += [_read(an / f"{name}.md"), ""]
+    if (an / "tokens.png").exists():
+        parts += ["## Token-level view", "", "![tokens](analyses/tokens.png)", ""]
+    versions = meta.get("versions", {})
+    parts += ["## Package versions", "", "| package | version |", "|---|---|"] + [f"| {k} | {v} |" for k, v in versions.items()]
+    md = "\n".join(parts) + "\n"
+    atomic_write_text(d / "report.md", md)
+    atomic_write_text(d / "report.html", markdown_to_html(md, title=f"tl-langneurons: {meta.get('model', '')}"))
+    return d / "report.md"
+
+
+def markdown_to_html(md: str, title: str = "report") -> str:
+    """The subset of Markdown the report uses: headings, tables, images, links, lists, bold."""
+    def inline(t: str) -> str:
+        t = html.escape(t)
+        t = re.sub(r"!\[([^\]]*)\]\(([^)]+)\)", r'<img alt="\1" src="\2" style="max-width:100%">', t)
+        t = re.sub(r"\[([^\]]+)\]\(([^)]+)\)", r'<a href="\2">\1</a>', t)
+        return re.sub(r"\*\*([^*]+)\*\*", r"<b>\1</b>", t)
+
+    out, lines, i = [], md.splitlines(), 0
+    while i < len(lines):
+        line = lines[i]
+        if line.startswith("#"):
+            n = len(line) - len(line.lstrip("#"))
+            out.append(f"<h{n}>{inline(line[n:].strip())}</h{n}>")
+        elif line.startswith("|"):
+            rows = []
+            while i < len(lines) and lines[i].startswith("|"):
+                cells = [c.strip() for c in lines[i].strip().strip("|").split("|")]
+                if not all(set(c) <= set("-: ") for c in cells):
+                    rows.append(cells)
+                i += 1
+            out.append("<table border=1 cellspacing=0 cellpadding=3>")
+            for r, cells in enumerate(rows):
+                tag = "th" if r == 0 else "td"
+                out.append("<tr>" + "".join(f"<{tag}>{inline(c)}</{tag}>" for c in cells) + "</tr>")
+            out.append("</table>")
+            continue
+        elif line.startswith("- "):
+            out.append(f"<li>{inline(line[2:])}</li>")
+        elif line.strip():
+            out.append(f"<p>{inline(line)}</p>")
+        i += 1
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title></head>"
+            "<body style='font-family:sans-serif;max-width:1200px;margin:auto'>\n" + "\n".join(out) + "\n</body></html>\n")

@@ -1,0 +1,140 @@
+"""Figures of the study (matplotlib, Agg backend): per-layer histograms (paper Fig. 2), the
+overlap heatmap (Table 1), on/off activation distributions (Fig. 4) and the k ablation (Fig. 5)."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from ..provenance import atomic_write_bytes  # noqa: E402
+
+
+def _save(fig, path: str | Path) -> None:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight", metadata={"Software": None})
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def layer_histograms(neurons, path: str | Path) -> None:
+    from ..analyses.placement import layer_counts
+
+    langs = neurons.languages
+    n_layers = neurons.index.n_layers
+    fig, axes = plt.subplots(1, len(langs), figsize=(3.2 * len(langs), 3), sharey=True, squeeze=False)
+    x = np.arange(n_layers)
+    for ax, lang in zip(axes[0], langs):
+        for which, color in (("top", "tab:red"), ("middle", "tab:gray"), ("bottom", "tab:blue")):
+            ax.plot(x, layer_counts(neurons, lang, which), marker=".", color=color, label=which)
+        ax.set_title(lang)
+        ax.set_xlabel("layer")
+    axes[0][0].set_ylabel(f"neurons (k={neurons.k})")
+    axes[0][-1].legend(fontsize=8)
+    fig.suptitle(f"Layer of top / middle / bottom-{neurons.k} neurons ({neurons.index.spec})")
+    _save(fig, path)
+
+
+def overlap_heatmap(ov: np.ndarray, langs: Sequence[str], size: int, path: str | Path) -> None:
+    fig, ax = plt.subplots(figsize=(4.5, 4))
+    pct = 100 * ov / size
+    np.fill_diagonal(pct, np.nan)
+    im = ax.imshow(pct, cmap="viridis")
+    ax.set_xticks(range(len(langs)), langs)
+    ax.set_yticks(range(len(langs)), langs)
+    for i in range(len(langs)):
+        for j in range(len(langs)):
+            if i != j:
+                ax.text(j, i, str(ov[i, j]), ha="center", va="center", color="w", fontsize=8)
+    fig.colorbar(im, ax=ax, label=f"% of {size} shared")
+    ax.set_title("Overlap of language-specific neurons")
+    _save(fig, path)
+
+
+def activation_distributions(neurons, values, labels: np.ndarray, path: str | Path) -> None:
+    langs = neurons.languages
+    fig, axes = plt.subplots(2, len(langs), figsize=(3.2 * len(langs), 5.5), squeeze=False)
+    for j, lang in enumerate(langs):
+        pos = labels == j
+        for i, which in enumerate(("top", "bottom")):
+            idx = neurons.sets[lang][which].neurons
+            v = values[:, idx].numpy()
+            on, off = v[pos].ravel(), v[~pos].ravel()
+            lo, hi = np.percentile(np.concatenate([on, off]), [0.5, 99.5])
+            bins = np.linspace(lo, hi, 60)
+            ax = axes[i][j]
+            ax.hist(off, bins=bins, density=True, alpha=0.5, label="other languages", color="tab:gray")
+            ax.hist(on, bins=bins, density=True, alpha=0.6, label=lang, color="tab:red" if which == "top" else "tab:blue")
+            ax.set_title(f"{lang} {which}-{neurons.k}", fontsize=9)
+    axes[0][-1].legend(fontsize=7)
+    fig.suptitle("Pooled activation of selected neurons on and off the language")
+    _save(fig, path)
+
+
+def _curves(rows: list[dict], x, left: str, right: str, ylabels: tuple[str, str], xlabel: str, title: str,
+            path: str | Path, log_x: bool = False) -> None:
+    """Two panels of per-language curves over k: ``left`` and ``right`` keys against ``x(row)``."""
+    langs = sorted({r["lang"] for r in rows})
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    for lang in langs:
+        rs = sorted((r for r in rows if r["lang"] == lang), key=lambda r: r["k"])
+        xs = [x(r) for r in rs]
+        for ax, key in zip(axes, (left, right)):
+            ax.plot(xs, [np.nan if r[key] is None else r[key] for r in rs], marker="o", label=lang)
+    for ax, label in zip(axes, ylabels):
+        ax.set_ylabel(label)
+        ax.set_xlabel(xlabel)
+        if log_x:
+            ax.set_xscale("log")
+    axes[1].legend(fontsize=8)
+    fig.suptitle(title)
+    _save(fig, path)
+
+
+def k_ablation(rows: list[dict], path: str | Path) -> None:
+    """rows: {k, lang, rate, bleu} -> rate and BLEU against log10 k (paper Fig. 5)."""
+    _curves(rows, lambda r: np.log10(r["k"]), "rate", "bleu", ("occurrence rate", "BLEU-4"), "log10 k",
+            "Intervention strength (k top + k bottom neurons)", path)
+
+
+def matrix_heatmap(m: np.ndarray, rows: Sequence[str], cols: Sequence[str], title: str, path: str | Path,
+                   fmt: str = ".2f", cmap: str = "viridis", center: bool = False) -> None:
+    fig, ax = plt.subplots(figsize=(1.0 + 0.75 * len(cols), 0.8 + 0.6 * len(rows)))
+    kw = {}
+    if center:
+        v = float(np.nanmax(np.abs(m))) or 1.0
+        kw = {"vmin": -v, "vmax": v}
+    im = ax.imshow(m, cmap=cmap, **kw)
+    ax.set_xticks(range(len(cols)), cols)
+    ax.set_yticks(range(len(rows)), rows)
+    for i in range(len(rows)):
+        for j in range(len(cols)):
+            ax.text(j, i, format(m[i, j], fmt), ha="center", va="center", fontsize=7,
+                    color="k" if center else "w")
+    fig.colorbar(im, ax=ax)
+    ax.set_title(title, fontsize=9)
+    _save(fig, path)
+
+
+def token_strip(tokens: Sequence[str], score: np.ndarray, langs: Sequence[str], path: str | Path) -> None:
+    """Per-token language score of each language (rows) over the tokens (columns)."""
+    fig, ax = plt.subplots(figsize=(max(4, 0.45 * len(tokens)), 0.5 + 0.4 * len(langs)))
+    v = float(np.abs(score).max()) or 1.0
+    ax.imshow(score, cmap="RdBu_r", vmin=-v, vmax=v, aspect="auto")
+    ax.set_yticks(range(len(langs)), langs)
+    ax.set_xticks(range(len(tokens)), [t.replace("\n", "\\n") for t in tokens], rotation=70, fontsize=7)
+    ax.set_title("Per-token language score from the language neurons (top minus bottom)", fontsize=9)
+    _save(fig, path)
+
+
+def tradeoff(rows: list[dict], path: str | Path) -> None:
+    """Gated rate and fluency (NLL) against the k fraction, per language."""
+    _curves(rows, lambda r: 100 * r["k_fraction"], "gated_rate", "nll",
+            ("gated rate", "NLL per token (unclamped model)"), "k (% of the site's neurons, top + bottom each)",
+            "Steering trade-off: language rate against fluency", path, log_x=True)
