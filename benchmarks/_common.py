@@ -42,9 +42,9 @@ def versions() -> str:
 
 
 def table(header: list[str], rows: list[list]) -> str:
-    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    out += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
-    return "\n".join(out)
+    from tl_langneurons.report.tables import markdown_table
+
+    return markdown_table(header, rows).rstrip("\n")
 
 
 def peak_rss_gib() -> float:

@@ -11,6 +11,14 @@ import pytest
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never touch the network
 
+# Every jaxtyping shape and every type annotation of the package is checked at run time in the tests
+# (beartype through jaxtyping's import hook; set before the package is first imported).
+# TL_LANGNEURONS_TYPECHECK=0 turns it off (e.g. to time the tests without it).
+if os.environ.get("TL_LANGNEURONS_TYPECHECK", "1") == "1":
+    from jaxtyping import install_import_hook
+
+    install_import_hook("tl_langneurons", "helpers.typechecker")
+
 from helpers import SHARED, make_tiny, train_tokenizer  # noqa: F401
 
 

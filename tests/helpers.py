@@ -58,3 +58,13 @@ def make_tiny(arch: str, tokenizer_dir: Path, root: Path) -> Path:
     model.save_pretrained(d)
     tok.save_pretrained(d)
     return d
+
+
+def _typechecker():
+    """beartype with the PEP 484 numeric tower (an int is accepted where a float is annotated)."""
+    from beartype import BeartypeConf, beartype
+
+    return beartype(conf=BeartypeConf(is_pep484_tower=True))
+
+
+typechecker = _typechecker()

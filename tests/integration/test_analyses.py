@@ -1,6 +1,7 @@
 """Analyses that compose with TransformerLens: deactivation, logit attribution, token view and
 cross-language steering, through the API and the command line, on the tiny model."""
 
+import json
 
 import numpy as np
 import pytest
@@ -37,21 +38,30 @@ def test_text_losses_match_manual_cross_entropy(tiny_llama):
     assert count == ids.shape[1] - 1 and abs(total - float(ref)) < 1e-7 * float(ref)  # float32 logits
 
 
-def test_deactivation_matrix(tiny_llama, setup):
+def test_deactivation_matrix(tiny_llama, setup, tmp_path):
     neurons, held = setup
     res = deactivation(tiny_llama, neurons, held, n_texts=3, progress=False)
     assert res.delta.shape == (6, 6) and res.delta_random.shape == (6, 6)
     assert np.isfinite(res.delta).all() and (np.abs(res.delta) > 0).any()
     assert "Control: random neurons" in res.markdown()
+    res.save(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["deactivation.json", "deactivation.md", "deactivation.png"]
+    assert json.loads((tmp_path / "deactivation.json").read_text()) == res.to_json()
+    assert (tmp_path / "deactivation.md").read_text() == res.markdown()
     sel, _ = neurons.selected("de")
     rnd = random_like(neurons, sel, 0)
     assert len(rnd) == len(sel) and not torch.equal(rnd.sort().values, sel.sort().values)
 
 
-def test_logit_attribution(tiny_llama, setup):
+def test_logit_attribution(tiny_llama, setup, tmp_path):
     neurons, _ = setup
-    rows = logit_attribution(tiny_llama, neurons, ["ja"], n_neurons=3, top_tokens=5)
-    assert len(rows) == 3 and all(len(r["promoted"]) == 5 and 0 <= r["match_share"] <= 1 for r in rows)
+    res = logit_attribution(tiny_llama, neurons, languages=["ja"], n_neurons=3, top_tokens=5)
+    rows = res.rows
+    assert len(rows) == 3 and all(len(r.promoted) == 5 and 0 <= r.match_share <= 1 for r in rows)
+    assert rows[0].neuron == int(neurons.sets["ja"]["top"].neurons[0]) and "| ja |" in res.markdown()
+    res.save(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["attribution.json", "attribution.md"]
+    assert json.loads((tmp_path / "attribution.json").read_text())["rows"][0]["promoted"] == rows[0].promoted
     # the direction really is the down-projection column: its logits equal clamping the unit alone
     n = neurons.sets["ja"]["top"].neurons[:1]
     d = neuron_directions(tiny_llama, n, neurons.index)
@@ -68,18 +78,25 @@ def test_token_matches():
     assert not token_matches("ab", "en")
 
 
-def test_token_view(tiny_llama, setup):
+def test_token_view(tiny_llama, setup, tmp_path):
     neurons, _ = setup
-    tokens, act, score = token_view(tiny_llama, neurons, "Hello world. こんにちは世界。")
-    assert act.shape == score.shape == (6, len(tokens)) and np.isfinite(score).all()
+    res = token_view(tiny_llama, neurons, "Hello world. こんにちは世界。")
+    assert res.activation.shape == res.score.shape == (6, len(res.tokens)) and np.isfinite(res.score).all()
+    assert res.languages == neurons.languages and len(res.lines()) == len(res.tokens)
+    assert res.markdown().count("\n") == len(res.tokens) + 2
+    res.save(tmp_path)
+    assert [p.name for p in tmp_path.iterdir()] == ["tokens.png"]
 
 
-def test_cross_steering(tiny_llama, setup):
+def test_cross_steering(tiny_llama, setup, tmp_path):
     neurons, held = setup
     res = cross_steering(tiny_llama, neurons, held.select(["en", "ja"]), n_prompts=2, samples=1, max_new_tokens=4,
                          progress=False)
-    assert res["languages"] == ["en", "ja"]
-    assert np.array(res["rate"]).shape == (2, 2)
+    assert res.languages == ["en", "ja"]
+    assert res.rate.shape == res.none.shape == (2, 2) and ((0 <= res.rate) & (res.rate <= 1)).all()
+    res.save(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cross_steering.json", "cross_steering.md", "cross_steering.png"]
+    assert json.loads((tmp_path / "cross_steering.json").read_text()) == res.to_json()
 
 
 def test_analysis_commands(tiny_dirs, tmp_path, capsys):

@@ -4,17 +4,23 @@ promotes and suppresses through the unembedding, and how many belong to the neur
 from __future__ import annotations
 
 import unicodedata
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
+from ..config import comma_list, option
 from ..detect.neurons import LanguageNeurons
 from ..errors import LangNeuronsError
 from ..evaluate.metrics import identify
 from ..model.driver import Runner
 from ..model.hf_hooked import find_layers
+from ..model.protocol import HookedModel
+from ..provenance import atomic_write_json, atomic_write_text
+from ..report.tables import markdown_table
 
 
 def _weight(mod: nn.Module) -> torch.Tensor:
@@ -49,7 +55,7 @@ def _sub(mod: nn.Module, names: Sequence[str]) -> nn.Module | None:
     return None
 
 
-def neuron_directions(model, neurons_idx: torch.Tensor, index) -> torch.Tensor:
+def neuron_directions(model: HookedModel, neurons_idx: torch.Tensor, index) -> torch.Tensor:
     """Output direction [n, d_model] of ``mlp_post`` neurons: the down-projection's column, times
     the elementwise gains of a post-MLP norm and the final norm where the architecture has them."""
     runner = Runner(model)
@@ -100,11 +106,80 @@ def token_matches(token: str, lang: str) -> bool:
     return identify([token.strip()])[0][0] == lang
 
 
+@dataclass
+class NeuronAttribution:
+    """One neuron: where it sits, its promoted and suppressed tokens, and the share of promoted
+    tokens that belong to its language."""
+
+    lang: str
+    neuron: int
+    layer: int
+    unit: int
+    match_share: float
+    promoted: list[str]
+    suppressed: list[str]
+
+
+@dataclass
+class AttributionResult:
+    """Rows of ``logit_attribution``; ``save`` writes attribution.md and attribution.json."""
+
+    rows: list[NeuronAttribution]
+    meta: dict = field(default_factory=dict)
+
+    def markdown(self) -> str:
+        rows = self.rows
+        langs = list(dict.fromkeys(r.lang for r in rows))
+        layers = sorted({r.layer for r in rows})
+        table = []
+        for lang in langs:
+            rs = [r for r in rows if r.lang == lang]
+            cells = []
+            for l in layers:
+                rl = [r.match_share for r in rs if r.layer == l]
+                cells.append(f"{np.mean(rl):.2f} ({len(rl)})" if rl else "")
+            table.append([lang, f"{np.mean([r.match_share for r in rs]):.2f}", *cells])
+        out = ["Share of each neuron's top promoted tokens that belong to its language (Unicode script for zh/ja, "
+               "lid.176 for the others), mean per language and layer (count of neurons in brackets)", "",
+               markdown_table(["lang", "all", *[f"L{l}" for l in layers]], table).rstrip("\n"),
+               "", "Examples (first 3 neurons per language):", ""]
+        for lang in langs:
+            for r in [r for r in rows if r.lang == lang][:3]:
+                out.append(f"- {lang} L{r.layer}#{r.unit}: promotes {' | '.join(repr(s) for s in r.promoted[:8])}")
+        return "\n".join(out) + "\n"
+
+    def to_json(self) -> dict:
+        return {"rows": [asdict(r) for r in self.rows], "meta": self.meta}
+
+    def save(self, directory: str | Path) -> list[Path]:
+        """Write ``attribution.md`` and ``attribution.json``."""
+        d = Path(directory)
+        paths = [d / "attribution.md", d / "attribution.json"]
+        atomic_write_text(paths[0], self.markdown())
+        atomic_write_json(paths[1], self.to_json())
+        return paths
+
+
+@dataclass
+class AttributionConfig:
+    """Which neurons :func:`logit_attribution` reads and how many tokens it lists."""
+
+    languages: list[str] | None = option(None, "comma-separated languages (none: all)", parse=comma_list)
+    n_neurons: int = option(50, "top neurons per language")
+    top_tokens: int = option(20, "promoted and suppressed tokens per neuron")
+
+    def __post_init__(self) -> None:
+        if self.n_neurons < 1 or self.top_tokens < 1:
+            raise LangNeuronsError("n_neurons and top_tokens must be at least 1")
+
+
 @torch.no_grad()
-def logit_attribution(model, neurons: LanguageNeurons, languages: Sequence[str] | None = None, n_neurons: int = 50,
-                      top_tokens: int = 20) -> list[dict]:
+def logit_attribution(model: HookedModel, neurons: LanguageNeurons, config: AttributionConfig | None = None,
+                      **overrides) -> AttributionResult:
     """For the first ``n_neurons`` top neurons of each language: promoted and suppressed tokens and
     the share of promoted tokens that match the language. One row per neuron."""
+    cfg = replace(config or AttributionConfig(), **overrides)
+    languages, n_neurons, top_tokens = cfg.languages, cfg.n_neurons, cfg.top_tokens
     runner = Runner(model)
     unembed = runner.hf.get_output_embeddings()
     W_U = _weight(unembed)  # [vocab, d_model]
@@ -120,27 +195,6 @@ def logit_attribution(model, neurons: LanguageNeurons, languages: Sequence[str] 
             up_s = [tok.decode([t]) for t in up]
             down_s = [tok.decode([t]) for t in down]
             site, unit = neurons.index.locate(n)
-            rows.append({"lang": lang, "neuron": n, "layer": site.layer, "unit": unit,
-                         "match_share": sum(token_matches(s, lang) for s in up_s) / len(up_s),
-                         "promoted": up_s, "suppressed": down_s})
-    return rows
-
-
-def attribution_markdown(rows: list[dict]) -> str:
-    langs = list(dict.fromkeys(r["lang"] for r in rows))
-    layers = sorted({r["layer"] for r in rows})
-    out = ["Share of each neuron's top promoted tokens that belong to its language (Unicode script for zh/ja, "
-           "lid.176 for the others), mean per language and layer (count of neurons in brackets)", "",
-           "| lang | all | " + " | ".join(f"L{l}" for l in layers) + " |", "|---|---|" + "---|" * len(layers)]
-    for lang in langs:
-        rs = [r for r in rows if r["lang"] == lang]
-        cells = []
-        for l in layers:
-            rl = [r["match_share"] for r in rs if r["layer"] == l]
-            cells.append(f"{np.mean(rl):.2f} ({len(rl)})" if rl else "")
-        out.append(f"| {lang} | {np.mean([r['match_share'] for r in rs]):.2f} | " + " | ".join(cells) + " |")
-    out += ["", "Examples (first 3 neurons per language):", ""]
-    for lang in langs:
-        for r in [r for r in rows if r["lang"] == lang][:3]:
-            out.append(f"- {lang} L{r['layer']}#{r['unit']}: promotes {' | '.join(repr(s) for s in r['promoted'][:8])}")
-    return "\n".join(out) + "\n"
+            rows.append(NeuronAttribution(lang, n, site.layer, unit, sum(token_matches(s, lang) for s in up_s) / len(up_s),
+                                          up_s, down_s))
+    return AttributionResult(rows, {"n_neurons": n_neurons, "top_tokens": top_tokens, "k": neurons.k})

@@ -3,16 +3,20 @@ held-out texts of every language, beside a random control with the same per-site
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..config import option
 from ..detect.corpus import MultilingualCorpus, draw
 from ..detect.neurons import LanguageNeurons
 from ..errors import LangNeuronsError
 from ..evaluate.metrics import text_losses
+from ..model.protocol import HookedModel
+from ..provenance import atomic_write_json, atomic_write_text
 from ..report.tables import markdown_matrix
 from ..steer.interventions import clamp_hooks
 
@@ -30,6 +34,8 @@ def random_like(neurons: LanguageNeurons, selected: torch.Tensor, seed: int) -> 
 
 @dataclass
 class DeactivationResult:
+    """Loss changes of ``deactivation``; ``save`` writes deactivation.md, .json and .png."""
+
     languages: list[str]
     baseline: np.ndarray  # [eval] mean loss per token
     delta: np.ndarray  # [ablated, eval] loss change
@@ -45,10 +51,49 @@ class DeactivationResult:
                 + markdown_matrix(L, L, self.delta, "+.3f")
                 + "\nControl: random neurons, same count per site\n\n" + markdown_matrix(L, L, self.delta_random, "+.3f"))
 
+    def to_json(self) -> dict:
+        return {"languages": self.languages, "baseline": self.baseline.tolist(), "delta": self.delta.tolist(),
+                "delta_random": self.delta_random.tolist(), "meta": self.meta}
 
-def deactivation(model, neurons: LanguageNeurons, heldout: MultilingualCorpus, mode: str = "zero",
-                 which: str = "both", n_texts: int = 50, seed: int = 0, progress: bool = True) -> DeactivationResult:
-    """Loss change matrix [ablated language, evaluated language] (and its random control)."""
+    def save(self, directory: str | Path) -> list[Path]:
+        """Write ``deactivation.md``, ``deactivation.json`` and the heatmap ``deactivation.png``."""
+        from ..report import plots
+
+        d = Path(directory)
+        paths = [d / "deactivation.md", d / "deactivation.json", d / "deactivation.png"]
+        atomic_write_text(paths[0], self.markdown())
+        atomic_write_json(paths[1], self.to_json())
+        plots.matrix_heatmap(self.delta, self.languages, self.languages,
+                             f"Loss change when the row language's neurons are {self.meta.get('mode')}-ablated",
+                             paths[2], "+.2f", "RdBu_r", center=True)
+        return paths
+
+
+@dataclass
+class DeactivationConfig:
+    """How :func:`deactivation` ablates and how many held-out texts it scores."""
+
+    mode: str = option("zero", "set the neurons to zero, or to their mean over all texts", choices=("zero", "mean"))
+    which: str = option("both", "which neurons to ablate", choices=("both", "top", "bottom"))
+    n_texts: int = option(50, "held-out texts per language")
+    seed: int = option(0, "seed of the text draw and of the random control")
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("zero", "mean"):
+            raise LangNeuronsError(f"unknown ablation mode {self.mode!r}; use zero or mean")
+        if self.n_texts < 1:
+            raise LangNeuronsError(f"need at least 1 held-out text per language, got {self.n_texts}")
+
+
+def deactivation(model: HookedModel, neurons: LanguageNeurons, heldout: MultilingualCorpus,
+                 config: DeactivationConfig | None = None, *, progress: bool = True,
+                 **overrides) -> DeactivationResult:
+    """Loss change matrix [ablated language, evaluated language] (and its random control).
+
+    ``overrides`` set :class:`DeactivationConfig` fields (``n_texts=3``, ``mode="mean"``).
+    """
+    cfg = replace(config or DeactivationConfig(), **overrides)
+    mode, which, n_texts, seed = cfg.mode, cfg.which, cfg.n_texts, cfg.seed
     if mode not in ("zero", "mean"):
         raise LangNeuronsError(f"unknown ablation mode {mode!r}; use zero or mean")
     neurons.check_model(model)

@@ -5,13 +5,13 @@ every table (Markdown and CSV) and figure (PNG) into a result folder."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
 
 from ..detect.neurons import LanguageNeurons
 from ..provenance import atomic_write_text
+from ..report.tables import csv_text, markdown_table
 
 
 def layer_counts(neurons: LanguageNeurons, lang: str, which: str) -> np.ndarray:
@@ -34,16 +34,6 @@ def overlap_matrix(neurons: LanguageNeurons, which: str = "both") -> np.ndarray:
     return np.array([[len(a & b) for b in sets] for a in sets])
 
 
-def _md(header: Sequence[str], rows: Sequence[Sequence]) -> str:
-    out = ["| " + " | ".join(map(str, header)) + " |", "|" + "---|" * len(header)]
-    out += ["| " + " | ".join(map(str, r)) + " |" for r in rows]
-    return "\n".join(out) + "\n"
-
-
-def _csv(header: Sequence[str], rows: Sequence[Sequence]) -> str:
-    return "\n".join(",".join(map(str, r)) for r in [header, *rows]) + "\n"
-
-
 def layer_table(neurons: LanguageNeurons) -> tuple[list[str], list[list]]:
     header = ["lang", "which", *[f"L{i}" for i in range(neurons.index.n_layers)], "first_quarter", "last_quarter", "ends"]
     rows = []
@@ -62,8 +52,8 @@ def write_analysis(neurons: LanguageNeurons, out: str | Path, pooled=None, label
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     h, rows = layer_table(neurons)
-    atomic_write_text(out / "layers.md", _md(h, rows))
-    atomic_write_text(out / "layers.csv", _csv(h, rows))
+    atomic_write_text(out / "layers.md", markdown_table(h, rows))
+    atomic_write_text(out / "layers.csv", csv_text(h, [dict(zip(h, r)) for r in rows]))
     langs = neurons.languages
     md, ovs = [], {}
     for which, size, title in (("both", 2 * neurons.k, f"top-{neurons.k} + bottom-{neurons.k} (the paper's Table 1)"),
@@ -72,10 +62,10 @@ def write_analysis(neurons: LanguageNeurons, out: str | Path, pooled=None, label
         ovs[which] = ov
         rows = [[a, *[f"{ov[i, j]} ({100 * ov[i, j] / size:.1f}%)" if i != j else "-" for j in range(len(langs))]]
                 for i, a in enumerate(langs)]
-        md.append(f"Shared neurons, {title}; percent of {size}\n\n" + _md(["", *langs], rows))
+        md.append(f"Shared neurons, {title}; percent of {size}\n\n" + markdown_table(["", *langs], rows))
     atomic_write_text(out / "overlap.md", "\n".join(md))
-    atomic_write_text(out / "overlap.csv", "".join(
-        _csv(["which", "", *langs], [[w, a, *ovs[w][i].tolist()] for i, a in enumerate(langs)]) for w in ovs))
+    atomic_write_text(out / "overlap.csv", csv_text(["which", "lang", *langs], [
+        {"which": w, "lang": a, **dict(zip(langs, ovs[w][i].tolist()))} for w in ovs for i, a in enumerate(langs)]))
     ov, size = ovs["both"], 2 * neurons.k
     plots.layer_histograms(neurons, out / "layers.png")
     plots.overlap_heatmap(ov, langs, size, out / "overlap.png")

@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from ..errors import LangNeuronsError
 from ..model.driver import Runner
+from ..model.protocol import HookedModel
 from ..model.sites import NeuronIndex, resolve_sites
 from ..provenance import atomic_write_bytes, package_versions, sha256_texts
 from .storage import DiskMatrix, load_checkpoint, save_checkpoint
@@ -97,7 +98,7 @@ def make_batches(lengths: Sequence[int], batch_size: int, max_batch_tokens: int)
 class PooledActivations:
     """Pooled activations [n_texts, n_neurons] (float32) with the neuron index table and provenance."""
 
-    values: Float[Tensor, "text neuron"]
+    values: Float[Tensor, "text neuron"] | DiskMatrix
     index: NeuronIndex
     meta: dict = field(default_factory=dict)
 
@@ -137,7 +138,7 @@ class PooledActivations:
 
 
 @torch.no_grad()
-def collect(model, texts: Sequence[str], sites: str | NeuronIndex = "mlp_post", pooling: str = "mean",
+def collect(model: HookedModel, texts: Sequence[str], sites: str | NeuronIndex = "mlp_post", pooling: str = "mean",
             include_bos: bool = True, batch_size: int = 32, max_batch_tokens: int = 8192,
             max_length: int | None = 512, progress: bool = True,
             on_batch: Callable[[int, int], None] | None = None, truncate: bool = True,
@@ -153,12 +154,15 @@ def collect(model, texts: Sequence[str], sites: str | NeuronIndex = "mlp_post", 
     With ``store`` (a ``.npy`` path) the values go to a :class:`DiskMatrix` there instead of memory.
     Returns float32 values [n_texts, n_neurons].
     """
-    return _collect(model, texts, sites, (pooling,), include_bos, batch_size, max_batch_tokens, max_length, progress,
-                    on_batch, truncate, checkpoint, checkpoint_every_s, store)[pooling]
+    settings = CollectSettings(poolings=(pooling,), include_bos=include_bos, batch_size=batch_size,
+                               max_batch_tokens=max_batch_tokens, max_length=max_length, truncate=truncate)
+    run = _Collection(model, texts, sites, settings, checkpoint=checkpoint, checkpoint_every_s=checkpoint_every_s,
+                      store=store)
+    return run.run(progress=progress, on_batch=on_batch)[pooling]
 
 
 @torch.no_grad()
-def collect_poolings(model, texts: Sequence[str], sites: str | NeuronIndex = "mlp_post",
+def collect_poolings(model: HookedModel, texts: Sequence[str], sites: str | NeuronIndex = "mlp_post",
                      poolings: Sequence[str] = POOLINGS, include_bos: bool = True, batch_size: int = 32,
                      max_batch_tokens: int = 8192, max_length: int | None = 512,
                      progress: bool = True) -> dict[str, PooledActivations]:
@@ -166,117 +170,151 @@ def collect_poolings(model, texts: Sequence[str], sites: str | NeuronIndex = "ml
     and median): ``{pooling: PooledActivations}``, each equal to :func:`collect` with that pooling."""
     if not poolings or len(set(poolings)) != len(poolings):
         raise LangNeuronsError("poolings must be a non-empty list without repeats")
-    return _collect(model, texts, sites, tuple(poolings), include_bos, batch_size, max_batch_tokens, max_length,
-                    progress, None, True, None, 30.0, None)
+    settings = CollectSettings(poolings=tuple(poolings), include_bos=include_bos, batch_size=batch_size,
+                               max_batch_tokens=max_batch_tokens, max_length=max_length)
+    return _Collection(model, texts, sites, settings).run(progress=progress)
 
 
-def _collect(model, texts, sites, poolings: tuple[str, ...], include_bos, batch_size, max_batch_tokens, max_length,
-             progress, on_batch, truncate, checkpoint, checkpoint_every_s, store) -> dict[str, PooledActivations]:
-    for pooling in poolings:
-        if pooling not in POOLINGS:
-            raise LangNeuronsError(f"unknown pooling {pooling!r}; use one of {', '.join(POOLINGS)}")
-    pooling = poolings[0]
-    if len(texts) == 0:
-        raise LangNeuronsError("no texts to run; the corpus is empty")
-    runner = Runner(model)
-    index = sites if isinstance(sites, NeuronIndex) else resolve_sites(runner, sites)
-    tokd = tokenize(runner, texts, max_length, truncate)
-    lengths = [len(t) for t in tokd.ids]
-    batches = make_batches(lengths, batch_size, max_batch_tokens)
-    shape = (len(texts), index.n_neurons)
-    if store is not None:
-        resume = checkpoint is not None and Path(checkpoint).exists() and Path(store).exists()
-        out = DiskMatrix(store) if resume else DiskMatrix.create(store, shape)
-        if out.shape != shape:
-            raise LangNeuronsError(f"{store} holds a {out.shape} matrix, not {shape}; delete it")
-    else:
-        out = torch.empty(shape, dtype=torch.float32)
-    extra = {p: torch.empty(shape, dtype=torch.float32) for p in poolings[1:]}
-    done = torch.zeros(len(texts), dtype=torch.bool)
-    state: dict = {}
-    ckpt_header = {"texts_sha256": sha256_texts(texts), "pooling": pooling, "include_bos": include_bos,
-                   "index": index.to_dict(), "max_length": max_length, "n_texts": len(texts)}
-    if checkpoint is not None and Path(checkpoint).exists():
-        prev = load_checkpoint(Path(checkpoint), ckpt_header)
-        if prev is not None:
-            values, done = prev
-            if store is None:
-                out = values
-            log.warning("resuming from %s: %d of %d texts already done", checkpoint, int(done.sum()), len(texts))
+@dataclass(frozen=True)
+class CollectSettings:
+    """What shapes the pooled values (the first pooling is the one a checkpoint or store holds)."""
 
-    def make_hook(sl):
+    poolings: tuple[str, ...] = ("mean",)
+    include_bos: bool = True
+    batch_size: int = 32
+    max_batch_tokens: int = 8192
+    max_length: int | None = 512
+    truncate: bool = True
+
+    def __post_init__(self) -> None:
+        for p in self.poolings:
+            if p not in POOLINGS:
+                raise LangNeuronsError(f"unknown pooling {p!r}; use one of {', '.join(POOLINGS)}")
+
+
+class _Collection:
+    """One collection run: tokenized, length-sorted batches; pooling inside the hooks; the rows of
+    finished batches in memory or a :class:`DiskMatrix`, checkpointed for resume."""
+
+    def __init__(self, model: HookedModel, texts: Sequence[str], sites: str | NeuronIndex, settings: CollectSettings, *,
+                 checkpoint: str | Path | None = None, checkpoint_every_s: float = 30.0,
+                 store: str | Path | None = None):
+        if len(texts) == 0:
+            raise LangNeuronsError("no texts to run; the corpus is empty")
+        self.s, self.texts = settings, texts
+        self.checkpoint = Path(checkpoint) if checkpoint is not None else None
+        self.checkpoint_every_s, self.store = checkpoint_every_s, store
+        self.runner = Runner(model)
+        self.index = sites if isinstance(sites, NeuronIndex) else resolve_sites(self.runner, sites)
+        self.tokd = tokenize(self.runner, texts, settings.max_length, settings.truncate)
+        self.lengths = [len(t) for t in self.tokd.ids]
+        self.batches = make_batches(self.lengths, settings.batch_size, settings.max_batch_tokens)
+        self.first = settings.poolings[0]
+        shape = (len(texts), self.index.n_neurons)
+        if store is not None:
+            resume = self.checkpoint is not None and self.checkpoint.exists() and Path(store).exists()
+            self.out = DiskMatrix(store) if resume else DiskMatrix.create(store, shape)
+            if self.out.shape != shape:
+                raise LangNeuronsError(f"{store} holds a {self.out.shape} matrix, not {shape}; delete it")
+        else:
+            self.out = torch.empty(shape, dtype=torch.float32)
+        self.extra = {p: torch.empty(shape, dtype=torch.float32) for p in settings.poolings[1:]}
+        self.done = torch.zeros(len(texts), dtype=torch.bool)
+        self.header = {"texts_sha256": sha256_texts(texts), "pooling": self.first, "include_bos": settings.include_bos,
+                       "index": self.index.to_dict(), "max_length": settings.max_length, "n_texts": len(texts)}
+        if self.checkpoint is not None and self.checkpoint.exists():
+            prev = load_checkpoint(self.checkpoint, self.header)
+            if prev is not None:
+                values, self.done = prev
+                if store is None:
+                    self.out = values
+                log.warning("resuming from %s: %d of %d texts already done", self.checkpoint, int(self.done.sum()),
+                            len(texts))
+        # the batch being run: pooling mask, text rows, and one output buffer per pooling
+        self._mask: Tensor | None = None
+        self._rows: Tensor | None = None
+        self._buf: dict[str, Tensor] = {}
+
+    def _hook(self, sl):
         def hook_fn(x, hook):
             flat = x.reshape(x.shape[0], x.shape[1], -1).float()
-            for p in poolings:
-                vals = pool(flat, state["mask"], p)
+            for p in self.s.poolings:
+                vals = pool(flat, self._mask, p)
                 if not torch.isfinite(vals).all():
                     bad = (~torch.isfinite(vals)).nonzero()[0]
                     raise LangNeuronsError(
-                        f"non-finite activation at {sl.hook}[{int(bad[1])}] on text {state['rows'][int(bad[0])]}; "
+                        f"non-finite activation at {sl.hook}[{int(bad[1])}] on text {self._rows[int(bad[0])]}; "
                         "check the model weights and dtype (use float32)"
                     )
-                state["buf"][p][:, sl.offset: sl.offset + sl.size] = vals.cpu()
+                self._buf[p][:, sl.offset: sl.offset + sl.size] = vals.cpu()
         return hook_fn
 
-    hooks = [(sl.hook, make_hook(sl)) for sl in index.slices]
-    hooks.append(runner.stopper(max(sl.layer for sl in index.slices)))
-    device = runner.device
-    n_real = sum(lengths)
-    n_padded = sum(len(b) * lengths[b[0]] for b in batches)
-    t0 = time.perf_counter()
-    bar = tqdm(total=len(texts), desc=f"collect {'+'.join(poolings)} @ {index.spec}", unit="text", disable=not progress,
-               initial=int(done.sum()))
-    last_save = time.perf_counter()
-    try:
-        with runner.hooks(hooks):
-            for bi, b in enumerate(batches):
-                if bool(done[b].all()):
-                    continue
-                ids, mask = runner.pad([tokd.ids[i] for i in b])
-                pool_mask = mask.clone()
-                if not include_bos and runner.bos_id is not None:
-                    pool_mask[:, 0] = False
-                    if (pool_mask.sum(1) == 0).any():
-                        raise LangNeuronsError("a text has only the BOS token; with include_bos=False it has nothing to pool")
-                state["mask"] = pool_mask.to(device)
-                state["rows"] = torch.tensor(b)
-                state["buf"] = {p: torch.empty((len(b), index.n_neurons), dtype=torch.float32) for p in poolings}
-                runner.trunk(ids.to(device), mask.long().to(device))
-                if store is not None:
-                    out.write_rows(b, state["buf"][pooling])
-                else:
-                    out[b] = state["buf"][pooling]
-                for p in poolings[1:]:
-                    extra[p][b] = state["buf"][p]
-                done[b] = True
-                bar.update(len(b))
-                if checkpoint is not None and time.perf_counter() - last_save > checkpoint_every_s:
-                    save_checkpoint(Path(checkpoint), ckpt_header, out, done)
-                    last_save = time.perf_counter()
-                if on_batch:
-                    on_batch(bi, len(batches))
-    except BaseException:
-        if checkpoint is not None and done.any():
-            save_checkpoint(Path(checkpoint), ckpt_header, out, done)
-        raise
-    finally:
-        bar.close()
-    if checkpoint is not None and Path(checkpoint).exists():
-        Path(checkpoint).unlink()
-    seconds = time.perf_counter() - t0
-    meta = {
-        "n_texts": len(texts),
-        "pooling": pooling,
-        "include_bos": include_bos,
-        "sites": index.spec,
-        "texts_sha256": sha256_texts(texts),
-        "max_length": max_length,
-        "n_truncated": tokd.n_truncated,
-        "tokens": n_real,
-        "padded_share": 1 - n_real / n_padded,
-        "seconds": seconds,
-        "versions": package_versions(),
-    }
-    log.info("collected %d texts in %.1fs (%.1f texts/s), padded share %.1f%%", len(texts), seconds,
-             len(texts) / max(seconds, 1e-9), 100 * meta["padded_share"])
-    return {p: PooledActivations(out if p == pooling else extra[p], index, {**meta, "pooling": p}) for p in poolings}
+    def _run_batch(self, b: list[int]) -> None:
+        runner, device = self.runner, self.runner.device
+        ids, mask = runner.pad([self.tokd.ids[i] for i in b])
+        pool_mask = mask.clone()
+        if not self.s.include_bos and runner.bos_id is not None:
+            pool_mask[:, 0] = False
+            if (pool_mask.sum(1) == 0).any():
+                raise LangNeuronsError("a text has only the BOS token; with include_bos=False it has nothing to pool")
+        self._mask, self._rows = pool_mask.to(device), torch.tensor(b)
+        self._buf = {p: torch.empty((len(b), self.index.n_neurons), dtype=torch.float32) for p in self.s.poolings}
+        runner.trunk(ids.to(device), mask.long().to(device))
+        if self.store is not None:
+            self.out.write_rows(b, self._buf[self.first])
+        else:
+            self.out[b] = self._buf[self.first]
+        for p in self.s.poolings[1:]:
+            self.extra[p][b] = self._buf[p]
+        self.done[b] = True
+
+    def run(self, progress: bool = True, on_batch: Callable[[int, int], None] | None = None
+            ) -> dict[str, PooledActivations]:
+        hooks = [(sl.hook, self._hook(sl)) for sl in self.index.slices]
+        hooks.append(self.runner.stopper(max(sl.layer for sl in self.index.slices)))
+        t0 = time.perf_counter()
+        bar = tqdm(total=len(self.texts), desc=f"collect {'+'.join(self.s.poolings)} @ {self.index.spec}", unit="text",
+                   disable=not progress, initial=int(self.done.sum()))
+        last_save = time.perf_counter()
+        try:
+            with self.runner.hooks(hooks):
+                for bi, b in enumerate(self.batches):
+                    if bool(self.done[b].all()):
+                        continue
+                    self._run_batch(b)
+                    bar.update(len(b))
+                    if self.checkpoint is not None and time.perf_counter() - last_save > self.checkpoint_every_s:
+                        save_checkpoint(self.checkpoint, self.header, self.out, self.done)
+                        last_save = time.perf_counter()
+                    if on_batch:
+                        on_batch(bi, len(self.batches))
+        except BaseException:
+            if self.checkpoint is not None and self.done.any():
+                save_checkpoint(self.checkpoint, self.header, self.out, self.done)
+            raise
+        finally:
+            bar.close()
+        if self.checkpoint is not None and self.checkpoint.exists():
+            self.checkpoint.unlink()
+        return self._result(time.perf_counter() - t0)
+
+    def _result(self, seconds: float) -> dict[str, PooledActivations]:
+        n_real = sum(self.lengths)
+        n_padded = sum(len(b) * self.lengths[b[0]] for b in self.batches)
+        meta = {
+            "n_texts": len(self.texts),
+            "pooling": self.first,
+            "include_bos": self.s.include_bos,
+            "sites": self.index.spec,
+            "texts_sha256": self.header["texts_sha256"],
+            "max_length": self.s.max_length,
+            "n_truncated": self.tokd.n_truncated,
+            "tokens": n_real,
+            "padded_share": 1 - n_real / n_padded,
+            "seconds": seconds,
+            "versions": package_versions(),
+        }
+        log.info("collected %d texts in %.1fs (%.1f texts/s), padded share %.1f%%", len(self.texts), seconds,
+                 len(self.texts) / max(seconds, 1e-9), 100 * meta["padded_share"])
+        return {p: PooledActivations(self.out if p == self.first else self.extra[p], self.index, {**meta, "pooling": p})
+                for p in self.s.poolings}

@@ -12,6 +12,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from ..config import comma_list, option
 from ..errors import LangNeuronsError
 from ..provenance import sha256_texts
 
@@ -265,3 +266,19 @@ def draw(texts: Sequence[str], n: int, seed: int, lang: str) -> list[str]:
     if n < 1:
         raise LangNeuronsError(f"need at least 1 held-out text per language, got {n}")
     return list(texts) if len(texts) <= n else random.Random(f"{seed}-{lang}").sample(list(texts), n)
+
+
+@dataclass
+class CorpusConfig:
+    """Which texts detection runs on: a spec for :meth:`MultilingualCorpus.load`, sampled per language."""
+
+    corpus: str = option("bundled", "bundled, a folder of {lang}.txt[.gz], a .jsonl with text and lang, hf:flores, "
+                         "hf:pawsx; join several with + to mix them 1:1")
+    n_per_lang: int | None = option(None, "texts per language (none: all; mixed sources: the smallest x sources)",
+                                    parse=int)
+    seed: int = option(0, "seed of the corpus sampling")
+    languages: list[str] | None = option(None, "comma-separated language codes (none: all in the corpus)",
+                                         parse=comma_list)
+
+    def load(self) -> MultilingualCorpus:
+        return MultilingualCorpus.load(self.corpus, self.n_per_lang, self.seed, self.languages)

@@ -19,8 +19,10 @@ from jaxtyping import Float
 from safetensors import SafetensorError
 from torch import Tensor
 
+from ..config import count_or_percent, option
 from ..errors import LangNeuronsError
 from ..model.load import model_name, weights_fingerprint
+from ..model.protocol import HookedModel
 from ..model.sites import NeuronIndex, resolve_sites
 from ..provenance import (
     atomic_write_bytes,
@@ -29,6 +31,7 @@ from ..provenance import (
     package_versions,
     peak_rss_gb,
 )
+from ..report.tables import csv_text, markdown_table
 from ..steer.interventions import clamp_hooks
 from .activations import POOLINGS, PooledActivations, collect
 from .corpus import MultilingualCorpus
@@ -44,14 +47,17 @@ FORMAT_VERSION = 2
 class FindConfig:
     """Settings of detection; defaults are the paper's."""
 
-    sites: str = "mlp_post"
-    pooling: str = "mean"
-    include_bos: bool = True
-    k: int | str = 1000
-    batch_size: int = 32
+    sites: str = option("mlp_post", "mlp_post, mlp_pre, paper (every linear output of every block), or hook "
+                        "templates with {l} such as blocks.{l}.hook_resid_post")
+    pooling: str = option("mean", "pooling over each text's tokens", choices=POOLINGS)
+    include_bos: bool = option(True, "leave the BOS position out of the pooling", flag="--no-bos")
+    k: int | str = option(1000, "neurons per set: a count or a percentage of the neurons such as 0.5%",
+                          parse=count_or_percent)
+    batch_size: int = option(32, "texts per forward pass")
     max_batch_tokens: int = 8192
-    max_length: int = 512
-    truncate: bool = True  # False: refuse texts longer than max_length instead of truncating
+    max_length: int = option(512, "truncate texts longer than this many tokens")
+    truncate: bool = option(True, "refuse texts longer than --max-length instead of truncating them",
+                            flag="--refuse-long")
 
     def __post_init__(self) -> None:
         if self.pooling not in POOLINGS:
@@ -243,17 +249,17 @@ class LanguageNeurons:
 
     def summary(self) -> str:
         """Markdown table: per language the mean AP of top/middle/bottom and their mean values."""
-        lines = [f"Language neurons of {self.meta.get('model', '?')} at {self.index.spec} "
-                 f"({self.index.n_neurons} neurons, k={self.k}, pooling={self.meta.get('pooling')})", "",
-                 "| lang | top mean AP | top min AP | middle mean AP | bottom mean AP | bottom max AP | top mean on/off | bottom mean on/off |",
-                 "|---|---|---|---|---|---|---|---|"]
+        rows = []
         for lang in self.languages:
-            t, mi, b = (self.sets[lang][w] for w in WHICH[:1] + ("middle", "bottom"))
-            lines.append(
-                f"| {lang} | {t.ap.mean():.3f} | {t.ap.min():.3f} | {mi.ap.mean():.3f} | {b.ap.mean():.3f} | "
-                f"{b.ap.max():.3f} | {t.mean_on.mean():+.3f} / {t.mean_off.mean():+.3f} | "
-                f"{b.mean_on.mean():+.3f} / {b.mean_off.mean():+.3f} |")
-        return "\n".join(lines)
+            t, mi, b = (self.sets[lang][w] for w in ("top", "middle", "bottom"))
+            rows.append([lang, f"{t.ap.mean():.3f}", f"{t.ap.min():.3f}", f"{mi.ap.mean():.3f}", f"{b.ap.mean():.3f}",
+                         f"{b.ap.max():.3f}", f"{t.mean_on.mean():+.3f} / {t.mean_off.mean():+.3f}",
+                         f"{b.mean_on.mean():+.3f} / {b.mean_off.mean():+.3f}"])
+        header = ["lang", "top mean AP", "top min AP", "middle mean AP", "bottom mean AP", "bottom max AP",
+                  "top mean on/off", "bottom mean on/off"]
+        return (f"Language neurons of {self.meta.get('model', '?')} at {self.index.spec} "
+                f"({self.index.n_neurons} neurons, k={self.k}, pooling={self.meta.get('pooling')})\n\n"
+                + markdown_table(header, rows).rstrip("\n"))
 
     def __repr__(self) -> str:
         return (f"LanguageNeurons(languages={self.languages}, k={self.k}, sites={self.index.spec!r}, "
@@ -281,8 +287,7 @@ class LanguageNeurons:
             atomic_write_json(d / "timings.json", self.meta["timings"])
         rows = [r for lang in self.languages for w in WHICH for r in self.table(lang, w)]
         cols = ["lang", "which", "rank", "neuron", "hook", "layer", "unit", "ap", "median_on", "mean_on", "mean_off"]
-        csv = ",".join(cols) + "\n" + "\n".join(",".join(str(r[c]) for c in cols) for r in rows) + "\n"
-        atomic_write_text(d / "neurons.csv", csv)
+        atomic_write_text(d / "neurons.csv", csv_text(cols, rows))
         atomic_write_text(d / "summary.md", self.summary() + "\n")
         return d
 
@@ -311,7 +316,7 @@ class LanguageNeurons:
             raise LangNeuronsError(f"neurons in {d} are inconsistent (AP shape {tuple(ap.shape)}); run find again")
         return cls(info["languages"], index, int(info["k"]), sets, ap, medians, means, mean_all, info.get("meta", {}))
 
-    def check_model(self, model) -> None:
+    def check_model(self, model: HookedModel) -> None:
         """Refuse to steer a model whose sites differ from the ones these neurons were found on."""
         try:
             other = resolve_sites(model, self.index.spec)
@@ -330,7 +335,7 @@ class LanguageNeurons:
             )
 
 
-def find_neurons(model, corpus: MultilingualCorpus, config: FindConfig | None = None, *,
+def find_neurons(model: HookedModel, corpus: MultilingualCorpus, config: FindConfig | None = None, *,
                  cache: str | Path | None = None, checkpoint: str | Path | None = None,
                  store: str | Path | None = None, progress: bool = True,
                  return_activations: bool = False, **overrides):

@@ -16,6 +16,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from ..errors import LangNeuronsError
+from .storage import DiskMatrix
 
 
 def check_labels(labels: np.ndarray, n_languages: int) -> None:
@@ -28,7 +29,7 @@ def check_labels(labels: np.ndarray, n_languages: int) -> None:
         raise LangNeuronsError("every text has the same language: AP is undefined without negatives")
 
 
-def average_precision(scores: Float[Tensor, "text neuron"], labels: Int[Tensor, "text"] | np.ndarray,
+def average_precision(scores: Float[Tensor, "text neuron"] | DiskMatrix, labels: Int[Tensor, "text"] | np.ndarray,
                       n_languages: int | None = None, chunk: int | None = None,
                       progress: bool = False, threads: int | None = None) -> Float[Tensor, "language neuron"]:
     """AP [n_languages, n_neurons] (float64) of each neuron's scores against "text is language l".

@@ -15,11 +15,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+from ..config import comma_list, k_list, number_or_name, option
 from ..detect.neurons import LanguageNeurons
+from ..detect.ranking import parse_k
 from ..errors import LangNeuronsError
 from ..model.driver import Runner
 from ..model.load import model_name
+from ..model.protocol import HookedModel
 from ..provenance import atomic_write_json, atomic_write_text, package_versions
+from ..report.tables import csv_text, markdown_table
 from ..steer.generation import SAMPLER, GenerationConfig, generate, sample_nll
 from .metrics import (
     DEGENERATE_DISTINCT,
@@ -46,18 +50,20 @@ def default_ablation_ks(n_neurons: int) -> list[int]:
 class EvaluateConfig:
     """Settings of the control experiment; defaults are the paper's."""
 
-    languages: list[str] | None = None
+    languages: list[str] | None = option(None, "comma-separated target languages (none: all)", parse=comma_list)
     conditions: Sequence[str] = CONDITIONS
-    samples: int = 100  # seeds 1..samples
-    max_new_tokens: int = 64
-    temperature: float = 0.8
-    prompt: str | None = None
-    value: str | float = "median"
-    scale: float = 1.0
-    positions: str = "all"
-    ablation_ks: list[int] | None = None  # None: default_ablation_ks; [] skips the ablation
-    ablation_samples: int | None = None
-    batch_size: int = 100  # samples do not depend on it (per-seed sampling)
+    samples: int = option(100, "samples per condition, seeds 1..N")
+    max_new_tokens: int = option(64, "tokens to generate")
+    temperature: float = option(0.8, "sampling temperature over the full vocabulary")
+    prompt: str | None = option(None, "prompt (none: BOS only, as the paper)", parse=str)
+    value: str | float = option("median", "clamp value: median, zero, or a number", parse=number_or_name)
+    scale: float = option(1.0, "multiply the clamp value")
+    positions: str = option("all", "clamp every position, or only the newest", choices=("all", "last"))
+    ablation_ks: list[int | str] | None = option(
+        None, "k values of the ablation, comma-separated counts or percentages; none skips the ablation "
+        "(default: 10,100,...,30000 and the neuron count)", parse=k_list)
+    ablation_samples: int | None = option(None, "samples per k (none: --samples)", parse=int)
+    batch_size: int = option(100, "samples per batch (the samples do not depend on it)")
 
     def __post_init__(self) -> None:
         bad = [c for c in self.conditions if c not in CONDITIONS]
@@ -65,7 +71,8 @@ class EvaluateConfig:
             raise LangNeuronsError(f"unknown condition(s) {', '.join(bad)}; use {', '.join(CONDITIONS)}")
         if self.samples < 1:
             raise LangNeuronsError(f"samples must be at least 1, got {self.samples}")
-        GenerationConfig(self.max_new_tokens, self.temperature, [1], self.batch_size, self.prompt)
+        GenerationConfig(max_new_tokens=self.max_new_tokens, temperature=self.temperature, seeds=[1],
+                         batch_size=self.batch_size, prompt=self.prompt)
 
 
 @dataclass
@@ -85,7 +92,7 @@ class CellRunner:
     """Generates and scores cells (one clamp setting, one language, a list of seeds), reading a cell
     back from ``cells_dir`` when it was made with the same settings: the unit of resume."""
 
-    def __init__(self, model, neurons: LanguageNeurons, cfg: EvaluateConfig,
+    def __init__(self, model: HookedModel, neurons: LanguageNeurons, cfg: EvaluateConfig,
                  references: dict[str, list[str]] | None, cells_dir: Path | None, progress: bool = True):
         neurons.check_model(model)
         self.model, self.neurons, self.cfg, self.cells_dir, self.progress = model, neurons, cfg, cells_dir, progress
@@ -130,7 +137,8 @@ class CellRunner:
                     pass  # a damaged cell is recomputed
         hooks = [] if clamp is None else self.neurons.hooks(
             lang, cond, clamp["value"], clamp["scale"], clamp["positions"], k=k, layers=clamp["layers"])
-        gcfg = GenerationConfig(cfg.max_new_tokens, cfg.temperature, list(seeds), cfg.batch_size, cfg.prompt)
+        gcfg = GenerationConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, seeds=list(seeds),
+                                batch_size=cfg.batch_size, prompt=cfg.prompt)
         t0 = time.perf_counter()
         out = generate(self.model, gcfg, hooks, progress=self.progress, desc=f"{cond} {lang or ''} k={k}".strip())
         nll = sample_nll(self.model, out, cfg.prompt, cfg.batch_size)  # fluency under the unclamped model
@@ -150,7 +158,7 @@ class CellRunner:
                 "versions": package_versions(), "timings": self.timings, "cells": self.used}
 
 
-def evaluate_control(model, neurons: LanguageNeurons, references: dict[str, list[str]] | None = None,
+def evaluate_control(model: HookedModel, neurons: LanguageNeurons, references: dict[str, list[str]] | None = None,
                      config: EvaluateConfig | None = None, out: str | Path | None = None,
                      progress: bool = True) -> ControlResult:
     """Run the control experiment and, with ``out``, write its tables, figure and samples there."""
@@ -166,7 +174,8 @@ def evaluate_control(model, neurons: LanguageNeurons, references: dict[str, list
             rows = none_rows if cond == "none" else cells.samples(lang, cond, neurons.k, seeds)
             table2.append({"lang": lang, "condition": cond, "k": neurons.k, **cells.score(rows, lang).as_dict()})
     ablation = []
-    ks = default_ablation_ks(neurons.index.n_neurons) if cfg.ablation_ks is None else list(cfg.ablation_ks)
+    n = neurons.index.n_neurons
+    ks = default_ablation_ks(n) if cfg.ablation_ks is None else [parse_k(k, n) for k in cfg.ablation_ks]
     ab_seeds = list(range(1, (cfg.ablation_samples or cfg.samples) + 1))
     for k in ks:
         for lang in langs:
@@ -200,7 +209,7 @@ def table2_markdown(rows: list[dict]) -> str:
                        ("BLEU-4 of target-language samples against the language's texts", "bleu"),
                        ("Degenerate samples (%): distinct-token ratio below the language's gate", "degenerate"),
                        ("Fluency: mean per-token NLL of the samples under the unclamped model (lower is more natural)", "nll")):
-        out += [f"**{title}**", "", "| lang | " + " | ".join(conds) + " |", "|---|" + "---|" * len(conds)]
+        rows_md = []
         for lang in langs + ["mean"]:
             cells = []
             for c in conds:
@@ -215,8 +224,8 @@ def table2_markdown(rows: list[dict]) -> str:
                     cells.append("-" if r[key] is None else f"{r[key]:.3f}")
                 else:
                     cells.append(f"{100 * r[key]:.1f}")
-            out.append(f"| {lang} | " + " | ".join(cells) + " |")
-        out.append("")
+            rows_md.append([lang, *cells])
+        out += [f"**{title}**", "", markdown_table(["lang", *conds], rows_md)]
     return "\n".join(out)
 
 
@@ -224,16 +233,16 @@ def ablation_markdown(rows: list[dict]) -> str:
     ks = sorted({r["k"] for r in rows})
     langs = list(dict.fromkeys(r["lang"] for r in rows))
     get = {(r["lang"], r["k"]): r for r in rows}
-    out = ["| k | log10 k | fraction | " + " | ".join(f"{l} rate / gated / BLEU" for l in langs)
-           + " | mean rate | mean gated | mean BLEU | mean NLL |",
-           "|---|---|---|" + "---|" * (len(langs) + 4)]
+    header = ["k", "log10 k", "fraction", *[f"{l} rate / gated / BLEU" for l in langs],
+              "mean rate", "mean gated", "mean BLEU", "mean NLL"]
+    out = []
     for k in ks:
         rs = [get[(l, k)] for l in langs]
-        out.append(f"| {k} | {math.log10(k):.2f} | {100 * rs[0]['k_fraction']:.2f}% | " + " | ".join(
-            f"{100 * r['rate']:.0f} / {100 * r['gated_rate']:.0f} / {r['bleu']:.3f}" for r in rs)
-            + f" | {100 * mean_of(rs, 'rate'):.1f} | {100 * mean_of(rs, 'gated_rate'):.1f} | {mean_of(rs, 'bleu'):.3f} | "
-            + f"{mean_of(rs, 'nll'):.3f} |")
-    return "\n".join(out) + "\n"
+        out.append([k, f"{math.log10(k):.2f}", f"{100 * rs[0]['k_fraction']:.2f}%",
+                    *[f"{100 * r['rate']:.0f} / {100 * r['gated_rate']:.0f} / {r['bleu']:.3f}" for r in rs],
+                    f"{100 * mean_of(rs, 'rate'):.1f}", f"{100 * mean_of(rs, 'gated_rate'):.1f}",
+                    f"{mean_of(rs, 'bleu'):.3f}", f"{mean_of(rs, 'nll'):.3f}"])
+    return markdown_table(header, out)
 
 
 def write_control(result: ControlResult, out: str | Path) -> None:
@@ -255,14 +264,12 @@ def write_control(result: ControlResult, out: str | Path) -> None:
             "distinct", "longest_run", "nll", "threshold"]
 
     def csv(rows):
-        lines = [",".join(cols)]
-        for r in rows:
-            lines.append(",".join(str(v) for v in [r["lang"], r["condition"], r["k"], r["n"], r["hits"], f"{r['rate']:.4f}",
-                                                  f"{r['ci'][0]:.4f}", f"{r['ci'][1]:.4f}", f"{r['gated_rate']:.4f}",
-                                                  f"{r['bleu']:.4f}", f"{r['degenerate']:.4f}", f"{r['distinct']:.4f}",
-                                                  f"{r['longest_run']:.2f}", "" if r["nll"] is None else f"{r['nll']:.4f}",
-                                                  f"{r['threshold']:.3f}"]))
-        return "\n".join(lines) + "\n"
+        return csv_text(cols, ({
+            "lang": r["lang"], "condition": r["condition"], "k": r["k"], "n": r["n"], "hits": r["hits"],
+            "rate": f"{r['rate']:.4f}", "ci_low": f"{r['ci'][0]:.4f}", "ci_high": f"{r['ci'][1]:.4f}",
+            "gated_rate": f"{r['gated_rate']:.4f}", "bleu": f"{r['bleu']:.4f}", "degenerate": f"{r['degenerate']:.4f}",
+            "distinct": f"{r['distinct']:.4f}", "longest_run": f"{r['longest_run']:.2f}",
+            "nll": None if r["nll"] is None else f"{r['nll']:.4f}", "threshold": f"{r['threshold']:.3f}"} for r in rows))
 
     atomic_write_text(out / "table2.csv", csv(result.table2))
     if result.ablation:

@@ -15,6 +15,7 @@ import torch
 from ..detect.activations import make_batches, tokenize
 from ..errors import LangNeuronsError
 from ..model.driver import Runner
+from ..model.protocol import HookedModel
 
 LID_THRESHOLD = 0.5
 DEGENERATE_DISTINCT = 0.4  # a sample with fewer than 40% distinct tokens counts as degenerate
@@ -197,7 +198,7 @@ def score_samples(texts: Sequence[str], tokens: Sequence[Sequence[int]], lang: s
 
 
 @torch.no_grad()
-def text_losses(model, texts: Sequence[str], fwd_hooks=(), batch_size: int = 16, max_length: int = 256) -> tuple[float, int]:
+def text_losses(model: HookedModel, texts: Sequence[str], fwd_hooks=(), batch_size: int = 16, max_length: int = 256) -> tuple[float, int]:
     """Summed next-token cross-entropy over the texts' real tokens, and the token count."""
     runner = Runner(model)
     tokd = tokenize(runner, texts, max_length)

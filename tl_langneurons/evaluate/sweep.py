@@ -13,25 +13,31 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+from ..config import comma_list, float_list, option
 from ..detect.neurons import LanguageNeurons
 from ..detect.ranking import parse_k
 from ..errors import LangNeuronsError
+from ..model.protocol import HookedModel
 from ..provenance import atomic_write_json, atomic_write_text
+from ..report.tables import markdown_table
 from .control import CellRunner, EvaluateConfig, mean_of
 
 
 @dataclass
 class SweepConfig:
-    languages: list[str] | None = None
-    k_fractions: Sequence[str] = ("0.05%", "0.1%", "0.27%", "0.45%", "1%", "2.7%")
-    scales: Sequence[float] = (0.5, 1.0, 1.5, 2.0)
-    positions: Sequence[str] = ("all", "last")
-    layer_sets: Sequence[str] = ("all", "first", "last", "ends")
-    val_samples: int = 20  # validation seeds 1001..1000+val_samples
-    test_samples: int = 100  # fresh seeds 1..test_samples
-    max_new_tokens: int = 48
+    """The search space and sample counts of :func:`run_sweep`."""
+
+    languages: list[str] | None = option(None, "comma-separated target languages (none: all)", parse=comma_list)
+    k_fractions: Sequence[str] = option(("0.05%", "0.1%", "0.27%", "0.45%", "1%", "2.7%"),
+                                        "k values searched, as fractions of the neurons", parse=comma_list)
+    scales: Sequence[float] = option((0.5, 1.0, 1.5, 2.0), "clamp scales searched", parse=float_list)
+    positions: Sequence[str] = option(("all", "last"), "clamp positions searched", parse=comma_list)
+    layer_sets: Sequence[str] = option(("all", "first", "last", "ends"), "layer subsets searched", parse=comma_list)
+    val_samples: int = option(20, "validation samples per setting (seeds 1001..)")
+    test_samples: int = option(100, "fresh samples for the final report (seeds 1..)")
+    max_new_tokens: int = option(48, "tokens to generate")
     temperature: float = 0.8
-    batch_size: int = 100
+    batch_size: int = option(100, "samples per batch")
 
     def __post_init__(self) -> None:
         if self.val_samples < 1 or self.test_samples < 1:
@@ -46,7 +52,7 @@ class SweepResult:
     meta: dict = field(default_factory=dict)
 
 
-def run_sweep(model, neurons: LanguageNeurons, references: dict[str, list[str]] | None, config: SweepConfig | None = None,
+def run_sweep(model: HookedModel, neurons: LanguageNeurons, references: dict[str, list[str]] | None, config: SweepConfig | None = None,
               out: str | Path | None = None, progress: bool = True) -> SweepResult:
     cfg = config or SweepConfig()
     langs = cfg.languages or neurons.languages
@@ -109,16 +115,9 @@ def sweep_markdown(res: SweepResult) -> str:
     settings = list(dict.fromkeys(r["setting"] for r in res.test))
     langs = list(dict.fromkeys(r["lang"] for r in res.test))
     get = {(r["lang"], r["setting"]): r for r in res.test}
-    out = [f"Best setting per language (picked on validation seeds by gated rate), then all settings on fresh "
-           f"seeds 1..{res.meta['config']['test_samples']}", "",
-           "| lang | best k (fraction) | scale | positions | layers | val gated |", "|---|---|---|---|---|---|"]
-    for l, b in res.best.items():
-        out.append(f"| {l} | {b['k']} ({100 * b['val']['k_fraction']:.2f}%) | {b['scale']} | {b['positions']} | "
-                   f"{b['layers']} | {b['val']['gated_rate']:.2f} |")
-    out += ["", "rate: lid.176 > 0.5; gated: target language and not degenerate; ok: share of samples that pass the "
-            "degeneracy gate whatever their language (the gated rate cannot exceed it)", "",
-            "| lang | " + " | ".join(f"{s}: rate / gated / ok / NLL" for s in settings) + " |",
-            "|---|" + "---|" * len(settings)]
+    best = [[l, f"{b['k']} ({100 * b['val']['k_fraction']:.2f}%)", b["scale"], b["positions"], b["layers"],
+             f"{b['val']['gated_rate']:.2f}"] for l, b in res.best.items()]
+    tests = []
     for l in langs + ["mean"]:
         cells = []
         for s in settings:
@@ -127,19 +126,23 @@ def sweep_markdown(res: SweepResult) -> str:
             cells.append(f"{mean_of(rs, 'rate'):.2f} / {mean_of(rs, 'gated_rate'):.2f} / "
                          f"{1 - mean_of(rs, 'degenerate'):.2f} / "
                          + ("-" if math.isnan(nll) else f"{nll:.2f}"))
-        out.append(f"| {l} | " + " | ".join(cells) + " |")
-    out += ["", *res.meta.get("notes", [])]
+        tests.append([l, *cells])
+    out = [f"Best setting per language (picked on validation seeds by gated rate), then all settings on fresh "
+           f"seeds 1..{res.meta['config']['test_samples']}", "",
+           markdown_table(["lang", "best k (fraction)", "scale", "positions", "layers", "val gated"], best),
+           "rate: lid.176 > 0.5; gated: target language and not degenerate; ok: share of samples that pass the "
+           "degeneracy gate whatever their language (the gated rate cannot exceed it)", "",
+           markdown_table(["lang", *[f"{s}: rate / gated / ok / NLL" for s in settings]], tests).rstrip("\n"),
+           "", *res.meta.get("notes", [])]
     ref = res.meta.get("reference_nll", {})
     if ref:
         out += ["", "Reference NLL of real text: " + ", ".join(f"{l} {v:.2f}" for l, v in ref.items())]
+    trade = [[r["lang"], r["k"], f"{100 * r['k_fraction']:.2f}%", f"{r['rate']:.2f}", f"{r['gated_rate']:.2f}",
+              f"{1 - r['degenerate']:.2f}", "-" if r["nll"] is None else f"{r['nll']:.2f}"]
+             for r in res.stages if r["stage"] == "k"]
     out += ["", "Trade-off along k (validation seeds, scale 1, all positions, all layers):", "",
-            "| lang | k | fraction | rate | gated | ok | NLL |", "|---|---|---|---|---|---|---|"]
-    for r in res.stages:
-        if r["stage"] == "k":
-            out.append(f"| {r['lang']} | {r['k']} | {100 * r['k_fraction']:.2f}% | {r['rate']:.2f} | {r['gated_rate']:.2f} | "
-                       f"{1 - r['degenerate']:.2f} | "
-                       + (f"{r['nll']:.2f} |" if r["nll"] is not None else "- |"))
-    return "\n".join(out) + "\n"
+            markdown_table(["lang", "k", "fraction", "rate", "gated", "ok", "NLL"], trade)]
+    return "\n".join(out)
 
 
 def write_sweep(res: SweepResult, out: str | Path) -> None:

@@ -10,9 +10,9 @@ from __future__ import annotations
 from typing import Any, Callable, Sequence
 
 import torch
-from torch import nn
 
 from ..errors import LangNeuronsError
+from .protocol import HookedModel
 
 
 class StopForward(Exception):
@@ -22,7 +22,7 @@ class StopForward(Exception):
 class Runner:
     """A thin driver over a hooked model; it never changes the model."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: HookedModel):
         if not hasattr(model, "hooks"):
             raise LangNeuronsError(
                 f"unsupported model object {type(model).__name__}: it has no TransformerLens hooks; "

@@ -13,19 +13,34 @@ import os
 import shutil
 import tempfile
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from ..config import option
 from ..errors import LangNeuronsError
 from .hf_hooked import HFHookedModel
+from .protocol import HookedModel
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "gemma-3-270m"
 _BUILTIN = {"gemma-3-270m", "gemma3-270m"}
+
+
+@dataclass
+class ModelConfig:
+    """Which model to load and how (see :func:`load_model`)."""
+
+    model: str = option(DEFAULT_MODEL, "gemma-3-270m (offline, from PyPI), a local model folder, or a hub name")
+    backend: str = option("auto", "TransformerBridge (bridge), the forward-hook fallback (hf), or auto: the bridge "
+                          "where it can wrap the model", choices=("auto", "bridge", "hf"))
+
+    def load(self) -> nn.Module:
+        return load_model(self.model, backend=self.backend)
 
 
 def cache_dir() -> Path:
@@ -163,7 +178,7 @@ def load_model(spec: Any = DEFAULT_MODEL, *, backend: str = "auto", dtype: torch
     return model
 
 
-def model_name(model: nn.Module) -> str:
+def model_name(model: HookedModel) -> str:
     """A readable name for a hooked model, recorded in results."""
     name = getattr(model, "_tl_langneurons_name", None)
     if name:
@@ -178,7 +193,7 @@ def model_name(model: nn.Module) -> str:
     return type(model).__name__
 
 
-def weights_fingerprint(model: nn.Module) -> str:
+def weights_fingerprint(model: HookedModel) -> str:
     """A hash of the model's parameter names, shapes and a strided sample of their values: tells
     two models apart in milliseconds (results record it; steering checks it)."""
     import hashlib

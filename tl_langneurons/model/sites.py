@@ -114,7 +114,7 @@ def templates_for(spec: str) -> list[tuple[str, bool]]:
     return list(out.items())
 
 
-def resolve_sites(model, spec: str = "mlp_post") -> NeuronIndex:
+def resolve_sites(model: "HookedModel | Runner", spec: str = "mlp_post") -> NeuronIndex:
     """The neuron index table of ``spec`` on ``model`` (a hooked model or a Runner)."""
     from .driver import Runner
 

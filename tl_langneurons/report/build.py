@@ -3,13 +3,13 @@ package versions, as ``report.md`` and a self-contained-looking ``report.html``.
 
 from __future__ import annotations
 
-import html
 import json
-import re
 from pathlib import Path
 
 from ..errors import LangNeuronsError
 from ..provenance import atomic_write_text
+from .html import markdown_to_html
+from .tables import markdown_table
 
 
 def _read(path: Path) -> str:
@@ -27,16 +27,14 @@ def build_report(directory: str | Path) -> Path:
     parts = [f"# Language-specific neurons of {meta.get('model', '?')}", "",
              "Method: Kojima et al. (NAACL 2024). Neurons ranked by average precision of their pooled activation "
              "for each language; top-k and bottom-k are the language's neurons; control clamps them to their median.",
-             "", "## Settings", "",
-             "| setting | value |", "|---|---|"]
-    for key in ("model", "sites", "pooling", "include_bos", "k", "k_fraction", "n_neurons", "corpus", "corpus_spec",
-                "texts_per_language", "corpus_sha256", "padded_share"):
-        if key in meta:
-            parts.append(f"| {key} | {meta[key]} |")
+             "", "## Settings", ""]
+    settings = [[key, meta[key]] for key in ("model", "sites", "pooling", "include_bos", "k", "k_fraction", "n_neurons",
+                                              "corpus", "corpus_spec", "texts_per_language", "corpus_sha256",
+                                              "padded_share") if key in meta]
     timings = d / "timings.json"
     if timings.exists():
-        parts.append(f"| detection timings (s) | {_read(timings).replace(chr(10), ' ')} |")
-    parts += ["", "## Detection", "", _read(d / "summary.md"), "",
+        settings.append(["detection timings (s)", _read(timings)])
+    parts += [markdown_table(["setting", "value"], settings), "## Detection", "", _read(d / "summary.md"), "",
               "### Where the neurons sit (paper Figure 2)", "", "![layers](layers.png)", "", _read(d / "layers.md"), "",
               "### Overlap between languages (paper Table 1)", "", "![overlap](overlap.png)", "", _read(d / "overlap.md"), ""]
     if (d / "distributions.png").exists():
@@ -69,44 +67,9 @@ def build_report(directory: str | Path) -> Path:
     if (an / "tokens.png").exists():
         parts += ["## Token-level view", "", "![tokens](analyses/tokens.png)", ""]
     versions = meta.get("versions", {})
-    parts += ["## Package versions", "", "| package | version |", "|---|---|"] + [f"| {k} | {v} |" for k, v in versions.items()]
-    md = "\n".join(parts) + "\n"
+    parts += ["## Package versions", "", markdown_table(["package", "version"], versions.items())]
+    md = "\n".join(parts)
     atomic_write_text(d / "report.md", md)
     atomic_write_text(d / "report.html", markdown_to_html(md, title=f"tl-langneurons: {meta.get('model', '')}"))
     return d / "report.md"
 
-
-def markdown_to_html(md: str, title: str = "report") -> str:
-    """The subset of Markdown the report uses: headings, tables, images, links, lists, bold."""
-    def inline(t: str) -> str:
-        t = html.escape(t)
-        t = re.sub(r"!\[([^\]]*)\]\(([^)]+)\)", r'<img alt="\1" src="\2" style="max-width:100%">', t)
-        t = re.sub(r"\[([^\]]+)\]\(([^)]+)\)", r'<a href="\2">\1</a>', t)
-        return re.sub(r"\*\*([^*]+)\*\*", r"<b>\1</b>", t)
-
-    out, lines, i = [], md.splitlines(), 0
-    while i < len(lines):
-        line = lines[i]
-        if line.startswith("#"):
-            n = len(line) - len(line.lstrip("#"))
-            out.append(f"<h{n}>{inline(line[n:].strip())}</h{n}>")
-        elif line.startswith("|"):
-            rows = []
-            while i < len(lines) and lines[i].startswith("|"):
-                cells = [c.strip() for c in lines[i].strip().strip("|").split("|")]
-                if not all(set(c) <= set("-: ") for c in cells):
-                    rows.append(cells)
-                i += 1
-            out.append("<table border=1 cellspacing=0 cellpadding=3>")
-            for r, cells in enumerate(rows):
-                tag = "th" if r == 0 else "td"
-                out.append("<tr>" + "".join(f"<{tag}>{inline(c)}</{tag}>" for c in cells) + "</tr>")
-            out.append("</table>")
-            continue
-        elif line.startswith("- "):
-            out.append(f"<li>{inline(line[2:])}</li>")
-        elif line.strip():
-            out.append(f"<p>{inline(line)}</p>")
-        i += 1
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title></head>"
-            "<body style='font-family:sans-serif;max-width:1200px;margin:auto'>\n" + "\n".join(out) + "\n</body></html>\n")

@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from ..errors import LangNeuronsError
 from ..model.driver import Runner
+from ..model.protocol import HookedModel
 
 
 @dataclass
@@ -95,7 +96,7 @@ def prompt_ids(runner: Runner, prompt: str | None) -> list[int]:
 
 
 @torch.no_grad()
-def generate(model, config: GenerationConfig | None = None, fwd_hooks: Sequence[tuple[str, Callable]] = (),
+def generate(model: HookedModel, config: GenerationConfig | None = None, fwd_hooks: Sequence[tuple[str, Callable]] = (),
              progress: bool = False, desc: str = "generate") -> list[Sample]:
     """Samples (one per seed) with ``fwd_hooks`` active; hooks are removed afterwards, also on errors."""
     cfg = config or GenerationConfig()
@@ -134,7 +135,7 @@ def generate(model, config: GenerationConfig | None = None, fwd_hooks: Sequence[
 
 
 @torch.no_grad()
-def sample_nll(model, samples: Sequence[Sample], prompt: str | None = None, batch_size: int = 50) -> list[float]:
+def sample_nll(model: HookedModel, samples: Sequence[Sample], prompt: str | None = None, batch_size: int = 50) -> list[float]:
     """Mean per-token negative log-likelihood of each sample's tokens under ``model`` as it is
     (call it without clamp hooks: the fluency of steered text judged by the unclamped model)."""
     runner = Runner(model)

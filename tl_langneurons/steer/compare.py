@@ -1,0 +1,53 @@
+"""Side by side: the same seeds sampled without and with a clamp of one language's neurons."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..config import number_or_name, option
+from ..detect.neurons import LanguageNeurons
+from ..errors import LangNeuronsError
+from ..model.protocol import HookedModel
+from .generation import GenerationConfig, Sample, generate
+from .interventions import POSITIONS
+
+
+@dataclass
+class SteerConfig:
+    """What ``steer`` samples: a few seeds, with and without clamping the language's neurons."""
+
+    lang: str = option(help="target language code")
+    prompt: str = ""  # BOS only when empty
+    which: str = option("both", "which neurons to clamp", choices=("both", "top", "bottom", "middle"))
+    k: int | None = option(None, "neurons per set (none: the k of the folder)", parse=int)
+    seed: int = option(1, "first seed")
+    samples: int = option(3, "samples, seeds SEED..SEED+N-1")
+    max_new_tokens: int = option(48, "tokens to generate")
+    temperature: float = option(GenerationConfig.temperature, "sampling temperature over the full vocabulary")
+    value: str | float = option("median", "clamp value: median, zero, or a number", parse=number_or_name)
+    scale: float = option(1.0, "multiply the clamp value")
+    positions: str = option("all", "clamp every position, or only the newest", choices=POSITIONS)
+    batch_size: int = option(GenerationConfig.batch_size, "samples per batch")
+
+    def __post_init__(self) -> None:
+        if self.samples < 1:
+            raise LangNeuronsError(f"samples must be at least 1, got {self.samples}")
+
+    def generation(self) -> GenerationConfig:
+        return GenerationConfig(max_new_tokens=self.max_new_tokens, temperature=self.temperature,
+                                seeds=list(range(self.seed, self.seed + self.samples)), batch_size=self.batch_size,
+                                prompt=self.prompt or None)
+
+
+@dataclass
+class SteerPair:
+    without: Sample
+    with_clamp: Sample
+
+
+def steer_pairs(model: HookedModel, neurons: LanguageNeurons, config: SteerConfig) -> list[SteerPair]:
+    """One (unclamped, clamped) pair of samples per seed, on the same seeds."""
+    neurons.check_model(model)
+    hooks = neurons.hooks(config.lang, config.which, config.value, config.scale, config.positions, k=config.k)
+    gcfg = config.generation()
+    return [SteerPair(a, b) for a, b in zip(generate(model, gcfg), generate(model, gcfg, hooks))]

