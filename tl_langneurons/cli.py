@@ -83,21 +83,11 @@ def cmd_steer(args) -> None:
 
 
 def cmd_evaluate(args) -> None:
-    cfg = from_args(EvaluateConfig, args)
-    study = _study(args)
-    study.evaluate(cfg, args.out, args.corpus)
-    out = args.out or study.dir / "control"
-    print(open(os.path.join(out, "table2.md"), encoding="utf-8").read())
-    if os.path.exists(os.path.join(out, "k_ablation.md")):
-        print(open(os.path.join(out, "k_ablation.md"), encoding="utf-8").read())
+    print(_study(args).evaluate(from_args(EvaluateConfig, args), args.out, args.corpus).markdown())
 
 
 def cmd_sweep(args) -> None:
-    cfg = from_args(SweepConfig, args)
-    study = _study(args)
-    study.sweep(cfg, args.out, args.corpus)
-    out = args.out or study.dir / "sweep"
-    print(open(os.path.join(out, "sweep.md"), encoding="utf-8").read())
+    print(_study(args).sweep(from_args(SweepConfig, args), args.out, args.corpus).markdown())
 
 
 def cmd_report(args) -> None:
@@ -128,87 +118,59 @@ def cmd_cross_steer(args) -> None:
     print(_study(args).cross_steer(args.heldout, from_args(CrossSteerConfig, args)).markdown())
 
 
+_HELDOUT = "held-out corpus (never used for selection), e.g. ../shared/data/ud-dev-test"
+_REFERENCES = "real text for BLEU, the degeneracy gate and NLL (default: the corpus of the find run)"
+
+# subcommand, help, function, options from configs, options of its own, whether it reads a neurons folder
+_COMMANDS = [
+    ("info", "load a model and print its layers, sites and neuron counts", cmd_info, (), [
+        ("--hooks", dict(action="store_true", help="also list every hook name"))], False),
+    ("find", "find each language's neurons and write the analysis", cmd_find, (CorpusConfig, FindConfig), [
+        ("--cache", dict(default=None, help="pooled-activation cache file (.safetensors)")),
+        ("--on-disk", dict(default=None, metavar="NPY",
+                           help="keep the pooled matrix in this .npy file instead of memory (huge neuron counts)")),
+        ("--out", dict(required=True, help="output folder")),
+        ("--overwrite", dict(action="store_true", help="replace a folder that holds another run"))], False),
+    ("steer", "generate with and without clamping a language's neurons", cmd_steer, (SteerConfig,), [
+        ("prompt", dict(nargs="?", default=SteerConfig.prompt, help="prompt (default: BOS only)"))], True),
+    ("evaluate", "the control experiment: Table 2, k ablation and samples", cmd_evaluate, (EvaluateConfig,), [
+        ("--out", dict(default=None, help="output folder (default NEURONS/control)")),
+        ("--corpus", dict(default=None, help=_REFERENCES))], True),
+    ("sweep", "search clamp settings (k %%, scale, positions, layers) for fluent steering", cmd_sweep,
+     (SweepConfig,), [("--out", dict(default=None, help="output folder (default NEURONS/sweep)")),
+                      ("--corpus", dict(default=None, help=_REFERENCES))], True),
+    ("deactivate", "loss change on held-out texts when a language's neurons are ablated", cmd_deactivate,
+     (DeactivationConfig,), [("--heldout", dict(required=True, help=_HELDOUT))], True),
+    ("attribution", "tokens promoted by each top mlp_post neuron (direct logit attribution)", cmd_attribution,
+     (AttributionConfig,), [], True),
+    ("tokens", "per-token activation and language score of one text (heat strip)", cmd_tokens, (), [
+        ("text", dict())], True),
+    ("cross-steer", "prompt in one language, clamp another's neurons: target-rate matrix", cmd_cross_steer,
+     (CrossSteerConfig,), [("--heldout", dict(required=True, help=_HELDOUT))], True),
+]
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tl-langneurons", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = p.add_subparsers(dest="command", required=True)
-
-    def common(q, model_from_neurons: bool):
-        if model_from_neurons:
+    for name, help_text, func, configs, own, reads_neurons in _COMMANDS:
+        q = sub.add_parser(name, help=help_text)
+        if reads_neurons:
             q.add_argument("--neurons", required=True, help="a find output folder")
             q.add_argument("--model", default=None, help="the model (default: the one the neurons were found on)")
-            add_options(q, ModelConfig, skip=("model",))
-        else:
-            add_options(q, ModelConfig)
+        add_options(q, ModelConfig, skip=("model",) if reads_neurons else ())
         q.add_argument("--quiet", action="store_true", help="no progress bars")
-
-    q = sub.add_parser("info", help="load a model and print its layers, sites and neuron counts")
-    common(q, False)
-    q.add_argument("--hooks", action="store_true", help="also list every hook name")
-    q.set_defaults(func=cmd_info)
-
-    q = sub.add_parser("find", help="find each language's neurons and write the analysis")
-    common(q, False)
-    add_options(q, CorpusConfig)
-    add_options(q, FindConfig)
-    q.add_argument("--cache", default=None, help="pooled-activation cache file (.safetensors)")
-    q.add_argument("--on-disk", default=None, metavar="NPY",
-                   help="keep the pooled matrix in this .npy file instead of memory (huge neuron counts)")
-    q.add_argument("--out", required=True, help="output folder")
-    q.add_argument("--overwrite", action="store_true", help="replace a folder that holds another run")
-    q.set_defaults(func=cmd_find)
-
-    q = sub.add_parser("steer", help="generate with and without clamping a language's neurons")
-    common(q, True)
-    add_options(q, SteerConfig)
-    q.add_argument("prompt", nargs="?", default=SteerConfig.prompt, help="prompt (default: BOS only)")
-    q.set_defaults(func=cmd_steer)
-
-    q = sub.add_parser("evaluate", help="the control experiment: Table 2, k ablation and samples")
-    common(q, True)
-    q.add_argument("--out", default=None, help="output folder (default NEURONS/control)")
-    q.add_argument("--corpus", default=None, help="real text for BLEU, the degeneracy gate and NLL "
-                   "(default: the corpus of the find run)")
-    add_options(q, EvaluateConfig)
-    q.set_defaults(func=cmd_evaluate)
-
-    q = sub.add_parser("sweep", help="search clamp settings (k %%, scale, positions, layers) for fluent steering")
-    common(q, True)
-    q.add_argument("--out", default=None, help="output folder (default NEURONS/sweep)")
-    q.add_argument("--corpus", default=None, help="real text for BLEU, the degeneracy gate and NLL "
-                   "(default: the corpus of the find run)")
-    add_options(q, SweepConfig)
-    q.set_defaults(func=cmd_sweep)
-
-    heldout_help = "held-out corpus (never used for selection), e.g. ../shared/data/ud-dev-test"
-
-    q = sub.add_parser("deactivate", help="loss change on held-out texts when a language's neurons are ablated")
-    common(q, True)
-    q.add_argument("--heldout", required=True, help=heldout_help)
-    add_options(q, DeactivationConfig)
-    q.set_defaults(func=cmd_deactivate)
-
-    q = sub.add_parser("attribution", help="tokens promoted by each top mlp_post neuron (direct logit attribution)")
-    common(q, True)
-    add_options(q, AttributionConfig)
-    q.set_defaults(func=cmd_attribution)
-
-    q = sub.add_parser("tokens", help="per-token activation and language score of one text (heat strip)")
-    common(q, True)
-    q.add_argument("text")
-    q.set_defaults(func=cmd_tokens)
-
-    q = sub.add_parser("cross-steer", help="prompt in one language, clamp another's neurons: target-rate matrix")
-    common(q, True)
-    q.add_argument("--heldout", required=True, help=heldout_help)
-    add_options(q, CrossSteerConfig)
-    q.set_defaults(func=cmd_cross_steer)
+        for cfg in configs:
+            add_options(q, cfg)
+        for flag, kw in own:
+            q.add_argument(flag, **kw)
+        q.set_defaults(func=func)
 
     q = sub.add_parser("report", help="write report.md and report.html for a find output folder")
     q.add_argument("dir")
     q.set_defaults(func=cmd_report)
-
     q = sub.add_parser("demo", help="find, evaluate and report on the defaults")
     add_options(q, DemoConfig)
     q.add_argument("--quiet", action="store_true", help="no progress bars")

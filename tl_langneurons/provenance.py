@@ -67,3 +67,11 @@ def peak_rss_gb() -> float:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def write_md_json(directory: str | Path, stem: str, markdown: str, obj: Any) -> list[Path]:
+    """``stem.md`` and ``stem.json`` in ``directory``, each written atomically; their paths."""
+    d = Path(directory)
+    atomic_write_text(d / f"{stem}.md", markdown)
+    atomic_write_json(d / f"{stem}.json", obj)
+    return [d / f"{stem}.md", d / f"{stem}.json"]

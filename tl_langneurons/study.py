@@ -242,9 +242,9 @@ def run_demo(config: DemoConfig | None = None, progress: bool = True, echo: Echo
                        progress=progress, echo=echo)
     echo(study.find_summary())
     study.echo = echo
-    study.evaluate(EvaluateConfig(samples=cfg.samples, max_new_tokens=cfg.max_new_tokens,
-                                  ablation_ks=list(cfg.ablation_ks), batch_size=50))
-    echo((study.dir / "control" / "table2.md").read_text(encoding="utf-8"))
+    control = study.evaluate(EvaluateConfig(samples=cfg.samples, max_new_tokens=cfg.max_new_tokens,
+                                            ablation_ks=list(cfg.ablation_ks), batch_size=50))
+    echo(control.markdown())
     path = study.report()
     echo(f"demo finished in {time.perf_counter() - t0:.0f}s; open {path}")
     return path

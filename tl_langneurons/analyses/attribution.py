@@ -19,7 +19,7 @@ from ..evaluate.metrics import identify
 from ..model.driver import Runner
 from ..model.hf_hooked import find_layers
 from ..model.protocol import HookedModel
-from ..provenance import atomic_write_json, atomic_write_text
+from ..provenance import write_md_json
 from ..report.tables import markdown_table
 
 
@@ -153,11 +153,7 @@ class AttributionResult:
 
     def save(self, directory: str | Path) -> list[Path]:
         """Write ``attribution.md`` and ``attribution.json``."""
-        d = Path(directory)
-        paths = [d / "attribution.md", d / "attribution.json"]
-        atomic_write_text(paths[0], self.markdown())
-        atomic_write_json(paths[1], self.to_json())
-        return paths
+        return write_md_json(directory, "attribution", self.markdown(), self.to_json())
 
 
 @dataclass

@@ -15,7 +15,7 @@ from ..detect.neurons import LanguageNeurons
 from ..errors import LangNeuronsError
 from ..evaluate.metrics import is_language
 from ..model.protocol import HookedModel
-from ..provenance import atomic_write_json, atomic_write_text
+from ..provenance import write_md_json
 from ..report.tables import markdown_matrix
 from ..steer.generation import GenerationConfig, generate
 
@@ -57,10 +57,7 @@ class CrossSteeringResult:
         """Write ``cross_steering.md``, ``cross_steering.json`` and the heatmap ``cross_steering.png``."""
         from ..report import plots
 
-        d = Path(directory)
-        paths = [d / "cross_steering.md", d / "cross_steering.json", d / "cross_steering.png"]
-        atomic_write_text(paths[0], self.markdown())
-        atomic_write_json(paths[1], self.to_json())
+        paths = write_md_json(directory, "cross_steering", self.markdown(), self.to_json()) + [Path(directory) / "cross_steering.png"]
         plots.matrix_heatmap(self.rate, self.languages, self.languages,
                              "Target rate: row = prompt language, column = clamped language", paths[2])
         return paths

@@ -16,7 +16,7 @@ from ..detect.neurons import LanguageNeurons
 from ..errors import LangNeuronsError
 from ..evaluate.metrics import text_losses
 from ..model.protocol import HookedModel
-from ..provenance import atomic_write_json, atomic_write_text
+from ..provenance import write_md_json
 from ..report.tables import markdown_matrix
 from ..steer.interventions import clamp_hooks
 
@@ -59,10 +59,7 @@ class DeactivationResult:
         """Write ``deactivation.md``, ``deactivation.json`` and the heatmap ``deactivation.png``."""
         from ..report import plots
 
-        d = Path(directory)
-        paths = [d / "deactivation.md", d / "deactivation.json", d / "deactivation.png"]
-        atomic_write_text(paths[0], self.markdown())
-        atomic_write_json(paths[1], self.to_json())
+        paths = write_md_json(directory, "deactivation", self.markdown(), self.to_json()) + [Path(directory) / "deactivation.png"]
         plots.matrix_heatmap(self.delta, self.languages, self.languages,
                              f"Loss change when the row language's neurons are {self.meta.get('mode')}-ablated",
                              paths[2], "+.2f", "RdBu_r", center=True)

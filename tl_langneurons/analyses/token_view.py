@@ -12,6 +12,7 @@ import torch
 from ..detect.neurons import LanguageNeurons
 from ..model.driver import Runner
 from ..model.protocol import HookedModel
+from ..model.sites import flat_units
 from ..report.tables import markdown_table
 
 
@@ -67,7 +68,7 @@ def token_view(model: HookedModel, neurons: LanguageNeurons, text: str) -> Token
         units = want[(want >= sl.offset) & (want < sl.offset + sl.size)]
 
         def grab(x, hook):
-            flat = x.reshape(x.shape[0], x.shape[1], -1)[0].float()
+            flat = flat_units(x)[0].float()
             for n in units.tolist():
                 acts[n] = flat[:, n - sl.offset].cpu()
         return grab

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from ..errors import LangNeuronsError
 from ..model.driver import Runner
 from ..model.protocol import HookedModel
-from ..model.sites import NeuronIndex, resolve_sites
+from ..model.sites import NeuronIndex, flat_units, resolve_sites
 from ..provenance import atomic_write_bytes, package_versions, sha256_texts
 from .storage import DiskMatrix, load_checkpoint, save_checkpoint
 
@@ -237,7 +237,7 @@ class _Collection:
 
     def _hook(self, sl):
         def hook_fn(x, hook):
-            flat = x.reshape(x.shape[0], x.shape[1], -1).float()
+            flat = flat_units(x).float()
             for p in self.s.poolings:
                 vals = pool(flat, self._mask, p)
                 if not torch.isfinite(vals).all():

@@ -83,6 +83,10 @@ class ControlResult:
     ablation: list[dict]
     meta: dict = field(default_factory=dict)
 
+    def markdown(self) -> str:
+        """Table 2 and, when run, the k ablation."""
+        return table2_markdown(self.table2) + ("\n" + ablation_markdown(self.ablation) if self.ablation else "")
+
 
 def _cell_key(settings: dict) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]

@@ -51,6 +51,9 @@ class SweepResult:
     test: list[dict]
     meta: dict = field(default_factory=dict)
 
+    def markdown(self) -> str:
+        return sweep_markdown(self)
+
 
 def run_sweep(model: HookedModel, neurons: LanguageNeurons, references: dict[str, list[str]] | None, config: SweepConfig | None = None,
               out: str | Path | None = None, progress: bool = True) -> SweepResult:

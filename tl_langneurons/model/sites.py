@@ -16,7 +16,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Sequence
 
+import einops
 import numpy as np
+from jaxtyping import Float
+from torch import Tensor
 
 from ..errors import LangNeuronsError
 
@@ -153,3 +156,9 @@ def resolve_sites(model: "HookedModel | Runner", spec: str = "mlp_post") -> Neur
         slices.append(SiteSlice(hook=name, template=t, layer=layer, size=size, offset=offset))
         offset += size
     return NeuronIndex(spec=spec, slices=slices)
+
+
+def flat_units(x: Float[Tensor, "batch pos *unit"]) -> Float[Tensor, "batch pos n"]:
+    """A site's activations with its units flattened (q/k/v: heads x d_head), the order in which the
+    neuron index counts them; a view where the layout allows, so writes reach ``x``."""
+    return einops.rearrange(x, "batch pos ... -> batch pos (...)")

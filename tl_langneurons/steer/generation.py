@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
+import einops
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
@@ -74,7 +75,7 @@ def sample_next(logits: Float[Tensor, "batch vocab"], temperature: float,
     pad = (-v) % _BLOCK
     if pad:
         p = torch.nn.functional.pad(p, (0, pad))
-    blocks = p.view(b, -1, _BLOCK)
+    blocks = einops.rearrange(p, "b (n block) -> b n block", block=_BLOCK)
     cum_blocks = blocks.sum(-1, dtype=torch.float64).cumsum(-1)  # [b, n_blocks]
     u = torch.stack([torch.rand((), generator=g, dtype=torch.float64) for g in gens]).to(p.device)
     target = u * cum_blocks[:, -1]

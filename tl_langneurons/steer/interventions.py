@@ -13,7 +13,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from ..errors import LangNeuronsError
-from ..model.sites import NeuronIndex
+from ..model.sites import NeuronIndex, flat_units
 
 POSITIONS = ("all", "last")
 
@@ -45,7 +45,7 @@ def clamp_hooks(index: NeuronIndex, neurons: Int[Tensor, "n"], values: Float[Ten
 
         def fn(x, hook, _units=units, _vals=vals):
             shape = x.shape
-            flat = x.reshape(shape[0], shape[1], -1)
+            flat = flat_units(x)
             if flat.requires_grad:
                 flat = flat.clone()
             v = _vals.to(device=flat.device, dtype=flat.dtype)
