@@ -1,22 +1,37 @@
 """tl-langneurons: find the language-specific neurons of a multilingual decoder LM and steer the
-language it writes by clamping them (Kojima et al., NAACL 2024), on TransformerLens hook points."""
+language it writes by clamping them (Kojima et al., NAACL 2024), on TransformerLens hook points.
 
+Subpackages follow the stages of the method: ``model`` (loading, hook sites, the fallback hooked
+module), ``detect`` (corpus, pooled activations, AP ranking, ``LanguageNeurons``), ``steer``
+(interventions, generation), ``evaluate`` (metrics, control experiment, sweep), ``analyses``
+(placement, deactivation, attribution, token view, cross-steering) and ``report``. :class:`Study`
+runs them on one result folder; the command line is a thin layer over it.
+"""
+
+from .analyses.attribution import AttributionConfig
+from .analyses.cross_steering import CrossSteerConfig
+from .analyses.deactivation import DeactivationConfig
 from .detect.activations import PooledActivations, collect, collect_poolings
-from .detect.corpus import PAPER_LANGUAGES, MultilingualCorpus
+from .detect.corpus import PAPER_LANGUAGES, CorpusConfig, MultilingualCorpus
 from .detect.neurons import FindConfig, LanguageNeurons, find_neurons
 from .errors import LangNeuronsError
 from .evaluate.control import ControlResult, EvaluateConfig, evaluate_control
+from .evaluate.sweep import SweepConfig, run_sweep
 from .model.hf_hooked import HFHookedModel
-from .model.load import DEFAULT_MODEL, load_model
+from .model.load import DEFAULT_MODEL, ModelConfig, load_model
+from .model.protocol import HookedModel
 from .model.sites import NeuronIndex, resolve_sites
+from .steer.compare import SteerConfig
 from .steer.generation import GenerationConfig, generate
 from .steer.interventions import clamp_hooks
+from .study import DemoConfig, Study, run_demo
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "DEFAULT_MODEL", "ControlResult", "EvaluateConfig", "FindConfig", "GenerationConfig", "HFHookedModel",
-    "LangNeuronsError", "LanguageNeurons", "MultilingualCorpus", "NeuronIndex", "PAPER_LANGUAGES",
-    "PooledActivations", "clamp_hooks", "collect", "collect_poolings", "evaluate_control", "find_neurons", "generate", "load_model",
-    "resolve_sites",
+    "DEFAULT_MODEL", "AttributionConfig", "ControlResult", "CorpusConfig", "CrossSteerConfig", "DeactivationConfig",
+    "DemoConfig", "EvaluateConfig", "FindConfig", "GenerationConfig", "HFHookedModel", "HookedModel",
+    "LangNeuronsError", "LanguageNeurons", "ModelConfig", "MultilingualCorpus", "NeuronIndex", "PAPER_LANGUAGES",
+    "PooledActivations", "SteerConfig", "Study", "SweepConfig", "clamp_hooks", "collect", "collect_poolings",
+    "evaluate_control", "find_neurons", "generate", "load_model", "resolve_sites", "run_demo", "run_sweep",
 ]

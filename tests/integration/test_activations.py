@@ -1,12 +1,15 @@
 """Pooled activations: padding never matters, poolings are what they say, the forward stops
 early, and the cache round-trips and refuses a mismatch."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 
 from tl_langneurons import LangNeuronsError, PooledActivations, collect, resolve_sites
 from tl_langneurons.detect.activations import make_batches, pool
+from tl_langneurons.model.sites import NeuronIndex
 
 
 @pytest.mark.parametrize("pooling", ["mean", "max", "last", "median"])
@@ -40,16 +43,48 @@ def test_mean_pool_matches_run_with_cache(tiny_llama):
     assert torch.allclose(pooled.values[0], ref, atol=1e-5)
 
 
-def test_forward_stops_after_last_site(tiny_llama):
-    calls = []
-    idx = resolve_sites(tiny_llama, "blocks.{l}.mlp.hook_post")
-    first = type(idx)(idx.spec, idx.slices[:1])  # only layer 0
-    with tiny_llama.hooks(fwd_hooks=[("blocks.2.hook_resid_post", lambda x, hook: calls.append(1))]):
-        collect(tiny_llama, ["a short text", "another one"], first, progress=False)
-    assert calls == []  # block 2 never ran
-    with tiny_llama.hooks(fwd_hooks=[("unembed.hook_out", lambda x, hook: calls.append(1))]):
-        collect(tiny_llama, ["a short text"], "mlp_post", progress=False)
-    assert calls == []  # the unembedding never ran
+@pytest.mark.parametrize("last", [0, 1, 2])
+def test_forward_stops_after_last_site(tiny_llama, last):
+    """Collecting a site of block ``last`` runs blocks 0..last and nothing after them (not the later
+    blocks, not the final norm), and the pooled values equal those of a full forward pass."""
+    full = resolve_sites(tiny_llama, "mlp_post")
+    site = dataclasses.replace(full.slices[last], offset=0)  # only this layer's MLP units
+    index = NeuronIndex(spec=f"blocks.{last}.mlp.hook_post", slices=[site])
+    texts = ["a short text", "another one, a little longer"]
+    hf = tiny_llama.original_model.base_model
+    ran = []  # what started running, in order: ("layer", l) from PyTorch pre-hooks on the HF decoder layers
+    handles = [layer.register_forward_pre_hook(lambda mod, args, l=l: ran.append(("layer", l)))
+               for l, layer in enumerate(hf.layers)]
+    handles.append(hf.norm.register_forward_pre_hook(lambda mod, args: ran.append(("norm",))))
+    resid = [(f"blocks.{l}.hook_resid_post", lambda x, hook, l=l: ran.append(("resid_post", l))) for l in range(3)]
+    try:
+        with tiny_llama.hooks(fwd_hooks=resid + [("ln_final.hook_in", lambda x, hook: ran.append(("ln_final",)))]):
+            pooled = collect(tiny_llama, texts, index, batch_size=1, progress=False)
+    finally:
+        for h in handles:
+            h.remove()
+    # one forward per text (batch_size=1); each runs exactly blocks 0..last, then stops
+    one = [e for l in range(last + 1) for e in (("layer", l), ("resid_post", l))]
+    assert ran == one + one
+    # the values are those of a full forward pass (the stop changes nothing before it)
+    assert pooled.values.shape == (2, 48)
+    for i, text in enumerate(texts):
+        ids = [tiny_llama.tokenizer.bos_token_id] + tiny_llama.tokenizer(text, add_special_tokens=False)["input_ids"]
+        _, cache = tiny_llama.run_with_cache(torch.tensor([ids]))
+        ref = cache[f"blocks.{last}.mlp.hook_post"][0].mean(0)
+        torch.testing.assert_close(pooled.values[i], ref, rtol=0, atol=1e-5)
+    # the stop hook is gone afterwards: a plain forward runs every block and the final norm again
+    ran.clear()
+    handles = [layer.register_forward_pre_hook(lambda mod, args, l=l: ran.append(("layer", l)))
+               for l, layer in enumerate(hf.layers)]
+    handles.append(hf.norm.register_forward_pre_hook(lambda mod, args: ran.append(("norm",))))
+    try:
+        with torch.no_grad():
+            tiny_llama(torch.tensor([[1, 40, 41]]))
+    finally:
+        for h in handles:
+            h.remove()
+    assert ran == [("layer", 0), ("layer", 1), ("layer", 2), ("norm",)]
 
 
 def test_batches_sorted_and_bounded():
