@@ -83,11 +83,11 @@ def cmd_steer(args) -> None:
 
 
 def cmd_evaluate(args) -> None:
-    print(_study(args).evaluate(from_args(EvaluateConfig, args), args.out, args.corpus).markdown())
+    print(_study(args).evaluate(from_args(EvaluateConfig, args), args.out, args.corpus, args.overwrite).markdown())
 
 
 def cmd_sweep(args) -> None:
-    print(_study(args).sweep(from_args(SweepConfig, args), args.out, args.corpus).markdown())
+    print(_study(args).sweep(from_args(SweepConfig, args), args.out, args.corpus, args.overwrite).markdown())
 
 
 def cmd_report(args) -> None:
@@ -119,6 +119,7 @@ def cmd_cross_steer(args) -> None:
 
 
 _HELDOUT = "held-out corpus (never used for selection), e.g. ../shared/data/ud-dev-test"
+_OVERWRITE = ("--overwrite", dict(action="store_true", help="replace a folder that holds a run of other settings"))
 _REFERENCES = "real text for BLEU, the degeneracy gate and NLL (default: the corpus of the find run)"
 
 # subcommand, help, function, options from configs, options of its own, whether it reads a neurons folder
@@ -130,15 +131,15 @@ _COMMANDS = [
         ("--on-disk", dict(default=None, metavar="NPY",
                            help="keep the pooled matrix in this .npy file instead of memory (huge neuron counts)")),
         ("--out", dict(required=True, help="output folder")),
-        ("--overwrite", dict(action="store_true", help="replace a folder that holds another run"))], False),
+        _OVERWRITE], False),
     ("steer", "generate with and without clamping a language's neurons", cmd_steer, (SteerConfig,), [
         ("prompt", dict(nargs="?", default=SteerConfig.prompt, help="prompt (default: BOS only)"))], True),
     ("evaluate", "the control experiment: Table 2, k ablation and samples", cmd_evaluate, (EvaluateConfig,), [
         ("--out", dict(default=None, help="output folder (default NEURONS/control)")),
-        ("--corpus", dict(default=None, help=_REFERENCES))], True),
+        ("--corpus", dict(default=None, help=_REFERENCES)), _OVERWRITE], True),
     ("sweep", "search clamp settings (k %%, scale, positions, layers) for fluent steering", cmd_sweep,
      (SweepConfig,), [("--out", dict(default=None, help="output folder (default NEURONS/sweep)")),
-                      ("--corpus", dict(default=None, help=_REFERENCES))], True),
+                      ("--corpus", dict(default=None, help=_REFERENCES)), _OVERWRITE], True),
     ("deactivate", "loss change on held-out texts when a language's neurons are ablated", cmd_deactivate,
      (DeactivationConfig,), [("--heldout", dict(required=True, help=_HELDOUT))], True),
     ("attribution", "tokens promoted by each top mlp_post neuron (direct logit attribution)", cmd_attribution,

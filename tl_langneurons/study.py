@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -34,10 +34,23 @@ from .config import option
 from .detect.corpus import CorpusConfig, MultilingualCorpus
 from .detect.neurons import FindConfig, LanguageNeurons, find_neurons
 from .errors import LangNeuronsError
-from .evaluate.control import ControlResult, EvaluateConfig, evaluate_control
+from .evaluate.control import (
+    ControlResult,
+    EvaluateConfig,
+    evaluate_control,
+    result_settings,
+)
 from .evaluate.sweep import SweepConfig, SweepResult, run_sweep
-from .model.load import DEFAULT_MODEL, ModelConfig, load_model
+from .model.load import DEFAULT_MODEL, ModelConfig, load_model, model_name
 from .provenance import peak_rss_gb
+from .results import (
+    check_target,
+    check_writable,
+    fault_point,
+    read_marker,
+    staged_folder,
+    staging_dir,
+)
 from .steer.compare import SteerConfig, SteerPair, steer_pairs
 
 Echo = Callable[[str], None]
@@ -47,19 +60,21 @@ def _quiet(_: str) -> None:
     pass
 
 
-def check_out(out: Path, overwrite: bool, settings: dict) -> None:
-    """Refuse an output folder that holds another run, unless ``overwrite``."""
-    info = out / "neurons.json"
-    if info.exists() and not overwrite:
-        try:
-            old = json.loads(info.read_text(encoding="utf-8")).get("meta", {})
-        except json.JSONDecodeError:
-            old = {}
-        diff = [k for k, v in settings.items() if old.get(k) != v]
-        if diff:
-            raise LangNeuronsError(
-                f"{out} holds another run (different {', '.join(diff)}); choose another --out or pass --overwrite"
-            )
+def _find_settings(out: Path) -> dict | None:
+    """The settings of a find folder written before result markers (from its neurons.json)."""
+    try:
+        meta = json.loads((out / "neurons.json").read_text(encoding="utf-8")).get("meta", {})
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return None
+    if not isinstance(meta, dict) or not isinstance(meta.get("config"), dict):
+        return None
+    return {"model": meta.get("model"), "corpus_sha256": meta.get("corpus_sha256"), **meta["config"]}
+
+
+def _same_find(out: Path, settings: dict) -> bool:
+    marker = read_marker(out)
+    old = marker.get("settings") if marker else _find_settings(out)
+    return old is not None and json.loads(json.dumps(old)) == json.loads(json.dumps(settings))
 
 
 class Study:
@@ -94,7 +109,13 @@ class Study:
              corpus: CorpusConfig | MultilingualCorpus | None = None, config: FindConfig | None = None, *,
              overwrite: bool = False, cache: str | Path | None = None, on_disk: str | Path | None = None,
              progress: bool = True, echo: Echo = _quiet) -> "Study":
-        """Find the neurons (steps 1-3), write them and their analysis (step 4) into ``out``."""
+        """Find the neurons (steps 1-3) and write them with their analysis (step 4) into ``out``.
+
+        The folder is written as a whole (see :mod:`tl_langneurons.results`): a killed run leaves
+        the previous result in place and resumes its collection on the next run. A folder that
+        holds a run of other settings is refused unless ``overwrite``; one with files this tool
+        did not write is always refused. Every check runs before the model loads.
+        """
         from .analyses.placement import write_analysis
 
         out, config = Path(out), config or FindConfig()
@@ -102,11 +123,16 @@ class Study:
         corpus_cfg = corpus if isinstance(corpus, CorpusConfig) else None
         texts = corpus.load() if isinstance(corpus, CorpusConfig) else (corpus or CorpusConfig().load())
         echo(f"corpus {texts.name}: {texts.summary()}")
-        model_label = model.model if isinstance(model, ModelConfig) else None
-        settings = {"sites": config.sites, "pooling": config.pooling, "corpus_sha256": texts.sha256()}
-        if model_label:
-            settings["model"] = model_label
-        check_out(out, overwrite, settings)
+        model_label = model.model if isinstance(model, ModelConfig) else model_name(model)
+        settings = {"model": model_label, "corpus_sha256": texts.sha256(), **asdict(config)}
+        same = _same_find(out, settings)
+        check_target(out, "find", settings, overwrite, old_settings=_find_settings(out))
+        checkpoint = staging_dir(out) / ".partial-activations.safetensors"
+        if on_disk is not None and Path(on_disk).exists() and not checkpoint.exists():
+            raise LangNeuronsError(f"--on-disk {on_disk} exists; choose a new path (the tool never overwrites a file "
+                                   "it did not write)")
+        if cache is not None:
+            check_writable(Path(cache).parent, "--cache folder")
         if isinstance(model, ModelConfig):
             t0 = time.perf_counter()
             hooked = model.load()
@@ -114,20 +140,23 @@ class Study:
         else:
             hooked = model
         t0 = time.perf_counter()
-        neurons, pooled, labels = find_neurons(
-            hooked, texts, config, cache=cache, checkpoint=out / ".partial-activations.safetensors", store=on_disk,
-            return_activations=True, progress=progress)
-        if model_label:
+        keep = ("control", "sweep", "analyses") if same else ()
+        with staged_folder(out, "find", settings, keep=keep) as stage:
+            neurons, pooled, labels = find_neurons(
+                hooked, texts, config, cache=cache, checkpoint=checkpoint, store=on_disk, return_activations=True,
+                keep_checkpoint=True, progress=progress)
             neurons.meta["model"] = model_label
-        if corpus_cfg is not None:
-            neurons.meta.update({"corpus_spec": corpus_cfg.corpus, "n_per_lang": corpus_cfg.n_per_lang,
-                                 "corpus_seed": corpus_cfg.seed})
-        neurons.meta["k_spec"] = str(config.k)
-        t1 = time.perf_counter()
-        stats = write_analysis(neurons, out, pooled, labels)
-        neurons.meta["timings"]["analysis_s"] = time.perf_counter() - t1
-        neurons.meta["timings"]["peak_rss_gb_after_analysis"] = peak_rss_gb()
-        neurons.save(out)
+            if corpus_cfg is not None:
+                neurons.meta.update({"corpus_spec": corpus_cfg.corpus, "n_per_lang": corpus_cfg.n_per_lang,
+                                     "corpus_seed": corpus_cfg.seed})
+            neurons.meta["k_spec"] = str(config.k)
+            fault_point("analysis")
+            t1 = time.perf_counter()
+            stats = write_analysis(neurons, stage, pooled, labels)
+            neurons.meta["timings"]["analysis_s"] = time.perf_counter() - t1
+            neurons.meta["timings"]["peak_rss_gb_after_analysis"] = peak_rss_gb()
+            neurons.save(stage)
+            checkpoint.unlink(missing_ok=True)
         study = cls(out, hooked, progress=progress, echo=echo)
         study.find_stats = {**stats, "seconds": time.perf_counter() - t0, "peak_rss_gb": peak_rss_gb()}
         return study
@@ -158,18 +187,20 @@ class Study:
                                        self.neurons.languages).texts
 
     def evaluate(self, config: EvaluateConfig | None = None, out: str | Path | None = None,
-                 corpus: str | None = None) -> ControlResult:
+                 corpus: str | None = None, overwrite: bool = False) -> ControlResult:
         """The control experiment (Table 2, k ablation) into ``out`` (default ``DIR/control``)."""
+        cfg, out = config or EvaluateConfig(), Path(out) if out else self.dir / "control"
+        check_target(out, "control", result_settings(self.neurons, cfg), overwrite)  # before the model loads
         refs = self.references(corpus)
-        return evaluate_control(self.model, self.neurons, refs, config or EvaluateConfig(),
-                                Path(out) if out else self.dir / "control", progress=self.progress)
+        return evaluate_control(self.model, self.neurons, refs, cfg, out, progress=self.progress, overwrite=overwrite)
 
     def sweep(self, config: SweepConfig | None = None, out: str | Path | None = None,
-              corpus: str | None = None) -> SweepResult:
+              corpus: str | None = None, overwrite: bool = False) -> SweepResult:
         """The search of clamp settings for fluent steering into ``out`` (default ``DIR/sweep``)."""
+        cfg, out = config or SweepConfig(), Path(out) if out else self.dir / "sweep"
+        check_target(out, "sweep", result_settings(self.neurons, cfg), overwrite)
         refs = self.references(corpus)
-        return run_sweep(self.model, self.neurons, refs, config or SweepConfig(),
-                         Path(out) if out else self.dir / "sweep", progress=self.progress)
+        return run_sweep(self.model, self.neurons, refs, cfg, out, progress=self.progress, overwrite=overwrite)
 
     def steer(self, config: SteerConfig) -> list[SteerPair]:
         """The same seeds without and with the clamp."""
@@ -188,7 +219,8 @@ class Study:
     def deactivate(self, heldout: str | MultilingualCorpus, config: DeactivationConfig | None = None
                    ) -> DeactivationResult:
         """Loss change on held-out texts when each language's neurons are ablated (with a random control)."""
-        res = deactivation(self.model, self.neurons, self._heldout(heldout), config, progress=self.progress)
+        held = self._heldout(heldout)  # read before the model loads
+        res = deactivation(self.model, self.neurons, held, config, progress=self.progress)
         res.save(self.analyses_dir)
         return res
 
@@ -207,7 +239,8 @@ class Study:
     def cross_steer(self, heldout: str | MultilingualCorpus, config: CrossSteerConfig | None = None
                     ) -> CrossSteeringResult:
         """Target-language rate when prompting in one language and clamping another's neurons."""
-        res = cross_steering(self.model, self.neurons, self._heldout(heldout), config, progress=self.progress)
+        held = self._heldout(heldout)
+        res = cross_steering(self.model, self.neurons, held, config, progress=self.progress)
         res.save(self.analyses_dir)
         return res
 
@@ -243,7 +276,8 @@ def run_demo(config: DemoConfig | None = None, progress: bool = True, echo: Echo
     echo(study.find_summary())
     study.echo = echo
     control = study.evaluate(EvaluateConfig(samples=cfg.samples, max_new_tokens=cfg.max_new_tokens,
-                                            ablation_ks=list(cfg.ablation_ks), batch_size=50))
+                                            ablation_ks=list(cfg.ablation_ks), batch_size=50),
+                             overwrite=True)
     echo(control.markdown())
     path = study.report()
     echo(f"demo finished in {time.perf_counter() - t0:.0f}s; open {path}")

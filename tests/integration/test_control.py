@@ -3,15 +3,22 @@ degeneracy gate against references."""
 
 import json
 
+import tl_langneurons.evaluate.control as control
 from tl_langneurons.detect.neurons import find_neurons
 from tl_langneurons.evaluate.control import (
     EvaluateConfig,
     evaluate_control,
 )
 from tl_langneurons.report.build import build_report
+from tl_langneurons.steer.generation import generate
 
 
-def test_control_end_to_end_and_resume(tiny_llama, tiny_corpus, tmp_path):
+def _as_json(rows) -> str:
+    """Rows as canonical JSON text (tuples become lists; NaN compares equal to NaN as text)."""
+    return json.dumps(json.loads(json.dumps(rows, default=list)), sort_keys=True)
+
+
+def test_control_end_to_end_and_resume(tiny_llama, tiny_corpus, tmp_path, monkeypatch):
     neurons = find_neurons(tiny_llama, tiny_corpus, k=10, progress=False)
     neurons.meta["model"] = "tiny"
     neurons.save(tmp_path)
@@ -29,9 +36,37 @@ def test_control_end_to_end_and_resume(tiny_llama, tiny_corpus, tmp_path):
     assert "| mean |" in (out / "table2.md").read_text()
     n_cells = len(list((out / "cells").glob("*.json")))
     assert n_cells == 1 + 2 * 3 + 2 * 2
-    again = evaluate_control(tiny_llama, neurons, tiny_corpus.texts, cfg, out, progress=False)
+    table_csv = (out / "table2.csv").read_bytes()
+    cells = {p.name: p.read_bytes() for p in (out / "cells").glob("*.json")}
+
+    # a rerun reads every cell back: it never generates (generation raises), and its tables are the first run's
+    def no_generation(*a, **k):
+        raise AssertionError("the rerun generated a cell instead of reading it back")
+
+    with monkeypatch.context() as m:
+        m.setattr(control, "generate", no_generation)
+        again = evaluate_control(tiny_llama, neurons, tiny_corpus.texts, cfg, out, progress=False)
     assert again.meta["timings"] == {}  # every cell was read back, none recomputed
-    assert again.table2 == json.loads(json.dumps(res.table2, default=list)) or again.table2 == res.table2
+    assert _as_json(again.table2) == _as_json(res.table2)
+    assert _as_json(again.ablation) == _as_json(res.ablation)
+    assert (out / "table2.csv").read_bytes() == table_csv
+    # deleting one cell regenerates exactly that cell, with the same bytes and the same table
+    gone = next(n for n in sorted(cells) if n.startswith("top-ja-"))
+    (out / "cells" / gone).unlink()
+    calls = []
+
+    def counting_generate(*a, **k):
+        calls.append(k.get("desc"))
+        return generate(*a, **k)
+
+    with monkeypatch.context() as m:
+        m.setattr(control, "generate", counting_generate)
+        third = evaluate_control(tiny_llama, neurons, tiny_corpus.texts, cfg, out, progress=False)
+    assert calls == ["top ja k=10"]
+    assert list(third.meta["timings"]) == [gone]
+    assert {p.name: p.read_bytes() for p in (out / "cells").glob("*.json")} == cells
+    assert (out / "table2.csv").read_bytes() == table_csv
+    assert _as_json(third.table2) == _as_json(res.table2) and _as_json(third.ablation) == _as_json(res.ablation)
     report = build_report(tmp_path)
     text = report.read_text()
     assert "Table 2" in text and "![layers](layers.png)" in text and "transformer-lens" in text

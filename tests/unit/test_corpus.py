@@ -14,7 +14,7 @@ def test_bundled_corpus_is_parallel_and_sized():
     c = MultilingualCorpus.bundled()
     assert c.languages == list(PAPER_LANGUAGES)
     for lang, texts in c.texts.items():
-        assert len(texts) >= 300
+        assert len(texts) == 320  # the documented size
         assert len(set(texts)) == len(texts), f"duplicates in {lang}"
     assert len({len(t) for t in c.texts.values()}) == 1  # the same sentences in every language
     for t in c.texts["en"]:

@@ -27,6 +27,7 @@ from ..model.driver import Runner
 from ..model.protocol import HookedModel
 from ..model.sites import NeuronIndex, flat_units, resolve_sites
 from ..provenance import atomic_write_bytes, package_versions, sha256_texts
+from ..results import fault_point
 from .storage import DiskMatrix, load_checkpoint, save_checkpoint
 
 log = logging.getLogger(__name__)
@@ -143,21 +144,22 @@ def collect(model: HookedModel, texts: Sequence[str], sites: str | NeuronIndex =
             max_length: int | None = 512, progress: bool = True,
             on_batch: Callable[[int, int], None] | None = None, truncate: bool = True,
             checkpoint: str | Path | None = None, checkpoint_every_s: float = 30.0,
-            store: str | Path | None = None) -> PooledActivations:
+            store: str | Path | None = None, keep_checkpoint: bool = False) -> PooledActivations:
     """Pooled activations of ``texts`` at ``sites`` (step 1 of the method).
 
     ``pooling`` is mean (the paper), max, last or median over each text's real tokens; the BOS
     position takes part unless ``include_bos`` is False. Texts longer than ``max_length`` tokens
     are truncated with a warning, or refused when ``truncate`` is False. With ``checkpoint``, the
     finished batches are saved there (every ``checkpoint_every_s`` and when interrupted) and a
-    rerun with the same arguments skips them; the file is removed once the run completes.
+    rerun with the same arguments skips them; the file is removed once the run completes, or (with
+    ``keep_checkpoint``) holds every row, for a caller whose later steps may still be interrupted.
     With ``store`` (a ``.npy`` path) the values go to a :class:`DiskMatrix` there instead of memory.
     Returns float32 values [n_texts, n_neurons].
     """
     settings = CollectSettings(poolings=(pooling,), include_bos=include_bos, batch_size=batch_size,
                                max_batch_tokens=max_batch_tokens, max_length=max_length, truncate=truncate)
     run = _Collection(model, texts, sites, settings, checkpoint=checkpoint, checkpoint_every_s=checkpoint_every_s,
-                      store=store)
+                      store=store, keep_checkpoint=keep_checkpoint)
     return run.run(progress=progress, on_batch=on_batch)[pooling]
 
 
@@ -198,12 +200,12 @@ class _Collection:
 
     def __init__(self, model: HookedModel, texts: Sequence[str], sites: str | NeuronIndex, settings: CollectSettings, *,
                  checkpoint: str | Path | None = None, checkpoint_every_s: float = 30.0,
-                 store: str | Path | None = None):
+                 store: str | Path | None = None, keep_checkpoint: bool = False):
         if len(texts) == 0:
             raise LangNeuronsError("no texts to run; the corpus is empty")
         self.s, self.texts = settings, texts
         self.checkpoint = Path(checkpoint) if checkpoint is not None else None
-        self.checkpoint_every_s, self.store = checkpoint_every_s, store
+        self.checkpoint_every_s, self.store, self.keep_checkpoint = checkpoint_every_s, store, keep_checkpoint
         self.runner = Runner(model)
         self.index = sites if isinstance(sites, NeuronIndex) else resolve_sites(self.runner, sites)
         self.tokd = tokenize(self.runner, texts, settings.max_length, settings.truncate)
@@ -213,6 +215,9 @@ class _Collection:
         shape = (len(texts), self.index.n_neurons)
         if store is not None:
             resume = self.checkpoint is not None and self.checkpoint.exists() and Path(store).exists()
+            if Path(store).exists() and not resume:
+                raise LangNeuronsError(f"{store} exists and is not a matrix of an interrupted run to resume; choose a new "
+                                       "path for the on-disk matrix (it is never overwritten)")
             self.out = DiskMatrix(store) if resume else DiskMatrix.create(store, shape)
             if self.out.shape != shape:
                 raise LangNeuronsError(f"{store} holds a {self.out.shape} matrix, not {shape}; delete it")
@@ -282,6 +287,7 @@ class _Collection:
                     if bool(self.done[b].all()):
                         continue
                     self._run_batch(b)
+                    fault_point("collect")
                     bar.update(len(b))
                     if self.checkpoint is not None and time.perf_counter() - last_save > self.checkpoint_every_s:
                         save_checkpoint(self.checkpoint, self.header, self.out, self.done)
@@ -294,7 +300,9 @@ class _Collection:
             raise
         finally:
             bar.close()
-        if self.checkpoint is not None and self.checkpoint.exists():
+        if self.checkpoint is not None and self.keep_checkpoint:
+            save_checkpoint(self.checkpoint, self.header, self.out, self.done)
+        elif self.checkpoint is not None and self.checkpoint.exists():
             self.checkpoint.unlink()
         return self._result(time.perf_counter() - t0)
 

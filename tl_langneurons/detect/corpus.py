@@ -5,6 +5,8 @@ from __future__ import annotations
 import gzip
 import json
 import random
+import warnings
+import zlib
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -39,12 +41,15 @@ def check_language(code: str) -> str:
 
 
 def read_lines(path: str | Path) -> list[str]:
-    """Texts of a one-text-per-line file (.txt or .txt.gz); empty lines and bad UTF-8 are errors."""
+    """Texts of a one-text-per-line file (.txt or .txt.gz); empty lines and bad UTF-8 are errors.
+    A UTF-8 byte-order mark at the start is dropped."""
     path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
     try:
         with opener(path, "rb") as f:
             raw = f.read()
+    except (EOFError, gzip.BadGzipFile, zlib.error) as e:  # truncated or not gzip at all
+        raise LangNeuronsError(f"{path} is not a readable gzip file ({e}); download or compress it again") from e
     except OSError as e:
         raise LangNeuronsError(f"cannot read {path}: {e}") from e
     lines = raw.split(b"\n")
@@ -52,14 +57,25 @@ def read_lines(path: str | Path) -> list[str]:
         lines.pop()
     out = []
     for i, line in enumerate(lines, 1):
-        try:
-            text = line.decode("utf-8").rstrip("\r")
+        try:  # utf-8-sig on the first line: a byte-order mark is not part of the first text
+            text = line.decode("utf-8-sig" if i == 1 else "utf-8").rstrip("\r")
         except UnicodeDecodeError as e:
             raise LangNeuronsError(f"{path}:{i}: not UTF-8 ({e.reason} at byte {e.start}); convert the file to UTF-8") from e
         if not text.strip():
             raise LangNeuronsError(f"{path}:{i}: empty line; remove it (one text per line)")
         out.append(text.strip())
     return out
+
+
+def warn_duplicates(texts: dict[str, list[str]], name: str) -> None:
+    """Warn (without dropping anything) when a language has the same text more than once: each
+    copy counts again in the AP and the medians, so a corpus should not repeat texts."""
+    dups = {lang: len(t) - len(set(t)) for lang, t in texts.items()}
+    dups = {lang: n for lang, n in dups.items() if n}
+    if dups:
+        counts = ", ".join(f"{lang}: {n} of {len(texts[lang])}" for lang, n in dups.items())
+        warnings.warn(f"corpus {name!r} has duplicate texts ({counts}); they are kept, each copy counting again "
+                      "in the AP and medians; remove them from the files for a clean corpus", stacklevel=3)
 
 
 @dataclass
@@ -177,7 +193,9 @@ class MultilingualCorpus:
         missing = [l for l in langs if l not in files]
         if missing:
             raise LangNeuronsError(f"corpus folder {path} has no file for {', '.join(missing)} ({{lang}}.txt or .txt.gz)")
-        return cls({l: read_lines(files[l]) for l in langs}, path.name, [str(path)])
+        texts = {l: read_lines(files[l]) for l in langs}
+        warn_duplicates(texts, path.name)
+        return cls(texts, path.name, [str(path)])
 
     @classmethod
     def from_jsonl(cls, path: str | Path) -> "MultilingualCorpus":
@@ -187,9 +205,15 @@ class MultilingualCorpus:
         for i, line in enumerate(read_lines(path), 1):
             try:
                 row = json.loads(line)
-                out.setdefault(str(row["lang"]), []).append(str(row["text"]))
+                lang, text = row["lang"], row["text"]
             except (json.JSONDecodeError, KeyError, TypeError) as e:
                 raise LangNeuronsError(f"{path}:{i}: not a JSON object with 'text' and 'lang' ({e})") from e
+            for key, value, example in (("lang", lang, '"en"'), ("text", text, '"Hello."')):
+                if not isinstance(value, str):
+                    raise LangNeuronsError(f"{path}:{i}: field {key!r} must be a string such as {example}, "
+                                           f"got {type(value).__name__} {json.dumps(value)}")
+            out.setdefault(lang, []).append(text)
+        warn_duplicates(out, path.stem)
         return cls(out, path.stem, [str(path)])
 
     @classmethod
@@ -233,6 +257,7 @@ class MultilingualCorpus:
                 f"cannot load {dataset} from the Hugging Face hub ({type(e).__name__}); without network, "
                 "use a local folder of {lang}.txt files: --corpus /path/to/folder"
             ) from e
+        warn_duplicates(out, f"hf:{dataset}")
         return cls(out, f"hf:{dataset}", [f"hf:{dataset}"])
 
     @classmethod
@@ -279,6 +304,11 @@ class CorpusConfig:
     seed: int = option(0, "seed of the corpus sampling")
     languages: list[str] | None = option(None, "comma-separated language codes (none: all in the corpus)",
                                          parse=comma_list)
+
+    def __post_init__(self) -> None:
+        if self.n_per_lang is not None and (isinstance(self.n_per_lang, bool) or self.n_per_lang < 1):
+            raise LangNeuronsError(f"n_per_lang must be at least 1, got {self.n_per_lang}; "
+                                   "omit --n-per-lang to use all texts")
 
     def load(self) -> MultilingualCorpus:
         return MultilingualCorpus.load(self.corpus, self.n_per_lang, self.seed, self.languages)

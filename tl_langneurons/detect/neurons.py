@@ -8,6 +8,7 @@ loads itself, prints a summary, and gives clamp hooks for TransformerLens.
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -32,6 +33,7 @@ from ..provenance import (
     peak_rss_gb,
 )
 from ..report.tables import csv_text, markdown_table
+from ..results import fault_point
 from ..steer.interventions import clamp_hooks
 from .activations import POOLINGS, PooledActivations, collect
 from .corpus import MultilingualCorpus
@@ -64,8 +66,16 @@ class FindConfig:
             raise LangNeuronsError(f"unknown pooling {self.pooling!r}; use one of {', '.join(POOLINGS)}")
         if self.batch_size < 1 or self.max_batch_tokens < 1:
             raise LangNeuronsError("batch_size and max_batch_tokens must be positive")
+        if isinstance(self.max_length, bool) or not isinstance(self.max_length, (int, np.integer)) or self.max_length < 2:
+            raise LangNeuronsError(f"max_length must be at least 2 tokens (BOS and one token of text), got "
+                                   f"{self.max_length!r}; for no limit give a large number such as 100000 "
+                                   "(texts never exceed the model's context)")
         if isinstance(self.k, (int, np.integer)) and not isinstance(self.k, bool):
             check_k(int(self.k), 10**12)
+        elif isinstance(self.k, str):
+            parse_k(self.k, 10**12)  # the form only; the neuron count is known later
+        else:
+            raise LangNeuronsError(f"k must be a count such as 1000 or a percentage such as '0.5%', got {self.k!r}")
 
 
 @dataclass
@@ -116,6 +126,43 @@ def neuron_statistics(values, labels: np.ndarray, n_languages: int,
             out["mean_off"][li, a:b] = off.mean(0).float()
             out["std_off"][li, a:b] = off.std(0).float()
     return out
+
+
+def read_neurons_json(path: str | Path) -> dict:
+    """The contents of a ``neurons.json``, checked field by field (one clear error naming the field)."""
+    path = Path(path)
+    again = "run find again"
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise LangNeuronsError(f"{path} is not readable JSON ({type(e).__name__}: {e}); {again}") from e
+
+    def bad(field_: str, want: str, got) -> LangNeuronsError:
+        return LangNeuronsError(f"{path}: field {field_!r} must be {want}, got {json.dumps(got)[:60]}; {again}")
+
+    def is_int(v) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    if not isinstance(info, dict):
+        raise LangNeuronsError(f"{path} must hold a JSON object, got a JSON {type(info).__name__}; {again}")
+    for key in ("format", "languages", "k", "index"):
+        if key not in info:
+            raise LangNeuronsError(f"{path}: field {key!r} is missing; {again}")
+    if not is_int(info["format"]) or info["format"] != FORMAT_VERSION:
+        raise LangNeuronsError(f"{path}: field 'format' is {json.dumps(info['format'])[:60]}, this version reads "
+                               f"{FORMAT_VERSION}; {again}")
+    langs = info["languages"]
+    if not isinstance(langs, list) or not langs or not all(isinstance(l, str) for l in langs):
+        raise bad("languages", 'a non-empty list of language codes such as ["en", "de"]', langs)
+    if len(set(langs)) != len(langs):
+        raise bad("languages", "a list without repeats", langs)
+    if not is_int(info["k"]) or info["k"] < 1:
+        raise bad("k", "an integer of at least 1", info["k"])
+    if not isinstance(info["index"], dict):
+        raise bad("index", "an object with spec and slices", info["index"])
+    if not isinstance(info.get("meta", {}), dict):
+        raise bad("meta", "an object", info["meta"])
+    return info
 
 
 def _set(stats: dict[str, Tensor], li: int, neurons: Tensor, ap: Tensor) -> NeuronSet:
@@ -225,6 +272,10 @@ class LanguageNeurons:
         ``positions``: "all" (the paper) or "last" (only the newest position).
         ``layers``: choose the k neurons only among these layers (all, first, last, ends, or a list).
         """
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isfinite(value):
+            raise LangNeuronsError(f"clamp value must be a finite number, median or zero, got {value}")
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
+            raise LangNeuronsError(f"clamp scale must be a finite number, got {scale!r}")
         neurons, medians = self.selected(lang, which, k, layers)
         if value == "median":
             vals = medians
@@ -298,11 +349,9 @@ class LanguageNeurons:
         d = Path(directory)
         if not (d / "neurons.json").exists() or not (d / "neurons.safetensors").exists():
             raise LangNeuronsError(f"{d} holds no neurons (neurons.json and neurons.safetensors); run `tl-langneurons find --out {d}` first")
+        info = read_neurons_json(d / "neurons.json")
         try:
-            info = json.loads((d / "neurons.json").read_text(encoding="utf-8"))
             tensors = load_file(str(d / "neurons.safetensors"))
-            if info.get("format") != FORMAT_VERSION:
-                raise LangNeuronsError(f"{d}/neurons.json has format {info.get('format')}, this version reads {FORMAT_VERSION}")
             index = NeuronIndex.from_dict(info["index"])
             sets = {lang: {w: NeuronSet(**{f: tensors[f"{lang}.{w}.{f}"] for f in NeuronSet.FIELDS}) for w in WHICH}
                     for lang in info["languages"]}
@@ -314,7 +363,17 @@ class LanguageNeurons:
         if (ap.shape != (len(info["languages"]), index.n_neurons) or medians.shape != ap.shape
                 or means.shape != ap.shape or mean_all.shape != (index.n_neurons,)):
             raise LangNeuronsError(f"neurons in {d} are inconsistent (AP shape {tuple(ap.shape)}); run find again")
-        return cls(info["languages"], index, int(info["k"]), sets, ap, medians, means, mean_all, info.get("meta", {}))
+        k = info["k"]
+        if k > index.n_neurons:
+            raise LangNeuronsError(f"{d}/neurons.json: field 'k' is {k}, more than the {index.n_neurons} neurons; run find again")
+        for lang, kinds in sets.items():
+            for w, s in kinds.items():
+                for f in NeuronSet.FIELDS:
+                    if tuple(getattr(s, f).shape) != (k,):
+                        raise LangNeuronsError(
+                            f"{d}/neurons.json: field 'k' is {k} but the {lang} {w} set holds "
+                            f"{tuple(getattr(s, f).shape)} {f}; run find again")
+        return cls(info["languages"], index, k, sets, ap, medians, means, mean_all, info.get("meta", {}))
 
     def check_model(self, model: HookedModel) -> None:
         """Refuse to steer a model whose sites differ from the ones these neurons were found on."""
@@ -329,16 +388,26 @@ class LanguageNeurons:
                 f"weights differ ({weights_fingerprint(model)}). Use neurons found on this model"
             )
         if other != self.index:
+            where = f"{len(self.index.slices)} hooks there, {len(other.slices)} here"
+            for a, b in zip(self.index.slices, other.slices):
+                if a != b:
+                    if a.hook != b.hook:
+                        where = f"hook {a.hook} there, {b.hook} here"
+                    elif (a.size, a.offset) != (b.size, b.offset):
+                        where = f"{a.hook}: {a.size} neurons at offset {a.offset} there, {b.size} at offset {b.offset} here"
+                    else:
+                        where = f"{a.hook}: {a} there, {b} here"
+                    break
             raise LangNeuronsError(
-                f"these neurons were found on {self.meta.get('model', 'another model')} with {self.index.n_neurons} "
-                f"neurons at {self.index.spec!r}; this model has {other.n_neurons} there. Use neurons found on this model"
+                f"these neurons were found on {self.meta.get('model', 'another model')} at sites {self.index.spec!r} that "
+                f"differ from this model's, first at {where}. Use neurons found on this model"
             )
 
 
 def find_neurons(model: HookedModel, corpus: MultilingualCorpus, config: FindConfig | None = None, *,
                  cache: str | Path | None = None, checkpoint: str | Path | None = None,
                  store: str | Path | None = None, progress: bool = True,
-                 return_activations: bool = False, **overrides):
+                 return_activations: bool = False, keep_checkpoint: bool = False, **overrides):
     """Steps 1-3 of the method on ``model`` and ``corpus``: a :class:`LanguageNeurons`.
 
     ``cache`` is an optional path of a pooled-activation cache: used when its header matches
@@ -368,11 +437,12 @@ def find_neurons(model: HookedModel, corpus: MultilingualCorpus, config: FindCon
     if pooled is None:
         pooled = collect(model, texts, index, config.pooling, config.include_bos, config.batch_size,
                          config.max_batch_tokens, config.max_length, progress, truncate=config.truncate,
-                         checkpoint=checkpoint, store=store)
+                         checkpoint=checkpoint, store=store, keep_checkpoint=keep_checkpoint)
         pooled.meta.update(expect)
         if cache is not None:
             pooled.save(cache)
     timings["collect_s"] = time.perf_counter() - t0
+    fault_point("rank")
     timings["peak_rss_gb_after_collect"] = peak_rss_gb()
     t0 = time.perf_counter()
     meta = {**expect, "corpus": corpus.name, "corpus_sources": corpus.sources,

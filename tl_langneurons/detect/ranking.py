@@ -144,8 +144,18 @@ def parse_k(spec: str | int | float, n_neurons: int) -> int:
         s = spec.strip()
         try:
             if s.endswith("%"):
-                frac = float(s[:-1]) / 100
-                return check_k(max(1, int(round(frac * n_neurons))), n_neurons)
+                pct = float(s[:-1])
+                if not np.isfinite(pct) or pct <= 0:
+                    raise LangNeuronsError(f"k={spec!r}: a percentage of the neurons must be a positive number such as 0.5%")
+                exact = pct / 100 * n_neurons
+                k = int(round(exact))
+                if k < 1:  # the smallest percentage (3 digits) that rounds to one neuron
+                    least = 50 / n_neurons
+                    while int(round(float(f"{least:.3g}") / 100 * n_neurons)) < 1:
+                        least *= 1.001
+                    raise LangNeuronsError(f"k={spec!r} of {n_neurons} neurons is {exact:.4g} neurons, less than one; "
+                                           f"use at least {float(f'{least:.3g}'):g}% or a count such as 1")
+                return check_k(k, n_neurons)
             return check_k(int(s), n_neurons)
         except ValueError as e:
             if isinstance(e, LangNeuronsError):

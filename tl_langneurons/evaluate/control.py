@@ -11,6 +11,7 @@ import hashlib
 import json
 import math
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -24,6 +25,7 @@ from ..model.load import model_name
 from ..model.protocol import HookedModel
 from ..provenance import atomic_write_json, atomic_write_text, package_versions
 from ..report.tables import csv_text, markdown_table
+from ..results import check_target, fault_point, staged_folder
 from ..steer.generation import SAMPLER, GenerationConfig, generate, sample_nll
 from .metrics import (
     DEGENERATE_DISTINCT,
@@ -71,6 +73,10 @@ class EvaluateConfig:
             raise LangNeuronsError(f"unknown condition(s) {', '.join(bad)}; use {', '.join(CONDITIONS)}")
         if self.samples < 1:
             raise LangNeuronsError(f"samples must be at least 1, got {self.samples}")
+        if isinstance(self.value, (int, float)) and not math.isfinite(self.value):
+            raise LangNeuronsError(f"--value must be median, zero or a finite number, got {self.value}")
+        if not math.isfinite(self.scale):
+            raise LangNeuronsError(f"--scale must be a finite number such as 1.5, got {self.scale}")
         GenerationConfig(max_new_tokens=self.max_new_tokens, temperature=self.temperature, seeds=[1],
                          batch_size=self.batch_size, prompt=self.prompt)
 
@@ -90,6 +96,35 @@ class ControlResult:
 
 def _cell_key(settings: dict) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _cell_problem(data, seeds: list[int]) -> str | None:
+    """What is wrong with a cell file read back (None when it is sound): a dict with ``settings``
+    and ``samples``, one sample per seed with seed (int), text (str), tokens (list of int), nll (number or null)."""
+    def is_int(v) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    if not isinstance(data, dict):
+        return f"a JSON {type(data).__name__}, not an object"
+    if not isinstance(data.get("settings"), dict):
+        return "field 'settings' is missing or not an object"
+    rows = data.get("samples")
+    if not isinstance(rows, list):
+        return "field 'samples' is missing or not a list"
+    if len(rows) != len(seeds):
+        return f"field 'samples' has {len(rows)} samples, expected {len(seeds)}"
+    for i, r in enumerate(rows):
+        if not isinstance(r, dict):
+            return f"samples[{i}] is not an object"
+        if not is_int(r.get("seed")) or r["seed"] != seeds[i]:
+            return f"samples[{i}].seed is {r.get('seed')!r}, expected {seeds[i]}"
+        if not isinstance(r.get("text"), str):
+            return f"samples[{i}].text is not a string"
+        if not isinstance(r.get("tokens"), list) or not all(is_int(t) for t in r["tokens"]):
+            return f"samples[{i}].tokens is not a list of integers"
+        if "nll" not in r or not (r["nll"] is None or (isinstance(r["nll"], (int, float)) and not isinstance(r["nll"], bool))):
+            return f"samples[{i}].nll is not a number or null"
+    return None
 
 
 class CellRunner:
@@ -135,10 +170,14 @@ class CellRunner:
             if path.exists():
                 try:
                     data = json.loads(path.read_text(encoding="utf-8"))
-                    if data["settings"] == settings:
-                        return data["samples"]
-                except (json.JSONDecodeError, KeyError):
-                    pass  # a damaged cell is recomputed
+                except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+                    data, problem = None, f"not readable JSON: {e}"
+                else:
+                    problem = _cell_problem(data, list(seeds))
+                if problem is None and data["settings"] == settings:
+                    return data["samples"]
+                if problem is not None:  # a damaged cell is recomputed (and rewritten)
+                    warnings.warn(f"cell {path} is damaged ({problem}); computing it again", stacklevel=2)
         hooks = [] if clamp is None else self.neurons.hooks(
             lang, cond, clamp["value"], clamp["scale"], clamp["positions"], k=k, layers=clamp["layers"])
         gcfg = GenerationConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, seeds=list(seeds),
@@ -162,17 +201,38 @@ class CellRunner:
                 "versions": package_versions(), "timings": self.timings, "cells": self.used}
 
 
+def result_settings(neurons: LanguageNeurons, config) -> dict:
+    """What a control or sweep folder's results depend on: its config and the neurons' AP."""
+    return {"config": asdict(config), "neurons_ap_sha": hashlib.sha256(neurons.ap.numpy().tobytes()).hexdigest()[:16]}
+
+
 def evaluate_control(model: HookedModel, neurons: LanguageNeurons, references: dict[str, list[str]] | None = None,
                      config: EvaluateConfig | None = None, out: str | Path | None = None,
-                     progress: bool = True) -> ControlResult:
-    """Run the control experiment and, with ``out``, write its tables, figure and samples there."""
+                     progress: bool = True, overwrite: bool = False) -> ControlResult:
+    """Run the control experiment and, with ``out``, write its tables, figure and samples there.
+
+    ``out`` is written as a whole (finished cells are kept for resume until it is complete); a
+    folder with results of other settings is refused unless ``overwrite``.
+    """
     cfg = config or EvaluateConfig()
-    out = Path(out) if out is not None else None
-    cells = CellRunner(model, neurons, cfg, references, out / "cells" if out else None, progress)
+    if out is None:
+        return _control(model, neurons, references, cfg, None, progress)
+    settings = result_settings(neurons, cfg)
+    check_target(Path(out), "control", settings, overwrite)
+    with staged_folder(out, "control", settings, keep=("cells",)) as stage:
+        result = _control(model, neurons, references, cfg, stage / "cells", progress)
+        write_control(result, stage)
+    return result
+
+
+def _control(model: HookedModel, neurons: LanguageNeurons, references: dict[str, list[str]] | None,
+             cfg: EvaluateConfig, cells_dir: Path | None, progress: bool) -> ControlResult:
+    cells = CellRunner(model, neurons, cfg, references, cells_dir, progress)
     langs = cfg.languages or neurons.languages
     seeds = list(range(1, cfg.samples + 1))
     table2 = []
     none_rows = cells.samples(None, "none", 0, seeds) if "none" in cfg.conditions else None
+    fault_point("cell")
     for lang in langs:
         for cond in cfg.conditions:
             rows = none_rows if cond == "none" else cells.samples(lang, cond, neurons.k, seeds)
@@ -189,10 +249,7 @@ def evaluate_control(model: HookedModel, neurons: LanguageNeurons, references: d
     meta = {**cells.meta(), "languages": langs, "config": asdict(cfg), "ablation_ks": ks, "seeds": f"1..{cfg.samples}",
             "value": cfg.value, "scale": cfg.scale, "positions": cfg.positions,
             "bleu_references": {l: len(references[l]) for l in cells.refs} if references else {}}
-    result = ControlResult(table2, ablation, meta)
-    if out is not None:
-        write_control(result, out)
-    return result
+    return ControlResult(table2, ablation, meta)
 
 
 def mean_of(rows: list[dict], key: str) -> float:

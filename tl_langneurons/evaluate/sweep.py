@@ -20,7 +20,8 @@ from ..errors import LangNeuronsError
 from ..model.protocol import HookedModel
 from ..provenance import atomic_write_json, atomic_write_text
 from ..report.tables import markdown_table
-from .control import CellRunner, EvaluateConfig, mean_of
+from ..results import check_target, staged_folder
+from .control import CellRunner, EvaluateConfig, mean_of, result_settings
 
 
 @dataclass
@@ -42,6 +43,12 @@ class SweepConfig:
     def __post_init__(self) -> None:
         if self.val_samples < 1 or self.test_samples < 1:
             raise LangNeuronsError("val_samples and test_samples must be at least 1")
+        bad = [s for s in self.scales if not (math.isfinite(s) and s > 0)]
+        if bad or not self.scales:
+            raise LangNeuronsError(f"--scales must be finite numbers above 0 such as 0.5,1,2, got "
+                                   f"{','.join(str(s) for s in self.scales) or 'none'}")
+        if not (math.isfinite(self.temperature) and self.temperature > 0):
+            raise LangNeuronsError(f"temperature must be positive and finite (such as 0.8), got {self.temperature}")
 
 
 @dataclass
@@ -55,14 +62,28 @@ class SweepResult:
         return sweep_markdown(self)
 
 
-def run_sweep(model: HookedModel, neurons: LanguageNeurons, references: dict[str, list[str]] | None, config: SweepConfig | None = None,
-              out: str | Path | None = None, progress: bool = True) -> SweepResult:
+def run_sweep(model: HookedModel, neurons: LanguageNeurons, references: dict[str, list[str]] | None,
+              config: SweepConfig | None = None, out: str | Path | None = None, progress: bool = True,
+              overwrite: bool = False) -> SweepResult:
+    """Search the settings and report the best on fresh seeds; with ``out``, written there as a whole
+    (finished cells kept for resume), refusing a folder of other settings unless ``overwrite``."""
     cfg = config or SweepConfig()
+    if out is None:
+        return _sweep(model, neurons, references, cfg, None, progress)
+    settings = result_settings(neurons, cfg)
+    check_target(Path(out), "sweep", settings, overwrite)
+    with staged_folder(out, "sweep", settings, keep=("cells",)) as stage:
+        result = _sweep(model, neurons, references, cfg, stage / "cells", progress)
+        write_sweep(result, stage)
+    return result
+
+
+def _sweep(model: HookedModel, neurons: LanguageNeurons, references: dict[str, list[str]] | None, cfg: SweepConfig,
+           cells_dir: Path | None, progress: bool) -> SweepResult:
     langs = cfg.languages or neurons.languages
     ecfg = EvaluateConfig(languages=langs, samples=cfg.test_samples, max_new_tokens=cfg.max_new_tokens,
                           temperature=cfg.temperature, batch_size=cfg.batch_size, ablation_ks=[])
-    out = Path(out) if out is not None else None
-    cells = CellRunner(model, neurons, ecfg, references, out / "cells" if out else None, progress)
+    cells = CellRunner(model, neurons, ecfg, references, cells_dir, progress)
     n = neurons.index.n_neurons
     val = list(range(1001, 1001 + cfg.val_samples))
     stages: list[dict] = []
@@ -109,8 +130,6 @@ def run_sweep(model: HookedModel, neurons: LanguageNeurons, references: dict[str
             r = evaluate(lang, s, test_seeds)
             test.append({**r, "setting": name})
     result = SweepResult(best, stages, test, {**cells.meta(), "config": asdict(cfg), "languages": langs, "notes": notes})
-    if out is not None:
-        write_sweep(result, out)
     return result
 
 

@@ -21,7 +21,9 @@ def build_report(directory: str | Path) -> Path:
     d = Path(directory)
     if not (d / "neurons.json").exists():
         raise LangNeuronsError(f"{d} is not a tl-langneurons result folder (no neurons.json); run `tl-langneurons find --out {d}`")
-    info = json.loads((d / "neurons.json").read_text(encoding="utf-8"))
+    from ..detect.neurons import read_neurons_json  # checked like LanguageNeurons.load checks it
+
+    info = read_neurons_json(d / "neurons.json")
     meta = info.get("meta", {})
     ctl = d / "control"
     parts = [f"# Language-specific neurons of {meta.get('model', '?')}", "",

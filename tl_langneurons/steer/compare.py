@@ -30,8 +30,15 @@ class SteerConfig:
     batch_size: int = option(GenerationConfig.batch_size, "samples per batch")
 
     def __post_init__(self) -> None:
+        import math
+
         if self.samples < 1:
             raise LangNeuronsError(f"samples must be at least 1, got {self.samples}")
+        if isinstance(self.value, (int, float)) and not math.isfinite(self.value):
+            raise LangNeuronsError(f"--value must be median, zero or a finite number, got {self.value}")
+        if not math.isfinite(self.scale):
+            raise LangNeuronsError(f"--scale must be a finite number such as 1.5, got {self.scale}")
+        self.generation()  # temperature, max_new_tokens and batch_size
 
     def generation(self) -> GenerationConfig:
         return GenerationConfig(max_new_tokens=self.max_new_tokens, temperature=self.temperature,

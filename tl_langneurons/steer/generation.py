@@ -35,6 +35,8 @@ class GenerationConfig:
     stop_at_eos: bool = True
 
     def __post_init__(self) -> None:
+        import math
+
         self.seeds = [int(s) for s in self.seeds]
         if not self.seeds:
             raise LangNeuronsError("the seed list is empty; give at least one seed (e.g. --samples 100)")
@@ -42,8 +44,8 @@ class GenerationConfig:
             raise LangNeuronsError("the seed list has duplicates; every sample needs its own seed")
         if self.max_new_tokens < 1:
             raise LangNeuronsError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
-        if not self.temperature > 0:
-            raise LangNeuronsError(f"temperature must be positive, got {self.temperature}")
+        if not (math.isfinite(self.temperature) and self.temperature > 0):
+            raise LangNeuronsError(f"temperature must be positive and finite (such as 0.8), got {self.temperature}")
         if self.batch_size < 1:
             raise LangNeuronsError("batch_size must be at least 1")
 
