@@ -48,7 +48,13 @@ def float_list(s: str) -> list[float]:
 def count_or_percent(s: str) -> int | str:
     """A k: ``"1000"`` -> 1000; ``"0.5%"`` stays a string, resolved against the neuron count later."""
     s = s.strip()
-    return int(s) if s.isdigit() else s
+    if s.isdigit():
+        return int(s)
+    try:
+        float(s[:-1]) if s.endswith("%") else float("x")
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a count such as 1000 or a percentage such as 0.5%, got {s!r}") from None
+    return s
 
 
 def k_list(s: str) -> list[int | str]:

@@ -66,6 +66,9 @@ def check_target(out: Path, kind: str, settings: dict, overwrite: bool, what: st
     """Refuse ``out`` when it holds files the tool did not write, or a run of other settings
     (unless ``overwrite``). ``old_settings`` are the settings of a folder written before markers."""
     check_writable(out, what)
+    pid = _read_pid(out.parent / f".{out.name}.lock")
+    if pid is not None and pid != os.getpid() and _alive(pid):
+        raise LangNeuronsError(f"{out} is being written by process {pid}; wait for it to finish or stop it")
     if not out.exists() or not any(out.iterdir()):
         return
     if not is_ours(out):
@@ -147,9 +150,14 @@ def _old_dir(out: Path) -> Path:
     return out.parent / f".{out.name}.old"
 
 
-def finish_swap(out: Path) -> None:
-    """Complete a swap that a killed run left half done (staging complete, result moved aside)."""
+def finish_swap(out: Path, locked: bool = False) -> None:
+    """Complete a swap that a killed run left half done (staging complete, result moved aside);
+    nothing while a live run holds the folder's lock (unless ``locked``: the caller holds it)."""
     stage, old = staging_dir(out), _old_dir(out)
+    if not locked:
+        pid = _read_pid(out.parent / f".{out.name}.lock")
+        if pid is not None and _alive(pid):
+            return
     if stage.exists() and read_marker(stage) is not None and not out.exists():
         os.replace(stage, out)
     if old.exists() and out.exists():
@@ -163,7 +171,7 @@ def staged_folder(out: str | Path, kind: str, settings: dict, keep: tuple[str, .
     finished cells). On an error the staging folder stays, for the next run to resume from."""
     out = Path(out)
     with FolderLock(out):
-        finish_swap(out)
+        finish_swap(out, locked=True)
         stage = staging_dir(out)
         stage.mkdir(parents=True, exist_ok=True)
         for name in keep:

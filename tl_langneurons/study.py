@@ -30,7 +30,7 @@ from .analyses.cross_steering import (
 )
 from .analyses.deactivation import DeactivationConfig, DeactivationResult, deactivation
 from .analyses.token_view import TokenViewResult, token_view
-from .config import option
+from .config import count_or_percent, option
 from .detect.corpus import CorpusConfig, MultilingualCorpus
 from .detect.neurons import FindConfig, LanguageNeurons, find_neurons
 from .errors import LangNeuronsError
@@ -47,6 +47,7 @@ from .results import (
     check_target,
     check_writable,
     fault_point,
+    finish_swap,
     read_marker,
     staged_folder,
     staging_dir,
@@ -87,6 +88,7 @@ class Study:
     def __init__(self, directory: str | Path, model: Any = None, *, backend: str = "auto", progress: bool = True,
                  echo: Echo = _quiet):
         self.dir = Path(directory)
+        finish_swap(self.dir)  # a run killed between its two renames left the complete result beside it
         self.neurons = LanguageNeurons.load(self.dir)
         self._spec, self.backend, self.progress, self.echo = model, backend, progress, echo
         self._model: nn.Module | None = model if isinstance(model, nn.Module) else None
@@ -256,7 +258,7 @@ class DemoConfig:
     """The study on the defaults, sized to finish quickly on 2 CPU cores."""
 
     out: str = option("runs/demo", "output folder")
-    k: int | str = option(1000, "neurons per set")
+    k: int | str = option(1000, "neurons per set: a count or a percentage", parse=count_or_percent)
     samples: int = option(20, "samples per condition (the paper: 100)")
     max_new_tokens: int = option(32, "tokens per sample (the paper: 64)")
     ablation_ks: tuple[int, ...] = (10, 100, 1000, 10000)

@@ -1,0 +1,132 @@
+"""Fault injection: `find` and `evaluate` killed with SIGKILL at every stage (in a subprocess, on the
+tiny model), then rerun. The rerun's result folder is byte-identical to an uninterrupted run's,
+and no half-written folder is ever visible under the final name."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tl_langneurons.results import MARKER, staging_dir
+
+FIND_STAGES = ["collect", "rank", "analysis", "write", "swap"]
+EVALUATE_STAGES = ["cell", "write", "swap"]
+
+
+def cli(args: list[str], fault: str | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env.pop("TL_LANGNEURONS_FAULT", None)
+    if fault:
+        env["TL_LANGNEURONS_FAULT"] = fault
+    return subprocess.run([sys.executable, "-m", "tl_langneurons.cli", *args], env=env, capture_output=True,
+                          text=True, timeout=300, cwd=cwd)
+
+
+def files(folder: Path, skip: tuple[str, ...] = ("timings.json",)) -> dict[str, bytes]:
+    """Every file under ``folder`` (relative path -> bytes), without run timings."""
+    out = {}
+    for p in sorted(folder.rglob("*")):
+        if p.is_file() and p.name not in skip:
+            data = p.read_bytes()
+            if p.name == "evaluation.json":  # per-cell generation times differ between runs
+                obj = json.loads(data)
+                obj["meta"].pop("timings", None)
+                data = json.dumps(obj, sort_keys=True).encode()
+            out[str(p.relative_to(folder))] = data
+    return out
+
+
+def complete_or_absent(out: Path) -> None:
+    """The final name holds nothing, or a whole result (its marker is written last)."""
+    if out.exists():
+        assert (out / MARKER).exists(), f"half-written folder visible at {out}: {sorted(os.listdir(out))}"
+
+
+@pytest.fixture(scope="module")
+def find_args(tiny_dirs):
+    return ["find", "--model", str(tiny_dirs["llama"]), "--n-per-lang", "6", "--k", "5", "--batch-size", "4",
+            "--languages", "en,de,ja", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def reference(find_args, tmp_path_factory):
+    root = tmp_path_factory.mktemp("faults")
+    ref = root / "ref"
+    r = cli(find_args + ["--out", str(ref)])
+    assert r.returncode == 0, r.stderr
+    return root, ref
+
+
+@pytest.mark.parametrize("stage", FIND_STAGES)
+def test_find_killed_at_every_stage_resumes_byte_identical(find_args, reference, stage):
+    root, ref = reference
+    out = root / f"find-{stage}"
+    r = cli(find_args + ["--out", str(out)], fault=stage)
+    assert r.returncode == -signal.SIGKILL, (stage, r.returncode, r.stderr[-2000:])
+    complete_or_absent(out)
+    if stage in ("rank", "analysis"):  # the whole collection was kept for the rerun
+        assert (staging_dir(out) / ".partial-activations.safetensors").exists()
+    r = cli(find_args + ["--out", str(out)])
+    assert r.returncode == 0, r.stderr
+    assert files(out) == files(ref)
+    assert not staging_dir(out).exists() and not (root / f".find-{stage}.lock").exists()
+
+
+@pytest.mark.parametrize("stage", ["analysis", "swap"])
+def test_find_over_an_existing_result_never_leaves_half_a_folder(find_args, reference, stage):
+    root, ref = reference
+    out = root / f"over-{stage}"
+    assert cli(find_args + ["--out", str(out)]).returncode == 0
+    before = files(out)
+    r = cli(find_args[:-3] + ["--k", "7", "--quiet", "--out", str(out), "--overwrite"], fault=stage)
+    assert r.returncode == -signal.SIGKILL
+    complete_or_absent(out)
+    if stage == "analysis":
+        assert files(out) == before  # the old result is untouched until the new one is complete
+    r = cli(find_args[:-3] + ["--k", "7", "--quiet", "--out", str(out), "--overwrite"])
+    assert r.returncode == 0, r.stderr
+    assert json.loads((out / "neurons.json").read_text())["k"] == 7
+
+
+@pytest.mark.parametrize("stage", EVALUATE_STAGES)
+def test_evaluate_killed_at_every_stage_resumes_byte_identical(reference, stage):
+    root, ref = reference
+    args = ["evaluate", "--neurons", str(ref), "--samples", "2", "--max-new-tokens", "4", "--ablation-ks", "1,5",
+            "--languages", "en,ja", "--quiet"]
+    clean = root / "control-ref"
+    if not clean.exists():
+        assert cli(args + ["--out", str(clean)]).returncode == 0
+    out = root / f"control-{stage}"
+    r = cli(args + ["--out", str(out)], fault=stage)
+    assert r.returncode == -signal.SIGKILL, (stage, r.stderr[-2000:])
+    complete_or_absent(out)
+    if stage == "cell":  # the finished cell is kept for the rerun
+        assert any((staging_dir(out) / "cells").iterdir())
+    r = cli(args + ["--out", str(out)])
+    assert r.returncode == 0, r.stderr
+    assert files(out) == files(clean)
+
+
+def test_second_writer_is_refused_and_a_dead_lock_is_taken_over(reference, find_args):
+    root, ref = reference
+    out = root / "locked"
+    lock = root / ".locked.lock"
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        lock.write_text(f"{holder.pid}\n")
+        r = cli(find_args + ["--out", str(out)])
+        errors = [line for line in r.stderr.splitlines() if line.startswith("tl-langneurons: error:")]
+        assert r.returncode == 2 and len(errors) == 1 and f"process {holder.pid}" in errors[0]
+        assert "Loading weights" not in r.stderr  # refused before the model loads
+    finally:
+        holder.kill()
+        holder.wait()
+    r = cli(find_args + ["--out", str(out)])  # the holder is dead: its lock is taken over
+    assert r.returncode == 0, r.stderr
+    assert "no longer running" in r.stderr and not lock.exists()
