@@ -41,26 +41,10 @@ def _study(args) -> Study:
 
 
 def cmd_info(args) -> None:
-    from .model.driver import Runner
-    from .model.sites import PRESETS, resolve_sites
+    from .model.sites import describe
 
-    model = from_args(ModelConfig, args).load()
-    runner = Runner(model)
     print(f"model: {args.model}")
-    print(f"backend: {type(model).__name__}")
-    print(f"layers: {runner.n_layers}")
-    for preset in PRESETS:
-        try:
-            idx = resolve_sites(runner, preset)
-        except LangNeuronsError as e:
-            print(f"site {preset}: unavailable ({e})")
-            continue
-        per_layer = idx.n_neurons // max(1, runner.n_layers)
-        hooks = sorted({s.template for s in idx.slices})
-        print(f"site {preset}: {idx.n_neurons} neurons ({per_layer} per layer) at {', '.join(hooks)}")
-    if args.hooks:
-        for name in runner.hook_names:
-            print(f"  {name}")
+    print(describe(from_args(ModelConfig, args).load(), list_hooks=args.hooks))
 
 
 def cmd_find(args) -> None:

@@ -22,6 +22,8 @@ from jaxtyping import Float
 from torch import Tensor
 
 from ..errors import LangNeuronsError
+from .driver import Runner
+from .protocol import HookedModel
 
 PRESETS: dict[str, tuple[str, ...]] = {
     "mlp_post": ("blocks.{l}.mlp.hook_post",),
@@ -117,9 +119,8 @@ def templates_for(spec: str) -> list[tuple[str, bool]]:
     return list(out.items())
 
 
-def resolve_sites(model: "HookedModel | Runner", spec: str = "mlp_post") -> NeuronIndex:
+def resolve_sites(model: HookedModel | Runner, spec: str = "mlp_post") -> NeuronIndex:
     """The neuron index table of ``spec`` on ``model`` (a hooked model or a Runner)."""
-    from .driver import Runner
 
     runner = model if isinstance(model, Runner) else Runner(model)
     templates = templates_for(spec)
@@ -162,3 +163,23 @@ def flat_units(x: Float[Tensor, "batch pos *unit"]) -> Float[Tensor, "batch pos 
     """A site's activations with its units flattened (q/k/v: heads x d_head), the order in which the
     neuron index counts them; a view where the layout allows, so writes reach ``x``."""
     return einops.rearrange(x, "batch pos ... -> batch pos (...)")
+
+
+def describe(model: HookedModel, list_hooks: bool = False) -> str:
+    """What ``info`` prints: backend, layers and the neuron count of every site preset (with the
+    hook names of the model when ``list_hooks``)."""
+
+    runner = Runner(model)
+    lines = [f"backend: {type(model).__name__}", f"layers: {runner.n_layers}"]
+    for preset in PRESETS:
+        try:
+            idx = resolve_sites(runner, preset)
+        except LangNeuronsError as e:
+            lines.append(f"site {preset}: unavailable ({e})")
+            continue
+        per_layer = idx.n_neurons // max(1, runner.n_layers)
+        hooks = sorted({s.template for s in idx.slices})
+        lines.append(f"site {preset}: {idx.n_neurons} neurons ({per_layer} per layer) at {', '.join(hooks)}")
+    if list_hooks:
+        lines += [f"  {name}" for name in runner.hook_names]
+    return "\n".join(lines)
