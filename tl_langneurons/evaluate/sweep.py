@@ -103,9 +103,9 @@ def _sweep(model: HookedModel, neurons: LanguageNeurons, references: dict[str, l
     notes = ["positions=last skipped: from BOS with the KV cache it equals positions=all"] if "last" in cfg.positions else []
     best: dict[str, dict] = {}
     for lang in langs:
-        cur = {"k": parse_k("0.45%", n), "scale": 1.0, "positions": "all", "layers": "all"}
+        cur = {"k": _fraction_k("0.45%", n), "scale": 1.0, "positions": "all", "layers": "all"}
         cur_score = None
-        for stage, key, values in (("k", "k", [parse_k(f, n) for f in cfg.k_fractions]), ("scale", "scale", cfg.scales),
+        for stage, key, values in (("k", "k", _ks(cfg.k_fractions, n)), ("scale", "scale", cfg.scales),
                                    ("positions", "positions", positions), ("layers", "layers", cfg.layer_sets)):
             for v in values:
                 s = {**cur, key: v}
@@ -125,12 +125,23 @@ def _sweep(model: HookedModel, neurons: LanguageNeurons, references: dict[str, l
         test.append({"lang": lang, "setting": "none", "rate": sc.rate, "gated_rate": sc.gated_rate, "nll": sc.nll,
                      "bleu": sc.bleu, "degenerate": sc.degenerate})
         for name, s in (("paper k=1000", {"k": min(1000, n), "scale": 1.0, "positions": "all", "layers": "all"}),
-                        ("k=0.45%", {"k": parse_k("0.45%", n), "scale": 1.0, "positions": "all", "layers": "all"}),
+                        ("k=0.45%", {"k": _fraction_k("0.45%", n), "scale": 1.0, "positions": "all", "layers": "all"}),
                         ("best", {k: best[lang][k] for k in ("k", "scale", "positions", "layers")})):
             r = evaluate(lang, s, test_seeds)
             test.append({**r, "setting": name})
     result = SweepResult(best, stages, test, {**cells.meta(), "config": asdict(cfg), "languages": langs, "notes": notes})
     return result
+
+
+def _fraction_k(fraction: str, n: int) -> int:
+    """k of a fraction of the neurons, at least one neuron (small models)."""
+    return parse_k(fraction, n) if float(fraction.rstrip("%")) * n >= 100 else 1
+
+
+def _ks(fractions: Sequence[str], n: int) -> list[int]:
+    """The distinct k of the fractions searched, skipping those below one neuron."""
+    ks = [parse_k(f, n) for f in fractions if float(str(f).rstrip("%")) * n >= 100]
+    return list(dict.fromkeys(ks)) or [1]
 
 
 def sweep_markdown(res: SweepResult) -> str:
