@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from ..config import option
 from ..detect.corpus import MultilingualCorpus, draw
@@ -16,6 +15,7 @@ from ..detect.neurons import LanguageNeurons
 from ..errors import LangNeuronsError
 from ..evaluate.metrics import text_losses
 from ..model.protocol import HookedModel
+from ..progress import progress_bar
 from ..provenance import write_md_json
 from ..report.tables import markdown_matrix
 from ..steer.interventions import clamp_hooks
@@ -109,9 +109,11 @@ def deactivation(model: HookedModel, neurons: LanguageNeurons, heldout: Multilin
     base = losses([])
     delta = np.zeros((len(langs), len(langs)))
     rand = np.zeros_like(delta)
-    for i, l in enumerate(tqdm(langs, desc="deactivation", disable=not progress)):
-        sel, _ = neurons.selected(l, which)
-        delta[i] = losses(hooks_for(sel)) - base
-        rand[i] = losses(hooks_for(random_like(neurons, sel, seed + i))) - base
+    with progress_bar(len(langs), "deactivation", "language", disable=not progress) as bar:
+        for i, l in enumerate(langs):
+            sel, _ = neurons.selected(l, which)
+            delta[i] = losses(hooks_for(sel)) - base
+            rand[i] = losses(hooks_for(random_like(neurons, sel, seed + i))) - base
+            bar.update(1)
     return DeactivationResult(langs, base, delta, rand, {"mode": mode, "which": which, "k": neurons.k,
                                                          "n_texts": n_texts, "seed": seed, "heldout": heldout.name})

@@ -13,9 +13,9 @@ import numpy as np
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from ..errors import LangNeuronsError
+from ..progress import progress_bar
 from .storage import DiskMatrix
 
 
@@ -66,7 +66,7 @@ def average_precision(scores: Float[Tensor, "text neuron"] | DiskMatrix, labels:
         out[:, start:start + st.shape[0]] = _ap_rows(st, labels, sizes)
         return st.shape[0]
 
-    with tqdm(total=m, desc="AP", unit="neuron", disable=not progress) as bar, \
+    with progress_bar(total=m, desc="AP", unit="neuron", disable=not progress) as bar, \
             ThreadPoolExecutor(threads) as pool:
         for done in pool.map(work, range(0, m, chunk)):
             bar.update(done)
