@@ -94,6 +94,15 @@ def test_cross_steering(tiny_llama, setup, tmp_path):
                          progress=False)
     assert res.languages == ["en", "ja"]
     assert res.rate.shape == res.none.shape == (2, 2) and ((0 <= res.rate) & (res.rate <= 1)).all()
+    for m in (res.rate_lingua, res.none_lingua, res.agreement, res.fluent, res.gated):
+        assert m.shape == (2, 2) and ((0 <= m) & (m <= 1)).all()
+    assert (res.gated <= np.minimum(res.rate, res.fluent)).all()
+    assert sorted(res.thresholds) == ["en", "ja"]
+    # the identifiers disagree on at least the difference of their rates; all-or-nothing alike: agree
+    assert (res.agreement <= 1 - np.abs(res.rate - res.rate_lingua) + 1e-12).all()
+    both = (res.rate == res.rate_lingua) & np.isin(res.rate, [0.0, 1.0])
+    assert (res.agreement[both] == 1).all()
+    assert "lingua" in res.markdown() and "fluent" in res.markdown()
     res.save(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cross_steering.json", "cross_steering.md", "cross_steering.png"]
     assert json.loads((tmp_path / "cross_steering.json").read_text()) == res.to_json()

@@ -41,3 +41,14 @@ def test_cached_equals_uncached_on_gemma(gemma):
     a = generate(gemma, GenerationConfig(use_cache=True, **kw))
     b = generate(gemma, GenerationConfig(use_cache=False, **kw))
     assert [s.tokens for s in a] == [s.tokens for s in b]
+
+
+def test_prompted_batch_equals_alone_on_gemma(gemma):
+    from tl_langneurons.steer.generation import generate_many
+
+    prompts = [None, "Der Hund schläft im", "The weather today is fine and the sun is shining over the"]
+    requests = [(p, s) for p in prompts for s in (1, 2)]
+    mixed = generate_many(gemma, requests, max_new_tokens=8, stop_at_eos=False)
+    alone = [generate_many(gemma, [r], max_new_tokens=8, stop_at_eos=False)[0] for r in requests]
+    assert [s.tokens for s in mixed] == [s.tokens for s in alone]
+    assert len({tuple(s.tokens) for s in mixed}) == len(requests)

@@ -60,3 +60,49 @@ def test_evaluate_config_errors():
         EvaluateConfig(conditions=["top", "middle-ish"])
     with pytest.raises(LangNeuronsError, match="samples must be at least 1"):
         EvaluateConfig(samples=0)
+
+
+KNOWN_SENTENCES = {
+    "en": "The weather is nice today, so we are going for a walk in the park.",
+    "de": "Das Wetter ist heute schön, deshalb gehen wir im Park spazieren.",
+    "fr": "Il fait beau aujourd'hui, alors nous allons nous promener dans le parc.",
+    "es": "Hoy hace buen tiempo, así que vamos a dar un paseo por el parque.",
+    "zh": "今天天气很好，所以我们去公园散步。",
+    "ja": "今日は天気がいいので、公園を散歩しに行きます。",
+}
+
+
+def test_both_identifiers_know_the_six_languages():
+    from tl_langneurons.evaluate.metrics import (
+        identify,
+        identify_lingua,
+        is_language,
+        is_language_lingua,
+    )
+
+    langs = list(KNOWN_SENTENCES)
+    texts = list(KNOWN_SENTENCES.values())
+    assert [l for l, _ in identify(texts)] == langs
+    got = identify_lingua(texts + ["", "  \n\t "], langs)
+    assert [l for l, _ in got[:6]] == langs and all(p > 0.5 for _, p in got[:6])
+    assert got[6:] == [(None, 0.0), (None, 0.0)]
+    for lang, text in KNOWN_SENTENCES.items():
+        others = [l for l in langs if l != lang]
+        assert is_language([text], lang) == [True]
+        assert is_language_lingua([text, text.replace(" ", "\n", 2)], lang, langs) == [True, True]
+        assert is_language_lingua([text], others[0], langs) == [False]
+    # the target is added to the set when it is not in play; codes are case- and region-insensitive
+    assert is_language_lingua([KNOWN_SENTENCES["de"]], "DE", ["en", "fr"]) == [True]
+    assert identify_lingua([KNOWN_SENTENCES["zh"]], ["zh-CN", "en"])[0][0] == "zh"
+    with pytest.raises(LangNeuronsError, match="ISO 639-1"):
+        identify_lingua(["x"], ["en", "xx"])
+
+
+def test_agreement():
+    from tl_langneurons.evaluate.metrics import agreement
+
+    assert agreement([True, False, True, False], [True, True, True, False]) == 0.75
+    assert agreement([True, False], [False, True]) == 0.0 and agreement([False], [False]) == 1.0
+    assert agreement([], []) != agreement([], [])  # NaN: nothing to compare
+    with pytest.raises(LangNeuronsError, match="same samples"):
+        agreement([True], [True, False])

@@ -13,11 +13,18 @@ from ..config import option
 from ..detect.corpus import MultilingualCorpus, draw
 from ..detect.neurons import LanguageNeurons
 from ..errors import LangNeuronsError
-from ..evaluate.metrics import is_language
+from ..evaluate.metrics import (
+    agreement,
+    distinct_threshold,
+    is_degenerate,
+    is_language,
+    is_language_lingua,
+    lingua_knows,
+)
 from ..model.protocol import HookedModel
 from ..provenance import write_md_json
 from ..report.tables import markdown_matrix
-from ..steer.generation import GenerationConfig, generate
+from ..steer.generation import generate_many
 
 
 def prompt_of(text: str, lang: str, words: int = 5) -> str:
@@ -27,10 +34,23 @@ def prompt_of(text: str, lang: str, words: int = 5) -> str:
     return " ".join(text.split()[:words])
 
 
+def _json_matrix(m: np.ndarray) -> list:
+    """A matrix as nested lists, NaN (not measured) as None."""
+    return [[None if np.isnan(v) else float(v) for v in row] for row in np.asarray(m, dtype=float)]
+
+
 @dataclass
 class CrossSteeringResult:
     """Rates of ``cross_steering`` [prompt language, target language]; ``save`` writes
-    cross_steering.md, .json and .png."""
+    cross_steering.md, .json and .png.
+
+    ``rate`` / ``none``: lid.176 target rate with / without the target's neurons clamped;
+    ``rate_lingua`` / ``none_lingua``: the same by lingua (NaN where lingua does not know the
+    target); ``agreement``: share of the clamped samples on which the two identifiers agree
+    (target or not); ``fluent``: share of the clamped samples that are not degenerate (distinct-token
+    ratio at least ``thresholds[target]``, the 5th percentile of held-out text of the target in
+    stretches as long as the samples); ``gated``: lid.176 target and fluent.
+    """
 
     languages: list[str]
     rate: np.ndarray  # target rate with the target's neurons clamped
@@ -40,18 +60,46 @@ class CrossSteeringResult:
     max_new_tokens: int
     which: str
     k: int
+    rate_lingua: np.ndarray | None = None
+    none_lingua: np.ndarray | None = None
+    agreement: np.ndarray | None = None
+    fluent: np.ndarray | None = None
+    gated: np.ndarray | None = None
+    thresholds: dict[str, float] | None = None
 
     def markdown(self) -> str:
         L = self.languages
-        return (f"Target-language rate when continuing {self.n_prompts} held-out prompts x {self.samples} samples "
-                f"({self.max_new_tokens} tokens) of the row language with the column language's {self.which}-{self.k} "
-                "neurons clamped\n\n" + markdown_matrix(L, L, self.rate, ".2f")
-                + "\nWithout clamping (rate of the column language)\n\n" + markdown_matrix(L, L, self.none, ".2f"))
+        md = (f"Target-language rate when continuing {self.n_prompts} held-out prompts x {self.samples} samples "
+              f"({self.max_new_tokens} tokens) of the row language with the column language's {self.which}-{self.k} "
+              "neurons clamped (lid.176)\n\n" + markdown_matrix(L, L, self.rate, ".2f")
+              + "\nWithout clamping (rate of the column language)\n\n" + markdown_matrix(L, L, self.none, ".2f"))
+        if self.rate_lingua is not None:
+            md += ("\nThe same rate by a second identifier, lingua (among the languages in play)\n\n"
+                   + markdown_matrix(L, L, self.rate_lingua, ".2f"))
+        if self.none_lingua is not None:
+            md += "\nWithout clamping, by lingua\n\n" + markdown_matrix(L, L, self.none_lingua, ".2f")
+        if self.agreement is not None:
+            md += ("\nAgreement of lid.176 and lingua on the clamped samples (both say target, or both not)\n\n"
+                   + markdown_matrix(L, L, self.agreement, ".2f"))
+        if self.fluent is not None:
+            gate = ", ".join(f"{l} {t:.2f}" for l, t in (self.thresholds or {}).items())
+            md += ("\nShare of fluent clamped samples (distinct-token ratio at least the target's gate"
+                   + (f": {gate}" if gate else "") + ")\n\n" + markdown_matrix(L, L, self.fluent, ".2f"))
+        if self.gated is not None:
+            md += "\nGated rate: lid.176 target and fluent\n\n" + markdown_matrix(L, L, self.gated, ".2f")
+        return md
 
     def to_json(self) -> dict:
-        return {"languages": self.languages, "rate": self.rate.tolist(), "none": self.none.tolist(),
-                "n_prompts": self.n_prompts, "samples": self.samples, "max_new_tokens": self.max_new_tokens,
-                "which": self.which, "k": self.k}
+        out = {"languages": self.languages, "rate": self.rate.tolist(), "none": self.none.tolist(),
+               "n_prompts": self.n_prompts, "samples": self.samples, "max_new_tokens": self.max_new_tokens,
+               "which": self.which, "k": self.k}
+        for name in ("rate_lingua", "none_lingua", "agreement", "fluent", "gated"):
+            m = getattr(self, name)
+            if m is not None:
+                out[name] = _json_matrix(m)
+        if self.thresholds is not None:
+            out["thresholds"] = dict(self.thresholds)
+        return out
 
     def save(self, directory: str | Path) -> list[Path]:
         """Write ``cross_steering.md``, ``cross_steering.json`` and the heatmap ``cross_steering.png``."""
@@ -83,29 +131,46 @@ def cross_steering(model: HookedModel, neurons: LanguageNeurons, heldout: Multil
                    **overrides) -> CrossSteeringResult:
     """Occurrence rate of the target language [source prompt language, target] when the target's
     neurons are clamped while continuing held-out prompts of the source language; plus the
-    unclamped rate of each target under each source ("none")."""
+    unclamped rate of each target under each source ("none").
+
+    Every prompt x seed of a cell is generated in one batched call (left-padded prompts, see
+    :func:`~tl_langneurons.steer.generation.generate_many`), the unclamped run once per source.
+    Each clamped cell is judged by lid.176 and by lingua (choosing among the neurons' languages
+    lingua knows), their agreement, and the share of fluent (not degenerate) samples.
+    """
     cfg = replace(config or CrossSteerConfig(), **overrides)
     n_prompts, samples, max_new_tokens, seed, which = cfg.n_prompts, cfg.samples, cfg.max_new_tokens, cfg.seed, cfg.which
     neurons.check_model(model)
     langs = [l for l in neurons.languages if l in heldout.texts]
+    in_play = [l for l in neurons.languages if lingua_knows(l)]
     prompts = {l: [prompt_of(t, l) for t in draw(heldout.texts[l], n_prompts, seed, l)] for l in langs}
+    # the degeneracy gate of each target, from its held-out text in stretches as long as the samples
+    thresholds = {l: float(distinct_threshold(model.tokenizer, heldout.texts[l], window=max_new_tokens)) for l in langs}
     L = len(langs)
     rate, base = np.zeros((L, L)), np.zeros((L, L))
+    rate_lingua, base_lingua, agree, fluent, gated = (np.full((L, L), np.nan) for _ in range(5))
     seeds = list(range(1, samples + 1))
-    bar = tqdm(total=L * (L + 1) * n_prompts, desc="cross-steering", disable=not progress)
+    bar = tqdm(total=L * (L + 1), desc="cross-steering", unit="cell", disable=not progress)
     for i, src in enumerate(langs):
-        plain = []
-        for p in prompts[src]:
-            plain += [s.text for s in generate(model, GenerationConfig(max_new_tokens=max_new_tokens, seeds=seeds, prompt=p))]
-            bar.update(1)
+        requests = [(p, s) for p in prompts[src] for s in seeds]
+        plain = [s.text for s in generate_many(model, requests, max_new_tokens=max_new_tokens)]
+        bar.update(1)
         for j, tgt in enumerate(langs):
             base[i, j] = np.mean(is_language(plain, tgt))
-            hooks = neurons.hooks(tgt, which)
-            outs = []
-            for p in prompts[src]:
-                outs += [s.text for s in generate(model, GenerationConfig(max_new_tokens=max_new_tokens, seeds=seeds, prompt=p), hooks)]
-                bar.update(1)
-            rate[i, j] = np.mean(is_language(outs, tgt))
+            out = generate_many(model, requests, max_new_tokens=max_new_tokens, fwd_hooks=neurons.hooks(tgt, which))
+            texts = [s.text for s in out]
+            lid = is_language(texts, tgt)
+            rate[i, j] = np.mean(lid)
+            ok = [not is_degenerate(s.tokens, thresholds[tgt]) for s in out]
+            fluent[i, j] = np.mean(ok)
+            gated[i, j] = np.mean([a and b for a, b in zip(lid, ok)])
+            if tgt in in_play:
+                base_lingua[i, j] = np.mean(is_language_lingua(plain, tgt, in_play))
+                second = is_language_lingua(texts, tgt, in_play)
+                rate_lingua[i, j] = np.mean(second)
+                agree[i, j] = agreement(lid, second)
+            bar.update(1)
     bar.close()
-    return CrossSteeringResult(langs, rate, base, n_prompts, samples, max_new_tokens, which, neurons.k)
-
+    return CrossSteeringResult(langs, rate, base, n_prompts, samples, max_new_tokens, which, neurons.k,
+                               rate_lingua=rate_lingua, none_lingua=base_lingua, agreement=agree, fluent=fluent,
+                               gated=gated, thresholds=thresholds)

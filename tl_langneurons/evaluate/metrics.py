@@ -210,3 +210,71 @@ def text_losses(model: HookedModel, texts: Sequence[str], fwd_hooks=(), batch_si
             total += float(-runner.next_token_logprobs(ids, mask).sum())
             count += int(mask[:, 1:].sum())
     return total, count
+
+
+# ---- a second, independent language identifier: lingua ----------------------------------------
+
+
+def _lingua_code(code: str):
+    from lingua import IsoCode639_1
+
+    base = code.strip().replace("_", "-").split("-")[0].lower()
+    try:
+        return IsoCode639_1.from_str(base)
+    except ValueError:
+        raise LangNeuronsError(f"lingua knows no language with the ISO 639-1 code {code!r}") from None
+
+
+def lingua_knows(code: str) -> bool:
+    """Whether lingua can identify the language with this ISO 639-1 code."""
+    try:
+        _lingua_code(code)
+    except LangNeuronsError:
+        return False
+    return True
+
+
+@lru_cache(maxsize=8)
+def _lingua_detector(languages: tuple[str, ...]):
+    """A lingua detector restricted to ``languages`` (ISO 639-1 codes), built once per set."""
+    try:
+        from lingua import LanguageDetectorBuilder
+    except ImportError as e:
+        raise LangNeuronsError("the second language identifier needs lingua: pip install lingua-language-detector") from e
+    if not languages:
+        raise LangNeuronsError("lingua needs the languages in play (ISO 639-1 codes such as en de fr)")
+    return LanguageDetectorBuilder.from_iso_codes_639_1(*[_lingua_code(c) for c in languages]).build()
+
+
+def identify_lingua(texts: Sequence[str], languages: Sequence[str]) -> list[tuple[str | None, float]]:
+    """(ISO 639-1 code, confidence) of each text by lingua, choosing among ``languages`` only
+    (e.g. en de fr es zh ja); (None, 0.0) for an empty or whitespace text. Whitespace runs become
+    single spaces, as for :func:`identify`. One parallel call for all texts; the detector of a
+    language set is built once and cached."""
+    key = tuple(sorted({_lingua_code(c).name.lower() for c in languages}))
+    detector = _lingua_detector(key)
+    lines = [" ".join(t.split()) for t in texts]
+    todo = [i for i, line in enumerate(lines) if line]
+    out: list[tuple[str | None, float]] = [(None, 0.0)] * len(lines)
+    values = detector.compute_language_confidence_values_in_parallel([lines[i] for i in todo]) if todo else []
+    for i, vals in zip(todo, values):
+        if vals and vals[0].value > 0:
+            out[i] = (vals[0].language.iso_code_639_1.name.lower(), float(vals[0].value))
+    return out
+
+
+def is_language_lingua(texts: Sequence[str], lang: str, languages: Sequence[str],
+                       threshold: float = LID_THRESHOLD) -> list[bool]:
+    """Whether lingua, choosing among ``languages`` (``lang`` added if missing), gives ``lang`` a
+    confidence above ``threshold`` for each text."""
+    want = _lingua_code(lang).name.lower()
+    return [l == want and p > threshold for l, p in identify_lingua(texts, [*languages, lang])]
+
+
+def agreement(a: Sequence[bool], b: Sequence[bool]) -> float:
+    """Share of positions where two judgements (e.g. lid.176 and lingua) agree; NaN for none."""
+    if len(a) != len(b):
+        raise LangNeuronsError(f"agreement needs two judgements of the same samples, got {len(a)} and {len(b)}")
+    if not a:
+        return float("nan")
+    return sum(bool(x) == bool(y) for x, y in zip(a, b)) / len(a)

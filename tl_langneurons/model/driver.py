@@ -95,14 +95,39 @@ class Runner:
         return (f"blocks.{last_layer}.hook_resid_post", stop)
 
     @torch.no_grad()
-    def step(self, input_ids: torch.Tensor, past: Any = None) -> tuple[torch.Tensor, Any]:
-        """Next-token logits [batch, vocab] for ``input_ids`` (new tokens only when ``past`` is given)."""
+    def step(self, input_ids: torch.Tensor, past: Any = None, attention_mask: torch.Tensor | None = None,
+             position_ids: torch.Tensor | None = None, use_cache: bool = True) -> tuple[torch.Tensor, Any]:
+        """Next-token logits [batch, vocab] for ``input_ids`` (new tokens only when ``past`` is given).
+
+        For left-padded rows pass ``attention_mask`` [batch, past + new] (1 = real token, covering
+        the cached positions too) and ``position_ids`` [batch, new] (positions counting real tokens
+        only). ``position_ids`` goes to models whose forward takes it; the others (BLOOM's ALiBi)
+        derive positions from the mask. With ``use_cache=False`` nothing is cached and the second
+        value is None. Without a mask (every row the same length) the call is the plain one.
+        """
         if self.hf is not None:
-            out = self.hf(input_ids=input_ids, past_key_values=past, use_cache=True)
-            return out.logits[:, -1, :].float(), out.past_key_values
+            kw: dict[str, Any] = {}
+            if attention_mask is not None:
+                kw["attention_mask"] = attention_mask
+            if position_ids is not None and self.takes_position_ids:
+                kw["position_ids"] = position_ids
+            out = self.hf(input_ids=input_ids, past_key_values=past, use_cache=use_cache, **kw)
+            return out.logits[:, -1, :].float(), (out.past_key_values if use_cache else None)
         full = input_ids if past is None else torch.cat([past, input_ids], dim=1)
-        logits = self.model(full, return_type="logits")
-        return logits[:, -1, :].float(), full
+        if attention_mask is None:
+            logits = self.model(full, return_type="logits")
+        else:  # legacy HookedTransformer: positions of left-padded rows follow from the mask
+            logits = self.model(full, attention_mask=attention_mask, return_type="logits")
+        return logits[:, -1, :].float(), (full if use_cache else None)
+
+    @property
+    def takes_position_ids(self) -> bool:
+        """Whether the Hugging Face model's forward accepts ``position_ids``."""
+        import inspect
+
+        if self.hf is None:
+            return False
+        return "position_ids" in inspect.signature(self.hf.forward).parameters
 
     @torch.no_grad()
     def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
