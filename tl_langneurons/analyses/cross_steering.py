@@ -3,6 +3,7 @@ continuation is in the clamped language."""
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..config import option
-from ..detect.corpus import MultilingualCorpus, draw
+from ..detect.corpus import MultilingualCorpus
 from ..detect.neurons import LanguageNeurons
 from ..errors import LangNeuronsError
 from ..evaluate.metrics import (
@@ -32,6 +33,19 @@ def prompt_of(text: str, lang: str, words: int = 5) -> str:
     if lang in ("zh", "ja"):
         return text[: 2 * words]
     return " ".join(text.split()[:words])
+
+
+def token_prompts(tokenizer, texts: list[str], n: int, seed: int, lang: str, lo: int = 10, hi: int = 16) -> list[list[int]]:
+    """Prompts of ``lo``..``hi`` tokens: the first tokens of ``n`` held-out texts that are longer than
+    ``lo`` + 4 tokens (so the prompt stops inside the sentence), drawn with ``seed``; each prompt's
+    length is drawn in ``lo..hi`` and kept at least 4 tokens short of its text."""
+    rng = random.Random(f"prompt-{seed}-{lang}")
+    ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    long_enough = [x for x in ids if len(x) >= lo + 4]
+    if not long_enough:
+        raise LangNeuronsError(f"no held-out {lang} text has {lo + 4} tokens or more for a {lo}-{hi} token prompt")
+    picked = long_enough if len(long_enough) <= n else rng.sample(long_enough, n)
+    return [x[: min(rng.randint(lo, hi), len(x) - 4)] for x in picked]
 
 
 def _json_matrix(m: np.ndarray) -> list:
@@ -143,7 +157,7 @@ def cross_steering(model: HookedModel, neurons: LanguageNeurons, heldout: Multil
     neurons.check_model(model)
     langs = [l for l in neurons.languages if l in heldout.texts]
     in_play = [l for l in neurons.languages if lingua_knows(l)]
-    prompts = {l: [prompt_of(t, l) for t in draw(heldout.texts[l], n_prompts, seed, l)] for l in langs}
+    prompts = {l: token_prompts(model.tokenizer, heldout.texts[l], n_prompts, seed, l) for l in langs}
     # the degeneracy gate of each target, from its held-out text in stretches as long as the samples
     thresholds = {l: float(distinct_threshold(model.tokenizer, heldout.texts[l], window=max_new_tokens)) for l in langs}
     L = len(langs)
