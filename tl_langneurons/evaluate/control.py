@@ -193,7 +193,8 @@ class CellRunner:
 
     def score(self, rows: list[dict], lang: str):
         return score_samples([r["text"] for r in rows], [r["tokens"] for r in rows], lang, self.refs.get(lang),
-                             self.runner.tokenizer, self.thresholds[lang], [r.get("nll", float("nan")) for r in rows])
+                             self.runner.tokenizer, self.thresholds[lang], [r.get("nll", float("nan")) for r in rows],
+                             languages=self.neurons.languages)
 
     def meta(self) -> dict:
         return {**self.base, "distinct_thresholds": self.thresholds, "reference_nll": self.ref_nll,
@@ -254,7 +255,7 @@ def _control(model: HookedModel, neurons: LanguageNeurons, references: dict[str,
 
 def mean_of(rows: list[dict], key: str) -> float:
     """Mean of ``key`` over the rows that have a value (NLL is None for empty samples); nan if none."""
-    vals = [r[key] for r in rows if r[key] is not None]
+    vals = [r[key] for r in rows if r.get(key) is not None]
     return sum(vals) / len(vals) if vals else float("nan")
 
 
@@ -263,8 +264,16 @@ def table2_markdown(rows: list[dict]) -> str:
     conds = [c for c in CONDITIONS if any(r["condition"] == c for r in rows)]
     langs = list(dict.fromkeys(r["lang"] for r in rows))
     get = {(r["lang"], r["condition"]): r for r in rows}
+    if "none" in conds:  # fluency retention: fluent share steered / unsteered, on the same seeds
+        for r in rows:
+            base = get[(r["lang"], "none")].get("fluent")
+            r["retention"] = r["fluent"] / base if r.get("fluent") is not None and base else None
     out = []
     for title, key in (("Occurrence rate of the target language (%), lid.176 score > 0.5; [95% Wilson CI]", "rate"),
+                       ("Occurrence rate (%) by lingua, a second language identifier (confidence > 0.5 among the "
+                        "study's languages)", "rate_lingua"),
+                       ("Fluent share (%): samples that pass the degeneracy gate, whatever their language", "fluent"),
+                       ("Fluency retention (%): fluent share with the intervention / without it, same seeds", "retention"),
                        ("Gated occurrence rate (%): target language and not degenerate (distinct-token ratio at or above the "
                         "5th percentile of real text of the language, in stretches as long as the samples)", "gated_rate"),
                        ("BLEU-4 of target-language samples against the language's texts", "bleu"),
@@ -279,7 +288,9 @@ def table2_markdown(rows: list[dict]) -> str:
                     cells.append(f"{v:.3f}" if key in ("bleu", "nll") else f"{100 * v:.1f}")
                     continue
                 r = get[(lang, c)]
-                if key == "rate":
+                if r.get(key, 0) is None or (key not in r and key in ("rate_lingua", "fluent", "retention")):
+                    cells.append("-")
+                elif key == "rate":
                     cells.append(f"{100 * r['rate']:.1f} [{100 * r['ci'][0]:.0f}-{100 * r['ci'][1]:.0f}]")
                 elif key in ("bleu", "nll"):
                     cells.append("-" if r[key] is None else f"{r[key]:.3f}")

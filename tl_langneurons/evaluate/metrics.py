@@ -166,14 +166,21 @@ class ConditionScore:
     longest_run: float
     nll: float | None
     threshold: float
+    rate_lingua: float | None = None  # the same rate by lingua (None when lingua does not know the language)
+    agreement: float | None = None  # share of samples where lid.176 and lingua agree
+
+    @property
+    def fluent(self) -> float:
+        """Share of samples that pass the degeneracy gate, whatever their language."""
+        return 1.0 - self.degenerate
 
     def as_dict(self) -> dict:
-        return dict(self.__dict__)
+        return {**self.__dict__, "fluent": self.fluent}
 
 
 def score_samples(texts: Sequence[str], tokens: Sequence[Sequence[int]], lang: str,
                   bleu_refs: BleuReferences | None, tokenizer, threshold: float = DEGENERATE_DISTINCT,
-                  nll: Sequence[float] | None = None) -> ConditionScore:
+                  nll: Sequence[float] | None = None, languages: Sequence[str] | None = None) -> ConditionScore:
     """Occurrence rate (+ Wilson CI), BLEU of the target-language samples, degeneracy (distinct
     ratio below ``threshold``), the gated rate (target language and not degenerate), the longest
     repeated run and the fluency (mean per-token NLL under the unclamped model, when given)."""
@@ -194,7 +201,16 @@ def score_samples(texts: Sequence[str], tokens: Sequence[Sequence[int]], lang: s
         distinct=sum(distinct_ratio(t) for t in tokens) / n if n else 0.0,
         longest_run=sum(longest_repeat_run(t) for t in tokens) / n if n else 0.0,
         nll=sum(finite) / len(finite) if finite else None, threshold=threshold,
+        **_lingua_scores(texts, hits, lang, languages),
     )
+
+
+def _lingua_scores(texts: Sequence[str], hits: Sequence[bool], lang: str, languages: Sequence[str] | None) -> dict:
+    """The rate by lingua (choosing among ``languages``) and its agreement with lid.176."""
+    if not languages or not texts or not lingua_knows(lang):
+        return {}
+    second = is_language_lingua(texts, lang, [l for l in languages if lingua_knows(l)])
+    return {"rate_lingua": sum(second) / len(second), "agreement": agreement(list(hits), second)}
 
 
 @torch.no_grad()
