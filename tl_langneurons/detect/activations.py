@@ -102,6 +102,8 @@ class PooledActivations:
     values: Float[Tensor, "text neuron"] | DiskMatrix
     index: NeuronIndex
     meta: dict = field(default_factory=dict)
+    # with collect(..., resid=True): per text "mean" [text, layer, d_model], "norm_sum" [text, layer], "norm_count"
+    resid: dict[str, Tensor] | None = None
 
     def header(self) -> dict:
         return {"index": self.index.to_dict(), **self.meta}
@@ -144,7 +146,7 @@ def collect(model: HookedModel, texts: Sequence[str], sites: str | NeuronIndex =
             max_length: int | None = 512, progress: bool = True,
             on_batch: Callable[[int, int], None] | None = None, truncate: bool = True,
             checkpoint: str | Path | None = None, checkpoint_every_s: float = 30.0,
-            store: str | Path | None = None, keep_checkpoint: bool = False) -> PooledActivations:
+            store: str | Path | None = None, keep_checkpoint: bool = False, resid: bool = False) -> PooledActivations:
     """Pooled activations of ``texts`` at ``sites`` (step 1 of the method).
 
     ``pooling`` is mean (the paper), max, last or median over each text's real tokens; the BOS
@@ -154,10 +156,12 @@ def collect(model: HookedModel, texts: Sequence[str], sites: str | NeuronIndex =
     rerun with the same arguments skips them; the file is removed once the run completes, or (with
     ``keep_checkpoint``) holds every row, for a caller whose later steps may still be interrupted.
     With ``store`` (a ``.npy`` path) the values go to a :class:`DiskMatrix` there instead of memory.
+    With ``resid``, the same pass also pools the residual stream of every layer up to the last site
+    (``blocks.L.hook_resid_post``) into ``.resid`` (for residual steering: the means per language).
     Returns float32 values [n_texts, n_neurons].
     """
     settings = CollectSettings(poolings=(pooling,), include_bos=include_bos, batch_size=batch_size,
-                               max_batch_tokens=max_batch_tokens, max_length=max_length, truncate=truncate)
+                               max_batch_tokens=max_batch_tokens, max_length=max_length, truncate=truncate, resid=resid)
     run = _Collection(model, texts, sites, settings, checkpoint=checkpoint, checkpoint_every_s=checkpoint_every_s,
                       store=store, keep_checkpoint=keep_checkpoint)
     return run.run(progress=progress, on_batch=on_batch)[pooling]
@@ -187,6 +191,7 @@ class CollectSettings:
     max_batch_tokens: int = 8192
     max_length: int | None = 512
     truncate: bool = True
+    resid: bool = False  # also the per-text mean residual stream of every layer (for residual steering)
 
     def __post_init__(self) -> None:
         for p in self.poolings:
@@ -227,10 +232,20 @@ class _Collection:
         self.done = torch.zeros(len(texts), dtype=torch.bool)
         self.header = {"texts_sha256": sha256_texts(texts), "pooling": self.first, "include_bos": settings.include_bos,
                        "index": self.index.to_dict(), "max_length": settings.max_length, "n_texts": len(texts)}
+        self.resid_layers = list(range(max(sl.layer for sl in self.index.slices) + 1)) if settings.resid else []
+        if self.resid_layers:
+            self.header["resid"] = True
+            d = self.runner.d_model()
+            # per text: mean residual (pooled like the neurons), summed norm over non-BOS tokens, their count
+            self.resid = {"mean": torch.zeros((len(texts), len(self.resid_layers), d)),
+                          "norm_sum": torch.zeros((len(texts), len(self.resid_layers)), dtype=torch.float64),
+                          "norm_count": torch.zeros(len(texts), dtype=torch.float64)}
         if self.checkpoint is not None and self.checkpoint.exists():
             prev = load_checkpoint(self.checkpoint, self.header)
             if prev is not None:
-                values, self.done = prev
+                values, self.done, extra = prev
+                if self.resid_layers:
+                    self.resid = {k: extra[k] for k in self.resid}
                 if store is None:
                     self.out = values
                 log.warning("resuming from %s: %d of %d texts already done", self.checkpoint, int(self.done.sum()),
@@ -254,6 +269,17 @@ class _Collection:
                 self._buf[p][:, sl.offset: sl.offset + sl.size] = vals.cpu()
         return hook_fn
 
+    def _extra(self) -> dict[str, Tensor] | None:
+        return self.resid if self.resid_layers else None
+
+    def _resid_hook(self, i: int):
+        def hook_fn(x, hook):
+            h = x.float()
+            self._resid_buf["mean"][:, i] = pool(h, self._mask, "mean").cpu()
+            real = self._real.to(h.device)
+            self._resid_buf["norm_sum"][:, i] = (h.norm(dim=-1) * real).sum(1).double().cpu()
+        return hook_fn
+
     def _run_batch(self, b: list[int]) -> None:
         runner, device = self.runner, self.runner.device
         ids, mask = runner.pad([self.tokd.ids[i] for i in b])
@@ -264,7 +290,18 @@ class _Collection:
                 raise LangNeuronsError("a text has only the BOS token; with include_bos=False it has nothing to pool")
         self._mask, self._rows = pool_mask.to(device), torch.tensor(b)
         self._buf = {p: torch.empty((len(b), self.index.n_neurons), dtype=torch.float32) for p in self.s.poolings}
+        if self.resid_layers:
+            real = mask.clone()
+            if runner.bos_id is not None:
+                real[:, 0] = False  # the typical norm leaves out BOS, whose residual is an outlier in many models
+            self._real = real.to(torch.float32)
+            self._resid_buf = {"mean": torch.zeros((len(b), len(self.resid_layers), self.resid["mean"].shape[2])),
+                               "norm_sum": torch.zeros((len(b), len(self.resid_layers)), dtype=torch.float64)}
         runner.trunk(ids.to(device), mask.long().to(device))
+        if self.resid_layers:
+            self.resid["mean"][b] = self._resid_buf["mean"]
+            self.resid["norm_sum"][b] = self._resid_buf["norm_sum"]
+            self.resid["norm_count"][b] = self._real.sum(1).double()
         if self.store is not None:
             self.out.write_rows(b, self._buf[self.first])
         else:
@@ -276,6 +313,7 @@ class _Collection:
     def run(self, progress: bool = True, on_batch: Callable[[int, int], None] | None = None
             ) -> dict[str, PooledActivations]:
         hooks = [(sl.hook, self._hook(sl)) for sl in self.index.slices]
+        hooks += [(f"blocks.{layer}.hook_resid_post", self._resid_hook(i)) for i, layer in enumerate(self.resid_layers)]
         hooks.append(self.runner.stopper(max(sl.layer for sl in self.index.slices)))
         t0 = time.perf_counter()
         bar = tqdm(total=len(self.texts), desc=f"collect {'+'.join(self.s.poolings)} @ {self.index.spec}", unit="text",
@@ -290,18 +328,18 @@ class _Collection:
                     fault_point("collect")
                     bar.update(len(b))
                     if self.checkpoint is not None and time.perf_counter() - last_save > self.checkpoint_every_s:
-                        save_checkpoint(self.checkpoint, self.header, self.out, self.done)
+                        save_checkpoint(self.checkpoint, self.header, self.out, self.done, self._extra())
                         last_save = time.perf_counter()
                     if on_batch:
                         on_batch(bi, len(self.batches))
         except BaseException:
             if self.checkpoint is not None and self.done.any():
-                save_checkpoint(self.checkpoint, self.header, self.out, self.done)
+                save_checkpoint(self.checkpoint, self.header, self.out, self.done, self._extra())
             raise
         finally:
             bar.close()
         if self.checkpoint is not None and self.keep_checkpoint:
-            save_checkpoint(self.checkpoint, self.header, self.out, self.done)
+            save_checkpoint(self.checkpoint, self.header, self.out, self.done, self._extra())
         elif self.checkpoint is not None and self.checkpoint.exists():
             self.checkpoint.unlink()
         return self._result(time.perf_counter() - t0)
@@ -324,5 +362,8 @@ class _Collection:
         }
         log.info("collected %d texts in %.1fs (%.1f texts/s), padded share %.1f%%", len(self.texts), seconds,
                  len(self.texts) / max(seconds, 1e-9), 100 * meta["padded_share"])
-        return {p: PooledActivations(self.out if p == self.first else self.extra[p], self.index, {**meta, "pooling": p})
+        out = {p: PooledActivations(self.out if p == self.first else self.extra[p], self.index, {**meta, "pooling": p})
                 for p in self.s.poolings}
+        if self.resid_layers:
+            out[self.first].resid = self.resid
+        return out

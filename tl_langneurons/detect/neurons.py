@@ -183,6 +183,28 @@ class LanguageNeurons:
     means: Float[Tensor, "language neuron"]  # mean of every neuron over the language's texts
     mean_all: Float[Tensor, "neuron"]  # mean of every neuron over all texts (for mean-ablation)
     meta: dict = field(default_factory=dict)
+    # residual stream per language and layer (mean over texts of the pooled blocks.L.hook_resid_post), and the
+    # typical residual norm per layer (mean over real non-BOS tokens); None for results found before they were kept
+    resid_means: Float[Tensor, "language layer d_model"] | None = None
+    resid_norms: Float[Tensor, "layer"] | None = None
+
+    def means_off(self, lang: str) -> Tensor:
+        """Mean pooled activation of every neuron on the texts of the other languages (``mu_off``)."""
+        self._check_lang(lang)
+        counts = self.meta.get("texts_per_language") or {}
+        if not all(l in counts for l in self.languages):
+            raise LangNeuronsError("this result does not record its texts per language; run find again")
+        li = self.languages.index(lang)
+        n_all = sum(counts[l] for l in self.languages)
+        n_on = counts[lang]
+        return (self.mean_all.double() * n_all - self.means[li].double() * n_on).float() / max(1, n_all - n_on)
+
+    def residual(self) -> tuple[Tensor, Tensor]:
+        """(resid_means, resid_norms), or a clear error for results found before they were recorded."""
+        if self.resid_means is None or self.resid_norms is None:
+            raise LangNeuronsError("these neurons were found before residual means were recorded; run find again "
+                                   "for residual steering (diffmean, sparse)")
+        return self.resid_means, self.resid_norms
 
     # ---- construction ---------------------------------------------------------------------
     @classmethod
@@ -325,6 +347,9 @@ class LanguageNeurons:
         d.mkdir(parents=True, exist_ok=True)
         tensors = {"ap": self.ap.double().contiguous(), "medians": self.medians.float().contiguous(),
                    "means": self.means.float().contiguous(), "mean_all": self.mean_all.float().contiguous()}
+        if self.resid_means is not None and self.resid_norms is not None:
+            tensors["resid_means"] = self.resid_means.float().contiguous()
+            tensors["resid_norms"] = self.resid_norms.float().contiguous()
         for lang, sets in self.sets.items():
             for which, s in sets.items():
                 for f in NeuronSet.FIELDS:
@@ -373,7 +398,8 @@ class LanguageNeurons:
                         raise LangNeuronsError(
                             f"{d}/neurons.json: field 'k' is {k} but the {lang} {w} set holds "
                             f"{tuple(getattr(s, f).shape)} {f}; run find again")
-        return cls(info["languages"], index, k, sets, ap, medians, means, mean_all, info.get("meta", {}))
+        return cls(info["languages"], index, k, sets, ap, medians, means, mean_all, info.get("meta", {}),
+                   tensors.get("resid_means"), tensors.get("resid_norms"))
 
     def check_model(self, model: HookedModel) -> None:
         """Refuse to steer a model whose sites differ from the ones these neurons were found on."""
@@ -437,7 +463,7 @@ def find_neurons(model: HookedModel, corpus: MultilingualCorpus, config: FindCon
     if pooled is None:
         pooled = collect(model, texts, index, config.pooling, config.include_bos, config.batch_size,
                          config.max_batch_tokens, config.max_length, progress, truncate=config.truncate,
-                         checkpoint=checkpoint, store=store, keep_checkpoint=keep_checkpoint)
+                         checkpoint=checkpoint, store=store, keep_checkpoint=keep_checkpoint, resid=True)
         pooled.meta.update(expect)
         if cache is not None:
             pooled.save(cache)
@@ -451,6 +477,11 @@ def find_neurons(model: HookedModel, corpus: MultilingualCorpus, config: FindCon
             "n_truncated": pooled.meta.get("n_truncated"), "config": asdict(config),
             "versions": package_versions()}
     result = LanguageNeurons.from_activations(pooled, labels, corpus.languages, k, meta, progress=progress)
+    if pooled.resid is not None:
+        lab = torch.as_tensor(np.asarray(labels))
+        result.resid_means = torch.stack([pooled.resid["mean"][lab == i].double().mean(0)
+                                          for i in range(len(corpus.languages))]).float()
+        result.resid_norms = (pooled.resid["norm_sum"].sum(0) / pooled.resid["norm_count"].sum().clamp_min(1)).float()
     timings["rank_s"] = time.perf_counter() - t0
     timings["peak_rss_gb_after_rank"] = peak_rss_gb()
     result.meta["timings"] = timings

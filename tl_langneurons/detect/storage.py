@@ -20,23 +20,26 @@ from ..provenance import atomic_write_bytes
 log = logging.getLogger(__name__)
 
 
-def save_checkpoint(path: Path, header: dict, values, done: Tensor) -> None:
+def save_checkpoint(path: Path, header: dict, values, done: Tensor, extra: dict[str, Tensor] | None = None) -> None:
+    """The finished rows of a collection (``extra``: more per-row tensors, e.g. residual means)."""
     from safetensors.torch import save
 
     kept = values.contiguous() if isinstance(values, Tensor) else torch.zeros(0)  # a DiskMatrix is on disk already
-    data = save({"values": kept, "done": done.to(torch.uint8)},
+    more = {f"extra.{k}": v.contiguous() for k, v in (extra or {}).items()}
+    data = save({"values": kept, "done": done.to(torch.uint8), **more},
                 metadata={"tl_langneurons_partial": json.dumps(header, sort_keys=True)})
     atomic_write_bytes(path, data)
 
 
-def load_checkpoint(path: Path, header: dict) -> tuple[Tensor, Tensor] | None:
-    """(values, done) of a partial run with the same header; None (and a warning) otherwise."""
+def load_checkpoint(path: Path, header: dict) -> tuple[Tensor, Tensor, dict[str, Tensor]] | None:
+    """(values, done, extra) of a partial run with the same header; None (and a warning) otherwise."""
     from safetensors import safe_open
 
     try:
         with safe_open(str(path), framework="pt") as f:
             saved = json.loads(f.metadata()["tl_langneurons_partial"])
             values, done = f.get_tensor("values"), f.get_tensor("done").bool()
+            extra = {k[len("extra."):]: f.get_tensor(k) for k in f.keys() if k.startswith("extra.")}
     except (SafetensorError, OSError, KeyError, json.JSONDecodeError, RuntimeError) as e:
         log.warning("ignoring unreadable partial run %s (%s); starting over", path, e)
         return None
@@ -44,7 +47,7 @@ def load_checkpoint(path: Path, header: dict) -> tuple[Tensor, Tensor] | None:
         raise LangNeuronsError(
             f"partial run {path} was made with other settings; delete it to start over, or rerun with the same arguments"
         )
-    return values, done
+    return values, done, extra
 
 
 class DiskMatrix:

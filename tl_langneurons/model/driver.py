@@ -41,6 +41,14 @@ class Runner:
     def hook_names(self) -> list[str]:
         return list(self.model.hook_dict.keys())
 
+    def d_model(self) -> int:
+        """Width of the residual stream."""
+        cfg = getattr(self.model, "cfg", None)
+        if getattr(cfg, "d_model", None):
+            return int(cfg.d_model)
+        c = self.hf.config
+        return int(getattr(c, "hidden_size", None) or getattr(c, "d_model", None) or c.n_embd)
+
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device

@@ -12,6 +12,7 @@ gets alone.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -24,6 +25,7 @@ from tqdm.auto import tqdm
 from ..errors import LangNeuronsError
 from ..model.driver import Runner
 from ..model.protocol import HookedModel
+from .positions import prompt_pass
 
 
 @dataclass
@@ -212,10 +214,12 @@ def _sample_batch(runner: Runner, starts: Sequence[list[int]], seeds: Sequence[i
     new = torch.empty((n, 0), dtype=torch.long, device=dev)
     done = torch.zeros(n, dtype=torch.bool)
     past, step_in = None, ids
-    for _ in range(max_new_tokens):
+    for step in range(max_new_tokens):
         if use_cache:
-            logits, past = runner.step(step_in, past, attention_mask=mask if padded else None,
-                                       position_ids=None if pos is None else pos[:, -step_in.shape[1]:])
+            # the first pass holds the prompt: hooks for positions="generated" leave it alone
+            with prompt_pass() if step == 0 else contextlib.nullcontext():
+                logits, past = runner.step(step_in, past, attention_mask=mask if padded else None,
+                                           position_ids=None if pos is None else pos[:, -step_in.shape[1]:])
         else:
             logits, _ = runner.step(torch.cat([ids, new], 1), None, attention_mask=mask if padded else None,
                                     position_ids=pos, use_cache=False)

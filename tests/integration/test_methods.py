@@ -1,0 +1,155 @@
+"""The four interventions (clamp, add, diffmean, sparse) against slow references on the tiny model,
+the residual means that find collects in the same pass, and positions="generated"."""
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from tl_langneurons import LangNeuronsError, LanguageNeurons, collect, find_neurons
+from tl_langneurons.steer.methods import SteeringConfig, prompt_pass
+
+IDS = torch.tensor([[1, 40, 41, 42, 43, 44]])
+
+
+@pytest.fixture(scope="module")
+def found(tiny_llama, tiny_corpus):
+    neurons, pooled, labels = find_neurons(tiny_llama, tiny_corpus, k=5, progress=False, return_activations=True)
+    return neurons, pooled, np.asarray(labels)
+
+
+def _resid(model, layer, ids=IDS, hooks=()):
+    seen = {}
+    name = f"blocks.{layer}.hook_resid_post"
+    with model.hooks(fwd_hooks=list(hooks) + [(name, lambda x, hook: seen.__setitem__("h", x.detach().clone()))]):
+        logits = model(ids)
+    return seen["h"], logits
+
+
+def test_residual_means_equal_run_with_cache(found, tiny_llama, tiny_corpus):
+    neurons, _, labels = found
+    texts, _ = tiny_corpus.flat()
+    L = neurons.resid_means.shape[1]
+    assert neurons.resid_means.shape == (len(neurons.languages), L, 32) and L == 3
+    tok = tiny_llama.tokenizer
+    sums = torch.zeros(len(neurons.languages), L, 32, dtype=torch.float64)
+    norm_sum, norm_n = torch.zeros(L, dtype=torch.float64), 0
+    for text, lab in zip(texts, labels):
+        ids = torch.tensor([[tok.bos_token_id] + tok(text, add_special_tokens=False)["input_ids"][:511]])
+        _, cache = tiny_llama.run_with_cache(ids, names_filter=lambda n: n.endswith("hook_resid_post"))
+        for layer in range(L):
+            h = cache[f"blocks.{layer}.hook_resid_post"][0].double()
+            sums[lab, layer] += h.mean(0)
+            norm_sum[layer] += h[1:].norm(dim=-1).sum()
+        norm_n += ids.shape[1] - 1
+    counts = torch.tensor(np.bincount(labels), dtype=torch.float64)[:, None, None]
+    assert torch.allclose(neurons.resid_means.double(), sums / counts, atol=1e-5)
+    assert torch.allclose(neurons.resid_norms.double(), norm_sum / norm_n, rtol=1e-5)
+
+
+def test_residual_collection_changes_nothing_else(found, tiny_llama, tiny_corpus):
+    _, pooled, _ = found
+    texts, _ = tiny_corpus.flat()
+    plain = collect(tiny_llama, texts, "mlp_post", progress=False)
+    assert torch.equal(plain.values, pooled.values)
+
+
+def test_means_off_is_the_mean_on_the_other_languages(found):
+    neurons, pooled, labels = found
+    for li, lang in enumerate(neurons.languages):
+        direct = pooled.values[torch.as_tensor(labels != li)].double().mean(0)
+        assert torch.allclose(neurons.means_off(lang).double(), direct, atol=1e-5)
+
+
+def test_add_adds_the_difference_to_exactly_the_selected_neurons(found, tiny_llama):
+    neurons, _, _ = found
+    cfg = SteeringConfig(method="add", alpha=2.0)
+    hooks = cfg.hooks(neurons, "de")
+    sel, _ = neurons.selected("de", "both")
+    li = neurons.languages.index("de")
+    delta = 2.0 * (neurons.means[li] - neurons.means_off("de"))
+    for name, fn in hooks:
+        x = torch.randn(1, 4, 48)
+        out = fn(x.clone(), None)
+        layer = int(name.split(".")[1])
+        expect = x.clone()
+        for n in sel.tolist():
+            site, unit = neurons.index.locate(n)
+            if site.layer == layer:
+                expect[..., unit] += delta[n]
+        assert torch.allclose(out, expect, atol=1e-6)
+    zero = SteeringConfig(method="add", alpha=0.0).hooks(neurons, "de")
+    assert torch.equal(tiny_llama.run_with_hooks(IDS, fwd_hooks=zero), tiny_llama(IDS))
+    assert not torch.allclose(tiny_llama.run_with_hooks(IDS, fwd_hooks=hooks), tiny_llama(IDS))
+
+
+def test_diffmean_adds_the_scaled_unit_difference(found, tiny_llama):
+    neurons, _, _ = found
+    cfg = SteeringConfig(method="diffmean", alpha=1.5, layer=1)
+    means, norms = neurons.residual()
+    t = neurons.languages.index("ja")
+    v = means[t, 1].double() - means[[i for i in range(len(neurons.languages)) if i != t], 1].double().mean(0)
+    vec = (1.5 * norms[1] * v / (v.norm() + 1e-8)).float()
+    before, _ = _resid(tiny_llama, 1)
+    after, _ = _resid(tiny_llama, 1, hooks=cfg.hooks(neurons, "ja"))
+    assert torch.allclose(after, before + vec, atol=1e-5)
+    _, logits = _resid(tiny_llama, 1, hooks=SteeringConfig(method="diffmean", alpha=0.0, layer=1).hooks(neurons, "ja"))
+    assert torch.allclose(logits, tiny_llama(IDS), atol=1e-6)
+
+
+def test_sparse_overwrites_the_most_different_dimensions(found, tiny_llama):
+    neurons, _, _ = found
+    means, _ = neurons.residual()
+    t = neurons.languages.index("zh")
+    diff = means[t, 2].double() - means[[i for i in range(len(neurons.languages)) if i != t], 2].double().mean(0)
+    dims = torch.topk(diff.abs(), 4).indices
+    before, _ = _resid(tiny_llama, 2)
+    raw, _ = _resid(tiny_llama, 2, hooks=SteeringConfig(method="sparse", layer=2, n_dims=4, coef=0.5,
+                                                        restore_norm=False).hooks(neurons, "zh"))
+    keep = torch.ones(32, dtype=torch.bool)
+    keep[dims] = False
+    assert torch.allclose(raw[..., dims], (0.5 * means[t, 2, dims]).expand_as(raw[..., dims]), atol=1e-6)
+    assert torch.equal(raw[..., keep], before[..., keep])
+    normed, _ = _resid(tiny_llama, 2, hooks=SteeringConfig(method="sparse", layer=2, n_dims=4, coef=0.5)
+                       .hooks(neurons, "zh"))
+    assert torch.allclose(normed.norm(dim=-1), before.norm(dim=-1), rtol=1e-5)
+    assert SteeringConfig(method="sparse").resolved(neurons).n_dims == 2  # 5% of 32, rounded
+    assert SteeringConfig(method="sparse").resolved(neurons).layer == 2  # round(0.6 * 3)
+
+
+@pytest.mark.parametrize("method", ["clamp", "add", "diffmean", "sparse"])
+def test_generated_leaves_the_prompt_pass_alone(found, tiny_llama, method):
+    neurons, _, _ = found
+    hooks = SteeringConfig(method=method, positions="generated", alpha=3.0).hooks(neurons, "de")
+    plain = tiny_llama(IDS)
+    with prompt_pass():
+        assert torch.equal(tiny_llama.run_with_hooks(IDS, fwd_hooks=hooks), plain)
+    assert not torch.allclose(tiny_llama.run_with_hooks(IDS, fwd_hooks=hooks), plain)
+    all_pos = SteeringConfig(method=method, positions="all", alpha=3.0).hooks(neurons, "de")
+    assert torch.equal(tiny_llama.run_with_hooks(IDS, fwd_hooks=hooks), tiny_llama.run_with_hooks(IDS, fwd_hooks=all_pos))
+    with tiny_llama.hooks(fwd_hooks=hooks):  # beside run_with_cache
+        logits, cache = tiny_llama.run_with_cache(IDS, names_filter="blocks.0.hook_resid_post")
+    assert not torch.allclose(logits, plain) and "blocks.0.hook_resid_post" in cache
+
+
+def test_residual_means_saved_and_old_results_still_clamp(found, tmp_path, tiny_llama):
+    neurons, _, _ = found
+    neurons.save(tmp_path / "n")
+    back = LanguageNeurons.load(tmp_path / "n")
+    assert torch.equal(back.resid_means, neurons.resid_means) and torch.equal(back.resid_norms, neurons.resid_norms)
+    t = load_file(str(tmp_path / "n" / "neurons.safetensors"))
+    save_file({k: v for k, v in t.items() if not k.startswith("resid_")}, str(tmp_path / "n" / "neurons.safetensors"))
+    old = LanguageNeurons.load(tmp_path / "n")
+    assert old.resid_means is None
+    assert SteeringConfig().hooks(old, "de")
+    with pytest.raises(LangNeuronsError, match="run find again"):
+        SteeringConfig(method="diffmean").hooks(old, "de")
+
+
+def test_config_is_validated():
+    with pytest.raises(LangNeuronsError, match="unknown method"):
+        SteeringConfig(method="steer-harder")
+    with pytest.raises(LangNeuronsError, match="finite"):
+        SteeringConfig(method="add", alpha=float("nan"))
+    with pytest.raises(LangNeuronsError, match="positions=last"):
+        SteeringConfig(method="diffmean", positions="last")
