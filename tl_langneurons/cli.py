@@ -59,7 +59,9 @@ def cmd_steer(args) -> None:
     study = _study(args)
     pairs = study.steer(cfg)
     k = cfg.k or study.neurons.k
-    print(f"prompt: {cfg.prompt!r}   clamp: {cfg.which}-{k} neurons of {cfg.lang!r} to {cfg.value} x {cfg.scale}\n")
+    st = cfg.steering
+    what = (f"{st.method} {cfg.which}-{k} neurons" if st.neuron_level else st.resolved(study.neurons).label())
+    print(f"prompt: {cfg.prompt!r}   steering: {what} towards {cfg.lang!r} ({st.label()}, positions {st.positions})\n")
     for p in pairs:
         print(f"--- seed {p.without.seed}")
         print(f"  without: {' '.join(p.without.text.split())}")

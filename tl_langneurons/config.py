@@ -62,6 +62,13 @@ def k_list(s: str) -> list[int | str]:
     return [] if s.strip().lower() in ("", "none") else [count_or_percent(x) for x in comma_list(s)]
 
 
+def int_list(s: str) -> list[int]:
+    try:
+        return [int(x) for x in comma_list(s)]
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"expected comma-separated whole numbers, got {s!r}") from e
+
+
 def number_or_name(s: str) -> str | float:
     """A clamp value: a number, or a name such as ``median`` / ``zero``."""
     try:
@@ -84,6 +91,11 @@ def _show(v: Any) -> str:
     return "none" if v is None else str(v)
 
 
+def _nested(f: dataclasses.Field) -> bool:
+    factory = f.default_factory  # type: ignore[misc]
+    return factory is not dataclasses.MISSING and dataclasses.is_dataclass(factory) and bool(cli_fields(factory))
+
+
 def cli_fields(cls: type) -> list[dataclasses.Field]:
     """The fields of ``cls`` that are command-line options."""
     return [f for f in dataclasses.fields(cls) if f.metadata.get("help")]
@@ -91,6 +103,9 @@ def cli_fields(cls: type) -> list[dataclasses.Field]:
 
 def add_options(parser: argparse.ArgumentParser, cls: type, skip: Sequence[str] = ()) -> None:
     """Add one option per exposed field of ``cls``; the default is the dataclass's own."""
+    for f in dataclasses.fields(cls):  # a nested config (e.g. the steering of an evaluation) adds its own options
+        if _nested(f) and f.name not in skip:
+            add_options(parser, f.default_factory, skip)  # type: ignore[arg-type]
     for f in cli_fields(cls):
         if f.name in skip:
             continue
@@ -114,6 +129,9 @@ def from_args(cls: type, args: argparse.Namespace, **extra: Any) -> Any:
     """An instance of ``cls`` from the parsed options (plus ``extra`` fields)."""
     names = {f.name for f in dataclasses.fields(cls)}
     values = {n: getattr(args, n) for n in names if hasattr(args, n)}
+    for f in dataclasses.fields(cls):
+        if _nested(f) and f.name not in extra:
+            values[f.name] = from_args(f.default_factory, args)  # type: ignore[arg-type]
     values.update(extra)
     try:
         return cls(**values)

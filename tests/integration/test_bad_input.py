@@ -19,8 +19,8 @@ from tl_langneurons.errors import LangNeuronsError
 from tl_langneurons.evaluate.control import CellRunner, EvaluateConfig
 from tl_langneurons.evaluate.sweep import SweepConfig
 from tl_langneurons.report.build import build_report
-from tl_langneurons.steer.compare import SteerConfig
 from tl_langneurons.steer.generation import GenerationConfig
+from tl_langneurons.steer.methods import SteeringConfig
 
 DE = ["Das Wetter ist heute schön.", "Ich lese ein Buch.", "Wir gehen nach Hause.", "Der Hund schläft."]
 EN = ["The weather is nice today.", "I am reading a book.", "We are going home.", "The dog is asleep."]
@@ -240,9 +240,9 @@ def test_api_refuses_nan(found):
         with pytest.raises(LangNeuronsError, match="temperature must be positive and finite"):
             GenerationConfig(temperature=t)
     with pytest.raises(LangNeuronsError, match="--scale"):
-        SteerConfig(lang="de", scale=math.nan)
+        SteeringConfig(scale=math.nan)
     with pytest.raises(LangNeuronsError, match="--value"):
-        EvaluateConfig(value=math.nan)
+        SteeringConfig(value=math.nan)
     with pytest.raises(LangNeuronsError, match="temperature"):
         SweepConfig(temperature=math.inf)
 

@@ -25,6 +25,7 @@ from tl_langneurons.evaluate.control import EvaluateConfig
 from tl_langneurons.evaluate.sweep import SweepConfig
 from tl_langneurons.model.load import ModelConfig
 from tl_langneurons.steer.compare import SteerConfig
+from tl_langneurons.steer.methods import SteeringConfig
 from tl_langneurons.study import DemoConfig
 
 SUBCOMMANDS = ["info", "find", "steer", "evaluate", "report", "demo"]
@@ -95,9 +96,10 @@ def test_steer_errors(tmp_path, capsys):
 # read a neurons folder take the model from it unless --model is given).
 CONFIGS = {
     "info": (ModelConfig,), "find": (ModelConfig, CorpusConfig, FindConfig),
-    "steer": ("-model", SteerConfig), "evaluate": ("-model", EvaluateConfig), "sweep": ("-model", SweepConfig),
+    "steer": ("-model", SteerConfig, SteeringConfig), "evaluate": ("-model", EvaluateConfig, SteeringConfig),
+    "sweep": ("-model", SweepConfig),
     "deactivate": ("-model", DeactivationConfig), "attribution": ("-model", AttributionConfig),
-    "tokens": ("-model",), "cross-steer": ("-model", CrossSteerConfig), "report": (), "demo": (DemoConfig,),
+    "tokens": ("-model",), "cross-steer": ("-model", CrossSteerConfig, SteeringConfig), "report": (), "demo": (DemoConfig,),
 }
 FLAGS = {"quiet", "debug", "overwrite", "hooks"}  # plain switches, off by default
 REQUIRED = {  # the smallest command line of each subcommand: {dest: value}
@@ -107,6 +109,7 @@ REQUIRED = {  # the smallest command line of each subcommand: {dest: value}
     "report": {"dir": "D"}, "demo": {},
 }
 POSITIONAL = {"text", "dir"}
+POSITIONAL_FIELDS = {"prompt"}
 
 
 def _argv(sub: str) -> list[str]:
@@ -127,10 +130,14 @@ def _config_fields(sub: str) -> dict[str, dataclasses.Field]:
     out = {}
     for cfg in CONFIGS[sub]:
         fields = [f for f in dataclasses.fields(ModelConfig) if f.name != "model"] if cfg == "-model" else \
-            dataclasses.fields(cfg)
+            cli_fields(cfg)
         for f in fields:
             assert f.name not in out, (sub, f.name)  # two configs of one command never share an option name
             out[f.name] = f
+    for cfg in CONFIGS[sub]:  # fields set by positional arguments (steer's prompt)
+        for f in ([] if cfg == "-model" else dataclasses.fields(cfg)):
+            if f.name in POSITIONAL_FIELDS:
+                out.setdefault(f.name, f)
     return out
 
 
@@ -203,15 +210,21 @@ def test_full_evaluate_command_line_gives_those_values():
         "--out", "O", "--corpus", "C", "--quiet"])
     cfg = from_args(EvaluateConfig, args)
     assert cfg == EvaluateConfig(languages=["de", "ja"], samples=7, max_new_tokens=9, temperature=0.5, prompt="Es war",
-                                 value=2.5, scale=1.5, positions="last", ablation_ks=[10, "0.5%", 3],
-                                 ablation_samples=4, batch_size=8)
-    assert type(cfg.value) is float and [type(k) for k in cfg.ablation_ks] == [int, str, int]
+                                 ablation_ks=[10, "0.5%", 3], ablation_samples=4, batch_size=8,
+                                 steering=SteeringConfig(value=2.5, scale=1.5, positions="last"))
+    assert type(cfg.steering.value) is float and [type(k) for k in cfg.ablation_ks] == [int, str, int]
     assert from_args(ModelConfig, args) == ModelConfig(model="M", backend="hf")
     assert (args.neurons, args.out, args.corpus, args.quiet) == ("N", "O", "C", True)
     other = from_args(EvaluateConfig, build_parser().parse_args(
         ["evaluate", "--neurons", "N", "--value", "zero", "--ablation-ks", "none"]))
-    assert other.value == "zero" and other.ablation_ks == []
-    assert from_args(EvaluateConfig, build_parser().parse_args(["evaluate", "--neurons", "N", "--value", "-1"])).value == -1.0
+    assert other.steering.value == "zero" and other.ablation_ks == []
+    assert from_args(EvaluateConfig, build_parser().parse_args(
+        ["evaluate", "--neurons", "N", "--value", "-1"])).steering.value == -1.0
+    sparse = from_args(EvaluateConfig, build_parser().parse_args(
+        ["evaluate", "--neurons", "N", "--method", "sparse", "--layer", "9", "--n-dims", "32", "--coef", "0.4",
+         "--no-restore-norm", "--source", "en", "--positions", "generated"]))
+    assert sparse.steering == SteeringConfig(method="sparse", layer=9, n_dims=32, coef=0.4, restore_norm=False,
+                                             source="en", positions="generated")
 
 
 def test_full_sweep_command_line_gives_those_values():

@@ -3,6 +3,8 @@ degeneracy gate against references."""
 
 import json
 
+import pytest
+
 import tl_langneurons.evaluate.control as control
 from tl_langneurons.detect.neurons import find_neurons
 from tl_langneurons.evaluate.control import (
@@ -109,7 +111,30 @@ def test_sweep_end_to_end(tiny_llama, tiny_corpus, tmp_path):
     # positions=last equals all from BOS with the KV cache, so only "all" is tried (and noted)
     assert [r["stage"] for r in res.stages] == ["k", "k", "scale", "scale", "positions", "layers", "layers"]
     assert "positions=last skipped" in (tmp_path / "sweep.md").read_text()
-    assert [r["setting"] for r in res.test] == ["none", "paper k=1000", "k=0.45%", "best"]
+    assert [r["setting"] for r in res.test] == ["none", "paper clamp k=1000", "best clamp"]
     assert (tmp_path / "sweep.md").exists() and (tmp_path / "tradeoff.png").exists()
+    # retention is the fluent share over the unsteered run's on the same seeds
+    none = res.test[0]
+    for r in res.test[1:]:
+        assert r["retention"] == pytest.approx(r["fluent"] / none["fluent"])
     again = run_sweep(tiny_llama, neurons, tiny_corpus.texts, cfg, tmp_path, progress=False)
     assert again.meta["timings"] == {} and again.test == res.test  # resumed from the cells
+
+
+@pytest.mark.parametrize("method,stages", [
+    ("add", ["k", "k", "alpha", "alpha", "layers"]),
+    ("diffmean", ["layer", "layer", "alpha", "alpha"]),
+    ("sparse", ["layer", "layer", "n_dims", "n_dims", "coef"]),
+])
+def test_sweep_of_every_method(tiny_llama, tiny_corpus, tmp_path, method, stages):
+    from tl_langneurons.evaluate.sweep import SweepConfig, run_sweep
+
+    neurons = find_neurons(tiny_llama, tiny_corpus, k=10, progress=False)
+    cfg = SweepConfig(method=method, languages=["ja"], k_fractions=["2%", "5%"], alphas=[0.5, 2.0], layer_sets=["all"],
+                      resid_layers=[1, 2], dim_fractions=[0.05, 0.1], coefs=[1.0], val_samples=2, test_samples=2,
+                      max_new_tokens=4)
+    res = run_sweep(tiny_llama, neurons, tiny_corpus.texts, cfg, tmp_path, progress=False)
+    assert [r["stage"] for r in res.stages] == stages
+    assert [r["setting"] for r in res.test] == ["none", "paper clamp k=1000", f"best {method}"]
+    assert res.test[2]["label"].startswith(method) and res.best["ja"]["method"] == method
+    assert f"Method {method}" in (tmp_path / "sweep.md").read_text()

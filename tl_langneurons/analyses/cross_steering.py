@@ -4,7 +4,7 @@ continuation is in the clamped language."""
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +26,7 @@ from ..model.protocol import HookedModel
 from ..provenance import write_md_json
 from ..report.tables import markdown_matrix
 from ..steer.generation import generate_many
+from ..steer.methods import SteeringConfig
 
 
 def prompt_of(text: str, lang: str, words: int = 5) -> str:
@@ -80,12 +81,24 @@ class CrossSteeringResult:
     fluent: np.ndarray | None = None
     gated: np.ndarray | None = None
     thresholds: dict[str, float] | None = None
+    retention: np.ndarray | None = None  # fluent share steered / unsteered, same prompts and seeds
+    method: str = "clamp"  # the intervention's label
+
+    def off_diagonal(self) -> dict[str, float]:
+        """Means over the cells whose prompt language is not the target (the steering that matters)."""
+        off = ~np.eye(len(self.languages), dtype=bool)
+        out = {}
+        for name in ("rate", "rate_lingua", "gated", "fluent", "retention"):
+            m = getattr(self, name)
+            if m is not None:
+                out[name] = float(np.nanmean(m[off])) if off.any() else float("nan")
+        return out
 
     def markdown(self) -> str:
         L = self.languages
         md = (f"Target-language rate when continuing {self.n_prompts} held-out prompts x {self.samples} samples "
-              f"({self.max_new_tokens} tokens) of the row language with the column language's {self.which}-{self.k} "
-              "neurons clamped (lid.176)\n\n" + markdown_matrix(L, L, self.rate, ".2f")
+              f"({self.max_new_tokens} tokens) of the row language, steered towards the column language with "
+              f"{self.method} (lid.176)\n\n" + markdown_matrix(L, L, self.rate, ".2f")
               + "\nWithout clamping (rate of the column language)\n\n" + markdown_matrix(L, L, self.none, ".2f"))
         if self.rate_lingua is not None:
             md += ("\nThe same rate by a second identifier, lingua (among the languages in play)\n\n"
@@ -101,13 +114,18 @@ class CrossSteeringResult:
                    + (f": {gate}" if gate else "") + ")\n\n" + markdown_matrix(L, L, self.fluent, ".2f"))
         if self.gated is not None:
             md += "\nGated rate: lid.176 target and fluent\n\n" + markdown_matrix(L, L, self.gated, ".2f")
+        if self.retention is not None:
+            md += ("\nFluency retention: fluent share steered / unsteered (same prompts, seeds and gate)\n\n"
+                   + markdown_matrix(L, L, self.retention, ".2f"))
+        off = self.off_diagonal()
+        md += ("\nMean over the off-diagonal cells: " + ", ".join(f"{k} {v:.3f}" for k, v in off.items()) + "\n")
         return md
 
     def to_json(self) -> dict:
         out = {"languages": self.languages, "rate": self.rate.tolist(), "none": self.none.tolist(),
                "n_prompts": self.n_prompts, "samples": self.samples, "max_new_tokens": self.max_new_tokens,
-               "which": self.which, "k": self.k}
-        for name in ("rate_lingua", "none_lingua", "agreement", "fluent", "gated"):
+               "which": self.which, "k": self.k, "method": self.method, "off_diagonal": self.off_diagonal()}
+        for name in ("rate_lingua", "none_lingua", "agreement", "fluent", "gated", "retention"):
             m = getattr(self, name)
             if m is not None:
                 out[name] = _json_matrix(m)
@@ -134,6 +152,8 @@ class CrossSteerConfig:
     max_new_tokens: int = option(32, "tokens to generate")
     seed: int = option(0, "seed of the prompt draw")
     which: str = option("both", "which neurons to clamp", choices=("both", "top", "bottom"))
+    # the intervention (clamp by default: the paper); its options come from SteeringConfig
+    steering: SteeringConfig = field(default_factory=SteeringConfig)
 
     def __post_init__(self) -> None:
         if min(self.n_prompts, self.samples, self.max_new_tokens) < 1:
@@ -162,21 +182,25 @@ def cross_steering(model: HookedModel, neurons: LanguageNeurons, heldout: Multil
     thresholds = {l: float(distinct_threshold(model.tokenizer, heldout.texts[l], window=max_new_tokens)) for l in langs}
     L = len(langs)
     rate, base = np.zeros((L, L)), np.zeros((L, L))
-    rate_lingua, base_lingua, agree, fluent, gated = (np.full((L, L), np.nan) for _ in range(5))
+    rate_lingua, base_lingua, agree, fluent, gated, retention = (np.full((L, L), np.nan) for _ in range(6))
     seeds = list(range(1, samples + 1))
     bar = tqdm(total=L * (L + 1), desc="cross-steering", unit="cell", disable=not progress)
     for i, src in enumerate(langs):
         requests = [(p, s) for p in prompts[src] for s in seeds]
-        plain = [s.text for s in generate_many(model, requests, max_new_tokens=max_new_tokens)]
+        plain_out = generate_many(model, requests, max_new_tokens=max_new_tokens)
+        plain, plain_tokens = [s.text for s in plain_out], [s.tokens for s in plain_out]
         bar.update(1)
         for j, tgt in enumerate(langs):
             base[i, j] = np.mean(is_language(plain, tgt))
-            out = generate_many(model, requests, max_new_tokens=max_new_tokens, fwd_hooks=neurons.hooks(tgt, which))
+            hooks = replace(cfg.steering, which=which).hooks(neurons, tgt)
+            out = generate_many(model, requests, max_new_tokens=max_new_tokens, fwd_hooks=hooks)
             texts = [s.text for s in out]
             lid = is_language(texts, tgt)
             rate[i, j] = np.mean(lid)
             ok = [not is_degenerate(s.tokens, thresholds[tgt]) for s in out]
             fluent[i, j] = np.mean(ok)
+            plain_ok = np.mean([not is_degenerate(t, thresholds[tgt]) for t in plain_tokens])
+            retention[i, j] = fluent[i, j] / plain_ok if plain_ok else np.nan
             gated[i, j] = np.mean([a and b for a, b in zip(lid, ok)])
             if tgt in in_play:
                 base_lingua[i, j] = np.mean(is_language_lingua(plain, tgt, in_play))
@@ -187,4 +211,5 @@ def cross_steering(model: HookedModel, neurons: LanguageNeurons, heldout: Multil
     bar.close()
     return CrossSteeringResult(langs, rate, base, n_prompts, samples, max_new_tokens, which, neurons.k,
                                rate_lingua=rate_lingua, none_lingua=base_lingua, agreement=agree, fluent=fluent,
-                               gated=gated, thresholds=thresholds)
+                               gated=gated, thresholds=thresholds, retention=retention,
+                               method=cfg.steering.resolved(neurons).label())

@@ -12,11 +12,11 @@ import json
 import math
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
 
-from ..config import comma_list, k_list, number_or_name, option
+from ..config import comma_list, k_list, option
 from ..detect.neurons import LanguageNeurons
 from ..detect.ranking import parse_k
 from ..errors import LangNeuronsError
@@ -27,6 +27,7 @@ from ..provenance import atomic_write_json, atomic_write_text, package_versions
 from ..report.tables import csv_text, markdown_table
 from ..results import check_target, fault_point, staged_folder
 from ..steer.generation import SAMPLER, GenerationConfig, generate, sample_nll
+from ..steer.methods import SteeringConfig
 from .metrics import (
     DEGENERATE_DISTINCT,
     BleuReferences,
@@ -58,9 +59,8 @@ class EvaluateConfig:
     max_new_tokens: int = option(64, "tokens to generate")
     temperature: float = option(0.8, "sampling temperature over the full vocabulary")
     prompt: str | None = option(None, "prompt (none: BOS only, as the paper)", parse=str)
-    value: str | float = option("median", "clamp value: median, zero, or a number", parse=number_or_name)
-    scale: float = option(1.0, "multiply the clamp value")
-    positions: str = option("all", "clamp every position, or only the newest", choices=("all", "last"))
+    # the intervention (clamp by default: the paper); its options come from SteeringConfig
+    steering: SteeringConfig = field(default_factory=SteeringConfig)
     ablation_ks: list[int | str] | None = option(
         None, "k values of the ablation, comma-separated counts or percentages; none skips the ablation "
         "(default: 10,100,...,30000 and the neuron count)", parse=k_list)
@@ -73,10 +73,6 @@ class EvaluateConfig:
             raise LangNeuronsError(f"unknown condition(s) {', '.join(bad)}; use {', '.join(CONDITIONS)}")
         if self.samples < 1:
             raise LangNeuronsError(f"samples must be at least 1, got {self.samples}")
-        if isinstance(self.value, (int, float)) and not math.isfinite(self.value):
-            raise LangNeuronsError(f"--value must be median, zero or a finite number, got {self.value}")
-        if not math.isfinite(self.scale):
-            raise LangNeuronsError(f"--scale must be a finite number such as 1.5, got {self.scale}")
         GenerationConfig(max_new_tokens=self.max_new_tokens, temperature=self.temperature, seeds=[1],
                          batch_size=self.batch_size, prompt=self.prompt)
 
@@ -153,14 +149,13 @@ class CellRunner:
         self.timings: dict[str, float] = {}
         self.used: list[str] = []
 
-    def samples(self, lang: str | None, cond: str, k: int, seeds: Sequence[int], value=None, scale=None,
-                positions=None, layers=None) -> list[dict]:
-        """Samples of one cell (cond "none" ignores every clamp argument)."""
+    def samples(self, lang: str | None, cond: str, k: int, seeds: Sequence[int],
+                steering: SteeringConfig | None = None) -> list[dict]:
+        """Samples of one cell: no intervention for cond "none"; otherwise ``steering`` (default: the
+        config's) towards ``lang``, on the neuron set ``cond`` with ``k`` neurons for clamp and add."""
         cfg = self.cfg
-        clamp = None if cond == "none" else {
-            "lang": lang, "k": k, "value": cfg.value if value is None else value,
-            "scale": cfg.scale if scale is None else scale, "positions": positions or cfg.positions,
-            "layers": layers if layers not in (None, "all") else None}
+        steer = replace(steering or cfg.steering, which=cond, k=k) if cond != "none" else None
+        clamp = None if steer is None else {"lang": lang, "k": k, **steer.key()}
         settings = {**self.base, "condition": cond, "clamp": clamp, "seeds": list(seeds)}
         key = _cell_key(settings)
         path = None
@@ -178,8 +173,7 @@ class CellRunner:
                     return data["samples"]
                 if problem is not None:  # a damaged cell is recomputed (and rewritten)
                     warnings.warn(f"cell {path} is damaged ({problem}); computing it again", stacklevel=2)
-        hooks = [] if clamp is None else self.neurons.hooks(
-            lang, cond, clamp["value"], clamp["scale"], clamp["positions"], k=k, layers=clamp["layers"])
+        hooks = [] if steer is None else steer.hooks(self.neurons, lang)
         gcfg = GenerationConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, seeds=list(seeds),
                                 batch_size=cfg.batch_size, prompt=cfg.prompt)
         t0 = time.perf_counter()
@@ -234,13 +228,16 @@ def _control(model: HookedModel, neurons: LanguageNeurons, references: dict[str,
     table2 = []
     none_rows = cells.samples(None, "none", 0, seeds) if "none" in cfg.conditions else None
     fault_point("cell")
+    # residual methods (diffmean, sparse) have no neuron sets: "both" is the steered run, and no k ablation
+    conditions = cfg.conditions if cfg.steering.neuron_level else [c for c in cfg.conditions if c in ("none", "both")]
     for lang in langs:
-        for cond in cfg.conditions:
+        for cond in conditions:
             rows = none_rows if cond == "none" else cells.samples(lang, cond, neurons.k, seeds)
             table2.append({"lang": lang, "condition": cond, "k": neurons.k, **cells.score(rows, lang).as_dict()})
     ablation = []
     n = neurons.index.n_neurons
     ks = default_ablation_ks(n) if cfg.ablation_ks is None else [parse_k(k, n) for k in cfg.ablation_ks]
+    ks = ks if cfg.steering.neuron_level else []
     ab_seeds = list(range(1, (cfg.ablation_samples or cfg.samples) + 1))
     for k in ks:
         for lang in langs:
@@ -248,7 +245,7 @@ def _control(model: HookedModel, neurons: LanguageNeurons, references: dict[str,
             ablation.append({"lang": lang, "condition": "both", "k": k, "k_fraction": k / neurons.index.n_neurons,
                              **cells.score(rows, lang).as_dict()})
     meta = {**cells.meta(), "languages": langs, "config": asdict(cfg), "ablation_ks": ks, "seeds": f"1..{cfg.samples}",
-            "value": cfg.value, "scale": cfg.scale, "positions": cfg.positions,
+            "steering": asdict(cfg.steering),
             "bleu_references": {l: len(references[l]) for l in cells.refs} if references else {}}
     return ControlResult(table2, ablation, meta)
 

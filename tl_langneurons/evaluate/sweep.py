@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from ..config import comma_list, float_list, option
+from ..config import comma_list, float_list, int_list, option
 from ..detect.neurons import LanguageNeurons
 from ..detect.ranking import parse_k
 from ..errors import LangNeuronsError
@@ -21,6 +21,7 @@ from ..model.protocol import HookedModel
 from ..provenance import atomic_write_json, atomic_write_text
 from ..report.tables import markdown_table
 from ..results import check_target, staged_folder
+from ..steer.methods import METHODS, SteeringConfig
 from .control import CellRunner, EvaluateConfig, mean_of, result_settings
 
 
@@ -34,6 +35,13 @@ class SweepConfig:
     scales: Sequence[float] = option((0.5, 1.0, 1.5, 2.0), "clamp scales searched", parse=float_list)
     positions: Sequence[str] = option(("all", "last"), "clamp positions searched", parse=comma_list)
     layer_sets: Sequence[str] = option(("all", "first", "last", "ends"), "layer subsets searched", parse=comma_list)
+    method: str = option("clamp", "intervention searched: clamp, add, diffmean or sparse", choices=METHODS)
+    alphas: Sequence[float] = option((0.5, 1.0, 2.0, 4.0), "strengths searched (add, diffmean)", parse=float_list)
+    resid_layers: Sequence[int] | None = option(None, "layers searched (diffmean, sparse; none: 4 layers from a third "
+                                                "to five sixths of the depth)", parse=int_list)
+    dim_fractions: Sequence[float] = option((0.01, 0.05, 0.1), "shares of d_model overwritten (sparse)",
+                                            parse=float_list)
+    coefs: Sequence[float] = option((0.5, 1.0, 1.5), "coefficients searched (sparse)", parse=float_list)
     val_samples: int = option(20, "validation samples per setting (seeds 1001..)")
     test_samples: int = option(100, "fresh samples for the final report (seeds 1..)")
     max_new_tokens: int = option(48, "tokens to generate")
@@ -88,29 +96,30 @@ def _sweep(model: HookedModel, neurons: LanguageNeurons, references: dict[str, l
     val = list(range(1001, 1001 + cfg.val_samples))
     stages: list[dict] = []
 
-    def evaluate(lang, s, seeds):
-        rows = cells.samples(lang, "both", s["k"], seeds, scale=s["scale"], positions=s["positions"], layers=s["layers"])
+    none_val = cells.samples(None, "none", 0, val)
+    fluent_none = {lang: cells.score(none_val, lang).fluent for lang in langs}
+
+    def evaluate(lang, s, seeds, base_fluent):
+        steer = SteeringConfig(method=s.get("method", cfg.method), **{k: v for k, v in s.items() if k not in ("k", "method")})
+        rows = cells.samples(lang, "both", s["k"], seeds, steering=steer)
         sc = cells.score(rows, lang)
-        return {"lang": lang, **s, "k_fraction": s["k"] / n, "rate": sc.rate, "gated_rate": sc.gated_rate,
+        return {"lang": lang, **s, "label": steer.resolved(neurons).label(), "k_fraction": s["k"] / n, "rate": sc.rate,
+                "rate_lingua": sc.rate_lingua, "gated_rate": sc.gated_rate, "fluent": sc.fluent,
+                "retention": sc.fluent / base_fluent if base_fluent else None,
                 "nll": sc.nll, "bleu": sc.bleu, "degenerate": sc.degenerate}
 
     def better(a, b):
         return (a["gated_rate"], -(a["nll"] or 99)) > (b["gated_rate"], -(b["nll"] or 99))
 
-    # Generation starts from BOS alone with the KV cache, so every forward pass holds only the newest
-    # position: clamping "last" gives exactly the samples of "all" and is not searched.
-    positions = [p for p in cfg.positions if p != "last"] or ["all"]
-    notes = ["positions=last skipped: from BOS with the KV cache it equals positions=all"] if "last" in cfg.positions else []
+    start, stages_of, notes = _search_space(cfg, neurons, n)
     best: dict[str, dict] = {}
     for lang in langs:
-        cur = {"k": _fraction_k("0.45%", n), "scale": 1.0, "positions": "all", "layers": "all"}
-        cur_score = None
-        for stage, key, values in (("k", "k", _ks(cfg.k_fractions, n)), ("scale", "scale", cfg.scales),
-                                   ("positions", "positions", positions), ("layers", "layers", cfg.layer_sets)):
+        cur, cur_score = dict(start), None
+        for stage, key, values in stages_of:
             for v in values:
                 s = {**cur, key: v}
                 try:
-                    r = evaluate(lang, s, val)
+                    r = evaluate(lang, s, val, fluent_none[lang])
                 except LangNeuronsError:  # e.g. k larger than a layer subset
                     continue
                 stages.append({"stage": stage, **r})
@@ -120,17 +129,45 @@ def _sweep(model: HookedModel, neurons: LanguageNeurons, references: dict[str, l
     test_seeds = list(range(1, cfg.test_samples + 1))
     test = []
     none = cells.samples(None, "none", 0, test_seeds)
+    paper = {"method": "clamp", "k": min(1000, n), "scale": 1.0, "positions": "all", "layers": None}
     for lang in langs:
         sc = cells.score(none, lang)
-        test.append({"lang": lang, "setting": "none", "rate": sc.rate, "gated_rate": sc.gated_rate, "nll": sc.nll,
-                     "bleu": sc.bleu, "degenerate": sc.degenerate})
-        for name, s in (("paper k=1000", {"k": min(1000, n), "scale": 1.0, "positions": "all", "layers": "all"}),
-                        ("k=0.45%", {"k": _fraction_k("0.45%", n), "scale": 1.0, "positions": "all", "layers": "all"}),
-                        ("best", {k: best[lang][k] for k in ("k", "scale", "positions", "layers")})):
-            r = evaluate(lang, s, test_seeds)
-            test.append({**r, "setting": name})
+        test.append({"lang": lang, "setting": "none", "rate": sc.rate, "rate_lingua": sc.rate_lingua,
+                     "gated_rate": sc.gated_rate, "fluent": sc.fluent, "retention": 1.0, "nll": sc.nll, "bleu": sc.bleu,
+                     "degenerate": sc.degenerate})
+        chosen = {k: v for k, v in best[lang].items() if k != "val"}
+        for name, s in (("paper clamp k=1000", paper), (f"best {cfg.method}", chosen)):
+            test.append({**evaluate(lang, s, test_seeds, sc.fluent), "setting": name})
     result = SweepResult(best, stages, test, {**cells.meta(), "config": asdict(cfg), "languages": langs, "notes": notes})
     return result
+
+
+def _search_space(cfg: SweepConfig, neurons: LanguageNeurons, n: int) -> tuple[dict, list, list[str]]:
+    """The starting setting and the stages (name, field, values) searched for the method."""
+    notes = []
+    if cfg.method in ("clamp", "add"):
+        start = {"method": cfg.method, "k": _fraction_k("0.45%", n), "positions": "all", "layers": None}
+        ks = ("k", "k", _ks(cfg.k_fractions, n))
+        layers = ("layers", "layers", [None if x == "all" else x for x in cfg.layer_sets])
+        if cfg.method == "clamp":
+            start["scale"] = 1.0
+            # from BOS with the KV cache every pass holds only the newest position: "last" equals "all"
+            positions = [p for p in cfg.positions if p != "last"] or ["all"]
+            if "last" in cfg.positions:
+                notes.append("positions=last skipped: from BOS with the KV cache it equals positions=all")
+            return start, [ks, ("scale", "scale", list(cfg.scales)), ("positions", "positions", positions), layers], notes
+        start["alpha"] = 1.0
+        return start, [ks, ("alpha", "alpha", list(cfg.alphas)), layers], notes
+    means, _ = neurons.residual()
+    L, d = means.shape[1], means.shape[2]
+    layers = list(cfg.resid_layers) if cfg.resid_layers else sorted({round(L * f) for f in (1 / 3, 1 / 2, 2 / 3, 5 / 6)})
+    start = {"method": cfg.method, "k": neurons.k, "layer": round(0.6 * L)}
+    if cfg.method == "diffmean":
+        start["alpha"] = 1.0
+        return start, [("layer", "layer", layers), ("alpha", "alpha", list(cfg.alphas))], notes
+    start.update({"n_dims": max(1, round(0.05 * d)), "coef": 1.0})
+    dims = sorted({max(1, round(f * d)) for f in cfg.dim_fractions})
+    return start, [("layer", "layer", layers), ("n_dims", "n_dims", dims), ("coef", "coef", list(cfg.coefs))], notes
 
 
 def _fraction_k(fraction: str, n: int) -> int:
@@ -144,37 +181,41 @@ def _ks(fractions: Sequence[str], n: int) -> list[int]:
     return list(dict.fromkeys(ks)) or [1]
 
 
+def _f(v, fmt=".2f") -> str:
+    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, fmt)
+
+
 def sweep_markdown(res: SweepResult) -> str:
     settings = list(dict.fromkeys(r["setting"] for r in res.test))
     langs = list(dict.fromkeys(r["lang"] for r in res.test))
     get = {(r["lang"], r["setting"]): r for r in res.test}
-    best = [[l, f"{b['k']} ({100 * b['val']['k_fraction']:.2f}%)", b["scale"], b["positions"], b["layers"],
-             f"{b['val']['gated_rate']:.2f}"] for l, b in res.best.items()]
+    best = [[l, b["val"]["label"], f"{b['val']['gated_rate']:.2f}", _f(b["val"]["retention"])]
+            for l, b in res.best.items() if b.get("val")]
     tests = []
     for l in langs + ["mean"]:
         cells = []
         for s in settings:
             rs = [get[(x, s)] for x in langs] if l == "mean" else [get[(l, s)]]
-            nll = mean_of(rs, "nll")
-            cells.append(f"{mean_of(rs, 'rate'):.2f} / {mean_of(rs, 'gated_rate'):.2f} / "
-                         f"{1 - mean_of(rs, 'degenerate'):.2f} / "
-                         + ("-" if math.isnan(nll) else f"{nll:.2f}"))
+            cells.append(" / ".join(_f(mean_of(rs, key)) for key in
+                                    ("rate", "rate_lingua", "gated_rate", "fluent", "retention", "nll")))
         tests.append([l, *cells])
-    out = [f"Best setting per language (picked on validation seeds by gated rate), then all settings on fresh "
-           f"seeds 1..{res.meta['config']['test_samples']}", "",
-           markdown_table(["lang", "best k (fraction)", "scale", "positions", "layers", "val gated"], best),
-           "rate: lid.176 > 0.5; gated: target language and not degenerate; ok: share of samples that pass the "
-           "degeneracy gate whatever their language (the gated rate cannot exceed it)", "",
-           markdown_table(["lang", *[f"{s}: rate / gated / ok / NLL" for s in settings]], tests).rstrip("\n"),
+    method = res.meta["config"].get("method", "clamp")
+    out = [f"Method {method}: best setting per language, picked on validation seeds 1001.. by gated rate (ties: "
+           f"lower NLL); then the settings on fresh seeds 1..{res.meta['config']['test_samples']}", "",
+           markdown_table(["lang", "best setting", "val gated", "val retention"], best),
+           "rate: lid.176 > 0.5; lingua: the second identifier; gated: target language and fluent; fluent: share of "
+           "samples that pass the degeneracy gate whatever their language; retention: fluent share / the unsteered "
+           "fluent share on the same seeds; NLL under the unsteered model", "",
+           markdown_table(["lang", *[f"{s}: rate / lingua / gated / fluent / retention / NLL" for s in settings]],
+                          tests).rstrip("\n"),
            "", *res.meta.get("notes", [])]
     ref = res.meta.get("reference_nll", {})
     if ref:
         out += ["", "Reference NLL of real text: " + ", ".join(f"{l} {v:.2f}" for l, v in ref.items())]
-    trade = [[r["lang"], r["k"], f"{100 * r['k_fraction']:.2f}%", f"{r['rate']:.2f}", f"{r['gated_rate']:.2f}",
-              f"{1 - r['degenerate']:.2f}", "-" if r["nll"] is None else f"{r['nll']:.2f}"]
-             for r in res.stages if r["stage"] == "k"]
-    out += ["", "Trade-off along k (validation seeds, scale 1, all positions, all layers):", "",
-            markdown_table(["lang", "k", "fraction", "rate", "gated", "ok", "NLL"], trade)]
+    trade = [[r["lang"], r["stage"], r["label"], _f(r["rate"]), _f(r.get("rate_lingua")), _f(r["gated_rate"]),
+              _f(r.get("fluent")), _f(r.get("retention")), _f(r["nll"])] for r in res.stages]
+    out += ["", "Every setting tried (validation seeds); the Pareto figure plots rate against retention:", "",
+            markdown_table(["lang", "stage", "setting", "rate", "lingua", "gated", "fluent", "retention", "NLL"], trade)]
     return "\n".join(out)
 
 
@@ -185,4 +226,5 @@ def write_sweep(res: SweepResult, out: str | Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "sweep.md", sweep_markdown(res))
     atomic_write_json(out / "sweep.json", {"best": res.best, "stages": res.stages, "test": res.test, "meta": res.meta})
-    plots.tradeoff([r for r in res.stages if r["stage"] == "k"], out / "tradeoff.png")
+    plots.pareto(res.stages, out / "tradeoff.png", title=f"{res.meta['config'].get('method', 'clamp')}: target rate "
+                 "against fluency retention, one point per setting (validation seeds)")

@@ -16,12 +16,22 @@ def _read(path: Path) -> str:
     return path.read_text(encoding="utf-8").strip() if path.exists() else ""
 
 
+def _steering(cfg: dict) -> str:
+    st = cfg.get("steering") or {"method": "clamp", **{k: cfg.get(k) for k in ("value", "scale", "positions")}}
+    if st.get("method", "clamp") == "clamp":
+        return f"clamp to {st.get('value')} x {st.get('scale')} at {st.get('positions')} positions"
+    keep = {k: v for k, v in st.items() if k not in ("which", "k", "value", "scale", "layers") and v is not None}
+    return ", ".join(f"{k} {v}" for k, v in keep.items())
+
+
 def build_report(directory: str | Path) -> Path:
     """Write ``report.md`` and ``report.html`` into a ``find`` output folder (with ``control/`` if evaluated)."""
     d = Path(directory)
     if not (d / "neurons.json").exists():
         raise LangNeuronsError(f"{d} is not a tl-langneurons result folder (no neurons.json); run `tl-langneurons find --out {d}`")
-    from ..detect.neurons import read_neurons_json  # checked like LanguageNeurons.load checks it
+    from ..detect.neurons import (
+        read_neurons_json,  # checked like LanguageNeurons.load checks it
+    )
 
     info = read_neurons_json(d / "neurons.json")
     meta = info.get("meta", {})
@@ -47,7 +57,7 @@ def build_report(directory: str | Path) -> Path:
         parts += ["## Control (paper Table 2)", "",
                   f"Generation: {'BOS only' if not cfg.get('prompt') else 'prompt ' + repr(cfg.get('prompt'))}, "
                   f"temperature {cfg.get('temperature')}, {cfg.get('max_new_tokens')} new tokens, seeds {ev.get('seeds')}, "
-                  f"clamp value {cfg.get('value')} x {cfg.get('scale')} at {cfg.get('positions')} positions. "
+                  f"intervention {_steering(cfg)}. "
                   "Language-ID rates are shown beside a quality measure: lid.176 labels degenerate repetition as the language.",
                   "", _read(ctl / "table2.md"), ""]
         if (ctl / "k_ablation.md").exists():

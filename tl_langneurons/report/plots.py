@@ -133,8 +133,18 @@ def token_strip(tokens: Sequence[str], score: np.ndarray, langs: Sequence[str], 
     _save(fig, path)
 
 
-def tradeoff(rows: list[dict], path: str | Path) -> None:
-    """Gated rate and fluency (NLL) against the k fraction, per language."""
-    _curves(rows, lambda r: 100 * r["k_fraction"], "gated_rate", "nll",
-            ("gated rate", "NLL per token (unclamped model)"), "k (% of the site's neurons, top + bottom each)",
-            "Steering trade-off: language rate against fluency", path, log_x=True)
+def pareto(rows: list[dict], path: str | Path, title: str = "Target rate against fluency retention") -> None:
+    """One point per setting tried: target rate (lid.176) against fluency retention, per language."""
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    langs = list(dict.fromkeys(r["lang"] for r in rows))
+    for lang in langs:
+        pts = [(r["retention"], r["rate"]) for r in rows if r["lang"] == lang and r.get("retention") is not None]
+        if pts:
+            ax.scatter(*zip(*pts), label=lang, s=18)
+    ax.axvline(0.9, color="grey", lw=0.6, ls="--")
+    ax.axhline(0.9, color="grey", lw=0.6, ls="--")
+    ax.set_xlabel("fluency retention (fluent share steered / unsteered)")
+    ax.set_ylabel("target rate (lid.176 > 0.5)")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
+    _save(fig, path)

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
-from ..config import number_or_name, option
+from ..config import option
 from ..detect.neurons import LanguageNeurons
 from ..errors import LangNeuronsError
 from ..model.protocol import HookedModel
 from .generation import GenerationConfig, Sample, generate
-from .interventions import POSITIONS
+from .methods import SteeringConfig
 
 
 @dataclass
@@ -24,20 +24,13 @@ class SteerConfig:
     samples: int = option(3, "samples, seeds SEED..SEED+N-1")
     max_new_tokens: int = option(48, "tokens to generate")
     temperature: float = option(GenerationConfig.temperature, "sampling temperature over the full vocabulary")
-    value: str | float = option("median", "clamp value: median, zero, or a number", parse=number_or_name)
-    scale: float = option(1.0, "multiply the clamp value")
-    positions: str = option("all", "clamp every position, or only the newest", choices=POSITIONS)
     batch_size: int = option(GenerationConfig.batch_size, "samples per batch")
+    # the intervention (clamp by default: the paper); its options come from SteeringConfig
+    steering: SteeringConfig = field(default_factory=SteeringConfig)
 
     def __post_init__(self) -> None:
-        import math
-
         if self.samples < 1:
             raise LangNeuronsError(f"samples must be at least 1, got {self.samples}")
-        if isinstance(self.value, (int, float)) and not math.isfinite(self.value):
-            raise LangNeuronsError(f"--value must be median, zero or a finite number, got {self.value}")
-        if not math.isfinite(self.scale):
-            raise LangNeuronsError(f"--scale must be a finite number such as 1.5, got {self.scale}")
         self.generation()  # temperature, max_new_tokens and batch_size
 
     def generation(self) -> GenerationConfig:
@@ -55,6 +48,6 @@ class SteerPair:
 def steer_pairs(model: HookedModel, neurons: LanguageNeurons, config: SteerConfig) -> list[SteerPair]:
     """One (unclamped, clamped) pair of samples per seed, on the same seeds."""
     neurons.check_model(model)
-    hooks = neurons.hooks(config.lang, config.which, config.value, config.scale, config.positions, k=config.k)
+    hooks = replace(config.steering, which=config.which, k=config.k).hooks(neurons, config.lang)
     gcfg = config.generation()
     return [SteerPair(a, b) for a, b in zip(generate(model, gcfg), generate(model, gcfg, hooks))]

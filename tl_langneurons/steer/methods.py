@@ -90,7 +90,7 @@ def residual_overwrite_hook(layer: int, dims: torch.Tensor, values: torch.Tensor
 
 def _finite(name: str, v: float) -> None:
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-        raise LangNeuronsError(f"{name} must be a finite number, got {v!r}")
+        raise LangNeuronsError(f"{name} must be a finite number such as 1.5, got {v!r}")
 
 
 @dataclass
@@ -123,8 +123,9 @@ class SteeringConfig:
             raise LangNeuronsError("positions=last is for clamp; use all or generated")
         for name in ("scale", "alpha", "coef"):
             _finite(f"--{name}", getattr(self, name))
-        if isinstance(self.value, (int, float)) and not isinstance(self.value, bool):
-            _finite("--value", self.value)
+        if not (self.value in ("median", "zero") or (isinstance(self.value, (int, float)) and not isinstance(
+                self.value, bool) and math.isfinite(self.value))):
+            raise LangNeuronsError(f"--value must be median, zero or a finite number, got {self.value}")
         if self.n_dims is not None and self.n_dims < 1:
             raise LangNeuronsError(f"--n-dims must be at least 1, got {self.n_dims}")
 
