@@ -22,7 +22,8 @@ from .model.load import DEFAULT_MODEL, ModelConfig, load_model
 from .model.protocol import HookedModel
 from .model.sites import NeuronIndex, resolve_sites
 from .steer.compare import SteerConfig
-from .steer.generation import GenerationConfig, generate
+from .steer.generation import GenerationConfig, generate, generate_many
+from .steer.methods import SteeringConfig
 from .steer.interventions import clamp_hooks
 from .study import DemoConfig, Study, run_demo
 
@@ -32,6 +33,6 @@ __all__ = [
     "DEFAULT_MODEL", "AttributionConfig", "ControlResult", "CorpusConfig", "CrossSteerConfig", "DeactivationConfig",
     "DemoConfig", "EvaluateConfig", "FindConfig", "GenerationConfig", "HFHookedModel", "HookedModel",
     "LangNeuronsError", "LanguageNeurons", "ModelConfig", "MultilingualCorpus", "NeuronIndex", "PAPER_LANGUAGES",
-    "PooledActivations", "SteerConfig", "Study", "SweepConfig", "clamp_hooks", "collect", "collect_poolings",
-    "evaluate_control", "find_neurons", "generate", "load_model", "resolve_sites", "run_demo", "run_sweep",
+    "PooledActivations", "SteerConfig", "SteeringConfig", "Study", "SweepConfig", "clamp_hooks", "collect", "collect_poolings",
+    "evaluate_control", "find_neurons", "generate", "generate_many", "load_model", "resolve_sites", "run_demo", "run_sweep",
 ]
