@@ -7,6 +7,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from tl_langneurons import LangNeuronsError, LanguageNeurons, collect, find_neurons
+from tl_langneurons.steer import methods as M
 from tl_langneurons.steer.methods import SteeringConfig, prompt_pass
 
 IDS = torch.tensor([[1, 40, 41, 42, 43, 44]])
@@ -153,3 +154,178 @@ def test_config_is_validated():
         SteeringConfig(method="add", alpha=float("nan"))
     with pytest.raises(LangNeuronsError, match="positions=last"):
         SteeringConfig(method="diffmean", positions="last")
+
+
+# ---- builders against slow references: a spy before and after the steering hooks at the same hook point ----
+def _sandwich(model, hooks, ids=IDS):
+    """(activation before the steering hooks, after them, logits) at every hook point the hooks touch."""
+    names = sorted({n for n, _ in hooks})
+    pre, post = {}, {}
+
+    def spy(store, name):
+        return lambda x, hook: store.__setitem__(name, x.detach().clone())
+
+    fwd = [(n, spy(pre, n)) for n in names] + list(hooks) + [(n, spy(post, n)) for n in names]
+    with torch.no_grad(), model.hooks(fwd_hooks=fwd):
+        logits = model(ids)
+    return pre, post, logits
+
+
+def _by_layer(neurons, sel, values):
+    """{hook name: (units, values)} of global neuron indices."""
+    out = {}
+    for n, v in zip(sel.tolist(), values.tolist()):
+        site, unit = neurons.index.locate(n)
+        out.setdefault(site.hook, []).append((unit, v))
+    return out
+
+
+def _direct_mu(pooled, labels, li):
+    on = pooled.values[torch.as_tensor(labels == li)].double().mean(0)
+    off = pooled.values[torch.as_tensor(labels != li)].double().mean(0)
+    return on, off
+
+
+def test_neurons_and_ap_identical_with_the_residual_hooks(found, tiny_llama, tiny_corpus):
+    neurons, _, labels = found
+    texts, _ = tiny_corpus.flat()
+    plain = collect(tiny_llama, texts, "mlp_post", progress=False)
+    assert plain.resid is None
+    before = LanguageNeurons.from_activations(plain, labels, neurons.languages, k=5)
+    assert torch.equal(before.ap, neurons.ap) and torch.equal(before.medians, neurons.medians)
+    for lang in neurons.languages:
+        for w in ("top", "bottom", "middle"):
+            assert torch.equal(before.sets[lang][w].neurons, neurons.sets[lang][w].neurons)
+
+
+@pytest.mark.parametrize("which,source", [("both", None), ("top", "en"), ("bottom", "ja")])
+def test_add_against_reference(found, tiny_llama, which, source):
+    neurons, pooled, labels = found
+    t = neurons.languages.index("de")
+    hooks = M.add(neurons, "de", alpha=1.5, which=which, k=4, source=source)
+    pre, post, _ = _sandwich(tiny_llama, hooks)
+    on, off = _direct_mu(pooled, labels, t)
+    sel, _ = neurons.selected("de", which, 4)
+    plus = _by_layer(neurons, sel, (1.5 * (on - off))[sel])
+    setv = {}
+    if source is not None:
+        s = neurons.languages.index(source)
+        src = torch.topk(neurons.ap[s], 4).indices
+        setv = _by_layer(neurons, src, _direct_mu(pooled, labels, s)[1][src])
+    assert set(pre) == set(plus) | set(setv)
+    for name in pre:
+        expect = pre[name].clone()
+        for unit, v in plus.get(name, []):
+            expect[..., unit] += v
+        for unit, v in setv.get(name, []):
+            expect[..., unit] = v
+        assert torch.allclose(post[name], expect, atol=1e-5), name
+
+
+def test_clamp_against_reference(found, tiny_llama):
+    neurons, pooled, labels = found
+    hooks = M.clamp(neurons, "fr", which="both", k=3, scale=0.5)
+    pre, post, _ = _sandwich(tiny_llama, hooks)
+    sel, _ = neurons.selected("fr", "both", 3)
+    med = np.median(pooled.values[torch.as_tensor(labels == neurons.languages.index("fr"))].double().numpy(), 0)
+    setv = _by_layer(neurons, sel, 0.5 * torch.from_numpy(med)[sel])
+    assert set(pre) == set(setv)
+    for name in pre:
+        expect = pre[name].clone()
+        for unit, v in setv[name]:
+            expect[..., unit] = v
+        assert torch.allclose(post[name], expect, atol=1e-6)
+
+
+@pytest.mark.parametrize("source", [None, "en"])
+def test_diffmean_and_sparse_against_reference(found, tiny_llama, source):
+    neurons, _, _ = found
+    means, norms = neurons.residual()
+    t = neurons.languages.index("ja")
+    other = (means[neurons.languages.index(source), 1] if source else
+             means[[i for i in range(len(neurons.languages)) if i != t], 1].mean(0)).double()
+    v = means[t, 1].double() - other
+    pre, post, _ = _sandwich(tiny_llama, M.diffmean(neurons, "ja", layer=1, alpha=0.7, source=source))
+    assert list(pre) == ["blocks.1.hook_resid_post"]
+    h = pre["blocks.1.hook_resid_post"]
+    assert torch.allclose(post["blocks.1.hook_resid_post"], h + (0.7 * norms[1] * v / (v.norm() + 1e-8)).float(), atol=1e-5)
+    dims = torch.topk(v.abs(), 3).indices
+    for restore in (False, True):
+        pre, post, _ = _sandwich(tiny_llama, M.sparse(neurons, "ja", layer=1, n_dims=3, coef=2.0, restore_norm=restore,
+                                                       source=source))
+        h = pre["blocks.1.hook_resid_post"]
+        expect = h.clone()
+        expect[..., dims] = 2.0 * means[t, 1, dims]
+        if restore:
+            expect = expect * h.norm(dim=-1, keepdim=True) / expect.norm(dim=-1, keepdim=True)
+        assert torch.allclose(post["blocks.1.hook_resid_post"], expect, atol=1e-5)
+
+
+def test_identity_settings_leave_the_logits_unchanged(found, tiny_llama):
+    neurons = found[0]
+    plain = tiny_llama(IDS)
+    for hooks in (M.add(neurons, "zh", alpha=0.0, source=None), M.diffmean(neurons, "zh", alpha=0.0)):
+        assert torch.allclose(tiny_llama.run_with_hooks(IDS, fwd_hooks=hooks), plain, atol=1e-6)
+    # sparse is an overwrite: it is the identity where h already holds coef * mu_L(t) on its dimensions
+    means, _ = neurons.residual()
+    t, layer, coef = neurons.languages.index("zh"), 2, 0.3
+    diff = means[t, layer] - means[[i for i in range(len(neurons.languages)) if i != t], layer].mean(0)
+    dims = torch.topk(diff.abs(), 4).indices
+
+    def put(x, hook):
+        x = x.clone()
+        x[..., dims] = coef * means[t, layer, dims]
+        return x
+
+    name = f"blocks.{layer}.hook_resid_post"
+    ref = tiny_llama.run_with_hooks(IDS, fwd_hooks=[(name, put)])
+    for restore in (False, True):
+        hooks = [(name, put)] + M.sparse(neurons, "zh", layer=layer, n_dims=4, coef=coef, restore_norm=restore)
+        assert torch.allclose(tiny_llama.run_with_hooks(IDS, fwd_hooks=hooks), ref, atol=1e-5)
+
+
+@pytest.mark.parametrize("method,kw", [("clamp", {"scale": 0.5}), ("add", {"alpha": 2.0, "source": "en"}),
+                                       ("diffmean", {"alpha": 2.0, "layer": 0}),
+                                       ("sparse", {"n_dims": 3, "coef": 0.5, "restore_norm": False})])
+def test_one_entry_point_equals_the_builders(found, tiny_llama, method, kw):
+    neurons, _, _ = found
+    ref = tiny_llama.run_with_hooks(IDS, fwd_hooks=M.BUILDERS[method](neurons, "fr", **kw))
+    assert not torch.allclose(ref, tiny_llama(IDS))
+    via_neurons = neurons.hooks("fr", method=method, **kw)
+    via_config = SteeringConfig(method=method, **kw).hooks(neurons, "fr")
+    for hooks in (via_neurons, via_config):
+        assert torch.equal(tiny_llama.run_with_hooks(IDS, fwd_hooks=hooks), ref)
+        with tiny_llama.hooks(fwd_hooks=hooks):
+            assert torch.equal(tiny_llama(IDS), ref)
+            logits, cache = tiny_llama.run_with_cache(IDS, names_filter=lambda n: n.endswith("hook_resid_post"))
+        assert torch.equal(logits, ref) and len(cache) == 3
+    # the defaults of the entry points agree too
+    dflt = M.BUILDERS[method](neurons, "fr")
+    assert torch.equal(tiny_llama.run_with_hooks(IDS, fwd_hooks=neurons.hooks("fr", method=method)),
+                       tiny_llama.run_with_hooks(IDS, fwd_hooks=dflt))
+    assert torch.equal(tiny_llama.run_with_hooks(IDS, fwd_hooks=SteeringConfig(method=method).hooks(neurons, "fr")),
+                       tiny_llama.run_with_hooks(IDS, fwd_hooks=dflt))
+
+
+def test_clamp_generated_through_neurons_hooks(found, tiny_llama):
+    neurons, _, _ = found
+    hooks = neurons.hooks("de", positions="generated")
+    with prompt_pass():
+        assert torch.equal(tiny_llama.run_with_hooks(IDS, fwd_hooks=hooks), tiny_llama(IDS))
+    assert torch.equal(tiny_llama.run_with_hooks(IDS, fwd_hooks=hooks),
+                       tiny_llama.run_with_hooks(IDS, fwd_hooks=neurons.hooks("de")))
+
+
+def test_bad_settings_are_refused(found):
+    neurons, _, _ = found
+    for kw, msg in [({"method": "diffmean", "layer": 3}, "between 0 and 2"), ({"method": "sparse", "layer": -1}, "at least 0"),
+                    ({"method": "add", "source": "de"}, "source and target"),
+                    ({"method": "diffmean", "source": "it"}, "no neurons for language 'it'"),
+                    ({"method": "sparse", "coef": float("inf")}, "finite"), ({"method": "add", "k": 0}, "at least 1"),
+                    ({"method": "add", "which": "all"}, "unknown neuron set"), ({"method": "mix"}, "unknown method")]:
+        with pytest.raises(LangNeuronsError, match=msg):
+            neurons.hooks("de", **kw)
+    with pytest.raises(LangNeuronsError, match="between 0 and 2"):
+        M.sparse(neurons, "de", layer=7)
+    with pytest.raises(LangNeuronsError, match="finite"):
+        M.add(neurons, "de", alpha=float("nan"))

@@ -2,7 +2,8 @@
 
 ``LanguageNeurons`` holds, per language, the top-k, bottom-k and middle-k neurons by AP with
 their AP, clamp value (median over the language's texts) and on/off statistics. It saves and
-loads itself, prints a summary, and gives clamp hooks for TransformerLens.
+loads itself, prints a summary, and gives steering hooks for TransformerLens (clamp, the paper's, by
+default; add, diffmean and sparse through ``hooks(method=...)``, defined in ``steer/methods.py``).
 """
 
 from __future__ import annotations
@@ -224,6 +225,8 @@ class LanguageNeurons:
         m.update({"k": k, "k_fraction": k / pooled.index.n_neurons, "n_neurons": pooled.index.n_neurons,
                   "pooling": pooled.meta.get("pooling"), "include_bos": pooled.meta.get("include_bos"),
                   "sites": pooled.index.spec})
+        counts = np.bincount(labels.astype(np.int64), minlength=len(languages))  # for means_off (mu_off)
+        m.setdefault("texts_per_language", {l: int(c) for l, c in zip(languages, counts)})
         return cls(list(languages), pooled.index, k, sets, ap, stats["median_on"], stats["mean_on"], stats["mean_all"], m)
 
     # ---- access ---------------------------------------------------------------------------
@@ -286,14 +289,31 @@ class LanguageNeurons:
 
     def hooks(self, lang: str, which: str = "both", value: str | float = "median", scale: float = 1.0,
               positions: str = "all", k: int | None = None,
-              layers: str | Sequence[int] | None = None) -> list[tuple[str, Callable]]:
-        """TransformerLens ``fwd_hooks`` that clamp the language's neurons.
+              layers: str | Sequence[int] | None = None, *, method: str = "clamp", alpha: float = 1.0,
+              layer: int | None = None, n_dims: int | None = None, coef: float = 1.0, restore_norm: bool = True,
+              source: str | None = None) -> list[tuple[str, Callable]]:
+        """TransformerLens ``fwd_hooks`` that steer towards the language (by default: clamp its neurons).
 
         ``value``: "median" (the paper: median over the language's texts), "zero", or a number.
         ``scale`` multiplies the value. ``k`` overrides the number of neurons per set.
-        ``positions``: "all" (the paper) or "last" (only the newest position).
+        ``positions``: "all" (the paper), "last" (only the newest position; clamp) or "generated"
+        (positions the model writes; see ``steer/methods.py``).
         ``layers``: choose the k neurons only among these layers (all, first, last, ends, or a list).
+        ``method``: clamp (the paper), add (``alpha``, ``source``), diffmean (``layer``, ``alpha``,
+        ``source``) or sparse (``layer``, ``n_dims``, ``coef``, ``restore_norm``, ``source``); the same
+        hooks as ``SteeringConfig(method=..., ...).hooks(self, lang)``, defaults there.
         """
+        if method != "clamp" or positions == "generated":
+            from ..steer.methods import SteeringConfig
+
+            if isinstance(layers, str) or layers is None:
+                subset = layers
+            else:
+                subset = [int(l) for l in layers]
+            cfg = SteeringConfig(method=method, which=which, k=k, value=value, scale=scale, positions=positions,
+                                 layers=subset, alpha=alpha, layer=layer, n_dims=n_dims, coef=coef,
+                                 restore_norm=restore_norm, source=source)
+            return cfg.hooks(self, lang)
         if isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isfinite(value):
             raise LangNeuronsError(f"clamp value must be a finite number, median or zero, got {value}")
         if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):

@@ -12,10 +12,28 @@ Zhong et al. 2026):
 - ``sparse``: at one layer, overwrite the K residual dimensions where the target's mean differs most
   with ``coef`` times the target's mean, optionally restoring each position's norm.
 
+One builder per method (:func:`clamp`, :func:`add`, :func:`diffmean`, :func:`sparse`, each
+``(neurons, lang, ...settings) -> fwd_hooks``), one dataclass that holds a method and its settings
+(:class:`SteeringConfig`, whose fields the command line exposes; ``hooks(neurons, lang)``), and the same
+through ``LanguageNeurons.hooks(lang, method=...)``. The hooks are plain ``(hook_name, fn)`` pairs: use
+them in ``model.hooks(fwd_hooks=...)``, ``model.run_with_hooks(...)`` or around ``run_with_cache``.
+
+Defaults (recorded here and in each builder): ``add`` alpha 1 (the neuron's mean moves from the other
+languages' level to the target's); ``diffmean`` alpha 1 times the layer's typical residual norm
+``resid_norms[L]``, at layer ``round(0.6 * n_layers)`` (middle-to-late, where CLaS-Bench and Zhong et
+al. find language best steered); ``sparse`` K = 5% of d_model, coef 1, restore_norm True, same layer.
+The residual methods need the per-language residual means that ``find`` records; results found
+before then raise "found before residual means were recorded; run find again".
+
 Positions: ``all`` (every position, the paper), ``last`` (the newest; clamp only) and
-``generated``: positions the model writes. During generation the prompt pass runs inside
-:func:`prompt_pass`, which ``generated`` hooks leave alone, so the prompt's keys and values stay
-unsteered; outside generation (no prompt pass marked) ``generated`` steers every position.
+``generated``: only the positions the model writes. This uses the context variable
+:data:`PROMPT_PASS` (``steer/positions.py``): generation runs its prompt pass (the first forward of
+a KV-cached generation) inside :func:`prompt_pass`, which sets it to True, and ``generated`` hooks
+return without touching the activation while it is True, so the prompt's keys and values in the
+cache stay unsteered and every later (one-position) step is steered. Outside generation the variable
+is unset (False) and ``generated`` steers every position, like ``all``; wrap a forward pass in
+``with prompt_pass():`` to run it unsteered. Being a ``contextvars.ContextVar``, it is per thread
+and per asyncio task.
 
 Example:
     >>> cfg = SteeringConfig(method="diffmean", alpha=2.0)            # doctest: +SKIP
@@ -26,9 +44,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
+from torch import Tensor
 
 from ..config import number_or_name, option
 from ..detect.neurons import LanguageNeurons
@@ -93,6 +112,131 @@ def _finite(name: str, v: float) -> None:
         raise LangNeuronsError(f"{name} must be a finite number such as 1.5, got {v!r}")
 
 
+def _positions(positions: str, allowed: tuple[str, ...] = ("all", "generated")) -> None:
+    if positions not in allowed:
+        raise LangNeuronsError(f"unknown positions {positions!r} for this method; use {', '.join(allowed)}")
+
+
+def _gate(hooks: Hooks, positions: str) -> Hooks:
+    return only_generated(hooks) if positions == "generated" else hooks
+
+
+def default_layer(n_layers: int) -> int:
+    """The residual methods' default layer: ``round(0.6 * n_layers)``, a middle-to-late layer (CLaS-Bench
+    finds layer 20 of 32 best on Llama-3.1-8B, Zhong et al. layer 18 of 32 on Llama-2-7B)."""
+    return min(n_layers - 1, round(0.6 * n_layers))
+
+
+def default_n_dims(d_model: int) -> int:
+    """The sparse method's default K: 5% of d_model, rounded (Zhong et al. use 400 of 4096, about 10%; 5%
+    keeps more of the residual intact on small models)."""
+    return max(1, round(0.05 * d_model))
+
+
+def _layer(neurons: LanguageNeurons, layer: int | None) -> tuple[Tensor, Tensor, int]:
+    means, norms = neurons.residual()
+    n_layers = means.shape[1]
+    layer = default_layer(n_layers) if layer is None else layer
+    if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < n_layers:
+        raise LangNeuronsError(f"--layer must be between 0 and {n_layers - 1} (residual means were recorded for "
+                               f"{n_layers} layers), got {layer!r}")
+    return means, norms, layer
+
+
+def _difference(neurons: LanguageNeurons, means: Tensor, layer: int, lang: str, source: str | None
+                ) -> tuple[Tensor, Tensor]:
+    """(mu_L(t), mu_L(t) - mu_L(s)) with s the source, or the mean of the other languages (float64)."""
+    neurons._check_lang(lang)
+    t = neurons.languages.index(lang)
+    target = means[t, layer].double()
+    if source is not None:
+        _check_source(neurons, lang, source)
+        other = means[neurons.languages.index(source), layer].double()
+    else:
+        rest = [i for i in range(len(neurons.languages)) if i != t]
+        if not rest:
+            raise LangNeuronsError("residual steering needs at least two languages (target minus the others)")
+        other = means[rest, layer].double().mean(0)
+    return target, target - other
+
+
+def _check_source(neurons: LanguageNeurons, lang: str, source: str) -> None:
+    neurons._check_lang(source)
+    if source == lang:
+        raise LangNeuronsError(f"source and target are both {lang!r}; choose another --source or none")
+
+
+def clamp(neurons: LanguageNeurons, lang: str, which: str = "both", k: int | None = None,
+          layers: str | Sequence[int] | None = None, value: str | float = "median", scale: float = 1.0,
+          positions: str = "all") -> Hooks:
+    """Kojima et al.: ``a_n <- scale * value`` on ``lang``'s ``which`` neurons (value: the median on the
+    language, "zero", or a number). ``positions``: all (the paper), last (the newest position) or generated."""
+    _positions(positions, POSITIONS)
+    hooks = neurons.hooks(lang, which, value, scale, "all" if positions == "generated" else positions, k=k,
+                          layers=layers)
+    return _gate(hooks, positions)
+
+
+def add(neurons: LanguageNeurons, lang: str, alpha: float = 1.0, which: str = "both", k: int | None = None,
+        layers: str | Sequence[int] | None = None, source: str | None = None, positions: str = "all") -> Hooks:
+    """Gurgurov et al.: ``a_n <- a_n + alpha * (mu_on(n, t) - mu_off(n, t))`` on the target's ``which``
+    neurons (k, layers as for clamp), every other activation intact. With ``source``, the source's top-k
+    neurons (same k and layers) are also set to ``mu_off(n, s)`` ("deactivate the source"; applied after
+    the addition where the two sets share a neuron). alpha = 1 moves a neuron's mean from the other
+    languages' level to the target's; alpha = 0 is the identity."""
+    _finite("--alpha", alpha)
+    _positions(positions)
+    neurons._check_lang(lang)
+    li = neurons.languages.index(lang)
+    sel, _ = neurons.selected(lang, which, k, layers)
+    delta = float(alpha) * (neurons.means[li].double() - neurons.means_off(lang).double())[sel]
+    hooks = add_hooks(neurons.index, sel, delta.float())
+    if source is not None:
+        _check_source(neurons, lang, source)
+        src, _ = neurons.selected(source, "top", k, layers)
+        hooks += clamp_hooks(neurons.index, src, neurons.means_off(source)[src])
+    return _gate(hooks, positions)
+
+
+def diffmean(neurons: LanguageNeurons, lang: str, layer: int | None = None, alpha: float = 1.0,
+             source: str | None = None, positions: str = "all") -> Hooks:
+    """CLaS-Bench: at ``blocks.L.hook_resid_post``, ``h <- h + alpha * resid_norms[L] * u`` at every position,
+    ``u`` the unit vector of ``mu_L(t) - mean_{l != t} mu_L(l)`` (or ``- mu_L(source)``). alpha is relative
+    to the layer's typical residual norm, so one range fits every layer and model; ``layer`` defaults to
+    :func:`default_layer`. alpha = 0 is the identity."""
+    _finite("--alpha", alpha)
+    _positions(positions)
+    means, norms, layer = _layer(neurons, layer)
+    _, diff = _difference(neurons, means, layer, lang, source)
+    u = diff / (diff.norm() + 1e-8)
+    return _gate(residual_add_hook(layer, (float(alpha) * float(norms[layer]) * u).float()), positions)
+
+
+def sparse(neurons: LanguageNeurons, lang: str, layer: int | None = None, n_dims: int | None = None,
+           coef: float = 1.0, restore_norm: bool = True, source: str | None = None,
+           positions: str = "all") -> Hooks:
+    """Zhong et al.: at ``blocks.L.hook_resid_post``, the ``n_dims`` dimensions d with the largest
+    ``|mu_L(t)[d] - mean_{l != t} mu_L(l)[d]|`` (or vs ``source``) are overwritten with ``coef * mu_L(t)[d]``
+    at every position; with ``restore_norm`` each position is then rescaled to its norm before the
+    overwrite. Defaults: :func:`default_layer`, :func:`default_n_dims`, coef 1 (the target's mean itself),
+    restore_norm True (keeps the scale the next block expects)."""
+    _finite("--coef", coef)
+    _positions(positions)
+    means, _, layer = _layer(neurons, layer)
+    d = means.shape[2]
+    if n_dims is None:
+        n_dims = default_n_dims(d)
+    if isinstance(n_dims, bool) or not isinstance(n_dims, int) or n_dims < 1:
+        raise LangNeuronsError(f"--n-dims must be at least 1, got {n_dims!r}")
+    target, diff = _difference(neurons, means, layer, lang, source)
+    dims = torch.topk(diff.abs(), min(n_dims, d)).indices
+    return _gate(residual_overwrite_hook(layer, dims, (float(coef) * target[dims]).float(), bool(restore_norm)),
+                 positions)
+
+
+BUILDERS: dict[str, Callable[..., Hooks]] = {"clamp": clamp, "add": add, "diffmean": diffmean, "sparse": sparse}
+
+
 @dataclass
 class SteeringConfig:
     """One intervention and its settings; ``hooks(neurons, lang)`` builds it for a target language."""
@@ -104,7 +248,7 @@ class SteeringConfig:
     scale: float = option(1.0, "multiply the clamp value")
     positions: str = option("all", "steer every position, the newest only (clamp), or only generated positions",
                             choices=POSITIONS)
-    layers: str | None = None  # clamp/add: choose the k neurons among these layers (all, first, last, ends)
+    layers: str | list[int] | tuple[int, ...] | None = None  # clamp/add: choose the k neurons among these layers
     alpha: float = option(1.0, "strength of add (times mu_on - mu_off) and diffmean (times the residual norm)")
     layer: int | None = option(None, "layer of diffmean and sparse (none: 0.6 x the number of layers)", parse=int)
     n_dims: int | None = option(None, "sparse: residual dimensions overwritten (none: 5% of d_model)", parse=int)
@@ -128,6 +272,12 @@ class SteeringConfig:
             raise LangNeuronsError(f"--value must be median, zero or a finite number, got {self.value}")
         if self.n_dims is not None and self.n_dims < 1:
             raise LangNeuronsError(f"--n-dims must be at least 1, got {self.n_dims}")
+        if self.layer is not None and self.layer < 0:  # the upper bound needs the model: checked in resolved()
+            raise LangNeuronsError(f"--layer must be a layer number of at least 0, got {self.layer}")
+        if self.k is not None and (isinstance(self.k, bool) or self.k < 1):
+            raise LangNeuronsError(f"--k must be at least 1, got {self.k}")
+        if self.which not in ("both", "top", "bottom", "middle"):
+            raise LangNeuronsError(f"unknown neuron set {self.which!r}; use top, bottom, both or middle")
 
     @property
     def neuron_level(self) -> bool:
@@ -158,50 +308,23 @@ class SteeringConfig:
         return f"sparse L{self.layer} K={self.n_dims} c={self.coef:g}" + ("" if self.restore_norm else " raw")
 
     def resolved(self, neurons: LanguageNeurons) -> "SteeringConfig":
-        """The config with its model-dependent defaults filled in (layer, n_dims)."""
+        """The config with its model-dependent defaults filled in (layer, n_dims) and the layer checked
+        against the recorded residual means; clamp and add are returned unchanged."""
         from dataclasses import replace
 
         if self.neuron_level:
             return self
-        means, _ = neurons.residual()
-        n_layers, d = means.shape[1], means.shape[2]
-        layer = round(0.6 * n_layers) if self.layer is None else self.layer
-        if not 0 <= layer < n_layers:
-            raise LangNeuronsError(f"--layer must be between 0 and {n_layers - 1}, got {layer}")
-        n_dims = max(1, round(0.05 * d)) if self.n_dims is None else min(self.n_dims, d)
+        means, _, layer = _layer(neurons, self.layer)
+        n_dims = (default_n_dims(means.shape[2]) if self.n_dims is None else min(self.n_dims, means.shape[2]))
         return replace(self, layer=layer, n_dims=n_dims if self.method == "sparse" else self.n_dims)
 
     def hooks(self, neurons: LanguageNeurons, lang: str) -> Hooks:
-        """The fwd_hooks of this intervention towards ``lang``."""
+        """The fwd_hooks of this intervention towards ``lang`` (the builder of ``method`` with these settings)."""
         cfg = self.resolved(neurons)
         if cfg.method == "clamp":
-            hooks = neurons.hooks(lang, cfg.which, cfg.value, cfg.scale,
-                                  "all" if cfg.positions == "generated" else cfg.positions, k=cfg.k, layers=cfg.layers)
-        elif cfg.method == "add":
-            neurons._check_lang(lang)
-            li = neurons.languages.index(lang)
-            sel, _ = neurons.selected(lang, cfg.which, cfg.k, cfg.layers)
-            delta = cfg.alpha * (neurons.means[li] - neurons.means_off(lang))[sel]
-            hooks = add_hooks(neurons.index, sel, delta)
-            if cfg.source:
-                src, _ = neurons.selected(cfg.source, "top", cfg.k)
-                hooks += clamp_hooks(neurons.index, src, neurons.means_off(cfg.source)[src])
-        else:
-            means, norms = neurons.residual()
-            neurons._check_lang(lang)
-            t = neurons.languages.index(lang)
-            target = means[t, cfg.layer].double()
-            if cfg.source:
-                neurons._check_lang(cfg.source)
-                other = means[neurons.languages.index(cfg.source), cfg.layer].double()
-            else:
-                rest = [i for i in range(len(neurons.languages)) if i != t]
-                other = means[rest, cfg.layer].double().mean(0)
-            diff = target - other
-            if cfg.method == "diffmean":
-                u = diff / (diff.norm() + 1e-8)
-                hooks = residual_add_hook(cfg.layer, (cfg.alpha * float(norms[cfg.layer]) * u).float())
-            else:
-                dims = torch.topk(diff.abs(), cfg.n_dims).indices
-                hooks = residual_overwrite_hook(cfg.layer, dims, (cfg.coef * target[dims]).float(), cfg.restore_norm)
-        return only_generated(hooks) if cfg.positions == "generated" else hooks
+            return clamp(neurons, lang, cfg.which, cfg.k, cfg.layers, cfg.value, cfg.scale, cfg.positions)
+        if cfg.method == "add":
+            return add(neurons, lang, cfg.alpha, cfg.which, cfg.k, cfg.layers, cfg.source, cfg.positions)
+        if cfg.method == "diffmean":
+            return diffmean(neurons, lang, cfg.layer, cfg.alpha, cfg.source, cfg.positions)
+        return sparse(neurons, lang, cfg.layer, cfg.n_dims, cfg.coef, cfg.restore_norm, cfg.source, cfg.positions)
