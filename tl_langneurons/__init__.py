@@ -23,8 +23,8 @@ from .model.protocol import HookedModel
 from .model.sites import NeuronIndex, resolve_sites
 from .steer.compare import SteerConfig
 from .steer.generation import GenerationConfig, generate, generate_many
-from .steer.methods import SteeringConfig
 from .steer.interventions import clamp_hooks
+from .steer.methods import SteeringConfig
 from .study import DemoConfig, Study, run_demo
 
 __version__ = "0.1.0"

@@ -38,11 +38,15 @@ def comma_list(s: str) -> list[str]:
     return [x.strip() for x in s.split(",") if x.strip()]
 
 
-def float_list(s: str) -> list[float]:
+def _typed_list(s: str, kind: type, what: str) -> list:
     try:
-        return [float(x) for x in comma_list(s)]
+        return [kind(x) for x in comma_list(s)]
     except ValueError as e:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {s!r}") from e
+        raise argparse.ArgumentTypeError(f"expected comma-separated {what}, got {s!r}") from e
+
+
+def float_list(s: str) -> list[float]:
+    return _typed_list(s, float, "numbers")
 
 
 def count_or_percent(s: str) -> int | str:
@@ -63,10 +67,7 @@ def k_list(s: str) -> list[int | str]:
 
 
 def int_list(s: str) -> list[int]:
-    try:
-        return [int(x) for x in comma_list(s)]
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(f"expected comma-separated whole numbers, got {s!r}") from e
+    return _typed_list(s, int, "whole numbers")
 
 
 def number_or_name(s: str) -> str | float:

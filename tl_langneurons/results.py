@@ -190,3 +190,15 @@ def staged_folder(out: str | Path, kind: str, settings: dict, keep: tuple[str, .
         os.replace(stage, out)
         if old.exists():
             shutil.rmtree(old, ignore_errors=True)
+
+
+def run_into(out: str | Path | None, kind: str, settings: dict, overwrite: bool, run, write):
+    """``run(cells_dir)`` and, with ``out``, ``write(result, folder)``, into a folder written as a whole
+    with its finished cells kept for resume; a folder of other settings is refused unless ``overwrite``."""
+    if out is None:
+        return run(None)
+    check_target(Path(out), kind, settings, overwrite)
+    with staged_folder(out, kind, settings, keep=("cells",)) as stage:
+        result = run(stage / "cells")
+        write(result, stage)
+    return result

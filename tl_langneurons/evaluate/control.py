@@ -25,7 +25,7 @@ from ..model.load import model_name
 from ..model.protocol import HookedModel
 from ..provenance import atomic_write_json, atomic_write_text, package_versions
 from ..report.tables import csv_text, markdown_table
-from ..results import check_target, fault_point, staged_folder
+from ..results import fault_point, run_into
 from ..steer.generation import SAMPLER, GenerationConfig, generate, sample_nll
 from ..steer.methods import SteeringConfig
 from .metrics import (
@@ -210,14 +210,8 @@ def evaluate_control(model: HookedModel, neurons: LanguageNeurons, references: d
     folder with results of other settings is refused unless ``overwrite``.
     """
     cfg = config or EvaluateConfig()
-    if out is None:
-        return _control(model, neurons, references, cfg, None, progress)
-    settings = result_settings(neurons, cfg)
-    check_target(Path(out), "control", settings, overwrite)
-    with staged_folder(out, "control", settings, keep=("cells",)) as stage:
-        result = _control(model, neurons, references, cfg, stage / "cells", progress)
-        write_control(result, stage)
-    return result
+    return run_into(out, "control", result_settings(neurons, cfg), overwrite,
+                    lambda cells: _control(model, neurons, references, cfg, cells, progress), write_control)
 
 
 def _control(model: HookedModel, neurons: LanguageNeurons, references: dict[str, list[str]] | None,

@@ -9,7 +9,7 @@ best setting of each language is then reported on fresh seeds, beside the paper'
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -20,7 +20,7 @@ from ..errors import LangNeuronsError
 from ..model.protocol import HookedModel
 from ..provenance import atomic_write_json, atomic_write_text
 from ..report.tables import markdown_table
-from ..results import check_target, staged_folder
+from ..results import run_into
 from ..steer.methods import METHODS, SteeringConfig
 from .control import CellRunner, EvaluateConfig, mean_of, result_settings
 
@@ -36,7 +36,9 @@ class SweepConfig:
     positions: Sequence[str] = option(("all", "last"), "clamp positions searched", parse=comma_list)
     layer_sets: Sequence[str] = option(("all", "first", "last", "ends"), "layer subsets searched", parse=comma_list)
     method: str = option("clamp", "intervention searched: clamp, add, diffmean or sparse", choices=METHODS)
-    alphas: Sequence[float] = option((0.5, 1.0, 2.0, 4.0), "strengths searched (add, diffmean)", parse=float_list)
+    alphas: Sequence[float] = option((0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0),
+                                     "strengths searched (add, diffmean; diffmean's layer stage uses the smallest)",
+                                     parse=float_list)
     resid_layers: Sequence[int] | None = option(None, "layers searched (diffmean, sparse; none: 4 layers from a third "
                                                 "to five sixths of the depth)", parse=int_list)
     dim_fractions: Sequence[float] = option((0.01, 0.05, 0.1), "shares of d_model overwritten (sparse)",
@@ -76,14 +78,8 @@ def run_sweep(model: HookedModel, neurons: LanguageNeurons, references: dict[str
     """Search the settings and report the best on fresh seeds; with ``out``, written there as a whole
     (finished cells kept for resume), refusing a folder of other settings unless ``overwrite``."""
     cfg = config or SweepConfig()
-    if out is None:
-        return _sweep(model, neurons, references, cfg, None, progress)
-    settings = result_settings(neurons, cfg)
-    check_target(Path(out), "sweep", settings, overwrite)
-    with staged_folder(out, "sweep", settings, keep=("cells",)) as stage:
-        result = _sweep(model, neurons, references, cfg, stage / "cells", progress)
-        write_sweep(result, stage)
-    return result
+    return run_into(out, "sweep", result_settings(neurons, cfg), overwrite,
+                    lambda cells: _sweep(model, neurons, references, cfg, cells, progress), write_sweep)
 
 
 def _sweep(model: HookedModel, neurons: LanguageNeurons, references: dict[str, list[str]] | None, cfg: SweepConfig,
@@ -103,7 +99,7 @@ def _sweep(model: HookedModel, neurons: LanguageNeurons, references: dict[str, l
         steer = SteeringConfig(method=s.get("method", cfg.method), **{k: v for k, v in s.items() if k not in ("k", "method")})
         rows = cells.samples(lang, "both", s["k"], seeds, steering=steer)
         sc = cells.score(rows, lang)
-        return {"lang": lang, **s, "label": steer.resolved(neurons).label(), "k_fraction": s["k"] / n, "rate": sc.rate,
+        return {"lang": lang, **s, "label": replace(steer, k=s["k"] if steer.neuron_level else None).resolved(neurons).label(), "k_fraction": s["k"] / n, "rate": sc.rate,
                 "rate_lingua": sc.rate_lingua, "gated_rate": sc.gated_rate, "fluent": sc.fluent,
                 "retention": sc.fluent / base_fluent if base_fluent else None,
                 "nll": sc.nll, "bleu": sc.bleu, "degenerate": sc.degenerate}
@@ -163,7 +159,9 @@ def _search_space(cfg: SweepConfig, neurons: LanguageNeurons, n: int) -> tuple[d
     layers = list(cfg.resid_layers) if cfg.resid_layers else sorted({round(L * f) for f in (1 / 3, 1 / 2, 2 / 3, 5 / 6)})
     start = {"method": cfg.method, "k": neurons.k, "layer": round(0.6 * L)}
     if cfg.method == "diffmean":
-        start["alpha"] = 1.0
+        # the layer stage runs at the weakest strength searched: on models with an outlier residual dimension
+        # (Gemma-3's dim 163 sets the norm) alpha 1 x the norm breaks every layer alike
+        start["alpha"] = min(cfg.alphas)
         return start, [("layer", "layer", layers), ("alpha", "alpha", list(cfg.alphas))], notes
     start.update({"n_dims": max(1, round(0.05 * d)), "coef": 1.0})
     dims = sorted({max(1, round(f * d)) for f in cfg.dim_fractions})

@@ -299,10 +299,11 @@ class SteeringConfig:
 
     def label(self) -> str:
         """A short readable name of the setting."""
+        k = "" if self.k is None else f" k={self.k}"
         if self.method == "clamp":
-            return f"clamp x{self.scale:g}"
+            return f"clamp{k} x{self.scale:g}"
         if self.method == "add":
-            return f"add a={self.alpha:g}" + (f" src={self.source}" if self.source else "")
+            return f"add{k} a={self.alpha:g}" + (f" src={self.source}" if self.source else "")
         if self.method == "diffmean":
             return f"diffmean L{self.layer} a={self.alpha:g}"
         return f"sparse L{self.layer} K={self.n_dims} c={self.coef:g}" + ("" if self.restore_norm else " raw")
