@@ -62,30 +62,30 @@ def is_ours(folder: Path) -> bool:
 
 
 def check_target(out: Path, kind: str, settings: dict, overwrite: bool, what: str = "--out",
-                 old_settings: dict | None = None) -> None:
+                 old_settings: dict | None = None) -> bool:
     """Refuse ``out`` when it holds files the tool did not write, or a run of other settings
-    (unless ``overwrite``). ``old_settings`` are the settings of a folder written before markers."""
+    (unless ``overwrite``). ``old_settings`` are the settings of a folder written before markers.
+    Returns whether ``out`` holds a run of these very settings."""
     check_writable(out, what)
     pid = _read_pid(out.parent / f".{out.name}.lock")
     if pid is not None and pid != os.getpid() and _alive(pid):
         raise LangNeuronsError(f"{out} is being written by process {pid}; wait for it to finish or stop it")
     if not out.exists() or not any(out.iterdir()):
-        return
+        return False
     if not is_ours(out):
         raise LangNeuronsError(f"{what} {out} holds files that tl-langneurons did not write; choose an empty or new folder")
-    if overwrite:
-        return
     marker = read_marker(out)
     old = marker.get("settings") if marker and marker.get("kind") == kind else old_settings
     if old is None:
-        return
+        return False
     old = json.loads(json.dumps(old))
     new = json.loads(json.dumps(settings))
     diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-    if diff:
+    if diff and not overwrite:
         raise LangNeuronsError(
             f"{out} holds a run with other settings (different {', '.join(diff)}); choose another {what} or pass --overwrite"
         )
+    return not diff
 
 
 class FolderLock:

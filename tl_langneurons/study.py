@@ -48,7 +48,6 @@ from .results import (
     check_writable,
     fault_point,
     finish_swap,
-    read_marker,
     staged_folder,
     staging_dir,
 )
@@ -70,12 +69,6 @@ def _find_settings(out: Path) -> dict | None:
     if not isinstance(meta, dict) or not isinstance(meta.get("config"), dict):
         return None
     return {"model": meta.get("model"), "corpus_sha256": meta.get("corpus_sha256"), **meta["config"]}
-
-
-def _same_find(out: Path, settings: dict) -> bool:
-    marker = read_marker(out)
-    old = marker.get("settings") if marker else _find_settings(out)
-    return old is not None and json.loads(json.dumps(old)) == json.loads(json.dumps(settings))
 
 
 class Study:
@@ -127,8 +120,7 @@ class Study:
         echo(f"corpus {texts.name}: {texts.summary()}")
         model_label = model.model if isinstance(model, ModelConfig) else model_name(model)
         settings = {"model": model_label, "corpus_sha256": texts.sha256(), **asdict(config)}
-        same = _same_find(out, settings)
-        check_target(out, "find", settings, overwrite, old_settings=_find_settings(out))
+        same = check_target(out, "find", settings, overwrite, old_settings=_find_settings(out))
         checkpoint = staging_dir(out) / ".partial-activations.safetensors"
         if on_disk is not None and Path(on_disk).exists() and not checkpoint.exists():
             raise LangNeuronsError(f"--on-disk {on_disk} exists; choose a new path (the tool never overwrites a file "
