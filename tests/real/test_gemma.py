@@ -52,3 +52,18 @@ def test_prompted_batch_equals_alone_on_gemma(gemma):
     alone = [generate_many(gemma, [r], max_new_tokens=8, stop_at_eos=False)[0] for r in requests]
     assert [s.tokens for s in mixed] == [s.tokens for s in alone]
     assert len({tuple(s.tokens) for s in mixed}) == len(requests)
+
+
+def test_gemma_samples_equal_the_recorded_ones(gemma):
+    """Seeds' samples (BOS and prompted, plain and clamped) equal those of the code before the
+    by-hand unembedding and the chunked sampler (tests/data/golden_samples.json)."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "integration"))
+    from test_golden_samples import GOLDEN, golden_run
+
+    entry = GOLDEN["gemma"]
+    got = golden_run(gemma, entry)
+    assert got["plain"] == entry["plain"]
+    assert got["clamp"] == entry["clamp"]
