@@ -16,7 +16,7 @@ import pytest
 from tl_langneurons.results import MARKER, staging_dir
 
 FIND_STAGES = ["collect", "rank", "analysis", "write", "swap"]
-EVALUATE_STAGES = ["cell", "write", "swap"]
+EVALUATE_STAGES = ["batch", "cell", "write", "swap"]
 
 
 def cli(args: list[str], fault: str | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
@@ -34,9 +34,10 @@ def files(folder: Path, skip: tuple[str, ...] = ("timings.json",)) -> dict[str, 
     for p in sorted(folder.rglob("*")):
         if p.is_file() and p.name not in skip:
             data = p.read_bytes()
-            if p.name == "evaluation.json":  # per-cell generation times differ between runs
+            if p.name == "evaluation.json":  # per-cell generation times and cache hits differ between runs
                 obj = json.loads(data)
                 obj["meta"].pop("timings", None)
+                obj["meta"].pop("run", None)
                 data = json.dumps(obj, sort_keys=True).encode()
             out[str(p.relative_to(folder))] = data
     return out
@@ -103,11 +104,17 @@ def test_evaluate_killed_at_every_stage_resumes_byte_identical(reference, stage)
     if not clean.exists():
         assert cli(args + ["--out", str(clean)]).returncode == 0
     out = root / f"control-{stage}"
+    if stage == "batch":  # the clean run filled the neurons folder's sample cache: start without it
+        import shutil
+
+        shutil.rmtree(ref / "samples")
     r = cli(args + ["--out", str(out)], fault=stage)
     assert r.returncode == -signal.SIGKILL, (stage, r.stderr[-2000:])
     complete_or_absent(out)
     if stage == "cell":  # the finished cell is kept for the rerun
         assert any((staging_dir(out) / "cells").iterdir())
+    if stage == "batch":  # the first batch is in the neurons folder's sample cache
+        assert any((ref / "samples").iterdir())
     r = cli(args + ["--out", str(out)])
     assert r.returncode == 0, r.stderr
     assert files(out) == files(clean)

@@ -22,6 +22,7 @@ from ..provenance import atomic_write_json, atomic_write_text
 from ..report.tables import markdown_table
 from ..results import run_into
 from ..steer.methods import METHODS, SteeringConfig
+from .samples import SampleStore
 from .control import CellRunner, EvaluateConfig, mean_of, result_settings
 
 
@@ -74,20 +75,21 @@ class SweepResult:
 
 def run_sweep(model: HookedModel, neurons: LanguageNeurons, references: dict[str, list[str]] | None,
               config: SweepConfig | None = None, out: str | Path | None = None, progress: bool = True,
-              overwrite: bool = False) -> SweepResult:
+              overwrite: bool = False, samples: str | Path | None = None) -> SweepResult:
     """Search the settings and report the best on fresh seeds; with ``out``, written there as a whole
     (finished cells kept for resume), refusing a folder of other settings unless ``overwrite``."""
     cfg = config or SweepConfig()
     return run_into(out, "sweep", result_settings(neurons, cfg), overwrite,
-                    lambda cells: _sweep(model, neurons, references, cfg, cells, progress), write_sweep)
+                    lambda cells: _sweep(model, neurons, references, cfg, cells, progress, SampleStore(samples)),
+                    write_sweep)
 
 
 def _sweep(model: HookedModel, neurons: LanguageNeurons, references: dict[str, list[str]] | None, cfg: SweepConfig,
-           cells_dir: Path | None, progress: bool) -> SweepResult:
+           cells_dir: Path | None, progress: bool, store: SampleStore) -> SweepResult:
     langs = cfg.languages or neurons.languages
     ecfg = EvaluateConfig(languages=langs, samples=cfg.test_samples, max_new_tokens=cfg.max_new_tokens,
                           temperature=cfg.temperature, batch_size=cfg.batch_size, ablation_ks=[])
-    cells = CellRunner(model, neurons, ecfg, references, cells_dir, progress)
+    cells = CellRunner(model, neurons, ecfg, references, cells_dir, progress, store)
     n = neurons.index.n_neurons
     val = list(range(1001, 1001 + cfg.val_samples))
     stages: list[dict] = []

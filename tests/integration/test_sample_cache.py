@@ -1,0 +1,66 @@
+"""Samples are cached per (setting, seed) and shared between experiments on the same neurons: a
+cached sample equals the one generated fresh, only missing seeds are generated, a damaged cache file
+is regenerated with a warning."""
+
+import json
+
+import pytest
+
+from tl_langneurons.detect.neurons import find_neurons
+from tl_langneurons.evaluate.control import EvaluateConfig, evaluate_control
+from tl_langneurons.evaluate.samples import SampleStore
+
+
+@pytest.fixture(scope="module")
+def neurons(tiny_llama, tiny_corpus):
+    n = find_neurons(tiny_llama, tiny_corpus, k=10, progress=False)
+    n.meta["model"] = "tiny"
+    return n
+
+
+def _cfg(**kw):
+    return EvaluateConfig(**{"languages": ["de"], "samples": 4, "max_new_tokens": 5, "ablation_ks": [],
+                             "batch_size": 3, **kw})
+
+
+def _rows(res):
+    """The scores of every cell; NLL to 6 decimals (a sample's NLL is computed in a batch with other
+    samples, whose padding changes its float rounding, about 1e-8)."""
+    return [(r["lang"], r["condition"], r["k"], r["rate"], round(r["nll"], 6), r["distinct"])
+            for r in res.table2 + res.ablation]
+
+
+def test_experiments_share_samples_and_cached_equals_fresh(tiny_llama, neurons, tmp_path):
+    store = tmp_path / "samples"
+    fresh = evaluate_control(tiny_llama, neurons, None, _cfg(ablation_ks=[10], ablation_samples=2), progress=False)
+    run = fresh.meta["run"]
+    # the ablation's k = 10 cell is Table 2's "both" cell on seeds 1..2: all of it from the cache
+    assert run["sample_cache"]["hits"] == 2
+    assert run["tokens_generated"] <= 4 * 4 * 5  # none, top, bottom, both: 4 seeds x 5 tokens each
+    a = evaluate_control(tiny_llama, neurons, None, _cfg(ablation_ks=[10], ablation_samples=2), tmp_path / "a",
+                         progress=False, samples=store)
+    assert _rows(a) == _rows(fresh)
+    # a second experiment with more seeds generates only the new ones
+    b = evaluate_control(tiny_llama, neurons, None, _cfg(samples=6), tmp_path / "b", progress=False, samples=store)
+    assert b.meta["run"]["sample_cache"]["hits"] == 4 * 4 and b.meta["run"]["sample_cache"]["misses"] == 4 * 2
+    c = evaluate_control(tiny_llama, neurons, None, _cfg(samples=6), progress=False)  # no cache at all
+    assert _rows(b) == _rows(c)
+    assert len(list(store.glob("*.json"))) == 4  # one file per setting (none, top, bottom, both)
+
+
+def test_damaged_cache_file_is_regenerated_with_a_warning(tiny_llama, neurons, tmp_path):
+    store = tmp_path / "samples"
+    ref = evaluate_control(tiny_llama, neurons, None, _cfg(conditions=("none",)), progress=False, samples=store)
+    (path,) = store.glob("*.json")
+    path.write_text(json.dumps({"settings": {}, "samples": []}))
+    with pytest.warns(UserWarning, match="damaged"):
+        again = evaluate_control(tiny_llama, neurons, None, _cfg(conditions=("none",)), progress=False, samples=store)
+    assert _rows(again) == _rows(ref)
+    assert again.meta["run"]["sample_cache"]["misses"] == 4
+
+
+def test_store_in_memory_and_on_disk():
+    s = SampleStore(None)
+    s.put({"a": 1}, [{"seed": 2, "text": "x", "tokens": [1], "nll": None}])
+    assert s.get({"a": 1}, [1, 2]) == ({2: {"seed": 2, "text": "x", "tokens": [1], "nll": None}}, [1])
+    assert s.get({"a": 2}, [2]) == ({}, [2])

@@ -1,0 +1,93 @@
+"""Generated samples cached per (setting, seed), shared by every experiment on one neurons folder.
+
+A sample depends on the model, the neurons, the intervention and the sampling settings, and on its
+seed: not on the cell, the batch or the experiment that asked for it. Table 2, the k = 1000 point
+of the k ablation, the sweep's paper setting and a method comparison therefore share every sample
+they have in common. The store keeps one JSON file per setting (``<key>.json``: the setting and its
+samples by seed, each with its NLL under the unsteered model), written atomically after every batch,
+so a long cell killed half way resumes from its last batch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import warnings
+from pathlib import Path
+from typing import Sequence
+
+from ..provenance import atomic_write_json
+
+
+def setting_key(settings: dict) -> str:
+    """A short hash of a setting (seeds excluded by the caller)."""
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _row_ok(r) -> bool:
+    def is_int(v) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    return (isinstance(r, dict) and is_int(r.get("seed")) and isinstance(r.get("text"), str)
+            and isinstance(r.get("tokens"), list) and all(is_int(t) for t in r["tokens"])
+            and "nll" in r and (r["nll"] is None or (isinstance(r["nll"], (int, float)) and not isinstance(r["nll"], bool))))
+
+
+class SampleStore:
+    """Samples by (setting, seed) in ``folder`` (None: in memory only, for one run).
+
+    Example:
+        >>> store = SampleStore(None)
+        >>> store.put({"cond": "none"}, [{"seed": 1, "text": "a", "tokens": [5], "nll": 2.0}])
+        >>> store.get({"cond": "none"}, [1, 2])
+        ({1: {'seed': 1, 'text': 'a', 'tokens': [5], 'nll': 2.0}}, [2])
+    """
+
+    def __init__(self, folder: str | Path | None):
+        self.folder = Path(folder) if folder is not None else None
+        self._mem: dict[str, dict[int, dict]] = {}
+        self.hits = 0
+        self.misses = 0
+
+    def _path(self, key: str) -> Path | None:
+        return None if self.folder is None else self.folder / f"{key}.json"
+
+    def _load(self, settings: dict) -> dict[int, dict]:
+        key = setting_key(settings)
+        if key in self._mem:
+            return self._mem[key]
+        rows: dict[int, dict] = {}
+        path = self._path(key)
+        if path is not None and path.exists():
+            try:
+                data = json.loads(path.read_text(encoding="utf-8"))
+                if data.get("settings") != settings:
+                    raise ValueError("its settings differ from the file name's")
+                for r in data["samples"]:
+                    if not _row_ok(r):
+                        raise ValueError(f"a sample is malformed: {str(r)[:80]}")
+                    rows[r["seed"]] = r
+            except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as e:
+                warnings.warn(f"sample cache {path} is damaged ({e}); its samples are generated again", stacklevel=3)
+                rows = {}
+        self._mem[key] = rows
+        return rows
+
+    def get(self, settings: dict, seeds: Sequence[int]) -> tuple[dict[int, dict], list[int]]:
+        """The cached samples of ``seeds`` under ``settings`` and the seeds still missing (in order)."""
+        rows = self._load(settings)
+        found = {s: rows[s] for s in seeds if s in rows}
+        missing = [s for s in seeds if s not in rows]
+        self.hits += len(found)
+        self.misses += len(missing)
+        return found, missing
+
+    def put(self, settings: dict, new_rows: Sequence[dict]) -> None:
+        """Add samples (one dict per seed) and write the setting's file."""
+        rows = self._load(settings)
+        for r in new_rows:
+            rows[r["seed"]] = r
+        path = self._path(setting_key(settings))
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(path, {"settings": settings, "samples": [rows[s] for s in sorted(rows)]})
