@@ -134,3 +134,25 @@ def test_other_positions_schemes(tiny_dirs, arch):
     mixed = generate_many(model, requests, max_new_tokens=8, stop_at_eos=False)
     for r, got in zip(requests, mixed):
         assert generate_many(model, [r], max_new_tokens=8, stop_at_eos=False)[0].tokens == got.tokens, r
+
+
+def test_grouped_hooks_give_each_group_its_own_tokens(tiny_llama):
+    """Requests of several interventions in one batch get the tokens their intervention gives alone."""
+    import torch
+
+    from tl_langneurons import resolve_sites
+    from tl_langneurons.steer.generation import generate_many
+    from tl_langneurons.steer.interventions import clamp_hooks
+
+    idx = resolve_sites(tiny_llama, "mlp_post")
+    hooks = [[], clamp_hooks(idx, torch.tensor([0, 5, 50]), torch.full((3,), 3.0)),
+             clamp_hooks(idx, torch.tensor([7, 60, 100]), torch.full((3,), -2.0))]
+    requests = [(p, s) for p in (None, "Der Hund") for s in (1, 2, 3)]
+    groups = [i % 3 for i in range(len(requests))]
+    mixed = generate_many(tiny_llama, requests, max_new_tokens=6, stop_at_eos=False, batch_size=4,
+                          groups=groups, group_hooks=hooks)
+    for g in range(3):
+        mine = [r for r, x in zip(requests, groups) if x == g]
+        alone = generate_many(tiny_llama, mine, max_new_tokens=6, stop_at_eos=False, fwd_hooks=hooks[g])
+        assert [s.tokens for s, x in zip(mixed, groups) if x == g] == [s.tokens for s in alone]
+    assert len({tuple(s.tokens) for s in mixed}) > len(requests) // 2

@@ -159,7 +159,8 @@ def generate(model: HookedModel, config: GenerationConfig | None = None, fwd_hoo
 def generate_many(model: HookedModel, requests: Sequence[tuple[Prompt, int]], max_new_tokens: int = 64,
                   temperature: float = 0.8, batch_size: int = 100, fwd_hooks: Sequence[tuple[str, Callable]] = (),
                   progress: bool = False, stop_at_eos: bool = True, use_cache: bool = True,
-                  desc: str = "generate") -> list[Sample]:
+                  desc: str = "generate", groups: Sequence[int] | None = None,
+                  group_hooks: Sequence[Sequence[tuple[str, Callable]]] = ()) -> list[Sample]:
     """One sample per ``(prompt, seed)`` request, in the order of ``requests``, with ``fwd_hooks`` active
     (removed afterwards, also on errors).
 
@@ -173,6 +174,12 @@ def generate_many(model: HookedModel, requests: Sequence[tuple[Prompt, int]], ma
     3e-5 on Gemma-3-270M), which changes a token only if a draw falls that close to a boundary of
     the inverse CDF. A batch whose prompts all have the same length runs unpadded, with no mask:
     :func:`generate` is this function on one prompt, and gives the tokens it always gave.
+
+    Several interventions in one run: ``groups[i]`` names the entry of ``group_hooks`` (a list of
+    fwd_hooks) that steers request ``i``, so cells of different languages, conditions or methods
+    share batches (small cells alone leave the matrix products half idle). Each group's hooks see
+    only its own rows (``x[rows]``, written back), so a request gets the tokens it gets in a run of
+    its group alone; ``fwd_hooks`` apply to every row.
 
     The hooks see the padded batch: a clamp at ``positions="all"`` also writes the pad positions.
     That is harmless, since no real token attends to them, but a hook that reads activations
@@ -199,13 +206,23 @@ def generate_many(model: HookedModel, requests: Sequence[tuple[Prompt, int]], ma
     out: list[Sample | None] = [None] * len(requests)
     bar = tqdm(total=len(requests) * max_new_tokens, desc=desc, unit="tok", disable=not progress)
     head = Unembed.of(runner)
+    if groups is not None:
+        groups = [int(g) for g in groups]
+        if len(groups) != len(requests):
+            raise LangNeuronsError(f"groups has {len(groups)} entries for {len(requests)} requests")
+        if groups and (min(groups) < 0 or max(groups) >= len(group_hooks)):
+            raise LangNeuronsError(f"a group index is outside 0..{len(group_hooks) - 1}")
+        # requests of one group next to each other within a prompt length: fewer row slices per hook
+        order = sorted(range(len(requests)), key=lambda i: (len(starts[i]), groups[i]))
     try:
         with runner.hooks(list(fwd_hooks)):
             for b in range(0, len(order), batch_size):
                 idx = order[b:b + batch_size]
                 seeds = [int(requests[i][1]) for i in idx]
-                rows = _sample_batch(runner, head, [starts[i] for i in idx], seeds, max_new_tokens, temperature,
-                                     eos, use_cache, bar)
+                batch_hooks = [] if groups is None else _row_group_hooks([groups[i] for i in idx], group_hooks)
+                with runner.hooks(batch_hooks):
+                    rows = _sample_batch(runner, head, [starts[i] for i in idx], seeds, max_new_tokens, temperature,
+                                         eos, use_cache, bar)
                 for i, seed, row in zip(idx, seeds, rows):
                     prompt = requests[i][0]
                     if prompt is not None and not isinstance(prompt, str):
@@ -214,6 +231,28 @@ def generate_many(model: HookedModel, requests: Sequence[tuple[Prompt, int]], ma
     finally:
         bar.close()
     return [s for s in out if s is not None]
+
+
+def _row_group_hooks(row_groups: Sequence[int], group_hooks: Sequence[Sequence[tuple[str, Callable]]]
+                     ) -> list[tuple[str, Callable]]:
+    """One hook per hook name that applies each group's hook functions to that group's rows only."""
+    by_name: dict[str, list[tuple[Tensor, Callable]]] = {}
+    for g in sorted(set(row_groups)):
+        rows = torch.tensor([r for r, x in enumerate(row_groups) if x == g])
+        for name, fn in group_hooks[g]:
+            by_name.setdefault(name, []).append((rows, fn))
+
+    def make(entries):
+        def apply(x, hook):
+            for rows, fn in entries:
+                r = rows.to(x.device)
+                part = x[r]
+                y = fn(part, hook)
+                x[r] = part if y is None else y
+            return x
+        return apply
+
+    return [(name, make(entries)) for name, entries in by_name.items()]
 
 
 def _sample_batch(runner: Runner, head: Unembed, starts: Sequence[list[int]], seeds: Sequence[int], max_new_tokens: int,
