@@ -4,6 +4,15 @@ Texts are tokenized (BOS first, as the paper's code does), sorted by length and 
 right padding so padding stays small and never shifts positions. Pooling runs inside the hooks,
 so the full [batch, pos, d] activations are never kept, and the forward pass stops after the last
 block that holds a site (the unembedding is never computed).
+
+With ``token_groups`` (one group, e.g. the language, per text) the same pass also counts token
+values for the token-level selectors (``detect/selectors.py``): per group, neuron and bin, the
+number of real tokens (BOS left out: its activation is the same for every text) whose value falls
+in each bin of a fixed histogram (:func:`token_bins`): bin 0 holds values <= 0, bin 1 (0, 2^-10),
+then 1/8-octave bins up to 2^6, the last holding everything >= 2^6. Bin 0 gives LAPE's count of
+tokens with activation > 0 exactly; the bins give any high percentile of a neuron to within one
+bin (<= 12.5% relative) in one pass, and the exact count of tokens above that bin edge.
+Memory: groups x neurons x 131 int32 (116 MB for 6 languages x 36,864 neurons).
 """
 
 from __future__ import annotations
@@ -17,7 +26,8 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
-from jaxtyping import Bool, Float
+import numpy as np
+from jaxtyping import Bool, Float, Int
 from safetensors import SafetensorError
 from torch import Tensor
 from tqdm.auto import tqdm
@@ -32,6 +42,29 @@ from .storage import DiskMatrix, load_checkpoint, save_checkpoint
 
 log = logging.getLogger(__name__)
 POOLINGS = ("mean", "max", "last", "median")
+
+# the token histogram: 8 bins per octave (3 mantissa bits of the float32) from 2^LO to 2^HI
+TOKEN_BINS_LO, TOKEN_BINS_HI, _MANTISSA_BITS = -10, 6, 3
+N_TOKEN_BINS = (TOKEN_BINS_HI - TOKEN_BINS_LO) * (1 << _MANTISSA_BITS) + 3
+_BIN_BASE = ((127 + TOKEN_BINS_LO) << _MANTISSA_BITS) - 2
+TOKEN_BINS = {"lo": TOKEN_BINS_LO, "hi": TOKEN_BINS_HI, "per_octave": 1 << _MANTISSA_BITS, "n_bins": N_TOKEN_BINS}
+
+
+def token_bins(x: Float[Tensor, "n d"]) -> Int[Tensor, "n d"]:
+    """Histogram bin of each float32 value: 0 for x <= 0 (and NaN), 1 for 0 < x < 2^-10, j >= 2 for
+    x >= ``bin_edges()[j]`` (and below the next edge), the last bin for x >= 2^6. The bin is read from
+    the float's bits (exponent and 3 mantissa bits), so it agrees exactly with the edges."""
+    x = x.to(torch.float32).contiguous()
+    code = (x.view(torch.int32) >> (23 - _MANTISSA_BITS)) - _BIN_BASE  # increasing with x for x > 0
+    return torch.where(x > 0, code.clamp(1, N_TOKEN_BINS - 1), torch.zeros_like(code))
+
+
+def bin_edges() -> np.ndarray:
+    """Lower edge of every bin (float64, exact float32 values): -inf, 0 (exclusive: x > 0), then
+    2^e * (1 + i/8) (inclusive) for the 1/8-octave bins; bin(x) >= j  <=>  x passes edge j."""
+    per = 1 << _MANTISSA_BITS
+    tail = [2.0 ** (TOKEN_BINS_LO + j // per) * (1 + (j % per) / per) for j in range(N_TOKEN_BINS - 2)]
+    return np.array([-np.inf, 0.0, *tail])
 
 
 def pool(x: Float[Tensor, "batch pos d"], mask: Bool[Tensor, "batch pos"], how: str) -> Float[Tensor, "batch d"]:
@@ -104,15 +137,21 @@ class PooledActivations:
     meta: dict = field(default_factory=dict)
     # with collect(..., resid=True): per text "mean" [text, layer, d_model], "norm_sum" [text, layer], "norm_count"
     resid: dict[str, Tensor] | None = None
+    # with collect(..., token_groups=...): "hist" [group, neuron, N_TOKEN_BINS] int32 token counts per bin
+    # (see token_bins) and "n_tokens" [group] int64 real tokens (BOS excluded) per group
+    tokens: dict[str, Tensor] | None = None
 
     def header(self) -> dict:
         return {"index": self.index.to_dict(), **self.meta}
 
     def save(self, path: str | Path) -> None:
-        """safetensors with a JSON header (model, sites, pooling, corpus hash, versions); atomic."""
+        """safetensors with a JSON header (model, sites, pooling, corpus hash, versions); atomic. The token
+        histogram, when collected, is saved beside the values (so another selector can reuse the cache)."""
         from safetensors.torch import save
 
-        data = save({"values": self.values.contiguous()}, metadata={"tl_langneurons": json.dumps(self.header())})
+        tensors = {"values": self.values.contiguous()}
+        tensors.update({f"tokens.{k}": v.contiguous() for k, v in (self.tokens or {}).items()})
+        data = save(tensors, metadata={"tl_langneurons": json.dumps(self.header())})
         atomic_write_bytes(path, data)
 
     @classmethod
@@ -125,6 +164,7 @@ class PooledActivations:
             with safe_open(str(path), framework="pt") as f:
                 header = json.loads(f.metadata()["tl_langneurons"])
                 values = f.get_tensor("values")
+                tokens = {k[len("tokens."):]: f.get_tensor(k) for k in f.keys() if k.startswith("tokens.")} or None
         except (SafetensorError, OSError, KeyError, json.JSONDecodeError, RuntimeError) as e:
             raise LangNeuronsError(f"activation cache {path} is corrupt or not a tl-langneurons cache ({e}); delete it") from e
         if expect:
@@ -137,7 +177,10 @@ class PooledActivations:
         index = NeuronIndex.from_dict(header.pop("index"))
         if tuple(values.shape) != (header.get("n_texts"), index.n_neurons):
             raise LangNeuronsError(f"activation cache {path} has shape {tuple(values.shape)}, which does not match its header; delete it")
-        return cls(values, index, header)
+        if tokens is not None and (set(tokens) != {"hist", "n_tokens"} or tokens["hist"].shape[1:] != (index.n_neurons, N_TOKEN_BINS)
+                                   or header.get("token_bins") != TOKEN_BINS):
+            raise LangNeuronsError(f"activation cache {path} holds token statistics of another layout; delete it")
+        return cls(values, index, header, tokens=tokens)
 
 
 @torch.no_grad()
@@ -146,7 +189,8 @@ def collect(model: HookedModel, texts: Sequence[str], sites: str | NeuronIndex =
             max_length: int | None = 512, progress: bool = True,
             on_batch: Callable[[int, int], None] | None = None, truncate: bool = True,
             checkpoint: str | Path | None = None, checkpoint_every_s: float = 30.0,
-            store: str | Path | None = None, keep_checkpoint: bool = False, resid: bool = False) -> PooledActivations:
+            store: str | Path | None = None, keep_checkpoint: bool = False, resid: bool = False,
+            token_groups: Sequence[int] | np.ndarray | None = None) -> PooledActivations:
     """Pooled activations of ``texts`` at ``sites`` (step 1 of the method).
 
     ``pooling`` is mean (the paper), max, last or median over each text's real tokens; the BOS
@@ -158,12 +202,14 @@ def collect(model: HookedModel, texts: Sequence[str], sites: str | NeuronIndex =
     With ``store`` (a ``.npy`` path) the values go to a :class:`DiskMatrix` there instead of memory.
     With ``resid``, the same pass also pools the residual stream of every layer up to the last site
     (``blocks.L.hook_resid_post``) into ``.resid`` (for residual steering: the means per language).
-    Returns float32 values [n_texts, n_neurons].
+    With ``token_groups`` (an integer group per text, e.g. its language), the same pass counts the
+    token values of each group in a fixed histogram per neuron into ``.tokens`` (see the module
+    docstring; for LAPE and act-prob-90p). Returns float32 values [n_texts, n_neurons].
     """
     settings = CollectSettings(poolings=(pooling,), include_bos=include_bos, batch_size=batch_size,
                                max_batch_tokens=max_batch_tokens, max_length=max_length, truncate=truncate, resid=resid)
     run = _Collection(model, texts, sites, settings, checkpoint=checkpoint, checkpoint_every_s=checkpoint_every_s,
-                      store=store, keep_checkpoint=keep_checkpoint)
+                      store=store, keep_checkpoint=keep_checkpoint, token_groups=token_groups)
     return run.run(progress=progress, on_batch=on_batch)[pooling]
 
 
@@ -205,7 +251,8 @@ class _Collection:
 
     def __init__(self, model: HookedModel, texts: Sequence[str], sites: str | NeuronIndex, settings: CollectSettings, *,
                  checkpoint: str | Path | None = None, checkpoint_every_s: float = 30.0,
-                 store: str | Path | None = None, keep_checkpoint: bool = False):
+                 store: str | Path | None = None, keep_checkpoint: bool = False,
+                 token_groups: Sequence[int] | np.ndarray | None = None):
         if len(texts) == 0:
             raise LangNeuronsError("no texts to run; the corpus is empty")
         self.s, self.texts = settings, texts
@@ -240,12 +287,29 @@ class _Collection:
             self.resid = {"mean": torch.zeros((len(texts), len(self.resid_layers), d)),
                           "norm_sum": torch.zeros((len(texts), len(self.resid_layers)), dtype=torch.float64),
                           "norm_count": torch.zeros(len(texts), dtype=torch.float64)}
+        self.groups: Tensor | None = None
+        if token_groups is not None:
+            groups = torch.as_tensor(np.asarray(token_groups), dtype=torch.long)
+            if groups.shape != (len(texts),) or (len(groups) and int(groups.min()) < 0):
+                raise LangNeuronsError(f"token_groups must hold one group index >= 0 per text ({len(texts)}), got shape "
+                                       f"{tuple(groups.shape)}")
+            self.groups = groups
+            n_groups = int(groups.max()) + 1
+            self.header["token_bins"] = TOKEN_BINS
+            self.header["token_groups_sha256"] = sha256_texts([str(g) for g in groups.tolist()])
+            self.tokens = {"hist": torch.zeros((n_groups, self.index.n_neurons, N_TOKEN_BINS), dtype=torch.int32),
+                           "n_tokens": torch.zeros(n_groups, dtype=torch.int64)}
+            # counts of the running batch, added to self.tokens only once the batch is done (a resumed run
+            # never counts a batch twice)
+            self._tok_buf = torch.zeros_like(self.tokens["hist"])
         if self.checkpoint is not None and self.checkpoint.exists():
             prev = load_checkpoint(self.checkpoint, self.header)
             if prev is not None:
                 values, self.done, extra = prev
                 if self.resid_layers:
                     self.resid = {k: extra[k] for k in self.resid}
+                if self.groups is not None:
+                    self.tokens = {k: extra[f"tokens.{k}"] for k in self.tokens}
                 if store is None:
                     self.out = values
                 log.warning("resuming from %s: %d of %d texts already done", self.checkpoint, int(self.done.sum()),
@@ -254,6 +318,7 @@ class _Collection:
         self._mask: Tensor | None = None
         self._rows: Tensor | None = None
         self._buf: dict[str, Tensor] = {}
+        self._tok_sel: list[tuple[int, Tensor]] = []
 
     def _hook(self, sl):
         def hook_fn(x, hook):
@@ -267,10 +332,23 @@ class _Collection:
                         "check the model weights and dtype (use float32)"
                     )
                 self._buf[p][:, sl.offset: sl.offset + sl.size] = vals.cpu()
+            if self.groups is not None:
+                self._count_tokens(flat, sl)
         return hook_fn
 
+    def _count_tokens(self, flat: Float[Tensor, "batch pos d"], sl) -> None:
+        d = flat.shape[-1]
+        offsets = torch.arange(d, device=flat.device) * N_TOKEN_BINS
+        for g, sel in self._tok_sel:
+            idx = (token_bins(flat[sel]) + offsets).reshape(-1)
+            counts = torch.bincount(idx, minlength=d * N_TOKEN_BINS).view(d, N_TOKEN_BINS)
+            self._tok_buf[g, sl.offset: sl.offset + sl.size] += counts.to(torch.int32).cpu()
+
     def _extra(self) -> dict[str, Tensor] | None:
-        return self.resid if self.resid_layers else None
+        extra = dict(self.resid) if self.resid_layers else {}
+        if self.groups is not None:
+            extra.update({f"tokens.{k}": v for k, v in self.tokens.items()})
+        return extra or None
 
     def _resid_hook(self, i: int):
         def hook_fn(x, hook):
@@ -297,7 +375,19 @@ class _Collection:
             self._real = real.to(torch.float32)
             self._resid_buf = {"mean": torch.zeros((len(b), len(self.resid_layers), self.resid["mean"].shape[2])),
                                "norm_sum": torch.zeros((len(b), len(self.resid_layers)), dtype=torch.float64)}
+        if self.groups is not None:
+            real = mask.clone()
+            if runner.bos_id is not None:
+                real[:, 0] = False  # BOS: the same activation for every text, whatever its language
+            g_rows = self.groups[b]
+            self._tok_sel = [(int(g), (real & (g_rows == g).unsqueeze(1)).to(device)) for g in torch.unique(g_rows)]
+            for g, _ in self._tok_sel:
+                self._tok_buf[g].zero_()  # an interrupted batch may have left counts here
         runner.trunk(ids.to(device), mask.long().to(device))
+        if self.groups is not None:
+            for g, sel in self._tok_sel:
+                self.tokens["hist"][g] += self._tok_buf[g]
+                self.tokens["n_tokens"][g] += int(sel.sum())
         if self.resid_layers:
             self.resid["mean"][b] = self._resid_buf["mean"]
             self.resid["norm_sum"][b] = self._resid_buf["norm_sum"]
@@ -360,10 +450,14 @@ class _Collection:
             "seconds": seconds,
             "versions": package_versions(),
         }
+        if self.groups is not None:
+            meta["token_bins"] = TOKEN_BINS
         log.info("collected %d texts in %.1fs (%.1f texts/s), padded share %.1f%%", len(self.texts), seconds,
                  len(self.texts) / max(seconds, 1e-9), 100 * meta["padded_share"])
         out = {p: PooledActivations(self.out if p == self.first else self.extra[p], self.index, {**meta, "pooling": p})
                 for p in self.s.poolings}
         if self.resid_layers:
             out[self.first].resid = self.resid
+        if self.groups is not None:
+            out[self.first].tokens = self.tokens
         return out

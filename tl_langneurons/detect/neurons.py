@@ -1,6 +1,7 @@
 """Language-specific neurons: ``find_neurons`` (steps 1-3) and the ``LanguageNeurons`` result.
 
-``LanguageNeurons`` holds, per language, the top-k, bottom-k and middle-k neurons by AP with
+``LanguageNeurons`` holds, per language, the top-k, bottom-k and middle-k neurons by AP (or by the
+score of another selector, ``FindConfig.method``; see ``detect/selectors.py``) with
 their AP, clamp value (median over the language's texts) and on/off statistics. It saves and
 loads itself, prints a summary, and gives steering hooks for TransformerLens (clamp, the paper's, by
 default; add, diffmean and sparse through ``hooks(method=...)``, defined in ``steer/methods.py``).
@@ -17,7 +18,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
-from jaxtyping import Float
+from jaxtyping import Bool, Float
 from safetensors import SafetensorError
 from torch import Tensor
 
@@ -39,6 +40,7 @@ from ..steer.interventions import clamp_hooks
 from .activations import POOLINGS, PooledActivations, collect
 from .corpus import MultilingualCorpus
 from .ranking import average_precision, bottom_k, check_k, middle_k, parse_k, top_k
+from .selectors import METHODS, ONE_SIDED, TOKEN_METHODS, SelectorSettings, select, token_counts
 
 WHICH = ("top", "bottom", "middle")
 
@@ -61,8 +63,26 @@ class FindConfig:
     max_length: int = option(512, "truncate texts longer than this many tokens")
     truncate: bool = option(True, "refuse texts longer than --max-length instead of truncating them",
                             flag="--refuse-long")
+    method: str = option("ap", "neuron selector: ap (the paper: AP of pooled values), lape (entropy of per-language "
+                         "P(activation > 0), Tang et al. 2024; top only), actprob (the same with P(activation above "
+                         "the neuron's 90th percentile)), meandiff (Welch z of pooled means on vs off)", choices=METHODS)
+    lape_top_rate: float = option(0.01, "lape/actprob: share of all neurons kept (lowest entropy)")
+    lape_filter_rate: float = option(0.95, "lape/actprob: a kept neuron's top language probability must exceed this "
+                                     "quantile of all probabilities")
+    lape_bar_ratio: float = option(0.95, "lape/actprob: a language owns a kept neuron when its probability exceeds "
+                                   "this quantile of all probabilities")
+    actprob_percentile: float = option(90.0, "actprob: the percentile of each neuron's token activations")
+    token_stats: bool = option(True, "skip the token statistics of lape/actprob (saves memory: neurons x languages x "
+                               "131 x 4 bytes)", flag="--no-token-stats")
+
+    def selector(self) -> SelectorSettings:
+        return SelectorSettings(self.method, self.lape_top_rate, self.lape_filter_rate, self.lape_bar_ratio,
+                                self.actprob_percentile)
 
     def __post_init__(self) -> None:
+        self.selector()  # checks the method and its thresholds
+        if self.method in TOKEN_METHODS and not self.token_stats:
+            raise LangNeuronsError(f"method {self.method} needs the token statistics; drop --no-token-stats")
         if self.pooling not in POOLINGS:
             raise LangNeuronsError(f"unknown pooling {self.pooling!r}; use one of {', '.join(POOLINGS)}")
         if self.batch_size < 1 or self.max_batch_tokens < 1:
@@ -167,6 +187,7 @@ def read_neurons_json(path: str | Path) -> dict:
 
 
 def _set(stats: dict[str, Tensor], li: int, neurons: Tensor, ap: Tensor) -> NeuronSet:
+    neurons = neurons.to(torch.int64)
     return NeuronSet(neurons=neurons.clone(), ap=ap[neurons].double(),
                      **{k: stats[k][li][neurons].clone() for k in ("median_on", "mean_on", "std_on", "mean_off", "std_off")})
 
@@ -188,6 +209,43 @@ class LanguageNeurons:
     # typical residual norm per layer (mean over real non-BOS tokens); None for results found before they were kept
     resid_means: Float[Tensor, "language layer d_model"] | None = None
     resid_norms: Float[Tensor, "layer"] | None = None
+    # the selector's score of every neuron (float64, higher = more the language's) when the method is not
+    # ap (for ap it is ``ap``); lape/actprob: minus the entropy, the same for every language
+    score: Float[Tensor, "language neuron"] | None = None
+    # lape/actprob: the neurons the method selects for each language (its top sets, before the cap at k)
+    eligible: Bool[Tensor, "language neuron"] | None = None
+    # token statistics of the collection (see selectors.token_counts): "n_tokens" [L], "active" [L, N]
+    # (tokens > 0), "above" [L, N] (tokens >= threshold), "threshold" [N], "threshold_bin" [N]
+    token_stats: dict[str, Tensor] | None = None
+
+    @property
+    def method(self) -> str:
+        """The selector that chose the sets (``ap`` for results found before there were others)."""
+        return self.meta.get("method", "ap")
+
+    @property
+    def one_sided(self) -> bool:
+        """Whether the method has only top sets (lape, actprob: bottom sets are empty)."""
+        return self.method in ONE_SIDED
+
+    def ranking(self) -> Tensor:
+        """The score that orders the neurons of each language [L, N]: AP, or the method's score."""
+        return self.ap if self.score is None else self.score
+
+    def _pick(self, li: int, which: str, k: int, keep: Tensor | None = None) -> Tensor:
+        """The ``which`` neurons of language ``li`` at any k (only among ``keep`` when given)."""
+        s = self.ranking()[li]
+        if which == "middle":
+            return middle_k(s, k)
+        if which == "bottom" and self.one_sided:
+            return torch.zeros(0, dtype=torch.int64)
+        allowed = keep
+        if which == "top" and self.eligible is not None:
+            allowed = self.eligible[li] if keep is None else self.eligible[li] & keep
+        if allowed is None:
+            return (top_k if which == "top" else bottom_k)(s, k)
+        s = s.masked_fill(~allowed, float("-inf") if which == "top" else float("inf"))
+        return (top_k if which == "top" else bottom_k)(s, min(k, int(allowed.sum())))
 
     def means_off(self, lang: str) -> Tensor:
         """Mean pooled activation of every neuron on the texts of the other languages (``mu_off``)."""
@@ -210,24 +268,42 @@ class LanguageNeurons:
     # ---- construction ---------------------------------------------------------------------
     @classmethod
     def from_activations(cls, pooled: PooledActivations, labels: np.ndarray, languages: Sequence[str],
-                         k: int | str = 1000, meta: dict | None = None, progress: bool = False) -> "LanguageNeurons":
-        """Rank and select from pooled activations (steps 2-3)."""
+                         k: int | str = 1000, meta: dict | None = None, progress: bool = False,
+                         selector: SelectorSettings | str | None = None) -> "LanguageNeurons":
+        """Rank and select from pooled activations (steps 2-3) with ``selector`` (default: AP, the paper).
+
+        The AP of every neuron is computed for every method (``.ap``); lape and actprob need the token
+        histogram of the collection (``pooled.tokens``), whose counts are kept in ``.token_stats``.
+        """
         k = parse_k(k, pooled.index.n_neurons)
+        settings = SelectorSettings(selector) if isinstance(selector, str) else (selector or SelectorSettings())
         labels = np.asarray(labels)
         ap = average_precision(pooled.values, labels, len(languages), progress=progress)
         stats = neuron_statistics(pooled.values, labels, len(languages))
+        tokens = None
+        if pooled.tokens is not None:
+            hist, n_tok = pooled.tokens["hist"], pooled.tokens["n_tokens"]
+            if hist.shape[0] < len(languages):  # a language none of whose texts had a real token
+                pad = len(languages) - hist.shape[0]
+                hist = torch.cat([hist, hist.new_zeros((pad, *hist.shape[1:]))])
+                n_tok = torch.cat([n_tok, n_tok.new_zeros(pad)])
+            tokens = token_counts(hist, n_tok, settings.percentile)
+        chosen = select(settings, list(languages), k, ap, pooled.values, labels, tokens)
         sets: dict[str, dict[str, NeuronSet]] = {}
         for li, lang in enumerate(languages):
-            sets[lang] = {"top": _set(stats, li, top_k(ap[li], k), ap[li]),
-                          "bottom": _set(stats, li, bottom_k(ap[li], k), ap[li]),
-                          "middle": _set(stats, li, middle_k(ap[li], k), ap[li])}
+            sets[lang] = {w: _set(stats, li, chosen.sets[lang][w], ap[li]) for w in WHICH}
         m = dict(meta or {})
+        m.update(chosen.meta)  # the method and its thresholds
         m.update({"k": k, "k_fraction": k / pooled.index.n_neurons, "n_neurons": pooled.index.n_neurons,
                   "pooling": pooled.meta.get("pooling"), "include_bos": pooled.meta.get("include_bos"),
                   "sites": pooled.index.spec})
         counts = np.bincount(labels.astype(np.int64), minlength=len(languages))  # for means_off (mu_off)
         m.setdefault("texts_per_language", {l: int(c) for l, c in zip(languages, counts)})
-        return cls(list(languages), pooled.index, k, sets, ap, stats["median_on"], stats["mean_on"], stats["mean_all"], m)
+        if tokens is not None:
+            m["token_stats"] = {"bins": pooled.meta.get("token_bins"), "percentile": settings.percentile,
+                                "bos": "excluded"}
+        return cls(list(languages), pooled.index, k, sets, ap, stats["median_on"], stats["mean_on"], stats["mean_all"], m,
+                   score=chosen.score, eligible=chosen.eligible, token_stats=tokens)
 
     # ---- access ---------------------------------------------------------------------------
     def _check_lang(self, lang: str) -> None:
@@ -254,9 +330,11 @@ class LanguageNeurons:
                  layers: str | Sequence[int] | None = None) -> tuple[Tensor, Tensor]:
         """(neurons, median clamp values) of ``which`` (top, bottom, both = top + bottom, middle).
 
-        ``k`` defaults to the k of the result; any k up to the neuron count works, since the AP and
-        median of every neuron are kept. ``layers`` ranks only the neurons of those layers
-        (see ``layer_subset``), so k neurons are chosen inside the subset.
+        ``k`` defaults to the k of the result; any k up to the neuron count works, since the AP (or
+        the method's score) and median of every neuron are kept. ``layers`` ranks only the neurons of
+        those layers (see ``layer_subset``), so k neurons are chosen inside the subset. For lape and
+        actprob, top holds at most the neurons the method selects (often fewer than k) and bottom is
+        empty, so both = top.
         """
         subset = self.layer_subset(layers)
         if subset is not None:
@@ -267,8 +345,7 @@ class LanguageNeurons:
             check_k(k, int(keep.sum()))
             out = []
             for w in {"both": ("top", "bottom"), "top": ("top",), "bottom": ("bottom",)}.get(which, ()):
-                masked = self.ap[li].masked_fill(~keep, float("-inf") if w == "top" else float("inf"))
-                out.append((top_k if w == "top" else bottom_k)(masked, k))
+                out.append(self._pick(li, w, k, keep))
             if not out:
                 raise LangNeuronsError(f"neuron set {which!r} cannot be restricted to layers; use top, bottom or both")
             neurons = torch.cat(out)
@@ -282,8 +359,7 @@ class LanguageNeurons:
             idx = [self.sets[lang][w].neurons for w in kinds[which]]
         else:
             check_k(k, self.index.n_neurons)
-            pick = {"top": top_k, "bottom": bottom_k, "middle": middle_k}
-            idx = [pick[w](self.ap[li], k) for w in kinds[which]]
+            idx = [self._pick(li, w, k) for w in kinds[which]]
         neurons = torch.cat(idx)
         return neurons, self.medians[li][neurons]
 
@@ -338,20 +414,32 @@ class LanguageNeurons:
             row.update({"lang": lang, "which": which, "rank": r + 1, "ap": float(s.ap[r]),
                         "median_on": float(s.median_on[r]), "mean_on": float(s.mean_on[r]),
                         "mean_off": float(s.mean_off[r])})
+            if self.score is not None:
+                row["score"] = float(self.score[self.languages.index(lang)][int(s.neurons[r])])
         return rows
 
     def summary(self) -> str:
         """Markdown table: per language the mean AP of top/middle/bottom and their mean values."""
         rows = []
+
+        def f(x: Tensor, how: str, fmt: str = ".3f") -> str:  # "-" for an empty set (lape/actprob bottom)
+            return format(float(getattr(x, how)()), fmt) if len(x) else "-"
+
         for lang in self.languages:
             t, mi, b = (self.sets[lang][w] for w in ("top", "middle", "bottom"))
-            rows.append([lang, f"{t.ap.mean():.3f}", f"{t.ap.min():.3f}", f"{mi.ap.mean():.3f}", f"{b.ap.mean():.3f}",
-                         f"{b.ap.max():.3f}", f"{t.mean_on.mean():+.3f} / {t.mean_off.mean():+.3f}",
-                         f"{b.mean_on.mean():+.3f} / {b.mean_off.mean():+.3f}"])
+            rows.append([lang, f(t.ap, "mean"), f(t.ap, "min"), f(mi.ap, "mean"), f(b.ap, "mean"), f(b.ap, "max"),
+                         f"{f(t.mean_on, 'mean', '+.3f')} / {f(t.mean_off, 'mean', '+.3f')}",
+                         f"{f(b.mean_on, 'mean', '+.3f')} / {f(b.mean_off, 'mean', '+.3f')}"])
         header = ["lang", "top mean AP", "top min AP", "middle mean AP", "bottom mean AP", "bottom max AP",
                   "top mean on/off", "bottom mean on/off"]
+        if self.method != "ap":
+            header.insert(1, "set size (top / bottom)")
+            for lang, row in zip(self.languages, rows):
+                row.insert(1, f"{len(self.sets[lang]['top'].neurons)} / {len(self.sets[lang]['bottom'].neurons)}")
+        method = "" if self.method == "ap" else f", selected by {self.method}" + (
+            " (top only: no bottom set)" if self.one_sided else "")
         return (f"Language neurons of {self.meta.get('model', '?')} at {self.index.spec} "
-                f"({self.index.n_neurons} neurons, k={self.k}, pooling={self.meta.get('pooling')})\n\n"
+                f"({self.index.n_neurons} neurons, k={self.k}, pooling={self.meta.get('pooling')}{method})\n\n"
                 + markdown_table(header, rows).rstrip("\n"))
 
     def __repr__(self) -> str:
@@ -370,6 +458,12 @@ class LanguageNeurons:
         if self.resid_means is not None and self.resid_norms is not None:
             tensors["resid_means"] = self.resid_means.float().contiguous()
             tensors["resid_norms"] = self.resid_norms.float().contiguous()
+        if self.score is not None:
+            tensors["score"] = self.score.double().contiguous()
+        if self.eligible is not None:
+            tensors["eligible"] = self.eligible.bool().contiguous()
+        for name, t in (self.token_stats or {}).items():
+            tensors[f"tokens.{name}"] = t.contiguous()
         for lang, sets in self.sets.items():
             for which, s in sets.items():
                 for f in NeuronSet.FIELDS:
@@ -383,6 +477,8 @@ class LanguageNeurons:
             atomic_write_json(d / "timings.json", self.meta["timings"])
         rows = [r for lang in self.languages for w in WHICH for r in self.table(lang, w)]
         cols = ["lang", "which", "rank", "neuron", "hook", "layer", "unit", "ap", "median_on", "mean_on", "mean_off"]
+        if self.score is not None:
+            cols.append("score")
         atomic_write_text(d / "neurons.csv", csv_text(cols, rows))
         atomic_write_text(d / "summary.md", self.summary() + "\n")
         return d
@@ -411,15 +507,24 @@ class LanguageNeurons:
         k = info["k"]
         if k > index.n_neurons:
             raise LangNeuronsError(f"{d}/neurons.json: field 'k' is {k}, more than the {index.n_neurons} neurons; run find again")
+        meta = info.get("meta", {})
+        one_sided = meta.get("method", "ap") in ONE_SIDED
         for lang, kinds in sets.items():
             for w, s in kinds.items():
+                n = len(s.neurons) if one_sided and w != "middle" else k  # lape/actprob sets hold up to k
                 for f in NeuronSet.FIELDS:
-                    if tuple(getattr(s, f).shape) != (k,):
+                    if tuple(getattr(s, f).shape) != (n,) or n > k:
                         raise LangNeuronsError(
                             f"{d}/neurons.json: field 'k' is {k} but the {lang} {w} set holds "
                             f"{tuple(getattr(s, f).shape)} {f}; run find again")
-        return cls(info["languages"], index, k, sets, ap, medians, means, mean_all, info.get("meta", {}),
-                   tensors.get("resid_means"), tensors.get("resid_norms"))
+        score, eligible = tensors.get("score"), tensors.get("eligible")
+        for name, t in (("score", score), ("eligible", eligible)):
+            if t is not None and t.shape != ap.shape:
+                raise LangNeuronsError(f"neurons in {d} are inconsistent ({name} shape {tuple(t.shape)}); run find again")
+        token_stats = {key[len("tokens."):]: t for key, t in tensors.items() if key.startswith("tokens.")} or None
+        return cls(info["languages"], index, k, sets, ap, medians, means, mean_all, meta,
+                   tensors.get("resid_means"), tensors.get("resid_norms"), score=score, eligible=eligible,
+                   token_stats=token_stats)
 
     def check_model(self, model: HookedModel) -> None:
         """Refuse to steer a model whose sites differ from the ones these neurons were found on."""
@@ -462,6 +567,9 @@ def find_neurons(model: HookedModel, corpus: MultilingualCorpus, config: FindCon
     ``store`` keeps the pooled matrix in a ``.npy`` file instead of memory (for neuron counts that
     do not fit); ranking and statistics then read it in column chunks.
     ``overrides`` set :class:`FindConfig` fields (``k=100``, ``pooling="max"``, ...).
+    ``config.method`` picks the selector (``detect/selectors.py``); the one collection pass also
+    counts the token statistics of lape and actprob (unless ``token_stats`` is False), and a cache
+    holds them, so the same cache serves every method.
     """
     config = config or FindConfig()
     if overrides:
@@ -480,10 +588,14 @@ def find_neurons(model: HookedModel, corpus: MultilingualCorpus, config: FindCon
         pooled = PooledActivations.load(cache, expect=expect)
         if pooled.index != index:
             raise LangNeuronsError(f"activation cache {cache} has another neuron index than this model; delete it")
+        if pooled.tokens is None and config.method in TOKEN_METHODS:
+            raise LangNeuronsError(f"activation cache {cache} holds no token statistics (made before they were "
+                                   f"collected, or with --no-token-stats), which method {config.method} needs; delete it")
     if pooled is None:
         pooled = collect(model, texts, index, config.pooling, config.include_bos, config.batch_size,
                          config.max_batch_tokens, config.max_length, progress, truncate=config.truncate,
-                         checkpoint=checkpoint, store=store, keep_checkpoint=keep_checkpoint, resid=True)
+                         checkpoint=checkpoint, store=store, keep_checkpoint=keep_checkpoint, resid=True,
+                         token_groups=labels if config.token_stats else None)
         pooled.meta.update(expect)
         if cache is not None:
             pooled.save(cache)
@@ -496,7 +608,8 @@ def find_neurons(model: HookedModel, corpus: MultilingualCorpus, config: FindCon
             "padded_share": pooled.meta.get("padded_share"), "tokens": pooled.meta.get("tokens"),
             "n_truncated": pooled.meta.get("n_truncated"), "config": asdict(config),
             "versions": package_versions()}
-    result = LanguageNeurons.from_activations(pooled, labels, corpus.languages, k, meta, progress=progress)
+    result = LanguageNeurons.from_activations(pooled, labels, corpus.languages, k, meta, progress=progress,
+                                              selector=config.selector())
     if pooled.resid is not None:
         lab = torch.as_tensor(np.asarray(labels))
         result.resid_means = torch.stack([pooled.resid["mean"][lab == i].double().mean(0)

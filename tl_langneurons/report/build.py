@@ -40,7 +40,7 @@ def build_report(directory: str | Path) -> Path:
              "Method: Kojima et al. (NAACL 2024). Neurons ranked by average precision of their pooled activation "
              "for each language; top-k and bottom-k are the language's neurons; control clamps them to their median.",
              "", "## Settings", ""]
-    settings = [[key, meta[key]] for key in ("model", "sites", "pooling", "include_bos", "k", "k_fraction", "n_neurons",
+    settings = [[key, meta[key]] for key in ("model", "method", "thresholds", "sites", "pooling", "include_bos", "k", "k_fraction", "n_neurons",
                                               "corpus", "corpus_spec", "texts_per_language", "corpus_sha256",
                                               "padded_share") if key in meta]
     timings = d / "timings.json"
@@ -64,6 +64,8 @@ def build_report(directory: str | Path) -> Path:
             parts += ["## Intervention strength (paper Figure 5)", "", "![k ablation](control/k_ablation.png)", "",
                       _read(ctl / "k_ablation.md"), ""]
         parts += ["Sample generations: [control/samples.md](control/samples.md)", ""]
+    if (d / "selectors" / "selectors.md").exists():  # written by benchmarks/bench_selectors.py --out
+        parts += ["## Neuron selectors compared (ap, lape, actprob, meandiff)", "", _read(d / "selectors" / "selectors.md"), ""]
     if (d / "sweep" / "sweep.md").exists():
         parts += ["## Fluent steering: settings sweep", "", "![trade-off](sweep/tradeoff.png)", "",
                   _read(d / "sweep" / "sweep.md"), ""]

@@ -64,11 +64,15 @@ def activation_distributions(neurons, values, labels: np.ndarray, path: str | Pa
         pos = labels == j
         for i, which in enumerate(("top", "bottom")):
             idx = neurons.sets[lang][which].neurons
+            ax = axes[i][j]
+            if len(idx) == 0:  # lape / actprob have no bottom set
+                ax.set_title(f"{lang} {which}: none ({neurons.meta.get('method', 'ap')})", fontsize=9)
+                ax.axis("off")
+                continue
             v = values[:, idx].numpy()
             on, off = v[pos].ravel(), v[~pos].ravel()
             lo, hi = np.percentile(np.concatenate([on, off]), [0.5, 99.5])
             bins = np.linspace(lo, hi, 60)
-            ax = axes[i][j]
             ax.hist(off, bins=bins, density=True, alpha=0.5, label="other languages", color="tab:gray")
             ax.hist(on, bins=bins, density=True, alpha=0.6, label=lang, color="tab:red" if which == "top" else "tab:blue")
             ax.set_title(f"{lang} {which}-{neurons.k}", fontsize=9)
