@@ -37,7 +37,8 @@ def _echo(s: str) -> None:
 
 
 def _study(args) -> Study:
-    return Study(args.neurons, args.model, backend=args.backend, progress=not args.quiet, echo=_echo)
+    # device, dtype and device map are checked here, before the neurons or the model load
+    return Study(args.neurons, from_args(ModelConfig, args, model=args.model), progress=not args.quiet, echo=_echo)
 
 
 def cmd_info(args) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -41,7 +41,7 @@ from .evaluate.control import (
     result_settings,
 )
 from .evaluate.sweep import SweepConfig, SweepResult, run_sweep
-from .model.load import DEFAULT_MODEL, ModelConfig, load_model, model_name
+from .model.load import DEFAULT_MODEL, DTYPES, ModelConfig, model_dtype, model_name, runtime_info
 from .provenance import peak_rss_gb
 from .results import (
     check_target,
@@ -74,8 +74,9 @@ def _find_settings(out: Path) -> dict | None:
 class Study:
     """The neurons in ``directory`` and the model they were found on (loaded on first use).
 
-    ``model`` is a model object, a spec for :func:`load_model`, or None for the model recorded in
-    the folder. Every experiment writes into the folder (``control/``, ``sweep/``, ``analyses/``).
+    ``model`` is a model object, a spec for :func:`load_model`, a :class:`ModelConfig` (device,
+    dtype, device map; its ``model`` None for the recorded one), or None for the model recorded in
+    the folder, loaded in the dtype recorded there unless the config sets one. Every experiment writes into the folder (``control/``, ``sweep/``, ``analyses/``).
     """
 
     def __init__(self, directory: str | Path, model: Any = None, *, backend: str = "auto", progress: bool = True,
@@ -83,7 +84,11 @@ class Study:
         self.dir = Path(directory)
         finish_swap(self.dir)  # a run killed between its two renames left the complete result beside it
         self.neurons = LanguageNeurons.load(self.dir)
-        self._spec, self.backend, self.progress, self.echo = model, backend, progress, echo
+        # ``model``: a model object, a ModelConfig (device, dtype, device map), a spec, or None
+        self._config = model if isinstance(model, ModelConfig) else None
+        self._spec = model.model if isinstance(model, ModelConfig) else model
+        self.backend = model.backend if isinstance(model, ModelConfig) else backend
+        self.progress, self.echo = progress, echo
         self._model: nn.Module | None = model if isinstance(model, nn.Module) else None
         self.find_stats: dict = {}
 
@@ -92,9 +97,15 @@ class Study:
     def model(self) -> nn.Module:
         if self._model is None:
             spec = self._spec or self.neurons.meta.get("model") or DEFAULT_MODEL
+            cfg = self._config or ModelConfig(spec, backend=self.backend)
+            cfg = replace(cfg, model=spec)
             t0 = time.perf_counter()
-            self._model = load_model(spec, backend=self.backend)
-            self.echo(f"model {spec} loaded in {time.perf_counter() - t0:.1f}s ({type(self._model).__name__})")
+            # unless told otherwise, in the dtype the neurons were found in (the weights check compares them)
+            found_in = self.neurons.meta.get("dtype")
+            self._model = cfg.load(dtype=found_in if found_in in DTYPES else None)
+            rt = runtime_info(self._model)
+            self.echo(f"model {spec} loaded in {time.perf_counter() - t0:.1f}s ({type(self._model).__name__}, "
+                      f"{rt['dtype']} on {rt['device']})")
         self.neurons.check_model(self._model)
         return self._model
 
@@ -120,6 +131,9 @@ class Study:
         echo(f"corpus {texts.name}: {texts.summary()}")
         model_label = model.model if isinstance(model, ModelConfig) else model_name(model)
         settings = {"model": model_label, "corpus_sha256": texts.sha256(), **asdict(config)}
+        dtype = (model.dtype or "float32") if isinstance(model, ModelConfig) else model_dtype(model)
+        if dtype != "float32":  # another precision is another run (float32 folders keep their old settings)
+            settings["dtype"] = dtype
         same = check_target(out, "find", settings, overwrite, old_settings=_find_settings(out))
         checkpoint = staging_dir(out) / ".partial-activations.safetensors"
         if on_disk is not None and Path(on_disk).exists() and not checkpoint.exists():
@@ -130,7 +144,9 @@ class Study:
         if isinstance(model, ModelConfig):
             t0 = time.perf_counter()
             hooked = model.load()
-            echo(f"model {model.model} loaded in {time.perf_counter() - t0:.1f}s ({type(hooked).__name__})")
+            rt = runtime_info(hooked)
+            echo(f"model {model.model} loaded in {time.perf_counter() - t0:.1f}s ({type(hooked).__name__}, "
+                 f"{rt['dtype']} on {rt['device']})")
         else:
             hooked = model
         t0 = time.perf_counter()
@@ -140,6 +156,7 @@ class Study:
                 hooked, texts, config, cache=cache, checkpoint=checkpoint, store=on_disk, return_activations=True,
                 keep_checkpoint=True, progress=progress)
             neurons.meta["model"] = model_label
+            neurons.meta.update(runtime_info(hooked))  # device, dtype and device map that made them
             if corpus_cfg is not None:
                 neurons.meta.update({"corpus_spec": corpus_cfg.corpus, "n_per_lang": corpus_cfg.n_per_lang,
                                      "corpus_seed": corpus_cfg.seed})
@@ -180,13 +197,19 @@ class Study:
         return MultilingualCorpus.load(spec, meta.get("n_per_lang"), meta.get("corpus_seed", 0),
                                        self.neurons.languages).texts
 
+    @property
+    def samples_dir(self) -> Path:
+        """Generated samples cached per (setting, seed), shared by every experiment on these neurons."""
+        return self.dir / "samples"
+
     def evaluate(self, config: EvaluateConfig | None = None, out: str | Path | None = None,
                  corpus: str | None = None, overwrite: bool = False) -> ControlResult:
         """The control experiment (Table 2, k ablation) into ``out`` (default ``DIR/control``)."""
         cfg, out = config or EvaluateConfig(), Path(out) if out else self.dir / "control"
         check_target(out, "control", result_settings(self.neurons, cfg), overwrite)  # before the model loads
         refs = self.references(corpus)
-        return evaluate_control(self.model, self.neurons, refs, cfg, out, progress=self.progress, overwrite=overwrite)
+        return evaluate_control(self.model, self.neurons, refs, cfg, out, progress=self.progress, overwrite=overwrite,
+                                samples=self.samples_dir)
 
     def sweep(self, config: SweepConfig | None = None, out: str | Path | None = None,
               corpus: str | None = None, overwrite: bool = False) -> SweepResult:
@@ -194,7 +217,8 @@ class Study:
         cfg, out = config or SweepConfig(), Path(out) if out else self.dir / "sweep"
         check_target(out, "sweep", result_settings(self.neurons, cfg), overwrite)
         refs = self.references(corpus)
-        return run_sweep(self.model, self.neurons, refs, cfg, out, progress=self.progress, overwrite=overwrite)
+        return run_sweep(self.model, self.neurons, refs, cfg, out, progress=self.progress, overwrite=overwrite,
+                         samples=self.samples_dir)
 
     def steer(self, config: SteerConfig) -> list[SteerPair]:
         """The same seeds without and with the clamp."""

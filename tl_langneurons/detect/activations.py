@@ -324,7 +324,7 @@ class _Collection:
         def hook_fn(x, hook):
             flat = flat_units(x).float()
             for p in self.s.poolings:
-                vals = pool(flat, self._mask, p)
+                vals = pool(flat, self._mask.to(flat.device), p)
                 if not torch.isfinite(vals).all():
                     bad = (~torch.isfinite(vals)).nonzero()[0]
                     raise LangNeuronsError(
@@ -353,7 +353,7 @@ class _Collection:
     def _resid_hook(self, i: int):
         def hook_fn(x, hook):
             h = x.float()
-            self._resid_buf["mean"][:, i] = pool(h, self._mask, "mean").cpu()
+            self._resid_buf["mean"][:, i] = pool(h, self._mask.to(h.device), "mean").cpu()
             real = self._real.to(h.device)
             self._resid_buf["norm_sum"][:, i] = (h.norm(dim=-1) * real).sum(1).double().cpu()
         return hook_fn

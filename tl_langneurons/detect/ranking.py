@@ -31,7 +31,8 @@ def check_labels(labels: np.ndarray, n_languages: int) -> None:
 
 def average_precision(scores: Float[Tensor, "text neuron"] | DiskMatrix, labels: Int[Tensor, "text"] | np.ndarray,
                       n_languages: int | None = None, chunk: int | None = None,
-                      progress: bool = False, threads: int | None = None) -> Float[Tensor, "language neuron"]:
+                      progress: bool = False, threads: int | None = None,
+                      device: str | torch.device | None = None) -> Float[Tensor, "language neuron"]:
     """AP [n_languages, n_neurons] (float64) of each neuron's scores against "text is language l".
 
     Per neuron: one sort of all texts serves every language. Each score becomes an integer key
@@ -42,6 +43,11 @@ def average_precision(scores: Float[Tensor, "text neuron"] | DiskMatrix, labels:
     position is replaced by the end of its tie group and r by the positives up to that end.
     ``scores`` may be anything indexable as ``scores[:, a:b]`` (a tensor or a DiskMatrix); chunks
     of neurons run on ``threads`` threads (default: torch's thread count).
+
+    ``device``: None chooses the torch implementation of the same algorithm (:func:`_ap_rows_torch`)
+    on the matrix's device when ``scores`` is a tensor on a CUDA device, and numpy on the CPU
+    otherwise; a device (``"cuda"``, ``"cpu"``, ...) runs the torch implementation there, chunks
+    of a CPU tensor or DiskMatrix moved to it. The result is float64 on the CPU either way.
     """
     labels = np.asarray(labels.numpy() if isinstance(labels, Tensor) else labels)
     n, m = scores.shape
@@ -53,6 +59,10 @@ def average_precision(scores: Float[Tensor, "text neuron"] | DiskMatrix, labels:
     sizes = np.bincount(labels, minlength=n_lang)
     # memory per chunk ~ n * chunk * 40 bytes; keep it near 64 MB per thread
     chunk = chunk or max(1, int(64e6 / (40 * n)))
+    if device is None and isinstance(scores, Tensor) and scores.device.type == "cuda":
+        device = scores.device
+    if device is not None:
+        return _average_precision_torch(scores, labels, sizes, torch.device(device), chunk, progress)
     out = np.empty((n_lang, m), dtype=np.float64)
     threads = max(1, threads or torch.get_num_threads())
 
@@ -102,6 +112,70 @@ def _ap_rows(st: np.ndarray, labels: np.ndarray, sizes: np.ndarray) -> np.ndarra
         seg_start = np.repeat(bounds[:-1], sizes)
         prec[tied] = (upto - seg_start + 1) / (e + 1)
     return np.stack([prec[:, a:b].mean(1) for a, b in zip(bounds[:-1], bounds[1:])])
+
+
+def _average_precision_torch(scores, labels: np.ndarray, sizes: np.ndarray, device: torch.device,
+                             chunk: int | None, progress: bool) -> Tensor:
+    """:func:`average_precision` with the torch implementation on ``device``, chunk by chunk."""
+    n, m = scores.shape
+    if device.type == "mps":  # no float64 there: AP would lose digits against scikit-learn
+        raise LangNeuronsError("exact AP needs float64, which MPS lacks; rank on the CPU (device=None or 'cpu')")
+    # ~ n * chunk * 60 bytes per chunk: 64 MB on the CPU, 1 GB on a GPU
+    chunk = chunk or max(1, int((1e9 if device.type == "cuda" else 64e6) / (60 * n)))
+    lab = torch.as_tensor(labels, dtype=torch.int64, device=device)
+    out = torch.empty((len(sizes), m), dtype=torch.float64)
+    with progress_bar(total=m, desc="AP", unit="neuron", disable=not progress) as bar:
+        for start in range(0, m, chunk):
+            s = scores[:, start:start + chunk]
+            s = s if isinstance(s, Tensor) else torch.from_numpy(np.asarray(s))
+            st = s.to(device=device, dtype=torch.float32).T.contiguous()  # [c, n], rows = neurons (own copy)
+            finite = torch.isfinite(st)
+            if not bool(finite.all()):
+                bad = (~finite).nonzero()[0]
+                raise LangNeuronsError(f"non-finite score for neuron {start + int(bad[0])} on text {int(bad[1])}")
+            out[:, start:start + st.shape[0]] = _ap_rows_torch(st, lab, sizes).cpu()
+            bar.update(st.shape[0])
+    return out
+
+
+def _ap_rows_torch(st: Tensor, labels: Tensor, sizes: np.ndarray) -> Tensor:
+    """:func:`_ap_rows` in torch on ``st``'s device: AP [n_languages, c] (float64) of each row of
+    ``st`` [c, n] (float32); ``labels`` [n] int64 on the same device."""
+    c, n = st.shape
+    dev = st.device
+    st = st + 0.0  # -0.0 -> +0.0: equal scores must get equal keys (a new tensor: the input stays as it is)
+    i = st.view(torch.int32)
+    key = i ^ ((i >> 31) & 0x7FFFFFFF)  # int32 ordered as the floats
+    key = (~key).to(torch.int64)  # descending
+    bits = max(1, (len(sizes) - 1).bit_length())
+    key = (key << bits) | labels
+    key = torch.sort(key, dim=1).values
+    lang = key & ((1 << bits) - 1)
+    pos = torch.sort(lang, dim=1, stable=True).indices  # [c, n]: positions of language 0, then 1, ...
+    bounds = np.concatenate([[0], np.cumsum(sizes)])
+    rank = torch.cat([torch.arange(1, int(p) + 1, device=dev, dtype=torch.float64) for p in sizes])
+    prec = rank / (pos + 1).to(torch.float64)
+    vals = key >> bits
+    last = torch.ones((c, n), dtype=torch.bool, device=dev)  # end of a tie group
+    last[:, :-1] = vals[:, :-1] != vals[:, 1:]
+    tied = (~last.all(1)).nonzero().squeeze(1)
+    if len(tied):  # precision at the end of each positive's tie group
+        e = torch.gather(_next_true_torch(last[tied]), 1, pos[tied])  # non-decreasing within a language
+        lastp = torch.ones(e.shape, dtype=torch.bool, device=dev)
+        lastp[:, :-1] = e[:, :-1] != e[:, 1:]
+        lastp[:, torch.as_tensor(bounds[1:-1] - 1, device=dev)] = True  # never look past a language's segment
+        upto = _next_true_torch(lastp)
+        seg_start = torch.repeat_interleave(torch.as_tensor(bounds[:-1], device=dev),
+                                            torch.as_tensor(sizes, device=dev))
+        prec[tied] = (upto - seg_start + 1).to(torch.float64) / (e + 1).to(torch.float64)
+    return torch.stack([prec[:, a:b].mean(1) for a, b in zip(bounds[:-1], bounds[1:])])
+
+
+def _next_true_torch(mask: Tensor) -> Tensor:
+    """:func:`_next_true` in torch."""
+    n = mask.shape[1]
+    idx = torch.where(mask, torch.arange(n, device=mask.device), n)
+    return torch.flip(torch.cummin(torch.flip(idx, [1]), dim=1).values, [1])
 
 
 def _next_true(mask: np.ndarray) -> np.ndarray:

