@@ -12,7 +12,7 @@ from tl_langneurons.evaluate.control import (
     evaluate_control,
 )
 from tl_langneurons.report.build import build_report
-from tl_langneurons.steer.generation import generate
+from tl_langneurons.steer.generation import generate, generate_many
 
 
 def _as_json(rows) -> str:
@@ -46,7 +46,7 @@ def test_control_end_to_end_and_resume(tiny_llama, tiny_corpus, tmp_path, monkey
         raise AssertionError("the rerun generated a cell instead of reading it back")
 
     with monkeypatch.context() as m:
-        m.setattr(control, "generate", no_generation)
+        m.setattr(control, "generate_many", no_generation)
         again = evaluate_control(tiny_llama, neurons, tiny_corpus.texts, cfg, out, progress=False)
     assert again.meta["timings"] == {}  # every cell was read back, none recomputed
     assert _as_json(again.table2) == _as_json(res.table2)
@@ -57,14 +57,14 @@ def test_control_end_to_end_and_resume(tiny_llama, tiny_corpus, tmp_path, monkey
     (out / "cells" / gone).unlink()
     calls = []
 
-    def counting_generate(*a, **k):
-        calls.append(k.get("desc"))
-        return generate(*a, **k)
+    def counting_generate(model, requests, **k):
+        calls.append(len(requests))
+        return generate_many(model, requests, **k)
 
     with monkeypatch.context() as m:
-        m.setattr(control, "generate", counting_generate)
+        m.setattr(control, "generate_many", counting_generate)
         third = evaluate_control(tiny_llama, neurons, tiny_corpus.texts, cfg, out, progress=False)
-    assert calls == ["top ja k=10"]
+    assert calls == [4]  # one batch: that cell's 4 seeds
     assert list(third.meta["timings"]) == [gone]
     assert {p.name: p.read_bytes() for p in (out / "cells").glob("*.json")} == cells
     assert (out / "table2.csv").read_bytes() == table_csv

@@ -73,13 +73,15 @@ class SampleStore:
         self._mem[key] = rows
         return rows
 
-    def get(self, settings: dict, seeds: Sequence[int]) -> tuple[dict[int, dict], list[int]]:
-        """The cached samples of ``seeds`` under ``settings`` and the seeds still missing (in order)."""
+    def get(self, settings: dict, seeds: Sequence[int], count: bool = True) -> tuple[dict[int, dict], list[int]]:
+        """The cached samples of ``seeds`` under ``settings`` and the seeds still missing (in order);
+        ``count`` adds them to :attr:`hits` and :attr:`misses`."""
         rows = self._load(settings)
         found = {s: rows[s] for s in seeds if s in rows}
         missing = [s for s in seeds if s not in rows]
-        self.hits += len(found)
-        self.misses += len(missing)
+        if count:
+            self.hits += len(found)
+            self.misses += len(missing)
         return found, missing
 
     def put(self, settings: dict, new_rows: Sequence[dict]) -> None:
