@@ -111,7 +111,12 @@ def test_sweep_end_to_end(tiny_llama, tiny_corpus, tmp_path):
     # positions=last equals all from BOS with the KV cache, so only "all" is tried (and noted)
     assert [r["stage"] for r in res.stages] == ["k", "k", "scale", "scale", "positions", "layers", "layers"]
     assert "positions=last skipped" in (tmp_path / "sweep.md").read_text()
-    assert [r["setting"] for r in res.test] == ["none", "paper clamp k=1000", "best clamp"]
+    assert [r["setting"] for r in res.test] == ["none", "paper clamp k=1000", "best clamp", "shared clamp"]
+    # one language: the shared setting is its best one, and it scores the same on the test seeds
+    shared = {k: v for k, v in res.meta["shared"].items() if k != "val_mean_gated_rate"}
+    assert shared == {k: v for k, v in res.best["de"].items() if k != "val"}
+    assert {k: v for k, v in res.test[3].items() if k != "setting"} == {k: v for k, v in res.test[2].items() if k != "setting"}
+    assert "One shared setting for all languages" in (tmp_path / "sweep.md").read_text()
     assert (tmp_path / "sweep.md").exists() and (tmp_path / "tradeoff.png").exists()
     # retention is the fluent share over the unsteered run's on the same seeds
     none = res.test[0]
@@ -135,6 +140,24 @@ def test_sweep_of_every_method(tiny_llama, tiny_corpus, tmp_path, method, stages
                       max_new_tokens=4)
     res = run_sweep(tiny_llama, neurons, tiny_corpus.texts, cfg, tmp_path, progress=False)
     assert [r["stage"] for r in res.stages] == stages
-    assert [r["setting"] for r in res.test] == ["none", "paper clamp k=1000", f"best {method}"]
+    assert [r["setting"] for r in res.test] == ["none", "paper clamp k=1000", f"best {method}", f"shared {method}"]
     assert res.test[2]["label"].startswith(method) and res.best["ja"]["method"] == method
     assert f"Method {method}" in (tmp_path / "sweep.md").read_text()
+
+
+def test_sweep_of_two_languages_equals_each_alone_and_shares_one_setting(tiny_llama, tiny_corpus, tmp_path):
+    """Languages searched together (their cells share batches) pick what each picks alone; the shared
+    setting is one of their best settings, scored on every language."""
+    from tl_langneurons.evaluate.sweep import SweepConfig, run_sweep
+
+    neurons = find_neurons(tiny_llama, tiny_corpus, k=10, progress=False)
+    kw = dict(method="diffmean", resid_layers=[1, 2], alphas=[0.5, 2.0], val_samples=3, test_samples=2,
+              max_new_tokens=4)
+    both = run_sweep(tiny_llama, neurons, tiny_corpus.texts, SweepConfig(languages=["de", "ja"], **kw), progress=False)
+    for lang in ("de", "ja"):
+        alone = run_sweep(tiny_llama, neurons, tiny_corpus.texts, SweepConfig(languages=[lang], **kw), progress=False)
+        assert both.best[lang] == alone.best[lang]
+        assert [r for r in both.stages if r["lang"] == lang] == alone.stages
+    shared = {k: v for k, v in both.meta["shared"].items() if k != "val_mean_gated_rate"}
+    assert shared in [{k: v for k, v in both.best[l].items() if k != "val"} for l in ("de", "ja")]
+    assert sorted(r["lang"] for r in both.test if r["setting"] == "shared diffmean") == ["de", "ja"]

@@ -8,6 +8,7 @@ best setting of each language is then reported on fresh seeds, beside the paper'
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -97,46 +98,93 @@ def _sweep(model: HookedModel, neurons: LanguageNeurons, references: dict[str, l
     none_val = cells.samples(None, "none", 0, val)
     fluent_none = {lang: cells.score(none_val, lang).fluent for lang in langs}
 
-    def evaluate(lang, s, seeds, base_fluent):
-        steer = SteeringConfig(method=s.get("method", cfg.method), **{k: v for k, v in s.items() if k not in ("k", "method")})
-        rows = cells.samples(lang, "both", s["k"], seeds, steering=steer)
-        sc = cells.score(rows, lang)
-        return {"lang": lang, **s, "label": replace(steer, k=s["k"] if steer.neuron_level else None).resolved(neurons).label(), "k_fraction": s["k"] / n, "rate": sc.rate,
-                "rate_lingua": sc.rate_lingua, "gated_rate": sc.gated_rate, "fluent": sc.fluent,
-                "retention": sc.fluent / base_fluent if base_fluent else None,
-                "nll": sc.nll, "bleu": sc.bleu, "degenerate": sc.degenerate}
+    def steering_of(s: dict) -> SteeringConfig:
+        return SteeringConfig(method=s.get("method", cfg.method), **{k: v for k, v in s.items() if k not in ("k", "method")})
+
+    def evaluate_many(cands: list[tuple[str, dict]], seeds: list[int], base_fluent: dict[str, float]) -> list[dict | None]:
+        """Scores of (lang, setting) candidates, generated together; None where the setting does not
+        apply (e.g. k larger than a layer subset)."""
+        ok = []
+        for lang, st in cands:
+            try:
+                replace(steering_of(st), which="both", k=st["k"]).hooks(neurons, lang)
+                ok.append(True)
+            except LangNeuronsError:
+                ok.append(False)
+        todo = [(lang, "both", st["k"], seeds, steering_of(st)) for (lang, st), good in zip(cands, ok) if good]
+        rows_of = iter(cells.samples_many(todo))
+        out: list[dict | None] = []
+        for (lang, st), good in zip(cands, ok):
+            if not good:
+                out.append(None)
+                continue
+            steer = steering_of(st)
+            sc = cells.score(next(rows_of), lang)
+            base = base_fluent[lang]
+            out.append({"lang": lang, **st, "label": replace(steer, k=st["k"] if steer.neuron_level else None)
+                        .resolved(neurons).label(), "k_fraction": st["k"] / n, "rate": sc.rate,
+                        "rate_lingua": sc.rate_lingua, "gated_rate": sc.gated_rate, "fluent": sc.fluent,
+                        "retention": sc.fluent / base if base else None,
+                        "nll": sc.nll, "bleu": sc.bleu, "degenerate": sc.degenerate})
+        return out
 
     def better(a, b):
         return (a["gated_rate"], -(a["nll"] or 99)) > (b["gated_rate"], -(b["nll"] or 99))
 
+    # coordinate search per language; each stage runs every language and value in one batched call
     start, stages_of, notes = _search_space(cfg, neurons, n)
-    best: dict[str, dict] = {}
-    for lang in langs:
-        cur, cur_score = dict(start), None
-        for stage, key, values in stages_of:
-            for v in values:
-                s = {**cur, key: v}
-                try:
-                    r = evaluate(lang, s, val, fluent_none[lang])
-                except LangNeuronsError:  # e.g. k larger than a layer subset
-                    continue
-                stages.append({"stage": stage, **r})
-                if cur_score is None or better(r, cur_score):
-                    cur, cur_score = s, r
-        best[lang] = {**cur, "val": cur_score}
+    cur = {lang: dict(start) for lang in langs}
+    cur_score: dict[str, dict | None] = {lang: None for lang in langs}
+    tried: dict[str, list[dict]] = {lang: [] for lang in langs}
+    for stage, key, values in stages_of:
+        cands = [(lang, {**cur[lang], key: v}) for lang in langs for v in values]
+        for (lang, st), r in zip(cands, evaluate_many(cands, val, fluent_none)):
+            if r is None:
+                continue
+            tried[lang].append({"stage": stage, **r})
+            if cur_score[lang] is None or better(r, cur_score[lang]):
+                cur[lang], cur_score[lang] = st, r
+    stages = [r for lang in langs for r in tried[lang]]
+    best = {lang: {**cur[lang], "val": cur_score[lang]} for lang in langs}
+    # one shared setting for all languages: of the languages' best settings, the one with the highest mean
+    # validation gated rate over every language (ties: lower mean NLL)
+    options = list({json.dumps(cur[l], sort_keys=True): cur[l] for l in langs}.values())
+    cands = [(lang, st) for st in options for lang in langs]
+    scores = evaluate_many(cands, val, fluent_none)
+    shared, shared_key = None, None
+    for i, st in enumerate(options):
+        rs = [r for r in scores[i * len(langs):(i + 1) * len(langs)] if r is not None]
+        if len(rs) < len(langs):
+            continue
+        key = (mean_of(rs, "gated_rate"), -mean_of(rs, "nll"))
+        if shared_key is None or key > shared_key:
+            shared, shared_key = {**st, "val_mean_gated_rate": key[0]}, key
     test_seeds = list(range(1, cfg.test_samples + 1))
     test = []
     none = cells.samples(None, "none", 0, test_seeds)
     paper = {"method": "clamp", "k": min(1000, n), "scale": 1.0, "positions": "all", "layers": None}
+    fluent_test = {}
     for lang in langs:
         sc = cells.score(none, lang)
+        fluent_test[lang] = sc.fluent
         test.append({"lang": lang, "setting": "none", "rate": sc.rate, "rate_lingua": sc.rate_lingua,
                      "gated_rate": sc.gated_rate, "fluent": sc.fluent, "retention": 1.0, "nll": sc.nll, "bleu": sc.bleu,
                      "degenerate": sc.degenerate})
-        chosen = {k: v for k, v in best[lang].items() if k != "val"}
-        for name, s in (("paper clamp k=1000", paper), (f"best {cfg.method}", chosen)):
-            test.append({**evaluate(lang, s, test_seeds, sc.fluent), "setting": name})
-    result = SweepResult(best, stages, test, {**cells.meta(), "config": asdict(cfg), "languages": langs, "notes": notes})
+    named = [("paper clamp k=1000", {l: paper for l in langs}),
+             (f"best {cfg.method}", {l: {k: v for k, v in best[l].items() if k != "val"} for l in langs})]
+    if shared is not None:
+        named.append((f"shared {cfg.method}", {l: {k: v for k, v in shared.items() if k != "val_mean_gated_rate"}
+                                               for l in langs}))
+    cands = [(lang, per[lang]) for _, per in named for lang in langs]
+    scores = iter(evaluate_many(cands, test_seeds, fluent_test))
+    for name, per in named:
+        for lang in langs:
+            r = next(scores)
+            if r is not None:
+                test.append({**r, "setting": name})
+    test.sort(key=lambda r: langs.index(r["lang"]))
+    result = SweepResult(best, stages, test, {**cells.meta(), "config": asdict(cfg), "languages": langs, "notes": notes,
+                                              "shared": shared})
     return result
 
 
@@ -185,6 +233,16 @@ def _f(v, fmt=".2f") -> str:
     return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, fmt)
 
 
+def _shared_line(res: SweepResult) -> list[str]:
+    """The shared setting (one for all languages) as a sentence, if the sweep found one."""
+    sh = res.meta.get("shared")
+    label = next((r["label"] for r in res.test if r["setting"].startswith("shared")), None)
+    if not sh or label is None:
+        return []
+    return [f"One shared setting for all languages (of the per-language best, the highest mean validation gated "
+            f"rate, {sh['val_mean_gated_rate']:.2f}): {label}", ""]
+
+
 def sweep_markdown(res: SweepResult) -> str:
     settings = list(dict.fromkeys(r["setting"] for r in res.test))
     langs = list(dict.fromkeys(r["lang"] for r in res.test))
@@ -203,6 +261,7 @@ def sweep_markdown(res: SweepResult) -> str:
     out = [f"Method {method}: best setting per language, picked on validation seeds 1001.. by gated rate (ties: "
            f"lower NLL); then the settings on fresh seeds 1..{res.meta['config']['test_samples']}", "",
            markdown_table(["lang", "best setting", "val gated", "val retention"], best),
+           *_shared_line(res),
            "rate: lid.176 > 0.5; lingua: the second identifier; gated: target language and fluent; fluent: share of "
            "samples that pass the degeneracy gate whatever their language; retention: fluent share / the unsteered "
            "fluent share on the same seeds; NLL under the unsteered model", "",
