@@ -28,7 +28,7 @@ from ..report.tables import csv_text, markdown_table
 from ..results import fault_point, run_into
 from ..steer.generation import SAMPLER, GenerationConfig, generate_many, sample_nll
 from ..steer.methods import SteeringConfig
-from .samples import SampleStore
+from .samples import SampleStore, sample_problem, setting_key
 from .metrics import (
     DEGENERATE_DISTINCT,
     BleuReferences,
@@ -91,16 +91,9 @@ class ControlResult:
         return table2_markdown(self.table2) + ("\n" + ablation_markdown(self.ablation) if self.ablation else "")
 
 
-def _cell_key(settings: dict) -> str:
-    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
-
-
 def _cell_problem(data, seeds: list[int]) -> str | None:
     """What is wrong with a cell file read back (None when it is sound): a dict with ``settings``
-    and ``samples``, one sample per seed with seed (int), text (str), tokens (list of int), nll (number or null)."""
-    def is_int(v) -> bool:
-        return isinstance(v, int) and not isinstance(v, bool)
-
+    and ``samples``, one sound sample (:func:`~tl_langneurons.evaluate.samples.sample_problem`) per seed, in order."""
     if not isinstance(data, dict):
         return f"a JSON {type(data).__name__}, not an object"
     if not isinstance(data.get("settings"), dict):
@@ -113,14 +106,12 @@ def _cell_problem(data, seeds: list[int]) -> str | None:
     for i, r in enumerate(rows):
         if not isinstance(r, dict):
             return f"samples[{i}] is not an object"
-        if not is_int(r.get("seed")) or r["seed"] != seeds[i]:
-            return f"samples[{i}].seed is {r.get('seed')!r}, expected {seeds[i]}"
-        if not isinstance(r.get("text"), str):
-            return f"samples[{i}].text is not a string"
-        if not isinstance(r.get("tokens"), list) or not all(is_int(t) for t in r["tokens"]):
-            return f"samples[{i}].tokens is not a list of integers"
-        if "nll" not in r or not (r["nll"] is None or (isinstance(r["nll"], (int, float)) and not isinstance(r["nll"], bool))):
-            return f"samples[{i}].nll is not a number or null"
+        seed = r.get("seed")
+        if not isinstance(seed, int) or isinstance(seed, bool) or seed != seeds[i]:
+            return f"samples[{i}].seed is {seed!r}, expected {seeds[i]}"
+        problem = sample_problem(r)
+        if problem is not None:
+            return f"samples[{i}].{problem}"
     return None
 
 
@@ -226,9 +217,9 @@ class CellRunner:
         steer = replace(steering or cfg.steering, which=cond, k=k) if cond != "none" else None
         clamp = None if steer is None else {"lang": lang, "k": k, **steer.key()}
         settings = {**self.base, "condition": cond, "clamp": clamp, "seeds": seeds}
-        key = _cell_key(settings)
+        key = setting_key(settings)
         sample_settings = {k: v for k, v in settings.items() if k != "seeds"}
-        r = {"settings": settings, "sample_settings": sample_settings, "skey": _cell_key(sample_settings),
+        r = {"settings": settings, "sample_settings": sample_settings, "skey": setting_key(sample_settings),
              "seeds": seeds, "path": None, "rows": None, "missing": [], "hooks": [],
              "name": f"{cond}-{lang}-{k}-{key}"}
         if self.cells_dir is not None:

@@ -24,13 +24,23 @@ def setting_key(settings: dict) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _row_ok(r) -> bool:
+def sample_problem(r) -> str | None:
+    """What is wrong with one stored sample (None when it is sound): a dict with seed (int), text
+    (str), tokens (list of int) and nll (number or null). Shared by the cache and the cell files."""
     def is_int(v) -> bool:
         return isinstance(v, int) and not isinstance(v, bool)
 
-    return (isinstance(r, dict) and is_int(r.get("seed")) and isinstance(r.get("text"), str)
-            and isinstance(r.get("tokens"), list) and all(is_int(t) for t in r["tokens"])
-            and "nll" in r and (r["nll"] is None or (isinstance(r["nll"], (int, float)) and not isinstance(r["nll"], bool))))
+    if not isinstance(r, dict):
+        return "is not an object"
+    if not is_int(r.get("seed")):
+        return f"seed is {r.get('seed')!r}, not an integer"
+    if not isinstance(r.get("text"), str):
+        return "text is not a string"
+    if not isinstance(r.get("tokens"), list) or not all(is_int(t) for t in r["tokens"]):
+        return "tokens is not a list of integers"
+    if "nll" not in r or not (r["nll"] is None or (isinstance(r["nll"], (int, float)) and not isinstance(r["nll"], bool))):
+        return "nll is not a number or null"
+    return None
 
 
 class SampleStore:
@@ -64,8 +74,9 @@ class SampleStore:
                 if data.get("settings") != settings:
                     raise ValueError("its settings differ from the file name's")
                 for r in data["samples"]:
-                    if not _row_ok(r):
-                        raise ValueError(f"a sample is malformed: {str(r)[:80]}")
+                    problem = sample_problem(r)
+                    if problem is not None:
+                        raise ValueError(f"a sample {problem}: {str(r)[:80]}")
                     rows[r["seed"]] = r
             except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as e:
                 warnings.warn(f"sample cache {path} is damaged ({e}); its samples are generated again", stacklevel=3)

@@ -173,7 +173,13 @@ def generate_many(model: HookedModel, requests: Sequence[tuple[Prompt, int]], ma
     the tokens it gets alone: padded logits differ from unpadded ones only by float rounding (about
     3e-5 on Gemma-3-270M), which changes a token only if a draw falls that close to a boundary of
     the inverse CDF. A batch whose prompts all have the same length runs unpadded, with no mask:
-    :func:`generate` is this function on one prompt, and gives the tokens it always gave.
+    :func:`generate` is this function on one prompt.
+
+    Logits come from :class:`~tl_langneurons.model.unembed.Unembed`: the model's unembedding into a
+    reused buffer, bit for bit the model's logits on every single-position step, so samples from
+    BOS are those of earlier versions (``tests/data/golden_samples.json``). The prompt pass
+    multiplies only the last prompt position, which differs from the model's all-position product
+    by float rounding only.
 
     Several interventions in one run: ``groups[i]`` names the entry of ``group_hooks`` (a list of
     fwd_hooks) that steers request ``i``, so cells of different languages, conditions or methods
