@@ -329,3 +329,41 @@ def test_bad_settings_are_refused(found):
         M.sparse(neurons, "de", layer=7)
     with pytest.raises(LangNeuronsError, match="finite"):
         M.add(neurons, "de", alpha=float("nan"))
+
+
+def test_sparse_leaves_out_outlier_dimensions(found, tiny_llama):
+    """A dimension far above the others in mean magnitude (Gemma-3-270M's 163) is never selected by sparse
+    by default, and with ``outlier_factor`` diffmean zeroes it in the difference; off gives the old behaviour."""
+    import copy
+
+    neurons = copy.copy(found[0])
+    means = neurons.resid_means.clone()
+    t, layer, big = neurons.languages.index("zh"), 2, 7
+    means[:, layer, big] = 500.0 * (1 + torch.arange(len(neurons.languages), dtype=means.dtype))  # huge, most different
+    neurons.resid_means = means
+    assert M.outlier_dims(neurons, layer) == [big]
+    assert M.outlier_dims(neurons, layer, factor=None) == [] == M.outlier_dims(neurons, layer, factor=0)
+    diff = means[t, layer].double() - means[[i for i in range(len(neurons.languages)) if i != t], layer].double().mean(0)
+    assert int(diff.abs().argmax()) == big
+    score = diff.abs()
+    score[big] = -1
+    expect = torch.topk(score, 4).indices
+    before, _ = _resid(tiny_llama, layer)
+    for hooks, dims in [(SteeringConfig(method="sparse", layer=layer, n_dims=4, restore_norm=False).hooks(neurons, "zh"), expect),
+                        (M.sparse(neurons, "zh", layer=layer, n_dims=4, restore_norm=False, outlier_factor=0),
+                         torch.topk(diff.abs(), 4).indices),
+                        (M.sparse(neurons, "zh", layer=layer, n_dims=4, restore_norm=False, exclude_dims=[big]), expect)]:
+        after, _ = _resid(tiny_llama, layer, hooks=hooks)
+        changed = sorted(int(d) for d in torch.nonzero((after != before).any(0).any(0)).flatten())
+        assert changed == sorted(int(d) for d in dims)
+    plain = M.diffmean(neurons, "zh", layer=layer)
+    cut = SteeringConfig(method="diffmean", layer=layer, outlier_factor=10).hooks(neurons, "zh")
+    d_plain = _resid(tiny_llama, layer, hooks=plain)[0] - before
+    d_cut = _resid(tiny_llama, layer, hooks=cut)[0] - before
+    assert float(d_plain[..., big].abs().max()) > 0 and float(d_cut[..., big].abs().max()) == 0
+    assert torch.allclose(d_cut.norm(dim=-1), d_plain.norm(dim=-1), rtol=1e-4)  # still alpha x the norm
+    with pytest.raises(LangNeuronsError, match="outlier-factor"):
+        SteeringConfig(method="sparse", outlier_factor=0.5)
+    with pytest.raises(LangNeuronsError, match="outlier-dims"):
+        M.sparse(neurons, "zh", layer=layer, exclude_dims=[99])
+    assert "out=off" in SteeringConfig(method="sparse", outlier_factor=0).label()

@@ -10,7 +10,9 @@ Zhong et al. 2026):
 - ``diffmean``: at one layer, add ``alpha * ||h_L|| * u`` to the residual stream, with ``u`` the unit
   difference of the target's mean residual and the other languages' (or the source's);
 - ``sparse``: at one layer, overwrite the K residual dimensions where the target's mean differs most
-  with ``coef`` times the target's mean, optionally restoring each position's norm.
+  with ``coef`` times the target's mean, optionally restoring each position's norm. The model's outlier
+  dimensions (:func:`outlier_dims`) are excluded from the selection and never overwritten (Zhong et al.
+  zero a model's known outlier dimensions in the difference); ``diffmean`` can exclude them too.
 
 One builder per method (:func:`clamp`, :func:`add`, :func:`diffmean`, :func:`sparse`, each
 ``(neurons, lang, ...settings) -> fwd_hooks``), one dataclass that holds a method and its settings
@@ -21,7 +23,8 @@ them in ``model.hooks(fwd_hooks=...)``, ``model.run_with_hooks(...)`` or around 
 Defaults (recorded here and in each builder): ``add`` alpha 1 (the neuron's mean moves from the other
 languages' level to the target's); ``diffmean`` alpha 1 times the layer's typical residual norm
 ``resid_norms[L]``, at layer ``round(0.6 * n_layers)`` (middle-to-late, where CLaS-Bench and Zhong et
-al. find language best steered); ``sparse`` K = 5% of d_model, coef 1, restore_norm True, same layer.
+al. find language best steered); ``sparse`` K = 5% of d_model, coef 1, restore_norm True, same layer,
+outlier dimensions excluded (factor :data:`DEFAULT_OUTLIER_FACTOR`; ``diffmean`` excludes none by default).
 The residual methods need the per-language residual means that ``find`` records; results found
 before then raise "found before residual means were recorded; run find again".
 
@@ -42,6 +45,7 @@ Example:
 
 from __future__ import annotations
 
+import argparse
 import math
 from dataclasses import asdict, dataclass
 from typing import Callable, Sequence
@@ -133,6 +137,69 @@ def default_n_dims(d_model: int) -> int:
     return max(1, round(0.05 * d_model))
 
 
+DEFAULT_OUTLIER_FACTOR = 10.0
+
+
+def outlier_dims(neurons: LanguageNeurons, layer: int | None = None,
+                 factor: float | None = DEFAULT_OUTLIER_FACTOR) -> list[int]:
+    """The outlier residual dimensions at ``blocks.L.hook_resid_post`` (ascending): the dimensions d whose
+    ``mean_l |mu_L(l)[d]|`` (the absolute per-language mean, averaged over the languages) exceeds ``factor``
+    times its median over the d_model dimensions. ``factor`` None or 0: none.
+
+    Zhong et al. (EACL 2026; ku-nlp/language-specific-dimensions) zero a hand-made list of each model's
+    known outlier dimensions in the difference before the top-K selection (Llama-2-7B: 1415 and 2533;
+    Llama-2-13B: 2100, its massive-activation dimensions) and give no rule for other models; this is the
+    rule that finds such dimensions from the recorded means. On Gemma-3-270M, dimension 163 is 850 times
+    the median at the default layer 11 and would otherwise be the first one selected for every language.
+    """
+    means, _, layer = _layer(neurons, layer)
+    factor = _outlier_factor(factor)
+    if not factor:
+        return []
+    mag = means[:, layer].double().abs().mean(0)
+    median = torch.quantile(mag, 0.5)
+    return sorted(int(d) for d in torch.nonzero(mag > factor * median).flatten())
+
+
+def _outlier_factor(factor: float | None) -> float:
+    """The factor as a float (None: 0, no exclusion), or a clear error."""
+    if factor is None:
+        return 0.0
+    _finite("--outlier-factor", factor)
+    if factor != 0 and factor < 1:
+        raise LangNeuronsError(f"--outlier-factor must be 0 (no exclusion) or at least 1 (a dimension is an outlier "
+                               f"above that many times the median), got {factor!r}")
+    return float(factor)
+
+
+def _excluded(neurons: LanguageNeurons, layer: int, d: int, factor: float | None,
+              exclude: Sequence[int] | None) -> list[int]:
+    """The dimensions a residual method leaves alone: ``exclude`` if given, else the outliers by ``factor``."""
+    if exclude is None:
+        return outlier_dims(neurons, layer, factor)
+    dims = sorted({int(x) for x in exclude})
+    bad = [x for x in exclude if isinstance(x, bool) or not isinstance(x, int) or not 0 <= x < d]
+    if bad:
+        raise LangNeuronsError(f"--outlier-dims must be residual dimensions between 0 and {d - 1}, got {bad}")
+    if len(dims) >= d:
+        raise LangNeuronsError("--outlier-dims excludes every residual dimension; leave some to steer")
+    return dims
+
+
+def _parse_outlier_factor(s: str) -> float | None:
+    """``--outlier-factor``: a number; ``none`` for the method's default; ``off`` for 0."""
+    s = s.strip().lower()
+    if s in ("", "none", "default"):
+        return None
+    if s == "off":
+        return 0.0
+    try:
+        return float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number such as 10, 0 (off) or none (the method's default), "
+                                         f"got {s!r}") from None
+
+
 def _layer(neurons: LanguageNeurons, layer: int | None) -> tuple[Tensor, Tensor, int]:
     means, norms = neurons.residual()
     n_layers = means.shape[1]
@@ -199,27 +266,40 @@ def add(neurons: LanguageNeurons, lang: str, alpha: float = 1.0, which: str = "b
 
 
 def diffmean(neurons: LanguageNeurons, lang: str, layer: int | None = None, alpha: float = 1.0,
-             source: str | None = None, positions: str = "all") -> Hooks:
+             source: str | None = None, positions: str = "all", outlier_factor: float | None = None,
+             exclude_dims: Sequence[int] | None = None) -> Hooks:
     """CLaS-Bench: at ``blocks.L.hook_resid_post``, ``h <- h + alpha * resid_norms[L] * u`` at every position,
     ``u`` the unit vector of ``mu_L(t) - mean_{l != t} mu_L(l)`` (or ``- mu_L(source)``). alpha is relative
     to the layer's typical residual norm, so one range fits every layer and model; ``layer`` defaults to
-    :func:`default_layer`. alpha = 0 is the identity."""
+    :func:`default_layer`. alpha = 0 is the identity. With ``outlier_factor`` (default None: off, as
+    CLaS-Bench) the :func:`outlier_dims` of the layer are zeroed in the difference before it is normalised,
+    so ``u`` is 0 there; ``exclude_dims`` names the dimensions instead of the rule."""
     _finite("--alpha", alpha)
     _positions(positions)
     means, norms, layer = _layer(neurons, layer)
     _, diff = _difference(neurons, means, layer, lang, source)
+    out = _excluded(neurons, layer, means.shape[2], outlier_factor, exclude_dims)
+    if out:
+        diff = diff.clone()
+        diff[out] = 0.0
     u = diff / (diff.norm() + 1e-8)
     return _gate(residual_add_hook(layer, (float(alpha) * float(norms[layer]) * u).float()), positions)
 
 
 def sparse(neurons: LanguageNeurons, lang: str, layer: int | None = None, n_dims: int | None = None,
            coef: float = 1.0, restore_norm: bool = True, source: str | None = None,
-           positions: str = "all") -> Hooks:
+           positions: str = "all", outlier_factor: float | None = DEFAULT_OUTLIER_FACTOR,
+           exclude_dims: Sequence[int] | None = None) -> Hooks:
     """Zhong et al.: at ``blocks.L.hook_resid_post``, the ``n_dims`` dimensions d with the largest
     ``|mu_L(t)[d] - mean_{l != t} mu_L(l)[d]|`` (or vs ``source``) are overwritten with ``coef * mu_L(t)[d]``
     at every position; with ``restore_norm`` each position is then rescaled to its norm before the
     overwrite. Defaults: :func:`default_layer`, :func:`default_n_dims`, coef 1 (the target's mean itself),
-    restore_norm True (keeps the scale the next block expects)."""
+    restore_norm True (keeps the scale the next block expects).
+
+    The layer's outlier dimensions (:func:`outlier_dims` with ``outlier_factor``, default
+    :data:`DEFAULT_OUTLIER_FACTOR`; or the dimensions ``exclude_dims`` names) are left out of the selection,
+    as Zhong et al. zero them in the difference, and never overwritten (at most d_model minus their number
+    dimensions are). ``outlier_factor`` None or 0 selects among every dimension (the previous behaviour)."""
     _finite("--coef", coef)
     _positions(positions)
     means, _, layer = _layer(neurons, layer)
@@ -229,7 +309,11 @@ def sparse(neurons: LanguageNeurons, lang: str, layer: int | None = None, n_dims
     if isinstance(n_dims, bool) or not isinstance(n_dims, int) or n_dims < 1:
         raise LangNeuronsError(f"--n-dims must be at least 1, got {n_dims!r}")
     target, diff = _difference(neurons, means, layer, lang, source)
-    dims = torch.topk(diff.abs(), min(n_dims, d)).indices
+    score = diff.abs()
+    out = _excluded(neurons, layer, d, outlier_factor, exclude_dims)
+    if out:
+        score[out] = -math.inf
+    dims = torch.topk(score, min(n_dims, d - len(out))).indices
     return _gate(residual_overwrite_hook(layer, dims, (float(coef) * target[dims]).float(), bool(restore_norm)),
                  positions)
 
@@ -257,6 +341,10 @@ class SteeringConfig:
                                 flag="--no-restore-norm")
     source: str | None = option(None, "source language: add deactivates its top neurons; diffmean and sparse "
                                 "use it instead of the mean of the other languages", parse=str)
+    outlier_factor: float | None = option(
+        None, "diffmean and sparse: leave out the residual dimensions whose mean magnitude is above this many "
+        "times the median (none: the method's default, 10 for sparse and off for diffmean; off: leave none out)",
+        parse=_parse_outlier_factor)
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -276,6 +364,7 @@ class SteeringConfig:
             raise LangNeuronsError(f"--layer must be a layer number of at least 0, got {self.layer}")
         if self.k is not None and (isinstance(self.k, bool) or self.k < 1):
             raise LangNeuronsError(f"--k must be at least 1, got {self.k}")
+        _outlier_factor(self.outlier_factor)
         if self.which not in ("both", "top", "bottom", "middle"):
             raise LangNeuronsError(f"unknown neuron set {self.which!r}; use top, bottom, both or middle")
 
@@ -295,6 +384,8 @@ class SteeringConfig:
         if not self.neuron_level:
             for f in ("value", "scale", "layers"):
                 d.pop(f)
+        else:
+            d.pop("outlier_factor")
         return d
 
     def label(self) -> str:
@@ -304,9 +395,11 @@ class SteeringConfig:
             return f"clamp{k} x{self.scale:g}"
         if self.method == "add":
             return f"add{k} a={self.alpha:g}" + (f" src={self.source}" if self.source else "")
+        out = "" if self.outlier_factor is None else (" out=off" if not self.outlier_factor
+                                                      else f" out>{self.outlier_factor:g}")
         if self.method == "diffmean":
-            return f"diffmean L{self.layer} a={self.alpha:g}"
-        return f"sparse L{self.layer} K={self.n_dims} c={self.coef:g}" + ("" if self.restore_norm else " raw")
+            return f"diffmean L{self.layer} a={self.alpha:g}{out}"
+        return f"sparse L{self.layer} K={self.n_dims} c={self.coef:g}" + ("" if self.restore_norm else " raw") + out
 
     def resolved(self, neurons: LanguageNeurons) -> "SteeringConfig":
         """The config with its model-dependent defaults filled in (layer, n_dims) and the layer checked
@@ -327,5 +420,7 @@ class SteeringConfig:
         if cfg.method == "add":
             return add(neurons, lang, cfg.alpha, cfg.which, cfg.k, cfg.layers, cfg.source, cfg.positions)
         if cfg.method == "diffmean":
-            return diffmean(neurons, lang, cfg.layer, cfg.alpha, cfg.source, cfg.positions)
-        return sparse(neurons, lang, cfg.layer, cfg.n_dims, cfg.coef, cfg.restore_norm, cfg.source, cfg.positions)
+            return diffmean(neurons, lang, cfg.layer, cfg.alpha, cfg.source, cfg.positions, cfg.outlier_factor)
+        factor = DEFAULT_OUTLIER_FACTOR if cfg.outlier_factor is None else cfg.outlier_factor
+        return sparse(neurons, lang, cfg.layer, cfg.n_dims, cfg.coef, cfg.restore_norm, cfg.source, cfg.positions,
+                      factor)
