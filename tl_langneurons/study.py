@@ -279,6 +279,7 @@ class DemoConfig:
     samples: int = option(20, "samples per condition (the paper: 100)")
     max_new_tokens: int = option(32, "tokens per sample (the paper: 64)")
     ablation_ks: tuple[int, ...] = (10, 100, 1000, 10000)
+    reference_nll_texts: int = option(25, "reference texts per language whose NLL is reported (the protocol: 100)")
 
 
 # seconds of each demo stage on the reference machine (2 Zen 3 cores), per unit of work: used for the ETA,
@@ -315,7 +316,8 @@ def run_demo(config: DemoConfig | None = None, progress: bool = True, echo: Echo
          f"(about {eval_est * speed:.0f}s; find took {t_find:.0f}s)")
     study.echo = echo
     control = study.evaluate(EvaluateConfig(samples=cfg.samples, max_new_tokens=cfg.max_new_tokens,
-                                            ablation_ks=list(cfg.ablation_ks), batch_size=100),
+                                            ablation_ks=list(cfg.ablation_ks), batch_size=100,
+                                            reference_nll_texts=cfg.reference_nll_texts),
                              overwrite=True)
     echo(control.markdown())
     echo("demo [3/3] report")

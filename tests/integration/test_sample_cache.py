@@ -64,3 +64,28 @@ def test_store_in_memory_and_on_disk():
     s.put({"a": 1}, [{"seed": 2, "text": "x", "tokens": [1], "nll": None}])
     assert s.get({"a": 1}, [1, 2]) == ({2: {"seed": 2, "text": "x", "tokens": [1], "nll": None}}, [1])
     assert s.get({"a": 2}, [2]) == ({}, [2])
+
+
+def test_gate_and_reference_nll_are_computed_once_per_folder(tiny_llama, neurons, tiny_corpus, tmp_path, monkeypatch):
+    """The fluency gate and reference NLL are read back on the next run (no model call), equal to a fresh
+    computation; other texts or another window compute them again."""
+    from tl_langneurons.evaluate import control
+
+    refs = {"de": tiny_corpus.texts["de"][:6]}
+    store = tmp_path / "samples"
+    fresh = evaluate_control(tiny_llama, neurons, refs, _cfg(conditions=("none",)), progress=False)
+    first = evaluate_control(tiny_llama, neurons, refs, _cfg(conditions=("none",)), progress=False, samples=store)
+    calls = []
+    real = control.text_losses
+    monkeypatch.setattr(control, "text_losses", lambda *a, **k: calls.append(1) or real(*a, **k))
+    again = evaluate_control(tiny_llama, neurons, refs, _cfg(conditions=("none",)), progress=False, samples=store)
+    assert calls == [] and again.meta["run"]["sample_cache"]["reference_hits"] == 1
+    for res in (first, again):
+        assert res.meta["distinct_thresholds"] == fresh.meta["distinct_thresholds"]
+        assert res.meta["reference_nll"] == fresh.meta["reference_nll"]
+    assert _rows(again) == _rows(first)
+    (memo,) = store.glob("references-*.json")
+    assert json.loads(memo.read_text())["settings"]["window"] == 5
+    evaluate_control(tiny_llama, neurons, {"de": refs["de"][:5]}, _cfg(conditions=("none",)), progress=False, samples=store)
+    evaluate_control(tiny_llama, neurons, refs, _cfg(conditions=("none",), max_new_tokens=6), progress=False, samples=store)
+    assert len(calls) == 2 and len(list(store.glob("references-*.json"))) == 3

@@ -5,7 +5,9 @@ seed: not on the cell, the batch or the experiment that asked for it. Table 2, t
 of the k ablation, the sweep's paper setting and a method comparison therefore share every sample
 they have in common. The store keeps one JSON file per setting (``<key>.json``: the setting and its
 samples by seed, each with its NLL under the unsteered model), written atomically after every batch,
-so a long cell killed half way resumes from its last batch.
+so a long cell killed half way resumes from its last batch. Small results derived from the model
+and the reference texts alone (the fluency gate, the reference NLL) are kept beside them by
+:meth:`SampleStore.memo`, so they too are computed once per folder.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import hashlib
 import json
 import warnings
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 from ..provenance import atomic_write_json
 
@@ -56,8 +58,10 @@ class SampleStore:
     def __init__(self, folder: str | Path | None):
         self.folder = Path(folder) if folder is not None else None
         self._mem: dict[str, dict[int, dict]] = {}
+        self._memo: dict[str, dict] = {}
         self.hits = 0
         self.misses = 0
+        self.memo_hits = 0
 
     def _path(self, key: str) -> Path | None:
         return None if self.folder is None else self.folder / f"{key}.json"
@@ -104,3 +108,37 @@ class SampleStore:
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_json(path, {"settings": settings, "samples": [rows[s] for s in sorted(rows)]})
+
+    def memo(self, name: str, settings: dict, make: Callable[[], dict]) -> dict:
+        """``make()`` once per ``settings``: read back from ``<name>-<key>.json`` when it was made with the
+        same settings, else made and written. For small results that depend only on what ``settings``
+        names (e.g. a language's fluency gate and reference NLL: the model's weights and the texts).
+
+        Example:
+            >>> store = SampleStore(None)
+            >>> store.memo("gate", {"lang": "de"}, lambda: {"threshold": 0.5})
+            {'threshold': 0.5}
+            >>> store.memo("gate", {"lang": "de"}, lambda: {"threshold": 0.0}), store.memo_hits
+            ({'threshold': 0.5}, 1)
+        """
+        key = f"{name}-{setting_key(settings)}"
+        if key in self._memo:
+            self.memo_hits += 1
+            return self._memo[key]
+        path = self._path(key)
+        if path is not None and path.exists():
+            try:
+                data = json.loads(path.read_text(encoding="utf-8"))
+                if data.get("settings") != settings or not isinstance(data.get("value"), dict):
+                    raise ValueError("its settings differ from the file name's")
+                self._memo[key] = data["value"]
+                self.memo_hits += 1
+                return data["value"]
+            except (OSError, UnicodeDecodeError, ValueError, AttributeError) as e:
+                warnings.warn(f"cache file {path} is damaged ({e}); it is computed again", stacklevel=2)
+        value = make()
+        self._memo[key] = value
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(path, {"settings": settings, "value": value})
+        return value
