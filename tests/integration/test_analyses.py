@@ -127,3 +127,31 @@ def test_analysis_commands(tiny_dirs, tmp_path, capsys):
     assert main(["report", str(out)]) == 0
     text = (out / "report.md").read_text()
     assert "Deactivation" in text and "Cross-language steering" in text and "Token-level view" in text
+
+
+def test_cross_steering_nll_and_prompt_source(tiny_llama, setup):
+    """Each cell's NLL is the mean of its samples' NLL under the unsteered model (generated again here
+    with the same prompts and seeds); source="prompt" steers away from each row's prompt language."""
+    from dataclasses import replace
+
+    from tl_langneurons.analyses.cross_steering import token_prompts
+    from tl_langneurons.steer.generation import generate_many, sample_nll
+    from tl_langneurons.steer.methods import SteeringConfig
+
+    neurons, held = setup
+    held = held.select(["en", "ja"])
+    kw = dict(n_prompts=2, samples=2, max_new_tokens=4, progress=False)
+    auto = cross_steering(tiny_llama, neurons, held, steering=SteeringConfig(method="add", source="prompt"), **kw)
+    prompts = token_prompts(tiny_llama.tokenizer, held.texts["en"], 2, 0, "en")
+    requests = [(p, s) for p in prompts for s in (1, 2)]
+    plain = generate_many(tiny_llama, requests, max_new_tokens=4)
+    assert auto.none_nll[0] == pytest.approx(np.nanmean(sample_nll(tiny_llama, plain)), abs=1e-6)
+    steer = SteeringConfig(method="add", source="en", which="both")
+    out = generate_many(tiny_llama, requests, max_new_tokens=4, fwd_hooks=steer.hooks(neurons, "ja"))
+    assert auto.nll[0, 1] == pytest.approx(np.nanmean(sample_nll(tiny_llama, out)), abs=1e-6)
+    explicit = cross_steering(tiny_llama, neurons, held, steering=SteeringConfig(method="add", source="en"), **kw)
+    assert explicit.nll[0, 1] == auto.nll[0, 1] and explicit.rate[0, 1] == auto.rate[0, 1]
+    none = cross_steering(tiny_llama, neurons, held, steering=SteeringConfig(method="add"), **kw)
+    assert none.nll[0, 1] != auto.nll[0, 1]  # the source's deactivation changed the samples
+    assert "NLL per token" in auto.markdown() and "nll" in auto.off_diagonal()
+    assert auto.to_json()["none_nll"] == pytest.approx(list(auto.none_nll))

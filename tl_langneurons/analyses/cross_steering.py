@@ -25,7 +25,7 @@ from ..model.protocol import HookedModel
 from ..progress import progress_bar
 from ..provenance import write_md_json
 from ..report.tables import markdown_matrix
-from ..steer.generation import generate_many
+from ..steer.generation import generate_many, sample_nll
 from ..steer.methods import SteeringConfig
 
 
@@ -83,12 +83,14 @@ class CrossSteeringResult:
     thresholds: dict[str, float] | None = None
     retention: np.ndarray | None = None  # fluent share steered / unsteered, same prompts and seeds
     method: str = "clamp"  # the intervention's label
+    nll: np.ndarray | None = None  # mean NLL per token of the steered samples under the unsteered model
+    none_nll: np.ndarray | None = None  # [source]: the same of the unsteered samples
 
     def off_diagonal(self) -> dict[str, float]:
         """Means over the cells whose prompt language is not the target (the steering that matters)."""
         off = ~np.eye(len(self.languages), dtype=bool)
         out = {}
-        for name in ("rate", "rate_lingua", "gated", "fluent", "retention"):
+        for name in ("rate", "rate_lingua", "gated", "fluent", "retention", "nll"):
             m = getattr(self, name)
             if m is not None:
                 out[name] = float(np.nanmean(m[off])) if off.any() else float("nan")
@@ -117,6 +119,12 @@ class CrossSteeringResult:
         if self.retention is not None:
             md += ("\nFluency retention: fluent share steered / unsteered (same prompts, seeds and gate)\n\n"
                    + markdown_matrix(L, L, self.retention, ".2f"))
+        if self.nll is not None:
+            md += ("\nNLL per token of the steered samples under the unsteered model\n\n"
+                   + markdown_matrix(L, L, self.nll, ".2f"))
+            if self.none_nll is not None:
+                md += ("\nUnsteered samples of each prompt language: " + ", ".join(
+                    f"{l} {v:.2f}" for l, v in zip(L, self.none_nll)) + "\n")
         off = self.off_diagonal()
         md += ("\nMean over the off-diagonal cells: " + ", ".join(f"{k} {v:.3f}" for k, v in off.items()) + "\n")
         return md
@@ -125,10 +133,12 @@ class CrossSteeringResult:
         out = {"languages": self.languages, "rate": self.rate.tolist(), "none": self.none.tolist(),
                "n_prompts": self.n_prompts, "samples": self.samples, "max_new_tokens": self.max_new_tokens,
                "which": self.which, "k": self.k, "method": self.method, "off_diagonal": self.off_diagonal()}
-        for name in ("rate_lingua", "none_lingua", "agreement", "fluent", "gated", "retention"):
+        for name in ("rate_lingua", "none_lingua", "agreement", "fluent", "gated", "retention", "nll"):
             m = getattr(self, name)
             if m is not None:
                 out[name] = _json_matrix(m)
+        if self.none_nll is not None:
+            out["none_nll"] = [None if not np.isfinite(v) else float(v) for v in self.none_nll]
         if self.thresholds is not None:
             out["thresholds"] = dict(self.thresholds)
         return out
@@ -170,7 +180,10 @@ def cross_steering(model: HookedModel, neurons: LanguageNeurons, heldout: Multil
     Every prompt x seed of a cell is generated in one batched call (left-padded prompts, see
     :func:`~tl_langneurons.steer.generation.generate_many`), the unclamped run once per source.
     Each clamped cell is judged by lid.176 and by lingua (choosing among the neurons' languages
-    lingua knows), their agreement, and the share of fluent (not degenerate) samples.
+    lingua knows), their agreement, the share of fluent (not degenerate) samples, and the NLL of its
+    samples under the unsteered model. ``steering.source == "prompt"`` uses each row's prompt language
+    as the source (add deactivates its neurons; diffmean and sparse steer away from its mean); a cell
+    whose target is the source steers without one.
     """
     cfg = replace(config or CrossSteerConfig(), **overrides)
     n_prompts, samples, max_new_tokens, seed, which = cfg.n_prompts, cfg.samples, cfg.max_new_tokens, cfg.seed, cfg.which
@@ -182,17 +195,24 @@ def cross_steering(model: HookedModel, neurons: LanguageNeurons, heldout: Multil
     thresholds = {l: float(distinct_threshold(model.tokenizer, heldout.texts[l], window=max_new_tokens)) for l in langs}
     L = len(langs)
     rate, base = np.zeros((L, L)), np.zeros((L, L))
-    rate_lingua, base_lingua, agree, fluent, gated, retention = (np.full((L, L), np.nan) for _ in range(6))
+    rate_lingua, base_lingua, agree, fluent, gated, retention, nll = (np.full((L, L), np.nan) for _ in range(7))
+    none_nll = np.full(L, np.nan)
     seeds = list(range(1, samples + 1))
     bar = progress_bar(total=L * (L + 1), desc="cross-steering", unit="cell", disable=not progress)
     for i, src in enumerate(langs):
         requests = [(p, s) for p in prompts[src] for s in seeds]
         plain_out = generate_many(model, requests, max_new_tokens=max_new_tokens)
         plain, plain_tokens = [s.text for s in plain_out], [s.tokens for s in plain_out]
+        none_nll[i] = float(np.nanmean(sample_nll(model, plain_out)))
         bar.update(1)
         for j, tgt in enumerate(langs):
             base[i, j] = np.mean(is_language(plain, tgt))
-            hooks = replace(cfg.steering, which=which).hooks(neurons, tgt)
+            steer = replace(cfg.steering, which=which)
+            if steer.source == "prompt":
+                steer = replace(steer, source=src)
+            if steer.source == tgt:  # no source for the cell that steers towards it
+                steer = replace(steer, source=None)
+            hooks = steer.hooks(neurons, tgt)
             out = generate_many(model, requests, max_new_tokens=max_new_tokens, fwd_hooks=hooks)
             texts = [s.text for s in out]
             lid = is_language(texts, tgt)
@@ -202,6 +222,7 @@ def cross_steering(model: HookedModel, neurons: LanguageNeurons, heldout: Multil
             plain_ok = np.mean([not is_degenerate(t, thresholds[tgt]) for t in plain_tokens])
             retention[i, j] = fluent[i, j] / plain_ok if plain_ok else np.nan
             gated[i, j] = np.mean([a and b for a, b in zip(lid, ok)])
+            nll[i, j] = float(np.nanmean(sample_nll(model, out)))
             if tgt in in_play:
                 base_lingua[i, j] = np.mean(is_language_lingua(plain, tgt, in_play))
                 second = is_language_lingua(texts, tgt, in_play)
@@ -212,4 +233,4 @@ def cross_steering(model: HookedModel, neurons: LanguageNeurons, heldout: Multil
     return CrossSteeringResult(langs, rate, base, n_prompts, samples, max_new_tokens, which, neurons.k,
                                rate_lingua=rate_lingua, none_lingua=base_lingua, agreement=agree, fluent=fluent,
                                gated=gated, thresholds=thresholds, retention=retention,
-                               method=cfg.steering.resolved(neurons).label())
+                               method=cfg.steering.resolved(neurons).label(), nll=nll, none_nll=none_nll)

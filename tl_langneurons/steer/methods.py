@@ -340,7 +340,8 @@ class SteeringConfig:
     restore_norm: bool = option(True, "sparse: do not rescale each position to its norm before the overwrite",
                                 flag="--no-restore-norm")
     source: str | None = option(None, "source language: add deactivates its top neurons; diffmean and sparse "
-                                "use it instead of the mean of the other languages", parse=str)
+                                "use it instead of the mean of the other languages; cross-steer: prompt for each prompt's language",
+                                parse=str)
     outlier_factor: float | None = option(
         None, "diffmean and sparse: leave out the residual dimensions whose mean magnitude is above this many "
         "times the median (none: the method's default, 10 for sparse and off for diffmean; off: leave none out)",
