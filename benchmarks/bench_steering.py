@@ -1,0 +1,214 @@
+"""Steering interventions side by side on the same neurons, seeds, prompts and fluency gate.
+
+    python benchmarks/bench_steering.py --neurons runs/gemma \
+        --setting "paper clamp=clamp" --setting "clamp k=100=clamp:k=100" \
+        --setting "add=add:alpha=1" --setting "diffmean=diffmean:layer=12,alpha=0.05" --setting "sparse=sparse" \
+        [--samples 100] [--max-new-tokens 64] [--heldout ../shared/data/tatoeba-laser --n-prompts 20 \
+         --prompt-samples 5 --prompt-tokens 32] [--out runs/gemma/steering]
+
+From BOS (the paper's Table 2 protocol): every setting towards every language on seeds 1..N, beside
+the unsteered samples of the same seeds, all generated in shared batches and kept in the neurons
+folder's sample cache (a rerun, or Table 2 and the sweep on the same settings, reuse them). From
+real prompts (``--heldout``): the 6 x 6 matrix of :func:`cross_steering` per setting (prompts never
+used for selection), off-diagonal means and the diagonal. Every rate comes with the quality beside
+it: lid.176 rate, lingua rate, their agreement, fluent share (the distinct-token gate set from the
+reference texts named in the output), retention (fluent share / the unsteered share on the same
+seeds or prompts), gated rate (target and fluent) and NLL under the unsteered model.
+
+A setting is ``NAME=METHOD[:key=value,...]`` with the fields of
+:class:`~tl_langneurons.steer.methods.SteeringConfig` (``k``, ``which``, ``scale``, ``alpha``,
+``layer``, ``n_dims``, ``coef``, ``restore_norm``, ``source``, ``positions``, ``outlier_factor``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import fields, replace
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import peak_rss_gib, record, table  # noqa: E402
+
+from tl_langneurons import LangNeuronsError, MultilingualCorpus  # noqa: E402
+from tl_langneurons.analyses.cross_steering import CrossSteerConfig, cross_steering  # noqa: E402
+from tl_langneurons.evaluate.control import CellRunner, EvaluateConfig  # noqa: E402
+from tl_langneurons.evaluate.samples import SampleStore  # noqa: E402
+from tl_langneurons.provenance import atomic_write_text  # noqa: E402
+from tl_langneurons.steer.methods import SteeringConfig  # noqa: E402
+from tl_langneurons.study import Study  # noqa: E402
+
+FIELDS = {f.name: f for f in fields(SteeringConfig)}
+
+
+def _value(key: str, s: str):
+    s = s.strip()
+    if s.lower() in ("none", "null"):
+        return None
+    if key == "restore_norm":
+        return s.lower() in ("1", "true", "yes")
+    if key in ("which", "positions", "source", "method", "layers") or (key == "value" and not s[:1].isdigit()):
+        return s
+    x = float(s)
+    return int(x) if key in ("k", "layer", "n_dims") else x
+
+
+def parse_setting(spec: str) -> tuple[str, SteeringConfig]:
+    """``NAME=METHOD[:key=value,...]`` -> (NAME, SteeringConfig); one clear error otherwise."""
+    name, sep, rest = spec.partition("=")
+    if not sep or not name.strip() or not rest.strip():
+        raise LangNeuronsError(f"--setting must be NAME=METHOD[:key=value,...], got {spec!r}")
+    method, _, opts = rest.partition(":")
+    kw = {"method": method.strip()}
+    for item in filter(None, (x.strip() for x in opts.split(","))):
+        key, sep, val = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or key not in FIELDS or key == "method":
+            raise LangNeuronsError(f"--setting {name}: unknown option {item!r}; use key=value with one of "
+                                   f"{', '.join(k for k in FIELDS if k != 'method')}")
+        try:
+            kw[key] = _value(key, val)
+        except ValueError:
+            raise LangNeuronsError(f"--setting {name}: {key} must be a number, got {val!r}") from None
+    return name.strip(), SteeringConfig(**kw)
+
+
+def _f(v, fmt=".2f") -> str:
+    return "-" if v is None or (isinstance(v, float) and not np.isfinite(v)) else format(v, fmt)
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--neurons", required=True, help="a find output folder with residual means")
+    ap.add_argument("--setting", action="append", default=[], help="NAME=METHOD[:key=value,...] (repeat)")
+    ap.add_argument("--samples", type=int, default=100, help="BOS seeds per language (the paper: 100)")
+    ap.add_argument("--max-new-tokens", type=int, default=64)
+    ap.add_argument("--corpus", default=None, help="reference texts for the gate (default: the find corpus)")
+    ap.add_argument("--heldout", default=None, help="held-out folder for the prompted matrix (none: BOS only)")
+    ap.add_argument("--n-prompts", type=int, default=20)
+    ap.add_argument("--prompt-samples", type=int, default=5)
+    ap.add_argument("--prompt-tokens", type=int, default=32)
+    ap.add_argument("--prompted-only", default=None, help="comma-separated setting names for the prompted matrix "
+                    "(default: all)")
+    ap.add_argument("--batch-size", type=int, default=100)
+    ap.add_argument("--out", default=None, help="folder for steering.md and .json (default NEURONS/steering)")
+    ap.add_argument("--no-record", action="store_true")
+    ap.add_argument("--quiet", action="store_true")
+    args = ap.parse_args(argv)
+    try:
+        settings = [parse_setting(s) for s in args.setting] or [("paper clamp", SteeringConfig())]
+        names = [n for n, _ in settings]
+        if len(set(names)) != len(names):
+            raise LangNeuronsError(f"--setting names must differ, got {names}")
+        if not Path(args.neurons).is_dir():
+            raise LangNeuronsError(f"--neurons {args.neurons} is not a folder")
+        if args.heldout and not Path(args.heldout).exists():
+            raise LangNeuronsError(f"--heldout {args.heldout} does not exist")
+        prompted = (names if args.prompted_only is None else
+                    [x.strip() for x in args.prompted_only.split(",") if x.strip()])
+        bad = [x for x in prompted if x not in names]
+        if bad:
+            raise LangNeuronsError(f"--prompted-only names no setting: {bad}")
+    except LangNeuronsError as e:
+        print(f"bench_steering: error: {e}", file=sys.stderr)
+        raise SystemExit(2)
+    out = Path(args.out) if args.out else Path(args.neurons) / "steering"
+    study = Study(args.neurons, progress=not args.quiet, echo=print)
+    neurons = study.neurons
+    langs = list(neurons.languages)
+    refs = study.references(args.corpus)
+    ref_name = args.corpus or neurons.meta.get("corpus_spec") or "none (fixed gate)"
+    t0 = time.perf_counter()
+    cfg = EvaluateConfig(samples=args.samples, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
+    cells = CellRunner(study.model, neurons, cfg, refs, None, progress=not args.quiet,
+                       store=SampleStore(study.samples_dir))
+    seeds = list(range(1, args.samples + 1))
+    resolved = [(n, st.resolved(neurons)) for n, st in settings]
+    todo = [(None, "none", 0, seeds, None)]
+    for _, st in resolved:
+        k = st.k if st.k is not None else neurons.k
+        todo += [(lang, st.which, k, seeds, st) for lang in langs]
+    rows = cells.samples_many(todo)
+    none_rows, rows = rows[0], iter(rows[1:])
+    base = {lang: cells.score(none_rows, lang) for lang in langs}
+    bos: dict[str, dict] = {"none": {lang: {"rate": base[lang].rate, "rate_lingua": base[lang].rate_lingua,
+                                            "agreement": base[lang].agreement,
+                                            "fluent": base[lang].fluent, "retention": 1.0,
+                                            "gated": base[lang].gated_rate, "nll": base[lang].nll} for lang in langs}}
+    labels = {"none": "no intervention"}
+    for name, st in resolved:
+        labels[name] = replace(st, k=st.k if st.k is not None else (neurons.k if st.neuron_level else None)).label()
+        bos[name] = {}
+        for lang in langs:
+            sc = cells.score(next(rows), lang)
+            bos[name][lang] = {"rate": sc.rate, "rate_lingua": sc.rate_lingua,
+                               "agreement": sc.agreement, "fluent": sc.fluent,
+                               "retention": sc.fluent / base[lang].fluent if base[lang].fluent else None,
+                               "gated": sc.gated_rate, "nll": sc.nll}
+    t_bos = time.perf_counter() - t0
+    measures = ("rate", "rate_lingua", "agreement", "fluent", "retention", "gated", "nll")
+
+    def mean(d: dict, m: str):
+        vals = [d[lang][m] for lang in langs if d[lang][m] is not None and np.isfinite(d[lang][m])]
+        return float(np.mean(vals)) if vals else None
+
+    head = ["setting", "intervention", "rate", "lingua", "agree", "fluent", "retention", "gated", "NLL"]
+    body = [[n, labels[n], *[_f(mean(bos[n], m)) for m in measures]] for n in bos]
+    per_lang = [[n, *[f"{_f(bos[n][l]['rate'])} / {_f(bos[n][l]['gated'])} / {_f(bos[n][l]['retention'])}"
+                      for l in langs]] for n in bos]
+    md = [f"From BOS: {args.samples} seeds x {args.max_new_tokens} tokens per language, temperature 0.8; "
+          f"means over {', '.join(langs)}. Gate references: {ref_name}; reference NLL of real text: "
+          + ", ".join(f"{l} {v:.2f}" for l, v in cells.ref_nll.items()), "",
+          table(head, body), "", "Per language: rate / gated / retention", "",
+          table(["setting", *langs], per_lang)]
+    result = {"neurons": str(args.neurons), "bos": bos, "labels": labels, "samples": args.samples,
+              "max_new_tokens": args.max_new_tokens, "references": ref_name, "thresholds": cells.thresholds,
+              "reference_nll": cells.ref_nll, "settings": {n: st.key() | {"method": st.method, "k": st.k}
+                                                            for n, st in resolved},
+              "seconds_bos": t_bos, "sample_cache": {"hits": cells.store.hits, "misses": cells.store.misses}}
+    if args.heldout:
+        held = MultilingualCorpus.load(args.heldout, None, 0, langs)
+        t1 = time.perf_counter()
+        prows, result["prompted"] = [], {}
+        for name, st in resolved:
+            if name not in prompted:
+                continue
+            res = cross_steering(study.model, neurons, held, CrossSteerConfig(
+                n_prompts=args.n_prompts, samples=args.prompt_samples, max_new_tokens=args.prompt_tokens,
+                which=st.which, steering=st), progress=not args.quiet)
+            off, eye = res.off_diagonal(), np.eye(len(res.languages), dtype=bool)
+            diag_none = float(np.mean(res.none[eye]))
+            result["prompted"][name] = res.to_json()
+            out.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(out / f"prompted-{name.replace(' ', '_')}.md", res.markdown())
+            prows.append([name, labels[name], _f(off.get("rate")), _f(off.get("rate_lingua")), _f(off.get("fluent")),
+                          _f(off.get("retention")), _f(off.get("gated")), _f(off.get("nll")),
+                          _f(float(np.nanmean(res.none_nll)) if res.none_nll is not None else None),
+                          _f(diag_none)])
+            print(res.markdown(), flush=True)
+        result["seconds_prompted"] = time.perf_counter() - t1
+        md += ["", f"From real prompts ({args.heldout}): {args.n_prompts} prompts x {args.prompt_samples} samples x "
+               f"{args.prompt_tokens} tokens per cell, 6 x 6 matrix; means over the off-diagonal cells (prompt language "
+               "is not the target). Unsteered: the NLL of the plain continuations and the rate of the prompt's own "
+               "language without steering.", "",
+               table(["setting", "intervention", "rate", "lingua", "fluent", "retention", "gated", "NLL",
+                      "unsteered NLL", "unsteered own-language rate"], prows)]
+    md += ["", f"Time: BOS {t_bos:.0f} s" + (f", prompted {result['seconds_prompted']:.0f} s" if args.heldout else "")
+           + f"; sample cache hits {cells.store.hits}, misses {cells.store.misses}; peak RSS {peak_rss_gib():.2f} GiB"]
+    text = "\n".join(md)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "steering.md", text + "\n")
+    atomic_write_text(out / "steering.json", json.dumps(result, indent=1, default=float))
+    if args.no_record:
+        print(text)
+    else:
+        record(f"Steering interventions compared ({Path(args.neurons).name})", text,
+               f"Command: python benchmarks/bench_steering.py {' '.join(sys.argv[1:])}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,66 @@
+"""benchmarks/bench_steering.py on a tiny find folder: its BOS numbers are the control experiment's on
+the same seeds, its prompted numbers are cross_steering's, and a bad --setting is one line and exit 2."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tl_langneurons import MultilingualCorpus
+from tl_langneurons.analyses.cross_steering import CrossSteerConfig
+from tl_langneurons.cli import main
+from tl_langneurons.evaluate.control import EvaluateConfig
+from tl_langneurons.steer.methods import SteeringConfig
+from tl_langneurons.study import Study
+
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_steering.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench_steering", BENCH)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_bench_steering_equals_the_experiments(bench, tiny_dirs, tmp_path):
+    out = tmp_path / "run"
+    assert main(["find", "--model", str(tiny_dirs["llama"]), "--n-per-lang", "8", "--k", "5", "--out", str(out),
+                 "--quiet"]) == 0
+    held = tmp_path / "held"
+    held.mkdir()
+    for lang, texts in MultilingualCorpus.bundled().sample(4, seed=9).texts.items():
+        (held / f"{lang}.txt").write_text("\n".join(texts) + "\n", encoding="utf-8")
+    bench.main(["--neurons", str(out), "--setting", "paper clamp=clamp", "--setting", "dm=diffmean:layer=1,alpha=0.5",
+                "--samples", "3", "--max-new-tokens", "4", "--heldout", str(held), "--n-prompts", "1",
+                "--prompt-samples", "2", "--prompt-tokens", "3", "--prompted-only", "dm", "--no-record", "--quiet",
+                "--out", str(tmp_path / "st")])
+    res = json.loads((tmp_path / "st" / "steering.json").read_text())
+    assert set(res["bos"]) == {"none", "paper clamp", "dm"} and list(res["prompted"]) == ["dm"]
+    # the paper clamp's BOS cells are Table 2's "both" cells on the same seeds (and read from the same cache)
+    study = Study(out, progress=False)
+    ctl = study.evaluate(EvaluateConfig(samples=3, max_new_tokens=4, ablation_ks=[]), out=tmp_path / "ctl")
+    cache = ctl.meta["run"]["sample_cache"]
+    assert (cache["hits"], cache["misses"]) == (3 + 6 * 3, 6 * 2 * 3)  # only top and bottom are new
+    for row in ctl.table2:
+        got = res["bos"]["none" if row["condition"] == "none" else "paper clamp"][row["lang"] or "en"]
+        if row["condition"] in ("none", "both"):
+            assert got["rate"] == row["rate"] and got["gated"] == row["gated_rate"]
+            assert got["nll"] == pytest.approx(row["nll"], abs=1e-9)
+    cross = study.cross_steer(str(held), CrossSteerConfig(n_prompts=1, samples=2, max_new_tokens=3,
+                                                          steering=SteeringConfig(method="diffmean", layer=1, alpha=0.5)))
+    assert res["prompted"]["dm"]["rate"] == cross.rate.tolist()
+    assert np.allclose(res["prompted"]["dm"]["nll"], cross.nll, atol=1e-9)
+    assert "From real prompts" in (tmp_path / "st" / "steering.md").read_text()
+
+
+def test_bench_steering_bad_setting(bench, capsys, tmp_path):
+    for spec in ("nomethod", "x=add:alpha=big", "x=add:speed=2"):
+        with pytest.raises(SystemExit) as e:
+            bench.main(["--neurons", str(tmp_path), "--setting", spec, "--no-record"])
+        assert e.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "--setting" in err[0]
