@@ -55,6 +55,12 @@ def test_bench_steering_equals_the_experiments(bench, tiny_dirs, tmp_path):
     assert res["prompted"]["dm"]["rate"] == cross.rate.tolist()
     assert np.allclose(res["prompted"]["dm"]["nll"], cross.nll, atol=1e-9)
     assert "From real prompts" in (tmp_path / "st" / "steering.md").read_text()
+    # written into the neurons folder (the default --out), the comparison is a section of the report
+    bench.main(["--neurons", str(out), "--setting", "dm=diffmean:layer=1,alpha=0.5", "--samples", "3",
+                "--max-new-tokens", "4", "--no-record", "--quiet"])
+    assert main(["report", str(out)]) == 0
+    report = (out / "report.md").read_text()
+    assert "## Steering interventions compared" in report and "diffmean L1 a=0.5" in report
 
 
 def test_bench_steering_bad_setting(bench, capsys, tmp_path):

@@ -72,6 +72,9 @@ def build_report(directory: str | Path) -> Path:
         parts += ["Sample generations: [control/samples.md](control/samples.md)", ""]
     if (d / "selectors" / "selectors.md").exists():  # written by benchmarks/bench_selectors.py --out
         parts += ["## Neuron selectors compared (ap, lape, actprob, meandiff)", "", _read(d / "selectors" / "selectors.md"), ""]
+    if (d / "steering" / "steering.md").exists():  # written by benchmarks/bench_steering.py
+        parts += ["## Steering interventions compared (clamp, add, diffmean, sparse)", "",
+                  _read(d / "steering" / "steering.md"), ""]
     if (d / "sweep" / "sweep.md").exists():
         parts += ["## Fluent steering: settings sweep", "", "![trade-off](sweep/tradeoff.png)", "",
                   _read(d / "sweep" / "sweep.md"), ""]
