@@ -115,8 +115,12 @@ class Study:
     def find(cls, out: str | Path, model: ModelConfig | nn.Module | None = None,
              corpus: CorpusConfig | MultilingualCorpus | None = None, config: FindConfig | None = None, *,
              overwrite: bool = False, cache: str | Path | None = None, on_disk: str | Path | None = None,
-             progress: bool = True, echo: Echo = _quiet) -> "Study":
+             progress: bool = True, echo: Echo = _quiet) -> "Study | None":
         """Find the neurons (steps 1-3) and write them with their analysis (step 4) into ``out``.
+
+        In a torch.distributed group of several processes (``detect/distributed.py``) every rank checks
+        the input and runs its share of the collection; rank 0 alone writes ``out``, the others return None
+        (an interrupted run over several processes collects again: no partial-run checkpoint).
 
         The folder is written as a whole (see :mod:`tl_langneurons.results`): a killed run leaves
         the previous result in place and resumes its collection on the next run. A folder that
@@ -125,31 +129,20 @@ class Study:
         """
         from .analyses.placement import write_analysis
 
+        from .detect.distributed import agreed, context
+
         out, config = Path(out), config or FindConfig()
         model = model if model is not None else ModelConfig()
         corpus_cfg = corpus if isinstance(corpus, CorpusConfig) else None
-        texts = corpus.load() if isinstance(corpus, CorpusConfig) else (corpus or CorpusConfig().load())
-        echo(f"corpus {texts.name}: {texts.summary()}")
-        model_label = model.model if isinstance(model, ModelConfig) else model_name(model)
-        settings = {"model": model_label, "corpus_sha256": texts.sha256(), **asdict(config)}
-        dtype = (model.dtype or "float32") if isinstance(model, ModelConfig) else model_dtype(model)
-        if dtype != "float32":  # another precision is another run (float32 folders keep their old settings)
-            settings["dtype"] = dtype
-        same = check_target(out, "find", settings, overwrite, old_settings=_find_settings(out))
-        checkpoint = staging_dir(out) / ".partial-activations.safetensors"
-        if on_disk is not None and Path(on_disk).exists() and not checkpoint.exists():
-            raise LangNeuronsError(f"--on-disk {on_disk} exists; choose a new path (the tool never overwrites a file "
-                                   "it did not write)")
-        if cache is not None:
-            check_writable(Path(cache).parent, "--cache folder")
-        if isinstance(model, ModelConfig):
-            t0 = time.perf_counter()
-            hooked = model.load()
-            rt = runtime_info(hooked)
-            echo(f"model {model.model} loaded in {time.perf_counter() - t0:.1f}s ({type(hooked).__name__}, "
-                 f"{rt['dtype']} on {rt['device']})")
-        else:
-            hooked = model
+        shard = context()
+        with agreed(shard):  # every rank checks and loads; a failure on one ends every rank before rank 0 writes
+            if shard is not None and on_disk is not None:
+                raise LangNeuronsError("--on-disk cannot be used with several processes; run one process for it")
+            texts, settings, same, checkpoint, hooked, model_label = cls._find_checks(
+                out, model, corpus, config, overwrite=overwrite, cache=cache, on_disk=on_disk, echo=echo)
+        if shard is not None and shard[0] != 0:
+            find_neurons(hooked, texts, config, cache=cache, progress=False)  # this rank's batches, gathered to rank 0
+            return None
         t0 = time.perf_counter()
         keep = ("control", "sweep", "analyses") if same else ()
         with staged_folder(out, "find", settings, keep=keep) as stage:
@@ -172,6 +165,34 @@ class Study:
         study = cls(out, hooked, progress=progress, echo=echo)
         study.find_stats = {**stats, "seconds": time.perf_counter() - t0, "peak_rss_gb": peak_rss_gb()}
         return study
+
+    @staticmethod
+    def _find_checks(out, model, corpus, config, *, overwrite, cache, on_disk, echo):
+        """The checks of ``find`` (before the model loads), then the model: (texts, settings, same, checkpoint,
+        model, model label)."""
+        texts = corpus.load() if isinstance(corpus, CorpusConfig) else (corpus or CorpusConfig().load())
+        echo(f"corpus {texts.name}: {texts.summary()}")
+        model_label = model.model if isinstance(model, ModelConfig) else model_name(model)
+        settings = {"model": model_label, "corpus_sha256": texts.sha256(), **asdict(config)}
+        dtype = (model.dtype or "float32") if isinstance(model, ModelConfig) else model_dtype(model)
+        if dtype != "float32":  # another precision is another run (float32 folders keep their old settings)
+            settings["dtype"] = dtype
+        same = check_target(out, "find", settings, overwrite, old_settings=_find_settings(out))
+        checkpoint = staging_dir(out) / ".partial-activations.safetensors"
+        if on_disk is not None and Path(on_disk).exists() and not checkpoint.exists():
+            raise LangNeuronsError(f"--on-disk {on_disk} exists; choose a new path (the tool never overwrites a file "
+                                   "it did not write)")
+        if cache is not None:
+            check_writable(Path(cache).parent, "--cache folder")
+        if isinstance(model, ModelConfig):
+            t0 = time.perf_counter()
+            hooked = model.load()
+            rt = runtime_info(hooked)
+            echo(f"model {model.model} loaded in {time.perf_counter() - t0:.1f}s ({type(hooked).__name__}, "
+                 f"{rt['dtype']} on {rt['device']})")
+        else:
+            hooked = model
+        return texts, settings, same, checkpoint, hooked, model_label
 
     def find_summary(self) -> str:
         """What ``find`` prints: token counts, the summary table, the overlap and the layer shares."""

@@ -190,7 +190,8 @@ def collect(model: HookedModel, texts: Sequence[str], sites: str | NeuronIndex =
             on_batch: Callable[[int, int], None] | None = None, truncate: bool = True,
             checkpoint: str | Path | None = None, checkpoint_every_s: float = 30.0,
             store: str | Path | None = None, keep_checkpoint: bool = False, resid: bool = False,
-            token_groups: Sequence[int] | np.ndarray | None = None) -> PooledActivations:
+            token_groups: Sequence[int] | np.ndarray | None = None,
+            shard: tuple[int, int] | None = None) -> PooledActivations | None:
     """Pooled activations of ``texts`` at ``sites`` (step 1 of the method).
 
     ``pooling`` is mean (the paper), max, last or median over each text's real tokens; the BOS
@@ -205,12 +206,16 @@ def collect(model: HookedModel, texts: Sequence[str], sites: str | NeuronIndex =
     With ``token_groups`` (an integer group per text, e.g. its language), the same pass counts the
     token values of each group in a fixed histogram per neuron into ``.tokens`` (see the module
     docstring; for LAPE and act-prob-90p). Returns float32 values [n_texts, n_neurons].
+    With ``shard=(rank, world)`` (a torch.distributed group; see ``detect/distributed.py``) this process
+    runs only batches ``rank, rank + world, ...`` of the batches one process would form, and the rows go
+    to rank 0, which returns the whole result (identical to one process); the other ranks return None.
     """
     settings = CollectSettings(poolings=(pooling,), include_bos=include_bos, batch_size=batch_size,
                                max_batch_tokens=max_batch_tokens, max_length=max_length, truncate=truncate, resid=resid)
     run = _Collection(model, texts, sites, settings, checkpoint=checkpoint, checkpoint_every_s=checkpoint_every_s,
-                      store=store, keep_checkpoint=keep_checkpoint, token_groups=token_groups)
-    return run.run(progress=progress, on_batch=on_batch)[pooling]
+                      store=store, keep_checkpoint=keep_checkpoint, token_groups=token_groups, shard=shard)
+    out = run.run(progress=progress, on_batch=on_batch)
+    return None if out is None else out[pooling]
 
 
 @torch.no_grad()
@@ -247,14 +252,22 @@ class CollectSettings:
 
 class _Collection:
     """One collection run: tokenized, length-sorted batches; pooling inside the hooks; the rows of
-    finished batches in memory or a :class:`DiskMatrix`, checkpointed for resume."""
+    finished batches in memory or a :class:`DiskMatrix`, checkpointed for resume.
+
+    With ``shard=(rank, world)`` every rank tokenizes all texts and forms the batches one process would
+    (a row's value depends on its batch's padding at float-rounding level), runs batches ``bi % world ==
+    rank`` only, and keeps just their rows (``self.rows``, in text order; ``self.local`` maps a text to
+    its row here); ``distributed.gather_collection`` puts them together on rank 0."""
 
     def __init__(self, model: HookedModel, texts: Sequence[str], sites: str | NeuronIndex, settings: CollectSettings, *,
                  checkpoint: str | Path | None = None, checkpoint_every_s: float = 30.0,
                  store: str | Path | None = None, keep_checkpoint: bool = False,
-                 token_groups: Sequence[int] | np.ndarray | None = None):
+                 token_groups: Sequence[int] | np.ndarray | None = None, shard: tuple[int, int] | None = None):
         if len(texts) == 0:
             raise LangNeuronsError("no texts to run; the corpus is empty")
+        if shard is not None and (store is not None or checkpoint is not None):
+            raise LangNeuronsError("an on-disk matrix (--on-disk) or a checkpoint cannot be used with several processes; "
+                                   "run on one process for those")
         self.s, self.texts = settings, texts
         self.checkpoint = Path(checkpoint) if checkpoint is not None else None
         self.checkpoint_every_s, self.store, self.keep_checkpoint = checkpoint_every_s, store, keep_checkpoint
@@ -264,7 +277,17 @@ class _Collection:
         self.lengths = [len(t) for t in self.tokd.ids]
         self.batches = make_batches(self.lengths, settings.batch_size, settings.max_batch_tokens)
         self.first = settings.poolings[0]
-        shape = (len(texts), self.index.n_neurons)
+        self.shard = shard
+        if shard is None:
+            self.mine = list(range(len(self.batches)))
+            self.rows = torch.arange(len(texts))
+        else:
+            rank, world = shard
+            self.mine = list(range(rank, len(self.batches), world))
+            self.rows = torch.tensor(sorted(i for bi in self.mine for i in self.batches[bi]), dtype=torch.long)
+        self.local = torch.full((len(texts),), -1, dtype=torch.long)
+        self.local[self.rows] = torch.arange(len(self.rows))
+        shape = (len(self.rows), self.index.n_neurons)
         if store is not None:
             resume = self.checkpoint is not None and self.checkpoint.exists() and Path(store).exists()
             if Path(store).exists() and not resume:
@@ -284,9 +307,9 @@ class _Collection:
             self.header["resid"] = True
             d = self.runner.d_model()
             # per text: mean residual (pooled like the neurons), summed norm over non-BOS tokens, their count
-            self.resid = {"mean": torch.zeros((len(texts), len(self.resid_layers), d)),
-                          "norm_sum": torch.zeros((len(texts), len(self.resid_layers)), dtype=torch.float64),
-                          "norm_count": torch.zeros(len(texts), dtype=torch.float64)}
+            self.resid = {"mean": torch.zeros((len(self.rows), len(self.resid_layers), d)),
+                          "norm_sum": torch.zeros((len(self.rows), len(self.resid_layers)), dtype=torch.float64),
+                          "norm_count": torch.zeros(len(self.rows), dtype=torch.float64)}
         self.groups: Tensor | None = None
         if token_groups is not None:
             groups = torch.as_tensor(np.asarray(token_groups), dtype=torch.long)
@@ -388,30 +411,34 @@ class _Collection:
             for g, sel in self._tok_sel:
                 self.tokens["hist"][g] += self._tok_buf[g]
                 self.tokens["n_tokens"][g] += int(sel.sum())
+        rows = self.local[b]  # = b on one process
         if self.resid_layers:
-            self.resid["mean"][b] = self._resid_buf["mean"]
-            self.resid["norm_sum"][b] = self._resid_buf["norm_sum"]
-            self.resid["norm_count"][b] = self._real.sum(1).double()
+            self.resid["mean"][rows] = self._resid_buf["mean"]
+            self.resid["norm_sum"][rows] = self._resid_buf["norm_sum"]
+            self.resid["norm_count"][rows] = self._real.sum(1).double()
         if self.store is not None:
             self.out.write_rows(b, self._buf[self.first])
         else:
-            self.out[b] = self._buf[self.first]
+            self.out[rows] = self._buf[self.first]
         for p in self.s.poolings[1:]:
-            self.extra[p][b] = self._buf[p]
+            self.extra[p][rows] = self._buf[p]
         self.done[b] = True
 
     def run(self, progress: bool = True, on_batch: Callable[[int, int], None] | None = None
-            ) -> dict[str, PooledActivations]:
+            ) -> dict[str, PooledActivations] | None:
         hooks = [(sl.hook, self._hook(sl)) for sl in self.index.slices]
         hooks += [(f"blocks.{layer}.hook_resid_post", self._resid_hook(i)) for i, layer in enumerate(self.resid_layers)]
         hooks.append(self.runner.stopper(max(sl.layer for sl in self.index.slices)))
         t0 = time.perf_counter()
-        bar = tqdm(total=len(self.texts), desc=f"collect {'+'.join(self.s.poolings)} @ {self.index.spec}", unit="text",
+        bar = tqdm(total=len(self.rows), desc=f"collect {'+'.join(self.s.poolings)} @ {self.index.spec}", unit="text",
                    disable=not progress, initial=int(self.done.sum()))
         last_save = time.perf_counter()
+        from .distributed import agreed, gather_collection
+
         try:
-            with self.runner.hooks(hooks):
-                for bi, b in enumerate(self.batches):
+            with agreed(self.shard), self.runner.hooks(hooks):  # an error on one rank is raised on every rank
+                for bi in self.mine:
+                    b = self.batches[bi]
                     if bool(self.done[b].all()):
                         continue
                     self._run_batch(b)
@@ -432,6 +459,8 @@ class _Collection:
             save_checkpoint(self.checkpoint, self.header, self.out, self.done, self._extra())
         elif self.checkpoint is not None and self.checkpoint.exists():
             self.checkpoint.unlink()
+        if self.shard is not None and not gather_collection(self):
+            return None  # not rank 0: its rows went there
         return self._result(time.perf_counter() - t0)
 
     def _result(self, seconds: float) -> dict[str, PooledActivations]:

@@ -39,6 +39,8 @@ from ..results import fault_point
 from ..steer.interventions import clamp_hooks
 from .activations import POOLINGS, PooledActivations, collect
 from .corpus import MultilingualCorpus
+from .distributed import agreed, from_main, is_main
+from .distributed import context as dist_context
 from .ranking import average_precision, bottom_k, check_k, middle_k, parse_k, top_k
 from .selectors import METHODS, ONE_SIDED, TOKEN_METHODS, SelectorSettings, select, token_counts
 
@@ -558,7 +560,8 @@ class LanguageNeurons:
 def find_neurons(model: HookedModel, corpus: MultilingualCorpus, config: FindConfig | None = None, *,
                  cache: str | Path | None = None, checkpoint: str | Path | None = None,
                  store: str | Path | None = None, progress: bool = True,
-                 return_activations: bool = False, keep_checkpoint: bool = False, **overrides):
+                 return_activations: bool = False, keep_checkpoint: bool = False, distributed: bool | None = None,
+                 **overrides):
     """Steps 1-3 of the method on ``model`` and ``corpus``: a :class:`LanguageNeurons`.
 
     ``cache`` is an optional path of a pooled-activation cache: used when its header matches
@@ -570,6 +573,12 @@ def find_neurons(model: HookedModel, corpus: MultilingualCorpus, config: FindCon
     ``config.method`` picks the selector (``detect/selectors.py``); the one collection pass also
     counts the token statistics of lape and actprob (unless ``token_stats`` is False), and a cache
     holds them, so the same cache serves every method.
+
+    ``distributed``: spread the collection over the ranks of a torch.distributed process group
+    (``detect/distributed.py``); None (default) does so whenever an initialized group has more than one
+    process, False never. Each rank runs whole batches of the texts and rank 0 gathers the rows, ranks
+    and returns the result, byte-identical to one process; the other ranks return None. A cache is read
+    and written by rank 0 only; ``checkpoint`` is not used over several processes and ``store`` is refused.
     """
     config = config or FindConfig()
     if overrides:
@@ -582,20 +591,29 @@ def find_neurons(model: HookedModel, corpus: MultilingualCorpus, config: FindCon
               "include_bos": config.include_bos, "corpus_sha256": corpus.sha256(), "max_length": config.max_length}
     if cache is not None and store is not None:
         raise LangNeuronsError("use either cache (in-memory matrix saved to a file) or store (matrix kept on disk), not both")
+    shard = dist_context(distributed)
+    if shard is not None and store is not None:
+        raise LangNeuronsError("an on-disk matrix (--on-disk) cannot be used with several processes; run one process")
     pooled = None
     t0 = time.perf_counter()
-    if cache is not None and Path(cache).exists():
-        pooled = PooledActivations.load(cache, expect=expect)
-        if pooled.index != index:
-            raise LangNeuronsError(f"activation cache {cache} has another neuron index than this model; delete it")
-        if pooled.tokens is None and config.method in TOKEN_METHODS:
-            raise LangNeuronsError(f"activation cache {cache} holds no token statistics (made before they were "
-                                   f"collected, or with --no-token-stats), which method {config.method} needs; delete it")
-    if pooled is None:
+    with agreed(shard):  # over several processes rank 0 alone reads the cache; its errors end every rank
+        if cache is not None and Path(cache).exists() and is_main(shard):
+            pooled = PooledActivations.load(cache, expect=expect)
+            if pooled.index != index:
+                raise LangNeuronsError(f"activation cache {cache} has another neuron index than this model; delete it")
+            if pooled.tokens is None and config.method in TOKEN_METHODS:
+                raise LangNeuronsError(f"activation cache {cache} holds no token statistics (made before they were "
+                                       f"collected, or with --no-token-stats), which method {config.method} needs; delete it")
+    if from_main(shard, pooled is not None):
+        if not is_main(shard):
+            return None
+    else:
         pooled = collect(model, texts, index, config.pooling, config.include_bos, config.batch_size,
                          config.max_batch_tokens, config.max_length, progress, truncate=config.truncate,
-                         checkpoint=checkpoint, store=store, keep_checkpoint=keep_checkpoint, resid=True,
-                         token_groups=labels if config.token_stats else None)
+                         checkpoint=None if shard else checkpoint, store=store, keep_checkpoint=keep_checkpoint,
+                         resid=True, token_groups=labels if config.token_stats else None, shard=shard)
+        if pooled is None:  # another rank than 0: its rows went to rank 0
+            return None
         pooled.meta.update(expect)
         if cache is not None:
             pooled.save(cache)

@@ -1,0 +1,155 @@
+"""Collection over many processes with ``torch.distributed`` (``torchrun --nproc_per_node N``).
+
+Every rank tokenizes all texts and forms exactly the batches one process would form (a text's pooled
+row depends on the padding of its batch at float-rounding level), then runs whole batches ``bi % world
+== rank`` only. The rows of every rank are gathered to rank 0 and put back in text order; the token
+histograms are summed as integers. Rank 0 thus holds the very matrix one process computes, and ranking,
+statistics and the result folder come from rank 0 alone: the result is byte-identical to one process.
+
+``find_neurons`` spreads its collection automatically when a process group of more than one process is
+initialized (``distributed=False`` keeps every rank on the whole corpus); ``tl-langneurons find`` under
+torchrun initializes the group itself (:func:`process_group_from_env`): gloo on the CPU, nccl on CUDA
+(each rank on ``cuda:LOCAL_RANK``). An error on one rank is raised on every rank (:func:`agreed`), so
+bad input still ends every rank with one line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Any, Iterator
+
+import torch
+import torch.distributed as dist
+
+from ..errors import LangNeuronsError
+
+Shard = tuple[int, int]  # (rank, world size)
+
+
+def context(distributed: bool | None = None) -> Shard | None:
+    """(rank, world) when work is to be spread over ranks, else None. ``distributed=None``: spread
+    when an initialized process group has more than one process; True: require one; False: never."""
+    if distributed is False:
+        return None
+    if not (dist.is_available() and dist.is_initialized()):
+        if distributed:
+            raise LangNeuronsError("distributed=True needs an initialized torch.distributed process group "
+                                   "(torch.distributed.init_process_group, or launch with torchrun)")
+        return None
+    world = dist.get_world_size()
+    return (dist.get_rank(), world) if world > 1 else None
+
+
+def is_main(shard: Shard | None) -> bool:
+    """Whether this process writes results: the only one, or rank 0."""
+    return shard is None or shard[0] == 0
+
+
+@contextlib.contextmanager
+def agreed(shard: Shard | None) -> Iterator[None]:
+    """Run the block on every rank, then compare: if it failed on any rank, it fails on every rank
+    (the failing rank re-raises its own error, the others a LangNeuronsError naming it), so no rank
+    waits forever in a later collective. A no-op on one process."""
+    if shard is None:
+        yield
+        return
+    err: Exception | None = None
+    try:
+        yield
+    except Exception as e:  # noqa: BLE001 - reported to the other ranks, then re-raised
+        err = e
+    msg = None if err is None else (str(err) if isinstance(err, LangNeuronsError) else f"{type(err).__name__}: {err}")
+    msgs: list[Any] = [None] * shard[1]
+    dist.all_gather_object(msgs, msg)
+    if err is not None:
+        raise err
+    failed = [(r, m) for r, m in enumerate(msgs) if m is not None]
+    if failed:
+        raise LangNeuronsError((failed[0][1].splitlines() or ["failed"])[0])
+
+
+def from_main(shard: Shard | None, value: Any) -> Any:
+    """Rank 0's ``value`` on every rank (e.g. whether a cache exists: one decision for all)."""
+    if shard is None:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def gather_collection(run) -> bool:
+    """Gather the rows of a sharded ``activations._Collection`` to rank 0 and put them in text order
+    there (values, other poolings, residual rows); token counts are summed as int64 (then int32, as one
+    process keeps them). Returns True on rank 0 (``run`` then holds every row), False elsewhere."""
+    rank, world = run.shard
+    part = {"rows": run.rows, "values": run.out, "extra": run.extra,
+            "resid": run.resid if run.resid_layers else None,
+            "tokens": run.tokens if run.groups is not None else None}
+    parts: list[Any] | None = [None] * world if rank == 0 else None
+    dist.gather_object(part, parts, dst=0)
+    if rank != 0:
+        return False
+    n = len(run.texts)
+    rows = torch.cat([p["rows"] for p in parts])
+    if len(rows) != n or not torch.equal(rows.sort().values, torch.arange(n)):
+        raise LangNeuronsError(f"the ranks returned {len(rows)} rows for {n} texts; every rank must run the same "
+                               "texts with the same settings")
+
+    def place(key, sub=None) -> torch.Tensor:
+        got = [p[key] if sub is None else p[key][sub] for p in parts]
+        full = torch.empty((n, *got[0].shape[1:]), dtype=got[0].dtype)
+        for p, g in zip(parts, got):
+            full[p["rows"]] = g
+        return full
+
+    run.out = place("values")
+    run.extra = {k: place("extra", k) for k in run.extra}
+    if run.resid_layers:
+        run.resid = {k: place("resid", k) for k in run.resid}
+    if run.groups is not None:
+        hist = sum(p["tokens"]["hist"].to(torch.int64) for p in parts)
+        if int(hist.max()) > torch.iinfo(torch.int32).max:
+            raise LangNeuronsError("a token histogram count exceeds int32; use fewer or shorter texts per language")
+        run.tokens = {"hist": hist.to(torch.int32), "n_tokens": sum(p["tokens"]["n_tokens"].to(torch.int64) for p in parts)}
+    run.rows, run.local = torch.arange(n), torch.arange(n)
+    run.done[:] = True
+    return True
+
+
+@contextlib.contextmanager
+def process_group_from_env(device: str = "auto", device_map: Any = None) -> Iterator[str]:
+    """Join the process group that torchrun describes (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT) when
+    WORLD_SIZE > 1 and none is initialized: gloo on the CPU, nccl on CUDA with ``cuda`` meaning
+    ``cuda:LOCAL_RANK``. Yields the device this rank should load the model on; leaves the group at the end."""
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if world <= 1 or (dist.is_available() and dist.is_initialized()):
+        yield device
+        return
+    if not dist.is_available():
+        raise LangNeuronsError("WORLD_SIZE > 1 but this torch build has no torch.distributed; run one process")
+    if device_map is not None:
+        raise LangNeuronsError("--device-map spreads one model over devices and cannot be combined with several "
+                               "processes; use one of them")
+    from ..model.load import resolve_device
+
+    dev = resolve_device(device)
+    if dev.startswith("cuda"):
+        local = int(os.environ.get("LOCAL_RANK", os.environ.get("RANK", "0")))
+        dev = f"cuda:{local}" if dev == "cuda" else dev
+        torch.cuda.set_device(torch.device(dev))
+        backend = "nccl"
+    elif dev == "cpu":
+        backend = "gloo"
+    else:
+        raise LangNeuronsError(f"several processes run on cpu or cuda, not {dev}; use --device cpu or cuda")
+    try:
+        dist.init_process_group(backend=backend)
+    except (ValueError, RuntimeError, OSError) as e:
+        first = (str(e).splitlines() or [""])[0]
+        raise LangNeuronsError(f"cannot join the process group of WORLD_SIZE={world} (backend {backend}): {first}; "
+                               "launch with torchrun, which sets RANK, MASTER_ADDR and MASTER_PORT") from e
+    try:
+        yield dev
+    finally:
+        dist.destroy_process_group()
