@@ -136,7 +136,12 @@ def process_group_from_env(device: str = "auto", device_map: Any = None) -> Iter
     dev = resolve_device(device)
     if dev.startswith("cuda"):
         local = int(os.environ.get("LOCAL_RANK", os.environ.get("RANK", "0")))
-        dev = f"cuda:{local}" if dev == "cuda" else dev
+        if dev == "cuda":  # one GPU per rank
+            n = torch.cuda.device_count()
+            if local >= n:
+                raise LangNeuronsError(f"local rank {local} has no GPU of its own (this machine has {n}); start at most "
+                                       f"{n} processes per machine (--nproc_per_node) or use --device cpu")
+            dev = f"cuda:{local}"
         torch.cuda.set_device(torch.device(dev))
         backend = "nccl"
     elif dev == "cpu":
