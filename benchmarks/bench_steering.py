@@ -59,10 +59,16 @@ def _value(key: str, s: str):
 
 def parse_setting(spec: str) -> tuple[str, SteeringConfig]:
     """``NAME=METHOD[:key=value,...]`` -> (NAME, SteeringConfig); one clear error otherwise."""
-    name, sep, rest = spec.partition("=")
-    if not sep or not name.strip() or not rest.strip():
-        raise LangNeuronsError(f"--setting must be NAME=METHOD[:key=value,...], got {spec!r}")
-    method, _, opts = rest.partition(":")
+    import re
+
+    from tl_langneurons.steer.methods import METHODS
+
+    # NAME may hold "=" (e.g. "clamp k=100"): the split is at the "=" before a method name
+    m = re.match(rf"^(.+?)=({'|'.join(METHODS)})(?::(.*))?$", spec.strip())
+    if not m or not m.group(1).strip():
+        raise LangNeuronsError(f"--setting must be NAME=METHOD[:key=value,...] with METHOD one of "
+                               f"{', '.join(METHODS)}, got {spec!r}")
+    name, method, opts = m.group(1), m.group(2), m.group(3) or ""
     kw = {"method": method.strip()}
     for item in filter(None, (x.strip() for x in opts.split(","))):
         key, sep, val = item.partition("=")
