@@ -191,3 +191,15 @@ def test_collect_poolings_equals_one_collect_per_pooling(tiny_llama, tiny_corpus
         collect_poolings(tiny_llama, texts, "mlp_post", ["mean", "sum"])
     with pytest.raises(LangNeuronsError, match="without repeats"):
         collect_poolings(tiny_llama, texts, "mlp_post", ["mean", "mean"])
+
+
+def test_collection_progress_off_a_terminal_is_a_few_lines(tiny_llama, tiny_corpus, capsys):
+    """In a log (pytest's stderr is not a terminal) collection prints plain lines, no carriage returns."""
+    from tl_langneurons import collect
+
+    texts, _ = tiny_corpus.flat()
+    collect(tiny_llama, texts, progress=True)
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.startswith("collect")]
+    assert "\r" not in err and 2 <= len(lines) <= 5
+    assert lines[0].endswith(f"started, {len(texts)} text") and lines[-1].startswith("collect mean @ mlp_post: done in")

@@ -30,12 +30,12 @@ import numpy as np
 from jaxtyping import Bool, Float, Int
 from safetensors import SafetensorError
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from ..errors import LangNeuronsError
 from ..model.driver import Runner
 from ..model.protocol import HookedModel
 from ..model.sites import NeuronIndex, flat_units, resolve_sites
+from ..progress import progress_bar
 from ..provenance import atomic_write_bytes, package_versions, sha256_texts
 from ..results import fault_point
 from .storage import DiskMatrix, load_checkpoint, save_checkpoint
@@ -430,8 +430,8 @@ class _Collection:
         hooks += [(f"blocks.{layer}.hook_resid_post", self._resid_hook(i)) for i, layer in enumerate(self.resid_layers)]
         hooks.append(self.runner.stopper(max(sl.layer for sl in self.index.slices)))
         t0 = time.perf_counter()
-        bar = tqdm(total=len(self.rows), desc=f"collect {'+'.join(self.s.poolings)} @ {self.index.spec}", unit="text",
-                   disable=not progress, initial=int(self.done.sum()))
+        bar = progress_bar(total=len(self.rows), desc=f"collect {'+'.join(self.s.poolings)} @ {self.index.spec}",
+                           unit="text", disable=not progress, initial=int(self.done.sum()))
         last_save = time.perf_counter()
         from .distributed import agreed, gather_collection
 
