@@ -293,7 +293,7 @@ class Study:
 
 @dataclass
 class DemoConfig:
-    """The study on the defaults, sized for a first look: 6.8 minutes on 2 CPU cores (measured)."""
+    """The study on the defaults, sized for a first look: about 6 minutes on 2 CPU cores (measured in benchmarks/RESULTS.md)."""
 
     out: str = option("runs/demo", "output folder")
     k: int | str = option(1000, "neurons per set: a count or a percentage", parse=count_or_percent)

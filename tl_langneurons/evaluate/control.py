@@ -69,7 +69,7 @@ class EvaluateConfig:
     ablation_samples: int | None = option(None, "samples per k (none: --samples)", parse=int)
     batch_size: int = option(100, "samples per batch (the samples do not depend on it)")
     reference_nll_texts: int = option(REFERENCE_NLL_TEXTS, "reference texts per language whose NLL under the "
-                                      "model is reported beside the samples' (the demo: 25)")
+                                      "model is reported beside the samples' (the demo: 10)")
 
     def __post_init__(self) -> None:
         if self.reference_nll_texts < 1:
