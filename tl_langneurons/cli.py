@@ -50,14 +50,12 @@ def cmd_info(args) -> None:
 
 def cmd_find(args) -> None:
     # under torchrun (WORLD_SIZE > 1) every rank runs a share of the batches and rank 0 writes the folder
-    from dataclasses import replace
-
     from .detect.distributed import process_group_from_env
 
     model_cfg = from_args(ModelConfig, args)
     with process_group_from_env(model_cfg.device, model_cfg.device_map) as device:
         main_rank = int(os.environ.get("RANK", "0") or 0) == 0
-        study = Study.find(args.out, replace(model_cfg, device=device), from_args(CorpusConfig, args),
+        study = Study.find(args.out, ModelConfig(**{**vars(model_cfg), "device": device}), from_args(CorpusConfig, args),
                            from_args(FindConfig, args), overwrite=args.overwrite, cache=args.cache,
                            on_disk=args.on_disk, progress=not args.quiet and main_rank,
                            echo=_echo if main_rank else lambda s: None)
