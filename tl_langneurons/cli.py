@@ -14,9 +14,11 @@ Errors print one line and exit with status 2 (``--debug`` shows the traceback).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
+from typing import Iterator
 
 from .analyses.attribution import AttributionConfig
 from .analyses.cross_steering import CrossSteerConfig
@@ -48,17 +50,34 @@ def cmd_info(args) -> None:
     print(describe(from_args(ModelConfig, args).load(), list_hooks=args.hooks))
 
 
-def cmd_find(args) -> None:
-    # under torchrun (WORLD_SIZE > 1) every rank runs a share of the batches and rank 0 writes the folder
+@contextlib.contextmanager
+def _process_group(args) -> Iterator[tuple[ModelConfig, bool]]:
+    """Under torchrun (WORLD_SIZE > 1) join the process group: yields this rank's model config (on
+    ``cuda:LOCAL_RANK`` for ``--device cuda``) and whether it is rank 0, which alone prints."""
     from .detect.distributed import process_group_from_env
 
-    model_cfg = from_args(ModelConfig, args)
+    model_cfg = from_args(ModelConfig, args, **({"model": args.model} if hasattr(args, "neurons") else {}))
     with process_group_from_env(model_cfg.device, model_cfg.device_map) as device:
-        main_rank = int(os.environ.get("RANK", "0") or 0) == 0
-        study = Study.find(args.out, ModelConfig(**{**vars(model_cfg), "device": device}), from_args(CorpusConfig, args),
-                           from_args(FindConfig, args), overwrite=args.overwrite, cache=args.cache,
-                           on_disk=args.on_disk, progress=not args.quiet and main_rank,
-                           echo=_echo if main_rank else lambda s: None)
+        yield ModelConfig(**{**vars(model_cfg), "device": device}), int(os.environ.get("RANK", "0") or 0) == 0
+
+
+def _ranked_study(args, run) -> None:
+    """``print(run(study))`` on the neurons folder, with every rank of a torchrun group sharing the
+    generation (evaluate, sweep) and rank 0 alone writing and printing."""
+    with _process_group(args) as (model_cfg, main_rank):
+        study = Study(args.neurons, model_cfg, progress=not args.quiet and main_rank,
+                      echo=_echo if main_rank else lambda s: None)
+        text = run(study)
+        if main_rank:
+            print(text)
+
+
+def cmd_find(args) -> None:
+    # under torchrun (WORLD_SIZE > 1) every rank runs a share of the batches and rank 0 writes the folder
+    with _process_group(args) as (model_cfg, main_rank):
+        study = Study.find(args.out, model_cfg, from_args(CorpusConfig, args), from_args(FindConfig, args),
+                           overwrite=args.overwrite, cache=args.cache, on_disk=args.on_disk,
+                           progress=not args.quiet and main_rank, echo=_echo if main_rank else lambda s: None)
         if study is not None:
             print(study.find_summary())
 
@@ -78,11 +97,14 @@ def cmd_steer(args) -> None:
 
 
 def cmd_evaluate(args) -> None:
-    print(_study(args).evaluate(from_args(EvaluateConfig, args), args.out, args.corpus, args.overwrite).markdown())
+    # under torchrun the batches are spread over the ranks; rank 0 writes and prints
+    cfg = from_args(EvaluateConfig, args)
+    _ranked_study(args, lambda study: study.evaluate(cfg, args.out, args.corpus, args.overwrite).markdown())
 
 
 def cmd_sweep(args) -> None:
-    print(_study(args).sweep(from_args(SweepConfig, args), args.out, args.corpus, args.overwrite).markdown())
+    cfg = from_args(SweepConfig, args)
+    _ranked_study(args, lambda study: study.sweep(cfg, args.out, args.corpus, args.overwrite).markdown())
 
 
 def cmd_report(args) -> None:

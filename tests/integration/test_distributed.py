@@ -106,6 +106,65 @@ def test_find_cli_under_torchrun_writes_the_single_process_folder(tiny_dirs, tmp
     assert sorted(p.name for p in tmp_path.iterdir()) == ["one", "one.safetensors", "two", "two.safetensors"]
 
 
+def _same_files(a: Path, b: Path, names) -> None:
+    for name in names:
+        assert (a / name).read_bytes() == (b / name).read_bytes(), name
+
+
+def test_evaluate_and_sweep_under_torchrun_equal_one_process(tiny_dirs, tmp_path):
+    """`evaluate` and `sweep` under torchrun (2 ranks, gloo) spread the batches over the ranks and write
+    (rank 0 only) what one process writes: the same tables, cells and cached samples, byte for byte. A
+    second run over a partly filled cache generates only the missing seeds, on both ranks alike."""
+    import shutil
+
+    from tl_langneurons.cli import main
+
+    common = ["--device", "cpu", "--quiet"]
+    assert main(["find", "--model", str(tiny_dirs["llama"]), "--corpus", "bundled", "--n-per-lang", "12", "--k", "20",
+                 "--out", str(tmp_path / "found"), *common]) == 0
+    for name in ("one", "two"):
+        shutil.copytree(tmp_path / "found", tmp_path / name)
+
+    def both(*args: str) -> subprocess.CompletedProcess:
+        r = _torchrun("-m", "tl_langneurons.cli", *args, "--neurons", str(tmp_path / "two"), *common)
+        assert r.returncode == 0, r.stderr[-3000:]
+        assert main([*args, "--neurons", str(tmp_path / "one"), *common]) == 0
+        return r
+
+    # none, top / bottom / both for 2 langs, k=10 ablation: 6 + 36 + 6 = 48 samples, 12 batches of 4, 6 per rank
+    ev = ["evaluate", "--languages", "de,ja", "--samples", "6", "--max-new-tokens", "5", "--batch-size", "4",
+          "--ablation-ks", "10", "--ablation-samples", "3"]
+    r = both(*ev)
+    assert r.stdout.count("Occurrence rate of the target language") == 1  # rank 0 alone prints
+    one, two = tmp_path / "one", tmp_path / "two"
+    cells = sorted(p.name for p in (one / "control" / "cells").iterdir())
+    assert cells == sorted(p.name for p in (two / "control" / "cells").iterdir()) and len(cells) == 9
+    _same_files(one / "control", two / "control", ["table2.csv", "k_ablation.csv", "samples.md",
+                                                    *(f"cells/{c}" for c in cells)])
+    cache = sorted(p.name for p in (one / "samples").iterdir())
+    assert cache == sorted(p.name for p in (two / "samples").iterdir())
+    _same_files(one / "samples", two / "samples", cache)
+    run = json.loads((two / "control" / "evaluation.json").read_text())["meta"]["run"]
+    assert run["samples_generated"] == 48 and run["sample_cache"]["misses"] == 48
+    assert run["samples_per_rank"] == [24, 24]  # batches 0, 2, .. on rank 0; 1, 3, .. on rank 1
+
+    # more seeds: only the new ones are generated (rank 0's cache decides for both ranks)
+    both(*[("8" if a == "6" else a) for a in ev], "--overwrite")
+    _same_files(one / "control", two / "control", ["table2.csv", "k_ablation.csv"])
+    run = json.loads((two / "control" / "evaluation.json").read_text())["meta"]["run"]
+    # seeds 7, 8 of the 7 Table 2 cells are new; 1..6 come from the cache, the ablation's cells from their files
+    assert run["samples_generated"] == 2 * 7 and run["sample_cache"]["hits"] == 6 * 7
+    assert run["samples_per_rank"] == [8, 6]  # 14 samples: batches of 4, 4 (rank 0), 4, 2 (rank 1)
+
+    # a sweep: every stage's decision is taken from rank 0's samples, the same on both ranks
+    both("sweep", "--method", "add", "--languages", "de,ja", "--k-fractions", "1%,10%", "--alphas", "0.5,2",
+         "--layer-sets", "all", "--val-samples", "3", "--test-samples", "3", "--max-new-tokens", "5",
+         "--batch-size", "4")
+    a, b = (json.loads((d / "sweep" / "sweep.json").read_text()) for d in (one, two))
+    assert a["best"] == b["best"] and a["stages"] == b["stages"] and a["test"] == b["test"]
+    _same_files(one / "sweep", two / "sweep", ["sweep.md"])
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -15,16 +15,17 @@ from pathlib import Path
 from typing import Sequence
 
 from ..config import comma_list, float_list, int_list, option
+from ..detect.distributed import Shard
+from ..detect.distributed import context as dist_context
 from ..detect.neurons import LanguageNeurons
 from ..detect.ranking import parse_k
 from ..errors import LangNeuronsError
 from ..model.protocol import HookedModel
 from ..provenance import atomic_write_json, atomic_write_text
 from ..report.tables import markdown_table
-from ..results import run_into
 from ..steer.methods import METHODS, SteeringConfig
 from .samples import SampleStore
-from .control import CellRunner, EvaluateConfig, mean_of, result_settings
+from .control import CellRunner, EvaluateConfig, mean_of, result_settings, run_ranked
 
 
 @dataclass
@@ -76,21 +77,26 @@ class SweepResult:
 
 def run_sweep(model: HookedModel, neurons: LanguageNeurons, references: dict[str, list[str]] | None,
               config: SweepConfig | None = None, out: str | Path | None = None, progress: bool = True,
-              overwrite: bool = False, samples: str | Path | None = None) -> SweepResult:
+              overwrite: bool = False, samples: str | Path | None = None,
+              distributed: bool | None = None) -> SweepResult:
     """Search the settings and report the best on fresh seeds; with ``out``, written there as a whole
-    (finished cells kept for resume), refusing a folder of other settings unless ``overwrite``."""
+    (finished cells kept for resume), refusing a folder of other settings unless ``overwrite``.
+
+    ``distributed``: as :func:`~tl_langneurons.evaluate.control.evaluate_control`: the batches of every
+    stage spread over the ranks of a process group, the same search on every rank, rank 0 writing."""
     cfg = config or SweepConfig()
-    return run_into(out, "sweep", result_settings(neurons, cfg), overwrite,
-                    lambda cells: _sweep(model, neurons, references, cfg, cells, progress, SampleStore(samples)),
-                    write_sweep)
+    shard = dist_context(distributed)
+    return run_ranked(shard, out, "sweep", result_settings(neurons, cfg), overwrite,
+                      lambda cells: _sweep(model, neurons, references, cfg, cells, progress, SampleStore(samples), shard),
+                      write_sweep)
 
 
 def _sweep(model: HookedModel, neurons: LanguageNeurons, references: dict[str, list[str]] | None, cfg: SweepConfig,
-           cells_dir: Path | None, progress: bool, store: SampleStore) -> SweepResult:
+           cells_dir: Path | None, progress: bool, store: SampleStore, shard: Shard | None = None) -> SweepResult:
     langs = cfg.languages or neurons.languages
     ecfg = EvaluateConfig(languages=langs, samples=cfg.test_samples, max_new_tokens=cfg.max_new_tokens,
                           temperature=cfg.temperature, batch_size=cfg.batch_size, ablation_ks=[])
-    cells = CellRunner(model, neurons, ecfg, references, cells_dir, progress, store)
+    cells = CellRunner(model, neurons, ecfg, references, cells_dir, progress, store, shard)
     n = neurons.index.n_neurons
     val = list(range(1001, 1001 + cfg.val_samples))
     stages: list[dict] = []
