@@ -21,7 +21,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import record, table  # noqa: E402
 
-from tl_langneurons import CorpusConfig, FindConfig, find_neurons, load_model  # noqa: E402
+from tl_langneurons import CorpusConfig, FindConfig, LangNeuronsError, find_neurons, load_model  # noqa: E402
 from tl_langneurons.model.load import runtime_info  # noqa: E402
 
 
@@ -48,18 +48,28 @@ def main() -> None:
     ap.add_argument("--tiny", action="store_true", help="use the tests' tiny random Llama instead of --model")
     ap.add_argument("--corpus", default="bundled")
     ap.add_argument("--n-per-lang", type=int, default=None, help="texts per language (default: all)")
-    ap.add_argument("--k", default="1000", help="neurons per set: a count or a percentage")
+    ap.add_argument("--k", default=None, help="neurons per set: a count or a percentage (default 1000; --tiny: 20 "
+                    "of its 144)")
     ap.add_argument("--sites", default="mlp_post")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--low", default="bfloat16", choices=("bfloat16", "float16"), help="the dtype compared to float32")
     ap.add_argument("--no-record", action="store_true", help="print only; do not append to RESULTS.md")
     args = ap.parse_args()
+    try:
+        compare(args)
+    except LangNeuronsError as e:
+        print(f"bench_dtype: error: {e}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def compare(args) -> None:
     tmp = tempfile.TemporaryDirectory() if args.tiny else None
     spec = tiny_model(Path(tmp.name)) if tmp else args.model
     label = "tiny random Llama (tests/helpers.py)" if tmp else args.model
     corpus = CorpusConfig(corpus=args.corpus, n_per_lang=args.n_per_lang).load()
-    k = int(args.k) if args.k.isdigit() else args.k
+    k = args.k or ("20" if args.tiny else "1000")
+    k = int(k) if k.isdigit() else k
     cfg = FindConfig(sites=args.sites, k=k, batch_size=args.batch_size)
 
     ref, load32, rt32 = run(spec, "float32", args.device, corpus, cfg)
