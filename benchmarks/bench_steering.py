@@ -141,22 +141,17 @@ def main(argv=None) -> None:
     rows = cells.samples_many(todo)
     none_rows, rows = rows[0], iter(rows[1:])
     base = {lang: cells.score(none_rows, lang) for lang in langs}
-    bos: dict[str, dict] = {"none": {lang: {"rate": base[lang].rate, "rate_lingua": base[lang].rate_lingua,
-                                            "agreement": base[lang].agreement,
-                                            "fluent": base[lang].fluent, "retention": 1.0,
-                                            "gated": base[lang].gated_rate, "nll": base[lang].nll} for lang in langs}}
+    bos: dict[str, dict] = {"none": {lang: {**base[lang].steering_row(base[lang].fluent), "retention": 1.0}
+                                     for lang in langs}}
     labels = {"none": "no intervention"}
     for name, st in resolved:
         labels[name] = replace(st, k=st.k if st.k is not None else (neurons.k if st.neuron_level else None)).label()
         bos[name] = {}
         for lang in langs:
             sc = cells.score(next(rows), lang)
-            bos[name][lang] = {"rate": sc.rate, "rate_lingua": sc.rate_lingua,
-                               "agreement": sc.agreement, "fluent": sc.fluent,
-                               "retention": sc.fluent / base[lang].fluent if base[lang].fluent else None,
-                               "gated": sc.gated_rate, "nll": sc.nll}
+            bos[name][lang] = sc.steering_row(base[lang].fluent)
     t_bos = time.perf_counter() - t0
-    measures = ("rate", "rate_lingua", "agreement", "fluent", "retention", "gated", "nll")
+    measures = ("rate", "rate_lingua", "agreement", "fluent", "retention", "gated_rate", "nll")
 
     def mean(d: dict, m: str):
         vals = [d[lang][m] for lang in langs if d[lang][m] is not None and np.isfinite(d[lang][m])]
@@ -164,7 +159,7 @@ def main(argv=None) -> None:
 
     head = ["setting", "intervention", "rate", "lingua", "agree", "fluent", "retention", "gated", "NLL"]
     body = [[n, labels[n], *[_f(mean(bos[n], m)) for m in measures]] for n in bos]
-    per_lang = [[n, *[f"{_f(bos[n][l]['rate'])} / {_f(bos[n][l]['gated'])} / {_f(bos[n][l]['retention'])}"
+    per_lang = [[n, *[f"{_f(bos[n][l]['rate'])} / {_f(bos[n][l]['gated_rate'])} / {_f(bos[n][l]['retention'])}"
                       for l in langs]] for n in bos]
     md = [f"From BOS: {args.samples} seeds x {args.max_new_tokens} tokens per language, temperature 0.8; "
           f"means over {', '.join(langs)}. Gate references: {ref_name}; reference NLL of real text: "

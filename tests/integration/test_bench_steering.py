@@ -48,7 +48,7 @@ def test_bench_steering_equals_the_experiments(bench, tiny_dirs, tmp_path):
     for row in ctl.table2:
         got = res["bos"]["none" if row["condition"] == "none" else "paper clamp"][row["lang"] or "en"]
         if row["condition"] in ("none", "both"):
-            assert got["rate"] == row["rate"] and got["gated"] == row["gated_rate"]
+            assert got["rate"] == row["rate"] and got["gated_rate"] == row["gated_rate"]
             assert got["nll"] == pytest.approx(row["nll"], abs=1e-9)
     cross = study.cross_steer(str(held), CrossSteerConfig(n_prompts=1, samples=2, max_new_tokens=3,
                                                           steering=SteeringConfig(method="diffmean", layer=1, alpha=0.5)))

@@ -177,6 +177,15 @@ class ConditionScore:
     def as_dict(self) -> dict:
         return {**self.__dict__, "fluent": self.fluent}
 
+    def steering_row(self, base_fluent: float | None) -> dict:
+        """The measures a steering comparison reports, with fluency retention against the unsteered
+        fluent share on the same seeds or prompts (None when that is zero): one row of the sweep and
+        of ``benchmarks/bench_steering.py``."""
+        return {"rate": self.rate, "rate_lingua": self.rate_lingua, "agreement": self.agreement,
+                "gated_rate": self.gated_rate, "fluent": self.fluent,
+                "retention": self.fluent / base_fluent if base_fluent else None,
+                "nll": self.nll, "bleu": self.bleu, "degenerate": self.degenerate}
+
 
 def score_samples(texts: Sequence[str], tokens: Sequence[Sequence[int]], lang: str,
                   bleu_refs: BleuReferences | None, tokenizer, threshold: float = DEGENERATE_DISTINCT,

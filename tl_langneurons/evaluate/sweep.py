@@ -126,12 +126,8 @@ def _sweep(model: HookedModel, neurons: LanguageNeurons, references: dict[str, l
                 continue
             steer = steering_of(st)
             sc = cells.score(next(rows_of), lang)
-            base = base_fluent[lang]
             out.append({"lang": lang, **st, "label": replace(steer, k=st["k"] if steer.neuron_level else None)
-                        .resolved(neurons).label(), "k_fraction": st["k"] / n, "rate": sc.rate,
-                        "rate_lingua": sc.rate_lingua, "gated_rate": sc.gated_rate, "fluent": sc.fluent,
-                        "retention": sc.fluent / base if base else None,
-                        "nll": sc.nll, "bleu": sc.bleu, "degenerate": sc.degenerate})
+                        .resolved(neurons).label(), "k_fraction": st["k"] / n, **sc.steering_row(base_fluent[lang])})
         return out
 
     def better(a, b):
@@ -173,9 +169,7 @@ def _sweep(model: HookedModel, neurons: LanguageNeurons, references: dict[str, l
     for lang in langs:
         sc = cells.score(none, lang)
         fluent_test[lang] = sc.fluent
-        test.append({"lang": lang, "setting": "none", "rate": sc.rate, "rate_lingua": sc.rate_lingua,
-                     "gated_rate": sc.gated_rate, "fluent": sc.fluent, "retention": 1.0, "nll": sc.nll, "bleu": sc.bleu,
-                     "degenerate": sc.degenerate})
+        test.append({"lang": lang, "setting": "none", **sc.steering_row(sc.fluent), "retention": 1.0})
     named = [("paper clamp k=1000", {l: paper for l in langs}),
              (f"best {cfg.method}", {l: {k: v for k, v in best[l].items() if k != "val"} for l in langs})]
     if shared is not None:
