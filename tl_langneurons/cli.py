@@ -154,8 +154,10 @@ _COMMANDS = [
     ("evaluate", "the control experiment: Table 2, k ablation and samples", cmd_evaluate, (EvaluateConfig,), [
         ("--out", dict(default=None, help="output folder (default NEURONS/control)")),
         ("--corpus", dict(default=None, help=_REFERENCES)), _OVERWRITE], True),
-    ("sweep", "search clamp settings (k %%, scale, positions, layers) for fluent steering", cmd_sweep,
-     (SweepConfig,), [("--out", dict(default=None, help="output folder (default NEURONS/sweep)")),
+    ("sweep", "search steering settings (clamp: k %%, scale, positions, layers; add, diffmean, sparse: theirs) for "
+              "fluent steering", cmd_sweep,
+     (SweepConfig,), [("--out", dict(default=None, help="output folder (default NEURONS/sweep; NEURONS/sweep-METHOD "
+                                                       "for add, diffmean and sparse)")),
                       ("--corpus", dict(default=None, help=_REFERENCES)), _OVERWRITE], True),
     ("deactivate", "loss change on held-out texts when a language's neurons are ablated", cmd_deactivate,
      (DeactivationConfig,), [("--heldout", dict(required=True, help=_HELDOUT))], True),

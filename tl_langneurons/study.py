@@ -144,7 +144,7 @@ class Study:
             find_neurons(hooked, texts, config, cache=cache, progress=False)  # this rank's batches, gathered to rank 0
             return None
         t0 = time.perf_counter()
-        keep = ("control", "sweep", "analyses") if same else ()
+        keep = ("control", "sweep", "sweep-add", "sweep-diffmean", "sweep-sparse", "analyses") if same else ()
         with staged_folder(out, "find", settings, keep=keep) as stage:
             neurons, pooled, labels = find_neurons(
                 hooked, texts, config, cache=cache, checkpoint=checkpoint, store=on_disk, return_activations=True,
@@ -235,8 +235,11 @@ class Study:
 
     def sweep(self, config: SweepConfig | None = None, out: str | Path | None = None,
               corpus: str | None = None, overwrite: bool = False) -> SweepResult:
-        """The search of clamp settings for fluent steering into ``out`` (default ``DIR/sweep``)."""
-        cfg, out = config or SweepConfig(), Path(out) if out else self.dir / "sweep"
+        """The search of steering settings for fluent steering into ``out`` (default ``DIR/sweep`` for
+        clamp, ``DIR/sweep-METHOD`` for the other methods, so the sweeps of several methods sit side by
+        side and the report shows them together)."""
+        cfg = config or SweepConfig()
+        out = Path(out) if out else self.dir / ("sweep" if cfg.method == "clamp" else f"sweep-{cfg.method}")
         check_target(out, "sweep", result_settings(self.neurons, cfg), overwrite)
         refs = self.references(corpus)
         return run_sweep(self.model, self.neurons, refs, cfg, out, progress=self.progress, overwrite=overwrite,

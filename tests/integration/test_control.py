@@ -167,3 +167,26 @@ def test_sweep_of_two_languages_equals_each_alone_and_shares_one_setting(tiny_ll
     shared = {k: v for k, v in both.meta["shared"].items() if k != "val_mean_gated_rate"}
     assert shared in [{k: v for k, v in both.best[l].items() if k != "val"} for l in ("de", "ja")]
     assert sorted(r["lang"] for r in both.test if r["setting"] == "shared diffmean") == ["de", "ja"]
+
+
+def test_sweeps_of_two_methods_sit_side_by_side_in_the_report(tiny_llama, tiny_corpus, tmp_path):
+    """Study.sweep writes clamp to DIR/sweep and another method to DIR/sweep-METHOD; the report shows
+    both sections and one figure with every setting of both methods."""
+    from tl_langneurons import Study
+    from tl_langneurons.analyses.placement import write_analysis
+    from tl_langneurons.evaluate.sweep import SweepConfig
+
+    neurons = find_neurons(tiny_llama, tiny_corpus, k=10, progress=False)
+    neurons.meta["model"] = "tiny"
+    neurons.save(tmp_path)
+    write_analysis(neurons, tmp_path)
+    study = Study(tmp_path, tiny_llama, progress=False)
+    kw = dict(languages=["ja"], k_fractions=["5%"], scales=[1.0], alphas=[0.5], layer_sets=["all"], positions=["all"],
+              val_samples=2, test_samples=2, max_new_tokens=4)
+    study.sweep(SweepConfig(**kw))
+    study.sweep(SweepConfig(method="add", **kw))
+    assert (tmp_path / "sweep" / "sweep.md").exists() and (tmp_path / "sweep-add" / "sweep.md").exists()
+    text = study.report().read_text()
+    assert "## Fluent steering: clamp settings sweep (sweep)" in text
+    assert "## Fluent steering: add settings sweep (sweep-add)" in text
+    assert "![sweeps](sweeps.png)" in text and (tmp_path / "sweeps.png").stat().st_size > 0

@@ -78,9 +78,22 @@ def build_report(directory: str | Path) -> Path:
     if (d / "steering" / "steering.md").exists():  # written by benchmarks/bench_steering.py
         parts += ["## Steering interventions compared (clamp, add, diffmean, sparse)", "",
                   _read(d / "steering" / "steering.md"), ""]
-    if (d / "sweep" / "sweep.md").exists():
-        parts += ["## Fluent steering: settings sweep", "", "![trade-off](sweep/tradeoff.png)", "",
-                  _read(d / "sweep" / "sweep.md"), ""]
+    sweeps = sorted(p for p in d.glob("sweep*") if (p / "sweep.md").exists() and (p / "sweep.json").exists())
+    if len(sweeps) > 1:  # several methods swept: every setting of every method in one figure
+        from . import plots
+
+        rows_by = {}
+        for p in sweeps:
+            data = json.loads(_read(p / "sweep.json") or "{}")
+            method = ((data.get("meta") or {}).get("config") or {}).get("method", "clamp")
+            rows_by[f"{method} ({p.name})"] = data.get("stages") or []
+        plots.pareto_methods(rows_by, d / "sweeps.png")
+        parts += ["## Fluent steering: the methods' sweeps together", "", "![sweeps](sweeps.png)", ""]
+    for p in sweeps:
+        method = ((json.loads(_read(p / "sweep.json") or "{}").get("meta") or {}).get("config") or {}).get("method",
+                                                                                                          "clamp")
+        parts += [f"## Fluent steering: {method} settings sweep ({p.name})", "",
+                  f"![trade-off]({p.name}/tradeoff.png)", "", _read(p / "sweep.md"), ""]
     an = d / "analyses"
     for name, title, fig in (("deactivation", "Deactivation: loss change on held-out texts", "deactivation.png"),
                              ("attribution", "Direct logit attribution of the top neurons", None),

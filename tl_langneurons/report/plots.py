@@ -152,3 +152,30 @@ def pareto(rows: list[dict], path: str | Path, title: str = "Target rate against
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7)
     _save(fig, path)
+
+
+def pareto_methods(rows_by_method: dict[str, list[dict]], path: str | Path,
+                   title: str = "Every setting tried, by method: target rate against fluency retention") -> None:
+    """The sweeps of several methods in one figure: one point per (language, setting) tried, coloured
+    by method, and each method's mean over the languages per setting as a larger marker."""
+    fig, ax = plt.subplots(figsize=(7, 5))
+    for i, (method, rows) in enumerate(rows_by_method.items()):
+        color = f"C{i}"
+        pts = [(r["retention"], r["rate"]) for r in rows if r.get("retention") is not None]
+        if pts:
+            ax.scatter(*zip(*pts), s=10, alpha=0.35, color=color)
+        by_setting: dict[str, list[dict]] = {}
+        for r in rows:
+            if r.get("retention") is not None:
+                by_setting.setdefault(r["label"], []).append(r)
+        means = [(float(np.mean([r["retention"] for r in rs])), float(np.mean([r["rate"] for r in rs])))
+                 for rs in by_setting.values() if len(rs) == len({r["lang"] for r in rows})]
+        if means:
+            ax.scatter(*zip(*means), s=46, color=color, edgecolor="black", lw=0.5, label=f"{method} (mean over languages)")
+    ax.axvline(0.9, color="grey", lw=0.6, ls="--")
+    ax.axhline(0.9, color="grey", lw=0.6, ls="--")
+    ax.set_xlabel("fluency retention (fluent share steered / unsteered)")
+    ax.set_ylabel("target rate (lid.176 > 0.5)")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
+    _save(fig, path)
