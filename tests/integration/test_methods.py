@@ -367,3 +367,37 @@ def test_sparse_leaves_out_outlier_dimensions(found, tiny_llama):
     with pytest.raises(LangNeuronsError, match="outlier-dims"):
         M.sparse(neurons, "zh", layer=layer, exclude_dims=[99])
     assert "out=off" in SteeringConfig(method="sparse", outlier_factor=0).label()
+
+
+@pytest.mark.parametrize("method", ["add", "diffmean"])
+def test_steer_tokens_steers_the_first_tokens_then_lets_the_model_write(found, tiny_llama, method):
+    """steer_tokens=N: the hooks act in the N generation passes that write the first N tokens (so those
+    tokens equal the fully steered samples'), then stay out; N >= the sample length is full steering;
+    outside generation they act on every pass. Samples keep their cache key when it is unset."""
+    from tl_langneurons.steer.generation import generate_many
+
+    neurons, _, _ = found
+    full = SteeringConfig(method=method, alpha=4.0)
+    first = SteeringConfig(method=method, alpha=4.0, steer_tokens=3)
+    reqs = [(None, s) for s in (1, 2, 3, 4)]
+
+    def run(cfg, n=8):
+        return [s.tokens for s in generate_many(tiny_llama, reqs, max_new_tokens=n, stop_at_eos=False,
+                                                fwd_hooks=cfg.hooks(neurons, "ja"))]
+
+    steered, partly, plain = run(full), run(first), [s.tokens for s in generate_many(
+        tiny_llama, reqs, max_new_tokens=8, stop_at_eos=False)]
+    assert [t[:3] for t in partly] == [t[:3] for t in steered]
+    assert partly != steered and partly != plain
+    assert run(SteeringConfig(method=method, alpha=4.0, steer_tokens=8)) == steered
+    calls = []
+    hooks = [(name, lambda x, hook, fn=fn: (calls.append(1), fn(x, hook))[1]) for name, fn in full.hooks(neurons, "ja")]
+    gated = M.only_first_tokens(hooks, 3)
+    generate_many(tiny_llama, reqs, max_new_tokens=8, stop_at_eos=False, fwd_hooks=gated)
+    assert len(calls) == 3 * len(hooks)  # one batch: passes 0, 1, 2
+    assert torch.equal(tiny_llama.run_with_hooks(IDS, fwd_hooks=first.hooks(neurons, "ja")),
+                       tiny_llama.run_with_hooks(IDS, fwd_hooks=full.hooks(neurons, "ja")))
+    assert "steer_tokens" not in full.key() and first.key()["steer_tokens"] == 3
+    assert first.label().endswith(" first 3")
+    with pytest.raises(LangNeuronsError, match="steer-tokens"):
+        SteeringConfig(steer_tokens=0)

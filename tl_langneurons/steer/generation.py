@@ -12,7 +12,6 @@ gets alone.
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -26,7 +25,7 @@ from ..model.driver import Runner
 from ..model.protocol import HookedModel
 from ..model.unembed import Unembed
 from ..progress import progress_bar
-from .positions import prompt_pass
+from .positions import generation_step
 
 
 @dataclass
@@ -282,12 +281,13 @@ def _sample_batch(runner: Runner, head: Unembed, starts: Sequence[list[int]], se
     for step in range(max_new_tokens):
         if use_cache:
             # the first pass holds the prompt: hooks for positions="generated" leave it alone
-            with prompt_pass() if step == 0 else contextlib.nullcontext():
+            with generation_step(step, prompt=step == 0):
                 logits, past = head.step(step_in, past, attention_mask=mask if padded else None,
                                          position_ids=None if pos is None else pos[:, -step_in.shape[1]:])
         else:
-            logits, _ = runner.step(torch.cat([ids, new], 1), None, attention_mask=mask if padded else None,
-                                    position_ids=pos, use_cache=False)
+            with generation_step(step):
+                logits, _ = runner.step(torch.cat([ids, new], 1), None, attention_mask=mask if padded else None,
+                                        position_ids=pos, use_cache=False)
         tok = sample_next(logits, temperature, gens)
         new = torch.cat([new, tok.unsqueeze(1)], 1)
         step_in = tok.unsqueeze(1)

@@ -58,7 +58,7 @@ from ..detect.neurons import LanguageNeurons
 from ..errors import LangNeuronsError
 from ..model.sites import NeuronIndex, flat_units
 from .interventions import clamp_hooks
-from .positions import PROMPT_PASS, prompt_pass  # noqa: F401  (re-exported)
+from .positions import GEN_STEP, PROMPT_PASS, prompt_pass  # noqa: F401  (re-exported)
 
 METHODS = ("clamp", "add", "diffmean", "sparse")
 POSITIONS = ("all", "last", "generated")
@@ -69,6 +69,17 @@ def only_generated(hooks: Hooks) -> Hooks:
     def gate(fn: Callable) -> Callable:
         def gated(x, hook):
             return None if PROMPT_PASS.get() else fn(x, hook)
+        return gated
+    return [(name, gate(fn)) for name, fn in hooks]
+
+
+def only_first_tokens(hooks: Hooks, n: int) -> Hooks:
+    """The same hooks, active only in the generation passes that write the first ``n`` tokens (steps
+    0 .. n-1, step 0 being the prompt pass); outside generation they act on every pass."""
+    def gate(fn: Callable) -> Callable:
+        def gated(x, hook):
+            step = GEN_STEP.get()
+            return None if step is not None and step >= n else fn(x, hook)
         return gated
     return [(name, gate(fn)) for name, fn in hooks]
 
@@ -346,6 +357,9 @@ class SteeringConfig:
         None, "diffmean and sparse: leave out the residual dimensions whose mean magnitude is above this many "
         "times the median (none: the method's default, 10 for sparse and off for diffmean; off: leave none out)",
         parse=_parse_outlier_factor)
+    steer_tokens: int | None = option(
+        None, "steer only while the first N tokens are written, then let the model write on unsteered (with the "
+        "KV cache the steered tokens stay in its context); none: every token", parse=int)
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -366,6 +380,8 @@ class SteeringConfig:
         if self.k is not None and (isinstance(self.k, bool) or self.k < 1):
             raise LangNeuronsError(f"--k must be at least 1, got {self.k}")
         _outlier_factor(self.outlier_factor)
+        if self.steer_tokens is not None and (isinstance(self.steer_tokens, bool) or self.steer_tokens < 1):
+            raise LangNeuronsError(f"--steer-tokens must be at least 1, got {self.steer_tokens}")
         if self.which not in ("both", "top", "bottom", "middle"):
             raise LangNeuronsError(f"unknown neuron set {self.which!r}; use top, bottom, both or middle")
 
@@ -376,11 +392,13 @@ class SteeringConfig:
     def key(self) -> dict:
         """What the samples depend on (cells are keyed by it). For clamp, the same keys as before
         methods existed, so earlier cells are read back."""
+        # steer_tokens only where set: every setting made before it existed keeps its key (and its samples)
+        first = {} if self.steer_tokens is None else {"steer_tokens": self.steer_tokens}
         if self.method == "clamp":
             return {"value": self.value, "scale": self.scale, "positions": self.positions,
-                    "layers": self.layers if self.layers not in (None, "all") else None}
-        d = asdict(self)
-        for f in ("which", "k"):
+                    "layers": self.layers if self.layers not in (None, "all") else None, **first}
+        d = {**asdict(self), **first}
+        for f in ("which", "k") + (("steer_tokens",) if self.steer_tokens is None else ()):
             d.pop(f)
         if not self.neuron_level:
             for f in ("value", "scale", "layers"):
@@ -391,6 +409,9 @@ class SteeringConfig:
 
     def label(self) -> str:
         """A short readable name of the setting."""
+        return self._label() + ("" if self.steer_tokens is None else f" first {self.steer_tokens}")
+
+    def _label(self) -> str:
         k = "" if self.k is None else f" k={self.k}"
         if self.method == "clamp":
             return f"clamp{k} x{self.scale:g}"
@@ -414,7 +435,12 @@ class SteeringConfig:
         return replace(self, layer=layer, n_dims=n_dims if self.method == "sparse" else self.n_dims)
 
     def hooks(self, neurons: LanguageNeurons, lang: str) -> Hooks:
-        """The fwd_hooks of this intervention towards ``lang`` (the builder of ``method`` with these settings)."""
+        """The fwd_hooks of this intervention towards ``lang`` (the builder of ``method`` with these settings),
+        limited to the first ``steer_tokens`` generation passes where that is set."""
+        hooks = self._hooks(neurons, lang)
+        return hooks if self.steer_tokens is None else only_first_tokens(hooks, self.steer_tokens)
+
+    def _hooks(self, neurons: LanguageNeurons, lang: str) -> Hooks:
         cfg = self.resolved(neurons)
         if cfg.method == "clamp":
             return clamp(neurons, lang, cfg.which, cfg.k, cfg.layers, cfg.value, cfg.scale, cfg.positions)
