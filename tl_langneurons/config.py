@@ -88,7 +88,7 @@ def _default(f: dataclasses.Field) -> Any:
 
 def _show(v: Any) -> str:
     if isinstance(v, (list, tuple)):
-        return ",".join(str(x) for x in v)
+        return ",".join(str(x) for x in v) or "none"
     return "none" if v is None else str(v)
 
 

@@ -106,6 +106,9 @@ def test_distinct_threshold_from_real_text(tiny_llama):
     assert distinct_threshold(tiny_llama.tokenizer, ["kurz"]) == 0.4  # too little text: the documented default
 
 
+SWEEP_SCORES = ("rate", "rate_lingua", "agreement", "gated_rate", "fluent", "retention", "nll", "bleu", "degenerate")
+
+
 def test_sweep_end_to_end(tiny_llama, tiny_corpus, tmp_path):
     from tl_langneurons.evaluate.sweep import SweepConfig, run_sweep
 
@@ -133,7 +136,7 @@ def test_sweep_end_to_end(tiny_llama, tiny_corpus, tmp_path):
 
 
 @pytest.mark.parametrize("method,stages", [
-    ("add", ["k", "k", "alpha", "alpha", "layers"]),
+    ("add", ["k", "k", "alpha", "alpha", "layers", "steer_tokens"]),
     ("diffmean", ["layer", "layer", "alpha", "alpha"]),
     ("sparse", ["layer", "layer", "n_dims", "n_dims", "coef"]),
 ])
@@ -143,9 +146,14 @@ def test_sweep_of_every_method(tiny_llama, tiny_corpus, tmp_path, method, stages
     neurons = find_neurons(tiny_llama, tiny_corpus, k=10, progress=False)
     cfg = SweepConfig(method=method, languages=["ja"], k_fractions=["2%", "5%"], alphas=[0.5, 2.0], layer_sets=["all"],
                       resid_layers=[1, 2], dim_fractions=[0.05, 0.1], coefs=[1.0], val_samples=2, test_samples=2,
-                      max_new_tokens=4)
+                      max_new_tokens=4, steer_tokens=[2] if method == "add" else ())
     res = run_sweep(tiny_llama, neurons, tiny_corpus.texts, cfg, tmp_path, progress=False)
     assert [r["stage"] for r in res.stages] == stages
+    if method == "add":  # the last stage: the best setting so far, steered only while 2 tokens are written
+        last = res.stages[-1]
+        assert last["steer_tokens"] == 2 and last["label"].endswith(" first 2")
+        assert {k: v for k, v in last.items() if k not in SWEEP_SCORES + ("stage", "label", "steer_tokens")} == \
+            {k: v for k, v in res.stages[-2].items() if k not in SWEEP_SCORES + ("stage", "label")}
     assert [r["setting"] for r in res.test] == ["none", "paper clamp k=1000", f"best {method}", f"shared {method}"]
     assert res.test[2]["label"].startswith(method) and res.best["ja"]["method"] == method
     assert f"Method {method}" in (tmp_path / "sweep.md").read_text()

@@ -1,9 +1,12 @@
-"""Find clamp settings that give fluent text in the target language (beyond the paper's protocol).
+"""Find steering settings that give fluent text in the target language (beyond the paper's protocol).
 
-A staged search per language, on validation seeds: k (as a fraction of the site's neurons), then
-the clamp scale, then the positions, then the layer subset, each stage keeping the best setting
-so far by the gated rate (target language and not degenerate; ties broken by lower NLL). The
-best setting of each language is then reported on fresh seeds, beside the paper's setting.
+A staged search per language, on validation seeds. For clamp: k (as a fraction of the site's
+neurons), then the clamp scale, then the positions, then the layer subset; for add: k, alpha,
+layer subset; for diffmean: layer, alpha; for sparse: layer, K, coef; optionally a last stage that
+steers only the first N tokens (``steer_tokens``). Each stage keeps the best setting so far by the
+gated rate (target language and not degenerate; ties broken by lower NLL). The best setting of
+each language, and one shared setting for all, are then reported on fresh seeds, beside the
+paper's setting.
 """
 
 from __future__ import annotations
@@ -47,6 +50,9 @@ class SweepConfig:
     dim_fractions: Sequence[float] = option((0.01, 0.05, 0.1), "shares of d_model overwritten (sparse)",
                                             parse=float_list)
     coefs: Sequence[float] = option((0.5, 1.0, 1.5), "coefficients searched (sparse)", parse=float_list)
+    steer_tokens: Sequence[int] = option((), "a last stage: steer only while the first N tokens are written, these "
+                                         "N searched against steering every token (none: no such stage)",
+                                         parse=int_list)
     val_samples: int = option(20, "validation samples per setting (seeds 1001..)")
     test_samples: int = option(100, "fresh samples for the final report (seeds 1..)")
     max_new_tokens: int = option(48, "tokens to generate")
@@ -60,6 +66,9 @@ class SweepConfig:
         if bad or not self.scales:
             raise LangNeuronsError(f"--scales must be finite numbers above 0 such as 0.5,1,2, got "
                                    f"{','.join(str(s) for s in self.scales) or 'none'}")
+        if any(n < 1 for n in self.steer_tokens):
+            raise LangNeuronsError(f"--steer-tokens must be whole numbers of at least 1, got "
+                                   f"{','.join(map(str, self.steer_tokens))}")
         if not (math.isfinite(self.temperature) and self.temperature > 0):
             raise LangNeuronsError(f"temperature must be positive and finite (such as 0.8), got {self.temperature}")
 
@@ -135,6 +144,8 @@ def _sweep(model: HookedModel, neurons: LanguageNeurons, references: dict[str, l
 
     # coordinate search per language; each stage runs every language and value in one batched call
     start, stages_of, notes = _search_space(cfg, neurons, n)
+    if cfg.steer_tokens:  # last: the best setting, steered only while its first N tokens are written
+        stages_of = [*stages_of, ("steer_tokens", "steer_tokens", list(cfg.steer_tokens))]
     cur = {lang: dict(start) for lang in langs}
     cur_score: dict[str, dict | None] = {lang: None for lang in langs}
     tried: dict[str, list[dict]] = {lang: [] for lang in langs}
