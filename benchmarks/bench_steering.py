@@ -171,16 +171,43 @@ def main(argv=None) -> None:
               "reference_nll": cells.ref_nll, "settings": {n: st.key() | {"method": st.method, "k": st.k}
                                                             for n, st in resolved},
               "seconds_bos": t_bos, "sample_cache": {"hits": cells.store.hits, "misses": cells.store.misses}}
+    prows: list[list[str]] = []
+    todo_prompted = [name for name, _ in resolved if name in prompted] if args.heldout else []
+
+    def write() -> str:
+        """steering.md and .json as far as the run has come: after the BOS table and after every
+        prompted matrix, so an interrupted run keeps what it finished."""
+        done = md
+        if args.heldout:
+            left = len(todo_prompted) - len(prows)
+            done = done + ["", f"From real prompts ({args.heldout}): {args.n_prompts} prompts x {args.prompt_samples} "
+                           f"samples x {args.prompt_tokens} tokens per cell, 6 x 6 matrix; means over the off-diagonal "
+                           "cells (prompt language is not the target). Unsteered: the NLL of the plain continuations "
+                           "and the rate of the prompt's own language without steering."
+                           + (f" ({left} of {len(todo_prompted)} settings not run yet.)" if left else ""), "",
+                           table(["setting", "intervention", "rate", "lingua", "fluent", "retention", "gated", "NLL",
+                                  "unsteered NLL", "unsteered own-language rate"], prows)]
+        done = done + ["", f"Time: BOS {t_bos:.0f} s" + (f", prompted {result['seconds_prompted']:.0f} s"
+                                                         if "seconds_prompted" in result else "")
+                       + f"; sample cache hits {cells.store.hits}, misses {cells.store.misses}; peak RSS "
+                       f"{peak_rss_gib():.2f} GiB"]
+        text = "\n".join(done)
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / "steering.md", text + "\n")
+        atomic_write_text(out / "steering.json", json.dumps(result, indent=1, default=float))
+        return text
+
+    text = write()
     if args.heldout:
         held = MultilingualCorpus.load(args.heldout, None, 0, langs)
         t1 = time.perf_counter()
-        prows, result["prompted"] = [], {}
+        result["prompted"], unsteered = {}, {}  # the unsteered continuations are generated once for all settings
         for name, st in resolved:
             if name not in prompted:
                 continue
             res = cross_steering(study.model, neurons, held, CrossSteerConfig(
                 n_prompts=args.n_prompts, samples=args.prompt_samples, max_new_tokens=args.prompt_tokens,
-                which=st.which, steering=st), progress=not args.quiet)
+                which=st.which, steering=st), progress=not args.quiet, unsteered=unsteered)
             off, eye = res.off_diagonal(), np.eye(len(res.languages), dtype=bool)
             diag_none = float(np.mean(res.none[eye]))
             result["prompted"][name] = res.to_json()
@@ -190,20 +217,9 @@ def main(argv=None) -> None:
                           _f(off.get("retention")), _f(off.get("gated")), _f(off.get("nll")),
                           _f(float(np.nanmean(res.none_nll)) if res.none_nll is not None else None),
                           _f(diag_none)])
+            result["seconds_prompted"] = time.perf_counter() - t1
+            text = write()
             print(res.markdown(), flush=True)
-        result["seconds_prompted"] = time.perf_counter() - t1
-        md += ["", f"From real prompts ({args.heldout}): {args.n_prompts} prompts x {args.prompt_samples} samples x "
-               f"{args.prompt_tokens} tokens per cell, 6 x 6 matrix; means over the off-diagonal cells (prompt language "
-               "is not the target). Unsteered: the NLL of the plain continuations and the rate of the prompt's own "
-               "language without steering.", "",
-               table(["setting", "intervention", "rate", "lingua", "fluent", "retention", "gated", "NLL",
-                      "unsteered NLL", "unsteered own-language rate"], prows)]
-    md += ["", f"Time: BOS {t_bos:.0f} s" + (f", prompted {result['seconds_prompted']:.0f} s" if args.heldout else "")
-           + f"; sample cache hits {cells.store.hits}, misses {cells.store.misses}; peak RSS {peak_rss_gib():.2f} GiB"]
-    text = "\n".join(md)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "steering.md", text + "\n")
-    atomic_write_text(out / "steering.json", json.dumps(result, indent=1, default=float))
     if args.no_record:
         print(text)
     else:

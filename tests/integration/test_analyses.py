@@ -129,7 +129,7 @@ def test_analysis_commands(tiny_dirs, tmp_path, capsys):
     assert "Deactivation" in text and "Cross-language steering" in text and "Token-level view" in text
 
 
-def test_cross_steering_nll_and_prompt_source(tiny_llama, setup):
+def test_cross_steering_nll_and_prompt_source(tiny_llama, setup, monkeypatch):
     """Each cell's NLL is the mean of its samples' NLL under the unsteered model (generated again here
     with the same prompts and seeds); source="prompt" steers away from each row's prompt language."""
     from dataclasses import replace
@@ -155,3 +155,15 @@ def test_cross_steering_nll_and_prompt_source(tiny_llama, setup):
     assert none.nll[0, 1] != auto.nll[0, 1]  # the source's deactivation changed the samples
     assert "NLL per token" in auto.markdown() and "nll" in auto.off_diagonal()
     assert auto.to_json()["none_nll"] == pytest.approx(list(auto.none_nll))
+    # the unsteered continuations kept across calls: generated once, the same matrices as without
+    shared: dict = {}
+    first = cross_steering(tiny_llama, neurons, held, steering=SteeringConfig(method="add", source="en"),
+                           unsteered=shared, **kw)
+    assert len(shared) == 2 and first.to_json() == explicit.to_json()
+    import tl_langneurons.analyses.cross_steering as cs
+
+    calls, real = [], cs.generate_many
+    monkeypatch.setattr(cs, "generate_many", lambda *a, **k: (calls.append(k.get("fwd_hooks")), real(*a, **k))[1])
+    again = cross_steering(tiny_llama, neurons, held, steering=SteeringConfig(method="add"), unsteered=shared, **kw)
+    assert len(calls) == 4 and all(calls)  # the 2 x 2 steered cells only
+    assert again.to_json() == none.to_json()

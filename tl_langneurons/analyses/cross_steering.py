@@ -3,6 +3,8 @@ continuation is in the clamped language."""
 
 from __future__ import annotations
 
+import json
+
 import random
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -172,7 +174,7 @@ class CrossSteerConfig:
 
 def cross_steering(model: HookedModel, neurons: LanguageNeurons, heldout: MultilingualCorpus,
                    config: CrossSteerConfig | None = None, *, progress: bool = True,
-                   **overrides) -> CrossSteeringResult:
+                   unsteered: dict | None = None, **overrides) -> CrossSteeringResult:
     """Occurrence rate of the target language [source prompt language, target] when the target's
     neurons are clamped while continuing held-out prompts of the source language; plus the
     unclamped rate of each target under each source ("none").
@@ -184,6 +186,9 @@ def cross_steering(model: HookedModel, neurons: LanguageNeurons, heldout: Multil
     samples under the unsteered model. ``steering.source == "prompt"`` uses each row's prompt language
     as the source (add deactivates its neurons; diffmean and sparse steer away from its mean); a cell
     whose target is the source steers without one.
+
+    ``unsteered``: a dict kept by the caller across calls (e.g. one per intervention compared) in which
+    the unsteered continuations are stored by their prompts, seeds and length, so they are generated once.
     """
     cfg = replace(config or CrossSteerConfig(), **overrides)
     n_prompts, samples, max_new_tokens, seed, which = cfg.n_prompts, cfg.samples, cfg.max_new_tokens, cfg.seed, cfg.which
@@ -201,9 +206,15 @@ def cross_steering(model: HookedModel, neurons: LanguageNeurons, heldout: Multil
     bar = progress_bar(total=L * (L + 1), desc="cross-steering", unit="cell", disable=not progress)
     for i, src in enumerate(langs):
         requests = [(p, s) for p in prompts[src] for s in seeds]
-        plain_out = generate_many(model, requests, max_new_tokens=max_new_tokens)
+        key = (id(model), json.dumps([prompts[src], seeds, max_new_tokens]))
+        if unsteered is not None and key in unsteered:
+            plain_out, none_nll[i] = unsteered[key]
+        else:
+            plain_out = generate_many(model, requests, max_new_tokens=max_new_tokens)
+            none_nll[i] = float(np.nanmean(sample_nll(model, plain_out)))
+            if unsteered is not None:
+                unsteered[key] = (plain_out, none_nll[i])
         plain, plain_tokens = [s.text for s in plain_out], [s.tokens for s in plain_out]
-        none_nll[i] = float(np.nanmean(sample_nll(model, plain_out)))
         bar.update(1)
         for j, tgt in enumerate(langs):
             base[i, j] = np.mean(is_language(plain, tgt))
