@@ -160,9 +160,9 @@ def test_evaluate_and_sweep_under_torchrun_equal_one_process(tiny_dirs, tmp_path
     both("sweep", "--method", "add", "--languages", "de,ja", "--k-fractions", "1%,10%", "--alphas", "0.5,2",
          "--layer-sets", "all", "--val-samples", "3", "--test-samples", "3", "--max-new-tokens", "5",
          "--batch-size", "4")
-    a, b = (json.loads((d / "sweep" / "sweep.json").read_text()) for d in (one, two))
+    a, b = (json.loads((d / "sweep-add" / "sweep.json").read_text()) for d in (one, two))
     assert a["best"] == b["best"] and a["stages"] == b["stages"] and a["test"] == b["test"]
-    _same_files(one / "sweep", two / "sweep", ["sweep.md"])
+    _same_files(one / "sweep-add", two / "sweep-add", ["sweep.md"])
 
 
 def _free_port() -> int:

@@ -357,17 +357,19 @@ def evaluate_control(model: HookedModel, neurons: LanguageNeurons, references: d
 
 def run_ranked(shard: Shard | None, out: str | Path | None, kind: str, settings: dict, overwrite: bool, run, write):
     """:func:`~tl_langneurons.results.run_into` on rank 0 (or the only process); ``run(None)`` on the
-    other ranks, which compute alongside and write nothing. A refusal on rank 0 ends every rank."""
-    if is_main(shard):
-        if shard is None:
-            return run_into(out, kind, settings, overwrite, run, write)
-        with agreed(shard):
-            if out is not None:
-                check_target(Path(out), kind, settings, overwrite)
+    other ranks, which compute alongside and write nothing. A refusal on rank 0 ends every rank, and so
+    does a failure on rank 0 after the ranks' last exchange (e.g. writing the folder): the other ranks
+    do not exit 0 while rank 0 fails."""
+    if shard is None:
         return run_into(out, kind, settings, overwrite, run, write)
+    main = is_main(shard)
     with agreed(shard):
-        pass
-    return run(None)
+        if main and out is not None:
+            check_target(Path(out), kind, settings, overwrite)
+    result = None
+    with agreed(shard):
+        result = run_into(out, kind, settings, overwrite, run, write) if main else run(None)
+    return result
 
 
 def _control(model: HookedModel, neurons: LanguageNeurons, references: dict[str, list[str]] | None,
