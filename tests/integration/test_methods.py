@@ -399,5 +399,6 @@ def test_steer_tokens_steers_the_first_tokens_then_lets_the_model_write(found, t
                        tiny_llama.run_with_hooks(IDS, fwd_hooks=full.hooks(neurons, "ja")))
     assert "steer_tokens" not in full.key() and first.key()["steer_tokens"] == 3
     assert first.label().endswith(" first 3")
+    assert SteeringConfig(method="add", k=9, layers="last").label() == "add k=9 layers=last a=1"
     with pytest.raises(LangNeuronsError, match="steer-tokens"):
         SteeringConfig(steer_tokens=0)

@@ -413,6 +413,8 @@ class SteeringConfig:
 
     def _label(self) -> str:
         k = "" if self.k is None else f" k={self.k}"
+        if self.layers not in (None, "all"):  # the layer subset the k neurons are chosen in
+            k += f" layers={self.layers if isinstance(self.layers, str) else ','.join(map(str, self.layers))}"
         if self.method == "clamp":
             return f"clamp{k} x{self.scale:g}"
         if self.method == "add":
