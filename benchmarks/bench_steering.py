@@ -43,6 +43,7 @@ from tl_langneurons.steer.methods import SteeringConfig  # noqa: E402
 from tl_langneurons.study import Study  # noqa: E402
 
 FIELDS = {f.name: f for f in fields(SteeringConfig)}
+WHOLE = ("k", "layer", "n_dims", "steer_tokens")  # options that are whole numbers
 
 
 def _value(key: str, s: str):
@@ -54,7 +55,11 @@ def _value(key: str, s: str):
     if key in ("which", "positions", "source", "method", "layers") or (key == "value" and not s[:1].isdigit()):
         return s
     x = float(s)
-    return int(x) if key in ("k", "layer", "n_dims") else x
+    if key in WHOLE:
+        if x != int(x):
+            raise ValueError(s)
+        return int(x)
+    return x
 
 
 def parse_setting(spec: str) -> tuple[str, SteeringConfig]:
@@ -79,7 +84,8 @@ def parse_setting(spec: str) -> tuple[str, SteeringConfig]:
         try:
             kw[key] = _value(key, val)
         except ValueError:
-            raise LangNeuronsError(f"--setting {name}: {key} must be a number, got {val!r}") from None
+            raise LangNeuronsError(f"--setting {name}: {key} must be a {'whole ' if key in WHOLE else ''}number, "
+                                   f"got {val!r}") from None
     return name.strip(), SteeringConfig(**kw)
 
 

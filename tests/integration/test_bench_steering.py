@@ -64,9 +64,11 @@ def test_bench_steering_equals_the_experiments(bench, tiny_dirs, tmp_path):
 
 
 def test_bench_steering_bad_setting(bench, capsys, tmp_path):
-    for spec in ("nomethod", "x=add:alpha=big", "x=add:speed=2"):
+    for spec in ("nomethod", "x=add:alpha=big", "x=add:speed=2", "x=add:steer_tokens=2.5"):
         with pytest.raises(SystemExit) as e:
             bench.main(["--neurons", str(tmp_path), "--setting", spec, "--no-record"])
         assert e.value.code == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and "--setting" in err[0]
+    # whole-number options are ints, so a setting keys its samples as the sweep's does (16, not 16.0)
+    assert bench.parse_setting("x=add:steer_tokens=16.0,k=5")[1].key()["steer_tokens"] == 16

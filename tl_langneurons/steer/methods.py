@@ -380,8 +380,10 @@ class SteeringConfig:
         if self.k is not None and (isinstance(self.k, bool) or self.k < 1):
             raise LangNeuronsError(f"--k must be at least 1, got {self.k}")
         _outlier_factor(self.outlier_factor)
-        if self.steer_tokens is not None and (isinstance(self.steer_tokens, bool) or self.steer_tokens < 1):
-            raise LangNeuronsError(f"--steer-tokens must be at least 1, got {self.steer_tokens}")
+        if self.steer_tokens is not None and (not isinstance(self.steer_tokens, int) or isinstance(self.steer_tokens, bool)
+                                              or self.steer_tokens < 1):
+            # a whole number: 16.0 would key its samples apart from 16's
+            raise LangNeuronsError(f"--steer-tokens must be a whole number of at least 1, got {self.steer_tokens!r}")
         if self.which not in ("both", "top", "bottom", "middle"):
             raise LangNeuronsError(f"unknown neuron set {self.which!r}; use top, bottom, both or middle")
 
