@@ -171,6 +171,7 @@ class CellRunner:
                      "sampler": SAMPLER, "ap_sha": hashlib.sha256(neurons.ap.numpy().tobytes()).hexdigest()[:16]}
         self.timings: dict[str, float] = {}
         self.used: list[str] = []
+        self._hooks: dict[str, list] = {}
         # seconds per part of the protocol (references: gate and reference NLL; generate; nll; score)
         self.parts: dict[str, float] = {"references": time.perf_counter() - t0, "generate": 0.0, "nll": 0.0,
                                         "score": 0.0}
@@ -298,9 +299,17 @@ class CellRunner:
                     return r
                 if problem is not None:  # a damaged cell is recomputed (and rewritten)
                     warnings.warn(f"cell {path} is damaged ({problem}); computing it again", stacklevel=3)
-        r["hooks"] = [] if steer is None else steer.hooks(self.neurons, lang)
+        r["hooks"] = [] if steer is None else self.hooks(steer, lang)
         r["missing"] = self.store.get(sample_settings, seeds)[1]
         return r
+
+    def hooks(self, steer: SteeringConfig, lang: str) -> list:
+        """``steer.hooks(neurons, lang)``, built once per setting and language (a sweep checks that a
+        setting applies, then generates with it)."""
+        key = json.dumps([lang, steer.which, steer.k, steer.key()], sort_keys=True, default=str)
+        if key not in self._hooks:
+            self._hooks[key] = steer.hooks(self.neurons, lang)
+        return self._hooks[key]
 
     def score(self, rows: list[dict], lang: str):
         t0 = time.perf_counter()

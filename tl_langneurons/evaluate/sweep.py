@@ -122,7 +122,7 @@ def _sweep(model: HookedModel, neurons: LanguageNeurons, references: dict[str, l
         ok = []
         for lang, st in cands:
             try:
-                replace(steering_of(st), which="both", k=st["k"]).hooks(neurons, lang)
+                cells.hooks(replace(steering_of(st), which="both", k=st["k"]), lang)
                 ok.append(True)
             except LangNeuronsError:
                 ok.append(False)
