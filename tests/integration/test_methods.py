@@ -400,6 +400,9 @@ def test_steer_tokens_steers_the_first_tokens_then_lets_the_model_write(found, t
     assert "steer_tokens" not in full.key() and first.key()["steer_tokens"] == 3
     assert first.label().endswith(" first 3")
     assert SteeringConfig(method="add", k=9, layers="last").label() == "add k=9 layers=last a=1"
-    for bad in (0, 16.0, True):
+    for bad in (0, True):
         with pytest.raises(LangNeuronsError, match="steer-tokens"):
             SteeringConfig(steer_tokens=bad)
+    # 16.0 is refused too: by the check, or first by the runtime type checker the test suite installs (TypeError)
+    with pytest.raises((LangNeuronsError, TypeError), match="steer.tokens"):
+        SteeringConfig(steer_tokens=16.0)
