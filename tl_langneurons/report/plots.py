@@ -163,7 +163,7 @@ def pareto_methods(rows_by_method: dict[str, list[dict]], path: str | Path,
         color = f"C{i}"
         pts = [(r["retention"], r["rate"]) for r in rows if r.get("retention") is not None]
         if pts:
-            ax.scatter(*zip(*pts), s=10, alpha=0.35, color=color)
+            ax.scatter(*zip(*pts), s=12, alpha=0.45, color=color, label=f"{method}: a language x setting")
         by_setting: dict[str, list[dict]] = {}
         for r in rows:
             if r.get("retention") is not None:
@@ -171,7 +171,8 @@ def pareto_methods(rows_by_method: dict[str, list[dict]], path: str | Path,
         means = [(float(np.mean([r["retention"] for r in rs])), float(np.mean([r["rate"] for r in rs])))
                  for rs in by_setting.values() if len(rs) == len({r["lang"] for r in rows})]
         if means:
-            ax.scatter(*zip(*means), s=46, color=color, edgecolor="black", lw=0.5, label=f"{method} (mean over languages)")
+            ax.scatter(*zip(*means), s=46, color=color, edgecolor="black", lw=0.5,
+                       label=f"{method}: mean over languages (settings tried on all)")
     ax.axvline(0.9, color="grey", lw=0.6, ls="--")
     ax.axhline(0.9, color="grey", lw=0.6, ls="--")
     ax.set_xlabel("fluency retention (fluent share steered / unsteered)")
