@@ -41,7 +41,7 @@ from .evaluate.control import (
     evaluate_control,
     result_settings,
 )
-from .evaluate.sweep import SweepConfig, SweepResult, run_sweep
+from .evaluate.sweep import SweepConfig, SweepResult, run_sweep, sweep_folder
 from .model.load import DEFAULT_MODEL, DTYPES, ModelConfig, model_dtype, model_name, runtime_info
 from .provenance import peak_rss_gb
 from .results import (
@@ -53,6 +53,7 @@ from .results import (
     staging_dir,
 )
 from .steer.compare import SteerConfig, SteerPair, steer_pairs
+from .steer.methods import METHODS
 
 Echo = Callable[[str], None]
 
@@ -144,7 +145,7 @@ class Study:
             find_neurons(hooked, texts, config, cache=cache, progress=False)  # this rank's batches, gathered to rank 0
             return None
         t0 = time.perf_counter()
-        keep = ("control", "sweep", "sweep-add", "sweep-diffmean", "sweep-sparse", "analyses") if same else ()
+        keep = ("control", *(sweep_folder(m) for m in METHODS), "analyses") if same else ()
         with staged_folder(out, "find", settings, keep=keep) as stage:
             neurons, pooled, labels = find_neurons(
                 hooked, texts, config, cache=cache, checkpoint=checkpoint, store=on_disk, return_activations=True,
@@ -239,7 +240,7 @@ class Study:
         clamp, ``DIR/sweep-METHOD`` for the other methods, so the sweeps of several methods sit side by
         side and the report shows them together)."""
         cfg = config or SweepConfig()
-        out = Path(out) if out else self.dir / ("sweep" if cfg.method == "clamp" else f"sweep-{cfg.method}")
+        out = Path(out) if out else self.dir / sweep_folder(cfg.method)
         check_target(out, "sweep", result_settings(self.neurons, cfg), overwrite)
         refs = self.references(corpus)
         return run_sweep(self.model, self.neurons, refs, cfg, out, progress=self.progress, overwrite=overwrite,

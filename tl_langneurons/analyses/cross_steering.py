@@ -4,7 +4,6 @@ continuation is in the clamped language."""
 from __future__ import annotations
 
 import json
-
 import random
 from dataclasses import dataclass, field, replace
 from pathlib import Path

@@ -375,7 +375,6 @@ def run_ranked(shard: Shard | None, out: str | Path | None, kind: str, settings:
     with agreed(shard):
         if main and out is not None:
             check_target(Path(out), kind, settings, overwrite)
-    result = None
     with agreed(shard):
         result = run_into(out, kind, settings, overwrite, run, write) if main else run(None)
     return result

@@ -73,6 +73,11 @@ class SweepConfig:
             raise LangNeuronsError(f"temperature must be positive and finite (such as 0.8), got {self.temperature}")
 
 
+def sweep_folder(method: str) -> str:
+    """A sweep's default folder in the neurons folder: ``sweep`` for clamp, ``sweep-METHOD`` otherwise."""
+    return "sweep" if method == "clamp" else f"sweep-{method}"
+
+
 @dataclass
 class SweepResult:
     best: dict[str, dict]

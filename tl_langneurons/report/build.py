@@ -78,20 +78,18 @@ def build_report(directory: str | Path) -> Path:
     if (d / "steering" / "steering.md").exists():  # written by benchmarks/bench_steering.py
         parts += ["## Steering interventions compared (clamp, add, diffmean, sparse)", "",
                   _read(d / "steering" / "steering.md"), ""]
-    sweeps = sorted(p for p in d.glob("sweep*") if (p / "sweep.md").exists() and (p / "sweep.json").exists())
+    sweeps = []  # (folder, method, stages) of every sweep folder, each sweep.json read once
+    for p in sorted(d.glob("sweep*")):
+        if (p / "sweep.md").exists() and (p / "sweep.json").exists():
+            data = json.loads(_read(p / "sweep.json") or "{}")
+            sweeps.append((p, ((data.get("meta") or {}).get("config") or {}).get("method", "clamp"),
+                           data.get("stages") or []))
     if len(sweeps) > 1:  # several methods swept: every setting of every method in one figure
         from . import plots
 
-        rows_by = {}
-        for p in sweeps:
-            data = json.loads(_read(p / "sweep.json") or "{}")
-            method = ((data.get("meta") or {}).get("config") or {}).get("method", "clamp")
-            rows_by[f"{method} ({p.name})"] = data.get("stages") or []
-        plots.pareto_methods(rows_by, d / "sweeps.png")
+        plots.pareto_methods({f"{method} ({p.name})": stages for p, method, stages in sweeps}, d / "sweeps.png")
         parts += ["## Fluent steering: the methods' sweeps together", "", "![sweeps](sweeps.png)", ""]
-    for p in sweeps:
-        method = ((json.loads(_read(p / "sweep.json") or "{}").get("meta") or {}).get("config") or {}).get("method",
-                                                                                                          "clamp")
+    for p, method, _ in sweeps:
         parts += [f"## Fluent steering: {method} settings sweep ({p.name})", "",
                   f"![trade-off]({p.name}/tradeoff.png)", "", _read(p / "sweep.md"), ""]
     an = d / "analyses"

@@ -137,6 +137,17 @@ def token_strip(tokens: Sequence[str], score: np.ndarray, langs: Sequence[str], 
     _save(fig, path)
 
 
+def _finish_pareto(fig, ax, title: str, path: str | Path) -> None:
+    """The axes, 0.9 guides, title and legend of a rate-against-retention figure, then save it."""
+    ax.axvline(0.9, color="grey", lw=0.6, ls="--")
+    ax.axhline(0.9, color="grey", lw=0.6, ls="--")
+    ax.set_xlabel("fluency retention (fluent share steered / unsteered)")
+    ax.set_ylabel("target rate (lid.176 > 0.5)")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
+    _save(fig, path)
+
+
 def pareto(rows: list[dict], path: str | Path, title: str = "Target rate against fluency retention") -> None:
     """One point per setting tried: target rate (lid.176) against fluency retention, per language."""
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
@@ -145,13 +156,7 @@ def pareto(rows: list[dict], path: str | Path, title: str = "Target rate against
         pts = [(r["retention"], r["rate"]) for r in rows if r["lang"] == lang and r.get("retention") is not None]
         if pts:
             ax.scatter(*zip(*pts), label=lang, s=18)
-    ax.axvline(0.9, color="grey", lw=0.6, ls="--")
-    ax.axhline(0.9, color="grey", lw=0.6, ls="--")
-    ax.set_xlabel("fluency retention (fluent share steered / unsteered)")
-    ax.set_ylabel("target rate (lid.176 > 0.5)")
-    ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=7)
-    _save(fig, path)
+    _finish_pareto(fig, ax, title, path)
 
 
 def pareto_methods(rows_by_method: dict[str, list[dict]], path: str | Path,
@@ -173,10 +178,4 @@ def pareto_methods(rows_by_method: dict[str, list[dict]], path: str | Path,
         if means:
             ax.scatter(*zip(*means), s=46, color=color, edgecolor="black", lw=0.5,
                        label=f"{method}: mean over languages (settings tried on all)")
-    ax.axvline(0.9, color="grey", lw=0.6, ls="--")
-    ax.axhline(0.9, color="grey", lw=0.6, ls="--")
-    ax.set_xlabel("fluency retention (fluent share steered / unsteered)")
-    ax.set_ylabel("target rate (lid.176 > 0.5)")
-    ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=7)
-    _save(fig, path)
+    _finish_pareto(fig, ax, title, path)

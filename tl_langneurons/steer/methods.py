@@ -64,24 +64,28 @@ METHODS = ("clamp", "add", "diffmean", "sparse")
 POSITIONS = ("all", "last", "generated")
 Hooks = list[tuple[str, Callable]]
 
-def only_generated(hooks: Hooks) -> Hooks:
-    """The same hooks, inactive during the prompt pass."""
+
+def _inactive_when(hooks: Hooks, off: Callable[[], bool]) -> Hooks:
+    """The same hooks, leaving the activation alone in the passes where ``off()`` is true."""
     def gate(fn: Callable) -> Callable:
         def gated(x, hook):
-            return None if PROMPT_PASS.get() else fn(x, hook)
+            return None if off() else fn(x, hook)
         return gated
     return [(name, gate(fn)) for name, fn in hooks]
+
+
+def only_generated(hooks: Hooks) -> Hooks:
+    """The same hooks, inactive during the prompt pass."""
+    return _inactive_when(hooks, PROMPT_PASS.get)
 
 
 def only_first_tokens(hooks: Hooks, n: int) -> Hooks:
     """The same hooks, active only in the generation passes that write the first ``n`` tokens (steps
     0 .. n-1, step 0 being the prompt pass); outside generation they act on every pass."""
-    def gate(fn: Callable) -> Callable:
-        def gated(x, hook):
-            step = GEN_STEP.get()
-            return None if step is not None and step >= n else fn(x, hook)
-        return gated
-    return [(name, gate(fn)) for name, fn in hooks]
+    def past_n() -> bool:
+        step = GEN_STEP.get()
+        return step is not None and step >= n
+    return _inactive_when(hooks, past_n)
 
 
 def add_hooks(index: NeuronIndex, neurons: torch.Tensor, deltas: torch.Tensor) -> Hooks:
