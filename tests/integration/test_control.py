@@ -198,3 +198,15 @@ def test_sweeps_of_two_methods_sit_side_by_side_in_the_report(tiny_llama, tiny_c
     assert "## Fluent steering: clamp settings sweep (sweep)" in text
     assert "## Fluent steering: add settings sweep (sweep-add)" in text
     assert "![sweeps](sweeps.png)" in text and (tmp_path / "sweeps.png").stat().st_size > 0
+
+
+def test_setting_means_need_every_language_once():
+    """A setting scored twice for one language (a stage re-scoring the incumbent) and missing another
+    gets no mean marker; one scored on every language gets the mean of one row per language."""
+    from tl_langneurons.report.plots import setting_means
+
+    rows = [{"lang": "de", "label": "a", "rate": 1.0, "retention": 0.5},
+            {"lang": "de", "label": "a", "rate": 1.0, "retention": 0.5},
+            {"lang": "de", "label": "b", "rate": 0.2, "retention": 1.0},
+            {"lang": "ja", "label": "b", "rate": 0.6, "retention": 0.0}]
+    assert setting_means(rows) == [(0.5, pytest.approx(0.4))]

@@ -159,6 +159,18 @@ def pareto(rows: list[dict], path: str | Path, title: str = "Target rate against
     _finish_pareto(fig, ax, title, path)
 
 
+def setting_means(rows: list[dict]) -> list[tuple[float, float]]:
+    """(mean retention, mean rate) over the languages of every setting (by label) that was scored on
+    every language of ``rows``; a setting a stage scored twice for one language counts it once."""
+    langs = {r["lang"] for r in rows}
+    by_setting: dict[str, dict[str, dict]] = {}
+    for r in rows:
+        if r.get("retention") is not None:
+            by_setting.setdefault(r["label"], {})[r["lang"]] = r
+    return [(float(np.mean([r["retention"] for r in per.values()])), float(np.mean([r["rate"] for r in per.values()])))
+            for per in by_setting.values() if set(per) == langs]
+
+
 def pareto_methods(rows_by_method: dict[str, list[dict]], path: str | Path,
                    title: str = "Every setting tried, by method: target rate against fluency retention") -> None:
     """The sweeps of several methods in one figure: one point per (language, setting) tried, coloured
@@ -169,12 +181,7 @@ def pareto_methods(rows_by_method: dict[str, list[dict]], path: str | Path,
         pts = [(r["retention"], r["rate"]) for r in rows if r.get("retention") is not None]
         if pts:
             ax.scatter(*zip(*pts), s=12, alpha=0.45, color=color, label=f"{method}: a language x setting")
-        by_setting: dict[str, list[dict]] = {}
-        for r in rows:
-            if r.get("retention") is not None:
-                by_setting.setdefault(r["label"], []).append(r)
-        means = [(float(np.mean([r["retention"] for r in rs])), float(np.mean([r["rate"] for r in rs])))
-                 for rs in by_setting.values() if len(rs) == len({r["lang"] for r in rows})]
+        means = setting_means(rows)
         if means:
             ax.scatter(*zip(*means), s=46, color=color, edgecolor="black", lw=0.5,
                        label=f"{method}: mean over languages (settings tried on all)")
