@@ -199,6 +199,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .detect.distributed import exit_if_left_group
+
+    code = _main(argv)
+    exit_if_left_group(code)  # under torchrun: past the interpreter's shutdown, which gloo can abort
+    return code
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")

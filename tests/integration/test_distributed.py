@@ -126,15 +126,7 @@ def test_evaluate_and_sweep_under_torchrun_equal_one_process(tiny_dirs, tmp_path
         shutil.copytree(tmp_path / "found", tmp_path / name)
 
     def both(*args: str) -> subprocess.CompletedProcess:
-        # gloo on CPU now and then aborts a rank at exit ("terminate called without an active exception",
-        # SIGABRT, seen once in CI): then the folder is put back as it was and the run is made once more
-        shutil.copytree(tmp_path / "two", tmp_path / "two.before")
         r = _torchrun("-m", "tl_langneurons.cli", *args, "--neurons", str(tmp_path / "two"), *common)
-        if r.returncode != 0 and "terminate called without an active exception" in r.stderr:
-            shutil.rmtree(tmp_path / "two")
-            shutil.copytree(tmp_path / "two.before", tmp_path / "two")
-            r = _torchrun("-m", "tl_langneurons.cli", *args, "--neurons", str(tmp_path / "two"), *common)
-        shutil.rmtree(tmp_path / "two.before")
         assert r.returncode == 0, r.stderr[-3000:]
         assert main([*args, "--neurons", str(tmp_path / "one"), *common]) == 0
         return r
@@ -229,3 +221,7 @@ def _worker(model_dir: str, out: str) -> None:
 
 if __name__ == "__main__":
     _worker(*sys.argv[1:3])
+    # past the interpreter's shutdown, which gloo can abort (as the CLI: distributed.exit_if_left_group)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
