@@ -242,9 +242,10 @@ class Study:
         cfg = config or SweepConfig()
         out = Path(out) if out else self.dir / sweep_folder(cfg.method)
         check_target(out, "sweep", result_settings(self.neurons, cfg), overwrite)
+        held = None if cfg.heldout is None else self._heldout(cfg.heldout)  # read before the model loads
         refs = self.references(corpus)
         return run_sweep(self.model, self.neurons, refs, cfg, out, progress=self.progress, overwrite=overwrite,
-                         samples=self.samples_dir)
+                         samples=self.samples_dir, heldout=held)
 
     def steer(self, config: SteerConfig) -> list[SteerPair]:
         """The same seeds without and with the clamp."""

@@ -134,7 +134,7 @@ def test_cross_steering_nll_and_prompt_source(tiny_llama, setup, monkeypatch):
     with the same prompts and seeds); source="prompt" steers away from each row's prompt language."""
     from dataclasses import replace
 
-    from tl_langneurons.analyses.cross_steering import token_prompts
+    from tl_langneurons.steer.prompts import token_prompts
     from tl_langneurons.steer.generation import generate_many, sample_nll
     from tl_langneurons.steer.methods import SteeringConfig
 

@@ -159,6 +159,62 @@ def test_sweep_of_every_method(tiny_llama, tiny_corpus, tmp_path, method, stages
     assert f"Method {method}" in (tmp_path / "sweep.md").read_text()
 
 
+def test_sweep_on_prompts_scores_the_off_diagonal_continuations(tiny_llama, tiny_dirs, tiny_corpus, tmp_path):
+    """With --heldout the sweep scores a setting towards a language on the other languages' validation
+    prompts (disjoint from the test prompts, which are cross-steer's seed-0 prompts); a stage's rate is
+    that of the same continuations generated one by one, and the test's unsteered row is the target's
+    rate among the unsteered continuations of the test prompts. Resumes from the cells; the CLI runs it."""
+    from tl_langneurons import MultilingualCorpus
+    from tl_langneurons.cli import main
+    from tl_langneurons.evaluate.metrics import is_language
+    from tl_langneurons.evaluate.sweep import SweepConfig, run_sweep
+    from tl_langneurons.steer.methods import SteeringConfig
+    from tl_langneurons.steer.prompts import token_prompts
+
+    neurons = find_neurons(tiny_llama, tiny_corpus, k=10, progress=False)
+    held = MultilingualCorpus.bundled()
+    cfg = SweepConfig(method="add", languages=["ja"], heldout="bundled", k_fractions=["5%"], alphas=[0.5, 4.0],
+                      layer_sets=["all"], val_prompts=2, test_prompts=2, test_samples=2, max_new_tokens=4)
+    assert (cfg.val_samples, cfg.test_samples) == (1, 2)  # per prompt: 1 by default with prompts
+    res = run_sweep(tiny_llama, neurons, tiny_corpus.texts, cfg, tmp_path, progress=False)
+    tok, langs = tiny_llama.tokenizer, neurons.languages
+    prompts = res.meta["prompts"]
+    assert set(prompts["test"]) == set(langs)
+    for lang in langs:
+        assert prompts["test"][lang] == token_prompts(tok, held.texts[lang], 2, 0, lang)
+        for v in prompts["val"][lang]:
+            assert all(v[:len(t)] != t and t[:len(v)] != v for t in prompts["test"][lang])
+    assert [r["stage"] for r in res.stages] == ["k", "alpha", "alpha", "layers"]
+
+    def one_by_one(kind, seeds, hooks=()):
+        reqs = [(p, s) for src in langs if src != "ja" for p in prompts[kind][src] for s in seeds]
+        return [generate_many(tiny_llama, [r], max_new_tokens=4, fwd_hooks=hooks)[0].text for r in reqs]
+
+    for row in res.stages[1:3]:
+        steer = SteeringConfig(method="add", alpha=row["alpha"], layers=None, which="both", k=row["k"])
+        texts = one_by_one("val", [1001], steer.hooks(neurons, "ja"))
+        assert len(texts) == 2 * (len(langs) - 1)
+        assert row["rate"] == pytest.approx(sum(is_language(texts, "ja")) / len(texts))
+    none = one_by_one("test", [1, 2])
+    assert res.test[0]["setting"] == "none"
+    assert res.test[0]["rate"] == pytest.approx(sum(is_language(none, "ja")) / len(none))
+    md = (tmp_path / "sweep.md").read_text()
+    assert "from prompts of bundled" in md and "Every setting tried (validation prompts)" in md
+    again = run_sweep(tiny_llama, neurons, tiny_corpus.texts, cfg, tmp_path, progress=False)
+    assert again.meta["timings"] == {} and again.test == res.test  # resumed from the cells
+
+    # the command line: a missing held-out folder is refused (one line, exit 2) before anything is written
+    assert main(["find", "--model", str(tiny_dirs["llama"]), "--corpus", "bundled", "--n-per-lang", "12", "--k", "20",
+                 "--out", str(tmp_path / "n"), "--device", "cpu", "--quiet"]) == 0
+    common = ["sweep", "--neurons", str(tmp_path / "n"), "--languages", "de", "--method", "diffmean", "--resid-layers",
+              "1", "--alphas", "0.5", "--val-prompts", "1", "--test-prompts", "1", "--test-samples", "1",
+              "--max-new-tokens", "3", "--quiet"]
+    assert main([*common, "--heldout", str(tmp_path / "missing")]) == 2
+    assert not (tmp_path / "n" / "sweep-diffmean").exists()
+    assert main([*common, "--heldout", "bundled"]) == 0
+    assert "from prompts of bundled" in (tmp_path / "n" / "sweep-diffmean" / "sweep.md").read_text()
+
+
 def test_sweep_of_two_languages_equals_each_alone_and_shares_one_setting(tiny_llama, tiny_corpus, tmp_path):
     """Languages searched together (their cells share batches) pick what each picks alone; the shared
     setting is one of their best settings, scored on every language."""

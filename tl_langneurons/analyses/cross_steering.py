@@ -4,7 +4,6 @@ continuation is in the clamped language."""
 from __future__ import annotations
 
 import json
-import random
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -28,26 +27,7 @@ from ..provenance import write_md_json
 from ..report.tables import markdown_matrix
 from ..steer.generation import generate_many, sample_nll
 from ..steer.methods import SteeringConfig
-
-
-def prompt_of(text: str, lang: str, words: int = 5) -> str:
-    """The first words of a text (first characters for zh/ja) as a prompt."""
-    if lang in ("zh", "ja"):
-        return text[: 2 * words]
-    return " ".join(text.split()[:words])
-
-
-def token_prompts(tokenizer, texts: list[str], n: int, seed: int, lang: str, lo: int = 10, hi: int = 16) -> list[list[int]]:
-    """Prompts of ``lo``..``hi`` tokens: the first tokens of ``n`` held-out texts that are longer than
-    ``lo`` + 4 tokens (so the prompt stops inside the sentence), drawn with ``seed``; each prompt's
-    length is drawn in ``lo..hi`` and kept at least 4 tokens short of its text."""
-    rng = random.Random(f"prompt-{seed}-{lang}")
-    ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
-    long_enough = [x for x in ids if len(x) >= lo + 4]
-    if not long_enough:
-        raise LangNeuronsError(f"no held-out {lang} text has {lo + 4} tokens or more for a {lo}-{hi} token prompt")
-    picked = long_enough if len(long_enough) <= n else rng.sample(long_enough, n)
-    return [x[: min(rng.randint(lo, hi), len(x) - 4)] for x in picked]
+from ..steer.prompts import token_prompts
 
 
 def _json_matrix(m: np.ndarray) -> list:

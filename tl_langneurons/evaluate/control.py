@@ -193,7 +193,8 @@ class CellRunner:
         return self.samples_many([(lang, cond, k, seeds, steering)])[0]
 
     def samples_many(self, cells: Sequence[tuple]) -> list[list[dict]]:
-        """Samples of many cells ``(lang, cond, k, seeds[, steering])`` at once.
+        """Samples of many cells ``(lang, cond, k, seeds[, steering[, prompt]])`` at once (``prompt``:
+        token ids the cell continues, for prompted protocols; default the config's prompt).
 
         A cell is read back from ``cells_dir`` when it was made with the same settings; otherwise its
         seeds come from the sample cache, and the seeds missing from every cell are generated together,
@@ -209,7 +210,7 @@ class CellRunner:
             for seed in r["missing"]:
                 todo.setdefault((r["skey"], seed), i)
         todo_list = from_main(shard, list(todo.items()))  # rank 0's caches decide, for every rank
-        requests = [(cfg.prompt, seed) for (_, seed), _ in todo_list]
+        requests = [(res[g]["prompt"], seed) for (_, seed), g in todo_list]
         groups = [g for _, g in todo_list]
         hooks = [r["hooks"] for r in res]
         starts = list(range(0, len(requests), cfg.batch_size))
@@ -271,17 +272,19 @@ class CellRunner:
         return from_main(shard, outs)
 
     def _resolve(self, lang: str | None, cond: str, k: int, seeds: Sequence[int],
-                 steering: SteeringConfig | None = None) -> dict:
-        """A cell's settings, file, hooks, and its rows (from its file) or the seeds still to generate."""
+                 steering: SteeringConfig | None = None, prompt: Sequence[int] | None = None) -> dict:
+        """A cell's settings, file, hooks, and its rows (from its file) or the seeds still to generate.
+        ``prompt``: token ids this cell's samples continue (default: the config's prompt, BOS if None)."""
         cfg = self.cfg
         seeds = [int(s) for s in seeds]
         steer = replace(steering or cfg.steering, which=cond, k=k) if cond != "none" else None
         clamp = None if steer is None else {"lang": lang, "k": k, **steer.key()}
-        settings = {**self.base, "condition": cond, "clamp": clamp, "seeds": seeds}
+        prompt = cfg.prompt if prompt is None else [int(t) for t in prompt]
+        settings = {**self.base, "prompt": prompt, "condition": cond, "clamp": clamp, "seeds": seeds}
         key = setting_key(settings)
         sample_settings = {k: v for k, v in settings.items() if k != "seeds"}
         r = {"settings": settings, "sample_settings": sample_settings, "skey": setting_key(sample_settings),
-             "seeds": seeds, "path": None, "rows": None, "missing": [], "hooks": [],
+             "seeds": seeds, "path": None, "rows": None, "missing": [], "hooks": [], "prompt": prompt,
              "name": f"{cond}-{lang}-{k}-{key}"}
         if self.cells_dir is not None:
             path = self.cells_dir / f"{cond}-{lang if clamp else 'all'}-k{k if clamp else 0}-{key}.json"
@@ -326,7 +329,7 @@ class CellRunner:
     def meta(self) -> dict:
         return {**self.base, "distinct_thresholds": self.thresholds, "reference_nll": self.ref_nll,
                 "neurons_meta": {k: v for k, v in self.neurons.meta.items() if k != "timings"},
-                "versions": package_versions(), "timings": self.timings, "cells": self.used,
+                "versions": package_versions(), "timings": self.timings, "cells": list(dict.fromkeys(self.used)),
                 # what this run did (differs between a resumed and an uninterrupted run)
                 "run": {"protocol_seconds": self.parts, "tokens_generated": self.tokens,
                         "samples_generated": self.generated, "samples_per_rank": self.per_rank,

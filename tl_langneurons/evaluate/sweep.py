@@ -1,12 +1,13 @@
 """Find steering settings that give fluent text in the target language (beyond the paper's protocol).
 
-A staged search per language, on validation seeds. For clamp: k (as a fraction of the site's
-neurons), then the clamp scale, then the positions, then the layer subset; for add: k, alpha,
-layer subset; for diffmean: layer, alpha; for sparse: layer, K, coef; optionally a last stage that
-steers only the first N tokens (``steer_tokens``). Each stage keeps the best setting so far by the
+A staged search per language, on validation seeds from BOS or on validation prompts (``heldout``: the
+first tokens of held-out sentences of the other languages, continued while steering). For clamp: k
+(as a fraction of the site's neurons), then the clamp scale, then the positions, then the layer
+subset; for add: k, alpha, layer subset; for diffmean: layer, alpha; for sparse: layer, K, coef;
+optionally a last stage that steers only the first N tokens (``steer_tokens``). Each stage keeps the best setting so far by the
 gated rate (target language and not degenerate; ties broken by lower NLL). The best setting of
-each language, and one shared setting for all, are then reported on fresh seeds, beside the
-paper's setting.
+each language, and one shared setting for all, are then reported on fresh seeds (or fresh
+prompts), beside the paper's setting.
 """
 
 from __future__ import annotations
@@ -18,15 +19,17 @@ from pathlib import Path
 from typing import Sequence
 
 from ..config import comma_list, float_list, int_list, option
+from ..detect.corpus import MultilingualCorpus
 from ..detect.distributed import Shard
 from ..detect.distributed import context as dist_context
 from ..detect.neurons import LanguageNeurons
 from ..detect.ranking import parse_k
 from ..errors import LangNeuronsError
 from ..model.protocol import HookedModel
-from ..provenance import atomic_write_json, atomic_write_text
+from ..provenance import atomic_write_json, atomic_write_text, sha256_texts
 from ..report.tables import markdown_table
 from ..steer.methods import METHODS, SteeringConfig
+from ..steer.prompts import split_prompts
 from .samples import SampleStore
 from .control import CellRunner, EvaluateConfig, mean_of, result_settings, run_ranked
 
@@ -53,15 +56,28 @@ class SweepConfig:
     steer_tokens: Sequence[int] = option((), "a last stage: steer only while the first N tokens are written, these "
                                          "N searched against steering every token (none: no such stage)",
                                          parse=int_list)
-    val_samples: int = option(20, "validation samples per setting (seeds 1001..)")
-    test_samples: int = option(100, "fresh samples for the final report (seeds 1..)")
+    heldout: str | None = option(None, "search on prompts: held-out text (never used for selection; a folder, a "
+                                 ".jsonl file or bundled) whose sentences' first 10-16 tokens are continued, steered "
+                                 "towards every other language (none: from BOS)")
+    val_prompts: int = option(4, "with --heldout: validation prompts per prompt language")
+    test_prompts: int = option(20, "with --heldout: fresh prompts per prompt language for the final report (those "
+                               "of cross-steer --seed 0)")
+    val_samples: int | None = option(None, "validation samples per setting from BOS (seeds 1001..), or per prompt "
+                                     "with --heldout (none: 20 from BOS, 1 per prompt)", parse=int)
+    test_samples: int | None = option(None, "fresh samples for the final report (seeds 1..) from BOS, or per prompt "
+                                      "with --heldout (none: 100 from BOS, 5 per prompt)", parse=int)
     max_new_tokens: int = option(48, "tokens to generate")
     temperature: float = 0.8
     batch_size: int = option(100, "samples per batch")
 
     def __post_init__(self) -> None:
-        if self.val_samples < 1 or self.test_samples < 1:
-            raise LangNeuronsError("val_samples and test_samples must be at least 1")
+        prompted = self.heldout is not None
+        if self.val_samples is None:
+            self.val_samples = 1 if prompted else 20
+        if self.test_samples is None:
+            self.test_samples = 5 if prompted else 100
+        if min(self.val_samples, self.test_samples, self.val_prompts, self.test_prompts) < 1:
+            raise LangNeuronsError("val_samples, test_samples, val_prompts and test_prompts must be at least 1")
         bad = [s for s in self.scales if not (math.isfinite(s) and s > 0)]
         if bad or not self.scales:
             raise LangNeuronsError(f"--scales must be finite numbers above 0 such as 0.5,1,2, got "
@@ -92,31 +108,70 @@ class SweepResult:
 def run_sweep(model: HookedModel, neurons: LanguageNeurons, references: dict[str, list[str]] | None,
               config: SweepConfig | None = None, out: str | Path | None = None, progress: bool = True,
               overwrite: bool = False, samples: str | Path | None = None,
-              distributed: bool | None = None) -> SweepResult:
-    """Search the settings and report the best on fresh seeds; with ``out``, written there as a whole
-    (finished cells kept for resume), refusing a folder of other settings unless ``overwrite``.
+              distributed: bool | None = None, heldout: MultilingualCorpus | None = None) -> SweepResult:
+    """Search the settings and report the best on fresh seeds (or fresh prompts); with ``out``, written
+    there as a whole (finished cells kept for resume), refusing a folder of other settings unless ``overwrite``.
+
+    With ``config.heldout`` the search is on prompts: a setting towards a language is scored on the
+    continuations of the other languages' validation prompts, and the report gives the off-diagonal
+    cells of the cross-steering matrix on fresh prompts. ``heldout``: that corpus already loaded.
 
     ``distributed``: as :func:`~tl_langneurons.evaluate.control.evaluate_control`: the batches of every
     stage spread over the ranks of a process group, the same search on every rank, rank 0 writing."""
     cfg = config or SweepConfig()
+    if heldout is not None and cfg.heldout is None:
+        raise LangNeuronsError("a held-out corpus for prompts needs config.heldout naming it (what the results record)")
+    if heldout is None and cfg.heldout is not None:
+        heldout = MultilingualCorpus.load(cfg.heldout, languages=neurons.languages)
     shard = dist_context(distributed)
     return run_ranked(shard, out, "sweep", result_settings(neurons, cfg), overwrite,
-                      lambda cells: _sweep(model, neurons, references, cfg, cells, progress, SampleStore(samples), shard),
+                      lambda cells: _sweep(model, neurons, references, cfg, cells, progress, SampleStore(samples), shard,
+                                           heldout),
                       write_sweep)
 
 
+def sweep_prompts(tokenizer, neurons: LanguageNeurons, heldout: MultilingualCorpus, cfg: SweepConfig
+                  ) -> dict[str, dict[str, list[list[int]]]]:
+    """The prompts of a prompted sweep: ``{"val": {lang: prompts}, "test": {lang: prompts}}`` for every
+    language of the neurons that the held-out corpus has, from disjoint texts (test: those of
+    ``cross-steer`` with seed 0)."""
+    srcs = [l for l in neurons.languages if l in heldout.texts]
+    if len(srcs) < 2:
+        raise LangNeuronsError(f"a prompted sweep needs held-out text in at least 2 of the neurons' languages "
+                               f"({', '.join(neurons.languages)}); {cfg.heldout or 'the held-out corpus'} has "
+                               f"{', '.join(srcs) or 'none'}")
+    out: dict[str, dict[str, list[list[int]]]] = {"val": {}, "test": {}}
+    for l in srcs:
+        out["test"][l], out["val"][l] = split_prompts(tokenizer, heldout.texts[l], cfg.test_prompts, cfg.val_prompts, l)
+    return out
+
+
 def _sweep(model: HookedModel, neurons: LanguageNeurons, references: dict[str, list[str]] | None, cfg: SweepConfig,
-           cells_dir: Path | None, progress: bool, store: SampleStore, shard: Shard | None = None) -> SweepResult:
+           cells_dir: Path | None, progress: bool, store: SampleStore, shard: Shard | None = None,
+           heldout: MultilingualCorpus | None = None) -> SweepResult:
     langs = cfg.languages or neurons.languages
     ecfg = EvaluateConfig(languages=langs, samples=cfg.test_samples, max_new_tokens=cfg.max_new_tokens,
                           temperature=cfg.temperature, batch_size=cfg.batch_size, ablation_ks=[])
     cells = CellRunner(model, neurons, ecfg, references, cells_dir, progress, store, shard)
     n = neurons.index.n_neurons
     val = list(range(1001, 1001 + cfg.val_samples))
+    test_seeds = list(range(1, cfg.test_samples + 1))
     stages: list[dict] = []
+    prompts = None if heldout is None else sweep_prompts(model.tokenizer, neurons, heldout, cfg)
 
-    none_val = cells.samples(None, "none", 0, val)
-    fluent_none = {lang: cells.score(none_val, lang).fluent for lang in langs}
+    def units(lang: str, seeds: list[int]) -> list[tuple[list[int] | None, list[int]]]:
+        """What a setting towards ``lang`` is scored on: (prompt, seeds) pairs; from BOS one pair, with
+        prompts every prompt of every other language (the off-diagonal cells of cross-steering)."""
+        if prompts is None:
+            return [(None, seeds)]
+        which = prompts["val" if seeds == val else "test"]
+        return [(p, seeds) for src, ps in which.items() if src != lang for p in ps]
+
+    def unsteered(lang: str, seeds: list[int]) -> list[dict]:
+        return [r for cell in cells.samples_many([(None, "none", 0, s, None, p) for p, s in units(lang, seeds)])
+                for r in cell]
+
+    fluent_none = {lang: cells.score(unsteered(lang, val), lang).fluent for lang in langs}
 
     def steering_of(s: dict) -> SteeringConfig:
         return SteeringConfig(method=s.get("method", cfg.method), **{k: v for k, v in s.items() if k not in ("k", "method")})
@@ -131,8 +186,14 @@ def _sweep(model: HookedModel, neurons: LanguageNeurons, references: dict[str, l
                 ok.append(True)
             except LangNeuronsError:
                 ok.append(False)
-        todo = [(lang, "both", st["k"], seeds, steering_of(st)) for (lang, st), good in zip(cands, ok) if good]
-        rows_of = iter(cells.samples_many(todo))
+        todo, spans = [], []
+        for (lang, st), good in zip(cands, ok):
+            if good:
+                us = units(lang, seeds)
+                spans.append((len(todo), len(todo) + len(us)))
+                todo += [(lang, "both", st["k"], s, steering_of(st), p) for p, s in us]
+        got = cells.samples_many(todo)
+        rows_of = iter([r for cell in got[a:b] for r in cell] for a, b in spans)
         out: list[dict | None] = []
         for (lang, st), good in zip(cands, ok):
             if not good:
@@ -177,13 +238,11 @@ def _sweep(model: HookedModel, neurons: LanguageNeurons, references: dict[str, l
         key = (mean_of(rs, "gated_rate"), -mean_of(rs, "nll"))
         if shared_key is None or key > shared_key:
             shared, shared_key = {**st, "val_mean_gated_rate": key[0]}, key
-    test_seeds = list(range(1, cfg.test_samples + 1))
     test = []
-    none = cells.samples(None, "none", 0, test_seeds)
     paper = {"method": "clamp", "k": min(1000, n), "scale": 1.0, "positions": "all", "layers": None}
     fluent_test = {}
     for lang in langs:
-        sc = cells.score(none, lang)
+        sc = cells.score(unsteered(lang, test_seeds), lang)
         fluent_test[lang] = sc.fluent
         test.append({"lang": lang, "setting": "none", **sc.steering_row(sc.fluent), "retention": 1.0})
     named = [("paper clamp k=1000", {l: paper for l in langs}),
@@ -199,8 +258,11 @@ def _sweep(model: HookedModel, neurons: LanguageNeurons, references: dict[str, l
             if r is not None:
                 test.append({**r, "setting": name})
     test.sort(key=lambda r: langs.index(r["lang"]))
-    result = SweepResult(best, stages, test, {**cells.meta(), "config": asdict(cfg), "languages": langs, "notes": notes,
-                                              "shared": shared})
+    meta = {**cells.meta(), "config": asdict(cfg), "languages": langs, "notes": notes, "shared": shared}
+    if prompts is not None:
+        meta["prompts"] = {"heldout": cfg.heldout, "texts_sha": {l: sha256_texts(t) for l, t in heldout.texts.items() if l in prompts["val"]},
+                           **prompts}
+    result = SweepResult(best, stages, test, meta)
     return result
 
 
@@ -214,8 +276,8 @@ def _search_space(cfg: SweepConfig, neurons: LanguageNeurons, n: int) -> tuple[d
         if cfg.method == "clamp":
             start["scale"] = 1.0
             # from BOS with the KV cache every pass holds only the newest position: "last" equals "all"
-            positions = [p for p in cfg.positions if p != "last"] or ["all"]
-            if "last" in cfg.positions:
+            positions = list(cfg.positions) if cfg.heldout else [p for p in cfg.positions if p != "last"] or ["all"]
+            if "last" in cfg.positions and not cfg.heldout:
                 notes.append("positions=last skipped: from BOS with the KV cache it equals positions=all")
             return start, [ks, ("scale", "scale", list(cfg.scales)), ("positions", "positions", positions), layers], notes
         start["alpha"] = 1.0
@@ -274,8 +336,17 @@ def sweep_markdown(res: SweepResult) -> str:
                                     ("rate", "rate_lingua", "gated_rate", "fluent", "retention", "nll")))
         tests.append([l, *cells])
     method = res.meta["config"].get("method", "clamp")
-    out = [f"Method {method}: best setting per language, picked on validation seeds 1001.. by gated rate (ties: "
-           f"lower NLL); then the settings on fresh seeds 1..{res.meta['config']['test_samples']}", "",
+    c = res.meta["config"]
+    if c.get("heldout"):
+        protocol = (f"from prompts of {c['heldout']}: a setting towards a language continues the other languages' "
+                    f"prompts (the off-diagonal cells of cross-steering; {c['max_new_tokens']} tokens). Picked on "
+                    f"{c['val_prompts']} validation prompts per language x {c['val_samples']} seeds (1001..) by "
+                    f"gated rate (ties: lower NLL); then the settings on {c['test_prompts']} fresh prompts per "
+                    f"language x {c['test_samples']} seeds (1..); none: the unsteered continuations")
+    else:
+        protocol = (f"from BOS: picked on validation seeds 1001.. by gated rate (ties: lower NLL); then the settings "
+                    f"on fresh seeds 1..{c['test_samples']}")
+    out = [f"Method {method}, best setting per language {protocol}", "",
            markdown_table(["lang", "best setting", "val gated", "val retention"], best),
            *_shared_line(res),
            "rate: lid.176 > 0.5; lingua: the second identifier; gated: target language and fluent; fluent: share of "
@@ -289,7 +360,7 @@ def sweep_markdown(res: SweepResult) -> str:
         out += ["", "Reference NLL of real text: " + ", ".join(f"{l} {v:.2f}" for l, v in ref.items())]
     trade = [[r["lang"], r["stage"], r["label"], _f(r["rate"]), _f(r.get("rate_lingua")), _f(r["gated_rate"]),
               _f(r.get("fluent")), _f(r.get("retention")), _f(r["nll"])] for r in res.stages]
-    out += ["", "Every setting tried (validation seeds); the Pareto figure plots rate against retention:", "",
+    out += ["", f"Every setting tried (validation {'prompts' if c.get('heldout') else 'seeds'}); the Pareto figure plots rate against retention:", "",
             markdown_table(["lang", "stage", "setting", "rate", "lingua", "gated", "fluent", "retention", "NLL"], trade)]
     return "\n".join(out)
 
@@ -302,4 +373,5 @@ def write_sweep(res: SweepResult, out: str | Path) -> None:
     atomic_write_text(out / "sweep.md", sweep_markdown(res))
     atomic_write_json(out / "sweep.json", {"best": res.best, "stages": res.stages, "test": res.test, "meta": res.meta})
     plots.pareto(res.stages, out / "tradeoff.png", title=f"{res.meta['config'].get('method', 'clamp')}: target rate "
-                 "against fluency retention, one point per setting (validation seeds)")
+                 "against fluency retention, one point per setting (validation "
+                 f"{'prompts' if res.meta['config'].get('heldout') else 'seeds'})")
