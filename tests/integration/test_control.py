@@ -235,7 +235,7 @@ def test_sweep_of_two_languages_equals_each_alone_and_shares_one_setting(tiny_ll
 
 def test_sweeps_of_two_methods_sit_side_by_side_in_the_report(tiny_llama, tiny_corpus, tmp_path):
     """Study.sweep writes clamp to DIR/sweep and another method to DIR/sweep-METHOD; the report shows
-    both sections and one figure with every setting of both methods."""
+    both sections and one figure with every setting of both methods (a sweep on prompts apart)."""
     from tl_langneurons import Study
     from tl_langneurons.analyses.placement import write_analysis
     from tl_langneurons.evaluate.sweep import SweepConfig
@@ -249,11 +249,16 @@ def test_sweeps_of_two_methods_sit_side_by_side_in_the_report(tiny_llama, tiny_c
               val_samples=2, test_samples=2, max_new_tokens=4)
     study.sweep(SweepConfig(**kw))
     study.sweep(SweepConfig(method="add", **kw))
+    # a sweep on prompts gets its own section and stays out of the BOS sweeps' figure
+    study.sweep(SweepConfig(method="add", heldout="bundled", val_prompts=1, test_prompts=1,
+                            **{**kw, "val_samples": 1, "test_samples": 1}), out=tmp_path / "sweep-add-prompts")
     assert (tmp_path / "sweep" / "sweep.md").exists() and (tmp_path / "sweep-add" / "sweep.md").exists()
     text = study.report().read_text()
-    assert "## Fluent steering: clamp settings sweep (sweep)" in text
-    assert "## Fluent steering: add settings sweep (sweep-add)" in text
+    assert "## Fluent steering: clamp settings sweep from BOS (sweep)" in text
+    assert "## Fluent steering: add settings sweep from BOS (sweep-add)" in text
+    assert "## Fluent steering: add settings sweep from prompts (sweep-add-prompts)" in text
     assert "![sweeps](sweeps.png)" in text and (tmp_path / "sweeps.png").stat().st_size > 0
+    assert not (tmp_path / "sweeps-prompts.png").exists()  # one prompted sweep: no figure of several
 
 
 def test_setting_means_need_every_language_once():

@@ -78,19 +78,25 @@ def build_report(directory: str | Path) -> Path:
     if (d / "steering" / "steering.md").exists():  # written by benchmarks/bench_steering.py
         parts += ["## Steering interventions compared (clamp, add, diffmean, sparse)", "",
                   _read(d / "steering" / "steering.md"), ""]
-    sweeps = []  # (folder, method, stages) of every sweep folder, each sweep.json read once
+    sweeps = []  # (folder, method, protocol, stages) of every sweep folder, each sweep.json read once
     for p in sorted(d.glob("sweep*")):
         if (p / "sweep.md").exists() and (p / "sweep.json").exists():
             data = json.loads(_read(p / "sweep.json") or "{}")
-            sweeps.append((p, ((data.get("meta") or {}).get("config") or {}).get("method", "clamp"),
+            config = (data.get("meta") or {}).get("config") or {}
+            sweeps.append((p, config.get("method", "clamp"), "prompts" if config.get("heldout") else "BOS",
                            data.get("stages") or []))
-    if len(sweeps) > 1:  # several methods swept: every setting of every method in one figure
-        from . import plots
+    for protocol, figure in (("BOS", "sweeps.png"), ("prompts", "sweeps-prompts.png")):
+        together = [(p, method, stages) for p, method, proto, stages in sweeps if proto == protocol]
+        if len(together) > 1:  # several sweeps of one protocol: every setting of every method in one figure
+            from . import plots
 
-        plots.pareto_methods({f"{method} ({p.name})": stages for p, method, stages in sweeps}, d / "sweeps.png")
-        parts += ["## Fluent steering: the methods' sweeps together", "", "![sweeps](sweeps.png)", ""]
-    for p, method, _ in sweeps:
-        parts += [f"## Fluent steering: {method} settings sweep ({p.name})", "",
+            plots.pareto_methods({f"{method} ({p.name})": stages for p, method, stages in together}, d / figure,
+                                 title=f"Every setting tried from {protocol}, by method: target rate against "
+                                       "fluency retention")
+            parts += [f"## Fluent steering: the methods' sweeps together, from {protocol}", "",
+                      f"![sweeps]({figure})", ""]
+    for p, method, protocol, _ in sweeps:
+        parts += [f"## Fluent steering: {method} settings sweep from {protocol} ({p.name})", "",
                   f"![trade-off]({p.name}/tradeoff.png)", "", _read(p / "sweep.md"), ""]
     an = d / "analyses"
     for name, title, fig in (("deactivation", "Deactivation: loss change on held-out texts", "deactivation.png"),
