@@ -4,10 +4,10 @@ A staged search per language, on validation seeds from BOS or on validation prom
 first tokens of held-out sentences of the other languages, continued while steering). For clamp: k
 (as a fraction of the site's neurons), then the clamp scale, then the positions, then the layer
 subset; for add: k, alpha, layer subset; for diffmean: layer, alpha; for sparse: layer, K, coef;
-optionally a last stage that steers only the first N tokens (``steer_tokens``). Each stage keeps the best setting so far by the
-gated rate (target language and not degenerate; ties broken by lower NLL). The best setting of
-each language, and one shared setting for all, are then reported on fresh seeds (or fresh
-prompts), beside the paper's setting.
+optionally a last stage that steers only the first N tokens (``steer_tokens``). Each stage keeps
+the best setting so far by the gated rate (target language and not degenerate; ties broken by lower
+NLL). The best setting of each language, and one shared setting for all, are then reported on fresh
+seeds (or fresh prompts), beside the paper's setting.
 """
 
 from __future__ import annotations
@@ -154,29 +154,29 @@ def _sweep(model: HookedModel, neurons: LanguageNeurons, references: dict[str, l
                           temperature=cfg.temperature, batch_size=cfg.batch_size, ablation_ks=[])
     cells = CellRunner(model, neurons, ecfg, references, cells_dir, progress, store, shard)
     n = neurons.index.n_neurons
-    val = list(range(1001, 1001 + cfg.val_samples))
-    test_seeds = list(range(1, cfg.test_samples + 1))
+    seeds_of = {"val": list(range(1001, 1001 + cfg.val_samples)), "test": list(range(1, cfg.test_samples + 1))}
     stages: list[dict] = []
     prompts = None if heldout is None else sweep_prompts(model.tokenizer, neurons, heldout, cfg)
 
-    def units(lang: str, seeds: list[int]) -> list[tuple[list[int] | None, list[int]]]:
-        """What a setting towards ``lang`` is scored on: (prompt, seeds) pairs; from BOS one pair, with
-        prompts every prompt of every other language (the off-diagonal cells of cross-steering)."""
+    def units(lang: str, phase: str) -> list[tuple[list[int] | None, list[int]]]:
+        """What a setting towards ``lang`` is scored on in ``phase`` ("val" or "test"): (prompt, seeds)
+        pairs; from BOS one pair, with prompts every prompt of every other language (the off-diagonal
+        cells of cross-steering)."""
+        seeds = seeds_of[phase]
         if prompts is None:
             return [(None, seeds)]
-        which = prompts["val" if seeds == val else "test"]
-        return [(p, seeds) for src, ps in which.items() if src != lang for p in ps]
+        return [(p, seeds) for src, ps in prompts[phase].items() if src != lang for p in ps]
 
-    def unsteered(lang: str, seeds: list[int]) -> list[dict]:
-        return [r for cell in cells.samples_many([(None, "none", 0, s, None, p) for p, s in units(lang, seeds)])
+    def unsteered(lang: str, phase: str) -> list[dict]:
+        return [r for cell in cells.samples_many([(None, "none", 0, s, None, p) for p, s in units(lang, phase)])
                 for r in cell]
 
-    fluent_none = {lang: cells.score(unsteered(lang, val), lang).fluent for lang in langs}
+    fluent_none = {lang: cells.score(unsteered(lang, "val"), lang).fluent for lang in langs}
 
     def steering_of(s: dict) -> SteeringConfig:
         return SteeringConfig(method=s.get("method", cfg.method), **{k: v for k, v in s.items() if k not in ("k", "method")})
 
-    def evaluate_many(cands: list[tuple[str, dict]], seeds: list[int], base_fluent: dict[str, float]) -> list[dict | None]:
+    def evaluate_many(cands: list[tuple[str, dict]], phase: str, base_fluent: dict[str, float]) -> list[dict | None]:
         """Scores of (lang, setting) candidates, generated together; None where the setting does not
         apply (e.g. k larger than a layer subset)."""
         ok = []
@@ -189,7 +189,7 @@ def _sweep(model: HookedModel, neurons: LanguageNeurons, references: dict[str, l
         todo, spans = [], []
         for (lang, st), good in zip(cands, ok):
             if good:
-                us = units(lang, seeds)
+                us = units(lang, phase)
                 spans.append((len(todo), len(todo) + len(us)))
                 todo += [(lang, "both", st["k"], s, steering_of(st), p) for p, s in us]
         got = cells.samples_many(todo)
@@ -217,7 +217,7 @@ def _sweep(model: HookedModel, neurons: LanguageNeurons, references: dict[str, l
     tried: dict[str, list[dict]] = {lang: [] for lang in langs}
     for stage, key, values in stages_of:
         cands = [(lang, {**cur[lang], key: v}) for lang in langs for v in values]
-        for (lang, st), r in zip(cands, evaluate_many(cands, val, fluent_none)):
+        for (lang, st), r in zip(cands, evaluate_many(cands, "val", fluent_none)):
             if r is None:
                 continue
             tried[lang].append({"stage": stage, **r})
@@ -229,7 +229,7 @@ def _sweep(model: HookedModel, neurons: LanguageNeurons, references: dict[str, l
     # validation gated rate over every language (ties: lower mean NLL)
     options = list({json.dumps(cur[l], sort_keys=True): cur[l] for l in langs}.values())
     cands = [(lang, st) for st in options for lang in langs]
-    scores = evaluate_many(cands, val, fluent_none)
+    scores = evaluate_many(cands, "val", fluent_none)
     shared, shared_key = None, None
     for i, st in enumerate(options):
         rs = [r for r in scores[i * len(langs):(i + 1) * len(langs)] if r is not None]
@@ -242,7 +242,7 @@ def _sweep(model: HookedModel, neurons: LanguageNeurons, references: dict[str, l
     paper = {"method": "clamp", "k": min(1000, n), "scale": 1.0, "positions": "all", "layers": None}
     fluent_test = {}
     for lang in langs:
-        sc = cells.score(unsteered(lang, test_seeds), lang)
+        sc = cells.score(unsteered(lang, "test"), lang)
         fluent_test[lang] = sc.fluent
         test.append({"lang": lang, "setting": "none", **sc.steering_row(sc.fluent), "retention": 1.0})
     named = [("paper clamp k=1000", {l: paper for l in langs}),
@@ -251,7 +251,7 @@ def _sweep(model: HookedModel, neurons: LanguageNeurons, references: dict[str, l
         named.append((f"shared {cfg.method}", {l: {k: v for k, v in shared.items() if k != "val_mean_gated_rate"}
                                                for l in langs}))
     cands = [(lang, per[lang]) for _, per in named for lang in langs]
-    scores = iter(evaluate_many(cands, test_seeds, fluent_test))
+    scores = iter(evaluate_many(cands, "test", fluent_test))
     for name, per in named:
         for lang in langs:
             r = next(scores)
@@ -260,7 +260,8 @@ def _sweep(model: HookedModel, neurons: LanguageNeurons, references: dict[str, l
     test.sort(key=lambda r: langs.index(r["lang"]))
     meta = {**cells.meta(), "config": asdict(cfg), "languages": langs, "notes": notes, "shared": shared}
     if prompts is not None:
-        meta["prompts"] = {"heldout": cfg.heldout, "texts_sha": {l: sha256_texts(t) for l, t in heldout.texts.items() if l in prompts["val"]},
+        meta["prompts"] = {"heldout": cfg.heldout,
+                           "texts_sha": {l: sha256_texts(heldout.texts[l]) for l in prompts["val"]},
                            **prompts}
     result = SweepResult(best, stages, test, meta)
     return result
