@@ -125,8 +125,8 @@ def run_sweep(model: HookedModel, neurons: LanguageNeurons, references: dict[str
         heldout = MultilingualCorpus.load(cfg.heldout, languages=neurons.languages)
     shard = dist_context(distributed)
     return run_ranked(shard, out, "sweep", result_settings(neurons, cfg), overwrite,
-                      lambda cells: _sweep(model, neurons, references, cfg, cells, progress, SampleStore(samples), shard,
-                                           heldout),
+                      lambda cells: _sweep(model, neurons, references, cfg, cells, progress, SampleStore(samples),
+                                           shard, heldout),
                       write_sweep)
 
 
@@ -167,11 +167,16 @@ def _sweep(model: HookedModel, neurons: LanguageNeurons, references: dict[str, l
             return [(None, seeds)]
         return [(p, seeds) for src, ps in prompts[phase].items() if src != lang for p in ps]
 
-    def unsteered(lang: str, phase: str) -> list[dict]:
-        return [r for cell in cells.samples_many([(None, "none", 0, s, None, p) for p, s in units(lang, phase)])
-                for r in cell]
+    def unsteered(phase: str) -> dict[str, list[dict]]:
+        """Each language's unsteered samples in ``phase``, every (prompt, seeds) cell read or made once."""
+        def key(p):
+            return None if p is None else tuple(p)
+        todo = {key(p): (p, s) for lang in langs for p, s in units(lang, phase)}
+        got = dict(zip(todo, cells.samples_many([(None, "none", 0, s, None, p) for p, s in todo.values()])))
+        return {lang: [r for p, _ in units(lang, phase) for r in got[key(p)]] for lang in langs}
 
-    fluent_none = {lang: cells.score(unsteered(lang, "val"), lang).fluent for lang in langs}
+    none_val = unsteered("val")
+    fluent_none = {lang: cells.score(none_val[lang], lang).fluent for lang in langs}
 
     def steering_of(s: dict) -> SteeringConfig:
         return SteeringConfig(method=s.get("method", cfg.method), **{k: v for k, v in s.items() if k not in ("k", "method")})
@@ -186,20 +191,20 @@ def _sweep(model: HookedModel, neurons: LanguageNeurons, references: dict[str, l
                 ok.append(True)
             except LangNeuronsError:
                 ok.append(False)
+        steers = [steering_of(st) for _, st in cands]
         todo, spans = [], []
-        for (lang, st), good in zip(cands, ok):
+        for (lang, st), steer, good in zip(cands, steers, ok):
             if good:
                 us = units(lang, phase)
                 spans.append((len(todo), len(todo) + len(us)))
-                todo += [(lang, "both", st["k"], s, steering_of(st), p) for p, s in us]
+                todo += [(lang, "both", st["k"], s, steer, p) for p, s in us]
         got = cells.samples_many(todo)
         rows_of = iter([r for cell in got[a:b] for r in cell] for a, b in spans)
         out: list[dict | None] = []
-        for (lang, st), good in zip(cands, ok):
+        for (lang, st), steer, good in zip(cands, steers, ok):
             if not good:
                 out.append(None)
                 continue
-            steer = steering_of(st)
             sc = cells.score(next(rows_of), lang)
             out.append({"lang": lang, **st, "label": replace(steer, k=st["k"] if steer.neuron_level else None)
                         .resolved(neurons).label(), "k_fraction": st["k"] / n, **sc.steering_row(base_fluent[lang])})
@@ -241,8 +246,9 @@ def _sweep(model: HookedModel, neurons: LanguageNeurons, references: dict[str, l
     test = []
     paper = {"method": "clamp", "k": min(1000, n), "scale": 1.0, "positions": "all", "layers": None}
     fluent_test = {}
+    none_test = unsteered("test")
     for lang in langs:
-        sc = cells.score(unsteered(lang, "test"), lang)
+        sc = cells.score(none_test[lang], lang)
         fluent_test[lang] = sc.fluent
         test.append({"lang": lang, "setting": "none", **sc.steering_row(sc.fluent), "retention": 1.0})
     named = [("paper clamp k=1000", {l: paper for l in langs}),
@@ -322,6 +328,11 @@ def _shared_line(res: SweepResult) -> list[str]:
             f"rate, {sh['val_mean_gated_rate']:.2f}): {label}", ""]
 
 
+def _scored_on(config: dict) -> str:
+    """What a sweep of ``config`` (as recorded) scored its settings on: prompts or seeds from BOS."""
+    return "prompts" if config.get("heldout") else "seeds"
+
+
 def sweep_markdown(res: SweepResult) -> str:
     settings = list(dict.fromkeys(r["setting"] for r in res.test))
     langs = list(dict.fromkeys(r["lang"] for r in res.test))
@@ -336,8 +347,8 @@ def sweep_markdown(res: SweepResult) -> str:
             cells.append(" / ".join(_f(mean_of(rs, key)) for key in
                                     ("rate", "rate_lingua", "gated_rate", "fluent", "retention", "nll")))
         tests.append([l, *cells])
-    method = res.meta["config"].get("method", "clamp")
     c = res.meta["config"]
+    method = c.get("method", "clamp")
     if c.get("heldout"):
         protocol = (f"from prompts of {c['heldout']}: a setting towards a language continues the other languages' "
                     f"prompts (the off-diagonal cells of cross-steering; {c['max_new_tokens']} tokens). Picked on "
@@ -361,7 +372,8 @@ def sweep_markdown(res: SweepResult) -> str:
         out += ["", "Reference NLL of real text: " + ", ".join(f"{l} {v:.2f}" for l, v in ref.items())]
     trade = [[r["lang"], r["stage"], r["label"], _f(r["rate"]), _f(r.get("rate_lingua")), _f(r["gated_rate"]),
               _f(r.get("fluent")), _f(r.get("retention")), _f(r["nll"])] for r in res.stages]
-    out += ["", f"Every setting tried (validation {'prompts' if c.get('heldout') else 'seeds'}); the Pareto figure plots rate against retention:", "",
+    out += ["", f"Every setting tried (validation {_scored_on(c)}); the Pareto figure plots rate against "
+            "retention:", "",
             markdown_table(["lang", "stage", "setting", "rate", "lingua", "gated", "fluent", "retention", "NLL"], trade)]
     return "\n".join(out)
 
@@ -374,5 +386,4 @@ def write_sweep(res: SweepResult, out: str | Path) -> None:
     atomic_write_text(out / "sweep.md", sweep_markdown(res))
     atomic_write_json(out / "sweep.json", {"best": res.best, "stages": res.stages, "test": res.test, "meta": res.meta})
     plots.pareto(res.stages, out / "tradeoff.png", title=f"{res.meta['config'].get('method', 'clamp')}: target rate "
-                 "against fluency retention, one point per setting (validation "
-                 f"{'prompts' if res.meta['config'].get('heldout') else 'seeds'})")
+                 f"against fluency retention, one point per setting (validation {_scored_on(res.meta['config'])})")
