@@ -141,8 +141,11 @@ def main(argv=None) -> None:
     seeds = list(range(1, args.samples + 1))
     resolved = [(n, st.resolved(neurons)) for n, st in settings]
     todo = [(None, "none", 0, seeds, None)]
+    # source=prompt names each prompt's language (the prompted matrix); from BOS there is none, so no source
+    no_prompt = [n for n, st in resolved if st.source == "prompt"]
     for _, st in resolved:
         k = st.k if st.k is not None else neurons.k
+        st = replace(st, source=None) if st.source == "prompt" else st
         todo += [(lang, st.which, k, seeds, st) for lang in langs]
     rows = cells.samples_many(todo)
     none_rows, rows = rows[0], iter(rows[1:])
@@ -172,6 +175,8 @@ def main(argv=None) -> None:
           + ", ".join(f"{l} {v:.2f}" for l, v in cells.ref_nll.items()), "",
           table(head, body), "", "Per language: rate / gated / retention", "",
           table(["setting", *langs], per_lang)]
+    if no_prompt:
+        md += ["", f"From BOS without a source (there is no prompt language): {', '.join(no_prompt)}."]
     result = {"neurons": str(args.neurons), "bos": bos, "labels": labels, "samples": args.samples,
               "max_new_tokens": args.max_new_tokens, "references": ref_name, "thresholds": cells.thresholds,
               "reference_nll": cells.ref_nll, "settings": {n: st.key() | {"method": st.method, "k": st.k}

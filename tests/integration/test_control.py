@@ -6,6 +6,7 @@ import json
 import pytest
 
 import tl_langneurons.evaluate.control as control
+from tl_langneurons.errors import LangNeuronsError
 from tl_langneurons.detect.neurons import find_neurons
 from tl_langneurons.evaluate.control import (
     EvaluateConfig,
@@ -213,6 +214,46 @@ def test_sweep_on_prompts_scores_the_off_diagonal_continuations(tiny_llama, tiny
     assert not (tmp_path / "n" / "sweep-diffmean").exists()
     assert main([*common, "--heldout", "bundled"]) == 0
     assert "from prompts of bundled" in (tmp_path / "n" / "sweep-diffmean" / "sweep.md").read_text()
+
+
+def test_sweep_on_prompts_searches_the_prompt_as_source_and_generated_positions(tiny_llama, tiny_corpus, tmp_path):
+    """sources=none,prompt is a first stage: with "prompt" each continuation is steered away from its own
+    prompt's language (add deactivates that language's neurons), the same text as the source named
+    outright; positions=all,generated is a stage of add on prompts. Bad values are refused up front."""
+    from tl_langneurons.evaluate.metrics import is_language
+    from tl_langneurons.evaluate.sweep import SweepConfig, run_sweep
+    from tl_langneurons.steer.methods import SteeringConfig
+
+    neurons = find_neurons(tiny_llama, tiny_corpus, k=10, progress=False)
+    cfg = SweepConfig(method="add", languages=["ja"], heldout="bundled", k_fractions=["5%"], alphas=[4.0],
+                      layer_sets=["all"], sources=["none", "prompt"], positions=["all", "generated"],
+                      val_prompts=2, test_prompts=1, test_samples=1, max_new_tokens=4)
+    res = run_sweep(tiny_llama, neurons, tiny_corpus.texts, cfg, tmp_path, progress=False)
+    assert [(r["stage"], r.get("source"), r["positions"]) for r in res.stages] == [
+        ("source", None, "all"), ("source", "prompt", "all"), ("k", res.best["ja"]["source"], "all"),
+        ("alpha", res.best["ja"]["source"], "all"), ("layers", res.best["ja"]["source"], "all"),
+        ("positions", res.best["ja"]["source"], "all"), ("positions", res.best["ja"]["source"], "generated")]
+    assert "src=prompt" in res.stages[1]["label"] and "generated positions" in res.stages[-1]["label"]
+    prompts = res.meta["prompts"]["val"]
+    for row in res.stages[:2] + res.stages[-1:]:
+        texts = []
+        for src in neurons.languages:
+            if src == "ja":
+                continue
+            steer = SteeringConfig(method="add", alpha=row["alpha"], which="both", k=row["k"], positions=row["positions"],
+                                   source=src if row.get("source") == "prompt" else None)
+            texts += [generate_many(tiny_llama, [(p, 1001)], max_new_tokens=4, fwd_hooks=steer.hooks(neurons, "ja"))
+                      [0].text for p in prompts[src]]
+        assert row["rate"] == pytest.approx(sum(is_language(texts, "ja")) / len(texts)), row["label"]
+    # the source changes what is written (the prompt language's neurons are set to their off-language mean)
+    with_src = [r for r in res.stages if r["stage"] == "source"]
+    assert with_src[0]["nll"] != with_src[1]["nll"]
+    for bad, msg in [(dict(sources=["prompt"]), "needs --heldout"),
+                     (dict(sources=["de"], heldout="bundled"), "none and/or prompt"),
+                     (dict(method="clamp", sources=["none", "prompt"], heldout="bundled"), "clamp has no source"),
+                     (dict(positions=["everywhere"]), "--positions must be")]:
+        with pytest.raises(LangNeuronsError, match=msg):
+            SweepConfig(**{"method": "add", **bad})
 
 
 def test_sweep_of_two_languages_equals_each_alone_and_shares_one_setting(tiny_llama, tiny_corpus, tmp_path):

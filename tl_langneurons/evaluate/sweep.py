@@ -3,8 +3,10 @@
 A staged search per language, on validation seeds from BOS or on validation prompts (``heldout``: the
 first tokens of held-out sentences of the other languages, continued while steering). For clamp: k
 (as a fraction of the site's neurons), then the clamp scale, then the positions, then the layer
-subset; for add: k, alpha, layer subset; for diffmean: layer, alpha; for sparse: layer, K, coef;
-optionally a last stage that steers only the first N tokens (``steer_tokens``). Each stage keeps
+subset; for add: k, alpha, layer subset; for diffmean: layer, alpha; for sparse: layer, K, coef. On
+prompts, optionally a first stage that takes each prompt's language as the source (``sources``) and,
+for add, diffmean and sparse, a positions stage (``all`` against ``generated``); optionally a last
+stage that steers only the first N tokens (``steer_tokens``). Each stage keeps
 the best setting so far by the gated rate (target language and not degenerate; ties broken by lower
 NLL). The best setting of each language, and one shared setting for all, are then reported on fresh
 seeds (or fresh prompts), beside the paper's setting.
@@ -28,7 +30,7 @@ from ..errors import LangNeuronsError
 from ..model.protocol import HookedModel
 from ..provenance import atomic_write_json, atomic_write_text, sha256_texts
 from ..report.tables import markdown_table
-from ..steer.methods import METHODS, SteeringConfig
+from ..steer.methods import METHODS, POSITIONS, SteeringConfig
 from ..steer.prompts import split_prompts
 from .samples import SampleStore
 from .control import CellRunner, EvaluateConfig, mean_of, result_settings, run_ranked
@@ -42,7 +44,8 @@ class SweepConfig:
     k_fractions: Sequence[str] = option(("0.05%", "0.1%", "0.27%", "0.45%", "1%", "2.7%"),
                                         "k values searched, as fractions of the neurons", parse=comma_list)
     scales: Sequence[float] = option((0.5, 1.0, 1.5, 2.0), "clamp scales searched", parse=float_list)
-    positions: Sequence[str] = option(("all", "last"), "clamp positions searched", parse=comma_list)
+    positions: Sequence[str] = option(("all", "last"), "positions searched: all, last, generated (clamp; add, "
+                                      "diffmean and sparse only on prompts, all against generated)", parse=comma_list)
     layer_sets: Sequence[str] = option(("all", "first", "last", "ends"), "layer subsets searched", parse=comma_list)
     method: str = option("clamp", "intervention searched: clamp, add, diffmean or sparse", choices=METHODS)
     alphas: Sequence[float] = option((0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0),
@@ -53,6 +56,10 @@ class SweepConfig:
     dim_fractions: Sequence[float] = option((0.01, 0.05, 0.1), "shares of d_model overwritten (sparse)",
                                             parse=float_list)
     coefs: Sequence[float] = option((0.5, 1.0, 1.5), "coefficients searched (sparse)", parse=float_list)
+    sources: Sequence[str] = option(("none",), "with --heldout, a first stage: none, prompt (each prompt's "
+                                    "language is the source: add deactivates its neurons, diffmean and sparse steer "
+                                    "away from its mean; Gurgurov et al. and CLaS-Bench steer from a known source)",
+                                    parse=comma_list)
     steer_tokens: Sequence[int] = option((), "a last stage: steer only while the first N tokens are written, these "
                                          "N searched against steering every token (none: no such stage)",
                                          parse=int_list)
@@ -82,6 +89,17 @@ class SweepConfig:
         if bad or not self.scales:
             raise LangNeuronsError(f"--scales must be finite numbers above 0 such as 0.5,1,2, got "
                                    f"{','.join(str(s) for s in self.scales) or 'none'}")
+        bad = [p for p in self.positions if p not in POSITIONS]
+        if bad or not self.positions:
+            raise LangNeuronsError(f"--positions must be some of {','.join(POSITIONS)}, got "
+                                   f"{','.join(self.positions) or 'none'}")
+        bad = [x for x in self.sources if x not in ("none", "prompt")]
+        if bad or not self.sources:
+            raise LangNeuronsError(f"--sources must be none and/or prompt, got {','.join(self.sources) or 'none'}")
+        if "prompt" in self.sources and self.method == "clamp":
+            raise LangNeuronsError("--sources prompt is for add, diffmean and sparse; clamp has no source")
+        if "prompt" in self.sources and not prompted:
+            raise LangNeuronsError("--sources prompt needs --heldout: from BOS there is no prompt language")
         if any(n < 1 for n in self.steer_tokens):
             raise LangNeuronsError(f"--steer-tokens must be whole numbers of at least 1, got "
                                    f"{','.join(map(str, self.steer_tokens))}")
@@ -158,22 +176,22 @@ def _sweep(model: HookedModel, neurons: LanguageNeurons, references: dict[str, l
     stages: list[dict] = []
     prompts = None if heldout is None else sweep_prompts(model.tokenizer, neurons, heldout, cfg)
 
-    def units(lang: str, phase: str) -> list[tuple[list[int] | None, list[int]]]:
-        """What a setting towards ``lang`` is scored on in ``phase`` ("val" or "test"): (prompt, seeds)
-        pairs; from BOS one pair, with prompts every prompt of every other language (the off-diagonal
-        cells of cross-steering)."""
+    def units(lang: str, phase: str) -> list[tuple[str | None, list[int] | None, list[int]]]:
+        """What a setting towards ``lang`` is scored on in ``phase`` ("val" or "test"): (prompt language,
+        prompt, seeds); from BOS one (None, None, seeds), with prompts every prompt of every other language
+        (the off-diagonal cells of cross-steering)."""
         seeds = seeds_of[phase]
         if prompts is None:
-            return [(None, seeds)]
-        return [(p, seeds) for src, ps in prompts[phase].items() if src != lang for p in ps]
+            return [(None, None, seeds)]
+        return [(src, p, seeds) for src, ps in prompts[phase].items() if src != lang for p in ps]
 
     def unsteered(phase: str) -> dict[str, list[dict]]:
         """Each language's unsteered samples in ``phase``, every (prompt, seeds) cell read or made once."""
         def key(p):
             return None if p is None else tuple(p)
-        todo = {key(p): (p, s) for lang in langs for p, s in units(lang, phase)}
+        todo = {key(p): (p, s) for lang in langs for _, p, s in units(lang, phase)}
         got = dict(zip(todo, cells.samples_many([(None, "none", 0, s, None, p) for p, s in todo.values()])))
-        return {lang: [r for p, _ in units(lang, phase) for r in got[key(p)]] for lang in langs}
+        return {lang: [r for _, p, _ in units(lang, phase) for r in got[key(p)]] for lang in langs}
 
     none_val = unsteered("val")
     fluent_none = {lang: cells.score(none_val[lang], lang).fluent for lang in langs}
@@ -184,10 +202,15 @@ def _sweep(model: HookedModel, neurons: LanguageNeurons, references: dict[str, l
     def evaluate_many(cands: list[tuple[str, dict]], phase: str, base_fluent: dict[str, float]) -> list[dict | None]:
         """Scores of (lang, setting) candidates, generated together; None where the setting does not
         apply (e.g. k larger than a layer subset)."""
+        def of_unit(steer: SteeringConfig, src: str | None) -> SteeringConfig:
+            # source "prompt": the prompt's language
+            return replace(steer, source=src) if steer.source == "prompt" else steer
+
         ok = []
         for lang, st in cands:
             try:
-                cells.hooks(replace(steering_of(st), which="both", k=st["k"]), lang)
+                src = units(lang, phase)[0][0]
+                cells.hooks(replace(of_unit(steering_of(st), src), which="both", k=st["k"]), lang)
                 ok.append(True)
             except LangNeuronsError:
                 ok.append(False)
@@ -197,7 +220,7 @@ def _sweep(model: HookedModel, neurons: LanguageNeurons, references: dict[str, l
             if good:
                 us = units(lang, phase)
                 spans.append((len(todo), len(todo) + len(us)))
-                todo += [(lang, "both", st["k"], s, steer, p) for p, s in us]
+                todo += [(lang, "both", st["k"], s, of_unit(steer, src), p) for src, p, s in us]
         got = cells.samples_many(todo)
         rows_of = iter([r for cell in got[a:b] for r in cell] for a, b in spans)
         out: list[dict | None] = []
@@ -276,6 +299,9 @@ def _sweep(model: HookedModel, neurons: LanguageNeurons, references: dict[str, l
 def _search_space(cfg: SweepConfig, neurons: LanguageNeurons, n: int) -> tuple[dict, list, list[str]]:
     """The starting setting and the stages (name, field, values) searched for the method."""
     notes = []
+    first = [("source", "source", [None if x == "none" else x for x in cfg.sources])] if len(cfg.sources) > 1 else []
+    moved = [p for p in cfg.positions if p != "last"]  # add, diffmean, sparse: all or generated, on prompts
+    positions = [("positions", "positions", moved)] if cfg.heldout and len(moved) > 1 else []
     if cfg.method in ("clamp", "add"):
         start = {"method": cfg.method, "k": _fraction_k("0.45%", n), "positions": "all", "layers": None}
         ks = ("k", "k", _ks(cfg.k_fractions, n))
@@ -286,9 +312,10 @@ def _search_space(cfg: SweepConfig, neurons: LanguageNeurons, n: int) -> tuple[d
             positions = list(cfg.positions) if cfg.heldout else [p for p in cfg.positions if p != "last"] or ["all"]
             if "last" in cfg.positions and not cfg.heldout:
                 notes.append("positions=last skipped: from BOS with the KV cache it equals positions=all")
-            return start, [ks, ("scale", "scale", list(cfg.scales)), ("positions", "positions", positions), layers], notes
+            return start, [*first, ks, ("scale", "scale", list(cfg.scales)), ("positions", "positions", positions),
+                           layers], notes
         start["alpha"] = 1.0
-        return start, [ks, ("alpha", "alpha", list(cfg.alphas)), layers], notes
+        return start, [*first, ks, ("alpha", "alpha", list(cfg.alphas)), layers, *positions], notes
     means, _ = neurons.residual()
     L, d = means.shape[1], means.shape[2]
     layers = list(cfg.resid_layers) if cfg.resid_layers else sorted({round(L * f) for f in (1 / 3, 1 / 2, 2 / 3, 5 / 6)})
@@ -297,10 +324,11 @@ def _search_space(cfg: SweepConfig, neurons: LanguageNeurons, n: int) -> tuple[d
         # the layer stage runs at the weakest strength searched: on models with an outlier residual dimension
         # (Gemma-3's dim 163 sets the norm) alpha 1 x the norm breaks every layer alike
         start["alpha"] = min(cfg.alphas)
-        return start, [("layer", "layer", layers), ("alpha", "alpha", list(cfg.alphas))], notes
+        return start, [*first, ("layer", "layer", layers), ("alpha", "alpha", list(cfg.alphas)), *positions], notes
     start.update({"n_dims": max(1, round(0.05 * d)), "coef": 1.0})
     dims = sorted({max(1, round(f * d)) for f in cfg.dim_fractions})
-    return start, [("layer", "layer", layers), ("n_dims", "n_dims", dims), ("coef", "coef", list(cfg.coefs))], notes
+    return start, [*first, ("layer", "layer", layers), ("n_dims", "n_dims", dims), ("coef", "coef", list(cfg.coefs)),
+                   *positions], notes
 
 
 def _fraction_k(fraction: str, n: int) -> int:

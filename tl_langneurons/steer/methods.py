@@ -415,7 +415,8 @@ class SteeringConfig:
 
     def label(self) -> str:
         """A short readable name of the setting."""
-        return self._label() + ("" if self.steer_tokens is None else f" first {self.steer_tokens}")
+        return (self._label() + ("" if self.positions == "all" else f" {self.positions} positions")
+                + ("" if self.steer_tokens is None else f" first {self.steer_tokens}"))
 
     def _label(self) -> str:
         k = "" if self.k is None else f" k={self.k}"
@@ -427,9 +428,10 @@ class SteeringConfig:
             return f"add{k} a={self.alpha:g}" + (f" src={self.source}" if self.source else "")
         out = "" if self.outlier_factor is None else (" out=off" if not self.outlier_factor
                                                       else f" out>{self.outlier_factor:g}")
+        src = f" src={self.source}" if self.source else ""
         if self.method == "diffmean":
-            return f"diffmean L{self.layer} a={self.alpha:g}{out}"
-        return f"sparse L{self.layer} K={self.n_dims} c={self.coef:g}" + ("" if self.restore_norm else " raw") + out
+            return f"diffmean L{self.layer} a={self.alpha:g}{out}{src}"
+        return f"sparse L{self.layer} K={self.n_dims} c={self.coef:g}" + ("" if self.restore_norm else " raw") + out + src
 
     def resolved(self, neurons: LanguageNeurons) -> "SteeringConfig":
         """The config with its model-dependent defaults filled in (layer, n_dims) and the layer checked
