@@ -35,11 +35,12 @@ def test_bench_steering_equals_the_experiments(bench, tiny_dirs, tmp_path):
     for lang, texts in MultilingualCorpus.bundled().sample(4, seed=9).texts.items():
         (held / f"{lang}.txt").write_text("\n".join(texts) + "\n", encoding="utf-8")
     bench.main(["--neurons", str(out), "--setting", "paper clamp=clamp", "--setting", "dm=diffmean:layer=1,alpha=0.5",
+                "--setting", "src=add:alpha=3,source=prompt",
                 "--samples", "3", "--max-new-tokens", "4", "--heldout", str(held), "--n-prompts", "1",
-                "--prompt-samples", "2", "--prompt-tokens", "3", "--prompted-only", "dm", "--no-record", "--quiet",
+                "--prompt-samples", "2", "--prompt-tokens", "3", "--prompted-only", "dm,src", "--no-record", "--quiet",
                 "--out", str(tmp_path / "st")])
     res = json.loads((tmp_path / "st" / "steering.json").read_text())
-    assert set(res["bos"]) == {"none", "paper clamp", "dm"} and list(res["prompted"]) == ["dm"]
+    assert set(res["bos"]) == {"none", "paper clamp", "dm", "src"} and list(res["prompted"]) == ["dm", "src"]
     # the paper clamp's BOS cells are Table 2's "both" cells on the same seeds (and read from the same cache)
     study = Study(out, progress=False)
     ctl = study.evaluate(EvaluateConfig(samples=3, max_new_tokens=4, ablation_ks=[]), out=tmp_path / "ctl")
@@ -54,10 +55,16 @@ def test_bench_steering_equals_the_experiments(bench, tiny_dirs, tmp_path):
                                                           steering=SteeringConfig(method="diffmean", layer=1, alpha=0.5)))
     assert res["prompted"]["dm"]["rate"] == cross.rate.tolist()
     assert np.allclose(res["prompted"]["dm"]["nll"], cross.nll, atol=1e-9)
-    assert "From real prompts" in (tmp_path / "st" / "steering.md").read_text()
+    # source=prompt: each prompt's language deactivated in the matrix; from BOS (no prompt) no source
+    cross = study.cross_steer(str(held), CrossSteerConfig(n_prompts=1, samples=2, max_new_tokens=3,
+                                                          steering=SteeringConfig(method="add", alpha=3, source="prompt")))
+    assert np.allclose(res["prompted"]["src"]["nll"], cross.nll, atol=1e-9, equal_nan=True)
+    md = (tmp_path / "st" / "steering.md").read_text()
+    assert "From real prompts" in md and "From BOS without a source (there is no prompt language): src." in md
     # written into the neurons folder (the default --out), the comparison is a section of the report
-    bench.main(["--neurons", str(out), "--setting", "dm=diffmean:layer=1,alpha=0.5", "--samples", "3",
-                "--max-new-tokens", "4", "--no-record", "--quiet"])
+    bench.main(["--neurons", str(out), "--setting", "dm=diffmean:layer=1,alpha=0.5", "--setting", "plain=add:alpha=3",
+                "--samples", "3", "--max-new-tokens", "4", "--no-record", "--quiet"])
+    assert json.loads((out / "steering" / "steering.json").read_text())["bos"]["plain"] == res["bos"]["src"]
     assert main(["report", str(out)]) == 0
     report = (out / "report.md").read_text()
     assert "## Steering interventions compared" in report and "diffmean L1 a=0.5" in report
