@@ -219,7 +219,8 @@ def test_sweep_on_prompts_scores_the_off_diagonal_continuations(tiny_llama, tiny
 def test_sweep_on_prompts_searches_the_prompt_as_source_and_generated_positions(tiny_llama, tiny_corpus, tmp_path):
     """sources=none,prompt is a first stage: with "prompt" each continuation is steered away from its own
     prompt's language (add deactivates that language's neurons), the same text as the source named
-    outright; positions=all,generated is a stage of add on prompts. Bad values are refused up front."""
+    outright; neuron_sets=both,top follows the layers, positions=all,generated is a stage of add on
+    prompts. Bad values are refused up front."""
     from tl_langneurons.evaluate.metrics import is_language
     from tl_langneurons.evaluate.sweep import SweepConfig, run_sweep
     from tl_langneurons.steer.methods import SteeringConfig
@@ -227,31 +228,43 @@ def test_sweep_on_prompts_searches_the_prompt_as_source_and_generated_positions(
     neurons = find_neurons(tiny_llama, tiny_corpus, k=10, progress=False)
     cfg = SweepConfig(method="add", languages=["ja"], heldout="bundled", k_fractions=["5%"], alphas=[4.0],
                       layer_sets=["all"], sources=["none", "prompt"], positions=["all", "generated"],
-                      val_prompts=2, test_prompts=1, test_samples=1, max_new_tokens=4)
+                      neuron_sets=["both", "top"], val_prompts=2, test_prompts=1, test_samples=1, max_new_tokens=4)
     res = run_sweep(tiny_llama, neurons, tiny_corpus.texts, cfg, tmp_path, progress=False)
-    assert [(r["stage"], r.get("source"), r["positions"]) for r in res.stages] == [
-        ("source", None, "all"), ("source", "prompt", "all"), ("k", res.best["ja"]["source"], "all"),
-        ("alpha", res.best["ja"]["source"], "all"), ("layers", res.best["ja"]["source"], "all"),
-        ("positions", res.best["ja"]["source"], "all"), ("positions", res.best["ja"]["source"], "generated")]
+    src, which = res.best["ja"]["source"], res.best["ja"]["which"]
+    assert [(r["stage"], r.get("source"), r.get("which", "both"), r["positions"]) for r in res.stages] == [
+        ("source", None, "both", "all"), ("source", "prompt", "both", "all"), ("k", src, "both", "all"),
+        ("alpha", src, "both", "all"), ("layers", src, "both", "all"), ("which", src, "both", "all"),
+        ("which", src, "top", "all"), ("positions", src, which, "all"), ("positions", src, which, "generated")]
     assert "src=prompt" in res.stages[1]["label"] and "generated positions" in res.stages[-1]["label"]
+    assert res.stages[6]["label"].startswith("add top k=")
     prompts = res.meta["prompts"]["val"]
-    for row in res.stages[:2] + res.stages[-1:]:
+    for row in res.stages[:2] + res.stages[6:7] + res.stages[-1:]:
         texts = []
         for src in neurons.languages:
             if src == "ja":
                 continue
-            steer = SteeringConfig(method="add", alpha=row["alpha"], which="both", k=row["k"], positions=row["positions"],
-                                   source=src if row.get("source") == "prompt" else None)
+            steer = SteeringConfig(method="add", alpha=row["alpha"], which=row.get("which", "both"), k=row["k"],
+                                   positions=row["positions"], source=src if row.get("source") == "prompt" else None)
             texts += [generate_many(tiny_llama, [(p, 1001)], max_new_tokens=4, fwd_hooks=steer.hooks(neurons, "ja"))
                       [0].text for p in prompts[src]]
         assert row["rate"] == pytest.approx(sum(is_language(texts, "ja")) / len(texts)), row["label"]
     # the source changes what is written (the prompt language's neurons are set to their off-language mean)
     with_src = [r for r in res.stages if r["stage"] == "source"]
     assert with_src[0]["nll"] != with_src[1]["nll"]
+    # a single value is no stage: every setting tried has it
+    from tl_langneurons.evaluate.sweep import _search_space
+    one = SweepConfig(method="diffmean", heldout="bundled", sources=["prompt"], positions=["generated"])
+    start, stages, _ = _search_space(one, neurons, neurons.index.n_neurons)
+    assert (start["source"], start["positions"]) == ("prompt", "generated")
+    assert [s[0] for s in stages] == ["layer", "alpha"]
+    start, stages, _ = _search_space(SweepConfig(method="add", neuron_sets=["top"]), neurons, neurons.index.n_neurons)
+    assert start["which"] == "top" and "which" not in [s[0] for s in stages]
     for bad, msg in [(dict(sources=["prompt"]), "needs --heldout"),
+                     (dict(positions=["last"]), "--positions last is for clamp"),
                      (dict(sources=["de"], heldout="bundled"), "none and/or prompt"),
                      (dict(method="clamp", sources=["none", "prompt"], heldout="bundled"), "clamp has no source"),
-                     (dict(positions=["everywhere"]), "--positions must be")]:
+                     (dict(positions=["everywhere"]), "--positions must be"),
+                     (dict(neuron_sets=["middle"]), "--neuron-sets must be")]:
         with pytest.raises(LangNeuronsError, match=msg):
             SweepConfig(**{"method": "add", **bad})
 

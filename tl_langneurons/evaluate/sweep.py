@@ -3,7 +3,8 @@
 A staged search per language, on validation seeds from BOS or on validation prompts (``heldout``: the
 first tokens of held-out sentences of the other languages, continued while steering). For clamp: k
 (as a fraction of the site's neurons), then the clamp scale, then the positions, then the layer
-subset; for add: k, alpha, layer subset; for diffmean: layer, alpha; for sparse: layer, K, coef. On
+subset (then, with ``neuron_sets``, top against both); for add: k, alpha, layer subset (the same);
+for diffmean: layer, alpha; for sparse: layer, K, coef. On
 prompts, optionally a first stage that takes each prompt's language as the source (``sources``) and,
 for add, diffmean and sparse, a positions stage (``all`` against ``generated``); optionally a last
 stage that steers only the first N tokens (``steer_tokens``). Each stage keeps
@@ -56,6 +57,8 @@ class SweepConfig:
     dim_fractions: Sequence[float] = option((0.01, 0.05, 0.1), "shares of d_model overwritten (sparse)",
                                             parse=float_list)
     coefs: Sequence[float] = option((0.5, 1.0, 1.5), "coefficients searched (sparse)", parse=float_list)
+    neuron_sets: Sequence[str] = option(("both",), "neuron sets searched (clamp, add) after the layers: both, top "
+                                        "(the language's own neurons only), bottom", parse=comma_list)
     sources: Sequence[str] = option(("none",), "with --heldout, a first stage: none, prompt (each prompt's "
                                     "language is the source: add deactivates its neurons, diffmean and sparse steer "
                                     "away from its mean; Gurgurov et al. and CLaS-Bench steer from a known source)",
@@ -93,9 +96,15 @@ class SweepConfig:
         if bad or not self.positions:
             raise LangNeuronsError(f"--positions must be some of {','.join(POSITIONS)}, got "
                                    f"{','.join(self.positions) or 'none'}")
+        bad = [x for x in self.neuron_sets if x not in ("both", "top", "bottom")]
+        if bad or not self.neuron_sets:
+            raise LangNeuronsError(f"--neuron-sets must be some of both,top,bottom, got "
+                                   f"{','.join(self.neuron_sets) or 'none'}")
         bad = [x for x in self.sources if x not in ("none", "prompt")]
         if bad or not self.sources:
             raise LangNeuronsError(f"--sources must be none and/or prompt, got {','.join(self.sources) or 'none'}")
+        if self.method != "clamp" and "last" in self.positions and len(self.positions) == 1:
+            raise LangNeuronsError("--positions last is for clamp; add, diffmean and sparse take all and/or generated")
         if "prompt" in self.sources and self.method == "clamp":
             raise LangNeuronsError("--sources prompt is for add, diffmean and sparse; clamp has no source")
         if "prompt" in self.sources and not prompted:
@@ -210,7 +219,7 @@ def _sweep(model: HookedModel, neurons: LanguageNeurons, references: dict[str, l
         for lang, st in cands:
             try:
                 src = units(lang, phase)[0][0]
-                cells.hooks(replace(of_unit(steering_of(st), src), which="both", k=st["k"]), lang)
+                cells.hooks(replace(of_unit(steering_of(st), src), which=st.get("which", "both"), k=st["k"]), lang)
                 ok.append(True)
             except LangNeuronsError:
                 ok.append(False)
@@ -220,7 +229,7 @@ def _sweep(model: HookedModel, neurons: LanguageNeurons, references: dict[str, l
             if good:
                 us = units(lang, phase)
                 spans.append((len(todo), len(todo) + len(us)))
-                todo += [(lang, "both", st["k"], s, of_unit(steer, src), p) for src, p, s in us]
+                todo += [(lang, st.get("which", "both"), st["k"], s, of_unit(steer, src), p) for src, p, s in us]
         got = cells.samples_many(todo)
         rows_of = iter([r for cell in got[a:b] for r in cell] for a, b in spans)
         out: list[dict | None] = []
@@ -302,10 +311,17 @@ def _search_space(cfg: SweepConfig, neurons: LanguageNeurons, n: int) -> tuple[d
     first = [("source", "source", [None if x == "none" else x for x in cfg.sources])] if len(cfg.sources) > 1 else []
     moved = [p for p in cfg.positions if p != "last"]  # add, diffmean, sparse: all or generated, on prompts
     positions = [("positions", "positions", moved)] if cfg.heldout and len(moved) > 1 else []
+    # a single value is not a stage: every setting tried has it
+    fixed = {"source": "prompt"} if list(cfg.sources) == ["prompt"] else {}
+    if cfg.method != "clamp" and moved == ["generated"]:
+        fixed["positions"] = "generated"
     if cfg.method in ("clamp", "add"):
-        start = {"method": cfg.method, "k": _fraction_k("0.45%", n), "positions": "all", "layers": None}
+        start = {"method": cfg.method, "k": _fraction_k("0.45%", n), "positions": "all", "layers": None, **fixed}
         ks = ("k", "k", _ks(cfg.k_fractions, n))
         layers = ("layers", "layers", [None if x == "all" else x for x in cfg.layer_sets])
+        sets = [("which", "which", list(cfg.neuron_sets))] if len(cfg.neuron_sets) > 1 else []
+        if sets or list(cfg.neuron_sets) != ["both"]:
+            start["which"] = cfg.neuron_sets[0]
         if cfg.method == "clamp":
             start["scale"] = 1.0
             # from BOS with the KV cache every pass holds only the newest position: "last" equals "all"
@@ -313,13 +329,13 @@ def _search_space(cfg: SweepConfig, neurons: LanguageNeurons, n: int) -> tuple[d
             if "last" in cfg.positions and not cfg.heldout:
                 notes.append("positions=last skipped: from BOS with the KV cache it equals positions=all")
             return start, [*first, ks, ("scale", "scale", list(cfg.scales)), ("positions", "positions", positions),
-                           layers], notes
+                           layers, *sets], notes
         start["alpha"] = 1.0
-        return start, [*first, ks, ("alpha", "alpha", list(cfg.alphas)), layers, *positions], notes
+        return start, [*first, ks, ("alpha", "alpha", list(cfg.alphas)), layers, *sets, *positions], notes
     means, _ = neurons.residual()
     L, d = means.shape[1], means.shape[2]
     layers = list(cfg.resid_layers) if cfg.resid_layers else sorted({round(L * f) for f in (1 / 3, 1 / 2, 2 / 3, 5 / 6)})
-    start = {"method": cfg.method, "k": neurons.k, "layer": round(0.6 * L)}
+    start = {"method": cfg.method, "k": neurons.k, "layer": round(0.6 * L), **fixed}
     if cfg.method == "diffmean":
         # the layer stage runs at the weakest strength searched: on models with an outlier residual dimension
         # (Gemma-3's dim 163 sets the norm) alpha 1 x the norm breaks every layer alike

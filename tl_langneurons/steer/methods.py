@@ -420,6 +420,8 @@ class SteeringConfig:
 
     def _label(self) -> str:
         k = "" if self.k is None else f" k={self.k}"
+        if self.neuron_level and self.which != "both":
+            k = f" {self.which}{k}"
         if self.layers not in (None, "all"):  # the layer subset the k neurons are chosen in
             k += f" layers={self.layers if isinstance(self.layers, str) else ','.join(map(str, self.layers))}"
         if self.method == "clamp":
