@@ -41,7 +41,7 @@ from .evaluate.control import (
     evaluate_control,
     result_settings,
 )
-from .evaluate.sweep import SweepConfig, SweepResult, run_sweep, sweep_folder
+from .evaluate.sweep import check_sweep, SweepConfig, SweepResult, run_sweep, sweep_folder
 from .model.load import DEFAULT_MODEL, DTYPES, ModelConfig, model_dtype, model_name, runtime_info
 from .provenance import peak_rss_gb
 from .results import (
@@ -242,6 +242,7 @@ class Study:
         cfg = config or SweepConfig()
         out = Path(out) if out else self.dir / sweep_folder(cfg.method)
         check_target(out, "sweep", result_settings(self.neurons, cfg), overwrite)
+        check_sweep(cfg, self.neurons)
         held = None if cfg.heldout is None else self._heldout(cfg.heldout)  # read before the model loads
         refs = self.references(corpus)
         return run_sweep(self.model, self.neurons, refs, cfg, out, progress=self.progress, overwrite=overwrite,

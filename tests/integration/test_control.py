@@ -251,6 +251,9 @@ def test_sweep_on_prompts_searches_the_prompt_as_source_and_generated_positions(
     # the source changes what is written (the prompt language's neurons are set to their off-language mean)
     with_src = [r for r in res.stages if r["stage"] == "source"]
     assert with_src[0]["nll"] != with_src[1]["nll"]
+    with pytest.raises(LangNeuronsError, match="layer range '0-99'"):  # refused before anything runs
+        run_sweep(tiny_llama, neurons, None, SweepConfig(method="add", layer_sets=["all", "0-99"]), tmp_path / "bad")
+    assert not (tmp_path / "bad").exists()
     # a single value is no stage: every setting tried has it
     from tl_langneurons.evaluate.sweep import _search_space
     one = SweepConfig(method="diffmean", heldout="bundled", sources=["prompt"], positions=["generated"])

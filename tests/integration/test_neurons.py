@@ -235,5 +235,12 @@ def test_layer_subsets(found):
     assert neurons.ap[li][sel].min() >= neurons.ap[li][in_last].sort(descending=True).values[4]
     with pytest.raises(LangNeuronsError, match="unknown layer subset 'middle'"):
         neurons.selected("de", layers="middle")
+    # a band A-B (both ends in it): the per-layer curves of a sweep's --layer-sets
+    assert neurons.layer_subset("1-2") == [1, 2] and neurons.layer_subset("1-1") == [1]
+    sel, _ = neurons.selected("de", "top", k=5, layers="1-2")
+    assert sel.tolist() == neurons.selected("de", "top", k=5, layers=[1, 2])[0].tolist()
+    for bad in ("2-1", "1-3"):
+        with pytest.raises(LangNeuronsError, match="must be A-B with A <= B <= 2"):
+            neurons.layer_subset(bad)
     with pytest.raises(LangNeuronsError, match="larger than the number of neurons \\(48\\)"):
         neurons.selected("de", k=49, layers="first")

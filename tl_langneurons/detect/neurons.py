@@ -313,15 +313,22 @@ class LanguageNeurons:
             raise LangNeuronsError(f"no neurons for language {lang!r}; this result has {', '.join(self.languages)}")
 
     def layer_subset(self, layers: str | Sequence[int] | None) -> list[int] | None:
-        """Layer numbers of a subset: all (None), first / last quarter, ends (both), or a list."""
+        """Layer numbers of a subset: all (None), first / last quarter, ends (both), a range ``"A-B"``
+        (A to B, both included: a band of layers, for per-layer curves), or a list."""
         if layers is None or layers == "all":
             return None
         n = self.index.n_layers
         q = max(1, n // 4)
         named = {"first": list(range(q)), "last": list(range(n - q, n)), "ends": list(range(q)) + list(range(n - q, n))}
         if isinstance(layers, str):
+            a, dash, b = layers.partition("-")
+            if dash and a.strip().isdigit() and b.strip().isdigit():
+                if not int(a) <= int(b) < n:
+                    raise LangNeuronsError(f"layer range {layers!r} must be A-B with A <= B <= {n - 1}")
+                return list(range(int(a), int(b) + 1))
             if layers not in named:
-                raise LangNeuronsError(f"unknown layer subset {layers!r}; use all, first, last, ends or a list of layers")
+                raise LangNeuronsError(f"unknown layer subset {layers!r}; use all, first, last, ends, a range A-B or "
+                                       "a list of layers")
             return named[layers]
         out = sorted({int(l) for l in layers})
         if not out or out[0] < 0 or out[-1] >= n:

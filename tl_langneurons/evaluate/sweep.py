@@ -47,7 +47,8 @@ class SweepConfig:
     scales: Sequence[float] = option((0.5, 1.0, 1.5, 2.0), "clamp scales searched", parse=float_list)
     positions: Sequence[str] = option(("all", "last"), "positions searched: all, last, generated (clamp; add, "
                                       "diffmean and sparse only on prompts, all against generated)", parse=comma_list)
-    layer_sets: Sequence[str] = option(("all", "first", "last", "ends"), "layer subsets searched", parse=comma_list)
+    layer_sets: Sequence[str] = option(("all", "first", "last", "ends"), "layer subsets searched: all, first, last, "
+                                       "ends (quarters of the depth) or bands A-B such as 0-5", parse=comma_list)
     method: str = option("clamp", "intervention searched: clamp, add, diffmean or sparse", choices=METHODS)
     alphas: Sequence[float] = option((0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0),
                                      "strengths searched (add, diffmean; diffmean's layer stage uses the smallest)",
@@ -146,6 +147,7 @@ def run_sweep(model: HookedModel, neurons: LanguageNeurons, references: dict[str
     ``distributed``: as :func:`~tl_langneurons.evaluate.control.evaluate_control`: the batches of every
     stage spread over the ranks of a process group, the same search on every rank, rank 0 writing."""
     cfg = config or SweepConfig()
+    check_sweep(cfg, neurons)
     if heldout is not None and cfg.heldout is None:
         raise LangNeuronsError("a held-out corpus for prompts needs config.heldout naming it (what the results record)")
     if heldout is None and cfg.heldout is not None:
@@ -155,6 +157,13 @@ def run_sweep(model: HookedModel, neurons: LanguageNeurons, references: dict[str
                       lambda cells: _sweep(model, neurons, references, cfg, cells, progress, SampleStore(samples),
                                            shard, heldout),
                       write_sweep)
+
+
+def check_sweep(cfg: SweepConfig, neurons: LanguageNeurons) -> None:
+    """What the config asks of the neurons, checked before the model loads: the layer subsets exist."""
+    if cfg.method in ("clamp", "add"):
+        for x in cfg.layer_sets:
+            neurons.layer_subset(x)
 
 
 def sweep_prompts(tokenizer, neurons: LanguageNeurons, heldout: MultilingualCorpus, cfg: SweepConfig
