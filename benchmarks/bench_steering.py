@@ -18,6 +18,8 @@ seeds or prompts), gated rate (target and fluent) and NLL under the unsteered mo
 A setting is ``NAME=METHOD[:key=value,...]`` with the fields of
 :class:`~tl_langneurons.steer.methods.SteeringConfig` (``k``, ``which``, ``scale``, ``alpha``,
 ``layer``, ``n_dims``, ``coef``, ``restore_norm``, ``source``, ``positions``, ``outlier_factor``).
+``--sweep-best NAME=DIR`` adds a setting of each language's own: the per-language best of the sweep
+in DIR (its ``sweep.json``), towards each target that target's setting.
 """
 
 from __future__ import annotations
@@ -89,6 +91,20 @@ def parse_setting(spec: str) -> tuple[str, SteeringConfig]:
     return name.strip(), SteeringConfig(**kw)
 
 
+def sweep_best(spec: str) -> tuple[str, dict[str, SteeringConfig]]:
+    """``NAME=DIR`` -> (NAME, {lang: the per-language best setting of the sweep in DIR})."""
+    name, sep, path = spec.partition("=")
+    f = Path(path.strip()) / "sweep.json"
+    if not sep or not name.strip():
+        raise LangNeuronsError(f"--sweep-best must be NAME=DIR (a sweep's folder), got {spec!r}")
+    try:
+        best = json.loads(f.read_text(encoding="utf-8"))["best"]
+    except (OSError, ValueError, KeyError) as e:
+        raise LangNeuronsError(f"--sweep-best {name}: {f} is not a sweep's result ({e})") from None
+    return name.strip(), {lang: SteeringConfig(**{k: v for k, v in st.items() if k in FIELDS})
+                          for lang, st in best.items()}
+
+
 def _f(v, fmt=".2f") -> str:
     return "-" if v is None or (isinstance(v, float) and not np.isfinite(v)) else format(v, fmt)
 
@@ -97,6 +113,8 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--neurons", required=True, help="a find output folder with residual means")
     ap.add_argument("--setting", action="append", default=[], help="NAME=METHOD[:key=value,...] (repeat)")
+    ap.add_argument("--sweep-best", action="append", default=[],
+                    help="NAME=DIR: each language's best setting of the sweep in DIR (repeat)")
     ap.add_argument("--samples", type=int, default=100, help="BOS seeds per language (the paper: 100)")
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--corpus", default=None, help="reference texts for the gate (default: the find corpus)")
@@ -112,7 +130,10 @@ def main(argv=None) -> None:
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args(argv)
     try:
-        settings = [parse_setting(s) for s in args.setting] or [("paper clamp", SteeringConfig())]
+        sweep_sets = dict(sweep_best(s) for s in args.sweep_best)
+        sweep_dirs = {n: s.partition("=")[2].strip() for n, s in zip(sweep_sets, args.sweep_best)}
+        settings = [parse_setting(s) for s in args.setting] + [(n, next(iter(v.values()))) for n, v in sweep_sets.items()]
+        settings = settings or [("paper clamp", SteeringConfig())]
         names = [n for n, _ in settings]
         if len(set(names)) != len(names):
             raise LangNeuronsError(f"--setting names must differ, got {names}")
@@ -140,13 +161,21 @@ def main(argv=None) -> None:
                        store=SampleStore(study.samples_dir))
     seeds = list(range(1, args.samples + 1))
     resolved = [(n, st.resolved(neurons)) for n, st in settings]
+    per_target = {n: {lang: st.resolved(neurons) for lang, st in v.items()} for n, v in sweep_sets.items()}
+
+    def of(name: str, st: SteeringConfig, lang: str) -> SteeringConfig:
+        """The setting ``name`` towards ``lang`` (a sweep's per-language best: that language's)."""
+        return per_target[name].get(lang, st) if name in per_target else st
+
     todo = [(None, "none", 0, seeds, None)]
     # source=prompt names each prompt's language (the prompted matrix); from BOS there is none, so no source
-    no_prompt = [n for n, st in resolved if st.source == "prompt"]
-    for _, st in resolved:
-        k = st.k if st.k is not None else neurons.k
-        st = replace(st, source=None) if st.source == "prompt" else st
-        todo += [(lang, st.which, k, seeds, st) for lang in langs]
+    no_prompt = [n for n, st in resolved if any(of(n, st, l).source == "prompt" for l in langs)]
+    for name, st0 in resolved:
+        for lang in langs:
+            st = of(name, st0, lang)
+            k = st.k if st.k is not None else neurons.k
+            st = replace(st, source=None) if st.source == "prompt" else st
+            todo.append((lang, st.which, k, seeds, st))
     rows = cells.samples_many(todo)
     none_rows, rows = rows[0], iter(rows[1:])
     base = {lang: cells.score(none_rows, lang) for lang in langs}
@@ -154,7 +183,8 @@ def main(argv=None) -> None:
                                      for lang in langs}}
     labels = {"none": "no intervention"}
     for name, st in resolved:
-        labels[name] = replace(st, k=st.k if st.k is not None else (neurons.k if st.neuron_level else None)).label()
+        labels[name] = (f"each language its best of {sweep_dirs[name]}" if name in per_target else
+                        replace(st, k=st.k if st.k is not None else (neurons.k if st.neuron_level else None)).label())
         bos[name] = {}
         for lang in langs:
             sc = cells.score(next(rows), lang)
@@ -177,10 +207,16 @@ def main(argv=None) -> None:
           table(["setting", *langs], per_lang)]
     if no_prompt:
         md += ["", f"From BOS without a source (there is no prompt language): {', '.join(no_prompt)}."]
+    for n, v in per_target.items():
+        md += ["", f"{n}, towards each language: " + "; ".join(
+            f"{l} {replace(st, k=st.k if st.k is not None or not st.neuron_level else neurons.k).label()}"
+            for l, st in v.items())]
     result = {"neurons": str(args.neurons), "bos": bos, "labels": labels, "samples": args.samples,
               "max_new_tokens": args.max_new_tokens, "references": ref_name, "thresholds": cells.thresholds,
               "reference_nll": cells.ref_nll, "settings": {n: st.key() | {"method": st.method, "k": st.k}
-                                                            for n, st in resolved},
+                                                            for n, st in resolved if n not in per_target},
+              "per_language_settings": {n: {l: st.key() | {"method": st.method, "k": st.k} for l, st in v.items()}
+                                        for n, v in per_target.items()},
               "seconds_bos": t_bos, "sample_cache": {"hits": cells.store.hits, "misses": cells.store.misses}}
     prows: list[list[str]] = []
     todo_prompted = [name for name, _ in resolved if name in prompted] if args.heldout else []
@@ -218,7 +254,8 @@ def main(argv=None) -> None:
                 continue
             res = cross_steering(study.model, neurons, held, CrossSteerConfig(
                 n_prompts=args.n_prompts, samples=args.prompt_samples, max_new_tokens=args.prompt_tokens,
-                which=st.which, steering=st), progress=not args.quiet, unsteered=unsteered)
+                which=st.which, steering=st, per_target=per_target.get(name)), progress=not args.quiet,
+                unsteered=unsteered)
             off, eye = res.off_diagonal(), np.eye(len(res.languages), dtype=bool)
             diag_none = float(np.mean(res.none[eye]))
             result["prompted"][name] = res.to_json()

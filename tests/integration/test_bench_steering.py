@@ -34,13 +34,30 @@ def test_bench_steering_equals_the_experiments(bench, tiny_dirs, tmp_path):
     held.mkdir()
     for lang, texts in MultilingualCorpus.bundled().sample(4, seed=9).texts.items():
         (held / f"{lang}.txt").write_text("\n".join(texts) + "\n", encoding="utf-8")
+    # a sweep's per-language best: diffmean towards de, add towards the others
+    langs = json.loads((out / "neurons.json").read_text())["languages"]
+    best = {l: {"method": "add", "alpha": 3.0, "source": "prompt", "k": 5, "layers": None, "positions": "all",
+                "val": {"gated_rate": 0.5}} for l in langs}
+    best["de"] = {"method": "diffmean", "layer": 1, "alpha": 0.5, "k": 5}
+    (tmp_path / "sw").mkdir()
+    (tmp_path / "sw" / "sweep.json").write_text(json.dumps({"best": best}))
     bench.main(["--neurons", str(out), "--setting", "paper clamp=clamp", "--setting", "dm=diffmean:layer=1,alpha=0.5",
-                "--setting", "src=add:alpha=3,source=prompt",
+                "--setting", "src=add:alpha=3,source=prompt", "--sweep-best", f"sw={tmp_path / 'sw'}",
                 "--samples", "3", "--max-new-tokens", "4", "--heldout", str(held), "--n-prompts", "1",
-                "--prompt-samples", "2", "--prompt-tokens", "3", "--prompted-only", "dm,src", "--no-record", "--quiet",
+                "--prompt-samples", "2", "--prompt-tokens", "3", "--prompted-only", "dm,src,sw", "--no-record", "--quiet",
                 "--out", str(tmp_path / "st")])
     res = json.loads((tmp_path / "st" / "steering.json").read_text())
-    assert set(res["bos"]) == {"none", "paper clamp", "dm", "src"} and list(res["prompted"]) == ["dm", "src"]
+    assert set(res["bos"]) == {"none", "paper clamp", "dm", "src", "sw"} and list(res["prompted"]) == ["dm", "src", "sw"]
+    # each target gets its own setting: de's cells are dm's, the others src's (BOS and the prompted matrix)
+    de = langs.index("de")
+    for lang in langs:
+        assert res["bos"]["sw"][lang] == res["bos"]["dm" if lang == "de" else "src"][lang]
+    for m in ("rate", "fluent", "nll"):
+        sw, dm, src = (np.array(res["prompted"][n][m], dtype=float) for n in ("sw", "dm", "src"))
+        assert np.allclose(sw[:, de], dm[:, de], equal_nan=True)
+        assert np.allclose(np.delete(sw, de, axis=1), np.delete(src, de, axis=1), equal_nan=True)
+    assert "sw, towards each language: en add k=5 a=3 src=prompt; de diffmean L1 a=0.5" in \
+        (tmp_path / "st" / "steering.md").read_text()
     # the paper clamp's BOS cells are Table 2's "both" cells on the same seeds (and read from the same cache)
     study = Study(out, progress=False)
     ctl = study.evaluate(EvaluateConfig(samples=3, max_new_tokens=4, ablation_ks=[]), out=tmp_path / "ctl")
@@ -60,7 +77,7 @@ def test_bench_steering_equals_the_experiments(bench, tiny_dirs, tmp_path):
                                                           steering=SteeringConfig(method="add", alpha=3, source="prompt")))
     assert np.allclose(res["prompted"]["src"]["nll"], cross.nll, atol=1e-9, equal_nan=True)
     md = (tmp_path / "st" / "steering.md").read_text()
-    assert "From real prompts" in md and "From BOS without a source (there is no prompt language): src." in md
+    assert "From real prompts" in md and "From BOS without a source (there is no prompt language): src, sw." in md
     # written into the neurons folder (the default --out), the comparison is a section of the report
     bench.main(["--neurons", str(out), "--setting", "dm=diffmean:layer=1,alpha=0.5", "--setting", "plain=add:alpha=3",
                 "--samples", "3", "--max-new-tokens", "4", "--no-record", "--quiet"])
@@ -71,6 +88,9 @@ def test_bench_steering_equals_the_experiments(bench, tiny_dirs, tmp_path):
 
 
 def test_bench_steering_bad_setting(bench, capsys, tmp_path):
+    with pytest.raises(SystemExit) as e:
+        bench.main(["--neurons", str(tmp_path), "--sweep-best", f"x={tmp_path / 'nosweep'}", "--no-record"])
+    assert e.value.code == 2 and "is not a sweep's result" in capsys.readouterr().err
     for spec in ("nomethod", "x=add:alpha=big", "x=add:speed=2", "x=add:steer_tokens=2.5"):
         with pytest.raises(SystemExit) as e:
             bench.main(["--neurons", str(tmp_path), "--setting", spec, "--no-record"])

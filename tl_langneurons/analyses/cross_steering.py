@@ -145,6 +145,8 @@ class CrossSteerConfig:
     which: str = option("both", "which neurons to clamp", choices=("both", "top", "bottom"))
     # the intervention (clamp by default: the paper); its options come from SteeringConfig
     steering: SteeringConfig = field(default_factory=SteeringConfig)
+    # a setting of its own for some targets (e.g. a sweep's per-language best); the others take ``steering``
+    per_target: dict[str, SteeringConfig] | None = None
 
     def __post_init__(self) -> None:
         if min(self.n_prompts, self.samples, self.max_new_tokens) < 1:
@@ -162,7 +164,8 @@ def cross_steering(model: HookedModel, neurons: LanguageNeurons, heldout: Multil
     :func:`~tl_langneurons.steer.generation.generate_many`), the unclamped run once per source.
     Each clamped cell is judged by lid.176 and by lingua (choosing among the neurons' languages
     lingua knows), their agreement, the share of fluent (not degenerate) samples, and the NLL of its
-    samples under the unsteered model. ``steering.source == "prompt"`` uses each row's prompt language
+    samples under the unsteered model. ``per_target`` gives some targets a setting of their own (its
+    ``which`` included). ``steering.source == "prompt"`` uses each row's prompt language
     as the source (add deactivates its neurons; diffmean and sparse steer away from its mean); a cell
     whose target is the source steers without one.
 
@@ -197,7 +200,8 @@ def cross_steering(model: HookedModel, neurons: LanguageNeurons, heldout: Multil
         bar.update(1)
         for j, tgt in enumerate(langs):
             base[i, j] = np.mean(is_language(plain, tgt))
-            steer = replace(cfg.steering, which=which)
+            per = (cfg.per_target or {}).get(tgt)
+            steer = replace(cfg.steering, which=which) if per is None else per
             if steer.source == "prompt":
                 steer = replace(steer, source=src)
             if steer.source == tgt:  # no source for the cell that steers towards it
@@ -223,4 +227,12 @@ def cross_steering(model: HookedModel, neurons: LanguageNeurons, heldout: Multil
     return CrossSteeringResult(langs, rate, base, n_prompts, samples, max_new_tokens, which, neurons.k,
                                rate_lingua=rate_lingua, none_lingua=base_lingua, agreement=agree, fluent=fluent,
                                gated=gated, thresholds=thresholds, retention=retention,
-                               method=cfg.steering.resolved(neurons).label(), nll=nll, none_nll=none_nll)
+                               method=_label(cfg, neurons, langs), nll=nll, none_nll=none_nll)
+
+
+def _label(cfg: CrossSteerConfig, neurons: LanguageNeurons, langs: list[str]) -> str:
+    """The intervention's label; with per-target settings, each target's."""
+    if not cfg.per_target:
+        return cfg.steering.resolved(neurons).label()
+    return "per target: " + "; ".join(
+        f"{t} {cfg.per_target.get(t, cfg.steering).resolved(neurons).label()}" for t in langs)
