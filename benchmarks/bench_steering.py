@@ -40,6 +40,7 @@ from tl_langneurons import LangNeuronsError, MultilingualCorpus  # noqa: E402
 from tl_langneurons.analyses.cross_steering import CrossSteerConfig, cross_steering  # noqa: E402
 from tl_langneurons.evaluate.control import CellRunner, EvaluateConfig  # noqa: E402
 from tl_langneurons.evaluate.samples import SampleStore  # noqa: E402
+from tl_langneurons.evaluate.sweep import sweep_settings  # noqa: E402
 from tl_langneurons.provenance import atomic_write_text  # noqa: E402
 from tl_langneurons.steer.methods import SteeringConfig  # noqa: E402
 from tl_langneurons.study import Study  # noqa: E402
@@ -94,15 +95,12 @@ def parse_setting(spec: str) -> tuple[str, SteeringConfig]:
 def sweep_best(spec: str) -> tuple[str, dict[str, SteeringConfig]]:
     """``NAME=DIR`` -> (NAME, {lang: the per-language best setting of the sweep in DIR})."""
     name, sep, path = spec.partition("=")
-    f = Path(path.strip()) / "sweep.json"
     if not sep or not name.strip():
         raise LangNeuronsError(f"--sweep-best must be NAME=DIR (a sweep's folder), got {spec!r}")
     try:
-        best = json.loads(f.read_text(encoding="utf-8"))["best"]
-    except (OSError, ValueError, KeyError) as e:
-        raise LangNeuronsError(f"--sweep-best {name}: {f} is not a sweep's result ({e})") from None
-    return name.strip(), {lang: SteeringConfig(**{k: v for k, v in st.items() if k in FIELDS})
-                          for lang, st in best.items()}
+        return name.strip(), sweep_settings(path.strip())
+    except LangNeuronsError as e:
+        raise LangNeuronsError(f"--sweep-best {name.strip()}: {e}") from None
 
 
 def _f(v, fmt=".2f") -> str:

@@ -18,6 +18,7 @@ import contextlib
 import logging
 import os
 import sys
+from dataclasses import replace
 from typing import Iterator
 
 from .analyses.attribution import AttributionConfig
@@ -28,7 +29,7 @@ from .detect.corpus import CorpusConfig
 from .detect.neurons import FindConfig
 from .errors import LangNeuronsError
 from .evaluate.control import EvaluateConfig
-from .evaluate.sweep import SweepConfig
+from .evaluate.sweep import SweepConfig, sweep_settings
 from .model.load import ModelConfig
 from .steer.compare import SteerConfig
 from .study import DemoConfig, Study, run_demo
@@ -82,8 +83,22 @@ def cmd_find(args) -> None:
             print(study.find_summary())
 
 
+def _from_sweep(args) -> dict | None:
+    """``--from-sweep DIR``: the sweep's picks per language (read before the model loads), else None."""
+    return None if args.from_sweep is None else sweep_settings(args.from_sweep, args.sweep_pick)
+
+
 def cmd_steer(args) -> None:
     cfg = from_args(SteerConfig, args)
+    picks = _from_sweep(args)
+    if picks is not None:
+        if cfg.lang not in picks:
+            raise LangNeuronsError(f"the sweep in {args.from_sweep} has no setting for {cfg.lang!r} "
+                                   f"(it searched {', '.join(picks)})")
+        st = picks[cfg.lang]
+        if st.source == "prompt":  # the sweep steered away from each prompt's language: --source names it here
+            st = replace(st, source=cfg.steering.source)
+        cfg = replace(cfg, steering=st, which=st.which, k=st.k)
     study = _study(args)
     pairs = study.steer(cfg)
     k = cfg.k or study.neurons.k
@@ -132,12 +147,21 @@ def cmd_tokens(args) -> None:
 
 
 def cmd_cross_steer(args) -> None:
-    print(_study(args).cross_steer(args.heldout, from_args(CrossSteerConfig, args)).markdown())
+    cfg = from_args(CrossSteerConfig, args)
+    picks = _from_sweep(args)
+    if picks is not None:
+        cfg = replace(cfg, per_target=picks)
+    print(_study(args).cross_steer(args.heldout, cfg).markdown())
 
 
 _HELDOUT = "held-out corpus (never used for selection), e.g. ../shared/data/ud-dev-test"
 _OVERWRITE = ("--overwrite", dict(action="store_true", help="replace a folder that holds a run of other settings"))
 _REFERENCES = "real text for BLEU, the degeneracy gate and NLL (default: the corpus of the find run)"
+_FROM_SWEEP = [("--from-sweep", dict(default=None, metavar="DIR", help="steer with the settings a finished sweep "
+                                     "picked (its sweep.json; instead of --method and its options)")),
+               ("--sweep-pick", dict(default="best", choices=("best", "shared"),
+                                     help="with --from-sweep: each language's own setting, or the one shared by all "
+                                     "(default best)"))]
 
 # subcommand, help, function, options from configs, options of its own, whether it reads a neurons folder
 _COMMANDS = [
@@ -150,7 +174,8 @@ _COMMANDS = [
         ("--out", dict(required=True, help="output folder")),
         _OVERWRITE], False),
     ("steer", "generate with and without clamping a language's neurons", cmd_steer, (SteerConfig,), [
-        ("prompt", dict(nargs="?", default=SteerConfig.prompt, help="prompt (default: BOS only)"))], True),
+        ("prompt", dict(nargs="?", default=SteerConfig.prompt, help="prompt (default: BOS only)")), *_FROM_SWEEP],
+     True),
     ("evaluate", "the control experiment: Table 2, k ablation and samples", cmd_evaluate, (EvaluateConfig,), [
         ("--out", dict(default=None, help="output folder (default NEURONS/control)")),
         ("--corpus", dict(default=None, help=_REFERENCES)), _OVERWRITE], True),
@@ -166,7 +191,7 @@ _COMMANDS = [
     ("tokens", "per-token activation and language score of one text (heat strip)", cmd_tokens, (), [
         ("text", dict())], True),
     ("cross-steer", "prompt in one language, clamp another's neurons: target-rate matrix", cmd_cross_steer,
-     (CrossSteerConfig,), [("--heldout", dict(required=True, help=_HELDOUT))], True),
+     (CrossSteerConfig,), [("--heldout", dict(required=True, help=_HELDOUT)), *_FROM_SWEEP], True),
 ]
 
 

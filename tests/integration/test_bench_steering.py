@@ -90,7 +90,7 @@ def test_bench_steering_equals_the_experiments(bench, tiny_dirs, tmp_path):
 def test_bench_steering_bad_setting(bench, capsys, tmp_path):
     with pytest.raises(SystemExit) as e:
         bench.main(["--neurons", str(tmp_path), "--sweep-best", f"x={tmp_path / 'nosweep'}", "--no-record"])
-    assert e.value.code == 2 and "is not a sweep's result" in capsys.readouterr().err
+    assert e.value.code == 2 and "is not a finished sweep's result" in capsys.readouterr().err
     for spec in ("nomethod", "x=add:alpha=big", "x=add:speed=2", "x=add:steer_tokens=2.5"):
         with pytest.raises(SystemExit) as e:
             bench.main(["--neurons", str(tmp_path), "--setting", spec, "--no-record"])

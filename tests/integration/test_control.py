@@ -160,11 +160,12 @@ def test_sweep_of_every_method(tiny_llama, tiny_corpus, tmp_path, method, stages
     assert f"Method {method}" in (tmp_path / "sweep.md").read_text()
 
 
-def test_sweep_on_prompts_scores_the_off_diagonal_continuations(tiny_llama, tiny_dirs, tiny_corpus, tmp_path):
+def test_sweep_on_prompts_scores_the_off_diagonal_continuations(tiny_llama, tiny_dirs, tiny_corpus, tmp_path, capsys):
     """With --heldout the sweep scores a setting towards a language on the other languages' validation
     prompts (disjoint from the test prompts, which are cross-steer's seed-0 prompts); a stage's rate is
     that of the same continuations generated one by one, and the test's unsteered row is the target's
-    rate among the unsteered continuations of the test prompts. Resumes from the cells; the CLI runs it."""
+    rate among the unsteered continuations of the test prompts. Resumes from the cells; the CLI runs it,
+    and steer / cross-steer --from-sweep use its picks."""
     from tl_langneurons import MultilingualCorpus
     from tl_langneurons.cli import main
     from tl_langneurons.evaluate.metrics import is_language
@@ -214,6 +215,34 @@ def test_sweep_on_prompts_scores_the_off_diagonal_continuations(tiny_llama, tiny
     assert not (tmp_path / "n" / "sweep-diffmean").exists()
     assert main([*common, "--heldout", "bundled"]) == 0
     assert "from prompts of bundled" in (tmp_path / "n" / "sweep-diffmean" / "sweep.md").read_text()
+
+    # steer and cross-steer with the sweep's picks (--from-sweep): de at its best setting, the others the default
+    from tl_langneurons import Study
+    from tl_langneurons.analyses.cross_steering import CrossSteerConfig
+    from tl_langneurons.evaluate.sweep import sweep_settings
+
+    sw = tmp_path / "n" / "sweep-diffmean"
+    picks = sweep_settings(sw)
+    assert list(picks) == ["de"] and picks["de"].method == "diffmean" and picks["de"].layer == 1
+    assert sweep_settings(sw, "shared") == picks  # one language: its best is the shared setting
+    small = dict(n_prompts=1, samples=1, max_new_tokens=3)
+    alone = Study(tmp_path / "n", progress=False).cross_steer("bundled", CrossSteerConfig(**small, steering=picks["de"]))
+    cli = ["--n-prompts", "1", "--samples", "1", "--max-new-tokens", "3", "--quiet"]
+    assert main(["cross-steer", "--neurons", str(tmp_path / "n"), "--heldout", "bundled", "--from-sweep", str(sw),
+                 *cli]) == 0
+    got = json.loads((tmp_path / "n" / "analyses" / "cross_steering.json").read_text())
+    de = got["languages"].index("de")
+    assert got["method"].startswith("per target: ") and "de diffmean L1 a=0.5" in got["method"]
+    assert [row[de] for row in got["rate"]] == alone.rate[:, de].tolist()
+    assert [row[de] for row in got["nll"]] == pytest.approx(alone.nll[:, de].tolist(), nan_ok=True)
+    capsys.readouterr()
+    assert main(["steer", "--neurons", str(tmp_path / "n"), "--lang", "de", "--from-sweep", str(sw), "--samples", "1",
+                 "--max-new-tokens", "3", "--quiet"]) == 0
+    assert "(diffmean L1 a=0.5" in capsys.readouterr().out
+    assert main(["steer", "--neurons", str(tmp_path / "n"), "--lang", "ja", "--from-sweep", str(sw)]) == 2
+    assert "has no setting for 'ja'" in capsys.readouterr().err
+    assert main(["cross-steer", "--neurons", str(tmp_path / "n"), "--heldout", "bundled", "--from-sweep",
+                 str(tmp_path / "missing"), "--sweep-pick", "shared"]) == 2
 
 
 def test_sweep_on_prompts_searches_the_prompt_as_source_and_generated_positions(tiny_llama, tiny_corpus, tmp_path):

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -157,6 +157,35 @@ def run_sweep(model: HookedModel, neurons: LanguageNeurons, references: dict[str
                       lambda cells: _sweep(model, neurons, references, cfg, cells, progress, SampleStore(samples),
                                            shard, heldout),
                       write_sweep)
+
+
+def sweep_settings(directory: str | Path, pick: str = "best") -> dict[str, SteeringConfig]:
+    """The settings a finished sweep picked, ``{lang: SteeringConfig}``: each language's own (``best``) or
+    the one shared by all (``shared``), for ``steer``/``cross-steer --from-sweep`` and the benchmarks.
+
+    Example:
+        >>> per_lang = sweep_settings("runs/gemma/sweep-add")                      # doctest: +SKIP
+        >>> cross_steering(model, neurons, held, CrossSteerConfig(per_target=per_lang))  # doctest: +SKIP
+    """
+    if pick not in ("best", "shared"):
+        raise LangNeuronsError(f"a sweep's pick is best or shared, got {pick!r}")
+    f = Path(directory) / "sweep.json"
+    try:
+        data = json.loads(f.read_text(encoding="utf-8"))
+        best = data["best"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise LangNeuronsError(f"{f} is not a finished sweep's result ({type(e).__name__}: {e})") from None
+    names = {f.name for f in fields(SteeringConfig)}
+
+    def config(st: dict) -> SteeringConfig:
+        return SteeringConfig(**{k: v for k, v in st.items() if k in names})
+
+    if pick == "shared":
+        shared = (data.get("meta") or {}).get("shared")
+        if not shared:
+            raise LangNeuronsError(f"{f} has no shared setting (no setting applied to every language)")
+        return {lang: config(shared) for lang in best}
+    return {lang: config(st) for lang, st in best.items()}
 
 
 def check_sweep(cfg: SweepConfig, neurons: LanguageNeurons) -> None:
