@@ -128,8 +128,11 @@ def main(argv=None) -> None:
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args(argv)
     try:
-        sweep_sets = dict(sweep_best(s) for s in args.sweep_best)
-        sweep_dirs = {n: s.partition("=")[2].strip() for n, s in zip(sweep_sets, args.sweep_best)}
+        pairs = [sweep_best(s) for s in args.sweep_best]
+        sweep_sets = dict(pairs)
+        if len(sweep_sets) < len(pairs):
+            raise LangNeuronsError(f"--sweep-best names must differ, got {[n for n, _ in pairs]}")
+        sweep_dirs = {n: s.partition("=")[2].strip() for (n, _), s in zip(pairs, args.sweep_best)}
         settings = [parse_setting(s) for s in args.setting] + [(n, next(iter(v.values()))) for n, v in sweep_sets.items()]
         settings = settings or [("paper clamp", SteeringConfig())]
         names = [n for n, _ in settings]
@@ -160,6 +163,16 @@ def main(argv=None) -> None:
     seeds = list(range(1, args.samples + 1))
     resolved = [(n, st.resolved(neurons)) for n, st in settings]
     per_target = {n: {lang: st.resolved(neurons) for lang, st in v.items()} for n, v in sweep_sets.items()}
+    for n, v in per_target.items():
+        try:
+            sweep_settings(sweep_dirs[n], neurons=neurons)  # made on these neurons
+        except LangNeuronsError as e:
+            print(f"bench_steering: error: --sweep-best {n}: {e}", file=sys.stderr)
+            raise SystemExit(2)
+        if set(langs) - set(v):
+            print(f"bench_steering: error: --sweep-best {n}: the sweep searched {', '.join(v)}, not "
+                  f"{', '.join(sorted(set(langs) - set(v)))}", file=sys.stderr)
+            raise SystemExit(2)
 
     def of(name: str, st: SteeringConfig, lang: str) -> SteeringConfig:
         """The setting ``name`` towards ``lang`` (a sweep's per-language best: that language's)."""

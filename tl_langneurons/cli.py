@@ -83,14 +83,18 @@ def cmd_find(args) -> None:
             print(study.find_summary())
 
 
-def _from_sweep(args) -> dict | None:
-    """``--from-sweep DIR``: the sweep's picks per language (read before the model loads), else None."""
-    return None if args.from_sweep is None else sweep_settings(args.from_sweep, args.sweep_pick)
+def _from_sweep(args, study: Study) -> dict | None:
+    """``--from-sweep DIR``: the sweep's picks per language (read before the model loads; refused when made on
+    other neurons), else None."""
+    if args.from_sweep is None:
+        return None
+    return sweep_settings(args.from_sweep, args.sweep_pick, study.neurons)
 
 
 def cmd_steer(args) -> None:
     cfg = from_args(SteerConfig, args)
-    picks = _from_sweep(args)
+    study = _study(args)
+    picks = _from_sweep(args, study)
     if picks is not None:
         if cfg.lang not in picks:
             raise LangNeuronsError(f"the sweep in {args.from_sweep} has no setting for {cfg.lang!r} "
@@ -98,13 +102,15 @@ def cmd_steer(args) -> None:
         st = picks[cfg.lang]
         if st.source == "prompt":  # the sweep steered away from each prompt's language: --source names it here
             st = replace(st, source=cfg.steering.source)
+            if st.source is None:
+                print(f"note: the sweep steered away from each prompt's language; give --source LANG for yours "
+                      f"(now: no source)", file=sys.stderr)
         cfg = replace(cfg, steering=st, which=st.which, k=st.k)
-    study = _study(args)
     pairs = study.steer(cfg)
     k = cfg.k or study.neurons.k
     st = cfg.steering
     what = (f"{st.method} {cfg.which}-{k} neurons" if st.neuron_level else st.resolved(study.neurons).label())
-    print(f"prompt: {cfg.prompt!r}   steering: {what} towards {cfg.lang!r} ({st.label()}, positions {st.positions})\n")
+    print(f"prompt: {cfg.prompt!r}   steering: {what} towards {cfg.lang!r} ({st.label()})\n")
     for p in pairs:
         print(f"--- seed {p.without.seed}")
         print(f"  without: {' '.join(p.without.text.split())}")
@@ -148,10 +154,15 @@ def cmd_tokens(args) -> None:
 
 def cmd_cross_steer(args) -> None:
     cfg = from_args(CrossSteerConfig, args)
-    picks = _from_sweep(args)
+    study = _study(args)
+    picks = _from_sweep(args, study)
     if picks is not None:
         cfg = replace(cfg, per_target=picks)
-    print(_study(args).cross_steer(args.heldout, cfg).markdown())
+        rest = [l for l in study.neurons.languages if l not in picks]
+        if rest:
+            print(f"note: the sweep searched {', '.join(picks)}; towards {', '.join(rest)} the matrix steers with "
+                  f"{cfg.steering.label()}", file=sys.stderr)
+    print(study.cross_steer(args.heldout, cfg).markdown())
 
 
 _HELDOUT = "held-out corpus (never used for selection), e.g. ../shared/data/ud-dev-test"

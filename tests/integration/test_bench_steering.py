@@ -1,6 +1,7 @@
 """benchmarks/bench_steering.py on a tiny find folder: its BOS numbers are the control experiment's on
 the same seeds, its prompted numbers are cross_steering's, and a bad --setting is one line and exit 2."""
 
+import hashlib
 import importlib.util
 import json
 from pathlib import Path
@@ -40,7 +41,8 @@ def test_bench_steering_equals_the_experiments(bench, tiny_dirs, tmp_path):
                 "val": {"gated_rate": 0.5}} for l in langs}
     best["de"] = {"method": "diffmean", "layer": 1, "alpha": 0.5, "k": 5}
     (tmp_path / "sw").mkdir()
-    (tmp_path / "sw" / "sweep.json").write_text(json.dumps({"best": best}))
+    ap_sha = hashlib.sha256(Study(out, progress=False).neurons.ap.numpy().tobytes()).hexdigest()[:16]
+    (tmp_path / "sw" / "sweep.json").write_text(json.dumps({"best": best, "meta": {"ap_sha": ap_sha}}))
     bench.main(["--neurons", str(out), "--setting", "paper clamp=clamp", "--setting", "dm=diffmean:layer=1,alpha=0.5",
                 "--setting", "src=add:alpha=3,source=prompt", "--sweep-best", f"sw={tmp_path / 'sw'}",
                 "--samples", "3", "--max-new-tokens", "4", "--heldout", str(held), "--n-prompts", "1",

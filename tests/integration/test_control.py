@@ -225,6 +225,9 @@ def test_sweep_on_prompts_scores_the_off_diagonal_continuations(tiny_llama, tiny
     picks = sweep_settings(sw)
     assert list(picks) == ["de"] and picks["de"].method == "diffmean" and picks["de"].layer == 1
     assert sweep_settings(sw, "shared") == picks  # one language: its best is the shared setting
+    assert sweep_settings(sw, neurons=Study(tmp_path / "n", progress=False).neurons) == picks
+    with pytest.raises(LangNeuronsError, match="made on other neurons"):
+        sweep_settings(sw, neurons=neurons)  # the fixture's neurons, not the folder's
     small = dict(n_prompts=1, samples=1, max_new_tokens=3)
     alone = Study(tmp_path / "n", progress=False).cross_steer("bundled", CrossSteerConfig(**small, steering=picks["de"]))
     cli = ["--n-prompts", "1", "--samples", "1", "--max-new-tokens", "3", "--quiet"]
@@ -291,12 +294,20 @@ def test_sweep_on_prompts_searches_the_prompt_as_source_and_generated_positions(
     assert [s[0] for s in stages] == ["layer", "alpha"]
     start, stages, _ = _search_space(SweepConfig(method="add", neuron_sets=["top"]), neurons, neurons.index.n_neurons)
     assert start["which"] == "top" and "which" not in [s[0] for s in stages]
+    # from BOS the residual and add methods steer every position (generated differs only at BOS itself)
+    start, stages, notes = _search_space(SweepConfig(method="add", positions=["all", "generated"]), neurons,
+                                         neurons.index.n_neurons)
+    assert start["positions"] == "all" and "positions" not in [s[0] for s in stages] and "from BOS" in notes[0]
+    start, stages, _ = _search_space(SweepConfig(method="clamp", positions=["generated"], heldout="bundled"), neurons,
+                                     neurons.index.n_neurons)
+    assert start["positions"] == "generated" and "positions" not in [s[0] for s in stages]
     for bad, msg in [(dict(sources=["prompt"]), "needs --heldout"),
                      (dict(positions=["last"]), "--positions last is for clamp"),
                      (dict(sources=["de"], heldout="bundled"), "none and/or prompt"),
                      (dict(method="clamp", sources=["none", "prompt"], heldout="bundled"), "clamp has no source"),
                      (dict(positions=["everywhere"]), "--positions must be"),
-                     (dict(neuron_sets=["middle"]), "--neuron-sets must be")]:
+                     (dict(neuron_sets=["middle"]), "--neuron-sets must be"),
+                     (dict(method="sparse", neuron_sets=["top"]), "--neuron-sets is for clamp and add")]:
         with pytest.raises(LangNeuronsError, match=msg):
             SweepConfig(**{"method": "add", **bad})
 
@@ -316,6 +327,14 @@ def test_sweep_of_two_languages_equals_each_alone_and_shares_one_setting(tiny_ll
         assert [r for r in both.stages if r["lang"] == lang] == alone.stages
     shared = {k: v for k, v in both.meta["shared"].items() if k != "val_mean_gated_rate"}
     assert shared in [{k: v for k, v in both.best[l].items() if k != "val"} for l in ("de", "ja")]
+    # what --from-sweep reads back: each language's best, or the shared setting for both
+    from tl_langneurons.evaluate.sweep import sweep_settings, write_sweep
+    from tl_langneurons.steer.methods import SteeringConfig
+
+    write_sweep(both, tmp_path / "s")
+    as_config = lambda st: SteeringConfig(**{k: v for k, v in st.items() if k not in ("val", "val_mean_gated_rate")})
+    assert sweep_settings(tmp_path / "s") == {l: as_config(both.best[l]) for l in ("de", "ja")}
+    assert sweep_settings(tmp_path / "s", "shared") == {l: as_config(both.meta["shared"]) for l in ("de", "ja")}
     assert sorted(r["lang"] for r in both.test if r["setting"] == "shared diffmean") == ["de", "ja"]
 
 

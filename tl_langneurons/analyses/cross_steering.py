@@ -235,4 +235,4 @@ def _label(cfg: CrossSteerConfig, neurons: LanguageNeurons, langs: list[str]) ->
     if not cfg.per_target:
         return cfg.steering.resolved(neurons).label()
     return "per target: " + "; ".join(
-        f"{t} {cfg.per_target.get(t, cfg.steering).resolved(neurons).label()}" for t in langs)
+        f"{t} {cfg.per_target.get(t, replace(cfg.steering, which=cfg.which)).resolved(neurons).label()}" for t in langs)

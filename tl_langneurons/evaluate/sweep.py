@@ -15,6 +15,7 @@ seeds (or fresh prompts), beside the paper's setting.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -104,8 +105,10 @@ class SweepConfig:
         bad = [x for x in self.sources if x not in ("none", "prompt")]
         if bad or not self.sources:
             raise LangNeuronsError(f"--sources must be none and/or prompt, got {','.join(self.sources) or 'none'}")
-        if self.method != "clamp" and "last" in self.positions and len(self.positions) == 1:
+        if self.method != "clamp" and list(self.positions) == ["last"]:
             raise LangNeuronsError("--positions last is for clamp; add, diffmean and sparse take all and/or generated")
+        if self.method not in ("clamp", "add") and list(self.neuron_sets) != ["both"]:
+            raise LangNeuronsError(f"--neuron-sets is for clamp and add; {self.method} steers the residual stream")
         if "prompt" in self.sources and self.method == "clamp":
             raise LangNeuronsError("--sources prompt is for add, diffmean and sparse; clamp has no source")
         if "prompt" in self.sources and not prompted:
@@ -159,9 +162,11 @@ def run_sweep(model: HookedModel, neurons: LanguageNeurons, references: dict[str
                       write_sweep)
 
 
-def sweep_settings(directory: str | Path, pick: str = "best") -> dict[str, SteeringConfig]:
+def sweep_settings(directory: str | Path, pick: str = "best", neurons: LanguageNeurons | None = None
+                   ) -> dict[str, SteeringConfig]:
     """The settings a finished sweep picked, ``{lang: SteeringConfig}``: each language's own (``best``) or
     the one shared by all (``shared``), for ``steer``/``cross-steer --from-sweep`` and the benchmarks.
+    With ``neurons``, a sweep made on other neurons (another AP: model, corpus or sites) is refused.
 
     Example:
         >>> per_lang = sweep_settings("runs/gemma/sweep-add")                      # doctest: +SKIP
@@ -176,6 +181,11 @@ def sweep_settings(directory: str | Path, pick: str = "best") -> dict[str, Steer
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise LangNeuronsError(f"{f} is not a finished sweep's result ({type(e).__name__}: {e})") from None
     names = {f.name for f in fields(SteeringConfig)}
+    if neurons is not None:
+        made_on = (data.get("meta") or {}).get("ap_sha")
+        if made_on != hashlib.sha256(neurons.ap.numpy().tobytes()).hexdigest()[:16]:
+            raise LangNeuronsError(f"the sweep in {directory} was made on other neurons (AP {made_on}); its settings "
+                                   "(k, layers) do not carry over: sweep these neurons")
 
     def config(st: dict) -> SteeringConfig:
         return SteeringConfig(**{k: v for k, v in st.items() if k in names})
@@ -348,7 +358,12 @@ def _search_space(cfg: SweepConfig, neurons: LanguageNeurons, n: int) -> tuple[d
     notes = []
     first = [("source", "source", [None if x == "none" else x for x in cfg.sources])] if len(cfg.sources) > 1 else []
     moved = [p for p in cfg.positions if p != "last"]  # add, diffmean, sparse: all or generated, on prompts
-    positions = [("positions", "positions", moved)] if cfg.heldout and len(moved) > 1 else []
+    if cfg.method != "clamp" and "last" in cfg.positions and cfg.positions != SweepConfig.positions:
+        notes.append(f"positions=last skipped: it is for clamp, not {cfg.method}")
+    if not cfg.heldout and cfg.method != "clamp" and moved != ["all"]:
+        notes.append("positions: every position steered: from BOS, generated equals all but for BOS itself")
+        moved = ["all"]
+    positions = [("positions", "positions", moved)] if len(moved) > 1 else []
     # a single value is not a stage: every setting tried has it
     fixed = {"source": "prompt"} if list(cfg.sources) == ["prompt"] else {}
     if cfg.method != "clamp" and moved == ["generated"]:
@@ -366,8 +381,10 @@ def _search_space(cfg: SweepConfig, neurons: LanguageNeurons, n: int) -> tuple[d
             positions = list(cfg.positions) if cfg.heldout else [p for p in cfg.positions if p != "last"] or ["all"]
             if "last" in cfg.positions and not cfg.heldout:
                 notes.append("positions=last skipped: from BOS with the KV cache it equals positions=all")
-            return start, [*first, ks, ("scale", "scale", list(cfg.scales)), ("positions", "positions", positions),
-                           layers, *sets], notes
+            if len(positions) == 1:  # no stage: every setting tried has it
+                start["positions"] = positions[0]
+            stage = [("positions", "positions", positions)] if len(positions) > 1 else []
+            return start, [*first, ks, ("scale", "scale", list(cfg.scales)), *stage, layers, *sets], notes
         start["alpha"] = 1.0
         return start, [*first, ks, ("alpha", "alpha", list(cfg.alphas)), layers, *sets, *positions], notes
     means, _ = neurons.residual()
