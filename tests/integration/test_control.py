@@ -118,8 +118,8 @@ def test_sweep_end_to_end(tiny_llama, tiny_corpus, tmp_path):
                       layer_sets=["all", "first"], val_samples=2, test_samples=3, max_new_tokens=4)
     res = run_sweep(tiny_llama, neurons, tiny_corpus.texts, cfg, tmp_path, progress=False)
     assert set(res.best) == {"de"} and res.best["de"]["k"] in (3, 7)
-    # positions=last equals all from BOS with the KV cache, so only "all" is tried (and noted)
-    assert [r["stage"] for r in res.stages] == ["k", "k", "scale", "scale", "positions", "layers", "layers"]
+    # positions=last equals all from BOS with the KV cache, so only "all" is left (noted): one value, no stage
+    assert [r["stage"] for r in res.stages] == ["k", "k", "scale", "scale", "layers", "layers"]
     assert "positions=last skipped" in (tmp_path / "sweep.md").read_text()
     assert [r["setting"] for r in res.test] == ["none", "paper clamp k=1000", "best clamp", "shared clamp"]
     # one language: the shared setting is its best one, and it scores the same on the test seeds
