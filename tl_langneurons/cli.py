@@ -18,7 +18,6 @@ import contextlib
 import logging
 import os
 import sys
-from dataclasses import replace
 from typing import Iterator
 
 from .analyses.attribution import AttributionConfig
@@ -31,7 +30,7 @@ from .errors import LangNeuronsError
 from .evaluate.control import EvaluateConfig
 from .evaluate.sweep import SweepConfig, sweep_settings
 from .model.load import ModelConfig
-from .steer.compare import SteerConfig
+from .steer.compare import SteerConfig, with_sweep_pick
 from .study import DemoConfig, Study, run_demo
 
 
@@ -88,7 +87,7 @@ def _from_sweep(args, study: Study) -> dict | None:
     other neurons), else None."""
     if args.from_sweep is None:
         return None
-    return sweep_settings(args.from_sweep, args.sweep_pick, study.neurons)
+    return sweep_settings(args.from_sweep, args.sweep_pick or "best", study.neurons)
 
 
 def cmd_steer(args) -> None:
@@ -96,16 +95,9 @@ def cmd_steer(args) -> None:
     study = _study(args)
     picks = _from_sweep(args, study)
     if picks is not None:
-        if cfg.lang not in picks:
-            raise LangNeuronsError(f"the sweep in {args.from_sweep} has no setting for {cfg.lang!r} "
-                                   f"(it searched {', '.join(picks)})")
-        st = picks[cfg.lang]
-        if st.source == "prompt":  # the sweep steered away from each prompt's language: --source names it here
-            st = replace(st, source=cfg.steering.source)
-            if st.source is None:
-                print(f"note: the sweep steered away from each prompt's language; give --source LANG for yours "
-                      f"(now: no source)", file=sys.stderr)
-        cfg = replace(cfg, steering=st, which=st.which, k=st.k)
+        cfg, note = with_sweep_pick(cfg, picks, f"the sweep in {args.from_sweep}")
+        if note:
+            print(f"note: {note}", file=sys.stderr)
     pairs = study.steer(cfg)
     k = cfg.k or study.neurons.k
     st = cfg.steering
@@ -153,11 +145,10 @@ def cmd_tokens(args) -> None:
 
 
 def cmd_cross_steer(args) -> None:
-    cfg = from_args(CrossSteerConfig, args)
     study = _study(args)
     picks = _from_sweep(args, study)
+    cfg = from_args(CrossSteerConfig, args, per_target=picks)
     if picks is not None:
-        cfg = replace(cfg, per_target=picks)
         rest = [l for l in study.neurons.languages if l not in picks]
         if rest:
             print(f"note: the sweep searched {', '.join(picks)}; towards {', '.join(rest)} the matrix steers with "
@@ -170,7 +161,7 @@ _OVERWRITE = ("--overwrite", dict(action="store_true", help="replace a folder th
 _REFERENCES = "real text for BLEU, the degeneracy gate and NLL (default: the corpus of the find run)"
 _FROM_SWEEP = [("--from-sweep", dict(default=None, metavar="DIR", help="steer with the settings a finished sweep "
                                      "picked (its sweep.json; instead of --method and its options)")),
-               ("--sweep-pick", dict(default="best", choices=("best", "shared"),
+               ("--sweep-pick", dict(default=None, choices=("best", "shared"),
                                      help="with --from-sweep: each language's own setting, or the one shared by all "
                                      "(default best)"))]
 

@@ -39,6 +39,21 @@ class SteerConfig:
                                 prompt=self.prompt or None)
 
 
+def with_sweep_pick(config: SteerConfig, picks: dict[str, SteeringConfig], where: str = "the sweep"
+                    ) -> tuple[SteerConfig, str | None]:
+    """``config`` steering with a sweep's pick for its language (``picks`` from
+    :func:`~tl_langneurons.evaluate.sweep.sweep_settings`), and a note to show or None. A pick that steered
+    away from each prompt's language (``source="prompt"``) takes ``config.steering.source`` as the source here."""
+    if config.lang not in picks:
+        raise LangNeuronsError(f"{where} has no setting for {config.lang!r} (it searched {', '.join(picks)})")
+    st, note = picks[config.lang], None
+    if st.source == "prompt":
+        st = replace(st, source=config.steering.source)
+        if st.source is None:
+            note = "the sweep steered away from each prompt's language; give --source LANG for yours (now: no source)"
+    return replace(config, steering=st, which=st.which, k=st.k), note
+
+
 @dataclass
 class SteerPair:
     without: Sample
