@@ -294,10 +294,10 @@ def test_sweep_on_prompts_searches_the_prompt_as_source_and_generated_positions(
     assert [s[0] for s in stages] == ["layer", "alpha"]
     start, stages, _ = _search_space(SweepConfig(method="add", neuron_sets=["top"]), neurons, neurons.index.n_neurons)
     assert start["which"] == "top" and "which" not in [s[0] for s in stages]
-    # from BOS the residual and add methods steer every position (generated differs only at BOS itself)
-    start, stages, notes = _search_space(SweepConfig(method="add", positions=["all", "generated"]), neurons,
-                                         neurons.index.n_neurons)
-    assert start["positions"] == "all" and "positions" not in [s[0] for s in stages] and "from BOS" in notes[0]
+    # from BOS too: generated leaves the BOS position unsteered
+    start, stages, _ = _search_space(SweepConfig(method="add", positions=["all", "generated"]), neurons,
+                                     neurons.index.n_neurons)
+    assert start["positions"] == "all" and stages[-1] == ("positions", "positions", ["all", "generated"])
     start, stages, _ = _search_space(SweepConfig(method="clamp", positions=["generated"], heldout="bundled"), neurons,
                                      neurons.index.n_neurons)
     assert start["positions"] == "generated" and "positions" not in [s[0] for s in stages]

@@ -5,9 +5,9 @@ first tokens of held-out sentences of the other languages, continued while steer
 (as a fraction of the site's neurons), then the clamp scale, then the positions, then the layer
 subset (then, with ``neuron_sets``, top against both); for add: k, alpha, layer subset (the same);
 for diffmean: layer, alpha; for sparse: layer, K, coef. On
-prompts, optionally a first stage that takes each prompt's language as the source (``sources``) and,
-for add, diffmean and sparse, a positions stage (``all`` against ``generated``); optionally a last
-stage that steers only the first N tokens (``steer_tokens``). Each stage keeps
+prompts, optionally a first stage that takes each prompt's language as the source (``sources``); for
+add, diffmean and sparse, a positions stage (``all`` against ``generated``: from BOS, generated leaves
+the BOS position alone); optionally a last stage that steers only the first N tokens (``steer_tokens``). Each stage keeps
 the best setting so far by the gated rate (target language and not degenerate; ties broken by lower
 NLL). The best setting of each language, and one shared setting for all, are then reported on fresh
 seeds (or fresh prompts), beside the paper's setting.
@@ -46,8 +46,8 @@ class SweepConfig:
     k_fractions: Sequence[str] = option(("0.05%", "0.1%", "0.27%", "0.45%", "1%", "2.7%"),
                                         "k values searched, as fractions of the neurons", parse=comma_list)
     scales: Sequence[float] = option((0.5, 1.0, 1.5, 2.0), "clamp scales searched", parse=float_list)
-    positions: Sequence[str] = option(("all", "last"), "positions searched: all, last, generated (clamp; add, "
-                                      "diffmean and sparse only on prompts, all against generated)", parse=comma_list)
+    positions: Sequence[str] = option(("all", "last"), "positions searched: all, last (clamp), generated (the "
+                                      "prompt, or BOS alone, left unsteered)", parse=comma_list)
     layer_sets: Sequence[str] = option(("all", "first", "last", "ends"), "layer subsets searched: all, first, last, "
                                        "ends (quarters of the depth) or bands A-B such as 0-5", parse=comma_list)
     method: str = option("clamp", "intervention searched: clamp, add, diffmean or sparse", choices=METHODS)
@@ -357,12 +357,9 @@ def _search_space(cfg: SweepConfig, neurons: LanguageNeurons, n: int) -> tuple[d
     """The starting setting and the stages (name, field, values) searched for the method."""
     notes = []
     first = [("source", "source", [None if x == "none" else x for x in cfg.sources])] if len(cfg.sources) > 1 else []
-    moved = [p for p in cfg.positions if p != "last"]  # add, diffmean, sparse: all or generated, on prompts
-    if cfg.method != "clamp" and "last" in cfg.positions and cfg.positions != SweepConfig.positions:
+    moved = [p for p in cfg.positions if p != "last"]  # add, diffmean, sparse: all or generated
+    if cfg.method != "clamp" and "last" in cfg.positions and tuple(cfg.positions) != tuple(SweepConfig.positions):
         notes.append(f"positions=last skipped: it is for clamp, not {cfg.method}")
-    if not cfg.heldout and cfg.method != "clamp" and moved != ["all"]:
-        notes.append("positions: every position steered: from BOS, generated equals all but for BOS itself")
-        moved = ["all"]
     positions = [("positions", "positions", moved)] if len(moved) > 1 else []
     # a single value is not a stage: every setting tried has it
     fixed = {"source": "prompt"} if list(cfg.sources) == ["prompt"] else {}
