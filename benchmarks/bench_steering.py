@@ -185,7 +185,7 @@ def main(argv=None) -> None:
         for lang in langs:
             st = of(name, st0, lang)
             k = st.k if st.k is not None else neurons.k
-            st = replace(st, source=None) if st.source == "prompt" else st
+            st = st.for_prompt(None)
             todo.append((lang, st.which, k, seeds, st))
     rows = cells.samples_many(todo)
     none_rows, rows = rows[0], iter(rows[1:])

@@ -201,11 +201,7 @@ def cross_steering(model: HookedModel, neurons: LanguageNeurons, heldout: Multil
         for j, tgt in enumerate(langs):
             base[i, j] = np.mean(is_language(plain, tgt))
             per = (cfg.per_target or {}).get(tgt)
-            steer = replace(cfg.steering, which=which) if per is None else per
-            if steer.source == "prompt":
-                steer = replace(steer, source=src)
-            if steer.source == tgt:  # no source for the cell that steers towards it
-                steer = replace(steer, source=None)
+            steer = (replace(cfg.steering, which=which) if per is None else per).for_prompt(src, tgt)
             hooks = steer.hooks(neurons, tgt)
             out = generate_many(model, requests, max_new_tokens=max_new_tokens, fwd_hooks=hooks)
             texts = [s.text for s in out]

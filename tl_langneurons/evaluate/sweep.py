@@ -180,7 +180,7 @@ def sweep_settings(directory: str | Path, pick: str = "best", neurons: LanguageN
         best = data["best"]
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise LangNeuronsError(f"{f} is not a finished sweep's result ({type(e).__name__}: {e})") from None
-    names = {f.name for f in fields(SteeringConfig)}
+    names = {field_.name for field_ in fields(SteeringConfig)}
     if neurons is not None:
         made_on = (data.get("meta") or {}).get("ap_sha")
         if made_on != hashlib.sha256(neurons.ap.numpy().tobytes()).hexdigest()[:16]:
@@ -259,25 +259,21 @@ def _sweep(model: HookedModel, neurons: LanguageNeurons, references: dict[str, l
     def evaluate_many(cands: list[tuple[str, dict]], phase: str, base_fluent: dict[str, float]) -> list[dict | None]:
         """Scores of (lang, setting) candidates, generated together; None where the setting does not
         apply (e.g. k larger than a layer subset)."""
-        def of_unit(steer: SteeringConfig, src: str | None) -> SteeringConfig:
-            # source "prompt": the prompt's language
-            return replace(steer, source=src) if steer.source == "prompt" else steer
-
+        steers = [steering_of(st) for _, st in cands]
         ok = []
-        for lang, st in cands:
+        for (lang, st), steer in zip(cands, steers):
             try:
                 src = units(lang, phase)[0][0]
-                cells.hooks(replace(of_unit(steering_of(st), src), which=st.get("which", "both"), k=st["k"]), lang)
+                cells.hooks(replace(steer.for_prompt(src), which=st.get("which", "both"), k=st["k"]), lang)
                 ok.append(True)
             except LangNeuronsError:
                 ok.append(False)
-        steers = [steering_of(st) for _, st in cands]
         todo, spans = [], []
         for (lang, st), steer, good in zip(cands, steers, ok):
             if good:
                 us = units(lang, phase)
                 spans.append((len(todo), len(todo) + len(us)))
-                todo += [(lang, st.get("which", "both"), st["k"], s, of_unit(steer, src), p) for src, p, s in us]
+                todo += [(lang, st.get("which", "both"), st["k"], s, steer.for_prompt(src), p) for src, p, s in us]
         got = cells.samples_many(todo)
         rows_of = iter([r for cell in got[a:b] for r in cell] for a, b in spans)
         out: list[dict | None] = []
@@ -357,14 +353,20 @@ def _search_space(cfg: SweepConfig, neurons: LanguageNeurons, n: int) -> tuple[d
     """The starting setting and the stages (name, field, values) searched for the method."""
     notes = []
     first = [("source", "source", [None if x == "none" else x for x in cfg.sources])] if len(cfg.sources) > 1 else []
-    moved = [p for p in cfg.positions if p != "last"]  # add, diffmean, sparse: all or generated
-    if cfg.method != "clamp" and "last" in cfg.positions and tuple(cfg.positions) != tuple(SweepConfig.positions):
-        notes.append(f"positions=last skipped: it is for clamp, not {cfg.method}")
+    # positions searched: "last" is clamp's alone, and from BOS with the KV cache it equals "all"
+    if cfg.method == "clamp" and cfg.heldout:
+        moved = list(cfg.positions)
+    else:
+        moved = [p for p in cfg.positions if p != "last"] or ["all"]
+        if "last" in cfg.positions and cfg.method == "clamp":
+            notes.append("positions=last skipped: from BOS with the KV cache it equals positions=all")
+        elif "last" in cfg.positions and tuple(cfg.positions) != tuple(SweepConfig.positions):
+            notes.append(f"positions=last skipped: it is for clamp, not {cfg.method}")
     positions = [("positions", "positions", moved)] if len(moved) > 1 else []
     # a single value is not a stage: every setting tried has it
-    fixed = {"source": "prompt"} if list(cfg.sources) == ["prompt"] else {}
-    if cfg.method != "clamp" and moved == ["generated"]:
-        fixed["positions"] = "generated"
+    fixed = {"positions": moved[0]} if len(moved) == 1 and moved[0] != "all" else {}
+    if list(cfg.sources) == ["prompt"]:
+        fixed["source"] = "prompt"
     if cfg.method in ("clamp", "add"):
         start = {"method": cfg.method, "k": _fraction_k("0.45%", n), "positions": "all", "layers": None, **fixed}
         ks = ("k", "k", _ks(cfg.k_fractions, n))
@@ -374,14 +376,7 @@ def _search_space(cfg: SweepConfig, neurons: LanguageNeurons, n: int) -> tuple[d
             start["which"] = cfg.neuron_sets[0]
         if cfg.method == "clamp":
             start["scale"] = 1.0
-            # from BOS with the KV cache every pass holds only the newest position: "last" equals "all"
-            positions = list(cfg.positions) if cfg.heldout else [p for p in cfg.positions if p != "last"] or ["all"]
-            if "last" in cfg.positions and not cfg.heldout:
-                notes.append("positions=last skipped: from BOS with the KV cache it equals positions=all")
-            if len(positions) == 1:  # no stage: every setting tried has it
-                start["positions"] = positions[0]
-            stage = [("positions", "positions", positions)] if len(positions) > 1 else []
-            return start, [*first, ks, ("scale", "scale", list(cfg.scales)), *stage, layers, *sets], notes
+            return start, [*first, ks, ("scale", "scale", list(cfg.scales)), *positions, layers, *sets], notes
         start["alpha"] = 1.0
         return start, [*first, ks, ("alpha", "alpha", list(cfg.alphas)), layers, *sets, *positions], notes
     means, _ = neurons.residual()

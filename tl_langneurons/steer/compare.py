@@ -48,7 +48,7 @@ def with_sweep_pick(config: SteerConfig, picks: dict[str, SteeringConfig], where
         raise LangNeuronsError(f"{where} has no setting for {config.lang!r} (it searched {', '.join(picks)})")
     st, note = picks[config.lang], None
     if st.source == "prompt":
-        st = replace(st, source=config.steering.source)
+        st = st.for_prompt(config.steering.source)
         if st.source is None:
             note = "the sweep steered away from each prompt's language; give --source LANG for yours (now: no source)"
     return replace(config, steering=st, which=st.which, k=st.k), note

@@ -47,7 +47,7 @@ from __future__ import annotations
 
 import argparse
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Callable, Sequence
 
 import torch
@@ -435,11 +435,18 @@ class SteeringConfig:
             return f"diffmean L{self.layer} a={self.alpha:g}{out}{src}"
         return f"sparse L{self.layer} K={self.n_dims} c={self.coef:g}" + ("" if self.restore_norm else " raw") + out + src
 
+    def for_prompt(self, prompt_lang: str | None, target: str | None = None) -> "SteeringConfig":
+        """This setting for a prompt in ``prompt_lang`` (None: no prompt, e.g. from BOS): source "prompt"
+        becomes that language, and a source equal to ``target`` is dropped (steering towards the prompt's
+        own language has nothing to steer away from)."""
+        src = prompt_lang if self.source == "prompt" else self.source
+        if target is not None and src == target:
+            src = None
+        return self if src == self.source else replace(self, source=src)
+
     def resolved(self, neurons: LanguageNeurons) -> "SteeringConfig":
         """The config with its model-dependent defaults filled in (layer, n_dims) and the layer checked
         against the recorded residual means; clamp and add are returned unchanged."""
-        from dataclasses import replace
-
         if self.neuron_level:
             return self
         means, _, layer = _layer(neurons, self.layer)
