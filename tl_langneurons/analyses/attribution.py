@@ -60,7 +60,7 @@ def neuron_directions(model: HookedModel, neurons_idx: torch.Tensor, index) -> t
     the elementwise gains of a post-MLP norm and the final norm where the architecture has them."""
     runner = Runner(model)
     if runner.hf is None:
-        raise LangNeuronsError("logit attribution needs a Hugging Face based model (bridge or fallback)")
+        return _hooked_directions(model, neurons_idx, index)
     layers = find_layers(runner.hf)
     final = _gain(_sub(runner.hf.base_model, ["norm", "final_layernorm", "ln_f", "layer_norm"]))
     out = []
@@ -76,6 +76,33 @@ def neuron_directions(model: HookedModel, neurons_idx: torch.Tensor, index) -> t
             d = d * post
         if final is not None:
             d = d * final
+        out.append(d)
+    return torch.stack(out)
+
+
+def _hooked_directions(model: HookedModel, neurons_idx: torch.Tensor, index) -> torch.Tensor:
+    """:func:`neuron_directions` of a HookedTransformer: rows of ``W_out`` times the gains of ``ln2_post``
+    and ``ln_final`` where it has them (transformer-lens stores Gemma's norm weights as 1 + w already;
+    a model with folded norms has none left to apply)."""
+    blocks = getattr(model, "blocks", None)
+    if blocks is None or not hasattr(model, "W_U"):
+        raise LangNeuronsError(f"logit attribution cannot read the weights of {type(model).__name__}")
+
+    def gain(mod):
+        w = getattr(mod, "w", None)
+        return None if not isinstance(w, torch.Tensor) else w.detach().float()
+
+    final = gain(getattr(model, "ln_final", None))
+    out = []
+    for n in neurons_idx.tolist():
+        site, unit = index.locate(n)
+        if not site.hook.endswith("mlp.hook_post"):
+            raise LangNeuronsError(f"logit attribution works on mlp_post neurons; {site.hook} is another site")
+        block = blocks[site.layer]
+        d = block.mlp.W_out[unit].detach().float().clone()
+        for g in (gain(getattr(block, "ln2_post", None)), final):
+            if g is not None:
+                d = d * g
         out.append(d)
     return torch.stack(out)
 
@@ -177,8 +204,10 @@ def logit_attribution(model: HookedModel, neurons: LanguageNeurons, config: Attr
     cfg = replace(config or AttributionConfig(), **overrides)
     languages, n_neurons, top_tokens = cfg.languages, cfg.n_neurons, cfg.top_tokens
     runner = Runner(model)
-    unembed = runner.hf.get_output_embeddings()
-    W_U = _weight(unembed)  # [vocab, d_model]
+    if runner.hf is None:  # a HookedTransformer
+        W_U = model.W_U.detach().float().T  # [vocab, d_model]
+    else:
+        W_U = _weight(runner.hf.get_output_embeddings())  # [vocab, d_model]
     tok = runner.tokenizer
     rows = []
     for lang in languages or neurons.languages:

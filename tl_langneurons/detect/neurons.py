@@ -24,7 +24,7 @@ from torch import Tensor
 
 from ..config import count_or_percent, option
 from ..errors import LangNeuronsError
-from ..model.load import model_name, weights_fingerprint
+from ..model.load import legacy_fingerprint, model_name, weights_fingerprint
 from ..model.protocol import HookedModel
 from ..model.sites import NeuronIndex, resolve_sites
 from ..provenance import (
@@ -542,7 +542,7 @@ class LanguageNeurons:
         except LangNeuronsError as e:
             raise LangNeuronsError(f"these neurons were found at sites {self.index.spec!r}, which this model lacks: {e}") from e
         theirs = self.meta.get("weights_sha")
-        if theirs and theirs != weights_fingerprint(model):
+        if theirs and theirs != weights_fingerprint(model) and theirs != legacy_fingerprint(model):
             raise LangNeuronsError(
                 f"these neurons were found on {self.meta.get('model', 'another model')} (weights {theirs}); this model's "
                 f"weights differ ({weights_fingerprint(model)}). Use neurons found on this model"

@@ -9,6 +9,7 @@ where it does not.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import os
 import re
@@ -17,7 +18,7 @@ import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from torch import nn
@@ -276,14 +277,14 @@ _NAME_ONLY = ("GemmaForCausalLM", "Gemma2ForCausalLM", "Gemma3ForCausalLM")
 """Architectures whose HookedTransformer config transformer-lens takes from the official model name only."""
 
 
-def _hooked_name(hf: nn.Module, tmp: Path) -> str:
-    """What to give transformer-lens' loaders for ``hf``: for a name-only architecture the official name
-    whose config matches ``hf``'s sizes, else a folder holding only ``hf``'s config.json (a neutral name:
-    transformer-lens guesses the architecture from substrings such as "llama" in a name)."""
+def _hooked_name(c: Any, tmp: Path) -> str:
+    """What to give transformer-lens' loaders for a model of Hugging Face config ``c``: for a name-only
+    architecture the official name whose config matches ``c``'s sizes, else a folder holding only ``c``
+    as config.json (a neutral name: transformer-lens guesses the architecture from substrings such as
+    "llama" in a name)."""
     from transformer_lens import loading_from_pretrained as loading
 
-    c = hf.config
-    arch = (getattr(c, "architectures", None) or [type(hf).__name__])[0]
+    arch = (getattr(c, "architectures", None) or [type(c).__name__])[0]
     if arch in _NAME_ONLY:
         want = (c.hidden_size, c.num_hidden_layers, c.intermediate_size, c.vocab_size)
         for name in loading.OFFICIAL_MODEL_NAMES:
@@ -303,6 +304,41 @@ def _hooked_name(hf: nn.Module, tmp: Path) -> str:
     return str(folder)
 
 
+@contextlib.contextmanager
+def _hooked_config(config: Any, dtype: torch.dtype, device: str) -> Iterator[tuple[str, Any]]:
+    """(name for transformer-lens' loaders, ``HookedTransformerConfig``) of a Hugging Face config, or one
+    line saying that transformer-lens cannot build it; needs no weights, so it runs before they load."""
+    from transformer_lens import loading_from_pretrained as loading
+
+    arch = (getattr(config, "architectures", None) or ["this model"])[0]
+    with tempfile.TemporaryDirectory(prefix=".hooked-") as tmp, _quiet_transformer_lens():
+        try:
+            name = _hooked_name(config, Path(tmp))
+            cfg = loading.get_pretrained_model_config(name, hf_cfg=config.to_dict(), fold_ln=False, device=device,
+                                                      dtype=dtype)
+        except LangNeuronsError:
+            raise
+        except Exception as e:  # noqa: BLE001 - transformer-lens raises many kinds for an architecture it lacks
+            raise LangNeuronsError(f"HookedTransformer cannot build {arch} ({type(e).__name__}: "
+                                   f"{str(e).splitlines()[0][:200] if str(e) else ''}); use --backend bridge or hf"
+                                   ) from e
+        yield name, cfg
+
+
+@contextlib.contextmanager
+def _quiet_transformer_lens() -> Iterator[None]:
+    """transformer-lens warns and logs for every weight it fills in; a failure is reported by the caller."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        root = logging.getLogger()
+        level = root.level
+        root.setLevel(logging.ERROR)
+        try:
+            yield
+        finally:
+            root.setLevel(level)
+
+
 def _to_hooked(hf: nn.Module, tok: Any, dtype: torch.dtype, device: str | None) -> nn.Module:
     """A ``HookedTransformer`` with ``hf``'s weights, built offline (no hub call) and unprocessed: no
     LayerNorm folding or centering, so its activations are the Hugging Face model's, as the bridge's are
@@ -311,29 +347,19 @@ def _to_hooked(hf: nn.Module, tok: Any, dtype: torch.dtype, device: str | None) 
     HookedTransformer = hooked_transformer_class()
     from transformer_lens import loading_from_pretrained as loading
 
-    fingerprint = weights_fingerprint(hf)
+    fingerprint = _fingerprint(hf)
     dev = str(device or next(hf.parameters()).device)
-    with tempfile.TemporaryDirectory(prefix=".hooked-") as tmp, warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        level = logging.getLogger().level
-        logging.getLogger().setLevel(logging.ERROR)  # transformer-lens logs every weight it fills in
+    with _hooked_config(hf.config, dtype, dev) as (name, cfg), _quiet_transformer_lens():
         try:
-            name = _hooked_name(hf, Path(tmp))
-            cfg = loading.get_pretrained_model_config(name, hf_cfg=hf.config.to_dict(), fold_ln=False, device=dev,
-                                                      dtype=dtype)
             state = loading.get_pretrained_state_dict(name, cfg, hf, dtype=dtype)
             model = HookedTransformer(cfg, tokenizer=tok, move_to_device=False, default_padding_side="left")
             model.load_and_process_state_dict(state, fold_ln=False, center_writing_weights=False,
                                               center_unembed=False, fold_value_biases=False,
                                               refactor_factored_attn_matrices=False)
-        except LangNeuronsError:
-            raise
         except Exception as e:  # noqa: BLE001 - transformer-lens raises many kinds for an architecture it lacks
             raise LangNeuronsError(f"HookedTransformer cannot build {type(hf).__name__} ({type(e).__name__}: "
                                    f"{str(e).splitlines()[0][:200] if str(e) else ''}); use --backend bridge or hf"
                                    ) from e
-        finally:
-            logging.getLogger().setLevel(level)
     model.to(dev, print_details=False)
     model.eval()
     with torch.no_grad():  # the layout nn.Linear has: transformer-lens 3.x calls W.T.contiguous() on every forward
@@ -390,6 +416,16 @@ def load_model(spec: Any = DEFAULT_MODEL, *, backend: str = "auto", dtype: str |
         raise LangNeuronsError(f"model must be a name, a folder or a model object, not {type(spec).__name__}")
     spec = str(spec)
     path = str(default_model_dir()) if spec.lower() in _BUILTIN else spec
+    if backend == "hooked":  # an architecture transformer-lens lacks is refused before the weights load
+        try:
+            from transformers import AutoConfig
+
+            config = AutoConfig.from_pretrained(path)
+        except (OSError, ValueError):
+            config = None  # _load_hf says what is wrong with the folder or name
+        if config is not None:
+            with _hooked_config(config, dtype, device or "cpu"):
+                pass
     hf, tok = _load_hf(path, dtype, device, device_map, max_memory, offload_folder)
     if tokenizer is not None:
         tok = tokenizer
@@ -438,18 +474,37 @@ def model_name(model: HookedModel) -> str:
 def weights_fingerprint(model: HookedModel) -> str:
     """A hash of the model's parameter names, shapes and a strided sample of their values: tells
     two models apart in milliseconds (results record it; steering checks it)."""
-    import hashlib
-
     recorded = getattr(model, "_tl_langneurons_fingerprint", None)
     if recorded:  # a HookedTransformer built from a Hugging Face model: that model's fingerprint
         return recorded
+    return _fingerprint(_hf(model))
+
+
+def legacy_fingerprint(model: HookedModel) -> str | None:
+    """The fingerprint of versions before 0.2, which hashed the bridge's wrapper names
+    (``._original_component``) too: neurons recorded then still steer the same model. None where it is
+    the current one."""
     hf = _hf(model)
+    if getattr(model, "_tl_langneurons_fingerprint", None) or not any(
+            "._original_component" in n for n, _ in hf.named_parameters()):
+        return None
+    return _fingerprint(hf, legacy=True)
+
+
+def _fingerprint(hf: nn.Module, legacy: bool = False) -> str:
+    """Names without the bridge's wrappers: the bridge, the fallback and a HookedTransformer built from
+    the same Hugging Face model share it."""
+    import hashlib
+
     offloaded = _offloaded_weights(hf)
     h = hashlib.sha256()
-    for name, p in sorted(hf.named_parameters(), key=lambda kv: kv[0]):
-        h.update(f"{name}:{tuple(p.shape)}".encode())
+    named = sorted(hf.named_parameters(), key=lambda kv: kv[0] if legacy else kv[0].replace("._original_component", ""))
+    for name, p in named:
+        key = name.replace("._original_component", "")  # the bridge's wrappers are not in the HF names
+        if not legacy and name.endswith("bias") and p.device.type != "meta" and not p.any():
+            continue  # a zero bias changes nothing (the bridge adds one to a head that has none)
+        h.update(f"{name if legacy else key}:{tuple(p.shape)}".encode())
         if p.device.type == "meta":  # offloaded by accelerate (device map with disk or CPU offload)
-            key = name.replace("._original_component", "")  # the bridge's wrappers are not in the HF names
             if offloaded is None or key not in offloaded:
                 continue
             p = offloaded[key]

@@ -39,6 +39,29 @@ _OPTIONAL = {"blocks.{l}.attn.qkv.hook_out", "blocks.{l}.mlp.gate.hook_out",
              "blocks.{l}.attn.q.hook_out", "blocks.{l}.attn.k.hook_out", "blocks.{l}.attn.v.hook_out"}
 
 
+# A HookedTransformer names the paper's sites its own way. Its attention and MLP outputs (hook_attn_out,
+# hook_mlp_out) come after a post-norm where the model has one (Gemma's sandwich norms), not straight
+# from the o / down projection as on the bridge; the counts are the same.
+_HOOKED_EQUIV = {
+    "blocks.{l}.attn.q.hook_out": "blocks.{l}.attn.hook_q", "blocks.{l}.attn.k.hook_out": "blocks.{l}.attn.hook_k",
+    "blocks.{l}.attn.v.hook_out": "blocks.{l}.attn.hook_v", "blocks.{l}.attn.o.hook_out": "blocks.{l}.hook_attn_out",
+    "blocks.{l}.mlp.out.hook_out": "blocks.{l}.hook_mlp_out",
+}
+
+
+def _hooked_equiv(template: str, layer: int, names: set[str]) -> str | None:
+    """The HookedTransformer hook for a bridge-named ``paper`` template, where the model has it."""
+    gated = f"blocks.{layer}.mlp.hook_pre_linear" in names
+    if template == "blocks.{l}.mlp.gate.hook_out":
+        alt = "blocks.{l}.mlp.hook_pre" if gated else None
+    elif template == "blocks.{l}.mlp.in.hook_out":
+        alt = "blocks.{l}.mlp.hook_pre_linear" if gated else "blocks.{l}.mlp.hook_pre"
+    else:
+        alt = _HOOKED_EQUIV.get(template)
+    name = None if alt is None else alt.replace("{l}", str(layer))
+    return name if name in names else None
+
+
 @dataclass(frozen=True)
 class SiteSlice:
     """One hook at one layer: its units are columns ``offset .. offset+size`` of the pooled matrix."""
@@ -130,6 +153,9 @@ def resolve_sites(model: HookedModel | Runner, spec: str = "mlp_post") -> Neuron
         found = []
         for t, required in templates:
             name = t.replace("{l}", str(layer))
+            if name not in names and runner.hf is None:  # a HookedTransformer
+                alt = _hooked_equiv(t, layer, names)
+                name, t = (alt, alt.replace(f"blocks.{layer}.", "blocks.{l}.", 1)) if alt else (name, t)
             if name in names:
                 found.append((name, t, layer))
             elif required:
@@ -140,7 +166,7 @@ def resolve_sites(model: HookedModel | Runner, spec: str = "mlp_post") -> Neuron
         if any(".attn.q." in n for n, _, _ in found):  # the bridge splits fused qkv: don't count it twice
             found = [f for f in found if ".attn.qkv." not in f[0] or f[1] not in _OPTIONAL]
         if "paper" in [p.strip() for p in spec.split(",")] and not any(
-            ".attn.q." in n or ".attn.qkv." in n for n, _, _ in found
+            ".attn.q." in n or ".attn.qkv." in n or n.endswith(".attn.hook_q") for n, _, _ in found
         ):
             raise LangNeuronsError(
                 f"the paper site preset found no attention q/qkv projection in block {layer}; "
