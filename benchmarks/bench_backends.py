@@ -1,0 +1,116 @@
+"""TransformerBridge against HookedTransformer on the same weights, side by side in one run: pooled values,
+AP, the top/bottom-k sets, steered samples on the same seeds, and the time of find and of generation.
+Needs transformer-lens 3.x (the only line with both classes).
+
+    python benchmarks/bench_backends.py --tiny                                    # tiny random Llama (seconds)
+    python benchmarks/bench_backends.py --model gemma-3-270m --n-per-lang 100 --k 1000 --samples 20
+
+Overlap is |A & B| / |A| per language and side (A the bridge's set); "samples equal" counts the seeds whose
+steered tokens are identical on both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import record, table  # noqa: E402
+
+from tl_langneurons import CorpusConfig, LangNeuronsError, find_neurons, load_model  # noqa: E402
+from tl_langneurons.steer.generation import generate_many  # noqa: E402
+from tl_langneurons.steer.methods import SteeringConfig  # noqa: E402
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="gemma-3-270m")
+    p.add_argument("--tiny", action="store_true", help="the tiny random Llama of the tests")
+    p.add_argument("--corpus", default="bundled")
+    p.add_argument("--n-per-lang", type=int, default=100)
+    p.add_argument("--k", type=int, default=1000)
+    p.add_argument("--samples", type=int, default=20, help="seeds per steered language")
+    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--methods", default="clamp,add")
+    p.add_argument("--no-record", action="store_true")
+    args = p.parse_args(argv)
+    try:
+        from transformer_lens import HookedTransformer  # noqa: F401
+    except ImportError:
+        print("bench_backends needs transformer-lens 3.x (HookedTransformer): pip install 'transformer-lens>=3.9,<4'",
+              file=sys.stderr)
+        return 2
+    try:
+        corpus = CorpusConfig(args.corpus, n_per_lang=args.n_per_lang).load()
+        methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+        steerings = [SteeringConfig(method=m) for m in methods]
+    except LangNeuronsError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    with tempfile.TemporaryDirectory() as tmp:
+        spec = args.model
+        if args.tiny:
+            sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+            from helpers import make_tiny, train_tokenizer
+
+            train_tokenizer(Path(tmp) / "tokenizer")
+            spec = str(make_tiny("llama", Path(tmp) / "tokenizer", Path(tmp)))
+            args.k = min(args.k, 20)
+        res = {}
+        for backend in ("bridge", "hooked"):
+            t0 = time.perf_counter()
+            model = load_model(spec, backend=backend)
+            load_s = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            neurons, pooled, _ = find_neurons(model, corpus, k=args.k, progress=False, return_activations=True)
+            find_s = time.perf_counter() - t0
+            samples, gen_s = {}, 0.0
+            for steering in steerings:
+                for lang in neurons.languages:
+                    t0 = time.perf_counter()
+                    samples[steering.method, lang] = generate_many(
+                        model, [(None, s) for s in range(1, args.samples + 1)], max_new_tokens=args.max_new_tokens,
+                        fwd_hooks=steering.hooks(neurons, lang))
+                    gen_s += time.perf_counter() - t0
+            res[backend] = dict(name=type(model).__name__, load=load_s, find=find_s, gen=gen_s, neurons=neurons,
+                                pooled=pooled.values, samples=samples)
+            del model
+    b, h = res["bridge"], res["hooked"]
+    nb, nh = b["neurons"], h["neurons"]
+    pooled_diff = float((b["pooled"] - h["pooled"]).abs().max())
+    pooled_scale = float(b["pooled"].abs().max())
+    ap_diff = float((nb.ap - nh.ap).abs().max())
+    rows = []
+    for lang in nb.languages:
+        ov = []
+        for which in ("top", "bottom"):
+            A = set(nb.sets[lang][which].neurons.tolist())
+            B = set(nh.sets[lang][which].neurons.tolist())
+            ov.append(f"{len(A & B) / max(1, len(A)):.4f}")
+        eq = [sum(x.tokens == y.tokens for x, y in zip(b["samples"][m, lang], h["samples"][m, lang]))
+              for m in methods]
+        rows.append([lang, *ov, *[f"{e}/{args.samples}" for e in eq]])
+    body = table(["language", "top-k overlap", "bottom-k overlap", *[f"{m}: samples equal" for m in methods]], rows)
+    body += "\n\n" + table(["", "TransformerBridge", "HookedTransformer"], [
+        ["load s", f"{b['load']:.1f}", f"{h['load']:.1f}"],
+        ["find s", f"{b['find']:.1f}", f"{h['find']:.1f}"],
+        [f"generation s ({len(methods)} methods x {len(nb.languages)} languages x {args.samples} seeds x "
+         f"{args.max_new_tokens} tokens)", f"{b['gen']:.1f}", f"{h['gen']:.1f}"],
+    ])
+    notes = (f"Model {'tiny random Llama' if args.tiny else spec}, corpus {args.corpus} ({args.n_per_lang} texts per "
+             f"language), sites mlp_post, k = {args.k}. Pooled values: max |diff| {pooled_diff:.2e} (largest value "
+             f"{pooled_scale:.1f}); AP: max |diff| {ap_diff:.2e}.")
+    if args.no_record:
+        print(body + "\n\n" + notes)
+    else:
+        record("Backends: TransformerBridge against HookedTransformer (same weights)", body, notes)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,65 @@
+"""Gemma-3-270M as a HookedTransformer (transformer-lens 3.x) gives the bridge's activations, neurons and
+samples. Skips on transformer-lens 4.x, which has no HookedTransformer; CI runs it in its 3.x env."""
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tl_langneurons import MultilingualCorpus, collect, find_neurons, load_model
+
+pytestmark = pytest.mark.real
+
+try:
+    from transformer_lens import HookedTransformer
+except ImportError:  # transformer-lens 4.x
+    HookedTransformer = None
+
+
+@pytest.fixture(scope="module")
+def gemma_hooked():
+    if HookedTransformer is None:
+        pytest.skip("transformer-lens 4.x has no HookedTransformer (CI runs this in its 3.x env)")
+    return load_model("gemma-3-270m", backend="hooked")
+
+
+def test_hooked_gemma_pooled_values_ap_and_sets_equal_the_bridge(gemma, gemma_hooked):
+    assert isinstance(gemma_hooked, HookedTransformer)
+    corpus = MultilingualCorpus.bundled().sample(16, seed=1)
+    nb, pb, _ = find_neurons(gemma, corpus, k=200, progress=False, return_activations=True)
+    nh, ph, _ = find_neurons(gemma_hooked, corpus, k=200, progress=False, return_activations=True)
+    scale = float(pb.values.abs().max())
+    assert float((pb.values - ph.values).abs().max()) < 1e-4 * scale
+    # pooled values differ by float rounding (attention computed by transformer-lens, not HF's eager kernel):
+    # where two texts' values of a neuron are that close, their order and so the AP can flip (one rank: ~2e-3)
+    assert float((nb.ap - nh.ap).abs().mean()) < 1e-5
+    assert float((nb.ap - nh.ap).abs().max()) < 5e-3
+    for lang in nb.languages:
+        a, b = set(nb.sets[lang]["top"].neurons.tolist()), set(nh.sets[lang]["top"].neurons.tolist())
+        assert len(a & b) / len(a) >= 0.98, lang
+
+
+def test_hooked_gemma_samples_equal_the_recorded_ones(gemma_hooked):
+    sys.path.insert(0, str(Path(__file__).parents[1] / "integration"))
+    from test_golden_samples import GOLDEN, golden_run
+
+    # The logits differ from the bridge's by float rounding (max |diff| ~1e-4 of logits up to ~100): a token
+    # changes only where a seed's draw falls that close to a boundary of the inverse CDF, and the sample
+    # then continues from another token. Seen here: 1 of 12 samples, at its last token.
+    entry = GOLDEN["gemma"]
+    got = golden_run(gemma_hooked, entry)
+    pairs = [(a, b) for cond in ("plain", "clamp") for a, b in zip(got[cond], entry[cond])]
+    assert sum(a == b for a, b in pairs) >= len(pairs) - 2
+    for a, b in pairs:
+        same = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), len(b))
+        assert same >= len(b) // 2, (a, b)
+
+
+def test_hooked_gemma_pooled_mean_equals_run_with_cache(gemma_hooked):
+    text = "Der Hund schläft im Garten."
+    ids = torch.tensor([[gemma_hooked.tokenizer.bos_token_id]
+                        + gemma_hooked.tokenizer(text, add_special_tokens=False)["input_ids"]])
+    _, cache = gemma_hooked.run_with_cache(ids, names_filter="blocks.17.mlp.hook_post")
+    pooled = collect(gemma_hooked, [text], "mlp_post", progress=False).values
+    assert torch.allclose(pooled[0, 17 * 2048:], cache["blocks.17.mlp.hook_post"][0].mean(0), atol=1e-4)
