@@ -2,6 +2,8 @@
 # Set up (or reuse) .venv and run tl-langneurons:   ./run.sh demo  |  ./run.sh test  |  ./run.sh <subcommand> ...
 # Torch is installed first: TL_LANGNEURONS_TORCH overrides the requirement (default torch==2.13.0,
 # the CPU wheel on this kind of machine; e.g. TL_LANGNEURONS_TORCH="torch" for a CUDA build).
+# TL_LANGNEURONS_VENV picks the environment (default .venv) and TL_LANGNEURONS_EXTRA adds requirements to it,
+# e.g. TL_LANGNEURONS_VENV=.venv-tl3 TL_LANGNEURONS_EXTRA="transformer-lens>=3.9,<4 sae-lens" (what CI runs too).
 set -euo pipefail
 cd "$(dirname "$0")"
 VENV="${TL_LANGNEURONS_VENV:-.venv}"
@@ -11,10 +13,11 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$VENV/bin/pip" install -q --upgrade pip
 fi
 stamp="$VENV/.tl_langneurons_installed"
-want="$(cat pyproject.toml | sha256sum | cut -c1-16)-${TL_LANGNEURONS_TORCH:-torch==2.13.0}"
+want="$(cat pyproject.toml | sha256sum | cut -c1-16)-${TL_LANGNEURONS_TORCH:-torch==2.13.0}-${TL_LANGNEURONS_EXTRA:-}"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   "$VENV/bin/pip" install -q "${TL_LANGNEURONS_TORCH:-torch==2.13.0}"
-  "$VENV/bin/pip" install -q -e ".[test]"
+  # shellcheck disable=SC2086  # TL_LANGNEURONS_EXTRA is a list of requirements
+  "$VENV/bin/pip" install -q -e ".[test]" ${TL_LANGNEURONS_EXTRA:-}
   echo "$want" > "$stamp"
 fi
 cmd="${1:-demo}"; shift || true

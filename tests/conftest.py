@@ -22,6 +22,17 @@ if os.environ.get("TL_LANGNEURONS_TYPECHECK", "1") == "1":
 from helpers import SHARED, make_tiny, train_tokenizer  # noqa: F401
 
 
+def pytest_configure(config):
+    """TL_LANGNEURONS_REQUIRE_HOOKED=1 (CI's transformer-lens 3.x environment): the HookedTransformer and
+    SAELens tests must run there, so a missing class or package is an error, not a skip."""
+    if os.environ.get("TL_LANGNEURONS_REQUIRE_HOOKED") == "1":
+        try:
+            from transformer_lens import HookedTransformer  # noqa: F401
+            import sae_lens  # noqa: F401
+        except ImportError as e:
+            raise pytest.UsageError(f"TL_LANGNEURONS_REQUIRE_HOOKED=1 but {e}") from e
+
+
 @pytest.fixture(scope="session")
 def tokenizer_dir(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("tokenizer")
