@@ -22,6 +22,7 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
 fi
 cmd="${1:-demo}"; shift || true
 case "$cmd" in
-  test) exec "$VENV/bin/python" -m pytest -q "$@" ;;
+  # two workers on the two cores, a file per worker at a time (its fixtures built once); TL_LANGNEURONS_TEST_WORKERS=0: one process
+  test) exec "$VENV/bin/python" -m pytest -q -n "${TL_LANGNEURONS_TEST_WORKERS:-2}" --dist loadfile "$@" ;;
   *) exec "$VENV/bin/tl-langneurons" "$cmd" "$@" ;;
 esac

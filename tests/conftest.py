@@ -10,6 +10,13 @@ import pytest
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never touch the network
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `./run.sh test` runs two workers on the two cores: one torch thread each (and their subprocesses), as
+    # two processes with two threads each oversubscribe the cores and slow each other many times over
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"
+    import torch
+
+    torch.set_num_threads(1)
 
 # Every jaxtyping shape and every type annotation of the package is checked at run time in the tests
 # (beartype through jaxtyping's import hook; set before the package is first imported).
@@ -20,6 +27,25 @@ if os.environ.get("TL_LANGNEURONS_TYPECHECK", "1") == "1":
     install_import_hook("tl_langneurons", "helpers.typechecker")
 
 from helpers import SHARED, make_tiny, train_tokenizer  # noqa: F401
+
+
+# Tiers (``-m fast`` while editing; ``./run.sh test`` runs every tier). A file here is "slow": it launches
+# subprocesses or torchrun groups, or runs whole experiments end to end; tests/real is "real" (Gemma-3-270M);
+# every other test is "fast".
+SLOW_FILES = {"test_distributed.py", "test_faults.py", "test_examples.py", "test_bench_steering.py",
+              "test_sae_example.py"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        path = getattr(item, "path", None)
+        name = path.name if path is not None else ""
+        if "real" in item.keywords or (path is not None and path.parent.name == "real"):
+            item.add_marker(pytest.mark.real)
+        elif name in SLOW_FILES or "slow" in item.keywords:
+            item.add_marker(pytest.mark.slow)
+        else:
+            item.add_marker(pytest.mark.fast)
 
 
 def pytest_configure(config):
