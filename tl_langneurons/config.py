@@ -163,15 +163,23 @@ def check_list(name: str, values: Any, spec: Items) -> list | None:
     return out
 
 
+def _checked(f: dataclasses.Field, value: Any) -> Any:
+    """``value`` of the field ``f``, checked and converted by :func:`check_list` if it is a list option."""
+    spec = f.metadata.get("items")
+    if spec is None or (value is None and _default(f) is None):
+        return value
+    return check_list(f.metadata["flag"] or "--" + f.name.replace("_", "-"), value, spec)
+
+
 def check_lists(cfg: Any) -> None:
     """Check and convert every list option of the dataclass ``cfg`` in place (from ``__post_init__``),
-    before any model loads: each field declared with ``option(..., items=Items(...))``."""
+    before any model loads: each field declared with ``option(..., items=Items(...))``. :func:`from_args`
+    does the same on the command line's words before it builds the config."""
     for f in dataclasses.fields(cfg):
-        spec = f.metadata.get("items")
         value = getattr(cfg, f.name)
-        if spec is None or (value is None and _default(f) is None):
-            continue
-        setattr(cfg, f.name, check_list(f.metadata["flag"] or "--" + f.name.replace("_", "-"), value, spec))
+        checked = _checked(f, value)
+        if checked is not value:
+            setattr(cfg, f.name, checked)
 
 
 # the target languages of an experiment (or of a corpus): codes, none for all
@@ -268,8 +276,8 @@ def add_options(parser: argparse.ArgumentParser, cls: type, skip: Sequence[str] 
 
 def from_args(cls: type, args: argparse.Namespace, **extra: Any) -> Any:
     """An instance of ``cls`` from the parsed options (plus ``extra`` fields)."""
-    names = {f.name for f in dataclasses.fields(cls)}
-    values = {n: getattr(args, n) for n in names if hasattr(args, n)}
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    values = {n: _checked(f, getattr(args, n)) for n, f in fields.items() if hasattr(args, n)}
     for f in dataclasses.fields(cls):
         if _nested(f) and f.name not in extra:
             values[f.name] = from_args(f.default_factory, args)  # type: ignore[arg-type]

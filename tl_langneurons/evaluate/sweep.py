@@ -33,7 +33,8 @@ from ..model.protocol import HookedModel
 from ..provenance import atomic_write_json, atomic_write_text, sha256_texts
 from ..results import read_json
 from ..report.tables import markdown_table
-from ..steer.methods import METHODS, POSITIONS, SteeringConfig, full_count, neuron_count, setting_from_json
+from ..steer.methods import (METHODS, POSITIONS, SteeringConfig, check_not_empty, full_count, neuron_count,
+                             setting_from_json)
 from ..steer.prompts import split_prompts
 from .samples import SampleStore
 from .control import CellRunner, EvaluateConfig, mean_of, result_settings, run_ranked
@@ -203,9 +204,14 @@ def check_sweep(cfg: SweepConfig, neurons: LanguageNeurons) -> None:
     for lang in cfg.languages or []:
         neurons._check_lang(lang)
     if cfg.method in ("clamp", "add"):
-        _ks(cfg.k_fractions, neurons.index.n_neurons)
+        ks, _ = _ks(cfg.k_fractions, neurons.index.n_neurons)
         for x in cfg.layer_sets:
             neurons.layer_subset(x)
+        if neurons.one_sided and list(cfg.neuron_sets) == ["bottom"]:
+            raise LangNeuronsError(f"--neuron-sets bottom: {neurons.method} selects top neurons only (its bottom sets "
+                                   "are empty), so nothing would be steered; search top or both")
+        for lang in cfg.languages or neurons.languages:  # a language without neurons has nothing to search
+            check_not_empty(neurons, SteeringConfig(which="top", k=max(ks)), lang)
         return
     means, _ = neurons.residual()
     n_layers = means.shape[1]
@@ -488,7 +494,7 @@ def sweep_markdown(res: SweepResult) -> str:
     for l in langs + ["mean"]:
         cells = []
         for s in settings:
-            rs = [get[(x, s)] for x in langs] if l == "mean" else [get[(l, s)]]
+            rs = [get[(x, s)] for x in (langs if l == "mean" else [l]) if (x, s) in get]  # none: not applicable
             cells.append(" / ".join(_f(mean_of(rs, key)) for key in
                                     ("rate", "rate_lingua", "gated_rate", "fluent", "retention", "nll")))
         tests.append([l, *cells])
