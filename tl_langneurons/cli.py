@@ -158,7 +158,8 @@ def cmd_cross_steer(args) -> None:
 
 
 _HELDOUT = "held-out corpus (never used for selection), e.g. ../shared/data/ud-dev-test"
-_OVERWRITE = ("--overwrite", dict(action="store_true", help="replace a folder that holds a run of other settings"))
+_OVERWRITE = ("--overwrite", dict(action="store_true", help="replace a result of the same kind made with other "
+                                  "settings (files it did not write, and results of other kinds, are kept)"))
 _REFERENCES = "real text for BLEU, the degeneracy gate and NLL (default: the corpus of the find run)"
 _FROM_SWEEP = [("--from-sweep", dict(default=None, metavar="DIR", help="steer with the settings a finished sweep "
                                      "picked (its sweep.json; instead of --method and its options)")),
