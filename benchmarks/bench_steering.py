@@ -42,7 +42,7 @@ from tl_langneurons.evaluate.control import CellRunner, EvaluateConfig  # noqa: 
 from tl_langneurons.evaluate.samples import SampleStore  # noqa: E402
 from tl_langneurons.evaluate.sweep import sweep_settings  # noqa: E402
 from tl_langneurons.provenance import atomic_write_text  # noqa: E402
-from tl_langneurons.steer.methods import SteeringConfig  # noqa: E402
+from tl_langneurons.steer.methods import SteeringConfig, check_not_empty  # noqa: E402
 from tl_langneurons.study import Study  # noqa: E402
 
 FIELDS = {f.name: f for f in fields(SteeringConfig)}
@@ -128,51 +128,77 @@ def main(argv=None) -> None:
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args(argv)
     try:
-        pairs = [sweep_best(s) for s in args.sweep_best]
-        sweep_sets = dict(pairs)
-        if len(sweep_sets) < len(pairs):
-            raise LangNeuronsError(f"--sweep-best names must differ, got {[n for n, _ in pairs]}")
-        sweep_dirs = {n: s.partition("=")[2].strip() for (n, _), s in zip(pairs, args.sweep_best)}
-        settings = [parse_setting(s) for s in args.setting] + [(n, next(iter(v.values()))) for n, v in sweep_sets.items()]
-        settings = settings or [("paper clamp", SteeringConfig())]
-        names = [n for n, _ in settings]
-        if len(set(names)) != len(names):
-            raise LangNeuronsError(f"--setting names must differ, got {names}")
-        if not Path(args.neurons).is_dir():
-            raise LangNeuronsError(f"--neurons {args.neurons} is not a folder")
-        if args.heldout and not Path(args.heldout).exists():
-            raise LangNeuronsError(f"--heldout {args.heldout} does not exist")
-        prompted = (names if args.prompted_only is None else
-                    [x.strip() for x in args.prompted_only.split(",") if x.strip()])
-        bad = [x for x in prompted if x not in names]
-        if bad:
-            raise LangNeuronsError(f"--prompted-only names no setting: {bad}")
-    except LangNeuronsError as e:
+        run(args)
+    except LangNeuronsError as e:  # bad settings, neurons or options: one line, whenever it is found
         print(f"bench_steering: error: {e}", file=sys.stderr)
-        raise SystemExit(2)
+        raise SystemExit(2) from None
+
+
+def check_settings(neurons, langs: list[str], resolved: list, per_target: dict) -> None:
+    """Before the model loads: every setting builds its hooks towards every language on these neurons (k,
+    layers, layer and the like exist) and steers at least one neuron."""
+    for name, st0 in resolved:
+        for lang in langs:
+            st = per_target[name].get(lang, st0) if name in per_target else st0
+            st = st.for_prompt(None)
+            try:
+                check_not_empty(neurons, st, lang)
+                st.hooks(neurons, lang)
+            except LangNeuronsError as e:
+                raise LangNeuronsError(f"--setting {name} towards {lang}: {e}") from None
+
+
+def run(args) -> None:
+    for flag in ("samples", "max_new_tokens", "n_prompts", "prompt_samples", "prompt_tokens", "batch_size"):
+        if getattr(args, flag) < 1:
+            raise LangNeuronsError(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}")
+    pairs = [sweep_best(s) for s in args.sweep_best]
+    sweep_sets = dict(pairs)
+    if len(sweep_sets) < len(pairs):
+        raise LangNeuronsError(f"--sweep-best names must differ, got {[n for n, _ in pairs]}")
+    sweep_dirs = {n: s.partition("=")[2].strip() for (n, _), s in zip(pairs, args.sweep_best)}
+    settings = [parse_setting(s) for s in args.setting] + [(n, next(iter(v.values()))) for n, v in sweep_sets.items()]
+    settings = settings or [("paper clamp", SteeringConfig())]
+    names = [n for n, _ in settings]
+    if len(set(names)) != len(names):
+        raise LangNeuronsError(f"--setting names must differ, got {names}")
+    if not Path(args.neurons).is_dir():
+        raise LangNeuronsError(f"--neurons {args.neurons} is not a folder")
+    if args.heldout and not Path(args.heldout).exists():
+        raise LangNeuronsError(f"--heldout {args.heldout} does not exist")
+    prompted = (names if args.prompted_only is None else
+                [x.strip() for x in args.prompted_only.split(",") if x.strip()])
+    bad = [x for x in prompted if x not in names]
+    if bad:
+        raise LangNeuronsError(f"--prompted-only names no setting: {bad}")
     out = Path(args.out) if args.out else Path(args.neurons) / "steering"
     study = Study(args.neurons, progress=not args.quiet, echo=print)
     neurons = study.neurons
     langs = list(neurons.languages)
-    refs = study.references(args.corpus)
-    ref_name = args.corpus or neurons.meta.get("corpus_spec") or "none (fixed gate)"
-    t0 = time.perf_counter()
-    cfg = EvaluateConfig(samples=args.samples, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
-    cells = CellRunner(study.model, neurons, cfg, refs, None, progress=not args.quiet,
-                       store=SampleStore(study.samples_dir))
-    seeds = list(range(1, args.samples + 1))
-    resolved = [(n, st.resolved(neurons)) for n, st in settings]
+    # every check on the neurons before the model loads
+    resolved = []
+    for n, st in settings:
+        try:
+            resolved.append((n, st.resolved(neurons)))
+        except LangNeuronsError as e:
+            raise LangNeuronsError(f"--setting {n}: {e}") from None
     per_target = {n: {lang: st.resolved(neurons) for lang, st in v.items()} for n, v in sweep_sets.items()}
     for n, v in per_target.items():
         try:
             sweep_settings(sweep_dirs[n], neurons=neurons)  # made on these neurons
         except LangNeuronsError as e:
-            print(f"bench_steering: error: --sweep-best {n}: {e}", file=sys.stderr)
-            raise SystemExit(2)
+            raise LangNeuronsError(f"--sweep-best {n}: {e}") from None
         if set(langs) - set(v):
-            print(f"bench_steering: error: --sweep-best {n}: the sweep searched {', '.join(v)}, not "
-                  f"{', '.join(sorted(set(langs) - set(v)))}", file=sys.stderr)
-            raise SystemExit(2)
+            raise LangNeuronsError(f"--sweep-best {n}: the sweep searched {', '.join(v)}, not "
+                                   f"{', '.join(sorted(set(langs) - set(v)))}")
+    check_settings(neurons, langs, resolved, per_target)
+    cfg = EvaluateConfig(samples=args.samples, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
+    refs = study.references(args.corpus)
+    ref_name = args.corpus or neurons.meta.get("corpus_spec") or "none (fixed gate)"
+    t0 = time.perf_counter()
+    cells = CellRunner(study.model, neurons, cfg, refs, None, progress=not args.quiet,
+                       store=SampleStore(study.samples_dir))
+    seeds = list(range(1, args.samples + 1))
 
     def of(name: str, st: SteeringConfig, lang: str) -> SteeringConfig:
         """The setting ``name`` towards ``lang`` (a sweep's per-language best: that language's)."""

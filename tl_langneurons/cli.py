@@ -30,7 +30,7 @@ from .errors import LangNeuronsError
 from .evaluate.control import EvaluateConfig
 from .evaluate.sweep import SweepConfig, sweep_settings
 from .model.load import ModelConfig
-from .steer.compare import SteerConfig, with_sweep_pick
+from .steer.compare import SteerConfig, steer_label, with_sweep_pick
 from .study import DemoConfig, Study, run_demo
 
 
@@ -86,6 +86,9 @@ def _from_sweep(args, study: Study) -> dict | None:
     """``--from-sweep DIR``: the sweep's picks per language (read before the model loads; refused when made on
     other neurons), else None."""
     if args.from_sweep is None:
+        if args.sweep_pick is not None:
+            raise LangNeuronsError(f"--sweep-pick {args.sweep_pick} picks among a sweep's settings; give the sweep "
+                                   "with --from-sweep DIR")
         return None
     return sweep_settings(args.from_sweep, args.sweep_pick or "best", study.neurons)
 
@@ -99,10 +102,8 @@ def cmd_steer(args) -> None:
         if note:
             print(f"note: {note}", file=sys.stderr)
     pairs = study.steer(cfg)
-    k = cfg.k or study.neurons.k
-    st = cfg.steering
-    what = (f"{st.method} {cfg.which}-{k} neurons" if st.neuron_level else st.resolved(study.neurons).label())
-    print(f"prompt: {cfg.prompt!r}   steering: {what} towards {cfg.lang!r} ({st.label()})\n")
+    print(f"prompt: {cfg.prompt!r}   steering: {steer_label(study.neurons, cfg)} towards {cfg.lang!r} "
+          f"({cfg.steering.label()})\n")
     for p in pairs:
         print(f"--- seed {p.without.seed}")
         print(f"  without: {' '.join(p.without.text.split())}")
@@ -157,7 +158,8 @@ def cmd_cross_steer(args) -> None:
 
 
 _HELDOUT = "held-out corpus (never used for selection), e.g. ../shared/data/ud-dev-test"
-_OVERWRITE = ("--overwrite", dict(action="store_true", help="replace a folder that holds a run of other settings"))
+_OVERWRITE = ("--overwrite", dict(action="store_true", help="replace a result of the same kind made with other "
+                                  "settings (files it did not write, and results of other kinds, are kept)"))
 _REFERENCES = "real text for BLEU, the degeneracy gate and NLL (default: the corpus of the find run)"
 _FROM_SWEEP = [("--from-sweep", dict(default=None, metavar="DIR", help="steer with the settings a finished sweep "
                                      "picked (its sweep.json; instead of --method and its options)")),

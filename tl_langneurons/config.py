@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 from typing import Any, Callable, Sequence
 
 from .errors import LangNeuronsError
@@ -25,9 +26,13 @@ from .errors import LangNeuronsError
 
 def option(default: Any = dataclasses.MISSING, help: str = "", *, flag: str | None = None,
            parse: Callable[[str], Any] | None = None, choices: Sequence[str] | None = None,
-           metavar: str | None = None, default_factory: Callable[[], Any] | None = None) -> Any:
-    """A dataclass field that is also a command-line option (``--name-with-dashes`` unless ``flag``)."""
-    meta = {"help": help, "flag": flag, "parse": parse, "choices": choices, "metavar": metavar}
+           metavar: str | None = None, default_factory: Callable[[], Any] | None = None,
+           items: "Items | None" = None) -> Any:
+    """A dataclass field that is also a command-line option (``--name-with-dashes`` unless ``flag``).
+    ``items``: a list option, split by :func:`split_items` and checked by :func:`check_lists`."""
+    if items is not None:
+        parse = split_items
+    meta = {"help": help, "flag": flag, "parse": parse, "choices": choices, "metavar": metavar, "items": items}
     if default_factory is not None:
         return dataclasses.field(default_factory=default_factory, metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -36,6 +41,149 @@ def option(default: Any = dataclasses.MISSING, help: str = "", *, flag: str | No
 def comma_list(s: str) -> list[str]:
     """``"a, b,c"`` -> ``["a", "b", "c"]`` (empty items dropped)."""
     return [x.strip() for x in s.split(",") if x.strip()]
+
+
+def split_items(s: str) -> list[str]:
+    """How every list option is read from the command line: ``"a, b,c"`` -> ``["a", "b", "c"]``, ``""`` ->
+    ``[]``; empty items are kept (``"a,,b"``) so that :func:`check_list` refuses them. Nothing is converted
+    here: the config checks and converts the items (one message for every list option)."""
+    return [] if not s.strip() else [x.strip() for x in s.split(",")]
+
+
+@dataclasses.dataclass(frozen=True)
+class Items:
+    """What the items of a list option must be (see :func:`check_list`).
+
+    ``kind``: ``str``, ``float``, ``int``, ``percent`` (a number with ``%``, such as ``0.5%``) or ``k`` (a
+    count such as 1000 or a percentage); ``low``/``high``: the range (``low`` excluded when ``above``);
+    ``choices``: the allowed words; ``empty``: an empty list is allowed (it means none); ``none``: what
+    the word ``none`` stands for (``"default"``: the field's default, None; ``"empty"``: the empty list;
+    None: not allowed); ``want``: the items as the message asks for them. Repeated items are refused.
+    """
+
+    kind: str
+    want: str
+    low: float | None = None
+    high: float | None = None
+    above: bool = False
+    choices: tuple[str, ...] | None = None
+    empty: bool = False
+    none: str | None = None
+
+
+def _item(x: Any, spec: Items) -> tuple[Any, str | None]:
+    """One item converted to the spec's kind, or (x, the problem)."""
+    if isinstance(x, bool):
+        return x, f"{x!r} is not a {'word' if spec.kind == 'str' else 'number'}"
+    if isinstance(x, str):
+        x = x.strip()
+        if not x:
+            return x, "an item is empty (two commas in a row, or one at an end)"
+    if spec.kind == "str":
+        if not isinstance(x, str):
+            return x, f"{x!r} is not a word"
+        if spec.choices is not None and x not in spec.choices:
+            return x, f"{x!r} is not one of {','.join(spec.choices)}"
+        return x, None
+    pct = spec.kind == "percent" or (spec.kind == "k" and isinstance(x, str) and x.endswith("%"))
+    if pct:
+        if not isinstance(x, str) or not x.endswith("%"):
+            if not _number(x):
+                return x, f"{x!r} is not a percentage such as 0.5%"
+            return x, (f"{x} has no %: the values are percentages, so write {x}% for {x} percent, or "
+                       f"{_g(float(x) * 100)}% for a share of {x}")
+        try:
+            v = float(x[:-1])
+        except ValueError:
+            return x, f"{x!r} is not a percentage such as 0.5%"
+        if not math.isfinite(v) or v <= 0 or v > 100:
+            return x, f"{x} is not above 0% and at most 100%"
+        return x, None
+    if isinstance(x, str):
+        try:
+            v = int(x) if spec.kind in ("int", "k") else float(x)
+        except ValueError:
+            return x, f"{x!r} is not a {'whole number' if spec.kind in ('int', 'k') else 'number'}"
+    elif isinstance(x, (int, float)):
+        v = x
+    else:
+        return x, f"{x!r} is not a number"
+    if spec.kind in ("int", "k"):
+        if isinstance(v, float):
+            if not v.is_integer():
+                return x, f"{x!r} is not a whole number"
+            v = int(v)
+    else:
+        v = float(v)
+        if not math.isfinite(v):
+            return x, f"{x} is not a finite number"
+    low = 1 if spec.kind == "k" else spec.low
+    if low is not None and (v <= low if spec.above else v < low):
+        return x, f"{_g(v)} is {'not above' if spec.above else 'below'} {_g(low)}"
+    if spec.high is not None and v > spec.high:
+        return x, f"{_g(v)} is above {_g(spec.high)}"
+    return v, None
+
+
+def _number(s: Any) -> bool:
+    try:
+        return math.isfinite(float(s))
+    except (TypeError, ValueError):
+        return False
+
+
+def _g(v: float) -> str:
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def check_list(name: str, values: Any, spec: Items) -> list | None:
+    """The one check of every list option: ``values`` (a list, or a comma-separated string) converted
+    to the spec's kind, or one :class:`LangNeuronsError` line naming the option, what it must hold, what
+    it got and the first problem (an empty list or item, a word that is not a number, nan or inf, a
+    value out of range, a repeated value). Returns None for ``none`` where that means the default."""
+    if isinstance(values, str):
+        values = split_items(values)
+    values = [] if values is None else list(values)
+    shown = ",".join(str(v) for v in values) or '""'
+    if [str(v).strip().lower() for v in values] == ["none"] and spec.none is not None:
+        return None if spec.none == "default" else []
+    problem = None
+    if not values and not spec.empty:
+        problem = "the list is empty" + ("; leave the option out for its default" if spec.none == "default" else "")
+    out = []
+    for x in values:
+        if problem:
+            break
+        v, problem = _item(x, spec)
+        if problem is None and v in out:
+            problem = f"{x} is repeated"
+        out.append(v)
+    if problem:
+        raise LangNeuronsError(f"{name} must be {spec.want}, got {shown}: {problem}")
+    return out
+
+
+def _checked(f: dataclasses.Field, value: Any) -> Any:
+    """``value`` of the field ``f``, checked and converted by :func:`check_list` if it is a list option."""
+    spec = f.metadata.get("items")
+    if spec is None or (value is None and _default(f) is None):
+        return value
+    return check_list(f.metadata["flag"] or "--" + f.name.replace("_", "-"), value, spec)
+
+
+def check_lists(cfg: Any) -> None:
+    """Check and convert every list option of the dataclass ``cfg`` in place (from ``__post_init__``),
+    before any model loads: each field declared with ``option(..., items=Items(...))``. :func:`from_args`
+    does the same on the command line's words before it builds the config."""
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        checked = _checked(f, value)
+        if checked is not value:
+            setattr(cfg, f.name, checked)
+
+
+# the target languages of an experiment (or of a corpus): codes, none for all
+LANGUAGES = Items("str", "comma-separated language codes such as de,ja (none: all)", none="default")
 
 
 def _typed_list(s: str, kind: type, what: str) -> list:
@@ -128,8 +276,8 @@ def add_options(parser: argparse.ArgumentParser, cls: type, skip: Sequence[str] 
 
 def from_args(cls: type, args: argparse.Namespace, **extra: Any) -> Any:
     """An instance of ``cls`` from the parsed options (plus ``extra`` fields)."""
-    names = {f.name for f in dataclasses.fields(cls)}
-    values = {n: getattr(args, n) for n in names if hasattr(args, n)}
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    values = {n: _checked(f, getattr(args, n)) for n, f in fields.items() if hasattr(args, n)}
     for f in dataclasses.fields(cls):
         if _nested(f) and f.name not in extra:
             values[f.name] = from_args(f.default_factory, args)  # type: ignore[arg-type]

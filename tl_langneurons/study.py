@@ -11,6 +11,7 @@ Example:
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from dataclasses import asdict, dataclass, replace
@@ -41,7 +42,7 @@ from .evaluate.control import (
     evaluate_control,
     result_settings,
 )
-from .evaluate.sweep import check_sweep, SweepConfig, SweepResult, run_sweep, sweep_folder
+from .evaluate.sweep import check_prompt_texts, check_sweep, SweepConfig, SweepResult, run_sweep, sweep_folder
 from .model.load import DEFAULT_MODEL, DTYPES, ModelConfig, model_dtype, model_name, runtime_info
 from .provenance import peak_rss_gb
 from .results import (
@@ -49,13 +50,15 @@ from .results import (
     check_writable,
     fault_point,
     finish_swap,
+    resolve_link,
+    result_kind,
     staged_folder,
     staging_dir,
 )
-from .steer.compare import SteerConfig, SteerPair, steer_pairs
-from .steer.methods import METHODS
+from .steer.compare import SteerConfig, SteerPair, check_steer, steer_pairs
 
 Echo = Callable[[str], None]
+log = logging.getLogger(__name__)
 
 
 def _quiet(_: str) -> None:
@@ -93,6 +96,11 @@ class Study:
         self.progress, self.echo = progress, echo
         self._model: nn.Module | None = model if isinstance(model, nn.Module) else None
         self.find_stats: dict = {}
+        found_in, asked = self.neurons.meta.get("dtype"), self._config.dtype if self._config else None
+        if asked and found_in in DTYPES and asked != found_in:  # before the model loads
+            raise LangNeuronsError(f"--dtype {asked}: these neurons were found in {found_in}, and steering them on "
+                                   f"{asked} weights is a dtype mismatch; leave --dtype out (the model then loads in "
+                                   f"{found_in}) or find neurons with --dtype {asked}")
 
     # ---- the model ----------------------------------------------------------------------------
     @property
@@ -132,7 +140,7 @@ class Study:
 
         from .detect.distributed import agreed, context
 
-        out, config = Path(out), config or FindConfig()
+        out, config = resolve_link(out), config or FindConfig()  # written through a link to a folder
         model = model if model is not None else ModelConfig()
         corpus_cfg = corpus if isinstance(corpus, CorpusConfig) else None
         shard = context()
@@ -145,8 +153,13 @@ class Study:
             find_neurons(hooked, texts, config, cache=cache, progress=False)  # this rank's batches, gathered to rank 0
             return None
         t0 = time.perf_counter()
-        keep = ("control", *(sweep_folder(m) for m in METHODS), "analyses") if same else ()
-        with staged_folder(out, "find", settings, keep=keep) as stage:
+        # what other commands wrote inside the folder (controls, sweeps, analyses, the sample cache, reports) and
+        # the user's files are carried into the new result; made on other neurons, the results are named
+        inside = [] if same or not out.is_dir() else sorted(p.name for p in out.iterdir() if result_kind(p))
+        if inside:
+            echo(f"note: {out} keeps {', '.join(inside)}, made on the previous neurons; rerun evaluate or sweep with "
+                 "--overwrite to redo them on the new ones")
+        with staged_folder(out, "find", settings) as stage:
             neurons, pooled, labels = find_neurons(
                 hooked, texts, config, cache=cache, checkpoint=checkpoint, store=on_disk, return_activations=True,
                 keep_checkpoint=True, progress=progress)
@@ -230,6 +243,8 @@ class Study:
         """The control experiment (Table 2, k ablation) into ``out`` (default ``DIR/control``)."""
         cfg, out = config or EvaluateConfig(), Path(out) if out else self.dir / "control"
         check_target(out, "control", result_settings(self.neurons, cfg), overwrite)  # before the model loads
+        for lang in cfg.languages or []:
+            self.neurons._check_lang(lang)
         refs = self.references(corpus)
         return evaluate_control(self.model, self.neurons, refs, cfg, out, progress=self.progress, overwrite=overwrite,
                                 samples=self.samples_dir)
@@ -244,12 +259,15 @@ class Study:
         check_target(out, "sweep", result_settings(self.neurons, cfg), overwrite)
         check_sweep(cfg, self.neurons)
         held = None if cfg.heldout is None else self._heldout(cfg.heldout)  # read before the model loads
+        if held is not None:
+            check_prompt_texts(cfg, self.neurons, held)
         refs = self.references(corpus)
         return run_sweep(self.model, self.neurons, refs, cfg, out, progress=self.progress, overwrite=overwrite,
                          samples=self.samples_dir, heldout=held)
 
     def steer(self, config: SteerConfig) -> list[SteerPair]:
         """The same seeds without and with the clamp."""
+        check_steer(self.neurons, config)  # before the model loads
         return steer_pairs(self.model, self.neurons, config)
 
     # ---- analyses (written to DIR/analyses) ---------------------------------------------------
@@ -258,9 +276,30 @@ class Study:
         return self.dir / "analyses"
 
     def _heldout(self, spec: str | MultilingualCorpus) -> MultilingualCorpus:
-        if isinstance(spec, MultilingualCorpus):
-            return spec
-        return MultilingualCorpus.load(spec, languages=self.neurons.languages)
+        held = spec if isinstance(spec, MultilingualCorpus) else MultilingualCorpus.load(
+            spec, languages=self.neurons.languages)
+        self._warn_if_not_held_out(held)
+        return held
+
+    def _warn_if_not_held_out(self, held: MultilingualCorpus) -> None:
+        """A warning line when held-out texts are texts ``find`` selected the neurons on (the same corpus,
+        or one that overlaps it): results on them are not held out."""
+        meta = self.neurons.meta
+        if not meta.get("corpus_spec"):
+            return
+        try:
+            found = MultilingualCorpus.load(meta["corpus_spec"], meta.get("n_per_lang"), meta.get("corpus_seed", 0),
+                                            self.neurons.languages).texts
+        except (LangNeuronsError, OSError):  # the find corpus is not at hand here: nothing to compare
+            return
+        shared = {l: len(set(ts) & set(found.get(l, ()))) for l, ts in held.texts.items()}
+        shared = {l: n for l, n in shared.items() if n}
+        if shared:
+            n_held = sum(len(held.texts[l]) for l in shared)
+            log.warning(f"warning: {sum(shared.values())} of the {n_held} held-out texts of "
+                        f"{', '.join(shared)} ({', '.join(f'{l} {n}' for l, n in shared.items())}) are texts find "
+                        f"selected these neurons on (corpus {meta['corpus_spec']}): results on them are not held out; "
+                        "use held-out text apart from the find corpus")
 
     def deactivate(self, heldout: str | MultilingualCorpus, config: DeactivationConfig | None = None
                    ) -> DeactivationResult:

@@ -146,9 +146,11 @@ def test_study_records_dtype_and_reloads_in_it(tiny_dirs, tiny_corpus, tmp_path)
     # a later command loads the model in the dtype the neurons were found in (the weights check passes)
     again = Study(out, ModelConfig(model=None, device="cpu"))
     assert runtime_info(again.model)["dtype"] == "bfloat16"
-    # asking for float32 explicitly is another model: refused by the weights check
-    with pytest.raises(LangNeuronsError, match="weights differ"):
+    # asking for float32 explicitly is another model: refused as a dtype mismatch, before the model loads
+    with pytest.raises(LangNeuronsError, match="found in bfloat16.*dtype mismatch"):
         _ = Study(out, ModelConfig(model=None, dtype="float32")).model
+    with pytest.raises(LangNeuronsError, match="found on .* in bfloat16; this model is in float32: a dtype mismatch"):
+        study.neurons.check_model(load_model(model))  # a model object in another dtype: the same, named
     # a float32 run into the bf16 folder is a run of other settings
     with pytest.raises(LangNeuronsError, match=r"other settings \(different dtype\)"):
         Study.find(out, ModelConfig(model=model), tiny_corpus, FindConfig(k=5), progress=False)

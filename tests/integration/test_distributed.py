@@ -101,7 +101,9 @@ def test_find_cli_under_torchrun_writes_the_single_process_folder(tiny_dirs, tmp
     from safetensors.torch import load_file
 
     a, b = load_file(str(tmp_path / "one.safetensors")), load_file(str(tmp_path / "two.safetensors"))
-    assert set(a) == set(b) == {"values", "tokens.hist", "tokens.n_tokens"}
+    # the cache keeps the residual means too (a later find from it records them)
+    assert set(a) == set(b) == {"values", "tokens.hist", "tokens.n_tokens", "resid.mean", "resid.norm_sum",
+                                "resid.norm_count"}
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["one", "one.safetensors", "two", "two.safetensors"]
 

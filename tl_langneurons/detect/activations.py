@@ -146,11 +146,13 @@ class PooledActivations:
 
     def save(self, path: str | Path) -> None:
         """safetensors with a JSON header (model, sites, pooling, corpus hash, versions); atomic. The token
-        histogram, when collected, is saved beside the values (so another selector can reuse the cache)."""
+        histogram and the residual-stream means, when collected, are saved beside the values (so another
+        selector can reuse the cache, and its neurons steer with diffmean and sparse too)."""
         from safetensors.torch import save
 
         tensors = {"values": self.values.contiguous()}
         tensors.update({f"tokens.{k}": v.contiguous() for k, v in (self.tokens or {}).items()})
+        tensors.update({f"resid.{k}": v.contiguous() for k, v in (self.resid or {}).items()})
         data = save(tensors, metadata={"tl_langneurons": json.dumps(self.header())})
         atomic_write_bytes(path, data)
 
@@ -165,6 +167,7 @@ class PooledActivations:
                 header = json.loads(f.metadata()["tl_langneurons"])
                 values = f.get_tensor("values")
                 tokens = {k[len("tokens."):]: f.get_tensor(k) for k in f.keys() if k.startswith("tokens.")} or None
+                resid = {k[len("resid."):]: f.get_tensor(k) for k in f.keys() if k.startswith("resid.")} or None
         except (SafetensorError, OSError, KeyError, json.JSONDecodeError, RuntimeError) as e:
             raise LangNeuronsError(f"activation cache {path} is corrupt or not a tl-langneurons cache ({e}); delete it") from e
         if expect:
@@ -180,7 +183,10 @@ class PooledActivations:
         if tokens is not None and (set(tokens) != {"hist", "n_tokens"} or tokens["hist"].shape[1:] != (index.n_neurons, N_TOKEN_BINS)
                                    or header.get("token_bins") != TOKEN_BINS):
             raise LangNeuronsError(f"activation cache {path} holds token statistics of another layout; delete it")
-        return cls(values, index, header, tokens=tokens)
+        if resid is not None and (set(resid) != {"mean", "norm_sum", "norm_count"}
+                                  or any(t.shape[0] != values.shape[0] for t in resid.values())):
+            raise LangNeuronsError(f"activation cache {path} holds residual means of another layout; delete it")
+        return cls(values, index, header, resid=resid, tokens=tokens)
 
 
 @torch.no_grad()

@@ -14,7 +14,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from ..config import comma_list, option
+from ..config import LANGUAGES, check_lists, option
 from ..errors import LangNeuronsError
 from ..provenance import sha256_texts
 
@@ -303,9 +303,10 @@ class CorpusConfig:
                                     parse=int)
     seed: int = option(0, "seed of the corpus sampling")
     languages: list[str] | None = option(None, "comma-separated language codes (none: all in the corpus)",
-                                         parse=comma_list)
+                                         items=LANGUAGES)
 
     def __post_init__(self) -> None:
+        check_lists(self)  # no empty or repeated language
         if self.n_per_lang is not None and (isinstance(self.n_per_lang, bool) or self.n_per_lang < 1):
             raise LangNeuronsError(f"n_per_lang must be at least 1, got {self.n_per_lang}; "
                                    "omit --n-per-lang to use all texts")

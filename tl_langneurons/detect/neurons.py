@@ -24,7 +24,7 @@ from torch import Tensor
 
 from ..config import count_or_percent, option
 from ..errors import LangNeuronsError
-from ..model.load import legacy_fingerprint, model_name, weights_fingerprint
+from ..model.load import legacy_fingerprint, model_dtype, model_name, weights_fingerprint
 from ..model.protocol import HookedModel
 from ..model.sites import NeuronIndex, resolve_sites
 from ..provenance import (
@@ -35,7 +35,7 @@ from ..provenance import (
     peak_rss_gb,
 )
 from ..report.tables import csv_text, markdown_table
-from ..results import fault_point
+from ..results import describe_kind, fault_point, result_kind
 from ..steer.interventions import clamp_hooks
 from .activations import POOLINGS, PooledActivations, collect
 from .corpus import MultilingualCorpus
@@ -498,6 +498,10 @@ class LanguageNeurons:
 
         d = Path(directory)
         if not (d / "neurons.json").exists() or not (d / "neurons.safetensors").exists():
+            kind = result_kind(d) if d.is_dir() else None
+            if kind not in (None, "find"):  # a control or sweep folder inside a find folder
+                raise LangNeuronsError(f"{d} holds a {describe_kind(kind)}, not neurons; pass the find folder it "
+                                       f"belongs to (such as {d.parent})")
             raise LangNeuronsError(f"{d} holds no neurons (neurons.json and neurons.safetensors); run `tl-langneurons find --out {d}` first")
         info = read_neurons_json(d / "neurons.json")
         try:
@@ -543,6 +547,12 @@ class LanguageNeurons:
             raise LangNeuronsError(f"these neurons were found at sites {self.index.spec!r}, which this model lacks: {e}") from e
         theirs = self.meta.get("weights_sha")
         if theirs and theirs != weights_fingerprint(model) and theirs != legacy_fingerprint(model):
+            found_in, mine = self.meta.get("dtype"), model_dtype(model)
+            if found_in and found_in != mine:  # the same model in another precision: say so
+                raise LangNeuronsError(
+                    f"these neurons were found on {self.meta.get('model', 'another model')} in {found_in}; this model "
+                    f"is in {mine}: a dtype mismatch (its weights differ). Load the model in {found_in} (--dtype "
+                    f"{found_in}) or find neurons in {mine}")
             raise LangNeuronsError(
                 f"these neurons were found on {self.meta.get('model', 'another model')} (weights {theirs}); this model's "
                 f"weights differ ({weights_fingerprint(model)}). Use neurons found on this model"
@@ -608,6 +618,10 @@ def find_neurons(model: HookedModel, corpus: MultilingualCorpus, config: FindCon
             pooled = PooledActivations.load(cache, expect=expect)
             if pooled.index != index:
                 raise LangNeuronsError(f"activation cache {cache} has another neuron index than this model; delete it")
+            if pooled.resid is None:  # without them the neurons could not steer with diffmean or sparse
+                raise LangNeuronsError(f"activation cache {cache} holds no residual-stream means (made before they "
+                                       "were kept in the cache), which find records for diffmean and sparse steering; "
+                                       "delete it and the run collects again (and writes it with them)")
             if pooled.tokens is None and config.method in TOKEN_METHODS:
                 raise LangNeuronsError(f"activation cache {cache} holds no token statistics (made before they were "
                                        f"collected, or with --no-token-stats), which method {config.method} needs; delete it")

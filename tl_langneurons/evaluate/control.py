@@ -18,7 +18,7 @@ from typing import Sequence
 
 import torch.distributed as dist
 
-from ..config import comma_list, k_list, option
+from ..config import LANGUAGES, Items, check_lists, option
 from ..detect.distributed import Shard, agreed, from_main, is_main
 from ..detect.distributed import context as dist_context
 from ..detect.neurons import LanguageNeurons
@@ -59,7 +59,7 @@ def default_ablation_ks(n_neurons: int) -> list[int]:
 class EvaluateConfig:
     """Settings of the control experiment; defaults are the paper's."""
 
-    languages: list[str] | None = option(None, "comma-separated target languages (none: all)", parse=comma_list)
+    languages: list[str] | None = option(None, "comma-separated target languages (none: all)", items=LANGUAGES)
     conditions: Sequence[str] = CONDITIONS
     samples: int = option(100, "samples per condition, seeds 1..N")
     max_new_tokens: int = option(64, "tokens to generate")
@@ -69,13 +69,16 @@ class EvaluateConfig:
     steering: SteeringConfig = field(default_factory=SteeringConfig)
     ablation_ks: list[int | str] | None = option(
         None, "k values of the ablation, comma-separated counts or percentages; none skips the ablation "
-        "(default: 10,100,...,30000 and the neuron count)", parse=k_list)
+        "(default: 10,100,...,30000 and the neuron count)",
+        items=Items("k", "counts such as 10,100 or percentages such as 0.5% (none: no ablation)", empty=True,
+                    none="empty"))
     ablation_samples: int | None = option(None, "samples per k (none: --samples)", parse=int)
     batch_size: int = option(100, "samples per batch (the samples do not depend on it)")
     reference_nll_texts: int = option(REFERENCE_NLL_TEXTS, "reference texts per language whose NLL under the "
                                       "model is reported beside the samples' (the demo: 10)")
 
     def __post_init__(self) -> None:
+        check_lists(self)  # languages and ablation_ks: empty items, not a number, out of range, repeated
         if self.reference_nll_texts < 1:
             raise LangNeuronsError(f"--reference-nll-texts must be at least 1, got {self.reference_nll_texts}")
         bad = [c for c in self.conditions if c not in CONDITIONS]

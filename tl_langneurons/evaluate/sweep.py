@@ -18,11 +18,11 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
 
-from ..config import comma_list, float_list, int_list, option
+from ..config import LANGUAGES, Items, check_lists, option
 from ..detect.corpus import MultilingualCorpus
 from ..detect.distributed import Shard
 from ..detect.distributed import context as dist_context
@@ -31,8 +31,10 @@ from ..detect.ranking import parse_k
 from ..errors import LangNeuronsError
 from ..model.protocol import HookedModel
 from ..provenance import atomic_write_json, atomic_write_text, sha256_texts
+from ..results import read_json
 from ..report.tables import markdown_table
-from ..steer.methods import METHODS, POSITIONS, SteeringConfig
+from ..steer.methods import (METHODS, POSITIONS, SteeringConfig, check_not_empty, full_count, neuron_count,
+                             setting_from_json)
 from ..steer.prompts import split_prompts
 from .samples import SampleStore
 from .control import CellRunner, EvaluateConfig, mean_of, result_settings, run_ranked
@@ -42,32 +44,43 @@ from .control import CellRunner, EvaluateConfig, mean_of, result_settings, run_r
 class SweepConfig:
     """The search space and sample counts of :func:`run_sweep`."""
 
-    languages: list[str] | None = option(None, "comma-separated target languages (none: all)", parse=comma_list)
+    languages: list[str] | None = option(None, "comma-separated target languages (none: all)", items=LANGUAGES)
     k_fractions: Sequence[str] = option(("0.05%", "0.1%", "0.27%", "0.45%", "1%", "2.7%"),
-                                        "k values searched, as fractions of the neurons", parse=comma_list)
-    scales: Sequence[float] = option((0.5, 1.0, 1.5, 2.0), "clamp scales searched", parse=float_list)
+                                        "k values searched, as percentages of the neurons, each with % (0.5% is "
+                                        "half a percent)", items=Items("percent", "percentages of the neurons "
+                                                                       "above 0% and at most 100% such as 0.5%,1%"))
+    scales: Sequence[float] = option((0.5, 1.0, 1.5, 2.0), "clamp scales searched",
+                                     items=Items("float", "finite numbers above 0 such as 0.5,1,2", low=0, above=True))
     positions: Sequence[str] = option(("all", "last"), "positions searched: all, last (clamp), generated (the "
-                                      "prompt, or BOS alone, left unsteered)", parse=comma_list)
+                                      "prompt, or BOS alone, left unsteered)",
+                                      items=Items("str", f"some of {','.join(POSITIONS)}", choices=POSITIONS))
     layer_sets: Sequence[str] = option(("all", "first", "last", "ends"), "layer subsets searched: all, first, last, "
-                                       "ends (quarters of the depth) or bands A-B such as 0-5", parse=comma_list)
+                                       "ends (quarters of the depth) or bands A-B such as 0-5",
+                                       items=Items("str", "layer subsets such as all,first,last,ends,0-5"))
     method: str = option("clamp", "intervention searched: clamp, add, diffmean or sparse", choices=METHODS)
     alphas: Sequence[float] = option((0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0),
                                      "strengths searched (add, diffmean; diffmean's layer stage uses the smallest)",
-                                     parse=float_list)
+                                     items=Items("float", "finite numbers above 0 such as 0.5,1,2", low=0, above=True))
     resid_layers: Sequence[int] | None = option(None, "layers searched (diffmean, sparse; none: 4 layers from a third "
-                                                "to five sixths of the depth)", parse=int_list)
-    dim_fractions: Sequence[float] = option((0.01, 0.05, 0.1), "shares of d_model overwritten (sparse)",
-                                            parse=float_list)
-    coefs: Sequence[float] = option((0.5, 1.0, 1.5), "coefficients searched (sparse)", parse=float_list)
+                                                "to five sixths of the depth)",
+                                                items=Items("int", "layer numbers such as 4,6 (none: the default)",
+                                                            low=0, none="default"))
+    dim_fractions: Sequence[float] = option((0.01, 0.05, 0.1), "shares of d_model overwritten (sparse), above 0 and "
+                                            "at most 1", items=Items("float", "shares of d_model above 0 and at most 1 "
+                                                                     "such as 0.01,0.05", low=0, above=True, high=1))
+    coefs: Sequence[float] = option((0.5, 1.0, 1.5), "coefficients searched (sparse)",
+                                    items=Items("float", "finite numbers above 0 such as 0.5,1,1.5", low=0, above=True))
     neuron_sets: Sequence[str] = option(("both",), "neuron sets searched (clamp, add) after the layers: both, top "
-                                        "(the language's own neurons only), bottom", parse=comma_list)
+                                        "(the language's own neurons only), bottom",
+                                        items=Items("str", "some of both,top,bottom", choices=("both", "top", "bottom")))
     sources: Sequence[str] = option(("none",), "with --heldout, a first stage: none, prompt (each prompt's "
                                     "language is the source: add deactivates its neurons, diffmean and sparse steer "
                                     "away from its mean; Gurgurov et al. and CLaS-Bench steer from a known source)",
-                                    parse=comma_list)
+                                    items=Items("str", "none and/or prompt", choices=("none", "prompt")))
     steer_tokens: Sequence[int] = option((), "a last stage: steer only while the first N tokens are written, these "
                                          "N searched against steering every token (none: no such stage)",
-                                         parse=int_list)
+                                         items=Items("int", "whole numbers of at least 1 such as 8,16 (none: no such "
+                                                     "stage)", low=1, empty=True, none="empty"))
     heldout: str | None = option(None, "search on prompts: held-out text (never used for selection; a folder, a "
                                  ".jsonl file or bundled) whose sentences' first 10-16 tokens are continued, steered "
                                  "towards every other language (none: from BOS)")
@@ -83,6 +96,7 @@ class SweepConfig:
     batch_size: int = option(100, "samples per batch")
 
     def __post_init__(self) -> None:
+        check_lists(self)  # every list option: empty, not a number, nan, out of range, repeated
         prompted = self.heldout is not None
         if self.val_samples is None:
             self.val_samples = 1 if prompted else 20
@@ -90,21 +104,6 @@ class SweepConfig:
             self.test_samples = 5 if prompted else 100
         if min(self.val_samples, self.test_samples, self.val_prompts, self.test_prompts) < 1:
             raise LangNeuronsError("val_samples, test_samples, val_prompts and test_prompts must be at least 1")
-        bad = [s for s in self.scales if not (math.isfinite(s) and s > 0)]
-        if bad or not self.scales:
-            raise LangNeuronsError(f"--scales must be finite numbers above 0 such as 0.5,1,2, got "
-                                   f"{','.join(str(s) for s in self.scales) or 'none'}")
-        bad = [p for p in self.positions if p not in POSITIONS]
-        if bad or not self.positions:
-            raise LangNeuronsError(f"--positions must be some of {','.join(POSITIONS)}, got "
-                                   f"{','.join(self.positions) or 'none'}")
-        bad = [x for x in self.neuron_sets if x not in ("both", "top", "bottom")]
-        if bad or not self.neuron_sets:
-            raise LangNeuronsError(f"--neuron-sets must be some of both,top,bottom, got "
-                                   f"{','.join(self.neuron_sets) or 'none'}")
-        bad = [x for x in self.sources if x not in ("none", "prompt")]
-        if bad or not self.sources:
-            raise LangNeuronsError(f"--sources must be none and/or prompt, got {','.join(self.sources) or 'none'}")
         if self.method != "clamp" and list(self.positions) == ["last"]:
             raise LangNeuronsError("--positions last is for clamp; add, diffmean and sparse take all and/or generated")
         if self.method not in ("clamp", "add") and list(self.neuron_sets) != ["both"]:
@@ -113,9 +112,6 @@ class SweepConfig:
             raise LangNeuronsError("--sources prompt is for add, diffmean and sparse; clamp has no source")
         if "prompt" in self.sources and not prompted:
             raise LangNeuronsError("--sources prompt needs --heldout: from BOS there is no prompt language")
-        if any(n < 1 for n in self.steer_tokens):
-            raise LangNeuronsError(f"--steer-tokens must be whole numbers of at least 1, got "
-                                   f"{','.join(map(str, self.steer_tokens))}")
         if not (math.isfinite(self.temperature) and self.temperature > 0):
             raise LangNeuronsError(f"temperature must be positive and finite (such as 0.8), got {self.temperature}")
 
@@ -155,6 +151,8 @@ def run_sweep(model: HookedModel, neurons: LanguageNeurons, references: dict[str
         raise LangNeuronsError("a held-out corpus for prompts needs config.heldout naming it (what the results record)")
     if heldout is None and cfg.heldout is not None:
         heldout = MultilingualCorpus.load(cfg.heldout, languages=neurons.languages)
+    if heldout is not None:
+        check_prompt_texts(cfg, neurons, heldout)
     shard = dist_context(distributed)
     return run_ranked(shard, out, "sweep", result_settings(neurons, cfg), overwrite,
                       lambda cells: _sweep(model, neurons, references, cfg, cells, progress, SampleStore(samples),
@@ -175,34 +173,63 @@ def sweep_settings(directory: str | Path, pick: str = "best", neurons: LanguageN
     if pick not in ("best", "shared"):
         raise LangNeuronsError(f"a sweep's pick is best or shared, got {pick!r}")
     f = Path(directory) / "sweep.json"
-    try:
-        data = json.loads(f.read_text(encoding="utf-8"))
-        best = data["best"]
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise LangNeuronsError(f"{f} is not a finished sweep's result ({type(e).__name__}: {e})") from None
-    names = {field_.name for field_ in fields(SteeringConfig)}
+    if not f.is_file():
+        raise LangNeuronsError(f"{f} is not a finished sweep's result (there is no such file); run the sweep first")
+    again = "run the sweep again, or name another sweep"
+    data = read_json(f, {"best": ("object",), "best.*": ("object",), "meta": ("object", "null"),
+                         "meta.ap_sha": ("string", "null"), "meta.shared": ("object", "null")}, again)
+    meta = data.get("meta") or {}
     if neurons is not None:
-        made_on = (data.get("meta") or {}).get("ap_sha")
+        made_on = meta.get("ap_sha")
         if made_on != hashlib.sha256(neurons.ap.numpy().tobytes()).hexdigest()[:16]:
             raise LangNeuronsError(f"the sweep in {directory} was made on other neurons (AP {made_on}); its settings "
                                    "(k, layers) do not carry over: sweep these neurons")
-
-    def config(st: dict) -> SteeringConfig:
-        return SteeringConfig(**{k: v for k, v in st.items() if k in names})
-
+    # a language whose every setting steered no neuron (or did not apply) has no pick: it was never scored
+    best = {lang: st for lang, st in data["best"].items() if "val" not in st or st["val"] is not None}
+    if not best:
+        raise LangNeuronsError(f"{f}: field 'best' holds no setting that was scored; {again}")
     if pick == "shared":
-        shared = (data.get("meta") or {}).get("shared")
+        shared = meta.get("shared")
         if not shared:
             raise LangNeuronsError(f"{f} has no shared setting (no setting applied to every language)")
-        return {lang: config(shared) for lang in best}
-    return {lang: config(st) for lang, st in best.items()}
+        setting = setting_from_json(shared, str(f), "meta.shared", again)
+        return {lang: setting for lang in best}
+    return {lang: setting_from_json(st, str(f), f"best.{lang}", again) for lang, st in best.items()}
 
 
 def check_sweep(cfg: SweepConfig, neurons: LanguageNeurons) -> None:
-    """What the config asks of the neurons, checked before the model loads: the layer subsets exist."""
+    """What the config asks of the neurons, checked before the model loads: the languages are the neurons',
+    for clamp and add a k value reaches one neuron and the layer subsets exist, for diffmean and sparse the
+    residual means were recorded and the layers searched exist."""
+    for lang in cfg.languages or []:
+        neurons._check_lang(lang)
     if cfg.method in ("clamp", "add"):
+        ks, _ = _ks(cfg.k_fractions, neurons.index.n_neurons)
         for x in cfg.layer_sets:
             neurons.layer_subset(x)
+        if neurons.one_sided and list(cfg.neuron_sets) == ["bottom"]:
+            raise LangNeuronsError(f"--neuron-sets bottom: {neurons.method} selects top neurons only (its bottom sets "
+                                   "are empty), so nothing would be steered; search top or both")
+        for lang in cfg.languages or neurons.languages:  # a language without neurons has nothing to search
+            check_not_empty(neurons, SteeringConfig(which="top", k=max(ks)), lang)
+        return
+    means, _ = neurons.residual()
+    n_layers = means.shape[1]
+    bad = [l for l in cfg.resid_layers or () if l >= n_layers]
+    if bad:
+        raise LangNeuronsError(f"--resid-layers {','.join(map(str, cfg.resid_layers))}: there is no layer {bad[0]}; "
+                               f"the residual means were recorded for {n_layers} layers (0-{n_layers - 1})")
+
+
+def check_prompt_texts(cfg: SweepConfig, neurons: LanguageNeurons, heldout: MultilingualCorpus) -> None:
+    """Before the model loads: the held-out text of every prompt language has a text for each test and
+    validation prompt asked for (the prompts are never fewer than the config records)."""
+    for l in neurons.languages:
+        have = len(heldout.texts.get(l, ()))
+        if 0 < have < cfg.test_prompts + cfg.val_prompts:
+            raise LangNeuronsError(f"--test-prompts {cfg.test_prompts} and --val-prompts {cfg.val_prompts} need "
+                                   f"{cfg.test_prompts + cfg.val_prompts} held-out {l} texts, each its own prompt; "
+                                   f"{cfg.heldout or 'the held-out corpus'} has {have}: ask for fewer prompts")
 
 
 def sweep_prompts(tokenizer, neurons: LanguageNeurons, heldout: MultilingualCorpus, cfg: SweepConfig
@@ -218,6 +245,11 @@ def sweep_prompts(tokenizer, neurons: LanguageNeurons, heldout: MultilingualCorp
     out: dict[str, dict[str, list[list[int]]]] = {"val": {}, "test": {}}
     for l in srcs:
         out["test"][l], out["val"][l] = split_prompts(tokenizer, heldout.texts[l], cfg.test_prompts, cfg.val_prompts, l)
+        got = (len(out["test"][l]), len(out["val"][l]))
+        if got != (cfg.test_prompts, cfg.val_prompts):  # texts too short for a prompt: fewer than the config records
+            raise LangNeuronsError(f"--test-prompts {cfg.test_prompts} and --val-prompts {cfg.val_prompts}: the held-out "
+                                   f"{l} text of {cfg.heldout or 'the held-out corpus'} gives {got[0]} test and "
+                                   f"{got[1]} validation prompts (texts of at least 14 tokens); ask for at most that many")
     return out
 
 
@@ -256,18 +288,27 @@ def _sweep(model: HookedModel, neurons: LanguageNeurons, references: dict[str, l
     def steering_of(s: dict) -> SteeringConfig:
         return SteeringConfig(method=s.get("method", cfg.method), **{k: v for k, v in s.items() if k not in ("k", "method")})
 
+    empty: dict[str, None] = {}  # settings that steer no neuron (lape, actprob): never scored, named in the notes
+
     def evaluate_many(cands: list[tuple[str, dict]], phase: str, base_fluent: dict[str, float]) -> list[dict | None]:
         """Scores of (lang, setting) candidates, generated together; None where the setting does not
-        apply (e.g. k larger than a layer subset)."""
+        apply (e.g. k larger than a layer subset) or would steer no neuron (an empty set of lape or actprob)."""
         steers = [steering_of(st) for _, st in cands]
-        ok = []
+        ok, counts = [], []
         for (lang, st), steer in zip(cands, steers):
+            full = replace(steer, which=st.get("which", "both"), k=st["k"])
             try:
                 src = units(lang, phase)[0][0]
-                cells.hooks(replace(steer.for_prompt(src), which=st.get("which", "both"), k=st["k"]), lang)
+                count = neuron_count(neurons, full, lang)
+                if count == 0:
+                    empty[f"{lang}: {full.label()}"] = None
+                    raise LangNeuronsError("no neuron")
+                cells.hooks(full.for_prompt(src), lang)
                 ok.append(True)
             except LangNeuronsError:
+                count = None
                 ok.append(False)
+            counts.append(None if count is None or count == full_count(neurons, full) else count)
         todo, spans = [], []
         for (lang, st), steer, good in zip(cands, steers, ok):
             if good:
@@ -277,13 +318,16 @@ def _sweep(model: HookedModel, neurons: LanguageNeurons, references: dict[str, l
         got = cells.samples_many(todo)
         rows_of = iter([r for cell in got[a:b] for r in cell] for a, b in spans)
         out: list[dict | None] = []
-        for (lang, st), steer, good in zip(cands, steers, ok):
+        for (lang, st), steer, good, count in zip(cands, steers, ok, counts):
             if not good:
                 out.append(None)
                 continue
             sc = cells.score(next(rows_of), lang)
-            out.append({"lang": lang, **st, "label": replace(steer, k=st["k"] if steer.neuron_level else None)
-                        .resolved(neurons).label(), "k_fraction": st["k"] / n, **sc.steering_row(base_fluent[lang])})
+            label = replace(steer, k=st["k"] if steer.neuron_level else None).resolved(neurons).label()
+            if count is not None:  # fewer neurons than k names (lape, actprob): the real count
+                label += f" ({count} neuron{'s' if count != 1 else ''})"
+            out.append({"lang": lang, **st, "label": label, "k_fraction": st["k"] / n,
+                        **sc.steering_row(base_fluent[lang])})
         return out
 
     def better(a, b):
@@ -340,6 +384,8 @@ def _sweep(model: HookedModel, neurons: LanguageNeurons, references: dict[str, l
             if r is not None:
                 test.append({**r, "setting": name})
     test.sort(key=lambda r: langs.index(r["lang"]))
+    if empty:
+        notes.append(f"not scored, as they steer no neuron ({neurons.method} chose none): {'; '.join(empty)}")
     meta = {**cells.meta(), "config": asdict(cfg), "languages": langs, "notes": notes, "shared": shared}
     if prompts is not None:
         meta["prompts"] = {"heldout": cfg.heldout,
@@ -369,7 +415,9 @@ def _search_space(cfg: SweepConfig, neurons: LanguageNeurons, n: int) -> tuple[d
         fixed["source"] = "prompt"
     if cfg.method in ("clamp", "add"):
         start = {"method": cfg.method, "k": _fraction_k("0.45%", n), "positions": "all", "layers": None, **fixed}
-        ks = ("k", "k", _ks(cfg.k_fractions, n))
+        k_values, k_notes = _ks(cfg.k_fractions, n)
+        notes += k_notes
+        ks = ("k", "k", k_values)
         layers = ("layers", "layers", [None if x == "all" else x for x in cfg.layer_sets])
         sets = [("which", "which", list(cfg.neuron_sets))] if len(cfg.neuron_sets) > 1 else []
         if sets or list(cfg.neuron_sets) != ["both"]:
@@ -381,7 +429,7 @@ def _search_space(cfg: SweepConfig, neurons: LanguageNeurons, n: int) -> tuple[d
         return start, [*first, ks, ("alpha", "alpha", list(cfg.alphas)), layers, *sets, *positions], notes
     means, _ = neurons.residual()
     L, d = means.shape[1], means.shape[2]
-    layers = list(cfg.resid_layers) if cfg.resid_layers else sorted({round(L * f) for f in (1 / 3, 1 / 2, 2 / 3, 5 / 6)})
+    layers = list(cfg.resid_layers) if cfg.resid_layers is not None else sorted({round(L * f) for f in (1 / 3, 1 / 2, 2 / 3, 5 / 6)})
     start = {"method": cfg.method, "k": neurons.k, "layer": round(0.6 * L), **fixed}
     if cfg.method == "diffmean":
         # the layer stage runs at the weakest strength searched: on models with an outlier residual dimension
@@ -399,10 +447,22 @@ def _fraction_k(fraction: str, n: int) -> int:
     return parse_k(fraction, n) if float(fraction.rstrip("%")) * n >= 100 else 1
 
 
-def _ks(fractions: Sequence[str], n: int) -> list[int]:
-    """The distinct k of the fractions searched, skipping those below one neuron."""
-    ks = [parse_k(f, n) for f in fractions if float(str(f).rstrip("%")) * n >= 100]
-    return list(dict.fromkeys(ks)) or [1]
+def _ks(fractions: Sequence[str], n: int) -> tuple[list[int], list[str]]:
+    """The distinct k of the fractions searched, skipping those below one neuron (named in the notes, with
+    the fractions that give the same k); refused when none reaches one neuron."""
+    below = [f for f in fractions if float(str(f).rstrip("%")) * n < 100]
+    if len(below) == len(fractions):
+        least = 100 / n  # the smallest percentage of 3 digits that is one neuron
+        digits = 2 - math.floor(math.log10(least))
+        raise LangNeuronsError(f"--k-fractions {','.join(fractions)}: every value is less than one of the {n} neurons; "
+                               f"use at least {math.ceil(least * 10 ** digits) / 10 ** digits:g}% (one neuron)")
+    by_k: dict[int, list[str]] = {}
+    for f in fractions:
+        if f not in below:
+            by_k.setdefault(parse_k(f, n), []).append(f)
+    notes = [f"k={','.join(below)} skipped: less than one of the {n} neurons"] if below else []
+    notes += [f"k={','.join(fs)} all give k={k} of {n} neurons: searched once" for k, fs in by_k.items() if len(fs) > 1]
+    return list(by_k), notes
 
 
 def _f(v, fmt=".2f") -> str:
@@ -434,7 +494,7 @@ def sweep_markdown(res: SweepResult) -> str:
     for l in langs + ["mean"]:
         cells = []
         for s in settings:
-            rs = [get[(x, s)] for x in langs] if l == "mean" else [get[(l, s)]]
+            rs = [get[(x, s)] for x in (langs if l == "mean" else [l]) if (x, s) in get]  # none: not applicable
             cells.append(" / ".join(_f(mean_of(rs, key)) for key in
                                     ("rate", "rate_lingua", "gated_rate", "fluent", "retention", "nll")))
         tests.append([l, *cells])

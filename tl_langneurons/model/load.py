@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import glob
 import logging
 import os
 import re
 import shutil
+import socket
 import tempfile
 import warnings
 from dataclasses import dataclass
@@ -212,6 +214,38 @@ def _offline_error(name: str, err: Exception) -> LangNeuronsError:
     )
 
 
+def _offload_prefix() -> str:
+    """``.offload-HOST-``: the offload folders of this machine's processes are named by host and process id."""
+    host = re.sub(r"[^A-Za-z0-9_.]", "_", socket.gethostname())[:40] or "host"
+    return f".offload-{host}-"
+
+
+def remove_stale_offload_folders() -> list[Path]:
+    """Delete the offload folders in the cache folder left by this machine's processes that are no longer
+    running (a process killed with SIGKILL never removes its own); returns those deleted."""
+    gone = []
+    prefix = _offload_prefix()
+    for p in cache_dir().glob(f"{glob.escape(prefix)}*"):
+        pid = p.name[len(prefix):].split("-", 1)[0]
+        if not pid.isdigit() or int(pid) == os.getpid() or _running(int(pid)):
+            continue
+        shutil.rmtree(p, ignore_errors=True)
+        if not p.exists():
+            log.warning("removed %s, the offload folder of process %s, which is no longer running", p, pid)
+            gone.append(p)
+    return gone
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _load_hf(path_or_name: str, dtype: torch.dtype, device: str | None, device_map: Any = None,
              max_memory: dict | None = None, offload_folder: str | None = None) -> tuple[nn.Module, Any]:
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
@@ -227,7 +261,8 @@ def _load_hf(path_or_name: str, dtype: torch.dtype, device: str | None, device_m
     if device_map is not None:  # accelerate's big-model inference: layers over GPUs, CPU memory and disk
         if offload_folder is None:  # for the layers put on disk; removed when the process ends
             cache_dir().mkdir(parents=True, exist_ok=True)
-            offload_folder = tempfile.mkdtemp(prefix=".offload-", dir=cache_dir())
+            remove_stale_offload_folders()
+            offload_folder = tempfile.mkdtemp(prefix=f"{_offload_prefix()}{os.getpid()}-", dir=cache_dir())
             atexit.register(shutil.rmtree, offload_folder, True)
         placement = {"device_map": device_map, "max_memory": max_memory, "offload_folder": offload_folder}
     try:

@@ -3,13 +3,29 @@ package versions, as ``report.md`` and a self-contained-looking ``report.html``.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from ..errors import LangNeuronsError
 from ..provenance import atomic_write_text
+from ..results import describe_kind, read_json, result_kind
 from .html import markdown_to_html
 from .tables import markdown_table
+
+
+# the fields of evaluation.json and sweep.json the report reads, and what each must be
+EVALUATION_FIELDS = {
+    "meta": ("object",), "meta.seeds": ("string", "null"), "meta.config": ("object",),
+    "meta.config.prompt": ("string", "null"), "meta.config.temperature": ("number", "null"),
+    "meta.config.max_new_tokens": ("integer", "null"), "meta.config.samples": ("integer", "null"),
+    "meta.config.ablation_samples": ("integer", "null"), "meta.config.steering": ("object", "null"),
+    "meta.config.steering.method": ("string", "absent"),
+}
+SWEEP_FIELDS = {
+    "meta": ("object",), "meta.config": ("object",), "meta.config.method": ("string", "absent"),
+    "meta.config.heldout": ("string", "null"), "stages": ("list",), "stages.[]": ("object",),
+    "stages.[].lang": ("string",), "stages.[].label": ("string",), "stages.[].rate": ("number",),
+    "stages.[].retention": ("number", "null"),
+}
 
 
 def _read(path: Path) -> str:
@@ -28,7 +44,12 @@ def build_report(directory: str | Path) -> Path:
     """Write ``report.md`` and ``report.html`` into a ``find`` output folder (with ``control/`` if evaluated)."""
     d = Path(directory)
     if not (d / "neurons.json").exists():
-        raise LangNeuronsError(f"{d} is not a tl-langneurons result folder (no neurons.json); run `tl-langneurons find --out {d}`")
+        kind = result_kind(d) if d.is_dir() else None
+        if kind is not None:  # a control or sweep folder: the report is of the find folder that holds it
+            raise LangNeuronsError(f"{d} holds a {describe_kind(kind)}, not neurons; run report on the find folder "
+                                   f"it belongs to (such as {d.parent})")
+        raise LangNeuronsError(f"{d} is not a tl-langneurons result folder (no neurons.json); run `tl-langneurons find "
+                               f"--out {d}` first")
     from ..detect.neurons import (
         read_neurons_json,  # checked like LanguageNeurons.load checks it
     )
@@ -52,8 +73,9 @@ def build_report(directory: str | Path) -> Path:
     if (d / "distributions.png").exists():
         parts += ["### Activation on and off the language (paper Figure 4)", "", "![distributions](distributions.png)", ""]
     if (ctl / "table2.md").exists():
-        ev = json.loads(_read(ctl / "evaluation.json") or "{}").get("meta", {})
-        cfg = ev.get("config", {})
+        ev = read_json(ctl / "evaluation.json", EVALUATION_FIELDS,
+                       f"run evaluate again into {ctl} (with --overwrite), or move it away")["meta"]
+        cfg = ev["config"]
         parts += ["## Control (paper Table 2)", "",
                   f"Generation: {'BOS only' if not cfg.get('prompt') else 'prompt ' + repr(cfg.get('prompt'))}, "
                   f"temperature {cfg.get('temperature')}, {cfg.get('max_new_tokens')} new tokens, seeds {ev.get('seeds')}, "
@@ -81,10 +103,11 @@ def build_report(directory: str | Path) -> Path:
     sweeps = []  # (folder, method, protocol, stages) of every sweep folder, each sweep.json read once
     for p in sorted(d.glob("sweep*")):
         if (p / "sweep.md").exists() and (p / "sweep.json").exists():
-            data = json.loads(_read(p / "sweep.json") or "{}")
-            config = (data.get("meta") or {}).get("config") or {}
+            data = read_json(p / "sweep.json", SWEEP_FIELDS, f"run the sweep again into {p} (with --overwrite), or "
+                             "move it away")
+            config = data["meta"]["config"]
             sweeps.append((p, config.get("method", "clamp"), "prompts" if config.get("heldout") else "BOS",
-                           data.get("stages") or []))
+                           data["stages"]))
     for protocol, figure in (("BOS", "sweeps.png"), ("prompts", "sweeps-prompts.png")):
         together = [(p, method, stages) for p, method, proto, stages in sweeps if proto == protocol]
         if len(together) > 1:  # several sweeps of one protocol: every setting of every method in one figure

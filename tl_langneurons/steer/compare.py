@@ -9,7 +9,7 @@ from ..detect.neurons import LanguageNeurons
 from ..errors import LangNeuronsError
 from ..model.protocol import HookedModel
 from .generation import GenerationConfig, Sample, generate
-from .methods import SteeringConfig
+from .methods import SteeringConfig, check_not_empty, full_count, neuron_count
 
 
 @dataclass
@@ -60,9 +60,33 @@ class SteerPair:
     with_clamp: Sample
 
 
+def steering_of(config: SteerConfig) -> SteeringConfig:
+    """The intervention ``steer`` applies: the config's steering on its neuron set and k."""
+    return replace(config.steering, which=config.which, k=config.k)
+
+
+def check_steer(neurons: LanguageNeurons, config: SteerConfig) -> None:
+    """What ``steer`` asks of the neurons, before the model loads: a setting that acts on at least one neuron."""
+    check_not_empty(neurons, steering_of(config), config.lang)
+
+
+def steer_label(neurons: LanguageNeurons, config: SteerConfig) -> str:
+    """What ``steer`` applies, in words: for clamp and add the neuron set with its k, and the real number of
+    neurons where the selector chose fewer (lape, actprob); for diffmean and sparse their setting."""
+    st = steering_of(config)
+    if not st.neuron_level:
+        return st.resolved(neurons).label()
+    k = config.k or neurons.k
+    n = neuron_count(neurons, st, config.lang)
+    real = "" if n == full_count(neurons, st) else f" ({n} neuron{'s' if n != 1 else ''}: {neurons.method} chose fewer)"
+    return f"{st.method} {config.which}-{k} neurons{real}"
+
+
 def steer_pairs(model: HookedModel, neurons: LanguageNeurons, config: SteerConfig) -> list[SteerPair]:
-    """One (unclamped, clamped) pair of samples per seed, on the same seeds."""
+    """One (unclamped, clamped) pair of samples per seed, on the same seeds; a setting that would steer no
+    neuron (an empty set of lape or actprob) is refused."""
+    check_steer(neurons, config)
     neurons.check_model(model)
-    hooks = replace(config.steering, which=config.which, k=config.k).hooks(neurons, config.lang)
+    hooks = steering_of(config).hooks(neurons, config.lang)
     gcfg = config.generation()
     return [SteerPair(a, b) for a, b in zip(generate(model, gcfg), generate(model, gcfg, hooks))]

@@ -47,7 +47,7 @@ from __future__ import annotations
 
 import argparse
 import math
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Callable, Sequence
 
 import torch
@@ -334,6 +334,57 @@ def sparse(neurons: LanguageNeurons, lang: str, layer: int | None = None, n_dims
 
 
 BUILDERS: dict[str, Callable[..., Hooks]] = {"clamp": clamp, "add": add, "diffmean": diffmean, "sparse": sparse}
+
+
+# a setting read back from JSON (a sweep's picks): what each field of SteeringConfig must be where it is given
+SETTING_FIELDS: dict[str, tuple[str, ...]] = {
+    "method": ("string", "absent"), "which": ("string", "absent"), "k": ("integer", "null"),
+    "value": ("string", "number", "absent"), "scale": ("number", "absent"), "positions": ("string", "absent"),
+    "layers": ("string", "list", "null"), "layers.[]": ("integer",), "alpha": ("number", "absent"),
+    "layer": ("integer", "null"), "n_dims": ("integer", "null"), "coef": ("number", "absent"),
+    "restore_norm": ("bool", "absent"), "source": ("string", "null"), "outlier_factor": ("number", "null"),
+    "steer_tokens": ("integer", "null")}
+
+
+def setting_from_json(data: dict, where: str, field_: str, again: str) -> "SteeringConfig":
+    """The :class:`SteeringConfig` of a setting read back from a JSON file ``where`` (at ``field_``, such as
+    ``best.de``), its other keys ignored; one clear line naming the field where it is not a setting."""
+    from ..results import check_fields
+
+    check_fields(data, SETTING_FIELDS, where, again, prefix=field_)
+    names = {f.name for f in fields(SteeringConfig)}
+    try:
+        return SteeringConfig(**{k: v for k, v in data.items() if k in names})
+    except LangNeuronsError as e:
+        raise LangNeuronsError(f"{where}: field {field_!r} is not a setting this version can use ({e}); {again}") from None
+
+
+def neuron_count(neurons: LanguageNeurons, steering: "SteeringConfig", lang: str) -> int | None:
+    """How many neurons ``steering`` acts on towards ``lang``: for clamp and add its neuron set at its k and
+    layers (lape and actprob select at most k top neurons, and no bottom ones, so fewer than k, or none);
+    None for diffmean and sparse, which steer the residual stream."""
+    if not steering.neuron_level:
+        return None
+    return len(neurons.selected(lang, steering.which, steering.k, steering.layers)[0])
+
+
+def full_count(neurons: LanguageNeurons, steering: "SteeringConfig") -> int:
+    """The neurons a clamp or add setting names: k per set, two sets for both (one for lape and actprob)."""
+    k = steering.k if steering.k is not None else neurons.k
+    return k * (2 if steering.which == "both" and not neurons.one_sided else 1)
+
+
+def check_not_empty(neurons: LanguageNeurons, steering: "SteeringConfig", lang: str) -> int | None:
+    """:func:`neuron_count`, refused with one clear line when it is 0 (the steering would change nothing)."""
+    n = neuron_count(neurons, steering, lang)
+    if n == 0:
+        if steering.which == "bottom" and neurons.one_sided:
+            raise LangNeuronsError(f"--which bottom: {neurons.method} selects top neurons only (its bottom sets are "
+                                   "empty), so nothing would be steered; use top or both")
+        where = "" if steering.layers in (None, "all") else f" in layers {steering.layers}"
+        raise LangNeuronsError(f"{neurons.method} selected no {steering.which} neurons for {lang!r}{where}, so nothing "
+                               "would be steered; choose another language, or find neurons with another --method")
+    return n
 
 
 @dataclass
