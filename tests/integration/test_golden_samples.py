@@ -12,6 +12,16 @@ from tl_langneurons.steer.generation import generate_many
 from tl_langneurons.steer.interventions import clamp_hooks
 
 GOLDEN = json.loads((Path(__file__).parents[1] / "data" / "golden_samples.json").read_text())
+
+
+def gemma_key() -> str:
+    """The recorded Gemma samples of this CPU: MKL's AVX-512 kernels (Intel Xeon) sum in another order than
+    its AVX2 ones (AMD Zen 3, where "gemma" was recorded), which moves one token of one clamped sample."""
+    try:
+        flags = next((l for l in Path("/proc/cpuinfo").read_text().splitlines() if l.startswith("flags")), "")
+    except OSError:
+        flags = ""
+    return "gemma_avx512" if " avx512f" in flags and "gemma_avx512" in GOLDEN else "gemma"
 REQUESTS = [(None, s) for s in (1, 2, 3)] + [("Der Hund schläft im", s) for s in (4, 5)] + [("The weather today is", 6)]
 
 

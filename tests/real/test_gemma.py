@@ -61,9 +61,9 @@ def test_gemma_samples_equal_the_recorded_ones(gemma):
     from pathlib import Path
 
     sys.path.insert(0, str(Path(__file__).parents[1] / "integration"))
-    from test_golden_samples import GOLDEN, golden_run
+    from test_golden_samples import GOLDEN, gemma_key, golden_run
 
-    entry = GOLDEN["gemma"]
+    entry = GOLDEN[gemma_key()]
     got = golden_run(gemma, entry)
     assert got["plain"] == entry["plain"]
     assert got["clamp"] == entry["clamp"]
