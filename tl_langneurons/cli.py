@@ -44,10 +44,16 @@ def _study(args) -> Study:
 
 
 def cmd_info(args) -> None:
+    from .model.load import model_source
     from .model.sites import describe
 
+    model = from_args(ModelConfig, args).load()
     print(f"model: {args.model}")
-    print(describe(from_args(ModelConfig, args).load(), list_hooks=args.hooks))
+    source = model_source(model)
+    if source:
+        print(f"gguf: {source.get('architecture') or '?'}{f' ({n})' if (n := source.get('name')) else ''}, "
+              f"sha256 {source.get('gguf_sha256')}")
+    print(describe(model, list_hooks=args.hooks))
 
 
 @contextlib.contextmanager
