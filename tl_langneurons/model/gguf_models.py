@@ -24,7 +24,7 @@ import tempfile
 from dataclasses import dataclass, field
 from importlib import util as import_util
 from pathlib import Path
-from typing import Any, BinaryIO, Iterator
+from typing import Any, Iterator
 
 from ..errors import LangNeuronsError
 
@@ -189,20 +189,22 @@ def _chunk_folder(spec: str, path: Path) -> GGUFSource:
     if len(ggufs) > 1:
         raise LangNeuronsError(f"{spec} holds {len(ggufs)} .gguf files ({', '.join(p.name for p in ggufs[:4])}); "
                                "name one of them (--model FOLDER/FILE.gguf)")
-    # chunks: the first starts with the GGUF magic, every file has the same name up to its numbers, and the
+    # chunks: every file has the same name up to its numbers, the first starts with the GGUF magic, and the
     # numbers run without gaps
+    shape = {re.sub(r"\d+", "#", p.name) for p in files}
+    if len(shape) > 1:
+        raise LangNeuronsError(f"{spec} is not a model folder (no config.json), and its files are not one set of GGUF "
+                               f"chunks (names of several forms: {', '.join(sorted(shape)[:4])}); keep only the chunks "
+                               "in the folder")
     with open(files[0], "rb") as f:
         head = f.read(4)
     if head != MAGIC:
         raise LangNeuronsError(f"{spec} is not a model folder (no config.json) nor a folder of GGUF chunks: its first "
                                f"file {files[0].name} starts with {head!r}, not the GGUF magic b'GGUF'")
-    shape = {re.sub(r"\d+", "#", p.name) for p in files}
-    if len(shape) > 1:
-        raise LangNeuronsError(f"{spec} has no config.json and its files are not one set of GGUF chunks (names of "
-                               f"several forms: {', '.join(sorted(shape)[:4])}); keep only the chunks in the folder")
-    numbered = [re.findall(r"\d+", p.name) for p in files]
-    if numbered[0]:
-        nums = [int(n[-1]) for n in numbered]
+    numbered = [[int(n) for n in re.findall(r"\d+", p.name)] for p in files]
+    varying = [i for i in range(len(numbered[0])) if len({n[i] for n in numbered}) > 1]
+    if varying:  # the chunk number: the first number that differs between the names
+        nums = [n[varying[0]] for n in numbered]
         gaps = sorted(set(range(nums[0], nums[-1] + 1)) - set(nums))
         if gaps:
             raise LangNeuronsError(f"GGUF chunks in {spec}: chunk {gaps[0]} is missing (have "
@@ -411,7 +413,7 @@ def _remember(source: GGUFSource, sha: str) -> None:
         log.warning("cannot write %s (%s)", _memo_path(), e)
 
 
-def _stream_sha256(source: GGUFSource, copy_to: BinaryIO | None = None) -> str:
+def _stream_sha256(source: GGUFSource, copy_to: Any = None) -> str:
     h = hashlib.sha256()
     with source.open() as s:
         while block := s.read(8 * _BLOCK):

@@ -64,7 +64,7 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         check_backend(self.backend)
-        if self.model is not None:
+        if isinstance(self.model, (str, os.PathLike)):
             check_gguf(str(self.model))  # files, chunks, header, architecture: before anything loads
         if self.dtype is not None:
             torch_dtype(self.dtype)
