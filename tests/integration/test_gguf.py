@@ -179,6 +179,8 @@ def test_find_on_a_gguf_records_it(tiny_gguf, cache, tmp_path, capsys):
     assert meta["model"] == str(tiny_gguf)
     assert meta["model_source"]["gguf_sha256"] == sha256(tiny_gguf)
     assert meta["model_source"]["architecture"] == "llama"
+    assert main(["report", str(out)]) == 0
+    assert f"| model made from | GGUF llama (tiny llama) sha256 {sha256(tiny_gguf)} |" in (out / "report.md").read_text()
     assert main(["info", "--model", str(tiny_gguf)]) == 0
     printed = capsys.readouterr().out
     assert f"sha256 {sha256(tiny_gguf)}" in printed and "layers: 3" in printed and "(48 per layer)" in printed

@@ -272,6 +272,13 @@ def _value(cur: _Cursor, vtype: int, keep_strings: bool = False) -> Any:
 def read_header(source: GGUFSource) -> GGUFHeader:
     """Parse the header (metadata and tensor table) of ``source`` and check that the file is as long as its
     tensor table needs; one line for a file that is not GGUF, is cut short or is corrupt."""
+    try:
+        return _read_header(source)
+    except OSError as e:
+        raise LangNeuronsError(f"cannot read {source.label()}: {e}") from e
+
+
+def _read_header(source: GGUFSource) -> GGUFHeader:
     from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
 
     label = source.label()

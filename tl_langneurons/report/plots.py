@@ -211,6 +211,7 @@ def placement_comparison(models: Sequence, langs: Sequence[str], path: str | Pat
             else:
                 ax.set_xlabel("relative depth")
         axes[i][0].set_ylabel(f"{which}: share per layer x layers")
-    axes[0][-1].legend(fontsize=7, loc="upper center")
-    fig.suptitle("Where language neurons sit across models (1 = even spread; grey lines: quarters)")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=8, loc="lower center", ncol=len(models), bbox_to_anchor=(0.5, -0.04))
+    fig.suptitle("Where language neurons sit across models (1 = even spread; grey lines: quarter depths)")
     _save(fig, path)
