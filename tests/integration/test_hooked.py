@@ -136,6 +136,18 @@ def test_cli_find_steer_evaluate_with_backend_hooked(tiny_dirs, tmp_path, capsys
     assert main(["evaluate", "--neurons", str(out), "--samples", "3", "--max-new-tokens", "6", "--ablation-ks", "3", "--reference-nll-texts", "2",
                  "--out", str(tmp_path / "ev"), *common]) == 0
     assert (tmp_path / "ev" / "evaluation.json").exists()
+    # the sweep on prompts, the analyses and the report, on the same HookedTransformer neurons
+    assert main(["sweep", "--neurons", str(out), "--languages", "de", "--method", "diffmean", "--resid-layers", "1",
+                 "--alphas", "0.5", "--val-prompts", "1", "--test-prompts", "1", "--test-samples", "1",
+                 "--max-new-tokens", "3", "--heldout", "bundled", *common]) == 0
+    assert main(["deactivate", "--neurons", str(out), "--heldout", "bundled", "--n-texts", "2", *common]) == 0
+    assert main(["attribution", "--neurons", str(out), "--n-neurons", "2", "--top-tokens", "3", "--backend",
+                 "hooked"]) == 0
+    assert main(["cross-steer", "--neurons", str(out), "--heldout", "bundled", "--n-prompts", "1", "--samples", "1",
+                 "--max-new-tokens", "3", *common]) == 0
+    assert main(["report", str(out)]) == 0
+    text = (out / "report.md").read_text()
+    assert "Deactivation" in text and "Cross-language steering" in text
 
 
 @needs_hooked

@@ -64,20 +64,31 @@ def neuron_directions(model: HookedModel, neurons_idx: torch.Tensor, index) -> t
     layers = find_layers(runner.hf)
     final = _gain(_sub(runner.hf.base_model, ["norm", "final_layernorm", "ln_f", "layer_norm"]))
     out = []
+    for layer_i, unit in _mlp_post_units(neurons_idx, index):
+        layer = layers[layer_i]
+        down = _sub(layer, ["mlp.down_proj", "fc2", "mlp.dense_4h_to_h", "mlp.fc2", "mlp.fc_out"])
+        out.append(_scaled(_weight(down)[:, unit], _gain(_sub(layer, ["post_feedforward_layernorm"])), final))
+    return torch.stack(out)
+
+
+def _mlp_post_units(neurons_idx: torch.Tensor, index) -> list[tuple[int, int]]:
+    """(layer, unit) of each neuron; logit attribution reads ``mlp_post`` neurons only."""
+    out = []
     for n in neurons_idx.tolist():
         site, unit = index.locate(n)
         if not site.hook.endswith("mlp.hook_post"):
             raise LangNeuronsError(f"logit attribution works on mlp_post neurons; {site.hook} is another site")
-        layer = layers[site.layer]
-        down = _sub(layer, ["mlp.down_proj", "fc2", "mlp.dense_4h_to_h", "mlp.fc2", "mlp.fc_out"])
-        d = _weight(down)[:, unit].clone()
-        post = _gain(_sub(layer, ["post_feedforward_layernorm"]))
-        if post is not None:
-            d = d * post
-        if final is not None:
-            d = d * final
-        out.append(d)
-    return torch.stack(out)
+        out.append((site.layer, unit))
+    return out
+
+
+def _scaled(direction: torch.Tensor, *gains: torch.Tensor | None) -> torch.Tensor:
+    """``direction`` times each elementwise gain that exists (a copy)."""
+    d = direction.detach().float().clone()
+    for g in gains:
+        if g is not None:
+            d = d * g
+    return d
 
 
 def _hooked_directions(model: HookedModel, neurons_idx: torch.Tensor, index) -> torch.Tensor:
@@ -93,17 +104,8 @@ def _hooked_directions(model: HookedModel, neurons_idx: torch.Tensor, index) -> 
         return None if not isinstance(w, torch.Tensor) else w.detach().float()
 
     final = gain(getattr(model, "ln_final", None))
-    out = []
-    for n in neurons_idx.tolist():
-        site, unit = index.locate(n)
-        if not site.hook.endswith("mlp.hook_post"):
-            raise LangNeuronsError(f"logit attribution works on mlp_post neurons; {site.hook} is another site")
-        block = blocks[site.layer]
-        d = block.mlp.W_out[unit].detach().float().clone()
-        for g in (gain(getattr(block, "ln2_post", None)), final):
-            if g is not None:
-                d = d * g
-        out.append(d)
+    out = [_scaled(blocks[layer].mlp.W_out[unit], gain(getattr(blocks[layer], "ln2_post", None)), final)
+           for layer, unit in _mlp_post_units(neurons_idx, index)]
     return torch.stack(out)
 
 

@@ -145,19 +145,24 @@ class Runner:
 
     def _hooked_step(self, input_ids: torch.Tensor, past: Any, attention_mask: torch.Tensor | None,
                      use_cache: bool) -> tuple[torch.Tensor, Any]:
-        """A HookedTransformer step with its own KV cache (``HookedTransformerKeyValueCache``), which
-        keeps the attention mask of the cached positions; rotary positions of left-padded rows follow
-        from that mask. The mask is always given: without one, transformer-lens masks every token equal
-        to the pad id, and a pad id that is also EOS or BOS would hide real tokens."""
+        """A HookedTransformer step through its own forward (logits of every position): used where a hook
+        sits on the unembedding; :class:`~tl_langneurons.model.unembed.Unembed` does the usual steps."""
+        mask, cache = self.hooked_inputs(input_ids, past, attention_mask, use_cache)
+        logits = self.model(input_ids, attention_mask=mask, past_kv_cache=cache, return_type="logits")
+        return logits[:, -1, :].float(), cache
+
+    def hooked_inputs(self, input_ids: torch.Tensor, past: Any, attention_mask: torch.Tensor | None,
+                      use_cache: bool) -> tuple[torch.Tensor, Any]:
+        """The mask of the new positions and the KV cache (``past``, or a new one on the first step; None
+        without ``use_cache``) of a HookedTransformer forward. Its cache keeps the attention mask of the
+        cached positions; rotary positions of left-padded rows follow from that mask. The mask is always
+        given: without one, transformer-lens masks every token equal to the pad id, and a pad id that is
+        also EOS or BOS would hide real tokens."""
         n, new = input_ids.shape
         mask = (torch.ones_like(input_ids) if attention_mask is None else attention_mask[:, -new:]).long()
-        cache = None
-        if use_cache:
-            if past is None:
-                past = kv_cache_class().init_cache(self.model.cfg, self.device, n)
-            cache = past
-        logits = self.model(input_ids, attention_mask=mask, past_kv_cache=cache, return_type="logits")
-        return logits[:, -1, :].float(), (past if use_cache else None)
+        if not use_cache:
+            return mask, None
+        return mask, past if past is not None else kv_cache_class().init_cache(self.model.cfg, self.device, n)
 
     @property
     def takes_position_ids(self) -> bool:

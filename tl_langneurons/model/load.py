@@ -27,6 +27,7 @@ from torch import nn
 
 from ..config import option
 from ..errors import LangNeuronsError
+from ..results import process_alive
 from .gguf_models import ALIASES, check_gguf, gguf_model_dir
 from .hf_hooked import HFHookedModel
 from .protocol import HookedModel
@@ -199,23 +200,13 @@ def remove_stale_offload_folders() -> list[Path]:
     prefix = _offload_prefix()
     for p in cache_dir().glob(f"{glob.escape(prefix)}*"):
         pid = p.name[len(prefix):].split("-", 1)[0]
-        if not pid.isdigit() or int(pid) == os.getpid() or _running(int(pid)):
+        if not pid.isdigit() or int(pid) == os.getpid() or process_alive(int(pid)):
             continue
         shutil.rmtree(p, ignore_errors=True)
         if not p.exists():
             log.warning("removed %s, the offload folder of process %s, which is no longer running", p, pid)
             gone.append(p)
     return gone
-
-
-def _running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _load_hf(path_or_name: str, dtype: torch.dtype, device: str | None, device_map: Any = None,
@@ -260,7 +251,7 @@ def _to_bridge(hf: nn.Module, tok: Any, name: str, backend: str) -> nn.Module:
     if backend == "hf":
         return HFHookedModel(hf, tok)
     if backend == "hooked":
-        return _to_hooked(hf, tok, next(hf.parameters()).dtype, None)
+        return _to_hooked(hf, tok, next(hf.parameters()).dtype)
     from transformer_lens.model_bridge import TransformerBridge
 
     try:
@@ -346,7 +337,7 @@ def _quiet_transformer_lens() -> Iterator[None]:
             root.setLevel(level)
 
 
-def _to_hooked(hf: nn.Module, tok: Any, dtype: torch.dtype, device: str | None) -> nn.Module:
+def _to_hooked(hf: nn.Module, tok: Any, dtype: torch.dtype) -> nn.Module:
     """A ``HookedTransformer`` with ``hf``'s weights, built offline (no hub call) and unprocessed: no
     LayerNorm folding or centering, so its activations are the Hugging Face model's, as the bridge's are
     (``HookedTransformer.from_pretrained_no_processing``). The result records ``hf``'s weights fingerprint,
@@ -355,7 +346,7 @@ def _to_hooked(hf: nn.Module, tok: Any, dtype: torch.dtype, device: str | None) 
     from transformer_lens import loading_from_pretrained as loading
 
     fingerprint = _fingerprint(hf)
-    dev = str(device or next(hf.parameters()).device)
+    dev = str(next(hf.parameters()).device)  # where _load_hf put the weights
     with _hooked_config(hf.config, dtype, dev) as (name, cfg), _quiet_transformer_lens():
         try:
             state = loading.get_pretrained_state_dict(name, cfg, hf, dtype=dtype)

@@ -43,19 +43,11 @@ class _HookedBase:
                  attention_mask: Tensor | None = None, position_ids: Tensor | None = None) -> Any:
         from types import SimpleNamespace
 
-        from .driver import kv_cache_class
-
         model = self.runner.model
-        n, new = input_ids.shape
-        mask = (torch.ones_like(input_ids) if attention_mask is None else attention_mask[:, -new:]).long()
-        cache = past_key_values
-        if use_cache and cache is None:
-            cache = kv_cache_class().init_cache(model.cfg, self.runner.device, n)
-        resid = model(input_ids, attention_mask=mask, past_kv_cache=cache if use_cache else None,
-                      stop_at_layer=model.cfg.n_layers)
+        mask, cache = self.runner.hooked_inputs(input_ids, past_key_values, attention_mask, use_cache)
+        resid = model(input_ids, attention_mask=mask, past_kv_cache=cache, stop_at_layer=model.cfg.n_layers)
         ln = getattr(model, "ln_final", None)
-        return SimpleNamespace(last_hidden_state=ln(resid) if ln is not None else resid,
-                               past_key_values=cache if use_cache else None)
+        return SimpleNamespace(last_hidden_state=ln(resid) if ln is not None else resid, past_key_values=cache)
 
 
 class Unembed:
