@@ -146,15 +146,18 @@ def cmd_tokens(args) -> None:
 
 
 def cmd_cross_steer(args) -> None:
-    study = _study(args)
-    picks = _from_sweep(args, study)
-    cfg = from_args(CrossSteerConfig, args, per_target=picks)
-    if picks is not None:
-        rest = [l for l in study.neurons.languages if l not in picks]
-        if rest:
-            print(f"note: the sweep searched {', '.join(picks)}; towards {', '.join(rest)} the matrix steers with "
-                  f"{cfg.steering.label()}", file=sys.stderr)
-    print(study.cross_steer(args.heldout, cfg).markdown())
+    # under torchrun the batches are spread over the ranks; rank 0 writes and prints
+    def run(study: Study) -> str:
+        picks = _from_sweep(args, study)
+        cfg = from_args(CrossSteerConfig, args, per_target=picks)
+        if picks is not None:
+            rest = [l for l in study.neurons.languages if l not in picks]
+            if rest:
+                study.echo(f"note: the sweep searched {', '.join(picks)}; towards {', '.join(rest)} the matrix steers "
+                           f"with {cfg.steering.label()}")
+        return study.cross_steer(args.heldout, cfg).markdown()
+
+    _ranked_study(args, run)
 
 
 _HELDOUT = "held-out corpus (never used for selection), e.g. ../shared/data/ud-dev-test"

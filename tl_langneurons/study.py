@@ -34,6 +34,8 @@ from .analyses.deactivation import DeactivationConfig, DeactivationResult, deact
 from .analyses.token_view import TokenViewResult, token_view
 from .config import count_or_percent, option
 from .detect.corpus import CorpusConfig, MultilingualCorpus
+from .detect.distributed import context as dist_context
+from .detect.distributed import is_main
 from .detect.neurons import FindConfig, LanguageNeurons, find_neurons
 from .errors import LangNeuronsError
 from .evaluate.control import (
@@ -323,10 +325,14 @@ class Study:
 
     def cross_steer(self, heldout: str | MultilingualCorpus, config: CrossSteerConfig | None = None
                     ) -> CrossSteeringResult:
-        """Target-language rate when prompting in one language and clamping another's neurons."""
+        """Target-language rate when prompting in one language and clamping another's neurons; its samples
+        go through the folder's sample store (``DIR/samples``), so a killed run resumes and the cells a
+        prompted sweep measured are read back."""
         held = self._heldout(heldout)
-        res = cross_steering(self.model, self.neurons, held, config, progress=self.progress)
-        res.save(self.analyses_dir)
+        shard = dist_context()  # under torchrun every rank generates a share of the batches; rank 0 writes
+        res = cross_steering(self.model, self.neurons, held, config, progress=self.progress, store=self.samples_dir)
+        if is_main(shard):
+            res.save(self.analyses_dir)
         return res
 
     def report(self) -> Path:
