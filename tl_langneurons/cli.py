@@ -54,7 +54,7 @@ def cmd_info(args) -> None:
 def _process_group(args) -> Iterator[tuple[ModelConfig, bool]]:
     """Under torchrun (WORLD_SIZE > 1) join the process group: yields this rank's model config (on
     ``cuda:LOCAL_RANK`` for ``--device cuda``) and whether it is rank 0, which alone prints."""
-    from .detect.distributed import process_group_from_env
+    from .distributed import process_group_from_env
 
     model_cfg = from_args(ModelConfig, args, **({"model": args.model} if hasattr(args, "neurons") else {}))
     with process_group_from_env(model_cfg.device, model_cfg.device_map) as device:
@@ -231,7 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .detect.distributed import exit_if_left_group
+    from .distributed import exit_if_left_group
 
     code = _main(argv)
     exit_if_left_group(code)  # under torchrun: past the interpreter's shutdown, which gloo can abort

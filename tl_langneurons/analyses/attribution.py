@@ -20,7 +20,7 @@ from ..model.driver import Runner
 from ..model.hf_hooked import find_layers
 from ..model.protocol import HookedModel
 from ..provenance import write_md_json
-from ..report.tables import markdown_table
+from ..tables import markdown_table
 
 
 def _weight(mod: nn.Module) -> torch.Tensor:
@@ -64,10 +64,7 @@ def neuron_directions(model: HookedModel, neurons_idx: torch.Tensor, index) -> t
     layers = find_layers(runner.hf)
     final = _gain(_sub(runner.hf.base_model, ["norm", "final_layernorm", "ln_f", "layer_norm"]))
     out = []
-    for n in neurons_idx.tolist():
-        site, unit = index.locate(n)
-        if not site.hook.endswith("mlp.hook_post"):
-            raise LangNeuronsError(f"logit attribution works on mlp_post neurons; {site.hook} is another site")
+    for site, unit in _mlp_post_units(neurons_idx, index):
         layer = layers[site.layer]
         down = _sub(layer, ["mlp.down_proj", "fc2", "mlp.dense_4h_to_h", "mlp.fc2", "mlp.fc_out"])
         d = _weight(down)[:, unit].clone()
@@ -78,6 +75,17 @@ def neuron_directions(model: HookedModel, neurons_idx: torch.Tensor, index) -> t
             d = d * final
         out.append(d)
     return torch.stack(out)
+
+
+def _mlp_post_units(neurons_idx: torch.Tensor, index) -> list:
+    """(site, unit) of each neuron; refused unless every one is an mlp_post neuron."""
+    out = []
+    for n in neurons_idx.tolist():
+        site, unit = index.locate(n)
+        if not site.hook.endswith("mlp.hook_post"):
+            raise LangNeuronsError(f"logit attribution works on mlp_post neurons; {site.hook} is another site")
+        out.append((site, unit))
+    return out
 
 
 def _hooked_directions(model: HookedModel, neurons_idx: torch.Tensor, index) -> torch.Tensor:
@@ -94,10 +102,7 @@ def _hooked_directions(model: HookedModel, neurons_idx: torch.Tensor, index) -> 
 
     final = gain(getattr(model, "ln_final", None))
     out = []
-    for n in neurons_idx.tolist():
-        site, unit = index.locate(n)
-        if not site.hook.endswith("mlp.hook_post"):
-            raise LangNeuronsError(f"logit attribution works on mlp_post neurons; {site.hook} is another site")
+    for site, unit in _mlp_post_units(neurons_idx, index):
         block = blocks[site.layer]
         d = block.mlp.W_out[unit].detach().float().clone()
         for g in (gain(getattr(block, "ln2_post", None)), final):

@@ -10,14 +10,14 @@ import numpy as np
 
 from ..config import option
 from ..detect.corpus import MultilingualCorpus
-from ..detect.distributed import context as dist_context
+from ..distributed import context as dist_context
 from ..detect.neurons import LanguageNeurons
 from ..errors import LangNeuronsError
 from ..evaluate.control import CellRunner, EvaluateConfig
 from ..evaluate.samples import SampleStore
 from ..model.protocol import HookedModel
 from ..provenance import write_md_json
-from ..report.tables import markdown_matrix
+from ..tables import markdown_matrix
 from ..steer.methods import SteeringConfig
 from ..steer.prompts import token_prompts
 
@@ -77,26 +77,20 @@ class CrossSteeringResult:
               f"({self.max_new_tokens} tokens) of the row language, steered towards the column language with "
               f"{self.method} (lid.176)\n\n" + markdown_matrix(L, L, self.rate, ".2f")
               + "\nWithout clamping (rate of the column language)\n\n" + markdown_matrix(L, L, self.none, ".2f"))
-        if self.rate_lingua is not None:
-            md += ("\nThe same rate by a second identifier, lingua (among the languages in play)\n\n"
-                   + markdown_matrix(L, L, self.rate_lingua, ".2f"))
-        if self.none_lingua is not None:
-            md += "\nWithout clamping, by lingua\n\n" + markdown_matrix(L, L, self.none_lingua, ".2f")
-        if self.agreement is not None:
-            md += ("\nAgreement of lid.176 and lingua on the clamped samples (both say target, or both not)\n\n"
-                   + markdown_matrix(L, L, self.agreement, ".2f"))
-        if self.fluent is not None:
-            gate = ", ".join(f"{l} {t:.2f}" for l, t in (self.thresholds or {}).items())
-            md += ("\nShare of fluent clamped samples (distinct-token ratio at least the target's gate"
-                   + (f": {gate}" if gate else "") + ")\n\n" + markdown_matrix(L, L, self.fluent, ".2f"))
-        if self.gated is not None:
-            md += "\nGated rate: lid.176 target and fluent\n\n" + markdown_matrix(L, L, self.gated, ".2f")
-        if self.retention is not None:
-            md += ("\nFluency retention: fluent share steered / unsteered (same prompts, seeds and gate)\n\n"
-                   + markdown_matrix(L, L, self.retention, ".2f"))
+        gate = ", ".join(f"{l} {t:.2f}" for l, t in (self.thresholds or {}).items())
+        for name, title in (
+                ("rate_lingua", "The same rate by a second identifier, lingua (among the languages in play)"),
+                ("none_lingua", "Without clamping, by lingua"),
+                ("agreement", "Agreement of lid.176 and lingua on the clamped samples (both say target, or both not)"),
+                ("fluent", "Share of fluent clamped samples (distinct-token ratio at least the target's gate"
+                 + (f": {gate}" if gate else "") + ")"),
+                ("gated", "Gated rate: lid.176 target and fluent"),
+                ("retention", "Fluency retention: fluent share steered / unsteered (same prompts, seeds and gate)"),
+                ("nll", "NLL per token of the steered samples under the unsteered model")):
+            m = getattr(self, name)
+            if m is not None:
+                md += f"\n{title}\n\n" + markdown_matrix(L, L, m, ".2f")
         if self.nll is not None:
-            md += ("\nNLL per token of the steered samples under the unsteered model\n\n"
-                   + markdown_matrix(L, L, self.nll, ".2f"))
             if self.none_nll is not None:
                 md += ("\nUnsteered samples of each prompt language: " + ", ".join(
                     f"{l} {v:.2f}" for l, v in zip(L, self.none_nll)) + "\n")
