@@ -126,7 +126,7 @@ def _running_inside(out: Path) -> None:
     """Refuse while another command writes a result inside ``out`` (its lock is there)."""
     for lock in out.glob(".*.lock"):
         pid = _read_pid(lock)
-        if pid is not None and pid != os.getpid() and _alive(pid):
+        if pid is not None and pid != os.getpid() and process_alive(pid):
             raise LangNeuronsError(f"process {pid} is writing {out / lock.name[1:-len('.lock')]} inside {out}; wait for "
                                    "it to finish or stop it")
 
@@ -139,7 +139,7 @@ def check_target(out: Path, kind: str, settings: dict, overwrite: bool, what: st
     out = resolve_link(out, what)
     check_writable(out, what)
     pid = _read_pid(out.parent / f".{out.name}.lock")
-    if pid is not None and pid != os.getpid() and _alive(pid):
+    if pid is not None and pid != os.getpid() and process_alive(pid):
         raise LangNeuronsError(f"{out} is being written by process {pid}; wait for it to finish or stop it")
     if not out.exists() or not any(out.iterdir()):
         return False
@@ -185,7 +185,7 @@ class FolderLock:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
                 pid = _read_pid(self.path)
-                if pid is not None and pid != os.getpid() and _alive(pid):
+                if pid is not None and pid != os.getpid() and process_alive(pid):
                     raise LangNeuronsError(
                         f"{self.folder} is being written by process {pid} (lock {self.path}); wait for it to finish or stop it"
                     ) from None
@@ -213,7 +213,8 @@ def _read_pid(path: Path) -> int | None:
         return None
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether a process with this id runs (on this machine); one we may not signal counts as running."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -280,7 +281,7 @@ def finish_swap(out: Path, locked: bool = False) -> None:
     stage, old = staging_dir(out), _old_dir(out)
     if not locked:
         pid = _read_pid(out.parent / f".{out.name}.lock")
-        if pid is not None and _alive(pid):
+        if pid is not None and process_alive(pid):
             return
     if stage.exists() and read_marker(stage) is not None and not out.exists():
         os.replace(stage, out)

@@ -27,6 +27,7 @@ from torch import nn
 
 from ..config import option
 from ..errors import LangNeuronsError
+from ..results import process_alive
 from .hf_hooked import HFHookedModel
 from .protocol import HookedModel
 
@@ -227,23 +228,13 @@ def remove_stale_offload_folders() -> list[Path]:
     prefix = _offload_prefix()
     for p in cache_dir().glob(f"{glob.escape(prefix)}*"):
         pid = p.name[len(prefix):].split("-", 1)[0]
-        if not pid.isdigit() or int(pid) == os.getpid() or _running(int(pid)):
+        if not pid.isdigit() or int(pid) == os.getpid() or process_alive(int(pid)):
             continue
         shutil.rmtree(p, ignore_errors=True)
         if not p.exists():
             log.warning("removed %s, the offload folder of process %s, which is no longer running", p, pid)
             gone.append(p)
     return gone
-
-
-def _running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _load_hf(path_or_name: str, dtype: torch.dtype, device: str | None, device_map: Any = None,
