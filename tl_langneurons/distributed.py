@@ -90,7 +90,7 @@ def process_group_from_env(device: str = "auto", device_map: Any = None) -> Iter
     if device_map is not None:
         raise LangNeuronsError("--device-map spreads one model over devices and cannot be combined with several "
                                "processes; use one of them")
-    from ..model.load import resolve_device
+    from .model.load import resolve_device
 
     dev = resolve_device(device)
     if dev.startswith("cuda"):
