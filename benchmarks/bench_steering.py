@@ -285,14 +285,14 @@ def run(args) -> None:
     if args.heldout:
         held = MultilingualCorpus.load(args.heldout, None, 0, langs)
         t1 = time.perf_counter()
-        result["prompted"], unsteered = {}, {}  # the unsteered continuations are generated once for all settings
+        result["prompted"] = {}  # the unsteered continuations are generated once for all settings (sample store)
         for name, st in resolved:
             if name not in prompted:
                 continue
             res = cross_steering(study.model, neurons, held, CrossSteerConfig(
                 n_prompts=args.n_prompts, samples=args.prompt_samples, max_new_tokens=args.prompt_tokens,
                 which=st.which, steering=st, per_target=per_target.get(name)), progress=not args.quiet,
-                unsteered=unsteered)
+                store=cells.store)
             off, eye = res.off_diagonal(), np.eye(len(res.languages), dtype=bool)
             diag_none = float(np.mean(res.none[eye]))
             result["prompted"][name] = res.to_json()

@@ -62,7 +62,7 @@ def cmd_info(args) -> None:
 def _process_group(args) -> Iterator[tuple[ModelConfig, bool]]:
     """Under torchrun (WORLD_SIZE > 1) join the process group: yields this rank's model config (on
     ``cuda:LOCAL_RANK`` for ``--device cuda``) and whether it is rank 0, which alone prints."""
-    from .detect.distributed import process_group_from_env
+    from .distributed import process_group_from_env
 
     model_cfg = from_args(ModelConfig, args, **({"model": args.model} if hasattr(args, "neurons") else {}))
     with process_group_from_env(model_cfg.device, model_cfg.device_map) as device:
@@ -162,15 +162,18 @@ def cmd_tokens(args) -> None:
 
 
 def cmd_cross_steer(args) -> None:
-    study = _study(args)
-    picks = _from_sweep(args, study)
-    cfg = from_args(CrossSteerConfig, args, per_target=picks)
-    if picks is not None:
-        rest = [l for l in study.neurons.languages if l not in picks]
-        if rest:
-            print(f"note: the sweep searched {', '.join(picks)}; towards {', '.join(rest)} the matrix steers with "
-                  f"{cfg.steering.label()}", file=sys.stderr)
-    print(study.cross_steer(args.heldout, cfg).markdown())
+    # under torchrun the batches are spread over the ranks; rank 0 writes and prints
+    def run(study: Study) -> str:
+        picks = _from_sweep(args, study)
+        cfg = from_args(CrossSteerConfig, args, per_target=picks)
+        if picks is not None:
+            rest = [l for l in study.neurons.languages if l not in picks]
+            if rest:
+                study.echo(f"note: the sweep searched {', '.join(picks)}; towards {', '.join(rest)} the matrix steers "
+                           f"with {cfg.steering.label()}")
+        return study.cross_steer(args.heldout, cfg).markdown()
+
+    _ranked_study(args, run)
 
 
 _HELDOUT = "held-out corpus (never used for selection), e.g. ../shared/data/ud-dev-test"
@@ -252,7 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .detect.distributed import exit_if_left_group
+    from .distributed import exit_if_left_group
 
     code = _main(argv)
     exit_if_left_group(code)  # under torchrun: past the interpreter's shutdown, which gloo can abort

@@ -214,7 +214,7 @@ def _read_pid(path: Path) -> int | None:
 
 
 def process_alive(pid: int) -> bool:
-    """Whether process ``pid`` is running (a lock's or an offload folder's owner)."""
+    """Whether process ``pid`` runs on this machine (a lock's or an offload folder's owner); one we may not signal counts as running."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -34,6 +34,8 @@ from .analyses.deactivation import DeactivationConfig, DeactivationResult, deact
 from .analyses.token_view import TokenViewResult, token_view
 from .config import count_or_percent, option
 from .detect.corpus import CorpusConfig, MultilingualCorpus
+from .distributed import context as dist_context
+from .distributed import is_main
 from .detect.neurons import FindConfig, LanguageNeurons, find_neurons
 from .errors import LangNeuronsError
 from .evaluate.control import (
@@ -127,7 +129,7 @@ class Study:
              progress: bool = True, echo: Echo = _quiet) -> "Study | None":
         """Find the neurons (steps 1-3) and write them with their analysis (step 4) into ``out``.
 
-        In a torch.distributed group of several processes (``detect/distributed.py``) every rank checks
+        In a torch.distributed group of several processes (``distributed.py``) every rank checks
         the input and runs its share of the collection; rank 0 alone writes ``out``, the others return None
         (an interrupted run over several processes collects again: no partial-run checkpoint).
 
@@ -138,7 +140,7 @@ class Study:
         """
         from .analyses.placement import write_analysis
 
-        from .detect.distributed import agreed, context
+        from .distributed import agreed, context
 
         out, config = resolve_link(out), config or FindConfig()  # written through a link to a folder
         model = model if model is not None else ModelConfig()
@@ -323,10 +325,14 @@ class Study:
 
     def cross_steer(self, heldout: str | MultilingualCorpus, config: CrossSteerConfig | None = None
                     ) -> CrossSteeringResult:
-        """Target-language rate when prompting in one language and clamping another's neurons."""
+        """Target-language rate when prompting in one language and clamping another's neurons; its samples
+        go through the folder's sample store (``DIR/samples``), so a killed run resumes and the cells a
+        prompted sweep measured are read back."""
         held = self._heldout(heldout)
-        res = cross_steering(self.model, self.neurons, held, config, progress=self.progress)
-        res.save(self.analyses_dir)
+        shard = dist_context()  # under torchrun every rank generates a share of the batches; rank 0 writes
+        res = cross_steering(self.model, self.neurons, held, config, progress=self.progress, store=self.samples_dir)
+        if is_main(shard):
+            res.save(self.analyses_dir)
         return res
 
     def report(self) -> Path:

@@ -155,15 +155,20 @@ def test_cross_steering_nll_and_prompt_source(tiny_llama, setup, monkeypatch):
     assert none.nll[0, 1] != auto.nll[0, 1]  # the source's deactivation changed the samples
     assert "NLL per token" in auto.markdown() and "nll" in auto.off_diagonal()
     assert auto.to_json()["none_nll"] == pytest.approx(list(auto.none_nll))
-    # the unsteered continuations kept across calls: generated once, the same matrices as without
-    shared: dict = {}
-    first = cross_steering(tiny_llama, neurons, held, steering=SteeringConfig(method="add", source="en"),
-                           unsteered=shared, **kw)
-    assert len(shared) == 2 and first.to_json() == explicit.to_json()
-    import tl_langneurons.analyses.cross_steering as cs
+    # the unsteered continuations kept across calls in one sample store: generated once, the same matrices
+    from tl_langneurons.evaluate.samples import SampleStore
 
-    calls, real = [], cs.generate_many
-    monkeypatch.setattr(cs, "generate_many", lambda *a, **k: (calls.append(k.get("fwd_hooks")), real(*a, **k))[1])
-    again = cross_steering(tiny_llama, neurons, held, steering=SteeringConfig(method="add"), unsteered=shared, **kw)
-    assert len(calls) == 4 and all(calls)  # the 2 x 2 steered cells only
-    assert again.to_json() == none.to_json()
+    def same(a, b):
+        a, b = a.to_json(), b.to_json()
+        assert a.pop("run")["samples_generated"] > 0 and b.pop("run")["samples_generated"] > 0
+        assert a == b
+
+    shared = SampleStore(None)
+    first = cross_steering(tiny_llama, neurons, held, steering=SteeringConfig(method="add", source="en"),
+                           store=shared, **kw)
+    same(first, explicit)
+    again = cross_steering(tiny_llama, neurons, held, steering=SteeringConfig(method="add"), store=shared, **kw)
+    # the steered cells towards ja only (2 prompt languages x 2 prompts x 2 seeds): towards en the source en was
+    # dropped (a source equal to the target), so those cells are the same setting as without one
+    assert again.run["samples_generated"] == 2 * 2 * 2
+    same(again, none)

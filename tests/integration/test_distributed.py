@@ -166,6 +166,15 @@ def test_evaluate_and_sweep_under_torchrun_equal_one_process(tiny_dirs, tmp_path
     assert a["best"] == b["best"] and a["stages"] == b["stages"] and a["test"] == b["test"]
     _same_files(one / "sweep-add", two / "sweep-add", ["sweep.md"])
 
+    # cross-steer: the same cell pipeline, so the same spreading; rank 0 writes the matrices one process writes
+    # (6 languages x 1 prompt x 2 seeds x (unsteered + 6 targets) = 84 samples, 21 batches of 4)
+    r = both("cross-steer", "--heldout", "bundled", "--n-prompts", "1", "--samples", "2", "--max-new-tokens", "4",
+             "--batch-size", "4")
+    assert r.stdout.count("Target-language rate") == 1
+    _same_files(one / "analyses", two / "analyses", ["cross_steering.md"])
+    a, b = (json.loads((d / "analyses" / "cross_steering.json").read_text()) for d in (one, two))
+    assert b.pop("run")["samples_per_rank"] == [44, 40] and a.pop("run")["samples_generated"] == 84 and a == b
+
 
 def _free_port() -> int:
     with socket.socket() as s:

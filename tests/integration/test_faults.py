@@ -137,3 +137,45 @@ def test_second_writer_is_refused_and_a_dead_lock_is_taken_over(reference, find_
     r = cli(find_args + ["--out", str(out)])  # the holder is dead: its lock is taken over
     assert r.returncode == 0, r.stderr
     assert "no longer running" in r.stderr and not lock.exists()
+
+
+def test_cross_steer_killed_after_a_batch_resumes_from_the_sample_cache(reference):
+    """cross-steer killed after its first batch (the batch's samples are in the neurons folder's sample
+    cache) resumes there: the rerun generates only the rest and writes the uninterrupted run's matrices;
+    a third run generates nothing."""
+    import shutil
+
+    from tl_langneurons import MultilingualCorpus
+
+    root, ref = reference
+    held = root / "cs-held"
+    if not held.exists():
+        held.mkdir()
+        for lang, texts in MultilingualCorpus.bundled().sample(4, seed=9).texts.items():
+            (held / f"{lang}.txt").write_text("\n".join(texts) + "\n", encoding="utf-8")
+    clean, killed = root / "cs-clean", root / "cs-killed"
+    for d in (clean, killed):
+        shutil.copytree(ref, d, ignore=shutil.ignore_patterns("samples"))
+    # 3 languages x 2 prompts x 2 seeds x (unsteered + 3 targets) = 48 samples, 6 batches of 8
+    args = ["cross-steer", "--heldout", str(held), "--n-prompts", "2", "--samples", "2", "--max-new-tokens", "4",
+            "--batch-size", "8", "--quiet"]
+
+    def result(d: Path) -> tuple[dict, str]:
+        data = json.loads((d / "analyses" / "cross_steering.json").read_text())
+        return data, (d / "analyses" / "cross_steering.md").read_text()
+
+    assert cli([*args, "--neurons", str(clean)]).returncode == 0
+    want, want_md = result(clean)
+    assert want.pop("run")["samples_generated"] == 48
+    r = cli([*args, "--neurons", str(killed)], fault="batch")
+    assert r.returncode == -signal.SIGKILL, r.stderr[-2000:]
+    assert not (killed / "analyses" / "cross_steering.json").exists()
+    assert any((killed / "samples").iterdir())  # the first batch is cached
+    r = cli([*args, "--neurons", str(killed)])
+    assert r.returncode == 0, r.stderr
+    got, got_md = result(killed)
+    run = got.pop("run")
+    assert run["samples_generated"] == 48 - 8 and run["sample_cache"]["hits"] == 8
+    assert got == want and got_md == want_md
+    assert cli([*args, "--neurons", str(killed)]).returncode == 0
+    assert result(killed)[0]["run"]["samples_generated"] == 0

@@ -20,7 +20,7 @@ from ..model.driver import Runner
 from ..model.hf_hooked import find_layers
 from ..model.protocol import HookedModel
 from ..provenance import write_md_json
-from ..report.tables import markdown_table
+from ..tables import markdown_table
 
 
 def _weight(mod: nn.Module) -> torch.Tensor:

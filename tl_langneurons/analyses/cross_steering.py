@@ -3,7 +3,6 @@ continuation is in the clamped language."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -11,21 +10,14 @@ import numpy as np
 
 from ..config import option
 from ..detect.corpus import MultilingualCorpus
+from ..distributed import context as dist_context
 from ..detect.neurons import LanguageNeurons
 from ..errors import LangNeuronsError
-from ..evaluate.metrics import (
-    agreement,
-    distinct_threshold,
-    is_degenerate,
-    is_language,
-    is_language_lingua,
-    lingua_knows,
-)
+from ..evaluate.control import CellRunner, EvaluateConfig
+from ..evaluate.samples import SampleStore
 from ..model.protocol import HookedModel
-from ..progress import progress_bar
 from ..provenance import write_md_json
-from ..report.tables import markdown_matrix
-from ..steer.generation import generate_many, sample_nll
+from ..tables import markdown_matrix
 from ..steer.methods import SteeringConfig
 from ..steer.prompts import token_prompts
 
@@ -66,6 +58,8 @@ class CrossSteeringResult:
     method: str = "clamp"  # the intervention's label
     nll: np.ndarray | None = None  # mean NLL per token of the steered samples under the unsteered model
     none_nll: np.ndarray | None = None  # [source]: the same of the unsteered samples
+    reference_nll: dict[str, float] | None = None  # NLL per token of real held-out text of each language
+    run: dict | None = None  # what this run did: samples generated, sample cache hits and misses, seconds
 
     def off_diagonal(self) -> dict[str, float]:
         """Means over the cells whose prompt language is not the target (the steering that matters)."""
@@ -83,29 +77,26 @@ class CrossSteeringResult:
               f"({self.max_new_tokens} tokens) of the row language, steered towards the column language with "
               f"{self.method} (lid.176)\n\n" + markdown_matrix(L, L, self.rate, ".2f")
               + "\nWithout clamping (rate of the column language)\n\n" + markdown_matrix(L, L, self.none, ".2f"))
-        if self.rate_lingua is not None:
-            md += ("\nThe same rate by a second identifier, lingua (among the languages in play)\n\n"
-                   + markdown_matrix(L, L, self.rate_lingua, ".2f"))
-        if self.none_lingua is not None:
-            md += "\nWithout clamping, by lingua\n\n" + markdown_matrix(L, L, self.none_lingua, ".2f")
-        if self.agreement is not None:
-            md += ("\nAgreement of lid.176 and lingua on the clamped samples (both say target, or both not)\n\n"
-                   + markdown_matrix(L, L, self.agreement, ".2f"))
-        if self.fluent is not None:
-            gate = ", ".join(f"{l} {t:.2f}" for l, t in (self.thresholds or {}).items())
-            md += ("\nShare of fluent clamped samples (distinct-token ratio at least the target's gate"
-                   + (f": {gate}" if gate else "") + ")\n\n" + markdown_matrix(L, L, self.fluent, ".2f"))
-        if self.gated is not None:
-            md += "\nGated rate: lid.176 target and fluent\n\n" + markdown_matrix(L, L, self.gated, ".2f")
-        if self.retention is not None:
-            md += ("\nFluency retention: fluent share steered / unsteered (same prompts, seeds and gate)\n\n"
-                   + markdown_matrix(L, L, self.retention, ".2f"))
+        gate = ", ".join(f"{l} {t:.2f}" for l, t in (self.thresholds or {}).items())
+        for name, title in (
+                ("rate_lingua", "The same rate by a second identifier, lingua (among the languages in play)"),
+                ("none_lingua", "Without clamping, by lingua"),
+                ("agreement", "Agreement of lid.176 and lingua on the clamped samples (both say target, or both not)"),
+                ("fluent", "Share of fluent clamped samples (distinct-token ratio at least the target's gate"
+                 + (f": {gate}" if gate else "") + ")"),
+                ("gated", "Gated rate: lid.176 target and fluent"),
+                ("retention", "Fluency retention: fluent share steered / unsteered (same prompts, seeds and gate)"),
+                ("nll", "NLL per token of the steered samples under the unsteered model")):
+            m = getattr(self, name)
+            if m is not None:
+                md += f"\n{title}\n\n" + markdown_matrix(L, L, m, ".2f")
         if self.nll is not None:
-            md += ("\nNLL per token of the steered samples under the unsteered model\n\n"
-                   + markdown_matrix(L, L, self.nll, ".2f"))
             if self.none_nll is not None:
                 md += ("\nUnsteered samples of each prompt language: " + ", ".join(
                     f"{l} {v:.2f}" for l, v in zip(L, self.none_nll)) + "\n")
+            if self.reference_nll:
+                md += ("Real held-out text of each language: " + ", ".join(
+                    f"{l} {v:.2f}" for l, v in self.reference_nll.items()) + "\n")
         off = self.off_diagonal()
         md += ("\nMean over the off-diagonal cells: " + ", ".join(f"{k} {v:.3f}" for k, v in off.items()) + "\n")
         return md
@@ -122,6 +113,10 @@ class CrossSteeringResult:
             out["none_nll"] = [None if not np.isfinite(v) else float(v) for v in self.none_nll]
         if self.thresholds is not None:
             out["thresholds"] = dict(self.thresholds)
+        if self.reference_nll is not None:
+            out["reference_nll"] = dict(self.reference_nll)
+        if self.run is not None:  # differs between a resumed and an uninterrupted run
+            out["run"] = self.run
         return out
 
     def save(self, directory: str | Path) -> list[Path]:
@@ -143,87 +138,92 @@ class CrossSteerConfig:
     max_new_tokens: int = option(32, "tokens to generate")
     seed: int = option(0, "seed of the prompt draw")
     which: str = option("both", "which neurons to clamp", choices=("both", "top", "bottom"))
+    batch_size: int = option(100, "samples per batch (the samples do not depend on it)")
     # the intervention (clamp by default: the paper); its options come from SteeringConfig
     steering: SteeringConfig = field(default_factory=SteeringConfig)
     # a setting of its own for some targets (e.g. a sweep's per-language best); the others take ``steering``
     per_target: dict[str, SteeringConfig] | None = None
 
     def __post_init__(self) -> None:
-        if min(self.n_prompts, self.samples, self.max_new_tokens) < 1:
-            raise LangNeuronsError("n_prompts, samples and max_new_tokens must be at least 1")
+        if min(self.n_prompts, self.samples, self.max_new_tokens, self.batch_size) < 1:
+            raise LangNeuronsError("n_prompts, samples, max_new_tokens and batch_size must be at least 1")
 
 
 def cross_steering(model: HookedModel, neurons: LanguageNeurons, heldout: MultilingualCorpus,
                    config: CrossSteerConfig | None = None, *, progress: bool = True,
-                   unsteered: dict | None = None, **overrides) -> CrossSteeringResult:
+                   store: str | Path | SampleStore | None = None, distributed: bool | None = None,
+                   **overrides) -> CrossSteeringResult:
     """Occurrence rate of the target language [source prompt language, target] when the target's
     neurons are clamped while continuing held-out prompts of the source language; plus the
     unclamped rate of each target under each source ("none").
 
-    Every prompt x seed of a cell is generated in one batched call (left-padded prompts, see
-    :func:`~tl_langneurons.steer.generation.generate_many`), the unclamped run once per source.
+    The matrix is a set of cells of the one cell pipeline (:class:`~tl_langneurons.evaluate.control.CellRunner`):
+    each (target, setting, prompt, seeds) and each prompt's unsteered continuation is a cell, all generated
+    together in batches that mix cells (left-padded prompts, see
+    :func:`~tl_langneurons.steer.generation.generate_many`), through the sample store ``store`` (a folder,
+    a :class:`~tl_langneurons.evaluate.samples.SampleStore`, or None: in memory): a sample cached by any
+    experiment on these neurons (a prompted sweep's test cells, an earlier or killed cross-steer) is read
+    back, never generated again. ``distributed``: spread the batches over the ranks of a torch.distributed
+    group (None: whenever one of several processes is initialized); every rank returns the same result.
+
     Each clamped cell is judged by lid.176 and by lingua (choosing among the neurons' languages
     lingua knows), their agreement, the share of fluent (not degenerate) samples, and the NLL of its
     samples under the unsteered model. ``per_target`` gives some targets a setting of their own (its
     ``which`` included). ``steering.source == "prompt"`` uses each row's prompt language
     as the source (add deactivates its neurons; diffmean and sparse steer away from its mean); a cell
     whose target is the source steers without one.
-
-    ``unsteered``: a dict kept by the caller across calls (e.g. one per intervention compared) in which
-    the unsteered continuations are stored by their prompts, seeds and length, so they are generated once.
     """
     cfg = replace(config or CrossSteerConfig(), **overrides)
-    n_prompts, samples, max_new_tokens, seed, which = cfg.n_prompts, cfg.samples, cfg.max_new_tokens, cfg.seed, cfg.which
     neurons.check_model(model)
     langs = [l for l in neurons.languages if l in heldout.texts]
-    in_play = [l for l in neurons.languages if lingua_knows(l)]
-    prompts = {l: token_prompts(model.tokenizer, heldout.texts[l], n_prompts, seed, l) for l in langs}
-    # the degeneracy gate of each target, from its held-out text in stretches as long as the samples
-    thresholds = {l: float(distinct_threshold(model.tokenizer, heldout.texts[l], window=max_new_tokens)) for l in langs}
+    prompts = {l: token_prompts(model.tokenizer, heldout.texts[l], cfg.n_prompts, cfg.seed, l) for l in langs}
+    seeds = list(range(1, cfg.samples + 1))
+    store = store if isinstance(store, SampleStore) else SampleStore(store)
+    # the degeneracy gate of each target: from its held-out text in stretches as long as the samples
+    ecfg = EvaluateConfig(languages=langs, samples=cfg.samples, max_new_tokens=cfg.max_new_tokens, ablation_ks=[],
+                          batch_size=cfg.batch_size)
+    runner = CellRunner(model, neurons, ecfg, {l: heldout.texts[l] for l in langs}, None, progress, store,
+                        dist_context(distributed))
+    settings = {tgt: _setting(cfg, neurons, tgt) for tgt in langs}
+    cells = [(None, "none", 0, seeds, None, p) for src in langs for p in prompts[src]]
+    for src in langs:
+        for tgt in langs:
+            steer = settings[tgt].for_prompt(src, tgt)
+            cells += [(tgt, steer.which, steer.k, seeds, steer, p) for p in prompts[src]]
+    got = iter(runner.samples_many(cells))
+    plain = {src: [r for _ in prompts[src] for r in next(got)] for src in langs}
     L = len(langs)
     rate, base = np.zeros((L, L)), np.zeros((L, L))
     rate_lingua, base_lingua, agree, fluent, gated, retention, nll = (np.full((L, L), np.nan) for _ in range(7))
     none_nll = np.full(L, np.nan)
-    seeds = list(range(1, samples + 1))
-    bar = progress_bar(total=L * (L + 1), desc="cross-steering", unit="cell", disable=not progress)
     for i, src in enumerate(langs):
-        requests = [(p, s) for p in prompts[src] for s in seeds]
-        key = (id(model), json.dumps([prompts[src], seeds, max_new_tokens]))
-        if unsteered is not None and key in unsteered:
-            plain_out, none_nll[i] = unsteered[key]
-        else:
-            plain_out = generate_many(model, requests, max_new_tokens=max_new_tokens)
-            none_nll[i] = float(np.nanmean(sample_nll(model, plain_out)))
-            if unsteered is not None:
-                unsteered[key] = (plain_out, none_nll[i])
-        plain, plain_tokens = [s.text for s in plain_out], [s.tokens for s in plain_out]
-        bar.update(1)
+        none_nll[i] = _nan(runner.score(plain[src], src).nll)
         for j, tgt in enumerate(langs):
-            base[i, j] = np.mean(is_language(plain, tgt))
-            per = (cfg.per_target or {}).get(tgt)
-            steer = (replace(cfg.steering, which=which) if per is None else per).for_prompt(src, tgt)
-            hooks = steer.hooks(neurons, tgt)
-            out = generate_many(model, requests, max_new_tokens=max_new_tokens, fwd_hooks=hooks)
-            texts = [s.text for s in out]
-            lid = is_language(texts, tgt)
-            rate[i, j] = np.mean(lid)
-            ok = [not is_degenerate(s.tokens, thresholds[tgt]) for s in out]
-            fluent[i, j] = np.mean(ok)
-            plain_ok = np.mean([not is_degenerate(t, thresholds[tgt]) for t in plain_tokens])
-            retention[i, j] = fluent[i, j] / plain_ok if plain_ok else np.nan
-            gated[i, j] = np.mean([a and b for a, b in zip(lid, ok)])
-            nll[i, j] = float(np.nanmean(sample_nll(model, out)))
-            if tgt in in_play:
-                base_lingua[i, j] = np.mean(is_language_lingua(plain, tgt, in_play))
-                second = is_language_lingua(texts, tgt, in_play)
-                rate_lingua[i, j] = np.mean(second)
-                agree[i, j] = agreement(lid, second)
-            bar.update(1)
-    bar.close()
-    return CrossSteeringResult(langs, rate, base, n_prompts, samples, max_new_tokens, which, neurons.k,
+            sc = runner.score([r for _ in prompts[src] for r in next(got)], tgt)
+            b = runner.score(plain[src], tgt)
+            rate[i, j], base[i, j], fluent[i, j], gated[i, j], nll[i, j] = (
+                sc.rate, b.rate, sc.fluent, sc.gated_rate, _nan(sc.nll))
+            retention[i, j] = sc.fluent / b.fluent if b.fluent else np.nan
+            rate_lingua[i, j], base_lingua[i, j], agree[i, j] = (_nan(sc.rate_lingua), _nan(b.rate_lingua),
+                                                                 _nan(sc.agreement))
+    meta = runner.meta()
+    return CrossSteeringResult(langs, rate, base, cfg.n_prompts, cfg.samples, cfg.max_new_tokens, cfg.which, neurons.k,
                                rate_lingua=rate_lingua, none_lingua=base_lingua, agreement=agree, fluent=fluent,
-                               gated=gated, thresholds=thresholds, retention=retention,
-                               method=_label(cfg, neurons, langs), nll=nll, none_nll=none_nll)
+                               gated=gated, thresholds={l: float(runner.thresholds[l]) for l in langs},
+                               retention=retention, method=_label(cfg, neurons, langs), nll=nll, none_nll=none_nll,
+                               reference_nll=dict(runner.ref_nll), run=meta["run"])
+
+
+def _nan(v: float | None) -> float:
+    return float("nan") if v is None else float(v)
+
+
+def _setting(cfg: CrossSteerConfig, neurons: LanguageNeurons, target: str) -> SteeringConfig:
+    """The setting towards ``target``: its own (``per_target``), else ``steering`` on the neurons ``which``
+    names; k filled in (the result's k where unset), so a cell's key is the sweep's for the same setting."""
+    per = (cfg.per_target or {}).get(target)
+    steer = replace(cfg.steering, which=cfg.which) if per is None else per
+    return replace(steer, k=steer.k if steer.k is not None else neurons.k)
 
 
 def _label(cfg: CrossSteerConfig, neurons: LanguageNeurons, langs: list[str]) -> str:

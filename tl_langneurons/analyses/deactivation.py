@@ -17,7 +17,7 @@ from ..evaluate.metrics import text_losses
 from ..model.protocol import HookedModel
 from ..progress import progress_bar
 from ..provenance import write_md_json
-from ..report.tables import markdown_matrix
+from ..tables import markdown_matrix
 from ..steer.interventions import clamp_hooks
 
 

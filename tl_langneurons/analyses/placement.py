@@ -11,7 +11,7 @@ import torch
 
 from ..detect.neurons import LanguageNeurons
 from ..provenance import atomic_write_text
-from ..report.tables import csv_text, markdown_table
+from ..tables import csv_text, markdown_table
 
 
 def layer_counts(neurons: LanguageNeurons, lang: str, which: str) -> np.ndarray:
@@ -67,7 +67,8 @@ def write_analysis(neurons: LanguageNeurons, out: str | Path, pooled=None, label
     atomic_write_text(out / "overlap.csv", csv_text(["which", "lang", *langs], [
         {"which": w, "lang": a, **dict(zip(langs, ovs[w][i].tolist()))} for w in ovs for i, a in enumerate(langs)]))
     ov, size = ovs["both"], 2 * neurons.k
-    plots.layer_histograms(neurons, out / "layers.png")
+    counts = {l: {w: layer_counts(neurons, l, w) for w in ("top", "middle", "bottom")} for l in langs}
+    plots.layer_histograms(counts, neurons.k, neurons.index.spec, out / "layers.png")
     plots.overlap_heatmap(ov, langs, size, out / "overlap.png")
     if pooled is not None and labels is not None and isinstance(pooled.values, torch.Tensor):
         plots.activation_distributions(neurons, pooled.values, np.asarray(labels), out / "distributions.png")

@@ -13,7 +13,7 @@ from ..detect.neurons import LanguageNeurons
 from ..model.driver import Runner
 from ..model.protocol import HookedModel
 from ..model.sites import flat_units
-from ..report.tables import markdown_table
+from ..tables import markdown_table
 
 
 @dataclass

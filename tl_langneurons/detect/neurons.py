@@ -10,7 +10,6 @@ default; add, diffmean and sparse through ``hooks(method=...)``, defined in ``st
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -34,13 +33,12 @@ from ..provenance import (
     package_versions,
     peak_rss_gb,
 )
-from ..report.tables import csv_text, markdown_table
+from ..tables import csv_text, markdown_table
 from ..results import describe_kind, fault_point, result_kind
-from ..steer.interventions import clamp_hooks
 from .activations import POOLINGS, PooledActivations, collect
 from .corpus import MultilingualCorpus
-from .distributed import agreed, from_main, is_main
-from .distributed import context as dist_context
+from ..distributed import agreed, from_main, is_main
+from ..distributed import context as dist_context
 from .ranking import average_precision, bottom_k, check_k, middle_k, parse_k, top_k
 from .selectors import METHODS, ONE_SIDED, TOKEN_METHODS, SelectorSettings, select, token_counts
 
@@ -388,31 +386,14 @@ class LanguageNeurons:
         ``source``) or sparse (``layer``, ``n_dims``, ``coef``, ``restore_norm``, ``source``); the same
         hooks as ``SteeringConfig(method=..., ...).hooks(self, lang)``, defaults there.
         """
-        if method != "clamp" or positions == "generated":
-            from ..steer.methods import SteeringConfig
+        from ..steer.methods import SteeringConfig, clamp  # the hook builders live in steer/methods.py
 
-            if isinstance(layers, str) or layers is None:
-                subset = layers
-            else:
-                subset = [int(l) for l in layers]
-            cfg = SteeringConfig(method=method, which=which, k=k, value=value, scale=scale, positions=positions,
-                                 layers=subset, alpha=alpha, layer=layer, n_dims=n_dims, coef=coef,
-                                 restore_norm=restore_norm, source=source)
-            return cfg.hooks(self, lang)
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isfinite(value):
-            raise LangNeuronsError(f"clamp value must be a finite number, median or zero, got {value}")
-        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
-            raise LangNeuronsError(f"clamp scale must be a finite number, got {scale!r}")
-        neurons, medians = self.selected(lang, which, k, layers)
-        if value == "median":
-            vals = medians
-        elif value == "zero":
-            vals = torch.zeros_like(medians)
-        elif isinstance(value, (int, float)) and not isinstance(value, bool):
-            vals = torch.full_like(medians, float(value))
-        else:
-            raise LangNeuronsError(f"unknown clamp value {value!r}; use median, zero or a number")
-        return clamp_hooks(self.index, neurons, vals * float(scale), positions)
+        if method == "clamp":
+            return clamp(self, lang, which, k, layers, value, scale, positions)
+        subset = layers if isinstance(layers, str) or layers is None else [int(l) for l in layers]
+        return SteeringConfig(method=method, which=which, k=k, value=value, scale=scale, positions=positions,
+                              layers=subset, alpha=alpha, layer=layer, n_dims=n_dims, coef=coef,
+                              restore_norm=restore_norm, source=source).hooks(self, lang)
 
     def table(self, lang: str, which: str = "top") -> list[dict]:
         """One row per selected neuron: rank, hook, layer, unit, AP and statistics."""

@@ -19,8 +19,8 @@ from typing import Sequence
 import torch.distributed as dist
 
 from ..config import LANGUAGES, Items, check_lists, option
-from ..detect.distributed import Shard, agreed, from_main, is_main
-from ..detect.distributed import context as dist_context
+from ..distributed import Shard, agreed, from_main, is_main
+from ..distributed import context as dist_context
 from ..detect.neurons import LanguageNeurons
 from ..detect.ranking import parse_k
 from ..errors import LangNeuronsError
@@ -28,7 +28,7 @@ from ..model.driver import Runner
 from ..model.load import model_name, weights_fingerprint
 from ..model.protocol import HookedModel
 from ..provenance import atomic_write_json, atomic_write_text, package_versions, sha256_texts
-from ..report.tables import csv_text, markdown_table
+from ..tables import csv_text, markdown_table
 from ..results import check_target, fault_point, run_into
 from ..steer.generation import SAMPLER, GenerationConfig, generate_many, sample_nll
 from ..steer.methods import SteeringConfig
@@ -131,7 +131,7 @@ class CellRunner:
     """Generates and scores cells (one clamp setting, one language, a list of seeds), reading a cell
     back from ``cells_dir`` when it was made with the same settings: the unit of resume.
 
-    With ``shard=(rank, world)`` (a torch.distributed group, ``detect/distributed.py``) the batches are
+    With ``shard=(rank, world)`` (a torch.distributed group, ``distributed.py``) the batches are
     spread over the ranks: rank 0 alone reads and writes the caches and cell files and decides what is
     missing; every rank generates batches ``bi % world == rank`` of the batches one process would form,
     rank 0 gathers and caches them, and every rank returns rank 0's samples. So the samples, scores and

@@ -24,15 +24,15 @@ from typing import Sequence
 
 from ..config import LANGUAGES, Items, check_lists, option
 from ..detect.corpus import MultilingualCorpus
-from ..detect.distributed import Shard
-from ..detect.distributed import context as dist_context
+from ..distributed import Shard
+from ..distributed import context as dist_context
 from ..detect.neurons import LanguageNeurons
 from ..detect.ranking import parse_k
 from ..errors import LangNeuronsError
 from ..model.protocol import HookedModel
 from ..provenance import atomic_write_json, atomic_write_text, sha256_texts
 from ..results import read_json
-from ..report.tables import markdown_table
+from ..tables import markdown_table
 from ..steer.methods import (METHODS, POSITIONS, SteeringConfig, check_not_empty, full_count, neuron_count,
                              setting_from_json)
 from ..steer.prompts import split_prompts

@@ -9,7 +9,7 @@ from ..errors import LangNeuronsError
 from ..provenance import atomic_write_text
 from ..results import describe_kind, read_json, result_kind
 from .html import markdown_to_html
-from .tables import markdown_table
+from ..tables import markdown_table
 
 
 # the fields of evaluation.json and sweep.json the report reads, and what each must be

@@ -23,21 +23,20 @@ def _save(fig, path: str | Path) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
-def layer_histograms(neurons, path: str | Path) -> None:
-    from ..analyses.placement import layer_counts
-
-    langs = neurons.languages
-    n_layers = neurons.index.n_layers
+def layer_histograms(counts: dict[str, dict[str, np.ndarray]], k: int, spec: str, path: str | Path) -> None:
+    """Neurons per layer, ``counts[lang][which]`` (which: top, middle, bottom), one panel per language."""
+    langs = list(counts)
+    n_layers = len(next(iter(counts[langs[0]].values())))
     fig, axes = plt.subplots(1, len(langs), figsize=(3.2 * len(langs), 3), sharey=True, squeeze=False)
     x = np.arange(n_layers)
     for ax, lang in zip(axes[0], langs):
         for which, color in (("top", "tab:red"), ("middle", "tab:gray"), ("bottom", "tab:blue")):
-            ax.plot(x, layer_counts(neurons, lang, which), marker=".", color=color, label=which)
+            ax.plot(x, counts[lang][which], marker=".", color=color, label=which)
         ax.set_title(lang)
         ax.set_xlabel("layer")
-    axes[0][0].set_ylabel(f"neurons (k={neurons.k})")
+    axes[0][0].set_ylabel(f"neurons (k={k})")
     axes[0][-1].legend(fontsize=8)
-    fig.suptitle(f"Layer of top / middle / bottom-{neurons.k} neurons ({neurons.index.spec})")
+    fig.suptitle(f"Layer of top / middle / bottom-{k} neurons ({spec})")
     _save(fig, path)
 
 

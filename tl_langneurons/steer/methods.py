@@ -48,17 +48,19 @@ from __future__ import annotations
 import argparse
 import math
 from dataclasses import asdict, dataclass, fields, replace
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import torch
 from torch import Tensor
 
 from ..config import number_or_name, option
-from ..detect.neurons import LanguageNeurons
 from ..errors import LangNeuronsError
 from ..model.sites import NeuronIndex, flat_units
 from .interventions import clamp_hooks
 from .positions import GEN_STEP, PROMPT_PASS, prompt_pass  # noqa: F401  (re-exported)
+
+if TYPE_CHECKING:  # the builders read a LanguageNeurons; detect/neurons.py calls them (LanguageNeurons.hooks)
+    from ..detect.neurons import LanguageNeurons
 
 METHODS = ("clamp", "add", "diffmean", "sparse")
 POSITIONS = ("all", "last", "generated")
@@ -252,10 +254,24 @@ def clamp(neurons: LanguageNeurons, lang: str, which: str = "both", k: int | Non
           layers: str | Sequence[int] | None = None, value: str | float = "median", scale: float = 1.0,
           positions: str = "all") -> Hooks:
     """Kojima et al.: ``a_n <- scale * value`` on ``lang``'s ``which`` neurons (value: the median on the
-    language, "zero", or a number). ``positions``: all (the paper), last (the newest position) or generated."""
-    _positions(positions, POSITIONS)
-    hooks = neurons.hooks(lang, which, value, scale, "all" if positions == "generated" else positions, k=k,
-                          layers=layers)
+    language, "zero", or a number). ``positions``: all (the paper), last (the newest position) or generated
+    (every position outside the prompt pass: the hooks of ``all``, inactive while the prompt runs)."""
+    if positions not in POSITIONS:
+        raise LangNeuronsError(f"unknown clamp positions {positions!r}; use {', '.join(POSITIONS)}")
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isfinite(value):
+        raise LangNeuronsError(f"clamp value must be a finite number, median or zero, got {value}")
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
+        raise LangNeuronsError(f"clamp scale must be a finite number, got {scale!r}")
+    sel, medians = neurons.selected(lang, which, k, layers)
+    if value == "median":
+        vals = medians
+    elif value == "zero":
+        vals = torch.zeros_like(medians)
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        vals = torch.full_like(medians, float(value))
+    else:
+        raise LangNeuronsError(f"unknown clamp value {value!r}; use median, zero or a number")
+    hooks = clamp_hooks(neurons.index, sel, vals * float(scale), "all" if positions == "generated" else positions)
     return _gate(hooks, positions)
 
 
