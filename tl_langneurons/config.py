@@ -19,6 +19,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import os
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from .errors import LangNeuronsError
@@ -286,3 +288,9 @@ def from_args(cls: type, args: argparse.Namespace, **extra: Any) -> Any:
         return cls(**values)
     except TypeError as e:  # a missing required field
         raise LangNeuronsError(f"{cls.__name__}: {e}") from e
+
+
+def cache_dir() -> Path:
+    """User cache folder (``$TL_LANGNEURONS_CACHE``, else ``~/.cache/tl_langneurons``): converted models,
+    offload folders."""
+    return Path(os.environ.get("TL_LANGNEURONS_CACHE", Path.home() / ".cache" / "tl_langneurons"))

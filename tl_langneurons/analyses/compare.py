@@ -20,7 +20,7 @@ import numpy as np
 from ..detect.neurons import LanguageNeurons
 from ..errors import LangNeuronsError
 from ..provenance import atomic_write_json, atomic_write_text
-from ..report.tables import csv_text, markdown_table
+from ..tables import csv_text, markdown_table
 from .placement import layer_counts, quarter_shares
 
 SIDES = ("top", "bottom")

@@ -26,6 +26,7 @@ from importlib import util as import_util
 from pathlib import Path
 from typing import Any, Iterator
 
+from ..config import cache_dir
 from ..errors import LangNeuronsError
 
 log = logging.getLogger(__name__)
@@ -389,8 +390,6 @@ def check_readable(header: GGUFHeader, label: str) -> None:
 
 # ---- the converted copy ------------------------------------------------------------------------------------------
 def models_dir() -> Path:
-    from .load import cache_dir
-
     return cache_dir() / "models"
 
 

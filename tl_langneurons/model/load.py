@@ -25,7 +25,7 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
-from ..config import option
+from ..config import cache_dir, option
 from ..errors import LangNeuronsError
 from ..results import process_alive
 from .gguf_models import ALIASES, check_gguf, gguf_model_dir
@@ -166,11 +166,6 @@ def parse_max_memory(spec: str | dict | None) -> dict | None:
     if not out:
         raise LangNeuronsError("--max-memory is empty; write e.g. 0=10GiB,cpu=30GiB")
     return out
-
-
-def cache_dir() -> Path:
-    """User cache folder (``$TL_LANGNEURONS_CACHE``, else ``~/.cache/tl_langneurons``)."""
-    return Path(os.environ.get("TL_LANGNEURONS_CACHE", Path.home() / ".cache" / "tl_langneurons"))
 
 
 def default_model_dir() -> Path:
