@@ -6,6 +6,8 @@
     tl-langneurons evaluate --neurons DIR                   Table 2, k ablation, samples (steps 5-6)
     tl-langneurons report   DIR                             report.md / report.html
     tl-langneurons compare  DIR DIR ... --out OUT           placement of several models side by side
+    tl-langneurons sweep    --neurons DIR --lcb --method M  steering settings on LCB's requests (language confusion)
+    tl-langneurons lcb      DIR                             the LCB sweeps of DIR in one table (DIR/lcb)
     tl-langneurons demo                                     all of it on the defaults
 
 Every option's default comes from a config dataclass (``FindConfig``, ``EvaluateConfig``, ...).
@@ -19,6 +21,7 @@ import contextlib
 import logging
 import os
 import sys
+from pathlib import Path
 from typing import Iterator
 
 from .analyses.attribution import AttributionConfig
@@ -142,6 +145,16 @@ def cmd_compare(args) -> None:
     print(f"figure: {paths[0]}; tables: {', '.join(str(p) for p in paths[1:])}")
 
 
+def cmd_lcb(args) -> None:
+    from .evaluate.confusion import lcb_table, write_lcb_table
+
+    out = args.out or str(Path(args.dir) / "lcb")
+    table = lcb_table(args.dir, args.sweeps)
+    paths = write_lcb_table(table, out, args.overwrite)
+    print(table.markdown())
+    print(f"written: {', '.join(str(p) for p in paths)}")
+
+
 def cmd_demo(args) -> None:
     run_demo(from_args(DemoConfig, args), progress=not args.quiet)
 
@@ -247,6 +260,13 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--out", required=True, help="output folder (placement.png, .md, .csv, .json)")
     q.add_argument(*_OVERWRITE[:1], **_OVERWRITE[1])
     q.set_defaults(func=cmd_compare)
+    q = sub.add_parser("lcb", help="the language-confusion sweeps (sweep --lcb) of a find folder in one table: LCB's "
+                                   "line-level pass rate beside quality, per method")
+    q.add_argument("dir", help="a find output folder holding lcb-METHOD sweeps")
+    q.add_argument("--sweeps", nargs="+", default=None, help="the sweep folders (default: every DIR/lcb-*)")
+    q.add_argument("--out", default=None, help="output folder (default DIR/lcb: lcb.md, .csv, .json)")
+    q.add_argument(*_OVERWRITE[:1], **_OVERWRITE[1])
+    q.set_defaults(func=cmd_lcb)
     q = sub.add_parser("demo", help="find, evaluate and report on the defaults")
     add_options(q, DemoConfig)
     q.add_argument("--quiet", action="store_true", help="no progress bars")

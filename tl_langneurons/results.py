@@ -46,7 +46,8 @@ OUTPUTS = {
                 "samples.md", "cells"),
     "sweep": ("sweep.md", "sweep.json", "tradeoff.png", "cells"),
 }
-KINDS = {"find": "find result (neurons)", "control": "control experiment (evaluate)", "sweep": "sweep"}
+KINDS = {"find": "find result (neurons)", "control": "control experiment (evaluate)", "sweep": "sweep",
+         "lcb": "language-confusion table (lcb)"}
 
 
 def fault_point(stage: str) -> None:

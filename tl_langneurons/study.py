@@ -257,7 +257,7 @@ class Study:
         clamp, ``DIR/sweep-METHOD`` for the other methods, so the sweeps of several methods sit side by
         side and the report shows them together)."""
         cfg = config or SweepConfig()
-        out = Path(out) if out else self.dir / sweep_folder(cfg.method)
+        out = Path(out) if out else self.dir / sweep_folder(cfg.method, cfg.lcb)
         check_target(out, "sweep", result_settings(self.neurons, cfg), overwrite)
         check_sweep(cfg, self.neurons)
         held = None if cfg.heldout is None else self._heldout(cfg.heldout)  # read before the model loads

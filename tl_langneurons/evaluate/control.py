@@ -341,9 +341,14 @@ class CellRunner:
                                          "reference_hits": self.store.memo_hits}}}
 
 
+# fields added to a config after results were written: left out at their default, so that those folders still resume
+_LATER_FIELDS = {"lcb": False}
+
+
 def result_settings(neurons: LanguageNeurons, config) -> dict:
     """What a control or sweep folder's results depend on: its config and the neurons' AP."""
-    return {"config": asdict(config), "neurons_ap_sha": hashlib.sha256(neurons.ap.numpy().tobytes()).hexdigest()[:16]}
+    cfg = {k: v for k, v in asdict(config).items() if k not in _LATER_FIELDS or v != _LATER_FIELDS[k]}
+    return {"config": cfg, "neurons_ap_sha": hashlib.sha256(neurons.ap.numpy().tobytes()).hexdigest()[:16]}
 
 
 def evaluate_control(model: HookedModel, neurons: LanguageNeurons, references: dict[str, list[str]] | None = None,

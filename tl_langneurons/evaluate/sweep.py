@@ -37,6 +37,7 @@ from ..steer.methods import (METHODS, POSITIONS, SteeringConfig, check_not_empty
                              setting_from_json)
 from ..steer.prompts import split_prompts
 from .samples import SampleStore
+from .confusion import SPLIT_SEED, SYSTEM_PROMPT, lcb_languages, lcb_markdown, lcb_prompts, lcb_quality, lcb_rows
 from .control import CellRunner, EvaluateConfig, mean_of, result_settings, run_ranked
 
 
@@ -84,24 +85,41 @@ class SweepConfig:
     heldout: str | None = option(None, "search on prompts: held-out text (never used for selection; a folder, a "
                                  ".jsonl file or bundled) whose sentences' first 10-16 tokens are continued, steered "
                                  "towards every other language (none: from BOS)")
-    val_prompts: int = option(4, "with --heldout: validation prompts per prompt language")
-    test_prompts: int = option(20, "with --heldout: fresh prompts per prompt language for the final report (those "
-                               "of cross-steer --seed 0)")
+    lcb: bool = option(False, "search on the Language Confusion Benchmark's cross-lingual prompts instead (okapi: "
+                       "asked in English to answer in de, es, fr, ja or zh; through the model's chat template); the "
+                       "report adds LCB's line-level pass rate, a system-prompt baseline and answer relevance")
+    val_prompts: int | None = option(None, "with --heldout: validation prompts per prompt language (none: 4); with "
+                                     "--lcb: per target language, whole requests of 3 phrasings (none: 6)", parse=int)
+    test_prompts: int | None = option(None, "with --heldout: fresh prompts per prompt language for the final report "
+                                      "(those of cross-steer --seed 0; none: 20); with --lcb: per target language, "
+                                      "whole requests of 3 phrasings (none: 30)", parse=int)
     val_samples: int | None = option(None, "validation samples per setting from BOS (seeds 1001..), or per prompt "
                                      "with --heldout (none: 20 from BOS, 1 per prompt)", parse=int)
     test_samples: int | None = option(None, "fresh samples for the final report (seeds 1..) from BOS, or per prompt "
-                                      "with --heldout (none: 100 from BOS, 5 per prompt)", parse=int)
+                                      "with --heldout or --lcb (none: 100 from BOS, 5 per held-out prompt, 1 per LCB "
+                                      "request)", parse=int)
     max_new_tokens: int = option(48, "tokens to generate")
-    temperature: float = 0.8
+    temperature: float = option(0.8, "sampling temperature over the full vocabulary (the paper's 0.8; LCB samples "
+                                "at 0.3, with nucleus 0.75)")
     batch_size: int = option(100, "samples per batch")
 
     def __post_init__(self) -> None:
         check_lists(self)  # every list option: empty, not a number, nan, out of range, repeated
-        prompted = self.heldout is not None
+        if self.lcb and self.heldout is not None:
+            raise LangNeuronsError("--lcb and --heldout are two sources of prompts; pass one")
+        prompted = self.heldout is not None or self.lcb
+        if self.val_prompts is None:
+            self.val_prompts = 6 if self.lcb else 4
+        if self.test_prompts is None:
+            self.test_prompts = 30 if self.lcb else 20
+        if self.lcb and (self.val_prompts % 3 or self.test_prompts % 3):
+            raise LangNeuronsError(f"--val-prompts {self.val_prompts} and --test-prompts {self.test_prompts}: LCB's "
+                                   "prompts come in requests of 3 phrasings (start, middle, end), kept on one side; "
+                                   "use multiples of 3 such as 6 and 30")
         if self.val_samples is None:
             self.val_samples = 1 if prompted else 20
-        if self.test_samples is None:
-            self.test_samples = 5 if prompted else 100
+        if self.test_samples is None:  # LCB: one answer per request, as the benchmark
+            self.test_samples = 1 if self.lcb else 5 if prompted else 100
         if min(self.val_samples, self.test_samples, self.val_prompts, self.test_prompts) < 1:
             raise LangNeuronsError("val_samples, test_samples, val_prompts and test_prompts must be at least 1")
         if self.method != "clamp" and list(self.positions) == ["last"]:
@@ -111,13 +129,16 @@ class SweepConfig:
         if "prompt" in self.sources and self.method == "clamp":
             raise LangNeuronsError("--sources prompt is for add, diffmean and sparse; clamp has no source")
         if "prompt" in self.sources and not prompted:
-            raise LangNeuronsError("--sources prompt needs --heldout: from BOS there is no prompt language")
+            raise LangNeuronsError("--sources prompt needs --heldout or --lcb: from BOS there is no prompt language")
         if not (math.isfinite(self.temperature) and self.temperature > 0):
             raise LangNeuronsError(f"temperature must be positive and finite (such as 0.8), got {self.temperature}")
 
 
-def sweep_folder(method: str) -> str:
-    """A sweep's default folder in the neurons folder: ``sweep`` for clamp, ``sweep-METHOD`` otherwise."""
+def sweep_folder(method: str, lcb: bool = False) -> str:
+    """A sweep's default folder in the neurons folder: ``sweep`` for clamp, ``sweep-METHOD`` otherwise;
+    ``lcb-METHOD`` for a sweep on LCB's prompts."""
+    if lcb:
+        return f"lcb-{method}"
     return "sweep" if method == "clamp" else f"sweep-{method}"
 
 
@@ -201,8 +222,11 @@ def check_sweep(cfg: SweepConfig, neurons: LanguageNeurons) -> None:
     """What the config asks of the neurons, checked before the model loads: the languages are the neurons',
     for clamp and add a k value reaches one neuron and the layer subsets exist, for diffmean and sparse the
     residual means were recorded and the layers searched exist."""
-    for lang in cfg.languages or []:
+    langs = lcb_languages(cfg.languages, neurons.languages) if cfg.lcb else cfg.languages or neurons.languages
+    for lang in langs:
         neurons._check_lang(lang)
+    if cfg.lcb and "prompt" in cfg.sources:
+        neurons._check_lang("en")  # LCB's requests are English: the source steered away from
     if cfg.method in ("clamp", "add"):
         ks, _ = _ks(cfg.k_fractions, neurons.index.n_neurons)
         for x in cfg.layer_sets:
@@ -210,7 +234,7 @@ def check_sweep(cfg: SweepConfig, neurons: LanguageNeurons) -> None:
         if neurons.one_sided and list(cfg.neuron_sets) == ["bottom"]:
             raise LangNeuronsError(f"--neuron-sets bottom: {neurons.method} selects top neurons only (its bottom sets "
                                    "are empty), so nothing would be steered; search top or both")
-        for lang in cfg.languages or neurons.languages:  # a language without neurons has nothing to search
+        for lang in langs:  # a language without neurons has nothing to search
             check_not_empty(neurons, SteeringConfig(which="top", k=max(ks)), lang)
         return
     means, _ = neurons.residual()
@@ -256,14 +280,16 @@ def sweep_prompts(tokenizer, neurons: LanguageNeurons, heldout: MultilingualCorp
 def _sweep(model: HookedModel, neurons: LanguageNeurons, references: dict[str, list[str]] | None, cfg: SweepConfig,
            cells_dir: Path | None, progress: bool, store: SampleStore, shard: Shard | None = None,
            heldout: MultilingualCorpus | None = None) -> SweepResult:
-    langs = cfg.languages or neurons.languages
+    langs = lcb_languages(cfg.languages, neurons.languages) if cfg.lcb else cfg.languages or neurons.languages
     ecfg = EvaluateConfig(languages=langs, samples=cfg.test_samples, max_new_tokens=cfg.max_new_tokens,
                           temperature=cfg.temperature, batch_size=cfg.batch_size, ablation_ks=[])
     cells = CellRunner(model, neurons, ecfg, references, cells_dir, progress, store, shard)
     n = neurons.index.n_neurons
     seeds_of = {"val": list(range(1001, 1001 + cfg.val_samples)), "test": list(range(1, cfg.test_samples + 1))}
     stages: list[dict] = []
-    prompts = None if heldout is None else sweep_prompts(model.tokenizer, neurons, heldout, cfg)
+    lcb = lcb_prompts(model.tokenizer, langs, cfg.val_prompts, cfg.test_prompts) if cfg.lcb else None
+    prompts = ({"val": lcb["val"], "test": lcb["test"]} if lcb else
+               None if heldout is None else sweep_prompts(model.tokenizer, neurons, heldout, cfg))
 
     def units(lang: str, phase: str) -> list[tuple[str | None, list[int] | None, list[int]]]:
         """What a setting towards ``lang`` is scored on in ``phase`` ("val" or "test"): (prompt language,
@@ -272,6 +298,8 @@ def _sweep(model: HookedModel, neurons: LanguageNeurons, references: dict[str, l
         seeds = seeds_of[phase]
         if prompts is None:
             return [(None, None, seeds)]
+        if lcb:  # LCB: the requests that ask for ``lang``, written in English
+            return [("en", p, seeds) for p in prompts[phase][lang]]
         return [(src, p, seeds) for src, ps in prompts[phase].items() if src != lang for p in ps]
 
     def unsteered(phase: str) -> dict[str, list[dict]]:
@@ -322,13 +350,21 @@ def _sweep(model: HookedModel, neurons: LanguageNeurons, references: dict[str, l
             if not good:
                 out.append(None)
                 continue
-            sc = cells.score(next(rows_of), lang)
+            rows = next(rows_of)
+            sc = cells.score(rows, lang)
             label = replace(steer, k=st["k"] if steer.neuron_level else None).resolved(neurons).label()
             if count is not None:  # fewer neurons than k names (lape, actprob): the real count
                 label += f" ({count} neuron{'s' if count != 1 else ''})"
             out.append({"lang": lang, **st, "label": label, "k_fraction": st["k"] / n,
-                        **sc.steering_row(base_fluent[lang])})
+                        **sc.steering_row(base_fluent[lang]), **lcb_scores(lang, phase, rows)})
         return out
+
+    def lcb_scores(lang: str, phase: str, rows: list[dict], system: bool = False) -> dict:
+        """LCB's pass rates and the relevance proxy of a test cell's answers (LCB sweeps only)."""
+        if not lcb or phase != "test":
+            return {}
+        return lcb_quality(model, rows, (lcb["system"] if system else prompts["test"])[lang], lang,
+                           len(seeds_of["test"]))
 
     def better(a, b):
         return (a["gated_rate"], -(a["nll"] or 99)) > (b["gated_rate"], -(b["nll"] or 99))
@@ -370,7 +406,16 @@ def _sweep(model: HookedModel, neurons: LanguageNeurons, references: dict[str, l
     for lang in langs:
         sc = cells.score(none_test[lang], lang)
         fluent_test[lang] = sc.fluent
-        test.append({"lang": lang, "setting": "none", **sc.steering_row(sc.fluent), "retention": 1.0})
+        test.append({"lang": lang, "setting": "none", **sc.steering_row(sc.fluent), "retention": 1.0,
+                     **lcb_scores(lang, "test", none_test[lang])})
+    if lcb:  # prompting alone: the same requests behind a system message that asks for the language
+        got = iter(cells.samples_many([(None, "none", 0, seeds_of["test"], None, p)
+                                       for lang in langs for p in lcb["system"][lang]]))
+        for lang in langs:
+            rows = [r for _ in lcb["system"][lang] for r in next(got)]
+            sc = cells.score(rows, lang)
+            test.append({"lang": lang, "setting": "system prompt", **sc.steering_row(fluent_test[lang]),
+                         **lcb_scores(lang, "test", rows, system=True)})
     named = [("paper clamp k=1000", {l: paper for l in langs}),
              (f"best {cfg.method}", {l: {k: v for k, v in best[l].items() if k != "val"} for l in langs})]
     if shared is not None:
@@ -387,7 +432,10 @@ def _sweep(model: HookedModel, neurons: LanguageNeurons, references: dict[str, l
     if empty:
         notes.append(f"not scored, as they steer no neuron ({neurons.method} chose none): {'; '.join(empty)}")
     meta = {**cells.meta(), "config": asdict(cfg), "languages": langs, "notes": notes, "shared": shared}
-    if prompts is not None:
+    if lcb:
+        meta["prompts"] = {"lcb": "for-ai/language-confusion test_sets/crosslingual/okapi (tl_langneurons/data/lcb)",
+                           "split_seed": SPLIT_SEED, "system_prompt": SYSTEM_PROMPT, **lcb}
+    elif prompts is not None:
         meta["prompts"] = {"heldout": cfg.heldout,
                            "texts_sha": {l: sha256_texts(heldout.texts[l]) for l in prompts["val"]},
                            **prompts}
@@ -400,7 +448,7 @@ def _search_space(cfg: SweepConfig, neurons: LanguageNeurons, n: int) -> tuple[d
     notes = []
     first = [("source", "source", [None if x == "none" else x for x in cfg.sources])] if len(cfg.sources) > 1 else []
     # positions searched: "last" is clamp's alone, and from BOS with the KV cache it equals "all"
-    if cfg.method == "clamp" and cfg.heldout:
+    if cfg.method == "clamp" and (cfg.heldout or cfg.lcb):
         moved = list(cfg.positions)
     else:
         moved = [p for p in cfg.positions if p != "last"] or ["all"]
@@ -481,7 +529,7 @@ def _shared_line(res: SweepResult) -> list[str]:
 
 def _scored_on(config: dict) -> str:
     """What a sweep of ``config`` (as recorded) scored its settings on: prompts or seeds from BOS."""
-    return "prompts" if config.get("heldout") else "seeds"
+    return "LCB prompts" if config.get("lcb") else "prompts" if config.get("heldout") else "seeds"
 
 
 def sweep_markdown(res: SweepResult) -> str:
@@ -500,7 +548,15 @@ def sweep_markdown(res: SweepResult) -> str:
         tests.append([l, *cells])
     c = res.meta["config"]
     method = c.get("method", "clamp")
-    if c.get("heldout"):
+    if c.get("lcb"):
+        protocol = (f"on the Language Confusion Benchmark's cross-lingual okapi requests (asked in English to answer in "
+                    f"the language; the model's chat template; {c['max_new_tokens']} tokens at temperature "
+                    f"{c.get('temperature', 0.8)}). Picked on {c['val_prompts']} validation prompts per language x "
+                    f"{c['val_samples']} seeds (1001..) by gated rate (ties: lower NLL); then the settings on "
+                    f"{c['test_prompts']} other prompts per language (other requests) x {c['test_samples']} seeds "
+                    f"(1..); none: the unsteered answers; system prompt: the same requests behind a system message "
+                    f"asking for the language, unsteered")
+    elif c.get("heldout"):
         protocol = (f"from prompts of {c['heldout']}: a setting towards a language continues the other languages' "
                     f"prompts (the off-diagonal cells of cross-steering; {c['max_new_tokens']} tokens). Picked on "
                     f"{c['val_prompts']} validation prompts per language x {c['val_samples']} seeds (1001..) by "
@@ -518,6 +574,13 @@ def sweep_markdown(res: SweepResult) -> str:
            markdown_table(["lang", *[f"{s}: rate / lingua / gated / fluent / retention / NLL" for s in settings]],
                           tests).rstrip("\n"),
            "", *res.meta.get("notes", [])]
+    lrows = lcb_rows(res.test)
+    if lrows:
+        out += ["", "Language confusion (LCB's metric: LPR = share of answers whose every line of 5 tokens or more "
+                "lid.176 labels the language, above 0.3; line acc = mean share of such lines; WPR (ja, zh) = share "
+                "of passing answers without an English word; relevance = NLL of the answer after another request "
+                "minus after its own, nats/token, under the unsteered model; on topic = share with a positive gain):",
+                "", lcb_markdown(lrows).rstrip("\n")]
     ref = res.meta.get("reference_nll", {})
     if ref:
         out += ["", "Reference NLL of real text: " + ", ".join(f"{l} {v:.2f}" for l, v in ref.items())]

@@ -36,3 +36,23 @@ def split_prompts(tokenizer, texts: Sequence[str], n_test: int, n_val: int, lang
     validation prompts are drawn with ``seed + 1`` from the other texts."""
     test = token_prompts(tokenizer, texts, n_test, seed, lang)
     return test, token_prompts(tokenizer, texts, n_val, seed + 1, lang, exclude=test)
+
+
+def chat_ids(tokenizer, user: str, system: str | None = None) -> list[int]:
+    """Token ids of one user turn as the model's chat template writes it, ending where the assistant's
+    answer begins (``add_generation_prompt``); ``system`` is a system message in front. A tokenizer
+    without a chat template (a base model) gets the plain text and a blank line, the system message
+    before it: what a base model continues as an answer.
+
+    Example:
+        >>> tok = AutoTokenizer.from_pretrained(qwen_folder)  # doctest: +SKIP
+        >>> tok.decode(chat_ids(tok, "Reply in German. Explain photosynthesis."))  # doctest: +SKIP
+        '<|im_start|>system\\nYou are Qwen, ...<|im_start|>user\\nReply in German. ...<|im_start|>assistant\\n'
+    """
+    if getattr(tokenizer, "chat_template", None):
+        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
+        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        ids = ids["input_ids"] if hasattr(ids, "keys") else ids
+        return [int(t) for t in ids]
+    text = (f"{system}\n\n" if system else "") + f"{user}\n\n"
+    return [int(t) for t in tokenizer(text, add_special_tokens=False)["input_ids"]]

@@ -1,0 +1,113 @@
+"""Language confusion: ``sweep --lcb`` on LCB's cross-lingual requests through the chat template, its LCB
+scores against LCB's metric on the same answers generated one by one, the relevance proxy against a slow
+loop over the model's logits, resume, and the ``lcb`` table through the command line."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+pytest.importorskip("jieba", reason="LCB's metric tokenizes Chinese with jieba: pip install 'tl-langneurons[lcb]'")
+pytest.importorskip("fugashi", reason="LCB's metric tokenizes Japanese with fugashi: pip install 'tl-langneurons[lcb]'")
+
+from tl_langneurons.detect.neurons import find_neurons  # noqa: E402
+from tl_langneurons.evaluate.lcb import lcb_metrics, load_lcb_prompts  # noqa: E402
+from tl_langneurons.steer.prompts import chat_ids  # noqa: E402
+
+TEMPLATE = ("{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}</{{ m['role'] }}>{% endfor %}"
+            "{% if add_generation_prompt %}<assistant>{% endif %}")
+
+
+def test_chat_ids_follow_the_template_or_write_plain_text(tiny_llama):
+    tok = tiny_llama.tokenizer
+    had = getattr(tok, "chat_template", None)
+    try:
+        tok.chat_template = None
+        assert chat_ids(tok, "Reply in German. Hi") == tok("Reply in German. Hi\n\n", add_special_tokens=False)["input_ids"]
+        assert chat_ids(tok, "Hi", system="Be brief.") == tok("Be brief.\n\nHi\n\n", add_special_tokens=False)["input_ids"]
+        tok.chat_template = TEMPLATE
+        want = tok("<system>Be brief.</system><user>Hi</user><assistant>", add_special_tokens=False)["input_ids"]
+        assert chat_ids(tok, "Hi", system="Be brief.") == want
+    finally:
+        tok.chat_template = had
+
+
+def _slow_nll(model, prompt: list[int], tokens: list[int]) -> float:
+    """Mean NLL of ``tokens`` after ``prompt`` (BOS in front), from the whole sequence's logits."""
+    from tl_langneurons.model.driver import Runner
+
+    runner = Runner(model)
+    start = ([runner.bos_id] if prompt[:1] != [runner.bos_id] else []) + list(prompt)
+    ids = torch.tensor([start + list(tokens)])
+    with torch.no_grad():
+        logp = runner.hf(ids).logits.float().log_softmax(-1)[0]
+    n = len(start)
+    return float(-torch.stack([logp[n - 1 + i, t] for i, t in enumerate(tokens)]).mean())
+
+
+def test_lcb_sweep_scores_answers_as_lcb_and_resumes(tiny_llama, tiny_dirs, tiny_corpus, tmp_path):
+    from tl_langneurons.cli import main
+    from tl_langneurons.evaluate.sweep import SweepConfig, run_sweep
+    from tl_langneurons.steer.generation import generate_many
+
+    neurons = find_neurons(tiny_llama, tiny_corpus, k=10, progress=False)
+    tok = tiny_llama.tokenizer
+    cfg = SweepConfig(method="add", lcb=True, languages=["de", "ja"], k_fractions=["5%"], alphas=[0.5, 4.0],
+                      layer_sets=["all"], val_prompts=3, test_prompts=6, max_new_tokens=6, temperature=0.3)
+    res = run_sweep(tiny_llama, neurons, tiny_corpus.texts, cfg, tmp_path / "sw", progress=False)
+    prompts = res.meta["prompts"]
+    for lang in ("de", "ja"):
+        known = {p.prompt: p for p in load_lcb_prompts([lang])}
+        val, test = prompts["requests"]["val"][lang], prompts["requests"]["test"][lang]
+        assert (len(val), len(test)) == (3, 6)
+        assert {known[t].request for t in val}.isdisjoint({known[t].request for t in test})  # whole requests apart
+        assert prompts["test"][lang] == [chat_ids(tok, t) for t in test]
+        assert all(len({known[t].request for t in test[i:i + 3]}) == 1 for i in (0, 3))  # in requests of three
+    settings = [r["setting"] for r in res.test if r["lang"] == "de"]
+    assert settings == ["none", "system prompt", "paper clamp k=1000", "best add", "shared add"]
+
+    # the unsteered row: LCB's metric and the rate on the same answers generated one by one
+    for lang in ("de", "ja"):
+        row = next(r for r in res.test if r["lang"] == lang and r["setting"] == "none")
+        out = [generate_many(tiny_llama, [(p, 1)], max_new_tokens=6, temperature=0.3)[0]
+               for p in prompts["test"][lang]]
+        m = lcb_metrics([s.text for s in out], lang)
+        assert (row["lpr"], row["lcb_acc"], row["lcb_scored"]) == (m["lpr"], m["acc"], m["n_scored"])
+        assert (row["wpr"] is None) == (lang == "de")
+        # relevance: NLL after the next request (same phrasing) minus after its own, from the full logits
+        ps = prompts["test"][lang]
+        gains = [_slow_nll(tiny_llama, ps[(i + 3) % 6], s.tokens) - _slow_nll(tiny_llama, ps[i], s.tokens)
+                 for i, s in enumerate(out) if s.tokens]
+        assert row["relevance"] == pytest.approx(sum(gains) / len(gains), abs=1e-4)
+        assert row["on_topic"] == pytest.approx(sum(g > 0 for g in gains) / len(gains))
+        sysrow = next(r for r in res.test if r["lang"] == lang and r["setting"] == "system prompt")
+        assert prompts["system"][lang][0] != prompts["test"][lang][0] and 0 <= sysrow["lpr"] <= 1
+    md = (tmp_path / "sw" / "sweep.md").read_text()
+    assert "Language Confusion Benchmark" in md and "| system prompt |" in md
+    again = run_sweep(tiny_llama, neurons, tiny_corpus.texts, cfg, tmp_path / "sw", progress=False)
+    assert again.meta["timings"] == {} and again.test == res.test  # resumed from the cells
+
+    # the command line: sweep --lcb into DIR/lcb-METHOD, then the lcb table of every such sweep
+    n = tmp_path / "n"
+    assert main(["find", "--model", str(tiny_dirs["llama"]), "--corpus", "bundled", "--n-per-lang", "12", "--k", "20",
+                 "--out", str(n), "--device", "cpu", "--quiet"]) == 0
+    assert main(["lcb", str(n)]) == 2  # no LCB sweep yet: one line
+    common = ["sweep", "--neurons", str(n), "--lcb", "--languages", "de", "--val-prompts", "3", "--test-prompts",
+              "6", "--max-new-tokens", "4", "--quiet"]
+    for bad in (["--heldout", "bundled"], ["--languages", "en"], ["--val-prompts", "4"]):
+        assert main([*common, "--method", "add", "--k-fractions", "5%", "--alphas", "1", "--layer-sets", "all",
+                     *bad]) == 2
+    assert not (n / "lcb-add").exists()
+    assert main([*common, "--method", "add", "--k-fractions", "5%", "--alphas", "1", "--layer-sets", "all"]) == 0
+    assert main([*common, "--method", "diffmean", "--resid-layers", "1", "--alphas", "0.5"]) == 0
+    assert main(["lcb", str(n)]) == 0
+    table = json.loads((n / "lcb" / "lcb.json").read_text())
+    got = [r["setting"] for r in table["rows"]]
+    assert got == ["none", "system prompt", "paper clamp k=1000", "best add", "shared add", "best diffmean",
+                   "shared diffmean"]
+    assert "| system prompt |" in (n / "lcb" / "lcb.md").read_text()
+    assert main([*common, "--method", "clamp", "--k-fractions", "5%", "--scales", "1", "--layer-sets", "all",
+                 "--max-new-tokens", "5"]) == 0
+    assert main(["lcb", str(n), "--overwrite"]) == 2  # made on other answers (5 tokens against 4): not one table

@@ -1,0 +1,225 @@
+"""Language confusion (Marchisio et al. 2024): an instruction model asked in English to answer in another
+language answers in English. ``sweep --lcb`` searches steering settings on the Language Confusion
+Benchmark's cross-lingual prompts and reports LCB's line-level pass rate beside quality; this module holds
+what that adds to the sweep: the prompts through the chat template, the system-prompt baseline, the
+scores of one cell, and the table that puts several methods' sweeps side by side (``lcb`` command).
+
+Answer relevance is measured offline by the unsteered model itself: the mean per-token NLL of an answer
+after another request of the same language (same phrasing) minus after its own request. An answer tied
+to its request is likelier after it (positive); a generic or derailed answer scores about zero. It is a
+proxy: the judge is the model being steered, and an answer that repeats the request's words scores high.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+from ..errors import LangNeuronsError
+from ..model.protocol import HookedModel
+from ..provenance import atomic_write_json, atomic_write_text
+from ..results import check_target, staged_folder
+from ..steer.generation import Sample, sample_nll
+from ..steer.prompts import chat_ids
+from ..tables import csv_text, markdown_table
+from .lcb import LCB_LANGUAGES, lcb_metrics, load_lcb_prompts, split_prompts
+
+LANGUAGE_NAMES = {"de": "German", "es": "Spanish", "fr": "French", "ja": "Japanese", "zh": "Chinese"}
+SYSTEM_PROMPT = "You are a helpful assistant. Always answer in {name}, whatever the language of the request."
+SPLIT_SEED = 0
+
+
+def lcb_languages(languages: Sequence[str] | None, known: Sequence[str]) -> list[str]:
+    """The target languages of an LCB sweep: those asked for (each one of LCB's cross-lingual okapi set and of
+    the neurons'), else every LCB language the neurons know; one clear line otherwise."""
+    if languages:
+        bad = [l for l in languages if l not in LCB_LANGUAGES]
+        if bad:
+            raise LangNeuronsError(f"--lcb: LCB's cross-lingual prompts shipped here ask for "
+                                   f"{', '.join(LCB_LANGUAGES)}; not {', '.join(bad)}")
+        return list(languages)
+    out = [l for l in LCB_LANGUAGES if l in known]
+    if not out:
+        raise LangNeuronsError(f"--lcb: the neurons know none of LCB's languages ({', '.join(LCB_LANGUAGES)}); "
+                               f"they know {', '.join(known)}")
+    return out
+
+
+def lcb_prompts(tokenizer, langs: Sequence[str], n_val: int, n_test: int) -> dict:
+    """``{"val": {lang: ids}, "test": {lang: ids}, "system": {lang: ids}, "requests": {...}}``: each target
+    language's validation and test prompts (whole requests apart, :func:`~tl_langneurons.evaluate.lcb.split_prompts`)
+    through the chat template, the test prompts again behind a system message that asks for the language
+    (prompting alone), and their texts (what the results record)."""
+    out: dict = {"val": {}, "test": {}, "system": {}, "requests": {"val": {}, "test": {}}}
+    for lang in langs:
+        prompts = load_lcb_prompts([lang])
+        count: dict[int, int] = {}
+        for p in prompts:
+            count[p.request] = count.get(p.request, 0) + 1
+        prompts = [p for p in prompts if count[p.request] == 3]  # whole requests only (row 99 has one phrasing)
+        val, test = split_prompts(prompts, n_val // 3, seed=SPLIT_SEED)
+        if len(test) < n_test:
+            raise LangNeuronsError(f"--test-prompts {n_test}: LCB has {len(prompts)} {lang} prompts, {len(val)} of "
+                                   f"them for validation; ask for at most {len(test)} test prompts")
+        test = test[:n_test]
+        system = SYSTEM_PROMPT.format(name=LANGUAGE_NAMES[lang])
+        out["val"][lang] = [chat_ids(tokenizer, p.prompt) for p in val]
+        out["test"][lang] = [chat_ids(tokenizer, p.prompt) for p in test]
+        out["system"][lang] = [chat_ids(tokenizer, p.prompt, system=system) for p in test]
+        out["requests"]["val"][lang] = [p.prompt for p in val]
+        out["requests"]["test"][lang] = [p.prompt for p in test]
+    return out
+
+
+def lcb_quality(model: HookedModel, rows: Sequence[dict], prompts: Sequence[Sequence[int]], lang: str,
+                per_prompt: int) -> dict:
+    """LCB's scores of one cell's answers (``rows``: ``per_prompt`` answers of each of ``prompts`` in turn)
+    and the relevance proxy: ``lpr`` (line-level pass rate), ``lcb_acc`` (mean share of lines in the language),
+    ``wpr`` (word-level pass rate, ja and zh), ``relevance`` (mean NLL gain of an answer after its own request
+    over another request of the language, nats per token) and ``on_topic`` (share of answers with a gain)."""
+    texts = [r["text"] for r in rows]
+    m = lcb_metrics(texts, lang)
+    out = {"lpr": m["lpr"], "lcb_acc": m["acc"], "wpr": m.get("wpr"), "lcb_scored": m["n_scored"],
+           "relevance": None, "on_topic": None}
+    n_prompts = len(prompts)
+    if n_prompts < 6 or len(rows) != n_prompts * per_prompt:  # another request needs two requests of 3 phrasings
+        return out
+    other = [list(prompts[(i // per_prompt + 3) % n_prompts]) for i in range(len(rows))]
+    away = sample_nll(model, [Sample(seed=0, tokens=list(r["tokens"]), text=r["text"], prompt=p)
+                              for r, p in zip(rows, other)])
+    gains = [a - r["nll"] for a, r in zip(away, rows) if a == a and r.get("nll") is not None and r["nll"] == r["nll"]]
+    if gains:
+        out["relevance"] = sum(gains) / len(gains)
+        out["on_topic"] = sum(g > 0 for g in gains) / len(gains)
+    return out
+
+
+LCB_COLUMNS = ("lpr", "lcb_acc", "wpr", "rate", "gated_rate", "fluent", "retention", "nll", "relevance", "on_topic")
+LCB_HEADERS = ("LPR", "line acc", "WPR", "rate", "gated", "fluent", "retention", "NLL", "relevance", "on topic")
+
+
+def _f(v, fmt=".2f") -> str:
+    return "-" if v is None or (isinstance(v, float) and v != v) else format(v, fmt)
+
+
+def lcb_rows(test: Sequence[dict]) -> list[dict]:
+    """The LCB rows of a sweep's test table (those that carry ``lpr``)."""
+    return [{"lang": r["lang"], "setting": r["setting"], **{k: r.get(k) for k in LCB_COLUMNS}, "label": r.get("label")}
+            for r in test if "lpr" in r]
+
+
+def lcb_markdown(rows: Sequence[dict]) -> str:
+    """One table: a line per setting, a column group per measure, languages averaged (mean) and each
+    language's LPR beside it."""
+    langs = list(dict.fromkeys(r["lang"] for r in rows))
+    settings = list(dict.fromkeys(r["setting"] for r in rows))
+    get = {(r["lang"], r["setting"]): r for r in rows}
+    body = []
+    for s in settings:
+        rs = [get[(l, s)] for l in langs if (l, s) in get]
+        mean = {k: _mean([r.get(k) for r in rs]) for k in LCB_COLUMNS}
+        body.append([s, *(_f(mean[k]) for k in LCB_COLUMNS), *(_f(get[(l, s)]["lpr"]) if (l, s) in get else "-"
+                                                               for l in langs)])
+    return markdown_table(["setting", *(f"{h} (mean)" for h in LCB_HEADERS), *(f"LPR {l}" for l in langs)], body)
+
+
+def _mean(xs: Sequence) -> float | None:
+    xs = [x for x in xs if x is not None and x == x]
+    return sum(xs) / len(xs) if xs else None
+
+
+def lcb_csv(rows: Sequence[dict]) -> str:
+    fields = ["lang", "setting", *LCB_COLUMNS]
+    return csv_text(fields, [{k: r.get(k) for k in fields} for r in rows])
+
+
+def gather_lcb(folders: Sequence[str | Path]) -> list[dict]:
+    """The LCB rows of finished ``sweep --lcb`` folders, each method's picks named by method; the unsteered,
+    system-prompt and paper-clamp rows once (every sweep measures them on the same cells)."""
+    rows, seen = [], set()
+    for folder in folders:
+        f = Path(folder) / "sweep.json"
+        if not f.is_file():
+            raise LangNeuronsError(f"{folder} holds no finished sweep (no sweep.json); run sweep --lcb there first")
+        try:
+            data = json.loads(f.read_text(encoding="utf-8"))
+            cfg = data["meta"]["config"]
+            test = data["test"]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise LangNeuronsError(f"{f} is not a sweep's result ({type(e).__name__}: {e}); run the sweep again")
+        if not cfg.get("lcb"):
+            raise LangNeuronsError(f"{folder} is a sweep on {'held-out prompts' if cfg.get('heldout') else 'BOS'}, "
+                                   "not on LCB's prompts; run sweep --lcb")
+        method = cfg.get("method", "clamp")
+        for r in lcb_rows(test):
+            name = r["setting"]
+            if name.startswith(("best ", "shared ")):
+                name = f"{name.split()[0]} {method}"
+            key = (r["lang"], name)
+            if key in seen:
+                continue
+            seen.add(key)
+            rows.append({**r, "setting": name})
+    return rows
+
+
+@dataclass
+class LCBTable:
+    """Every LCB sweep of a neurons folder in one table: the unsteered answers, the system prompt, the paper's
+    clamp and each method's per-language (best) and shared picks, on the same test requests and seeds."""
+
+    rows: list[dict]
+    sweeps: list[str]
+    meta: dict = field(default_factory=dict)
+
+    def markdown(self) -> str:
+        return (f"Language confusion on LCB's cross-lingual okapi requests; sweeps: {', '.join(self.sweeps)}\n\n"
+                + lcb_markdown(self.rows))
+
+    def save(self, out: str | Path) -> list[Path]:
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        paths = [out / "lcb.md", out / "lcb.csv", out / "lcb.json"]
+        atomic_write_text(paths[0], self.markdown())
+        atomic_write_text(paths[1], lcb_csv(self.rows))
+        atomic_write_json(paths[2], {"rows": self.rows, "sweeps": self.sweeps, "meta": self.meta})
+        return paths
+
+
+def lcb_sweeps(directory: str | Path) -> list[Path]:
+    """The ``sweep --lcb`` folders (``lcb-METHOD``) of a neurons folder that finished."""
+    return sorted(p for p in Path(directory).glob("lcb-*") if (p / "sweep.json").is_file())
+
+
+def lcb_table(directory: str | Path, folders: Sequence[str | Path] | None = None) -> LCBTable:
+    """The LCB table of ``folders`` (default: every finished ``lcb-METHOD`` sweep in ``directory``); refused
+    when there is none, or when they were made on other requests, seeds or generation settings (not comparable)."""
+    folders = [Path(f) for f in folders] if folders else lcb_sweeps(directory)
+    if not folders:
+        raise LangNeuronsError(f"{directory} holds no finished LCB sweep; run e.g. tl-langneurons sweep --neurons "
+                               f"{directory} --lcb --method add first")
+    same = ("val_prompts", "test_prompts", "test_samples", "max_new_tokens", "temperature", "languages")
+    seen = None
+    for f in folders:
+        try:
+            cfg = json.loads((f / "sweep.json").read_text(encoding="utf-8"))["meta"]["config"]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise LangNeuronsError(f"{f / 'sweep.json'} is not a sweep's result ({type(e).__name__}); run it again")
+        these = {k: cfg.get(k) for k in same}
+        if seen is not None and these != seen[1]:
+            diff = [k for k in same if these[k] != seen[1][k]]
+            raise LangNeuronsError(f"{f} and {seen[0]} were made with different {', '.join(diff)}: their LCB rows "
+                                   "are not on the same answers; sweep them alike")
+        seen = (f, these)
+    return LCBTable(gather_lcb(folders), [str(f) for f in folders], {"config": seen[1]})
+
+
+def write_lcb_table(table: LCBTable, out: str | Path, overwrite: bool = False) -> list[Path]:
+    """``table`` written into ``out`` as a whole (the folder of another table is refused unless ``overwrite``)."""
+    settings = {"sweeps": table.sweeps}
+    check_target(Path(out), "lcb", settings, overwrite)
+    with staged_folder(out, "lcb", settings) as stage:
+        names = [p.name for p in table.save(stage)]
+    return [Path(out) / n for n in names]

