@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 import numbers
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -21,6 +22,11 @@ def cell(value: Any, fmt: str | None = None) -> str:
     else:
         text = str(value)
     return text.replace("\r\n", " ").replace("\n", " ").replace("\r", " ").replace("|", "\\|")
+
+
+def dashed(value: Any, fmt: str = ".2f") -> str:
+    """A number through ``fmt``; "-" for a value that is missing (None) or not a number (nan)."""
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, fmt)
 
 
 def markdown_table(header: Sequence[Any], rows: Iterable[Sequence[Any]], fmt: str | None = None) -> str:

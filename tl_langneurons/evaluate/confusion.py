@@ -12,7 +12,6 @@ proxy: the judge is the model being steered, and an answer that repeats the requ
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -20,10 +19,10 @@ from typing import Sequence
 from ..errors import LangNeuronsError
 from ..model.protocol import HookedModel
 from ..provenance import atomic_write_json, atomic_write_text
-from ..results import check_target, staged_folder
+from ..results import check_target, read_json, staged_folder
 from ..steer.generation import Sample, sample_nll
 from ..steer.prompts import chat_ids
-from ..tables import csv_text, markdown_table
+from ..tables import csv_text, dashed as _f, markdown_table
 from .lcb import LCB_LANGUAGES, lcb_metrics, load_lcb_prompts, split_prompts
 
 LANGUAGE_NAMES = {"de": "German", "es": "Spanish", "fr": "French", "ja": "Japanese", "zh": "Chinese"}
@@ -100,10 +99,6 @@ LCB_COLUMNS = ("lpr", "lcb_acc", "wpr", "rate", "gated_rate", "fluent", "retenti
 LCB_HEADERS = ("LPR", "line acc", "WPR", "rate", "gated", "fluent", "retention", "NLL", "relevance", "on topic")
 
 
-def _f(v, fmt=".2f") -> str:
-    return "-" if v is None or (isinstance(v, float) and v != v) else format(v, fmt)
-
-
 def lcb_rows(test: Sequence[dict]) -> list[dict]:
     """The LCB rows of a sweep's test table (those that carry ``lpr``)."""
     return [{"lang": r["lang"], "setting": r["setting"], **{k: r.get(k) for k in LCB_COLUMNS}, "label": r.get("label")}
@@ -135,25 +130,31 @@ def lcb_csv(rows: Sequence[dict]) -> str:
     return csv_text(fields, [{k: r.get(k) for k in fields} for r in rows])
 
 
-def gather_lcb(folders: Sequence[str | Path]) -> list[dict]:
-    """The LCB rows of finished ``sweep --lcb`` folders, each method's picks named by method; the unsteered,
-    system-prompt and paper-clamp rows once (every sweep measures them on the same cells)."""
+LCB_SWEEP_FIELDS = {"meta": ("object",), "meta.config": ("object",), "test": ("list",), "test.[]": ("object",),
+                    "test.[].lang": ("string",), "test.[].setting": ("string",)}
+
+
+def read_lcb_sweep(folder: str | Path) -> dict:
+    """A finished ``sweep --lcb`` folder's ``sweep.json``, its fields checked; one clear line when it is not
+    one (missing, damaged, or a sweep from BOS or on held-out prompts)."""
+    f = Path(folder) / "sweep.json"
+    if not f.is_file():
+        raise LangNeuronsError(f"{folder} holds no finished sweep (no sweep.json); run sweep --lcb there first")
+    data = read_json(f, LCB_SWEEP_FIELDS, "run the sweep again")
+    cfg = data["meta"]["config"]
+    if not cfg.get("lcb"):
+        raise LangNeuronsError(f"{folder} is a sweep on {'held-out prompts' if cfg.get('heldout') else 'BOS'}, "
+                               "not on LCB's prompts; run sweep --lcb")
+    return data
+
+
+def gather_lcb(sweeps: Sequence[dict]) -> list[dict]:
+    """The LCB rows of finished ``sweep --lcb`` results (:func:`read_lcb_sweep`), each method's picks named by
+    method; the unsteered, system-prompt and paper-clamp rows once (every sweep measures them on the same cells)."""
     rows, seen = [], set()
-    for folder in folders:
-        f = Path(folder) / "sweep.json"
-        if not f.is_file():
-            raise LangNeuronsError(f"{folder} holds no finished sweep (no sweep.json); run sweep --lcb there first")
-        try:
-            data = json.loads(f.read_text(encoding="utf-8"))
-            cfg = data["meta"]["config"]
-            test = data["test"]
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            raise LangNeuronsError(f"{f} is not a sweep's result ({type(e).__name__}: {e}); run the sweep again")
-        if not cfg.get("lcb"):
-            raise LangNeuronsError(f"{folder} is a sweep on {'held-out prompts' if cfg.get('heldout') else 'BOS'}, "
-                                   "not on LCB's prompts; run sweep --lcb")
-        method = cfg.get("method", "clamp")
-        for r in lcb_rows(test):
+    for data in sweeps:
+        method = data["meta"]["config"].get("method", "clamp")
+        for r in lcb_rows(data["test"]):
             name = r["setting"]
             if name.startswith(("best ", "shared ")):
                 name = f"{name.split()[0]} {method}"
@@ -201,19 +202,16 @@ def lcb_table(directory: str | Path, folders: Sequence[str | Path] | None = None
         raise LangNeuronsError(f"{directory} holds no finished LCB sweep; run e.g. tl-langneurons sweep --neurons "
                                f"{directory} --lcb --method add first")
     same = ("val_prompts", "test_prompts", "test_samples", "max_new_tokens", "temperature", "languages")
+    sweeps = [read_lcb_sweep(f) for f in folders]
     seen = None
-    for f in folders:
-        try:
-            cfg = json.loads((f / "sweep.json").read_text(encoding="utf-8"))["meta"]["config"]
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            raise LangNeuronsError(f"{f / 'sweep.json'} is not a sweep's result ({type(e).__name__}); run it again")
-        these = {k: cfg.get(k) for k in same}
+    for f, data in zip(folders, sweeps):
+        these = {k: data["meta"]["config"].get(k) for k in same}
         if seen is not None and these != seen[1]:
             diff = [k for k in same if these[k] != seen[1][k]]
             raise LangNeuronsError(f"{f} and {seen[0]} were made with different {', '.join(diff)}: their LCB rows "
                                    "are not on the same answers; sweep them alike")
         seen = (f, these)
-    return LCBTable(gather_lcb(folders), [str(f) for f in folders], {"config": seen[1]})
+    return LCBTable(gather_lcb(sweeps), [str(f) for f in folders], {"config": seen[1]})
 
 
 def write_lcb_table(table: LCBTable, out: str | Path, overwrite: bool = False) -> list[Path]:

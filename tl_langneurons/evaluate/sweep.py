@@ -32,7 +32,7 @@ from ..errors import LangNeuronsError
 from ..model.protocol import HookedModel
 from ..provenance import atomic_write_json, atomic_write_text, sha256_texts
 from ..results import read_json
-from ..tables import markdown_table
+from ..tables import dashed as _f, markdown_table
 from ..steer.methods import (METHODS, POSITIONS, SteeringConfig, check_not_empty, full_count, neuron_count,
                              setting_from_json)
 from ..steer.prompts import split_prompts
@@ -511,10 +511,6 @@ def _ks(fractions: Sequence[str], n: int) -> tuple[list[int], list[str]]:
     notes = [f"k={','.join(below)} skipped: less than one of the {n} neurons"] if below else []
     notes += [f"k={','.join(fs)} all give k={k} of {n} neurons: searched once" for k, fs in by_k.items() if len(fs) > 1]
     return list(by_k), notes
-
-
-def _f(v, fmt=".2f") -> str:
-    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, fmt)
 
 
 def _shared_line(res: SweepResult) -> list[str]:
