@@ -40,7 +40,8 @@ from tl_langneurons.analyses.placement import (  # noqa: E402
     quarter_shares,
 )
 from tl_langneurons.detect.ranking import average_precision, bottom_k, top_k  # noqa: E402
-from tl_langneurons.evaluate.control import CellRunner, EvaluateConfig  # noqa: E402
+from tl_langneurons.evaluate.cells import CellRunner, steered  # noqa: E402
+from tl_langneurons.evaluate.control import EvaluateConfig  # noqa: E402
 from tl_langneurons.provenance import sha256_texts  # noqa: E402
 
 CONFIGS = [("mlp_post", "mean"), ("mlp_post", "max"), ("mlp_post", "last"), ("mlp_post", "median"), ("paper", "mean")]
@@ -139,7 +140,7 @@ def main() -> None:
             ecfg = EvaluateConfig(languages=langs, samples=args.samples, ablation_ks=[], batch_size=50)
             cells = CellRunner(model, neurons, ecfg, refs, work / f"cells-{sites}-{p}", progress=False)
             t0 = time.perf_counter()
-            scores = [cells.score(cells.samples(l, "both", k, list(range(1, args.samples + 1))), l) for l in langs]
+            scores = [cells.score(cells.samples(steered(l, ecfg.steering, "both", k, range(1, args.samples + 1))), l) for l in langs]
             gen_s = time.perf_counter() - t0
             rows.append([
                 sites, p, f"{k} ({100 * k / neurons.index.n_neurons:.1f}%)", f"{top_ap:.3f}",

@@ -115,7 +115,7 @@ def main() -> None:
         ho_pooled[name] = (collect(model, ho_texts, index, batch_size=args.batch_size), np.asarray(ho_labels))
 
     results: dict[str, LanguageNeurons] = {}
-    rows, steer_cells = [], {}
+    rows = []
     for method in METHODS:
         settings = SelectorSettings(method, top_rate=args.lape_top_rate)
         t0 = time.perf_counter()
@@ -148,13 +148,14 @@ def main() -> None:
                f"{fmt(100 * stab['top'], '.0f')} / {fmt(100 * stab['bottom'], '.0f')}",
                f"{own:+.3f} / {other:+.3f} / {rand_own:+.3f}"]
         if args.samples > 0:
-            from tl_langneurons.evaluate.control import CellRunner, EvaluateConfig
+            from tl_langneurons.evaluate.cells import CellRunner, steered
+            from tl_langneurons.evaluate.control import EvaluateConfig
 
             refs = {l: sel.texts[l] for l in langs}
             ecfg = EvaluateConfig(languages=langs, samples=args.samples, ablation_ks=[], batch_size=50)
             cells = CellRunner(model, n, ecfg, refs, work / f"selector-cells-{Path(args.model).name}-{method}", progress=False)
             seeds = list(range(1, args.samples + 1))
-            scores = [cells.score(cells.samples(l, "both", n.k, seeds), l) for l in langs]
+            scores = [cells.score(cells.samples(steered(l, ecfg.steering, "both", n.k, seeds)), l) for l in langs]
             row.append(f"{100 * np.mean([s.rate for s in scores]):.0f} / {100 * np.mean([s.gated_rate for s in scores]):.0f}")
         row.append(f"{select_s:.1f}")
         rows.append(row)

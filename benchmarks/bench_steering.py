@@ -38,7 +38,8 @@ from _common import peak_rss_gib, record, table  # noqa: E402
 
 from tl_langneurons import LangNeuronsError, MultilingualCorpus  # noqa: E402
 from tl_langneurons.analyses.cross_steering import CrossSteerConfig, cross_steering  # noqa: E402
-from tl_langneurons.evaluate.control import CellRunner, EvaluateConfig  # noqa: E402
+from tl_langneurons.evaluate.cells import Cell, CellRunner, steered  # noqa: E402
+from tl_langneurons.evaluate.control import EvaluateConfig  # noqa: E402
 from tl_langneurons.evaluate.samples import SampleStore  # noqa: E402
 from tl_langneurons.evaluate.sweep import sweep_settings  # noqa: E402
 from tl_langneurons.provenance import atomic_write_text  # noqa: E402
@@ -204,18 +205,17 @@ def run(args) -> None:
         """The setting ``name`` towards ``lang`` (a sweep's per-language best: that language's)."""
         return per_target[name].get(lang, st) if name in per_target else st
 
-    todo = [(None, "none", 0, seeds, None)]
     # source=prompt names each prompt's language (the prompted matrix); from BOS there is none, so no source
     no_prompt = [n for n, st in resolved if any(of(n, st, l).source == "prompt" for l in langs)]
+    groups = []
     for name, st0 in resolved:
         for lang in langs:
             st = of(name, st0, lang)
-            k = st.k if st.k is not None else neurons.k
-            st = st.for_prompt(None)
-            todo.append((lang, st.which, k, seeds, st))
-    rows = cells.samples_many(todo)
-    none_rows, rows = rows[0], iter(rows[1:])
-    base = {lang: cells.score(none_rows, lang) for lang in langs}
+            groups.append([steered(lang, st.for_prompt(None), st.which, st.k if st.k is not None else neurons.k,
+                                   seeds)])
+    # every setting's cells and their unsteered twin (the same seeds from BOS) through the one cell pipeline
+    rows = iter(cells.measure(groups)) if groups else iter(())
+    base = {lang: cells.score(cells.samples(Cell(lang, None, seeds)), lang) for lang in langs}
     bos: dict[str, dict] = {"none": {lang: {**base[lang].steering_row(base[lang].fluent), "retention": 1.0}
                                      for lang in langs}}
     labels = {"none": "no intervention"}
@@ -224,8 +224,7 @@ def run(args) -> None:
                         replace(st, k=st.k if st.k is not None else (neurons.k if st.neuron_level else None)).label())
         bos[name] = {}
         for lang in langs:
-            sc = cells.score(next(rows), lang)
-            bos[name][lang] = sc.steering_row(base[lang].fluent)
+            bos[name][lang] = next(rows).row()
     t_bos = time.perf_counter() - t0
     measures = ("rate", "rate_lingua", "agreement", "fluent", "retention", "gated_rate", "nll")
 

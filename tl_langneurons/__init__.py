@@ -21,7 +21,7 @@ from .model.hf_hooked import HFHookedModel
 from .model.load import DEFAULT_MODEL, ModelConfig, load_model
 from .model.protocol import HookedModel
 from .model.sites import NeuronIndex, resolve_sites
-from .steer.compare import SteerConfig
+from .steer.compare import SteerPairsConfig
 from .steer.generation import GenerationConfig, generate, generate_many
 from .steer.interventions import clamp_hooks
 from .steer.methods import SteeringConfig
@@ -29,10 +29,17 @@ from .study import DemoConfig, Study, run_demo
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str):
+    if name == "SteerConfig":  # deprecated alias (steer.compare warns)
+        from .steer import compare
+        return compare.SteerConfig
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 __all__ = [
     "DEFAULT_MODEL", "AttributionConfig", "ControlResult", "CorpusConfig", "CrossSteerConfig", "DeactivationConfig",
     "DemoConfig", "EvaluateConfig", "FindConfig", "GenerationConfig", "HFHookedModel", "HookedModel",
     "LangNeuronsError", "LanguageNeurons", "ModelConfig", "MultilingualCorpus", "NeuronIndex", "PAPER_LANGUAGES",
-    "PooledActivations", "SteerConfig", "SteeringConfig", "Study", "SweepConfig", "clamp_hooks", "collect", "collect_poolings",
+    "PooledActivations", "SteerPairsConfig", "SteeringConfig", "Study", "SweepConfig", "clamp_hooks", "collect", "collect_poolings",
     "evaluate_control", "find_neurons", "generate", "generate_many", "load_model", "resolve_sites", "run_demo", "run_sweep",
 ]

@@ -34,7 +34,7 @@ from .errors import LangNeuronsError
 from .evaluate.control import EvaluateConfig
 from .evaluate.sweep import SweepConfig, sweep_settings
 from .model.load import ModelConfig
-from .steer.compare import SteerConfig, steer_label, with_sweep_pick
+from .steer.compare import SteerPairsConfig, steer_label, with_sweep_pick
 from .study import DemoConfig, Study, run_demo
 
 
@@ -105,7 +105,7 @@ def _from_sweep(args, study: Study) -> dict | None:
 
 
 def cmd_steer(args) -> None:
-    cfg = from_args(SteerConfig, args)
+    cfg = from_args(SteerPairsConfig, args)
     study = _study(args)
     picks = _from_sweep(args, study)
     if picks is not None:
@@ -118,7 +118,7 @@ def cmd_steer(args) -> None:
     for p in pairs:
         print(f"--- seed {p.without.seed}")
         print(f"  without: {' '.join(p.without.text.split())}")
-        print(f"  with:    {' '.join(p.with_clamp.text.split())}")
+        print(f"  with:    {' '.join(p.steered.text.split())}")
 
 
 def cmd_evaluate(args) -> None:
@@ -209,8 +209,8 @@ _COMMANDS = [
                            help="keep the pooled matrix in this .npy file instead of memory (huge neuron counts)")),
         ("--out", dict(required=True, help="output folder")),
         _OVERWRITE], False),
-    ("steer", "generate with and without clamping a language's neurons", cmd_steer, (SteerConfig,), [
-        ("prompt", dict(nargs="?", default=SteerConfig.prompt, help="prompt (default: BOS only)")), *_FROM_SWEEP],
+    ("steer", "generate with and without clamping a language's neurons", cmd_steer, (SteerPairsConfig,), [
+        ("prompt", dict(nargs="?", default=SteerPairsConfig.prompt, help="prompt (default: BOS only)")), *_FROM_SWEEP],
      True),
     ("evaluate", "the control experiment: Table 2, k ablation and samples", cmd_evaluate, (EvaluateConfig,), [
         ("--out", dict(default=None, help="output folder (default NEURONS/control)")),

@@ -29,12 +29,16 @@ from .errors import LangNeuronsError
 def option(default: Any = dataclasses.MISSING, help: str = "", *, flag: str | None = None,
            parse: Callable[[str], Any] | None = None, choices: Sequence[str] | None = None,
            metavar: str | None = None, default_factory: Callable[[], Any] | None = None,
-           items: "Items | None" = None) -> Any:
+           items: "Items | None" = None, at_least: int | None = None, positive: bool = False) -> Any:
     """A dataclass field that is also a command-line option (``--name-with-dashes`` unless ``flag``).
-    ``items``: a list option, split by :func:`split_items` and checked by :func:`check_lists`."""
+    ``items``: a list option, split by :func:`split_items` and checked by :func:`check_lists`. A number's
+    range is declared here and checked by :func:`check_options` (one message for every config):
+    ``at_least``: a whole number of at least this; ``positive``: a finite number above 0. ``help=""``
+    declares a checked field that is not a command-line option."""
     if items is not None:
         parse = split_items
-    meta = {"help": help, "flag": flag, "parse": parse, "choices": choices, "metavar": metavar, "items": items}
+    meta = {"help": help, "flag": flag, "parse": parse, "choices": choices, "metavar": metavar, "items": items,
+            "at_least": at_least, "positive": positive}
     if default_factory is not None:
         return dataclasses.field(default_factory=default_factory, metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -182,6 +186,49 @@ def check_lists(cfg: Any) -> None:
         checked = _checked(f, value)
         if checked is not value:
             setattr(cfg, f.name, checked)
+
+
+def check_number(name: str, value: Any, *, at_least: int | None = None, positive: bool = False) -> None:
+    """The one check of a number option: a whole number of at least ``at_least``, or a finite number above
+    0 (``positive``); else one :class:`LangNeuronsError` line naming it, what it must be and what it got.
+
+    Example:
+        >>> check_number("--samples", 0, at_least=1)
+        Traceback (most recent call last):
+        ...
+        tl_langneurons.errors.LangNeuronsError: --samples must be at least 1, got 0
+    """
+    if at_least is not None:
+        if isinstance(value, bool) or not isinstance(value, int):
+            whole = isinstance(value, float) and value.is_integer()
+            raise LangNeuronsError(f"{name} must be a whole number of at least {at_least}, got {value!r}"
+                                   + ("" if not whole else f" (write {int(value)})"))
+        if value < at_least:
+            raise LangNeuronsError(f"{name} must be at least {at_least}, got {value}")
+    if positive and (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+                     or value <= 0):
+        raise LangNeuronsError(f"{name} must be positive and finite (such as 0.8), got {value}")
+
+
+def check_options(cfg: Any) -> None:
+    """Every declared check of the dataclass ``cfg`` (from its ``__post_init__``, before any model loads):
+    the list options (:func:`check_lists`) and the numbers (:func:`check_numbers`)."""
+    check_lists(cfg)
+    check_numbers(cfg)
+
+
+def check_numbers(cfg: Any) -> None:
+    """The numbers of the dataclass ``cfg`` declared with ``option(..., at_least=N)`` or ``positive=True``,
+    each by :func:`check_number` (None passes where it is the field's default)."""
+    for f in dataclasses.fields(cfg):
+        m = f.metadata
+        if not (m.get("at_least") is not None or m.get("positive")):
+            continue
+        value = getattr(cfg, f.name)
+        if value is None and _default(f) is None:
+            continue
+        check_number(m.get("flag") or "--" + f.name.replace("_", "-"), value, at_least=m.get("at_least"),
+                     positive=m.get("positive", False))
 
 
 # the target languages of an experiment (or of a corpus): codes, none for all

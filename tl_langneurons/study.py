@@ -57,7 +57,7 @@ from .results import (
     staged_folder,
     staging_dir,
 )
-from .steer.compare import SteerConfig, SteerPair, check_steer, steer_pairs
+from .steer.compare import SteerPairsConfig, SteerPair, check_steer, steer_pairs
 
 Echo = Callable[[str], None]
 log = logging.getLogger(__name__)
@@ -249,7 +249,7 @@ class Study:
             self.neurons._check_lang(lang)
         refs = self.references(corpus)
         return evaluate_control(self.model, self.neurons, refs, cfg, out, progress=self.progress, overwrite=overwrite,
-                                samples=self.samples_dir)
+                                store=self.samples_dir)
 
     def sweep(self, config: SweepConfig | None = None, out: str | Path | None = None,
               corpus: str | None = None, overwrite: bool = False) -> SweepResult:
@@ -265,9 +265,9 @@ class Study:
             check_prompt_texts(cfg, self.neurons, held)
         refs = self.references(corpus)
         return run_sweep(self.model, self.neurons, refs, cfg, out, progress=self.progress, overwrite=overwrite,
-                         samples=self.samples_dir, heldout=held)
+                         store=self.samples_dir, heldout=held)
 
-    def steer(self, config: SteerConfig) -> list[SteerPair]:
+    def steer(self, config: SteerPairsConfig) -> list[SteerPair]:
         """The same seeds without and with the clamp."""
         check_steer(self.neurons, config)  # before the model loads
         return steer_pairs(self.model, self.neurons, config)

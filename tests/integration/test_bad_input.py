@@ -16,7 +16,8 @@ from tl_langneurons.detect.corpus import CorpusConfig
 from tl_langneurons.detect.neurons import FindConfig, LanguageNeurons
 from tl_langneurons.detect.ranking import parse_k
 from tl_langneurons.errors import LangNeuronsError
-from tl_langneurons.evaluate.control import CellRunner, EvaluateConfig
+from tl_langneurons.evaluate.cells import CellRunner, steered
+from tl_langneurons.evaluate.control import EvaluateConfig
 from tl_langneurons.evaluate.sweep import SweepConfig
 from tl_langneurons.report.build import build_report
 from tl_langneurons.steer.generation import GenerationConfig
@@ -282,7 +283,7 @@ def test_damaged_cell_is_recomputed_with_a_warning(found, tiny_llama, tmp_path, 
 
     def run():
         runner = CellRunner(tiny_llama, neurons, cfg, None, tmp_path / "cells", progress=False)
-        return runner, runner.samples("de", "both", 5, [1, 2])
+        return runner, runner.samples(steered("de", cfg.steering, "both", 5, [1, 2]))
 
     _, rows = run()
     (path,) = (tmp_path / "cells").iterdir()
@@ -614,9 +615,9 @@ def test_steer_refuses_an_empty_neuron_set_and_labels_a_small_one(lape, capsys, 
                    f"lape selected no both neurons for {empty!r}, so nothing would be steered")
     one_line_error(capsys, main([*steer_args, "--lang", some, "--which", "bottom"]),
                    "--which bottom: lape selects top neurons only (its bottom sets are empty)")
-    from tl_langneurons.steer.compare import SteerConfig, steer_label
+    from tl_langneurons.steer.compare import SteerPairsConfig, steer_label
 
-    label = steer_label(LanguageNeurons.load(out), SteerConfig(lang=some))
+    label = steer_label(LanguageNeurons.load(out), SteerPairsConfig(lang=some))
     assert label == f"clamp both-5 neurons ({n_some} neuron{'s' if n_some > 1 else ''}: lape chose fewer)"
 
 

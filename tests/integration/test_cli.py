@@ -24,7 +24,7 @@ from tl_langneurons.detect.neurons import FindConfig
 from tl_langneurons.evaluate.control import EvaluateConfig
 from tl_langneurons.evaluate.sweep import SweepConfig
 from tl_langneurons.model.load import ModelConfig
-from tl_langneurons.steer.compare import SteerConfig
+from tl_langneurons.steer.compare import SteerPairsConfig
 from tl_langneurons.steer.methods import SteeringConfig
 from tl_langneurons.study import DemoConfig
 
@@ -96,7 +96,7 @@ def test_steer_errors(tmp_path, capsys):
 # read a neurons folder take the model from it unless --model is given).
 CONFIGS = {
     "info": (ModelConfig,), "find": (ModelConfig, CorpusConfig, FindConfig),
-    "steer": ("-model", SteerConfig, SteeringConfig), "evaluate": ("-model", EvaluateConfig, SteeringConfig),
+    "steer": ("-model", SteerPairsConfig, SteeringConfig), "evaluate": ("-model", EvaluateConfig, SteeringConfig),
     "sweep": ("-model", SweepConfig),
     "deactivate": ("-model", DeactivationConfig), "attribution": ("-model", AttributionConfig),
     "tokens": ("-model",), "cross-steer": ("-model", CrossSteerConfig, SteeringConfig), "report": (), "demo": (DemoConfig,),
@@ -311,7 +311,7 @@ def test_cli_module_writes_no_files(tiny_dirs, tmp_path, monkeypatch, capsys):
     for module, path in writes:
         by.setdefault(module, []).append(path)
     # the recorder sees the package's writes (so it would see the command line's) ...
-    assert any(p.endswith("neurons.json") for p in by.get("tl_langneurons.detect.neurons", [])), sorted(by)
+    assert any(p.endswith("neurons.json") for p in by.get("tl_langneurons.detect.neurons_io", [])), sorted(by)
     # ... and none comes from cli.py
     assert "tl_langneurons.cli" not in by, by.get("tl_langneurons.cli")
 

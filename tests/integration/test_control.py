@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-import tl_langneurons.evaluate.control as control
+import tl_langneurons.evaluate.cells as pipeline
 from tl_langneurons.errors import LangNeuronsError
 from tl_langneurons.detect.neurons import find_neurons
 from tl_langneurons.evaluate.control import (
@@ -47,7 +47,7 @@ def test_control_end_to_end_and_resume(tiny_llama, tiny_corpus, tmp_path, monkey
         raise AssertionError("the rerun generated a cell instead of reading it back")
 
     with monkeypatch.context() as m:
-        m.setattr(control, "generate_many", no_generation)
+        m.setattr(pipeline, "generate_many", no_generation)
         again = evaluate_control(tiny_llama, neurons, tiny_corpus.texts, cfg, out, progress=False)
     assert again.meta["timings"] == {}  # every cell was read back, none recomputed
     assert _as_json(again.table2) == _as_json(res.table2)
@@ -63,7 +63,7 @@ def test_control_end_to_end_and_resume(tiny_llama, tiny_corpus, tmp_path, monkey
         return generate_many(model, requests, **k)
 
     with monkeypatch.context() as m:
-        m.setattr(control, "generate_many", counting_generate)
+        m.setattr(pipeline, "generate_many", counting_generate)
         third = evaluate_control(tiny_llama, neurons, tiny_corpus.texts, cfg, out, progress=False)
     assert calls == [4]  # one batch: that cell's 4 seeds
     assert list(third.meta["timings"]) == [gone]

@@ -123,7 +123,7 @@ def test_a_second_run_generates_nothing_and_the_sweep_cells_are_read_back(tiny_l
     sw = SweepConfig(languages=["en", "de", "ja"], method="add", k_fractions=("10%",), alphas=(0.5, 2.0),
                      layer_sets=("all",), heldout="held", val_prompts=1, test_prompts=2, val_samples=1, test_samples=3,
                      max_new_tokens=5, batch_size=8)
-    run_sweep(tiny_llama, neurons, None, sw, tmp_path / "sweep", progress=False, samples=store, heldout=held)
+    run_sweep(tiny_llama, neurons, None, sw, tmp_path / "sweep", progress=False, store=store, heldout=held)
     picks = sweep_settings(tmp_path / "sweep")
     cross = cross_steering(tiny_llama, neurons, held, replace(cfg, per_target=picks), progress=False, store=store)
     assert cross.run["samples_generated"] == 3 * 2 * 2  # the diagonal: 3 languages x 2 prompts x 2 seeds

@@ -38,10 +38,10 @@ def test_experiments_share_samples_and_cached_equals_fresh(tiny_llama, neurons, 
     assert run["samples_generated"] == 4 * 4  # none, top, bottom, both: 4 seeds each
     assert run["tokens_generated"] <= 4 * 4 * 5
     a = evaluate_control(tiny_llama, neurons, None, _cfg(ablation_ks=[10], ablation_samples=2), tmp_path / "a",
-                         progress=False, samples=store)
+                         progress=False, store=store)
     assert _rows(a) == _rows(fresh)
     # a second experiment with more seeds generates only the new ones
-    b = evaluate_control(tiny_llama, neurons, None, _cfg(samples=6), tmp_path / "b", progress=False, samples=store)
+    b = evaluate_control(tiny_llama, neurons, None, _cfg(samples=6), tmp_path / "b", progress=False, store=store)
     assert b.meta["run"]["sample_cache"]["hits"] == 4 * 4 and b.meta["run"]["sample_cache"]["misses"] == 4 * 2
     c = evaluate_control(tiny_llama, neurons, None, _cfg(samples=6), progress=False)  # no cache at all
     assert _rows(b) == _rows(c)
@@ -50,11 +50,11 @@ def test_experiments_share_samples_and_cached_equals_fresh(tiny_llama, neurons, 
 
 def test_damaged_cache_file_is_regenerated_with_a_warning(tiny_llama, neurons, tmp_path):
     store = tmp_path / "samples"
-    ref = evaluate_control(tiny_llama, neurons, None, _cfg(conditions=("none",)), progress=False, samples=store)
+    ref = evaluate_control(tiny_llama, neurons, None, _cfg(conditions=("none",)), progress=False, store=store)
     (path,) = store.glob("*.json")
     path.write_text(json.dumps({"settings": {}, "samples": []}))
     with pytest.warns(UserWarning, match="damaged"):
-        again = evaluate_control(tiny_llama, neurons, None, _cfg(conditions=("none",)), progress=False, samples=store)
+        again = evaluate_control(tiny_llama, neurons, None, _cfg(conditions=("none",)), progress=False, store=store)
     assert _rows(again) == _rows(ref)
     assert again.meta["run"]["sample_cache"]["misses"] == 4
 
@@ -69,16 +69,16 @@ def test_store_in_memory_and_on_disk():
 def test_gate_and_reference_nll_are_computed_once_per_folder(tiny_llama, neurons, tiny_corpus, tmp_path, monkeypatch):
     """The fluency gate and reference NLL are read back on the next run (no model call), equal to a fresh
     computation; other texts or another window compute them again."""
-    from tl_langneurons.evaluate import control
+    from tl_langneurons.evaluate import cells as control  # the cell pipeline computes the gate and reference NLL
 
     refs = {"de": tiny_corpus.texts["de"][:6]}
     store = tmp_path / "samples"
     fresh = evaluate_control(tiny_llama, neurons, refs, _cfg(conditions=("none",)), progress=False)
-    first = evaluate_control(tiny_llama, neurons, refs, _cfg(conditions=("none",)), progress=False, samples=store)
+    first = evaluate_control(tiny_llama, neurons, refs, _cfg(conditions=("none",)), progress=False, store=store)
     calls = []
     real = control.text_losses
     monkeypatch.setattr(control, "text_losses", lambda *a, **k: calls.append(1) or real(*a, **k))
-    again = evaluate_control(tiny_llama, neurons, refs, _cfg(conditions=("none",)), progress=False, samples=store)
+    again = evaluate_control(tiny_llama, neurons, refs, _cfg(conditions=("none",)), progress=False, store=store)
     assert calls == [] and again.meta["run"]["sample_cache"]["reference_hits"] == 1
     for res in (first, again):
         assert res.meta["distinct_thresholds"] == fresh.meta["distinct_thresholds"]
@@ -86,6 +86,6 @@ def test_gate_and_reference_nll_are_computed_once_per_folder(tiny_llama, neurons
     assert _rows(again) == _rows(first)
     (memo,) = store.glob("references-*.json")
     assert json.loads(memo.read_text())["settings"]["window"] == 5
-    evaluate_control(tiny_llama, neurons, {"de": refs["de"][:5]}, _cfg(conditions=("none",)), progress=False, samples=store)
-    evaluate_control(tiny_llama, neurons, refs, _cfg(conditions=("none",), max_new_tokens=6), progress=False, samples=store)
+    evaluate_control(tiny_llama, neurons, {"de": refs["de"][:5]}, _cfg(conditions=("none",)), progress=False, store=store)
+    evaluate_control(tiny_llama, neurons, refs, _cfg(conditions=("none",), max_new_tokens=6), progress=False, store=store)
     assert len(calls) == 2 and len(list(store.glob("references-*.json"))) == 3

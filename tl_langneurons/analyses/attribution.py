@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..config import LANGUAGES, check_lists, option
+from ..config import LANGUAGES, check_options, option
 from ..detect.neurons import LanguageNeurons
 from ..errors import LangNeuronsError
 from ..evaluate.metrics import identify
@@ -190,13 +190,11 @@ class AttributionConfig:
     """Which neurons :func:`logit_attribution` reads and how many tokens it lists."""
 
     languages: list[str] | None = option(None, "comma-separated languages (none: all)", items=LANGUAGES)
-    n_neurons: int = option(50, "top neurons per language")
-    top_tokens: int = option(20, "promoted and suppressed tokens per neuron")
+    n_neurons: int = option(50, "top neurons per language", at_least=1)
+    top_tokens: int = option(20, "promoted and suppressed tokens per neuron", at_least=1)
 
     def __post_init__(self) -> None:
-        check_lists(self)
-        if self.n_neurons < 1 or self.top_tokens < 1:
-            raise LangNeuronsError("n_neurons and top_tokens must be at least 1")
+        check_options(self)
 
 
 @torch.no_grad()

@@ -10,7 +10,6 @@ and last ``layers // 4`` layers), and each row gives the share an even spread wo
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence

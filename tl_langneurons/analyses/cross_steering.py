@@ -8,12 +8,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import option
+from ..config import check_options, option
 from ..detect.corpus import MultilingualCorpus
 from ..distributed import context as dist_context
 from ..detect.neurons import LanguageNeurons
-from ..errors import LangNeuronsError
-from ..evaluate.control import CellRunner, EvaluateConfig
+from ..evaluate.cells import Cell, CellRunner
+from ..evaluate.control import EvaluateConfig
 from ..evaluate.samples import SampleStore
 from ..model.protocol import HookedModel
 from ..provenance import write_md_json
@@ -133,20 +133,19 @@ class CrossSteeringResult:
 class CrossSteerConfig:
     """How many held-out prompts, samples and tokens :func:`cross_steering` generates."""
 
-    n_prompts: int = option(10, "held-out prompts per language")
-    samples: int = option(2, "samples per prompt")
-    max_new_tokens: int = option(32, "tokens to generate")
+    n_prompts: int = option(10, "held-out prompts per language", at_least=1)
+    samples: int = option(2, "samples per prompt", at_least=1)
+    max_new_tokens: int = option(32, "tokens to generate", at_least=1)
     seed: int = option(0, "seed of the prompt draw")
     which: str = option("both", "which neurons to clamp", choices=("both", "top", "bottom"))
-    batch_size: int = option(100, "samples per batch (the samples do not depend on it)")
+    batch_size: int = option(100, "samples per batch (the samples do not depend on it)", at_least=1)
     # the intervention (clamp by default: the paper); its options come from SteeringConfig
     steering: SteeringConfig = field(default_factory=SteeringConfig)
     # a setting of its own for some targets (e.g. a sweep's per-language best); the others take ``steering``
     per_target: dict[str, SteeringConfig] | None = None
 
     def __post_init__(self) -> None:
-        if min(self.n_prompts, self.samples, self.max_new_tokens, self.batch_size) < 1:
-            raise LangNeuronsError("n_prompts, samples, max_new_tokens and batch_size must be at least 1")
+        check_options(self)
 
 
 def cross_steering(model: HookedModel, neurons: LanguageNeurons, heldout: MultilingualCorpus,
@@ -157,7 +156,7 @@ def cross_steering(model: HookedModel, neurons: LanguageNeurons, heldout: Multil
     neurons are clamped while continuing held-out prompts of the source language; plus the
     unclamped rate of each target under each source ("none").
 
-    The matrix is a set of cells of the one cell pipeline (:class:`~tl_langneurons.evaluate.control.CellRunner`):
+    The matrix is a set of cells of the one cell pipeline (:class:`~tl_langneurons.evaluate.cells.CellRunner`):
     each (target, setting, prompt, seeds) and each prompt's unsteered continuation is a cell, all generated
     together in batches that mix cells (left-padded prompts, see
     :func:`~tl_langneurons.steer.generation.generate_many`), through the sample store ``store`` (a folder,
@@ -185,25 +184,23 @@ def cross_steering(model: HookedModel, neurons: LanguageNeurons, heldout: Multil
     runner = CellRunner(model, neurons, ecfg, {l: heldout.texts[l] for l in langs}, None, progress, store,
                         dist_context(distributed))
     settings = {tgt: _setting(cfg, neurons, tgt) for tgt in langs}
-    cells = [(None, "none", 0, seeds, None, p) for src in langs for p in prompts[src]]
-    for src in langs:
-        for tgt in langs:
-            steer = settings[tgt].for_prompt(src, tgt)
-            cells += [(tgt, steer.which, steer.k, seeds, steer, p) for p in prompts[src]]
-    got = iter(runner.samples_many(cells))
-    plain = {src: [r for _ in prompts[src] for r in next(got)] for src in langs}
+    # one group of cells per (source, target): the target's setting on every prompt of the source, scored
+    # beside its unsteered twin (the same prompts, scored on the target)
+    measured = iter(runner.measure([[Cell(tgt, settings[tgt].for_prompt(src, tgt), seeds, p) for p in prompts[src]]
+                                    for src in langs for tgt in langs]))
     L = len(langs)
     rate, base = np.zeros((L, L)), np.zeros((L, L))
     rate_lingua, base_lingua, agree, fluent, gated, retention, nll = (np.full((L, L), np.nan) for _ in range(7))
     none_nll = np.full(L, np.nan)
     for i, src in enumerate(langs):
-        none_nll[i] = _nan(runner.score(plain[src], src).nll)
         for j, tgt in enumerate(langs):
-            sc = runner.score([r for _ in prompts[src] for r in next(got)], tgt)
-            b = runner.score(plain[src], tgt)
+            m = next(measured)
+            sc, b = m.score, m.baseline
+            if tgt == src:  # the NLL of the unsteered continuations does not depend on the target
+                none_nll[i] = _nan(b.nll)
             rate[i, j], base[i, j], fluent[i, j], gated[i, j], nll[i, j] = (
                 sc.rate, b.rate, sc.fluent, sc.gated_rate, _nan(sc.nll))
-            retention[i, j] = sc.fluent / b.fluent if b.fluent else np.nan
+            retention[i, j] = _nan(m.retention)
             rate_lingua[i, j], base_lingua[i, j], agree[i, j] = (_nan(sc.rate_lingua), _nan(b.rate_lingua),
                                                                  _nan(sc.agreement))
     meta = runner.meta()

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..config import option
+from ..config import check_options, option
 from ..detect.corpus import MultilingualCorpus, draw
 from ..detect.neurons import LanguageNeurons
 from ..errors import LangNeuronsError
@@ -72,14 +72,13 @@ class DeactivationConfig:
 
     mode: str = option("zero", "set the neurons to zero, or to their mean over all texts", choices=("zero", "mean"))
     which: str = option("both", "which neurons to ablate", choices=("both", "top", "bottom"))
-    n_texts: int = option(50, "held-out texts per language")
+    n_texts: int = option(50, "held-out texts per language", at_least=1)
     seed: int = option(0, "seed of the text draw and of the random control")
 
     def __post_init__(self) -> None:
         if self.mode not in ("zero", "mean"):
             raise LangNeuronsError(f"unknown ablation mode {self.mode!r}; use zero or mean")
-        if self.n_texts < 1:
-            raise LangNeuronsError(f"need at least 1 held-out text per language, got {self.n_texts}")
+        check_options(self)
 
 
 def deactivation(model: HookedModel, neurons: LanguageNeurons, heldout: MultilingualCorpus,

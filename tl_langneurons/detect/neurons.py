@@ -2,14 +2,14 @@
 
 ``LanguageNeurons`` holds, per language, the top-k, bottom-k and middle-k neurons by AP (or by the
 score of another selector, ``FindConfig.method``; see ``detect/selectors.py``) with
-their AP, clamp value (median over the language's texts) and on/off statistics. It saves and
-loads itself, prints a summary, and gives steering hooks for TransformerLens (clamp, the paper's, by
-default; add, diffmean and sparse through ``hooks(method=...)``, defined in ``steer/methods.py``).
+their AP, clamp value (median over the language's texts) and on/off statistics (``neuron_sets.py``). It
+selects sets and layer subsets and gives steering hooks for TransformerLens (clamp, the paper's, by
+default; add, diffmean and sparse through ``hooks(method=...)``, built in ``steer/methods.py``); its
+``save``, ``load``, ``table`` and ``summary`` are those of ``neurons_io.py``.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -18,7 +18,6 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 from jaxtyping import Bool, Float
-from safetensors import SafetensorError
 from torch import Tensor
 
 from ..config import count_or_percent, option
@@ -26,27 +25,20 @@ from ..errors import LangNeuronsError
 from ..model.load import legacy_fingerprint, model_dtype, model_name, model_source, weights_fingerprint
 from ..model.protocol import HookedModel
 from ..model.sites import NeuronIndex, resolve_sites
-from ..provenance import (
-    atomic_write_bytes,
-    atomic_write_json,
-    atomic_write_text,
-    package_versions,
-    peak_rss_gb,
-)
-from ..tables import csv_text, markdown_table
-from ..results import describe_kind, fault_point, result_kind
+from ..provenance import package_versions, peak_rss_gb
+from ..results import fault_point
+from .neuron_sets import WHICH, NeuronSet, make_set
+# saving, loading and describing live in neurons_io; their names stay importable from here
+from .neurons_io import FORMAT_VERSION, load_fields, neuron_table, read_neurons_json, save_neurons, summary_markdown
+
+__all__ = ["FORMAT_VERSION", "WHICH", "FindConfig", "LanguageNeurons", "NeuronSet", "find_neurons", "neuron_statistics",
+           "read_neurons_json"]
 from .activations import POOLINGS, PooledActivations, collect
 from .corpus import MultilingualCorpus
 from ..distributed import agreed, from_main, is_main
 from ..distributed import context as dist_context
 from .ranking import average_precision, bottom_k, check_k, middle_k, parse_k, top_k
 from .selectors import METHODS, ONE_SIDED, TOKEN_METHODS, SelectorSettings, select, token_counts
-
-WHICH = ("top", "bottom", "middle")
-
-
-FORMAT_VERSION = 2
-
 
 @dataclass
 class FindConfig:
@@ -99,21 +91,6 @@ class FindConfig:
             raise LangNeuronsError(f"k must be a count such as 1000 or a percentage such as '0.5%', got {self.k!r}")
 
 
-@dataclass
-class NeuronSet:
-    """Selected neurons of one language and kind, with their statistics (all [k])."""
-
-    neurons: Tensor  # int64 global indices
-    ap: Tensor
-    median_on: Tensor  # clamp value: median pooled value over the language's texts
-    mean_on: Tensor
-    std_on: Tensor
-    mean_off: Tensor
-    std_off: Tensor
-
-    FIELDS = ("neurons", "ap", "median_on", "mean_on", "std_on", "mean_off", "std_off")
-
-
 def median0(x: Float[Tensor, "n m"], chunk: int = 8192) -> Float[Tensor, "m"]:
     """Median over dim 0 as numpy computes it (mean of the two middle values), chunked over columns."""
     out = torch.empty(x.shape[1], dtype=torch.float32)
@@ -147,49 +124,6 @@ def neuron_statistics(values, labels: np.ndarray, n_languages: int,
             out["mean_off"][li, a:b] = off.mean(0).float()
             out["std_off"][li, a:b] = off.std(0).float()
     return out
-
-
-def read_neurons_json(path: str | Path) -> dict:
-    """The contents of a ``neurons.json``, checked field by field (one clear error naming the field)."""
-    path = Path(path)
-    again = "run find again"
-    try:
-        info = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise LangNeuronsError(f"{path} is not readable JSON ({type(e).__name__}: {e}); {again}") from e
-
-    def bad(field_: str, want: str, got) -> LangNeuronsError:
-        return LangNeuronsError(f"{path}: field {field_!r} must be {want}, got {json.dumps(got)[:60]}; {again}")
-
-    def is_int(v) -> bool:
-        return isinstance(v, int) and not isinstance(v, bool)
-
-    if not isinstance(info, dict):
-        raise LangNeuronsError(f"{path} must hold a JSON object, got a JSON {type(info).__name__}; {again}")
-    for key in ("format", "languages", "k", "index"):
-        if key not in info:
-            raise LangNeuronsError(f"{path}: field {key!r} is missing; {again}")
-    if not is_int(info["format"]) or info["format"] != FORMAT_VERSION:
-        raise LangNeuronsError(f"{path}: field 'format' is {json.dumps(info['format'])[:60]}, this version reads "
-                               f"{FORMAT_VERSION}; {again}")
-    langs = info["languages"]
-    if not isinstance(langs, list) or not langs or not all(isinstance(l, str) for l in langs):
-        raise bad("languages", 'a non-empty list of language codes such as ["en", "de"]', langs)
-    if len(set(langs)) != len(langs):
-        raise bad("languages", "a list without repeats", langs)
-    if not is_int(info["k"]) or info["k"] < 1:
-        raise bad("k", "an integer of at least 1", info["k"])
-    if not isinstance(info["index"], dict):
-        raise bad("index", "an object with spec and slices", info["index"])
-    if not isinstance(info.get("meta", {}), dict):
-        raise bad("meta", "an object", info["meta"])
-    return info
-
-
-def _set(stats: dict[str, Tensor], li: int, neurons: Tensor, ap: Tensor) -> NeuronSet:
-    neurons = neurons.to(torch.int64)
-    return NeuronSet(neurons=neurons.clone(), ap=ap[neurons].double(),
-                     **{k: stats[k][li][neurons].clone() for k in ("median_on", "mean_on", "std_on", "mean_off", "std_off")})
 
 
 @dataclass
@@ -291,7 +225,7 @@ class LanguageNeurons:
         chosen = select(settings, list(languages), k, ap, pooled.values, labels, tokens)
         sets: dict[str, dict[str, NeuronSet]] = {}
         for li, lang in enumerate(languages):
-            sets[lang] = {w: _set(stats, li, chosen.sets[lang][w], ap[li]) for w in WHICH}
+            sets[lang] = {w: make_set(stats, li, chosen.sets[lang][w], ap[li]) for w in WHICH}
         m = dict(meta or {})
         m.update(chosen.meta)  # the method and its thresholds
         m.update({"k": k, "k_fraction": k / pooled.index.n_neurons, "n_neurons": pooled.index.n_neurons,
@@ -398,127 +332,25 @@ class LanguageNeurons:
     def table(self, lang: str, which: str = "top") -> list[dict]:
         """One row per selected neuron: rank, hook, layer, unit, AP and statistics."""
         self._check_lang(lang)
-        s = self.sets[lang][which]
-        rows = self.index.table(s.neurons.tolist())
-        for r, row in enumerate(rows):
-            row.update({"lang": lang, "which": which, "rank": r + 1, "ap": float(s.ap[r]),
-                        "median_on": float(s.median_on[r]), "mean_on": float(s.mean_on[r]),
-                        "mean_off": float(s.mean_off[r])})
-            if self.score is not None:
-                row["score"] = float(self.score[self.languages.index(lang)][int(s.neurons[r])])
-        return rows
+        return neuron_table(self, lang, which)
 
     def summary(self) -> str:
         """Markdown table: per language the mean AP of top/middle/bottom and their mean values."""
-        rows = []
-
-        def f(x: Tensor, how: str, fmt: str = ".3f") -> str:  # "-" for an empty set (lape/actprob bottom)
-            return format(float(getattr(x, how)()), fmt) if len(x) else "-"
-
-        for lang in self.languages:
-            t, mi, b = (self.sets[lang][w] for w in ("top", "middle", "bottom"))
-            rows.append([lang, f(t.ap, "mean"), f(t.ap, "min"), f(mi.ap, "mean"), f(b.ap, "mean"), f(b.ap, "max"),
-                         f"{f(t.mean_on, 'mean', '+.3f')} / {f(t.mean_off, 'mean', '+.3f')}",
-                         f"{f(b.mean_on, 'mean', '+.3f')} / {f(b.mean_off, 'mean', '+.3f')}"])
-        header = ["lang", "top mean AP", "top min AP", "middle mean AP", "bottom mean AP", "bottom max AP",
-                  "top mean on/off", "bottom mean on/off"]
-        if self.method != "ap":
-            header.insert(1, "set size (top / bottom)")
-            for lang, row in zip(self.languages, rows):
-                row.insert(1, f"{len(self.sets[lang]['top'].neurons)} / {len(self.sets[lang]['bottom'].neurons)}")
-        method = "" if self.method == "ap" else f", selected by {self.method}" + (
-            " (top only: no bottom set)" if self.one_sided else "")
-        return (f"Language neurons of {self.meta.get('model', '?')} at {self.index.spec} "
-                f"({self.index.n_neurons} neurons, k={self.k}, pooling={self.meta.get('pooling')}{method})\n\n"
-                + markdown_table(header, rows).rstrip("\n"))
+        return summary_markdown(self)
 
     def __repr__(self) -> str:
         return (f"LanguageNeurons(languages={self.languages}, k={self.k}, sites={self.index.spec!r}, "
                 f"n_neurons={self.index.n_neurons})")
 
-    # ---- persistence ----------------------------------------------------------------------
     def save(self, directory: str | Path) -> Path:
-        """Write ``neurons.safetensors``, ``neurons.json``, ``neurons.csv`` and ``summary.md`` (each atomically)."""
-        from safetensors.torch import save
-
-        d = Path(directory)
-        d.mkdir(parents=True, exist_ok=True)
-        tensors = {"ap": self.ap.double().contiguous(), "medians": self.medians.float().contiguous(),
-                   "means": self.means.float().contiguous(), "mean_all": self.mean_all.float().contiguous()}
-        if self.resid_means is not None and self.resid_norms is not None:
-            tensors["resid_means"] = self.resid_means.float().contiguous()
-            tensors["resid_norms"] = self.resid_norms.float().contiguous()
-        if self.score is not None:
-            tensors["score"] = self.score.double().contiguous()
-        if self.eligible is not None:
-            tensors["eligible"] = self.eligible.bool().contiguous()
-        for name, t in (self.token_stats or {}).items():
-            tensors[f"tokens.{name}"] = t.contiguous()
-        for lang, sets in self.sets.items():
-            for which, s in sets.items():
-                for f in NeuronSet.FIELDS:
-                    tensors[f"{lang}.{which}.{f}"] = getattr(s, f).contiguous()
-        atomic_write_bytes(d / "neurons.safetensors", save(tensors))
-        atomic_write_json(d / "neurons.json", {
-            "format": FORMAT_VERSION, "languages": self.languages, "k": self.k,
-            "index": self.index.to_dict(), "meta": {k: v for k, v in self.meta.items() if k != "timings"},
-        })
-        if "timings" in self.meta:  # kept apart so that neurons.json is byte-identical across runs
-            atomic_write_json(d / "timings.json", self.meta["timings"])
-        rows = [r for lang in self.languages for w in WHICH for r in self.table(lang, w)]
-        cols = ["lang", "which", "rank", "neuron", "hook", "layer", "unit", "ap", "median_on", "mean_on", "mean_off"]
-        if self.score is not None:
-            cols.append("score")
-        atomic_write_text(d / "neurons.csv", csv_text(cols, rows))
-        atomic_write_text(d / "summary.md", self.summary() + "\n")
-        return d
+        """Write ``neurons.safetensors``, ``neurons.json``, ``neurons.csv`` and ``summary.md`` (each atomically;
+        :func:`~tl_langneurons.detect.neurons_io.save_neurons`)."""
+        return save_neurons(self, directory)
 
     @classmethod
     def load(cls, directory: str | Path) -> "LanguageNeurons":
-        from safetensors.torch import load_file
-
-        d = Path(directory)
-        if not (d / "neurons.json").exists() or not (d / "neurons.safetensors").exists():
-            kind = result_kind(d) if d.is_dir() else None
-            if kind not in (None, "find"):  # a control or sweep folder inside a find folder
-                raise LangNeuronsError(f"{d} holds a {describe_kind(kind)}, not neurons; pass the find folder it "
-                                       f"belongs to (such as {d.parent})")
-            raise LangNeuronsError(f"{d} holds no neurons (neurons.json and neurons.safetensors); run `tl-langneurons find --out {d}` first")
-        info = read_neurons_json(d / "neurons.json")
-        try:
-            tensors = load_file(str(d / "neurons.safetensors"))
-            index = NeuronIndex.from_dict(info["index"])
-            sets = {lang: {w: NeuronSet(**{f: tensors[f"{lang}.{w}.{f}"] for f in NeuronSet.FIELDS}) for w in WHICH}
-                    for lang in info["languages"]}
-            ap, medians, means, mean_all = tensors["ap"], tensors["medians"], tensors["means"], tensors["mean_all"]
-        except LangNeuronsError:
-            raise
-        except (SafetensorError, OSError, KeyError, json.JSONDecodeError, TypeError, RuntimeError) as e:
-            raise LangNeuronsError(f"neurons in {d} are corrupt or incomplete ({type(e).__name__}: {e}); run find again") from e
-        if (ap.shape != (len(info["languages"]), index.n_neurons) or medians.shape != ap.shape
-                or means.shape != ap.shape or mean_all.shape != (index.n_neurons,)):
-            raise LangNeuronsError(f"neurons in {d} are inconsistent (AP shape {tuple(ap.shape)}); run find again")
-        k = info["k"]
-        if k > index.n_neurons:
-            raise LangNeuronsError(f"{d}/neurons.json: field 'k' is {k}, more than the {index.n_neurons} neurons; run find again")
-        meta = info.get("meta", {})
-        one_sided = meta.get("method", "ap") in ONE_SIDED
-        for lang, kinds in sets.items():
-            for w, s in kinds.items():
-                n = len(s.neurons) if one_sided and w != "middle" else k  # lape/actprob sets hold up to k
-                for f in NeuronSet.FIELDS:
-                    if tuple(getattr(s, f).shape) != (n,) or n > k:
-                        raise LangNeuronsError(
-                            f"{d}/neurons.json: field 'k' is {k} but the {lang} {w} set holds "
-                            f"{tuple(getattr(s, f).shape)} {f}; run find again")
-        score, eligible = tensors.get("score"), tensors.get("eligible")
-        for name, t in (("score", score), ("eligible", eligible)):
-            if t is not None and t.shape != ap.shape:
-                raise LangNeuronsError(f"neurons in {d} are inconsistent ({name} shape {tuple(t.shape)}); run find again")
-        token_stats = {key[len("tokens."):]: t for key, t in tensors.items() if key.startswith("tokens.")} or None
-        return cls(info["languages"], index, k, sets, ap, medians, means, mean_all, meta,
-                   tensors.get("resid_means"), tensors.get("resid_norms"), score=score, eligible=eligible,
-                   token_stats=token_stats)
+        """The neurons a find folder holds, every file and field checked (one clear error naming what is wrong)."""
+        return cls(**load_fields(directory))
 
     def check_model(self, model: HookedModel) -> None:
         """Refuse to steer a model whose sites differ from the ones these neurons were found on."""

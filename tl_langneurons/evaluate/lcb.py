@@ -23,6 +23,7 @@ from __future__ import annotations
 import csv
 import gzip
 import io
+import importlib
 import logging
 import random
 import string
@@ -151,12 +152,17 @@ def normalize(text: str) -> str:
     return text
 
 
+def _optional(module: str, lang: str):
+    """An optional module of the lcb extra, or one clear error saying what to install."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        raise LangNeuronsError(f"LCB's metric tokenizes {lang} with {module}: {_PIP}") from e
+
+
 @lru_cache(maxsize=1)
 def _jieba():
-    try:
-        import jieba
-    except ImportError as e:
-        raise LangNeuronsError(f"LCB's metric tokenizes Chinese with jieba: {_PIP}") from e
+    jieba = _optional("jieba", "Chinese")
     jieba.setLogLevel(logging.WARNING)  # no "Building prefix dict ..." lines
     jieba.initialize()
     return jieba
@@ -164,12 +170,9 @@ def _jieba():
 
 @lru_cache(maxsize=1)
 def _ja_tagger():
+    fugashi = _optional("fugashi", "Japanese")
     try:
-        from fugashi import Tagger
-    except ImportError as e:
-        raise LangNeuronsError(f"LCB's metric tokenizes Japanese with fugashi: {_PIP}") from e
-    try:
-        return Tagger("-O wakati -b 50000")
+        return fugashi.Tagger("-O wakati -b 50000")
     except RuntimeError as e:
         raise LangNeuronsError("fugashi found no dictionary: pip install unidic-lite (or pip install unidic and "
                                f"python -m unidic download, which needs the network) ({str(e).strip().splitlines()[0]})") from e

@@ -18,6 +18,7 @@ import warnings
 from pathlib import Path
 from typing import Callable, Sequence
 
+from ..errors import LangNeuronsError
 from ..provenance import atomic_write_json
 
 
@@ -43,6 +44,24 @@ def sample_problem(r) -> str | None:
     if "nll" not in r or not (r["nll"] is None or (isinstance(r["nll"], (int, float)) and not isinstance(r["nll"], bool))):
         return "nll is not a number or null"
     return None
+
+
+def store_of(store: "str | Path | SampleStore | None", samples: "str | Path | None" = None) -> "SampleStore":
+    """The sample store of an experiment: ``store`` as given (a folder, a :class:`SampleStore`, or None: in
+    memory, for one run). ``samples`` is its earlier keyword (deprecated: beside ``EvaluateConfig.samples``,
+    a count, it read as one).
+
+    Example:
+        >>> store_of(None).folder is None
+        True
+    """
+    if samples is not None:
+        if store is not None:
+            raise LangNeuronsError("give store= alone (samples= is its earlier, deprecated name)")
+        warnings.warn("samples= (the folder of cached samples) is deprecated; use store=", DeprecationWarning,
+                      stacklevel=3)
+        store = samples
+    return store if isinstance(store, SampleStore) else SampleStore(store)
 
 
 class SampleStore:

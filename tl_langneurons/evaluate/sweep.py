@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
 
-from ..config import LANGUAGES, Items, check_lists, option
+from ..config import LANGUAGES, Items, check_lists, check_numbers, option
 from ..detect.corpus import MultilingualCorpus
 from ..distributed import Shard
 from ..distributed import context as dist_context
@@ -36,9 +36,10 @@ from ..tables import dashed as _f, markdown_table
 from ..steer.methods import (METHODS, POSITIONS, SteeringConfig, check_not_empty, full_count, neuron_count,
                              setting_from_json)
 from ..steer.prompts import split_prompts
-from .samples import SampleStore
+from .samples import SampleStore, store_of
 from .confusion import SPLIT_SEED, SYSTEM_PROMPT, lcb_languages, lcb_markdown, lcb_prompts, lcb_quality, lcb_rows
-from .control import CellRunner, EvaluateConfig, mean_of, result_settings, run_ranked
+from .cells import Cell, CellRunner, steered
+from .control import EvaluateConfig, mean_of, result_settings, run_ranked
 
 
 @dataclass
@@ -89,22 +90,24 @@ class SweepConfig:
                        "asked in English to answer in de, es, fr, ja or zh; through the model's chat template); the "
                        "report adds LCB's line-level pass rate, a system-prompt baseline and answer relevance")
     val_prompts: int | None = option(None, "with --heldout: validation prompts per prompt language (none: 4); with "
-                                     "--lcb: per target language, whole requests of 3 phrasings (none: 6)", parse=int)
+                                     "--lcb: per target language, whole requests of 3 phrasings (none: 6)", parse=int,
+                                     at_least=1)
     test_prompts: int | None = option(None, "with --heldout: fresh prompts per prompt language for the final report "
                                       "(those of cross-steer --seed 0; none: 20); with --lcb: per target language, "
-                                      "whole requests of 3 phrasings (none: 30)", parse=int)
+                                      "whole requests of 3 phrasings (none: 30)", parse=int, at_least=1)
     val_samples: int | None = option(None, "validation samples per setting from BOS (seeds 1001..), or per prompt "
-                                     "with --heldout (none: 20 from BOS, 1 per prompt)", parse=int)
+                                     "with --heldout (none: 20 from BOS, 1 per prompt)", parse=int, at_least=1)
     test_samples: int | None = option(None, "fresh samples for the final report (seeds 1..) from BOS, or per prompt "
                                       "with --heldout or --lcb (none: 100 from BOS, 5 per held-out prompt, 1 per LCB "
-                                      "request)", parse=int)
-    max_new_tokens: int = option(48, "tokens to generate")
+                                      "request)", parse=int, at_least=1)
+    max_new_tokens: int = option(48, "tokens to generate", at_least=1)
     temperature: float = option(0.8, "sampling temperature over the full vocabulary (the paper's 0.8; LCB samples "
-                                "at 0.3, with nucleus 0.75)")
-    batch_size: int = option(100, "samples per batch")
+                                "at 0.3, with nucleus 0.75)", positive=True)
+    batch_size: int = option(100, "samples per batch", at_least=1)
 
     def __post_init__(self) -> None:
         check_lists(self)  # every list option: empty, not a number, nan, out of range, repeated
+        check_numbers(self)  # the numbers given (those left at none are set below)
         if self.lcb and self.heldout is not None:
             raise LangNeuronsError("--lcb and --heldout are two sources of prompts; pass one")
         prompted = self.heldout is not None or self.lcb
@@ -120,8 +123,6 @@ class SweepConfig:
             self.val_samples = 1 if prompted else 20
         if self.test_samples is None:  # LCB: one answer per request, as the benchmark
             self.test_samples = 1 if self.lcb else 5 if prompted else 100
-        if min(self.val_samples, self.test_samples, self.val_prompts, self.test_prompts) < 1:
-            raise LangNeuronsError("val_samples, test_samples, val_prompts and test_prompts must be at least 1")
         if self.method != "clamp" and list(self.positions) == ["last"]:
             raise LangNeuronsError("--positions last is for clamp; add, diffmean and sparse take all and/or generated")
         if self.method not in ("clamp", "add") and list(self.neuron_sets) != ["both"]:
@@ -130,8 +131,6 @@ class SweepConfig:
             raise LangNeuronsError("--sources prompt is for add, diffmean and sparse; clamp has no source")
         if "prompt" in self.sources and not prompted:
             raise LangNeuronsError("--sources prompt needs --heldout or --lcb: from BOS there is no prompt language")
-        if not (math.isfinite(self.temperature) and self.temperature > 0):
-            raise LangNeuronsError(f"temperature must be positive and finite (such as 0.8), got {self.temperature}")
 
 
 def sweep_folder(method: str, lcb: bool = False) -> str:
@@ -155,8 +154,9 @@ class SweepResult:
 
 def run_sweep(model: HookedModel, neurons: LanguageNeurons, references: dict[str, list[str]] | None,
               config: SweepConfig | None = None, out: str | Path | None = None, progress: bool = True,
-              overwrite: bool = False, samples: str | Path | None = None,
-              distributed: bool | None = None, heldout: MultilingualCorpus | None = None) -> SweepResult:
+              overwrite: bool = False, store: str | Path | SampleStore | None = None,
+              distributed: bool | None = None, heldout: MultilingualCorpus | None = None,
+              samples: str | Path | None = None) -> SweepResult:
     """Search the settings and report the best on fresh seeds (or fresh prompts); with ``out``, written
     there as a whole (finished cells kept for resume), refusing a folder of other settings unless ``overwrite``.
 
@@ -164,8 +164,9 @@ def run_sweep(model: HookedModel, neurons: LanguageNeurons, references: dict[str
     continuations of the other languages' validation prompts, and the report gives the off-diagonal
     cells of the cross-steering matrix on fresh prompts. ``heldout``: that corpus already loaded.
 
-    ``distributed``: as :func:`~tl_langneurons.evaluate.control.evaluate_control`: the batches of every
-    stage spread over the ranks of a process group, the same search on every rank, rank 0 writing."""
+    ``store``: the sample store shared with the other experiments on these neurons, and ``distributed``, as
+    :func:`~tl_langneurons.evaluate.control.evaluate_control`: the batches of every stage spread over the ranks
+    of a process group, the same search on every rank, rank 0 writing."""
     cfg = config or SweepConfig()
     check_sweep(cfg, neurons)
     if heldout is not None and cfg.heldout is None:
@@ -176,7 +177,7 @@ def run_sweep(model: HookedModel, neurons: LanguageNeurons, references: dict[str
         check_prompt_texts(cfg, neurons, heldout)
     shard = dist_context(distributed)
     return run_ranked(shard, out, "sweep", result_settings(neurons, cfg), overwrite,
-                      lambda cells: _sweep(model, neurons, references, cfg, cells, progress, SampleStore(samples),
+                      lambda cells: _sweep(model, neurons, references, cfg, cells, progress, store_of(store, samples),
                                            shard, heldout),
                       write_sweep)
 
@@ -307,20 +308,18 @@ def _sweep(model: HookedModel, neurons: LanguageNeurons, references: dict[str, l
         def key(p):
             return None if p is None else tuple(p)
         todo = {key(p): (p, s) for lang in langs for _, p, s in units(lang, phase)}
-        got = dict(zip(todo, cells.samples_many([(None, "none", 0, s, None, p) for p, s in todo.values()])))
+        got = dict(zip(todo, cells.samples_many([Cell(None, None, s, p) for p, s in todo.values()])))
         return {lang: [r for _, p, _ in units(lang, phase) for r in got[key(p)]] for lang in langs}
-
-    none_val = unsteered("val")
-    fluent_none = {lang: cells.score(none_val[lang], lang).fluent for lang in langs}
 
     def steering_of(s: dict) -> SteeringConfig:
         return SteeringConfig(method=s.get("method", cfg.method), **{k: v for k, v in s.items() if k not in ("k", "method")})
 
     empty: dict[str, None] = {}  # settings that steer no neuron (lape, actprob): never scored, named in the notes
 
-    def evaluate_many(cands: list[tuple[str, dict]], phase: str, base_fluent: dict[str, float]) -> list[dict | None]:
-        """Scores of (lang, setting) candidates, generated together; None where the setting does not
-        apply (e.g. k larger than a layer subset) or would steer no neuron (an empty set of lape or actprob)."""
+    def evaluate_many(cands: list[tuple[str, dict]], phase: str) -> list[dict | None]:
+        """Scores of (lang, setting) candidates, generated together (with their unsteered twins, the
+        baseline of retention); None where the setting does not apply (e.g. k larger than a layer subset)
+        or would steer no neuron (an empty set of lape or actprob)."""
         steers = [steering_of(st) for _, st in cands]
         ok, counts = [], []
         for (lang, st), steer in zip(cands, steers):
@@ -337,26 +336,21 @@ def _sweep(model: HookedModel, neurons: LanguageNeurons, references: dict[str, l
                 count = None
                 ok.append(False)
             counts.append(None if count is None or count == full_count(neurons, full) else count)
-        todo, spans = [], []
-        for (lang, st), steer, good in zip(cands, steers, ok):
-            if good:
-                us = units(lang, phase)
-                spans.append((len(todo), len(todo) + len(us)))
-                todo += [(lang, st.get("which", "both"), st["k"], s, steer.for_prompt(src), p) for src, p, s in us]
-        got = cells.samples_many(todo)
-        rows_of = iter([r for cell in got[a:b] for r in cell] for a, b in spans)
+        groups = [[steered(lang, steer.for_prompt(src), st.get("which", "both"), st["k"], s, p)
+                   for src, p, s in units(lang, phase)]
+                  for (lang, st), steer, good in zip(cands, steers, ok) if good]
+        measured = iter(cells.measure(groups))
         out: list[dict | None] = []
         for (lang, st), steer, good, count in zip(cands, steers, ok, counts):
             if not good:
                 out.append(None)
                 continue
-            rows = next(rows_of)
-            sc = cells.score(rows, lang)
+            m = next(measured)
             label = replace(steer, k=st["k"] if steer.neuron_level else None).resolved(neurons).label()
             if count is not None:  # fewer neurons than k names (lape, actprob): the real count
                 label += f" ({count} neuron{'s' if count != 1 else ''})"
             out.append({"lang": lang, **st, "label": label, "k_fraction": st["k"] / n,
-                        **sc.steering_row(base_fluent[lang]), **lcb_scores(lang, phase, rows)})
+                        **m.row(), **lcb_scores(lang, phase, m.samples)})
         return out
 
     def lcb_scores(lang: str, phase: str, rows: list[dict], system: bool = False) -> dict:
@@ -378,7 +372,7 @@ def _sweep(model: HookedModel, neurons: LanguageNeurons, references: dict[str, l
     tried: dict[str, list[dict]] = {lang: [] for lang in langs}
     for stage, key, values in stages_of:
         cands = [(lang, {**cur[lang], key: v}) for lang in langs for v in values]
-        for (lang, st), r in zip(cands, evaluate_many(cands, "val", fluent_none)):
+        for (lang, st), r in zip(cands, evaluate_many(cands, "val")):
             if r is None:
                 continue
             tried[lang].append({"stage": stage, **r})
@@ -390,7 +384,7 @@ def _sweep(model: HookedModel, neurons: LanguageNeurons, references: dict[str, l
     # validation gated rate over every language (ties: lower mean NLL)
     options = list({json.dumps(cur[l], sort_keys=True): cur[l] for l in langs}.values())
     cands = [(lang, st) for st in options for lang in langs]
-    scores = evaluate_many(cands, "val", fluent_none)
+    scores = evaluate_many(cands, "val")
     shared, shared_key = None, None
     for i, st in enumerate(options):
         rs = [r for r in scores[i * len(langs):(i + 1) * len(langs)] if r is not None]
@@ -409,7 +403,7 @@ def _sweep(model: HookedModel, neurons: LanguageNeurons, references: dict[str, l
         test.append({"lang": lang, "setting": "none", **sc.steering_row(sc.fluent), "retention": 1.0,
                      **lcb_scores(lang, "test", none_test[lang])})
     if lcb:  # prompting alone: the same requests behind a system message that asks for the language
-        got = iter(cells.samples_many([(None, "none", 0, seeds_of["test"], None, p)
+        got = iter(cells.samples_many([Cell(lang, None, seeds_of["test"], p)
                                        for lang in langs for p in lcb["system"][lang]]))
         for lang in langs:
             rows = [r for _ in lcb["system"][lang] for r in next(got)]
@@ -422,7 +416,7 @@ def _sweep(model: HookedModel, neurons: LanguageNeurons, references: dict[str, l
         named.append((f"shared {cfg.method}", {l: {k: v for k, v in shared.items() if k != "val_mean_gated_rate"}
                                                for l in langs}))
     cands = [(lang, per[lang]) for _, per in named for lang in langs]
-    scores = iter(evaluate_many(cands, "test", fluent_test))
+    scores = iter(evaluate_many(cands, "test"))
     for name, per in named:
         for lang in langs:
             r = next(scores)

@@ -50,9 +50,7 @@ def build_report(directory: str | Path) -> Path:
                                    f"it belongs to (such as {d.parent})")
         raise LangNeuronsError(f"{d} is not a tl-langneurons result folder (no neurons.json); run `tl-langneurons find "
                                f"--out {d}` first")
-    from ..detect.neurons import (
-        read_neurons_json,  # checked like LanguageNeurons.load checks it
-    )
+    from ..detect.neurons_io import read_neurons_json  # checked like LanguageNeurons.load checks it
 
     info = read_neurons_json(d / "neurons.json")
     meta = info.get("meta", {})

@@ -20,6 +20,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from ..config import check_number, check_numbers, option
 from ..errors import LangNeuronsError
 from ..model.driver import Runner
 from ..model.protocol import HookedModel
@@ -32,28 +33,21 @@ from .positions import generation_step
 class GenerationConfig:
     """Sampling settings; defaults are the paper's (BOS only, T=0.8, 64 tokens, seeds 1..100)."""
 
-    max_new_tokens: int = 64
-    temperature: float = 0.8
+    max_new_tokens: int = option(64, at_least=1)
+    temperature: float = option(0.8, positive=True)
     seeds: Sequence[int] = field(default_factory=lambda: list(range(1, 101)))
-    batch_size: int = 100
+    batch_size: int = option(100, at_least=1)
     prompt: str | None = None
     use_cache: bool = True
     stop_at_eos: bool = True
 
     def __post_init__(self) -> None:
-        import math
-
         self.seeds = [int(s) for s in self.seeds]
         if not self.seeds:
             raise LangNeuronsError("the seed list is empty; give at least one seed (e.g. --samples 100)")
         if len(set(self.seeds)) != len(self.seeds):
             raise LangNeuronsError("the seed list has duplicates; every sample needs its own seed")
-        if self.max_new_tokens < 1:
-            raise LangNeuronsError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
-        if not (math.isfinite(self.temperature) and self.temperature > 0):
-            raise LangNeuronsError(f"temperature must be positive and finite (such as 0.8), got {self.temperature}")
-        if self.batch_size < 1:
-            raise LangNeuronsError("batch_size must be at least 1")
+        check_numbers(self)  # max_new_tokens, temperature, batch_size
 
 
 Prompt = str | Sequence[int] | None
@@ -190,14 +184,9 @@ def generate_many(model: HookedModel, requests: Sequence[tuple[Prompt, int]], ma
     That is harmless, since no real token attends to them, but a hook that reads activations
     (a cache, a mean over positions) sees the padding too.
     """
-    import math
-
-    if max_new_tokens < 1:
-        raise LangNeuronsError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
-    if not (math.isfinite(temperature) and temperature > 0):
-        raise LangNeuronsError(f"temperature must be positive and finite (such as 0.8), got {temperature}")
-    if batch_size < 1:
-        raise LangNeuronsError("batch_size must be at least 1")
+    check_number("max_new_tokens", max_new_tokens, at_least=1)
+    check_number("temperature", temperature, positive=True)
+    check_number("batch_size", batch_size, at_least=1)
     runner = Runner(model)
     eos = getattr(runner.tokenizer, "eos_token_id", None) if stop_at_eos else None
     known: dict = {}

@@ -53,7 +53,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 import torch
 from torch import Tensor
 
-from ..config import number_or_name, option
+from ..config import check_numbers, number_or_name, option
 from ..errors import LangNeuronsError
 from ..model.sites import NeuronIndex, flat_units
 from .interventions import clamp_hooks
@@ -409,15 +409,17 @@ class SteeringConfig:
 
     method: str = option("clamp", "intervention: clamp (the paper), add, diffmean or sparse", choices=METHODS)
     which: str = "both"  # neuron set of clamp/add (Table 2 sets it per condition)
-    k: int | None = None  # neurons per set of clamp/add (None: the k of the result)
+    k: int | None = option(None, at_least=1)  # neurons per set of clamp/add (None: the k of the result)
     value: str | float = option("median", "clamp value: median, zero, or a number", parse=number_or_name)
     scale: float = option(1.0, "multiply the clamp value")
     positions: str = option("all", "steer every position, the newest only (clamp), or only generated positions",
                             choices=POSITIONS)
     layers: str | list[int] | tuple[int, ...] | None = None  # clamp/add: choose the k neurons among these layers
     alpha: float = option(1.0, "strength of add (times mu_on - mu_off) and diffmean (times the residual norm)")
-    layer: int | None = option(None, "layer of diffmean and sparse (none: 0.6 x the number of layers)", parse=int)
-    n_dims: int | None = option(None, "sparse: residual dimensions overwritten (none: 5% of d_model)", parse=int)
+    layer: int | None = option(None, "layer of diffmean and sparse (none: 0.6 x the number of layers)", parse=int,
+                               at_least=0)
+    n_dims: int | None = option(None, "sparse: residual dimensions overwritten (none: 5% of d_model)", parse=int,
+                                at_least=1)
     coef: float = option(1.0, "sparse: the target's mean on those dimensions is multiplied by this")
     restore_norm: bool = option(True, "sparse: do not rescale each position to its norm before the overwrite",
                                 flag="--no-restore-norm")
@@ -430,7 +432,7 @@ class SteeringConfig:
         parse=_parse_outlier_factor)
     steer_tokens: int | None = option(
         None, "steer only while the first N tokens are written, then let the model write on unsteered (with the "
-        "KV cache the steered tokens stay in its context); none: every token", parse=int)
+        "KV cache the steered tokens stay in its context); none: every token", parse=int, at_least=1)
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -444,17 +446,10 @@ class SteeringConfig:
         if not (self.value in ("median", "zero") or (isinstance(self.value, (int, float)) and not isinstance(
                 self.value, bool) and math.isfinite(self.value))):
             raise LangNeuronsError(f"--value must be median, zero or a finite number, got {self.value}")
-        if self.n_dims is not None and self.n_dims < 1:
-            raise LangNeuronsError(f"--n-dims must be at least 1, got {self.n_dims}")
-        if self.layer is not None and self.layer < 0:  # the upper bound needs the model: checked in resolved()
-            raise LangNeuronsError(f"--layer must be a layer number of at least 0, got {self.layer}")
-        if self.k is not None and (isinstance(self.k, bool) or self.k < 1):
-            raise LangNeuronsError(f"--k must be at least 1, got {self.k}")
+        # n_dims, k, steer_tokens (a whole number: 16.0 would key its samples apart from 16's) and layer (its upper
+        # bound needs the model: checked in resolved())
+        check_numbers(self)
         _outlier_factor(self.outlier_factor)
-        if self.steer_tokens is not None and (not isinstance(self.steer_tokens, int) or isinstance(self.steer_tokens, bool)
-                                              or self.steer_tokens < 1):
-            # a whole number: 16.0 would key its samples apart from 16's
-            raise LangNeuronsError(f"--steer-tokens must be a whole number of at least 1, got {self.steer_tokens!r}")
         if self.which not in ("both", "top", "bottom", "middle"):
             raise LangNeuronsError(f"unknown neuron set {self.which!r}; use top, bottom, both or middle")
 
