@@ -711,12 +711,12 @@ def test_offload_folders_of_killed_runs_are_removed_by_the_next(tiny_dirs, tmp_p
     import sys
 
     from tl_langneurons.model.load import _offload_prefix, load_model
+    from warm import run_cli
 
     cache = tmp_path / "cache"
     env = {**os.environ, "TL_LANGNEURONS_CACHE": str(cache), "TL_LANGNEURONS_FAULT": "collect", "HF_HUB_OFFLINE": "1"}
-    r = subprocess.run([sys.executable, "-m", "tl_langneurons.cli", "find", "--model", str(tiny_dirs["llama"]),
-                        "--n-per-lang", "4", "--k", "5", "--out", str(tmp_path / "o"), "--device-map", "auto",
-                        "--max-memory", "cpu=1KiB", "--quiet"], env=env, capture_output=True, text=True, timeout=300)
+    r = run_cli(["find", "--model", str(tiny_dirs["llama"]), "--n-per-lang", "4", "--k", "5", "--out", str(tmp_path / "o"),
+                 "--device-map", "auto", "--max-memory", "cpu=1KiB", "--quiet"], env)
     assert r.returncode == -signal.SIGKILL, r.stderr[-2000:]
     (stale,) = cache.glob(".offload-*")  # the killed run's, named by its host and process id
     alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])

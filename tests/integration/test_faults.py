@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from tl_langneurons.results import MARKER, staging_dir
+from warm import run_cli
 
 FIND_STAGES = ["collect", "rank", "analysis", "write", "swap"]
 EVALUATE_STAGES = ["batch", "cell", "write", "swap"]
@@ -24,8 +25,7 @@ def cli(args: list[str], fault: str | None = None, cwd: Path | None = None) -> s
     env.pop("TL_LANGNEURONS_FAULT", None)
     if fault:
         env["TL_LANGNEURONS_FAULT"] = fault
-    return subprocess.run([sys.executable, "-m", "tl_langneurons.cli", *args], env=env, capture_output=True,
-                          text=True, timeout=300, cwd=cwd)
+    return run_cli(args, env, cwd, timeout=300)  # a process of its own, forked warm (tests/warm.py)
 
 
 def files(folder: Path, skip: tuple[str, ...] = ("timings.json",)) -> dict[str, bytes]:
