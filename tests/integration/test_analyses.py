@@ -108,6 +108,7 @@ def test_cross_steering(tiny_llama, setup, tmp_path):
     assert json.loads((tmp_path / "cross_steering.json").read_text()) == res.to_json()
 
 
+@pytest.mark.slow  # end to end: the full suite and CI run it, -m fast leaves it out
 def test_analysis_commands(tiny_dirs, tmp_path, capsys):
     model = str(tiny_dirs["llama"])
     out = tmp_path / "run"

@@ -364,6 +364,7 @@ def test_report_and_steer_on_a_sweep_folder_name_the_find_folder(found, tmp_path
         build_report(n / "sweep-add")
 
 
+@pytest.mark.slow  # end to end: the full suite and CI run it, -m fast leaves it out
 def test_find_again_keeps_what_other_commands_and_the_user_wrote_inside(found, tiny_dirs, tmp_path, capsys):
     n = tmp_path / "n"
     shutil.copytree(found, n)
@@ -571,6 +572,7 @@ def test_bench_steering_bad_settings_are_one_line_before_the_model_loads(bench, 
     assert not (tmp_path / "st").exists()
 
 
+@pytest.mark.slow  # end to end: the full suite and CI run it, -m fast leaves it out
 def test_out_is_written_through_a_link_and_a_dangling_link_is_refused(tiny_dirs, tmp_path, capsys):
     args = ["find", "--model", str(tiny_dirs["llama"]), "--n-per-lang", "8", "--k", "5", "--quiet", "--out"]
     (tmp_path / "real").mkdir()
@@ -704,6 +706,7 @@ def test_dtype_mismatch_is_named(found, capsys, no_model):
     one_line_error(capsys, main(["sweep", "--neurons", str(found), "--dtype", "bfloat16", "--quiet"]), "dtype mismatch")
 
 
+@pytest.mark.slow  # end to end: the full suite and CI run it, -m fast leaves it out
 def test_offload_folders_of_killed_runs_are_removed_by_the_next(tiny_dirs, tmp_path, monkeypatch):
     import os
     import signal

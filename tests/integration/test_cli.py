@@ -47,6 +47,7 @@ def test_info_tiny(tiny_dirs, capsys):
     assert "site paper:" in out
 
 
+@pytest.mark.slow  # end to end: the full suite and CI run it, -m fast leaves it out
 def test_find_steer_evaluate_report(tiny_dirs, tmp_path, capsys):
     model = str(tiny_dirs["llama"])
     out = tmp_path / "run"
@@ -268,6 +269,7 @@ def _writer() -> str | None:
     return None
 
 
+@pytest.mark.slow  # end to end: the full suite and CI run it, -m fast leaves it out
 def test_cli_module_writes_no_files(tiny_dirs, tmp_path, monkeypatch, capsys):
     """cli.py parses and prints; every file is written by the package (the Python API)."""
     writes: list[tuple[str | None, str]] = []

@@ -22,6 +22,7 @@ def two_runs(tiny_dirs, tmp_path_factory):
     return root / "llama", root / "bloom"
 
 
+@pytest.mark.slow  # end to end: the full suite and CI run it, -m fast leaves it out
 def test_compare_writes_the_figure_and_the_quarter_shares(two_runs, tmp_path, capsys):
     llama, bloom = two_runs
     out = tmp_path / "cmp"

@@ -47,6 +47,7 @@ def _slow_nll(model, prompt: list[int], tokens: list[int]) -> float:
     return float(-torch.stack([logp[n - 1 + i, t] for i, t in enumerate(tokens)]).mean())
 
 
+@pytest.mark.slow  # end to end: the full suite and CI run it, -m fast leaves it out
 def test_lcb_sweep_scores_answers_as_lcb_and_resumes(tiny_llama, tiny_dirs, tiny_corpus, tmp_path):
     from tl_langneurons.cli import main
     from tl_langneurons.evaluate.sweep import SweepConfig, run_sweep

@@ -21,6 +21,7 @@ def _as_json(rows) -> str:
     return json.dumps(json.loads(json.dumps(rows, default=list)), sort_keys=True)
 
 
+@pytest.mark.slow  # end to end: the full suite and CI run it, -m fast leaves it out
 def test_control_end_to_end_and_resume(tiny_llama, tiny_corpus, tmp_path, monkeypatch):
     neurons = find_neurons(tiny_llama, tiny_corpus, k=10, progress=False)
     neurons.meta["model"] = "tiny"
@@ -160,6 +161,7 @@ def test_sweep_of_every_method(tiny_llama, tiny_corpus, tmp_path, method, stages
     assert f"Method {method}" in (tmp_path / "sweep.md").read_text()
 
 
+@pytest.mark.slow  # end to end: the full suite and CI run it, -m fast leaves it out
 def test_sweep_on_prompts_scores_the_off_diagonal_continuations(tiny_llama, tiny_dirs, tiny_corpus, tmp_path, capsys):
     """With --heldout the sweep scores a setting towards a language on the other languages' validation
     prompts (disjoint from the test prompts, which are cross-steer's seed-0 prompts); a stage's rate is
@@ -248,6 +250,7 @@ def test_sweep_on_prompts_scores_the_off_diagonal_continuations(tiny_llama, tiny
                  str(tmp_path / "missing"), "--sweep-pick", "shared"]) == 2
 
 
+@pytest.mark.slow  # end to end: the full suite and CI run it, -m fast leaves it out
 def test_sweep_on_prompts_searches_the_prompt_as_source_and_generated_positions(tiny_llama, tiny_corpus, tmp_path):
     """sources=none,prompt is a first stage: with "prompt" each continuation is steered away from its own
     prompt's language (add deactivates that language's neurons), the same text as the source named
@@ -338,6 +341,7 @@ def test_sweep_of_two_languages_equals_each_alone_and_shares_one_setting(tiny_ll
     assert sorted(r["lang"] for r in both.test if r["setting"] == "shared diffmean") == ["de", "ja"]
 
 
+@pytest.mark.slow  # end to end: the full suite and CI run it, -m fast leaves it out
 def test_sweeps_of_two_methods_sit_side_by_side_in_the_report(tiny_llama, tiny_corpus, tmp_path):
     """Study.sweep writes clamp to DIR/sweep and another method to DIR/sweep-METHOD; the report shows
     both sections and one figure with every setting of both methods (a sweep on prompts apart)."""

@@ -103,6 +103,7 @@ def test_matrix_equals_the_one_by_one_reference(tiny_llama, setup, cfg):
     assert np.isfinite(res.nll).all() and (res.nll != res.none_nll[:, None]).any()  # the steering changed samples
 
 
+@pytest.mark.slow  # end to end: the full suite and CI run it, -m fast leaves it out
 def test_a_second_run_generates_nothing_and_the_sweep_cells_are_read_back(tiny_llama, setup, tmp_path):
     """Through one sample folder: cross-steer again generates no sample; after a prompted sweep, cross-steer
     with the sweep's picks on its test prompts (those of seed 0) generates only the diagonal, which the

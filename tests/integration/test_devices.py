@@ -135,6 +135,7 @@ def test_bf16_collection_pools_in_float32(tiny_dirs, tiny_llama, tiny_corpus):
     assert err < 0.05, float(err)
 
 
+@pytest.mark.slow  # end to end: the full suite and CI run it, -m fast leaves it out
 def test_study_records_dtype_and_reloads_in_it(tiny_dirs, tiny_corpus, tmp_path):
     out = tmp_path / "bf16"
     model = str(tiny_dirs["llama"])
@@ -201,6 +202,7 @@ def test_split_model_equals_unsplit(tiny_dirs, tiny_corpus, tmp_path, backend):
     assert [s.tokens for s in sb] == [s.tokens for s in sa]
 
 
+@pytest.mark.slow  # end to end: the full suite and CI run it, -m fast leaves it out
 def test_cli_device_map_auto_offloads_and_matches(tiny_dirs, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("TL_LANGNEURONS_CACHE", str(tmp_path / "cache"))  # the offload folder goes there
     model = str(tiny_dirs["llama"])

@@ -171,6 +171,7 @@ def test_chunk_folder_is_the_same_gguf(tiny_dirs, tiny_gguf, cache, tmp_path, mo
     assert weights_fingerprint(load_model(str(tiny_gguf))) == weights_fingerprint(load_model(str(tiny_dirs["llama"])))
 
 
+@pytest.mark.slow  # end to end: the full suite and CI run it, -m fast leaves it out
 def test_find_on_a_gguf_records_it(tiny_gguf, cache, tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["find", "--model", str(tiny_gguf), "--corpus", "bundled", "--n-per-lang", "6", "--k", "5",

@@ -172,6 +172,7 @@ def test_hooks_for_larger_k_use_full_ranking(found):
     assert torch.equal(med, neurons.medians[neurons.languages.index("ja")][sel])
 
 
+@pytest.mark.slow  # end to end: the full suite and CI run it, -m fast leaves it out
 def test_analysis_outputs(found, tmp_path):
     neurons, pooled, labels = found
     stats = write_analysis(neurons, tmp_path, pooled, labels)

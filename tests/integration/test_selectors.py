@@ -235,6 +235,7 @@ def test_save_load_round_trip_and_hooks(results, tiny_llama, tmp_path, method):
     assert header.endswith(",score")
 
 
+@pytest.mark.slow  # end to end: the full suite and CI run it, -m fast leaves it out
 def test_cli_find_method(tiny_dirs, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["find", "--help"])
