@@ -77,7 +77,8 @@ def main() -> None:
     ap.add_argument("--sites", default="mlp_post")
     ap.add_argument("--k", type=int, default=1000)
     ap.add_argument("--lape-top-rate", type=float, default=0.01, help="LAPE/actprob top rate (paper: 0.01)")
-    ap.add_argument("--deact-texts", type=int, default=50, help="held-out texts per language for deactivation")
+    ap.add_argument("--deact-texts", type=int, default=50, help="held-out texts per language for deactivation "
+                    "(0: skip it; e.g. on a large-vocabulary model, where `tl-langneurons deactivate` can run it apart)")
     ap.add_argument("--samples", type=int, default=0, help="steering samples per language (0: skip)")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--work", default=str(Path(__file__).parent / ".work"))
@@ -137,11 +138,14 @@ def main() -> None:
                 for h, p in enumerate(parts))
         stab = {w: float(np.nanmean([jaccard(a.sets[l][w].neurons, b.sets[l][w].neurons) for l in langs]))
                 for w in ("top", "bottom")}
-        de = deactivation(model, n, heldout["ud-dev-test"], DeactivationConfig(which="top", n_texts=args.deact_texts),
-                          progress=False)
-        eye = np.eye(len(de.languages), dtype=bool)
-        own, other = de.delta[eye].mean(), de.delta[~eye].mean()
-        rand_own = de.delta_random[eye].mean()
+        if args.deact_texts > 0:
+            de = deactivation(model, n, heldout["ud-dev-test"], DeactivationConfig(which="top", n_texts=args.deact_texts),
+                              progress=False)
+            eye = np.eye(len(de.languages), dtype=bool)
+            own, other = de.delta[eye].mean(), de.delta[~eye].mean()
+            rand_own = de.delta_random[eye].mean()
+        else:  # skipped (--deact-texts 0)
+            own = other = rand_own = float("nan")
         row = [method, f"{sizes['top']:.0f} / {sizes['bottom']:.0f}", fmt(top_ap),
                f"{fmt(ho['ud-dev-test', 'top'])} / {fmt(ho['ud-dev-test', 'bottom'])}",
                f"{fmt(ho['tatoeba-laser', 'top'])} / {fmt(ho['tatoeba-laser', 'bottom'])}",

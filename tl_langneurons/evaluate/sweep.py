@@ -281,65 +281,78 @@ def sweep_prompts(tokenizer, neurons: LanguageNeurons, heldout: MultilingualCorp
 def _sweep(model: HookedModel, neurons: LanguageNeurons, references: dict[str, list[str]] | None, cfg: SweepConfig,
            cells_dir: Path | None, progress: bool, store: SampleStore, shard: Shard | None = None,
            heldout: MultilingualCorpus | None = None) -> SweepResult:
-    langs = lcb_languages(cfg.languages, neurons.languages) if cfg.lcb else cfg.languages or neurons.languages
-    ecfg = EvaluateConfig(languages=langs, samples=cfg.test_samples, max_new_tokens=cfg.max_new_tokens,
-                          temperature=cfg.temperature, batch_size=cfg.batch_size, ablation_ks=[])
-    cells = CellRunner(model, neurons, ecfg, references, cells_dir, progress, store, shard)
-    n = neurons.index.n_neurons
-    seeds_of = {"val": list(range(1001, 1001 + cfg.val_samples)), "test": list(range(1, cfg.test_samples + 1))}
-    stages: list[dict] = []
-    lcb = lcb_prompts(model.tokenizer, langs, cfg.val_prompts, cfg.test_prompts) if cfg.lcb else None
-    prompts = ({"val": lcb["val"], "test": lcb["test"]} if lcb else
-               None if heldout is None else sweep_prompts(model.tokenizer, neurons, heldout, cfg))
+    return _Search(model, neurons, references, cfg, cells_dir, progress, store, shard, heldout).run()
 
-    def units(lang: str, phase: str) -> list[tuple[str | None, list[int] | None, list[int]]]:
+
+class _Search:
+    """One sweep: what its settings are scored on (seeds from BOS, held-out prompts or LCB requests), the
+    coordinate search on the validation split, the shared setting, and the report on the test split. Every
+    score comes from the one cell pipeline (:meth:`CellRunner.measure`: a setting's cells beside their
+    unsteered twins)."""
+
+    def __init__(self, model: HookedModel, neurons: LanguageNeurons, references: dict[str, list[str]] | None,
+                 cfg: SweepConfig, cells_dir: Path | None, progress: bool, store: SampleStore,
+                 shard: Shard | None, heldout: MultilingualCorpus | None):
+        self.model, self.neurons, self.cfg, self.heldout = model, neurons, cfg, heldout
+        self.langs = lcb_languages(cfg.languages, neurons.languages) if cfg.lcb else cfg.languages or neurons.languages
+        ecfg = EvaluateConfig(languages=self.langs, samples=cfg.test_samples, max_new_tokens=cfg.max_new_tokens,
+                              temperature=cfg.temperature, batch_size=cfg.batch_size, ablation_ks=[])
+        self.cells = CellRunner(model, neurons, ecfg, references, cells_dir, progress, store, shard)
+        self.n = neurons.index.n_neurons
+        self.seeds_of = {"val": list(range(1001, 1001 + cfg.val_samples)), "test": list(range(1, cfg.test_samples + 1))}
+        self.lcb = lcb_prompts(model.tokenizer, self.langs, cfg.val_prompts, cfg.test_prompts) if cfg.lcb else None
+        self.prompts = ({"val": self.lcb["val"], "test": self.lcb["test"]} if self.lcb else
+                        None if heldout is None else sweep_prompts(model.tokenizer, neurons, heldout, cfg))
+        self.empty: dict[str, None] = {}  # settings that steer no neuron (lape, actprob): never scored, in the notes
+
+    def units(self, lang: str, phase: str) -> list[tuple[str | None, list[int] | None, list[int]]]:
         """What a setting towards ``lang`` is scored on in ``phase`` ("val" or "test"): (prompt language,
         prompt, seeds); from BOS one (None, None, seeds), with prompts every prompt of every other language
         (the off-diagonal cells of cross-steering)."""
-        seeds = seeds_of[phase]
-        if prompts is None:
+        seeds = self.seeds_of[phase]
+        if self.prompts is None:
             return [(None, None, seeds)]
-        if lcb:  # LCB: the requests that ask for ``lang``, written in English
-            return [("en", p, seeds) for p in prompts[phase][lang]]
-        return [(src, p, seeds) for src, ps in prompts[phase].items() if src != lang for p in ps]
+        if self.lcb:  # LCB: the requests that ask for ``lang``, written in English
+            return [("en", p, seeds) for p in self.prompts[phase][lang]]
+        return [(src, p, seeds) for src, ps in self.prompts[phase].items() if src != lang for p in ps]
 
-    def unsteered(phase: str) -> dict[str, list[dict]]:
+    def unsteered(self, phase: str) -> dict[str, list[dict]]:
         """Each language's unsteered samples in ``phase``, every (prompt, seeds) cell read or made once."""
         def key(p):
             return None if p is None else tuple(p)
-        todo = {key(p): (p, s) for lang in langs for _, p, s in units(lang, phase)}
-        got = dict(zip(todo, cells.samples_many([Cell(None, None, s, p) for p, s in todo.values()])))
-        return {lang: [r for _, p, _ in units(lang, phase) for r in got[key(p)]] for lang in langs}
+        todo = {key(p): (p, s) for lang in self.langs for _, p, s in self.units(lang, phase)}
+        got = dict(zip(todo, self.cells.samples_many([Cell(None, None, s, p) for p, s in todo.values()])))
+        return {lang: [r for _, p, _ in self.units(lang, phase) for r in got[key(p)]] for lang in self.langs}
 
-    def steering_of(s: dict) -> SteeringConfig:
-        return SteeringConfig(method=s.get("method", cfg.method), **{k: v for k, v in s.items() if k not in ("k", "method")})
+    def steering_of(self, s: dict) -> SteeringConfig:
+        return SteeringConfig(method=s.get("method", self.cfg.method),
+                              **{k: v for k, v in s.items() if k not in ("k", "method")})
 
-    empty: dict[str, None] = {}  # settings that steer no neuron (lape, actprob): never scored, named in the notes
-
-    def evaluate_many(cands: list[tuple[str, dict]], phase: str) -> list[dict | None]:
+    def evaluate_many(self, cands: list[tuple[str, dict]], phase: str) -> list[dict | None]:
         """Scores of (lang, setting) candidates, generated together (with their unsteered twins, the
         baseline of retention); None where the setting does not apply (e.g. k larger than a layer subset)
         or would steer no neuron (an empty set of lape or actprob)."""
-        steers = [steering_of(st) for _, st in cands]
+        neurons = self.neurons
+        steers = [self.steering_of(st) for _, st in cands]
         ok, counts = [], []
         for (lang, st), steer in zip(cands, steers):
             full = replace(steer, which=st.get("which", "both"), k=st["k"])
             try:
-                src = units(lang, phase)[0][0]
+                src = self.units(lang, phase)[0][0]
                 count = neuron_count(neurons, full, lang)
                 if count == 0:
-                    empty[f"{lang}: {full.label()}"] = None
+                    self.empty[f"{lang}: {full.label()}"] = None
                     raise LangNeuronsError("no neuron")
-                cells.hooks(full.for_prompt(src), lang)
+                self.cells.hooks(full.for_prompt(src), lang)
                 ok.append(True)
             except LangNeuronsError:
                 count = None
                 ok.append(False)
             counts.append(None if count is None or count == full_count(neurons, full) else count)
         groups = [[steered(lang, steer.for_prompt(src), st.get("which", "both"), st["k"], s, p)
-                   for src, p, s in units(lang, phase)]
+                   for src, p, s in self.units(lang, phase)]
                   for (lang, st), steer, good in zip(cands, steers, ok) if good]
-        measured = iter(cells.measure(groups))
+        measured = iter(self.cells.measure(groups))
         out: list[dict | None] = []
         for (lang, st), steer, good, count in zip(cands, steers, ok, counts):
             if not good:
@@ -349,92 +362,112 @@ def _sweep(model: HookedModel, neurons: LanguageNeurons, references: dict[str, l
             label = replace(steer, k=st["k"] if steer.neuron_level else None).resolved(neurons).label()
             if count is not None:  # fewer neurons than k names (lape, actprob): the real count
                 label += f" ({count} neuron{'s' if count != 1 else ''})"
-            out.append({"lang": lang, **st, "label": label, "k_fraction": st["k"] / n,
-                        **m.row(), **lcb_scores(lang, phase, m.samples)})
+            out.append({"lang": lang, **st, "label": label, "k_fraction": st["k"] / self.n,
+                        **m.row(), **self.lcb_scores(lang, phase, m.samples)})
         return out
 
-    def lcb_scores(lang: str, phase: str, rows: list[dict], system: bool = False) -> dict:
+    def lcb_scores(self, lang: str, phase: str, rows: list[dict], system: bool = False) -> dict:
         """LCB's pass rates and the relevance proxy of a test cell's answers (LCB sweeps only)."""
-        if not lcb or phase != "test":
+        if not self.lcb or phase != "test":
             return {}
-        return lcb_quality(model, rows, (lcb["system"] if system else prompts["test"])[lang], lang,
-                           len(seeds_of["test"]))
+        return lcb_quality(self.model, rows, (self.lcb["system"] if system else self.prompts["test"])[lang], lang,
+                           len(self.seeds_of["test"]))
 
-    def better(a, b):
+    @staticmethod
+    def better(a: dict, b: dict) -> bool:
+        """The pick: the higher gated rate, ties broken by the lower NLL."""
         return (a["gated_rate"], -(a["nll"] or 99)) > (b["gated_rate"], -(b["nll"] or 99))
 
-    # coordinate search per language; each stage runs every language and value in one batched call
-    start, stages_of, notes = _search_space(cfg, neurons, n)
-    if cfg.steer_tokens:  # last: the best setting, steered only while its first N tokens are written
-        stages_of = [*stages_of, ("steer_tokens", "steer_tokens", list(cfg.steer_tokens))]
-    cur = {lang: dict(start) for lang in langs}
-    cur_score: dict[str, dict | None] = {lang: None for lang in langs}
-    tried: dict[str, list[dict]] = {lang: [] for lang in langs}
-    for stage, key, values in stages_of:
-        cands = [(lang, {**cur[lang], key: v}) for lang in langs for v in values]
-        for (lang, st), r in zip(cands, evaluate_many(cands, "val")):
-            if r is None:
+    def search(self, notes: list[str]) -> tuple[dict[str, dict], dict[str, dict | None], list[dict]]:
+        """The coordinate search per language on the validation split, each stage running every language and
+        value in one batched call: (each language's best setting, its validation scores, every setting tried)."""
+        start, stages_of, more = _search_space(self.cfg, self.neurons, self.n)
+        notes += more
+        if self.cfg.steer_tokens:  # last: the best setting, steered only while its first N tokens are written
+            stages_of = [*stages_of, ("steer_tokens", "steer_tokens", list(self.cfg.steer_tokens))]
+        cur = {lang: dict(start) for lang in self.langs}
+        cur_score: dict[str, dict | None] = {lang: None for lang in self.langs}
+        tried: dict[str, list[dict]] = {lang: [] for lang in self.langs}
+        for stage, key, values in stages_of:
+            cands = [(lang, {**cur[lang], key: v}) for lang in self.langs for v in values]
+            for (lang, st), r in zip(cands, self.evaluate_many(cands, "val")):
+                if r is None:
+                    continue
+                tried[lang].append({"stage": stage, **r})
+                if cur_score[lang] is None or self.better(r, cur_score[lang]):
+                    cur[lang], cur_score[lang] = st, r
+        return cur, cur_score, [r for lang in self.langs for r in tried[lang]]
+
+    def shared(self, cur: dict[str, dict]) -> dict | None:
+        """One shared setting for all languages: of the languages' best settings, the one with the highest
+        mean validation gated rate over every language (ties: lower mean NLL); None if none applies to all."""
+        langs = self.langs
+        options = list({json.dumps(cur[l], sort_keys=True): cur[l] for l in langs}.values())
+        scores = self.evaluate_many([(lang, st) for st in options for lang in langs], "val")
+        shared, shared_key = None, None
+        for i, st in enumerate(options):
+            rs = [r for r in scores[i * len(langs):(i + 1) * len(langs)] if r is not None]
+            if len(rs) < len(langs):
                 continue
-            tried[lang].append({"stage": stage, **r})
-            if cur_score[lang] is None or better(r, cur_score[lang]):
-                cur[lang], cur_score[lang] = st, r
-    stages = [r for lang in langs for r in tried[lang]]
-    best = {lang: {**cur[lang], "val": cur_score[lang]} for lang in langs}
-    # one shared setting for all languages: of the languages' best settings, the one with the highest mean
-    # validation gated rate over every language (ties: lower mean NLL)
-    options = list({json.dumps(cur[l], sort_keys=True): cur[l] for l in langs}.values())
-    cands = [(lang, st) for st in options for lang in langs]
-    scores = evaluate_many(cands, "val")
-    shared, shared_key = None, None
-    for i, st in enumerate(options):
-        rs = [r for r in scores[i * len(langs):(i + 1) * len(langs)] if r is not None]
-        if len(rs) < len(langs):
-            continue
-        key = (mean_of(rs, "gated_rate"), -mean_of(rs, "nll"))
-        if shared_key is None or key > shared_key:
-            shared, shared_key = {**st, "val_mean_gated_rate": key[0]}, key
-    test = []
-    paper = {"method": "clamp", "k": min(1000, n), "scale": 1.0, "positions": "all", "layers": None}
-    fluent_test = {}
-    none_test = unsteered("test")
-    for lang in langs:
-        sc = cells.score(none_test[lang], lang)
-        fluent_test[lang] = sc.fluent
-        test.append({"lang": lang, "setting": "none", **sc.steering_row(sc.fluent), "retention": 1.0,
-                     **lcb_scores(lang, "test", none_test[lang])})
-    if lcb:  # prompting alone: the same requests behind a system message that asks for the language
-        got = iter(cells.samples_many([Cell(lang, None, seeds_of["test"], p)
-                                       for lang in langs for p in lcb["system"][lang]]))
+            key = (mean_of(rs, "gated_rate"), -mean_of(rs, "nll"))
+            if shared_key is None or key > shared_key:
+                shared, shared_key = {**st, "val_mean_gated_rate": key[0]}, key
+        return shared
+
+    def report(self, best: dict[str, dict], shared: dict | None) -> list[dict]:
+        """The test split: unsteered, the system prompt (LCB), the paper's clamp, each language's best and
+        the shared setting, per language."""
+        cfg, langs, cells, lcb = self.cfg, self.langs, self.cells, self.lcb
+        test = []
+        paper = {"method": "clamp", "k": min(1000, self.n), "scale": 1.0, "positions": "all", "layers": None}
+        fluent_test = {}
+        none_test = self.unsteered("test")
         for lang in langs:
-            rows = [r for _ in lcb["system"][lang] for r in next(got)]
-            sc = cells.score(rows, lang)
-            test.append({"lang": lang, "setting": "system prompt", **sc.steering_row(fluent_test[lang]),
-                         **lcb_scores(lang, "test", rows, system=True)})
-    named = [("paper clamp k=1000", {l: paper for l in langs}),
-             (f"best {cfg.method}", {l: {k: v for k, v in best[l].items() if k != "val"} for l in langs})]
-    if shared is not None:
-        named.append((f"shared {cfg.method}", {l: {k: v for k, v in shared.items() if k != "val_mean_gated_rate"}
-                                               for l in langs}))
-    cands = [(lang, per[lang]) for _, per in named for lang in langs]
-    scores = iter(evaluate_many(cands, "test"))
-    for name, per in named:
-        for lang in langs:
-            r = next(scores)
-            if r is not None:
-                test.append({**r, "setting": name})
-    test.sort(key=lambda r: langs.index(r["lang"]))
-    if empty:
-        notes.append(f"not scored, as they steer no neuron ({neurons.method} chose none): {'; '.join(empty)}")
-    meta = {**cells.meta(), "config": asdict(cfg), "languages": langs, "notes": notes, "shared": shared}
-    if lcb:
-        meta["prompts"] = {"lcb": "for-ai/language-confusion test_sets/crosslingual/okapi (tl_langneurons/data/lcb)",
-                           "split_seed": SPLIT_SEED, "system_prompt": SYSTEM_PROMPT, **lcb}
-    elif prompts is not None:
-        meta["prompts"] = {"heldout": cfg.heldout,
-                           "texts_sha": {l: sha256_texts(heldout.texts[l]) for l in prompts["val"]},
-                           **prompts}
-    result = SweepResult(best, stages, test, meta)
-    return result
+            sc = cells.score(none_test[lang], lang)
+            fluent_test[lang] = sc.fluent
+            test.append({"lang": lang, "setting": "none", **sc.steering_row(sc.fluent), "retention": 1.0,
+                         **self.lcb_scores(lang, "test", none_test[lang])})
+        if lcb:  # prompting alone: the same requests behind a system message that asks for the language
+            got = iter(cells.samples_many([Cell(lang, None, self.seeds_of["test"], p)
+                                           for lang in langs for p in lcb["system"][lang]]))
+            for lang in langs:
+                rows = [r for _ in lcb["system"][lang] for r in next(got)]
+                sc = cells.score(rows, lang)
+                test.append({"lang": lang, "setting": "system prompt", **sc.steering_row(fluent_test[lang]),
+                             **self.lcb_scores(lang, "test", rows, system=True)})
+        named = [("paper clamp k=1000", {l: paper for l in langs}),
+                 (f"best {cfg.method}", {l: {k: v for k, v in best[l].items() if k != "val"} for l in langs})]
+        if shared is not None:
+            named.append((f"shared {cfg.method}", {l: {k: v for k, v in shared.items() if k != "val_mean_gated_rate"}
+                                                   for l in langs}))
+        scores = iter(self.evaluate_many([(lang, per[lang]) for _, per in named for lang in langs], "test"))
+        for name, per in named:
+            for lang in langs:
+                r = next(scores)
+                if r is not None:
+                    test.append({**r, "setting": name})
+        test.sort(key=lambda r: langs.index(r["lang"]))
+        return test
+
+    def run(self) -> SweepResult:
+        notes: list[str] = []
+        cur, cur_score, stages = self.search(notes)
+        best = {lang: {**cur[lang], "val": cur_score[lang]} for lang in self.langs}
+        shared = self.shared(cur)
+        test = self.report(best, shared)
+        if self.empty:
+            notes.append(f"not scored, as they steer no neuron ({self.neurons.method} chose none): "
+                         f"{'; '.join(self.empty)}")
+        meta = {**self.cells.meta(), "config": asdict(self.cfg), "languages": self.langs, "notes": notes,
+                "shared": shared}
+        if self.lcb:
+            meta["prompts"] = {"lcb": "for-ai/language-confusion test_sets/crosslingual/okapi (tl_langneurons/data/lcb)",
+                               "split_seed": SPLIT_SEED, "system_prompt": SYSTEM_PROMPT, **self.lcb}
+        elif self.prompts is not None:
+            meta["prompts"] = {"heldout": self.cfg.heldout,
+                               "texts_sha": {l: sha256_texts(self.heldout.texts[l]) for l in self.prompts["val"]},
+                               **self.prompts}
+        return SweepResult(best, stages, test, meta)
 
 
 def _search_space(cfg: SweepConfig, neurons: LanguageNeurons, n: int) -> tuple[dict, list, list[str]]:
