@@ -85,8 +85,32 @@ def test_lcb_sweep_scores_answers_as_lcb_and_resumes(tiny_llama, tiny_dirs, tiny
         assert row["on_topic"] == pytest.approx(sum(g > 0 for g in gains) / len(gains))
         sysrow = next(r for r in res.test if r["lang"] == lang and r["setting"] == "system prompt")
         assert prompts["system"][lang][0] != prompts["test"][lang][0] and 0 <= sysrow["lpr"] <= 1
+    # the gate (lcb_gate answers): from the unsteered answers to the validation requests behind the system
+    # prompt, generated one by one; every row's gated LPR on that gate; the pick by gated LPR
+    from tl_langneurons.evaluate.confusion import LCB_GATE_SEEDS, gated_lpr
+    from tl_langneurons.evaluate.lcb import line_pass
+    from tl_langneurons.evaluate.metrics import answers_threshold, is_degenerate
+
+    assert cfg.lcb_gate == "answers"
+    from tl_langneurons.errors import LangNeuronsError
+    with pytest.raises(LangNeuronsError, match="--lcb-gate is for --lcb sweeps"):
+        SweepConfig(lcb_gate="answers")
+    for lang in ("de", "ja"):
+        answers = [generate_many(tiny_llama, [(p, s)], max_new_tokens=6, temperature=0.3)[0]
+                   for p in prompts["system_val"][lang] for s in LCB_GATE_SEEDS]
+        thr = answers_threshold([a.tokens for a in answers])
+        assert res.meta["lcb_gate"][lang]["threshold"] == thr == res.meta["distinct_thresholds"][lang]
+        assert res.meta["lcb_gate"][lang]["answers"] == 3 * len(LCB_GATE_SEEDS)
+        out = [generate_many(tiny_llama, [(p, 1)], max_new_tokens=6, temperature=0.3)[0] for p in prompts["test"][lang]]
+        row = next(r for r in res.test if r["lang"] == lang and r["setting"] == "none")
+        ok = [line_pass(a.text, lang) is True and not is_degenerate(a.tokens, thr) for a in out]
+        assert row["lpr_gated"] == sum(ok) / len(ok)
+        assert gated_lpr([{"text": a.text, "tokens": a.tokens} for a in out], lang, thr)["lpr_gated"] == row["lpr_gated"]
+        tried = [r for r in res.stages if r["lang"] == lang]
+        top = max((r["lpr_gated"], -(r["nll"] or 99)) for r in tried)
+        assert (res.best[lang]["val"]["lpr_gated"], -(res.best[lang]["val"]["nll"] or 99)) == top
     md = (tmp_path / "sw" / "sweep.md").read_text()
-    assert "Language Confusion Benchmark" in md and "| system prompt |" in md
+    assert "Language Confusion Benchmark" in md and "| system prompt |" in md and "val gated LPR" in md
     again = run_sweep(tiny_llama, neurons, tiny_corpus.texts, cfg, tmp_path / "sw", progress=False)
     assert again.meta["timings"] == {} and again.test == res.test  # resumed from the cells
 

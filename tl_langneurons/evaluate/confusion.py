@@ -23,7 +23,8 @@ from ..results import check_target, read_json, staged_folder
 from ..steer.generation import Sample, sample_nll
 from ..steer.prompts import chat_ids
 from ..tables import csv_text, dashed as _f, markdown_table
-from .lcb import LCB_LANGUAGES, lcb_metrics, load_lcb_prompts, split_prompts
+from .lcb import LCB_LANGUAGES, lcb_metrics, line_pass, load_lcb_prompts, split_prompts
+from .metrics import is_degenerate
 
 LANGUAGE_NAMES = {"de": "German", "es": "Spanish", "fr": "French", "ja": "Japanese", "zh": "Chinese"}
 SYSTEM_PROMPT = "You are a helpful assistant. Always answer in {name}, whatever the language of the request."
@@ -47,11 +48,12 @@ def lcb_languages(languages: Sequence[str] | None, known: Sequence[str]) -> list
 
 
 def lcb_prompts(tokenizer, langs: Sequence[str], n_val: int, n_test: int) -> dict:
-    """``{"val": {lang: ids}, "test": {lang: ids}, "system": {lang: ids}, "requests": {...}}``: each target
-    language's validation and test prompts (whole requests apart, :func:`~tl_langneurons.evaluate.lcb.split_prompts`)
-    through the chat template, the test prompts again behind a system message that asks for the language
-    (prompting alone), and their texts (what the results record)."""
-    out: dict = {"val": {}, "test": {}, "system": {}, "requests": {"val": {}, "test": {}}}
+    """``{"val": {lang: ids}, "test": {lang: ids}, "system": {lang: ids}, "system_val": {lang: ids}, "requests":
+    {...}}``: each target language's validation and test prompts (whole requests apart,
+    :func:`~tl_langneurons.evaluate.lcb.split_prompts`) through the chat template, the test and the validation
+    prompts again behind a system message that asks for the language (prompting alone; the model's answers to
+    the validation ones set the fluency gate of an LCB sweep), and their texts (what the results record)."""
+    out: dict = {"val": {}, "test": {}, "system": {}, "system_val": {}, "requests": {"val": {}, "test": {}}}
     for lang in langs:
         prompts = load_lcb_prompts([lang])
         count: dict[int, int] = {}
@@ -67,9 +69,22 @@ def lcb_prompts(tokenizer, langs: Sequence[str], n_val: int, n_test: int) -> dic
         out["val"][lang] = [chat_ids(tokenizer, p.prompt) for p in val]
         out["test"][lang] = [chat_ids(tokenizer, p.prompt) for p in test]
         out["system"][lang] = [chat_ids(tokenizer, p.prompt, system=system) for p in test]
+        out["system_val"][lang] = [chat_ids(tokenizer, p.prompt, system=system) for p in val]  # the LCB gate's
         out["requests"]["val"][lang] = [p.prompt for p in val]
         out["requests"]["test"][lang] = [p.prompt for p in test]
     return out
+
+
+def gated_lpr(rows: Sequence[dict], lang: str, threshold: float) -> dict:
+    """What an LCB sweep picks settings by: ``lpr_gated``, the share of answers that pass LCB's line check
+    (every line of 5 tokens or more in ``lang``) and the fluency gate (distinct-token ratio at least
+    ``threshold``); answers LCB skips (no line of 5 tokens) count as failing. Beside it LCB's own ``lpr``
+    (scored answers only)."""
+    passes = [line_pass(r["text"], lang) for r in rows]
+    ok = [p is True and not is_degenerate(r["tokens"], threshold) for p, r in zip(passes, rows)]
+    scored = [p for p in passes if p is not None]
+    return {"lpr_gated": sum(ok) / len(rows) if rows else 0.0,
+            "lpr": sum(scored) / len(scored) if scored else 1.0}
 
 
 def lcb_quality(model: HookedModel, rows: Sequence[dict], prompts: Sequence[Sequence[int]], lang: str,
@@ -95,8 +110,11 @@ def lcb_quality(model: HookedModel, rows: Sequence[dict], prompts: Sequence[Sequ
     return out
 
 
-LCB_COLUMNS = ("lpr", "lcb_acc", "wpr", "rate", "gated_rate", "fluent", "retention", "nll", "relevance", "on_topic")
-LCB_HEADERS = ("LPR", "line acc", "WPR", "rate", "gated", "fluent", "retention", "NLL", "relevance", "on topic")
+LCB_COLUMNS = ("lpr", "lpr_gated", "lcb_acc", "wpr", "rate", "gated_rate", "fluent", "retention", "nll", "relevance",
+               "on_topic")
+LCB_HEADERS = ("LPR", "gated LPR", "line acc", "WPR", "rate", "gated", "fluent", "retention", "NLL", "relevance",
+               "on topic")
+LCB_GATE_SEEDS = tuple(range(2001, 2011))  # answers per system-prompted validation request that set an LCB gate
 
 
 def lcb_rows(test: Sequence[dict]) -> list[dict]:
@@ -201,7 +219,7 @@ def lcb_table(directory: str | Path, folders: Sequence[str | Path] | None = None
     if not folders:
         raise LangNeuronsError(f"{directory} holds no finished LCB sweep; run e.g. tl-langneurons sweep --neurons "
                                f"{directory} --lcb --method add first")
-    same = ("val_prompts", "test_prompts", "test_samples", "max_new_tokens", "temperature", "languages")
+    same = ("val_prompts", "test_prompts", "test_samples", "max_new_tokens", "temperature", "languages", "lcb_gate")
     sweeps = [read_lcb_sweep(f) for f in folders]
     seen = None
     for f, data in zip(folders, sweeps):

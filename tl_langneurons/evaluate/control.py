@@ -87,7 +87,7 @@ class ControlResult:
 
 
 # fields added to a config after results were written: left out at their default, so that those folders still resume
-_LATER_FIELDS = {"lcb": False}
+_LATER_FIELDS = {"lcb": False, "lcb_gate": None}
 
 
 def result_settings(neurons: LanguageNeurons, config) -> dict:

@@ -142,9 +142,22 @@ def distinct_threshold(tokenizer, references: Sequence[str], window: int = 64, p
     for t in references:
         ids += tokenizer(t, add_special_tokens=False)["input_ids"]
     ratios = [distinct_ratio(ids[i:i + window]) for i in range(0, len(ids) - window + 1, window)]
+    return _percentile(ratios, percentile)
+
+
+def answers_threshold(tokens: Sequence[Sequence[int]], percentile: float = 5.0) -> float:
+    """The degeneracy gate set from a model's own answers (token ids, as generated): the ``percentile`` of
+    their distinct-token ratios, each answer on its own as :func:`is_degenerate` judges a sample. For chat
+    answers, which repeat the request's key terms far more than running text does (the gate of
+    :func:`distinct_threshold` on FLORES/PAWS flags most of an instruction model's unsteered answers)."""
+    return _percentile([distinct_ratio(t) for t in tokens if len(t)], percentile)
+
+
+def _percentile(ratios: list[float], percentile: float) -> float:
+    """Linear-interpolated ``percentile`` of the ratios; :data:`DEGENERATE_DISTINCT` from fewer than 5."""
     if len(ratios) < 5:
         return DEGENERATE_DISTINCT
-    ratios.sort()
+    ratios = sorted(ratios)
     pos = (len(ratios) - 1) * percentile / 100
     lo = int(pos)
     return ratios[lo] + (ratios[min(lo + 1, len(ratios) - 1)] - ratios[lo]) * (pos - lo)

@@ -37,7 +37,18 @@ from ..steer.methods import (METHODS, POSITIONS, SteeringConfig, check_not_empty
                              setting_from_json)
 from ..steer.prompts import split_prompts
 from .samples import SampleStore, store_of
-from .confusion import SPLIT_SEED, SYSTEM_PROMPT, lcb_languages, lcb_markdown, lcb_prompts, lcb_quality, lcb_rows
+from .confusion import (
+    LCB_GATE_SEEDS,
+    SPLIT_SEED,
+    SYSTEM_PROMPT,
+    gated_lpr,
+    lcb_languages,
+    lcb_markdown,
+    lcb_prompts,
+    lcb_quality,
+    lcb_rows,
+)
+from .metrics import answers_threshold
 from .cells import Cell, CellRunner, steered
 from .control import EvaluateConfig, mean_of, result_settings, run_ranked
 
@@ -89,6 +100,12 @@ class SweepConfig:
     lcb: bool = option(False, "search on the Language Confusion Benchmark's cross-lingual prompts instead (okapi: "
                        "asked in English to answer in de, es, fr, ja or zh; through the model's chat template); the "
                        "report adds LCB's line-level pass rate, a system-prompt baseline and answer relevance")
+    lcb_gate: str | None = option(None, "with --lcb: answers (the default) sets each language's fluency gate from the "
+                                  "unsteered model's answers to the validation requests behind the system prompt "
+                                  "(5th percentile of their distinct-token ratios) and picks settings by gated LPR "
+                                  "(answers passing LCB's line check and the gate); references: the gate of the "
+                                  "reference corpus and the pick by gated rate (the first LCB sweeps)",
+                                  choices=("answers", "references"), parse=str)
     val_prompts: int | None = option(None, "with --heldout: validation prompts per prompt language (none: 4); with "
                                      "--lcb: per target language, whole requests of 3 phrasings (none: 6)", parse=int,
                                      at_least=1)
@@ -115,6 +132,12 @@ class SweepConfig:
             self.val_prompts = 6 if self.lcb else 4
         if self.test_prompts is None:
             self.test_prompts = 30 if self.lcb else 20
+        if self.lcb_gate is not None and not self.lcb:
+            raise LangNeuronsError("--lcb-gate is for --lcb sweeps")
+        if self.lcb_gate not in (None, "answers", "references"):
+            raise LangNeuronsError(f"--lcb-gate must be answers or references, got {self.lcb_gate!r}")
+        if self.lcb and self.lcb_gate is None:
+            self.lcb_gate = "answers"
         if self.lcb and (self.val_prompts % 3 or self.test_prompts % 3):
             raise LangNeuronsError(f"--val-prompts {self.val_prompts} and --test-prompts {self.test_prompts}: LCB's "
                                    "prompts come in requests of 3 phrasings (start, middle, end), kept on one side; "
@@ -304,6 +327,25 @@ class _Search:
         self.prompts = ({"val": self.lcb["val"], "test": self.lcb["test"]} if self.lcb else
                         None if heldout is None else sweep_prompts(model.tokenizer, neurons, heldout, cfg))
         self.empty: dict[str, None] = {}  # settings that steer no neuron (lape, actprob): never scored, in the notes
+        # an LCB sweep's gate from the model's own answers, and the pick by gated LPR (see SweepConfig.lcb_gate)
+        self.answers_gate = bool(self.lcb) and cfg.lcb_gate == "answers"
+        self.gate: dict = {}
+        if self.answers_gate:
+            self.calibrate()
+
+    def calibrate(self) -> None:
+        """Each language's fluency gate from the unsteered model's answers to its validation requests behind
+        the system prompt (seeds 2001..2010 each): the 5th percentile of their distinct-token ratios, in place
+        of the reference corpus's (whose running text repeats itself far less than a chat answer does)."""
+        seeds = list(LCB_GATE_SEEDS)
+        system = self.lcb["system_val"]
+        got = iter(self.cells.samples_many([Cell(lang, None, seeds, p) for lang in self.langs for p in system[lang]]))
+        for lang in self.langs:
+            rows = [r for _ in system[lang] for r in next(got)]
+            before = self.cells.thresholds[lang]
+            self.cells.thresholds[lang] = answers_threshold([r["tokens"] for r in rows])
+            self.gate[lang] = {"threshold": self.cells.thresholds[lang], "answers": len(rows),
+                               "reference_threshold": before}
 
     def units(self, lang: str, phase: str) -> list[tuple[str | None, list[int] | None, list[int]]]:
         """What a setting towards ``lang`` is scored on in ``phase`` ("val" or "test"): (prompt language,
@@ -367,16 +409,23 @@ class _Search:
         return out
 
     def lcb_scores(self, lang: str, phase: str, rows: list[dict], system: bool = False) -> dict:
-        """LCB's pass rates and the relevance proxy of a test cell's answers (LCB sweeps only)."""
-        if not self.lcb or phase != "test":
-            return {}
-        return lcb_quality(self.model, rows, (self.lcb["system"] if system else self.prompts["test"])[lang], lang,
-                           len(self.seeds_of["test"]))
+        """LCB sweeps only: the gated LPR of a cell's answers (what the pick compares, with the answers gate)
+        and, on the test split, LCB's pass rates and the relevance proxy."""
+        out = gated_lpr(rows, lang, self.cells.thresholds[lang]) if self.answers_gate else {}
+        if self.lcb and phase == "test":
+            out.update(lcb_quality(self.model, rows, (self.lcb["system"] if system else self.prompts["test"])[lang],
+                                   lang, len(self.seeds_of["test"])))
+        return out
 
-    @staticmethod
-    def better(a: dict, b: dict) -> bool:
-        """The pick: the higher gated rate, ties broken by the lower NLL."""
-        return (a["gated_rate"], -(a["nll"] or 99)) > (b["gated_rate"], -(b["nll"] or 99))
+    @property
+    def objective(self) -> str:
+        """What the pick maximises: the gated LPR in an LCB sweep with the answers gate, else the gated rate."""
+        return "lpr_gated" if self.answers_gate else "gated_rate"
+
+    def better(self, a: dict, b: dict) -> bool:
+        """The pick: the higher objective, ties broken by the lower NLL."""
+        o = self.objective
+        return (a[o], -(a["nll"] or 99)) > (b[o], -(b["nll"] or 99))
 
     def search(self, notes: list[str]) -> tuple[dict[str, dict], dict[str, dict | None], list[dict]]:
         """The coordinate search per language on the validation split, each stage running every language and
@@ -400,7 +449,8 @@ class _Search:
 
     def shared(self, cur: dict[str, dict]) -> dict | None:
         """One shared setting for all languages: of the languages' best settings, the one with the highest
-        mean validation gated rate over every language (ties: lower mean NLL); None if none applies to all."""
+        mean validation objective (gated rate; gated LPR on LCB) over every language (ties: lower mean NLL);
+        None if none applies to all."""
         langs = self.langs
         options = list({json.dumps(cur[l], sort_keys=True): cur[l] for l in langs}.values())
         scores = self.evaluate_many([(lang, st) for st in options for lang in langs], "val")
@@ -409,7 +459,7 @@ class _Search:
             rs = [r for r in scores[i * len(langs):(i + 1) * len(langs)] if r is not None]
             if len(rs) < len(langs):
                 continue
-            key = (mean_of(rs, "gated_rate"), -mean_of(rs, "nll"))
+            key = (mean_of(rs, self.objective), -mean_of(rs, "nll"))
             if shared_key is None or key > shared_key:
                 shared, shared_key = {**st, "val_mean_gated_rate": key[0]}, key
         return shared
@@ -460,6 +510,10 @@ class _Search:
                          f"{'; '.join(self.empty)}")
         meta = {**self.cells.meta(), "config": asdict(self.cfg), "languages": self.langs, "notes": notes,
                 "shared": shared}
+        if self.answers_gate:
+            meta["lcb_gate"] = {"from": "the unsteered answers to the validation requests behind the system prompt, "
+                                        f"seeds {LCB_GATE_SEEDS[0]}..{LCB_GATE_SEEDS[-1]}; 5th percentile of the "
+                                        "distinct-token ratio", "pick": "gated LPR (ties: lower NLL)", **self.gate}
         if self.lcb:
             meta["prompts"] = {"lcb": "for-ai/language-confusion test_sets/crosslingual/okapi (tl_langneurons/data/lcb)",
                                "split_seed": SPLIT_SEED, "system_prompt": SYSTEM_PROMPT, **self.lcb}
@@ -546,8 +600,14 @@ def _shared_line(res: SweepResult) -> list[str]:
     label = next((r["label"] for r in res.test if r["setting"].startswith("shared")), None)
     if not sh or label is None:
         return []
-    return [f"One shared setting for all languages (of the per-language best, the highest mean validation gated "
-            f"rate, {sh['val_mean_gated_rate']:.2f}): {label}", ""]
+    what = "gated LPR" if _answers_gate(res.meta["config"]) else "gated rate"
+    return [f"One shared setting for all languages (of the per-language best, the highest mean validation {what}, "
+            f"{sh['val_mean_gated_rate']:.2f}): {label}", ""]
+
+
+def _answers_gate(config: dict) -> bool:
+    """Whether a sweep (as recorded) is an LCB sweep with the gate from the model's answers and the pick by gated LPR."""
+    return bool(config.get("lcb")) and config.get("lcb_gate") == "answers"
 
 
 def _scored_on(config: dict) -> str:
@@ -559,7 +619,8 @@ def sweep_markdown(res: SweepResult) -> str:
     settings = list(dict.fromkeys(r["setting"] for r in res.test))
     langs = list(dict.fromkeys(r["lang"] for r in res.test))
     get = {(r["lang"], r["setting"]): r for r in res.test}
-    best = [[l, b["val"]["label"], f"{b['val']['gated_rate']:.2f}", _f(b["val"]["retention"])]
+    objective = "lpr_gated" if _answers_gate(res.meta["config"]) else "gated_rate"
+    best = [[l, b["val"]["label"], f"{b['val'][objective]:.2f}", _f(b["val"]["retention"])]
             for l, b in res.best.items() if b.get("val")]
     tests = []
     for l in langs + ["mean"]:
@@ -575,7 +636,11 @@ def sweep_markdown(res: SweepResult) -> str:
         protocol = (f"on the Language Confusion Benchmark's cross-lingual okapi requests (asked in English to answer in "
                     f"the language; the model's chat template; {c['max_new_tokens']} tokens at temperature "
                     f"{c.get('temperature', 0.8)}). Picked on {c['val_prompts']} validation prompts per language x "
-                    f"{c['val_samples']} seeds (1001..) by gated rate (ties: lower NLL); then the settings on "
+                    f"{c['val_samples']} seeds (1001..) by "
+                    + ("gated LPR (answers passing LCB's line check and the fluency gate, the gate set from the "
+                       "unsteered answers to the validation requests behind the system prompt)" if _answers_gate(c)
+                       else "gated rate")
+                    + f" (ties: lower NLL); then the settings on "
                     f"{c['test_prompts']} other prompts per language (other requests) x {c['test_samples']} seeds "
                     f"(1..); none: the unsteered answers; system prompt: the same requests behind a system message "
                     f"asking for the language, unsteered")
@@ -589,7 +654,8 @@ def sweep_markdown(res: SweepResult) -> str:
         protocol = (f"from BOS: picked on validation seeds 1001.. by gated rate (ties: lower NLL); then the settings "
                     f"on fresh seeds 1..{c['test_samples']}")
     out = [f"Method {method}, best setting per language {protocol}", "",
-           markdown_table(["lang", "best setting", "val gated", "val retention"], best),
+           markdown_table(["lang", "best setting", "val gated LPR" if objective == "lpr_gated" else "val gated",
+                           "val retention"], best),
            *_shared_line(res),
            "rate: lid.176 > 0.5; lingua: the second identifier; gated: target language and fluent; fluent: share of "
            "samples that pass the degeneracy gate whatever their language; retention: fluent share / the unsteered "
@@ -600,7 +666,8 @@ def sweep_markdown(res: SweepResult) -> str:
     lrows = lcb_rows(res.test)
     if lrows:
         out += ["", "Language confusion (LCB's metric: LPR = share of answers whose every line of 5 tokens or more "
-                "lid.176 labels the language, above 0.3; line acc = mean share of such lines; WPR (ja, zh) = share "
+                "lid.176 labels the language, above 0.3; gated LPR = share of all answers that pass LPR and the "
+                "fluency gate; line acc = mean share of such lines; WPR (ja, zh) = share "
                 "of passing answers without an English word; relevance = NLL of the answer after another request "
                 "minus after its own, nats/token, under the unsteered model; on topic = share with a positive gain):",
                 "", lcb_markdown(lrows).rstrip("\n")]
