@@ -44,7 +44,15 @@ from .evaluate.control import (
     evaluate_control,
     result_settings,
 )
-from .evaluate.sweep import check_prompt_texts, check_sweep, SweepConfig, SweepResult, run_sweep, sweep_folder
+from .evaluate.sweep import (
+    SweepConfig,
+    SweepResult,
+    check_prompt_texts,
+    check_sweep,
+    heldout_genres,
+    run_sweep,
+    sweep_folder,
+)
 from .model.load import DEFAULT_MODEL, DTYPES, ModelConfig, model_dtype, model_name, runtime_info
 from .provenance import peak_rss_gb
 from .results import (
@@ -260,8 +268,11 @@ class Study:
         out = Path(out) if out else self.dir / sweep_folder(cfg.method, cfg.lcb)
         check_target(out, "sweep", result_settings(self.neurons, cfg), overwrite)
         check_sweep(cfg, self.neurons)
-        held = None if cfg.heldout is None else self._heldout(cfg.heldout)  # read before the model loads
-        if held is not None:
+        held = None
+        if cfg.heldout is not None and "+" in cfg.heldout:  # several genres: checked here, loaded by run_sweep
+            check_prompt_texts(cfg, self.neurons, heldout_genres(cfg.heldout, self.neurons)[0])
+        elif cfg.heldout is not None:
+            held = self._heldout(cfg.heldout)  # read before the model loads
             check_prompt_texts(cfg, self.neurons, held)
         refs = self.references(corpus)
         return run_sweep(self.model, self.neurons, refs, cfg, out, progress=self.progress, overwrite=overwrite,

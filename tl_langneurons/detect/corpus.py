@@ -286,6 +286,26 @@ class MultilingualCorpus:
         return c.sample(n_per_language, seed) if n_per_language else c
 
 
+def find_texts(meta: dict, languages: Sequence[str]) -> dict[str, set[str]]:
+    """The texts ``find`` selected neurons on, read again from its recorded corpus spec, sample size and seed
+    (``LanguageNeurons.meta``); empty when no spec is recorded or the corpus is not at hand here."""
+    if not meta.get("corpus_spec"):
+        return {}
+    try:
+        found = MultilingualCorpus.load(meta["corpus_spec"], meta.get("n_per_lang"), meta.get("corpus_seed", 0),
+                                        list(languages)).texts
+    except (LangNeuronsError, OSError):
+        return {}
+    return {l: set(ts) for l, ts in found.items()}
+
+
+def without(corpus: MultilingualCorpus, texts: dict[str, set[str]]) -> tuple[MultilingualCorpus, dict[str, int]]:
+    """``corpus`` without ``texts`` (e.g. those find selected on), and how many each language lost."""
+    kept = {l: [t for t in ts if t not in texts.get(l, ())] for l, ts in corpus.texts.items()}
+    dropped = {l: len(corpus.texts[l]) - len(kept[l]) for l in kept if len(kept[l]) != len(corpus.texts[l])}
+    return (MultilingualCorpus(kept, corpus.name, list(corpus.sources)) if dropped else corpus), dropped
+
+
 def draw(texts: Sequence[str], n: int, seed: int, lang: str) -> list[str]:
     """At most ``n`` of ``texts``, drawn with ``seed`` (the same draw as MultilingualCorpus.sample)."""
     if n < 1:

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ..config import LANGUAGES, Items, check_lists, check_numbers, option
-from ..detect.corpus import MultilingualCorpus
+from ..detect.corpus import MultilingualCorpus, find_texts, without
 from ..distributed import Shard
 from ..distributed import context as dist_context
 from ..detect.neurons import LanguageNeurons
@@ -96,7 +96,9 @@ class SweepConfig:
                                                      "stage)", low=1, empty=True, none="empty"))
     heldout: str | None = option(None, "search on prompts: held-out text (never used for selection; a folder, a "
                                  ".jsonl file or bundled) whose sentences' first 10-16 tokens are continued, steered "
-                                 "towards every other language (none: from BOS)")
+                                 "towards every other language (none: from BOS); A+B+C: several genres, each with "
+                                 "its own prompts (the counts below per genre), picked on all at once and reported "
+                                 "per genre too, the texts find selected on left out")
     lcb: bool = option(False, "search on the Language Confusion Benchmark's cross-lingual prompts instead (okapi: "
                        "asked in English to answer in de, es, fr, ja or zh; through the model's chat template); the "
                        "report adds LCB's line-level pass rate, a system-prompt baseline and answer relevance")
@@ -106,10 +108,10 @@ class SweepConfig:
                                   "(answers passing LCB's line check and the gate); references: the gate of the "
                                   "reference corpus and the pick by gated rate (the first LCB sweeps)",
                                   choices=("answers", "references"), parse=str)
-    val_prompts: int | None = option(None, "with --heldout: validation prompts per prompt language (none: 4); with "
+    val_prompts: int | None = option(None, "with --heldout: validation prompts per prompt language and genre (none: 4); with "
                                      "--lcb: per target language, whole requests of 3 phrasings (none: 6)", parse=int,
                                      at_least=1)
-    test_prompts: int | None = option(None, "with --heldout: fresh prompts per prompt language for the final report "
+    test_prompts: int | None = option(None, "with --heldout: fresh prompts per prompt language and genre for the final report "
                                       "(those of cross-steer --seed 0; none: 20); with --lcb: per target language, "
                                       "whole requests of 3 phrasings (none: 30)", parse=int, at_least=1)
     val_samples: int | None = option(None, "validation samples per setting from BOS (seeds 1001..), or per prompt "
@@ -178,14 +180,16 @@ class SweepResult:
 def run_sweep(model: HookedModel, neurons: LanguageNeurons, references: dict[str, list[str]] | None,
               config: SweepConfig | None = None, out: str | Path | None = None, progress: bool = True,
               overwrite: bool = False, store: str | Path | SampleStore | None = None,
-              distributed: bool | None = None, heldout: MultilingualCorpus | None = None,
+              distributed: bool | None = None, heldout: MultilingualCorpus | Genres | None = None,
               samples: str | Path | None = None) -> SweepResult:
     """Search the settings and report the best on fresh seeds (or fresh prompts); with ``out``, written
     there as a whole (finished cells kept for resume), refusing a folder of other settings unless ``overwrite``.
 
     With ``config.heldout`` the search is on prompts: a setting towards a language is scored on the
     continuations of the other languages' validation prompts, and the report gives the off-diagonal
-    cells of the cross-steering matrix on fresh prompts. ``heldout``: that corpus already loaded.
+    cells of the cross-steering matrix on fresh prompts. ``heldout``: that corpus already loaded, or its genres
+    (``{name: corpus}``, :func:`heldout_genres`) for a spec ``A+B+C``: each genre gives its own prompts, the
+    pick is on all of them, and each test row carries its scores per genre (``row["genres"]``).
 
     ``store``: the sample store shared with the other experiments on these neurons, and ``distributed``, as
     :func:`~tl_langneurons.evaluate.control.evaluate_control`: the batches of every stage spread over the ranks
@@ -194,14 +198,17 @@ def run_sweep(model: HookedModel, neurons: LanguageNeurons, references: dict[str
     check_sweep(cfg, neurons)
     if heldout is not None and cfg.heldout is None:
         raise LangNeuronsError("a held-out corpus for prompts needs config.heldout naming it (what the results record)")
+    dropped: dict = {}
     if heldout is None and cfg.heldout is not None:
-        heldout = MultilingualCorpus.load(cfg.heldout, languages=neurons.languages)
+        heldout, dropped = heldout_genres(cfg.heldout, neurons)
+    if isinstance(heldout, MultilingualCorpus):
+        heldout = {cfg.heldout: heldout}
     if heldout is not None:
         check_prompt_texts(cfg, neurons, heldout)
     shard = dist_context(distributed)
     return run_ranked(shard, out, "sweep", result_settings(neurons, cfg), overwrite,
                       lambda cells: _sweep(model, neurons, references, cfg, cells, progress, store_of(store, samples),
-                                           shard, heldout),
+                                           shard, heldout, dropped),
                       write_sweep)
 
 
@@ -269,42 +276,78 @@ def check_sweep(cfg: SweepConfig, neurons: LanguageNeurons) -> None:
                                f"the residual means were recorded for {n_layers} layers (0-{n_layers - 1})")
 
 
-def check_prompt_texts(cfg: SweepConfig, neurons: LanguageNeurons, heldout: MultilingualCorpus) -> None:
-    """Before the model loads: the held-out text of every prompt language has a text for each test and
-    validation prompt asked for (the prompts are never fewer than the config records)."""
-    for l in neurons.languages:
-        have = len(heldout.texts.get(l, ()))
-        if 0 < have < cfg.test_prompts + cfg.val_prompts:
-            raise LangNeuronsError(f"--test-prompts {cfg.test_prompts} and --val-prompts {cfg.val_prompts} need "
-                                   f"{cfg.test_prompts + cfg.val_prompts} held-out {l} texts, each its own prompt; "
-                                   f"{cfg.heldout or 'the held-out corpus'} has {have}: ask for fewer prompts")
+Genres = dict[str, MultilingualCorpus]
+"""Held-out text by genre (name: corpus), each giving its own prompts."""
 
 
-def sweep_prompts(tokenizer, neurons: LanguageNeurons, heldout: MultilingualCorpus, cfg: SweepConfig
-                  ) -> dict[str, dict[str, list[list[int]]]]:
+def heldout_genres(spec: str, neurons: LanguageNeurons) -> tuple[Genres, dict[str, dict[str, int]]]:
+    """The genres of a held-out spec: one corpus for a single spec; for ``A+B+C`` each part on its own (not
+    mixed), without the texts ``find`` selected these neurons on (e.g. the FLORES sentences of its corpus),
+    and how many texts each genre's languages lost that way."""
+    parts = [p for p in spec.split("+") if p]
+    if len(parts) == 1:
+        return {spec: MultilingualCorpus.load(spec, languages=neurons.languages)}, {}
+    used = find_texts(neurons.meta, neurons.languages)
+    genres, dropped = {}, {}
+    for p in parts:
+        name = Path(p).name or p
+        if name in genres:
+            raise LangNeuronsError(f"--heldout {spec}: two genres are named {name!r}; give each folder once")
+        genres[name], lost = without(MultilingualCorpus.load(p, languages=neurons.languages), used)
+        if lost:
+            dropped[name] = lost
+    return genres, dropped
+
+
+def check_prompt_texts(cfg: SweepConfig, neurons: LanguageNeurons, heldout: Genres | MultilingualCorpus) -> None:
+    """Before the model loads: the held-out text of every prompt language (in each genre) has a text for each
+    test and validation prompt asked for (the prompts are never fewer than the config records)."""
+    genres = heldout if isinstance(heldout, dict) else {cfg.heldout: heldout}
+    for name, corpus in genres.items():
+        for l in neurons.languages:
+            have = len(corpus.texts.get(l, ()))
+            if 0 < have < cfg.test_prompts + cfg.val_prompts:
+                raise LangNeuronsError(f"--test-prompts {cfg.test_prompts} and --val-prompts {cfg.val_prompts} need "
+                                       f"{cfg.test_prompts + cfg.val_prompts} held-out {l} texts, each its own prompt; "
+                                       f"{name or 'the held-out corpus'} has {have}: ask for fewer prompts")
+
+
+def sweep_prompts(tokenizer, neurons: LanguageNeurons, heldout: Genres | MultilingualCorpus, cfg: SweepConfig) -> dict:
     """The prompts of a prompted sweep: ``{"val": {lang: prompts}, "test": {lang: prompts}}`` for every
     language of the neurons that the held-out corpus has, from disjoint texts (test: those of
-    ``cross-steer`` with seed 0)."""
-    srcs = [l for l in neurons.languages if l in heldout.texts]
-    if len(srcs) < 2:
-        raise LangNeuronsError(f"a prompted sweep needs held-out text in at least 2 of the neurons' languages "
-                               f"({', '.join(neurons.languages)}); {cfg.heldout or 'the held-out corpus'} has "
-                               f"{', '.join(srcs) or 'none'}")
-    out: dict[str, dict[str, list[list[int]]]] = {"val": {}, "test": {}}
-    for l in srcs:
-        out["test"][l], out["val"][l] = split_prompts(tokenizer, heldout.texts[l], cfg.test_prompts, cfg.val_prompts, l)
-        got = (len(out["test"][l]), len(out["val"][l]))
-        if got != (cfg.test_prompts, cfg.val_prompts):  # texts too short for a prompt: fewer than the config records
-            raise LangNeuronsError(f"--test-prompts {cfg.test_prompts} and --val-prompts {cfg.val_prompts}: the held-out "
-                                   f"{l} text of {cfg.heldout or 'the held-out corpus'} gives {got[0]} test and "
-                                   f"{got[1]} validation prompts (texts of at least 14 tokens); ask for at most that many")
+    ``cross-steer`` with seed 0). With several genres, each genre's prompts in turn (the counts per genre)
+    and ``"genre": {"val": {lang: [genre of each prompt]}, "test": {...}}``."""
+    genres = heldout if isinstance(heldout, dict) else {cfg.heldout: heldout}
+    out: dict = {"val": {}, "test": {}}
+    if len(genres) > 1:
+        out["genre"] = {"val": {}, "test": {}}
+    for name, corpus in genres.items():
+        srcs = [l for l in neurons.languages if l in corpus.texts]
+        if len(srcs) < 2:
+            raise LangNeuronsError(f"a prompted sweep needs held-out text in at least 2 of the neurons' languages "
+                                   f"({', '.join(neurons.languages)}); {name or 'the held-out corpus'} has "
+                                   f"{', '.join(srcs) or 'none'}")
+        for l in srcs:
+            test, val = split_prompts(tokenizer, corpus.texts[l], cfg.test_prompts, cfg.val_prompts, l)
+            if (len(test), len(val)) != (cfg.test_prompts, cfg.val_prompts):  # texts too short for a prompt
+                raise LangNeuronsError(f"--test-prompts {cfg.test_prompts} and --val-prompts {cfg.val_prompts}: the "
+                                       f"held-out {l} text of {name or 'the held-out corpus'} gives {len(test)} test "
+                                       f"and {len(val)} validation prompts (texts of at least 14 tokens); ask for at "
+                                       "most that many")
+            for phase, ps in (("test", test), ("val", val)):
+                out[phase].setdefault(l, []).extend(ps)
+                if "genre" in out:
+                    out["genre"][phase].setdefault(l, []).extend([name] * len(ps))
     return out
 
 
 def _sweep(model: HookedModel, neurons: LanguageNeurons, references: dict[str, list[str]] | None, cfg: SweepConfig,
            cells_dir: Path | None, progress: bool, store: SampleStore, shard: Shard | None = None,
-           heldout: MultilingualCorpus | None = None) -> SweepResult:
-    return _Search(model, neurons, references, cfg, cells_dir, progress, store, shard, heldout).run()
+           heldout: Genres | None = None, dropped: dict | None = None) -> SweepResult:
+    return _Search(model, neurons, references, cfg, cells_dir, progress, store, shard, heldout, dropped).run()
+
+
+GENRE_MEASURES = ("rate", "gated_rate", "fluent", "retention", "nll")  # a test row's scores per genre
 
 
 class _Search:
@@ -315,8 +358,8 @@ class _Search:
 
     def __init__(self, model: HookedModel, neurons: LanguageNeurons, references: dict[str, list[str]] | None,
                  cfg: SweepConfig, cells_dir: Path | None, progress: bool, store: SampleStore,
-                 shard: Shard | None, heldout: MultilingualCorpus | None):
-        self.model, self.neurons, self.cfg, self.heldout = model, neurons, cfg, heldout
+                 shard: Shard | None, heldout: Genres | None, dropped: dict | None = None):
+        self.model, self.neurons, self.cfg, self.heldout, self.dropped = model, neurons, cfg, heldout, dropped or {}
         self.langs = lcb_languages(cfg.languages, neurons.languages) if cfg.lcb else cfg.languages or neurons.languages
         ecfg = EvaluateConfig(languages=self.langs, samples=cfg.test_samples, max_new_tokens=cfg.max_new_tokens,
                               temperature=cfg.temperature, batch_size=cfg.batch_size, ablation_ks=[])
@@ -358,6 +401,23 @@ class _Search:
             return [("en", p, seeds) for p in self.prompts[phase][lang]]
         return [(src, p, seeds) for src, ps in self.prompts[phase].items() if src != lang for p in ps]
 
+    @property
+    def genres(self) -> list[str]:
+        """The genres of a sweep on several held-out genres (``A+B+C``), in order; empty otherwise."""
+        return list(self.heldout) if self.prompts and "genre" in self.prompts else []
+
+    def unit_genres(self, lang: str, phase: str) -> list[str]:
+        """The genre of each of :meth:`units` (a sweep on several genres)."""
+        g = self.prompts["genre"][phase]
+        return [x for src, gs in g.items() if src != lang for x in gs]
+
+    def by_genre(self, lang: str, phase: str, items: list) -> dict[str, list]:
+        """``items`` (one per unit of ``lang`` in ``phase``, or lists of rows per unit) split by genre."""
+        out: dict[str, list] = {name: [] for name in self.genres}
+        for g, x in zip(self.unit_genres(lang, phase), items):
+            out[g].append(x)
+        return out
+
     def unsteered(self, phase: str) -> dict[str, list[dict]]:
         """Each language's unsteered samples in ``phase``, every (prompt, seeds) cell read or made once."""
         def key(p):
@@ -395,6 +455,8 @@ class _Search:
                    for src, p, s in self.units(lang, phase)]
                   for (lang, st), steer, good in zip(cands, steers, ok) if good]
         measured = iter(self.cells.measure(groups))
+        per_genre = iter(self.genre_scores([c for c, good in zip(cands, ok) if good], groups)
+                         if self.genres and phase == "test" else [])
         out: list[dict | None] = []
         for (lang, st), steer, good, count in zip(cands, steers, ok, counts):
             if not good:
@@ -406,6 +468,17 @@ class _Search:
                 label += f" ({count} neuron{'s' if count != 1 else ''})"
             out.append({"lang": lang, **st, "label": label, "k_fraction": st["k"] / self.n,
                         **m.row(), **self.lcb_scores(lang, phase, m.samples)})
+            if self.genres and phase == "test":
+                out[-1]["genres"] = next(per_genre)
+        return out
+
+    def genre_scores(self, cands: list[tuple[str, dict]], groups: list[list[Cell]]) -> list[dict[str, dict]]:
+        """Each candidate's test cells measured genre by genre (beside their twins of that genre)."""
+        parts = [(i, g, sub) for i, ((lang, _), group) in enumerate(zip(cands, groups))
+                 for g, sub in self.by_genre(lang, "test", group).items() if sub]
+        out: list[dict[str, dict]] = [{} for _ in cands]
+        for (i, g, _), m in zip(parts, self.cells.measure([sub for _, _, sub in parts])):
+            out[i][g] = {k: m.row()[k] for k in GENRE_MEASURES}
         return out
 
     def lcb_scores(self, lang: str, phase: str, rows: list[dict], system: bool = False) -> dict:
@@ -477,6 +550,13 @@ class _Search:
             fluent_test[lang] = sc.fluent
             test.append({"lang": lang, "setting": "none", **sc.steering_row(sc.fluent), "retention": 1.0,
                          **self.lcb_scores(lang, "test", none_test[lang])})
+            if self.genres:  # the unsteered continuations of each genre's prompts
+                per = len(self.seeds_of["test"])
+                units = [none_test[lang][i * per:(i + 1) * per] for i in range(len(none_test[lang]) // per)]
+                test[-1]["genres"] = {
+                    g: {**{k: sc_g.steering_row(sc_g.fluent)[k] for k in GENRE_MEASURES}, "retention": 1.0}
+                    for g, us in self.by_genre(lang, "test", units).items() if us
+                    for sc_g in [cells.score([r for u in us for r in u], lang)]}
         if lcb:  # prompting alone: the same requests behind a system message that asks for the language
             got = iter(cells.samples_many([Cell(lang, None, self.seeds_of["test"], p)
                                            for lang in langs for p in lcb["system"][lang]]))
@@ -518,9 +598,12 @@ class _Search:
             meta["prompts"] = {"lcb": "for-ai/language-confusion test_sets/crosslingual/okapi (tl_langneurons/data/lcb)",
                                "split_seed": SPLIT_SEED, "system_prompt": SYSTEM_PROMPT, **self.lcb}
         elif self.prompts is not None:
+            sha = {g: {l: sha256_texts(c.texts[l]) for l in self.prompts["val"] if l in c.texts}
+                   for g, c in self.heldout.items()}
             meta["prompts"] = {"heldout": self.cfg.heldout,
-                               "texts_sha": {l: sha256_texts(self.heldout.texts[l]) for l in self.prompts["val"]},
-                               **self.prompts}
+                               "texts_sha": sha[self.cfg.heldout] if len(sha) == 1 else sha, **self.prompts}
+            if self.dropped:  # the texts find selected these neurons on, left out of the genres
+                meta["prompts"]["left_out"] = self.dropped
         return SweepResult(best, stages, test, meta)
 
 
@@ -663,6 +746,7 @@ def sweep_markdown(res: SweepResult) -> str:
            markdown_table(["lang", *[f"{s}: rate / lingua / gated / fluent / retention / NLL" for s in settings]],
                           tests).rstrip("\n"),
            "", *res.meta.get("notes", [])]
+    out += _genre_lines(res.test, settings, langs)
     lrows = lcb_rows(res.test)
     if lrows:
         out += ["", "Language confusion (LCB's metric: LPR = share of answers whose every line of 5 tokens or more "
@@ -680,6 +764,26 @@ def sweep_markdown(res: SweepResult) -> str:
             "retention:", "",
             markdown_table(["lang", "stage", "setting", "rate", "lingua", "gated", "fluent", "retention", "NLL"], trade)]
     return "\n".join(out)
+
+
+def _genre_lines(test: list[dict], settings: list[str], langs: list[str]) -> list[str]:
+    """A sweep on several genres: each setting's test scores genre by genre (mean over languages, and the
+    lowest language's retention), so a setting's transfer across genres shows."""
+    genres = list(dict.fromkeys(g for r in test for g in r.get("genres", {})))
+    if not genres:
+        return []
+    get = {(r["lang"], r["setting"]): r for r in test}
+    body = []
+    for s in settings:
+        cells = []
+        for g in genres:
+            gr = [get[(l, s)]["genres"][g] for l in langs if g in get.get((l, s), {}).get("genres", {})]
+            low = min((x["retention"] for x in gr if x["retention"] is not None), default=None)
+            cells.append(" / ".join(_f(mean_of(gr, k)) for k in ("rate", "gated_rate", "retention")) + f" / {_f(low)}")
+        body.append([s, *cells])
+    return ["", "By genre (the same settings on each genre's test prompts; mean over languages): rate / gated / "
+            "retention / lowest language's retention", "",
+            markdown_table(["setting", *genres], body).rstrip("\n")]
 
 
 def write_sweep(res: SweepResult, out: str | Path) -> None:

@@ -1,0 +1,93 @@
+"""A prompted sweep on several held-out genres (``--heldout A+B``): each genre gives its own prompts, the
+pick is on all of them, every test row carries its scores genre by genre, and those equal a sweep on that
+genre alone for the settings both report; the texts find selected on are left out of the genres."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tl_langneurons import MultilingualCorpus
+from tl_langneurons.cli import main
+from tl_langneurons.detect.corpus import find_texts
+from tl_langneurons.detect.neurons import LanguageNeurons
+from tl_langneurons.evaluate.sweep import SweepConfig, heldout_genres, run_sweep
+from tl_langneurons.steer.prompts import split_prompts
+
+LANGS = ("en", "de", "ja")
+
+
+def _write(folder, texts: dict[str, list[str]]):
+    folder.mkdir()
+    for lang, ts in texts.items():
+        (folder / f"{lang}.txt").write_text("\n".join(ts) + "\n", encoding="utf-8")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def setup(tiny_dirs, tmp_path_factory):
+    root = tmp_path_factory.mktemp("genres")
+    assert main(["find", "--model", str(tiny_dirs["llama"]), "--corpus", "bundled", "--n-per-lang", "12", "--k", "20",
+                 "--out", str(root / "n"), "--device", "cpu", "--quiet"]) == 0
+    neurons = LanguageNeurons.load(root / "n")
+    used = find_texts(neurons.meta, neurons.languages)
+    assert all(len(used[l]) == 12 for l in LANGS)
+    bundled = MultilingualCorpus.bundled()
+    rest = {l: [t for t in bundled.texts[l] if t not in used[l]] for l in bundled.languages}
+    a = _write(root / "newsish", {l: ts[:40] for l, ts in rest.items()})
+    b = _write(root / "chatty", {l: ts[40:80] for l, ts in rest.items()})
+    full = _write(root / "everything", bundled.texts)
+    return root, neurons, a, b, full
+
+
+def test_genres_leave_out_the_find_texts(setup):
+    root, neurons, a, _, full = setup
+    genres, dropped = heldout_genres(f"{a}+{full}", neurons)
+    assert list(genres) == ["newsish", "everything"]
+    every = neurons.languages
+    assert dropped == {"everything": {l: 12 for l in every}}  # find's 12 texts per language, found and left out
+    assert all(len(genres["everything"].texts[l]) == len(MultilingualCorpus.bundled().texts[l]) - 12 for l in every)
+    assert heldout_genres(str(a), neurons) == ({str(a): MultilingualCorpus.load(str(a), languages=neurons.languages)}, {})
+
+
+@pytest.mark.slow  # end to end: the full suite and CI run it, -m fast leaves it out
+def test_sweep_on_two_genres_reports_each_as_a_sweep_on_it_alone(setup, tiny_llama):
+    root, neurons, a, b, _ = setup
+    kw = dict(method="add", languages=list(LANGS), k_fractions=("10%",), alphas=(0.5, 2.0), layer_sets=("all",),
+              val_prompts=1, test_prompts=2, val_samples=1, test_samples=2, max_new_tokens=5, batch_size=16)
+    both = run_sweep(tiny_llama, neurons, None, SweepConfig(heldout=f"{a}+{b}", **kw), root / "both", progress=False)
+    prompts = both.meta["prompts"]
+    for lang in LANGS:  # each genre's prompts in turn, as a sweep on that genre alone draws them
+        texts = {g: MultilingualCorpus.load(str(f)).texts[lang] for g, f in (("newsish", a), ("chatty", b))}
+        want = {g: split_prompts(tiny_llama.tokenizer, ts, 2, 1, lang) for g, ts in texts.items()}
+        assert prompts["test"][lang] == want["newsish"][0] + want["chatty"][0]
+        assert prompts["val"][lang] == want["newsish"][1] + want["chatty"][1]
+        assert prompts["genre"]["test"][lang] == ["newsish"] * 2 + ["chatty"] * 2
+    assert all(set(r["genres"]) == {"newsish", "chatty"} for r in both.test)
+    # the settings both sweeps report (unsteered, the paper's clamp) score on a genre as on that genre alone
+    for folder, name in ((a, "newsish"), (b, "chatty")):
+        alone = run_sweep(tiny_llama, neurons, None, SweepConfig(heldout=str(folder), **kw), root / f"alone-{name}",
+                          progress=False)
+        assert all("genres" not in r for r in alone.test)
+        for r in alone.test:
+            if r["setting"] in ("none", "paper clamp k=1000"):
+                got = next(x for x in both.test if (x["lang"], x["setting"]) == (r["lang"], r["setting"]))["genres"][name]
+                for k in ("rate", "gated_rate", "fluent", "retention"):
+                    assert got[k] == r[k], (name, r["lang"], r["setting"], k)
+                assert got["nll"] == pytest.approx(r["nll"], abs=1e-5)
+    md = (root / "both" / "sweep.md").read_text()
+    assert "By genre" in md and "| newsish | chatty |" in md
+
+
+@pytest.mark.slow  # end to end: the full suite and CI run it, -m fast leaves it out
+def test_cli_sweep_on_genres(setup, capsys):
+    root, _, a, b, full = setup
+    args = ["sweep", "--neurons", str(root / "n"), "--method", "add", "--languages", "en,de", "--k-fractions", "10%",
+            "--alphas", "1", "--layer-sets", "all", "--val-prompts", "1", "--test-prompts", "1", "--test-samples", "1",
+            "--max-new-tokens", "4", "--quiet"]
+    assert main([*args, "--heldout", f"{a}+{full}", "--out", str(root / "cli")]) == 0
+    data = json.loads((root / "cli" / "sweep.json").read_text())
+    assert data["meta"]["prompts"]["left_out"] == {"everything": {l: 12 for l in data["meta"]["prompts"]["val"]}}
+    assert main([*args, "--heldout", f"{a}+{a}", "--out", str(root / "bad")]) == 2  # one genre named twice
+    assert "two genres are named 'newsish'" in capsys.readouterr().err
