@@ -150,7 +150,7 @@ def main() -> None:
                f"{fmt(ho['ud-dev-test', 'top'])} / {fmt(ho['ud-dev-test', 'bottom'])}",
                f"{fmt(ho['tatoeba-laser', 'top'])} / {fmt(ho['tatoeba-laser', 'bottom'])}",
                f"{fmt(100 * stab['top'], '.0f')} / {fmt(100 * stab['bottom'], '.0f')}",
-               f"{own:+.3f} / {other:+.3f} / {rand_own:+.3f}"]
+               f"{own:+.3f} / {other:+.3f} / {rand_own:+.3f}" if args.deact_texts > 0 else "- (skipped)"]
         if args.samples > 0:
             from tl_langneurons.evaluate.cells import CellRunner, steered
             from tl_langneurons.evaluate.control import EvaluateConfig
@@ -190,9 +190,10 @@ def main() -> None:
              "over all detection tokens, rounded up to a 1/8-octave bin edge). Both select top sets only (sizes vary "
              "per language, at most k); meandiff: Welch z, top = largest, bottom = most negative. Held-out AP: the "
              f"sets' AP for their language on {args.heldout_per_lang} held-out texts per language (chance 1/{L}). "
-             "Stability: Jaccard of the sets selected on two disjoint halves (mean over languages). Deactivation: "
-             f"top set zeroed, next-token loss change in nats/token on {args.deact_texts} UD texts per language: own "
-             "language / other languages / own language with random neurons of the same per-site counts."
+             "Stability: Jaccard of the sets selected on two disjoint halves (mean over languages). "
+             + (f"Deactivation: top set zeroed, next-token loss change in nats/token on {args.deact_texts} UD texts per "
+                "language: own language / other languages / own language with random neurons of the same per-site "
+                "counts." if args.deact_texts > 0 else "Deactivation skipped (--deact-texts 0).")
              + (f" Steering: top + bottom clamped to the median, {args.samples} samples per language from BOS, "
                 "seeds 1..N, 64 tokens, T = 0.8 (raw lid.176 / gated)." if args.samples > 0 else "")
              + f" Total {time.perf_counter() - t_start:.0f} s, peak RSS {peak_rss_gib():.1f} GiB.")
