@@ -8,10 +8,14 @@ files; a SIGKILL it sends itself (``TL_LANGNEURONS_FAULT``) ends it alone and sh
 as ``subprocess.run`` reports it. The server imports modules only (no model, no torch operation, no
 thread pool), so every child starts from the state a fresh interpreter would reach by importing them;
 it imports the package without the tests' type-checking hook, as ``python -m tl_langneurons.cli`` does.
+Unlike a fresh interpreter, every child shares the server's hash seed and the settings its imports read from
+the environment (the tests' own: HF_HUB_OFFLINE, HF_HOME); the fault tests therefore make their reference
+runs in fresh processes, so a result that depended on the hash seed would differ from the warm reruns.
 """
 
 from __future__ import annotations
 
+import atexit
 import multiprocessing
 import os
 import subprocess
@@ -31,11 +35,10 @@ def _context():
     return _ctx
 
 
-def _child(args: list[str], env: dict[str, str], cwd: str | None, out: str, err: str) -> None:
+def _child(args: list[str], env: dict[str, str], cwd: str, out: str, err: str) -> None:
     os.environ.clear()
     os.environ.update(env)
-    if cwd is not None:
-        os.chdir(cwd)
+    os.chdir(cwd)
     for fd, path in ((1, out), (2, err)):
         f = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         os.dup2(f, fd)
@@ -45,7 +48,11 @@ def _child(args: list[str], env: dict[str, str], cwd: str | None, out: str, err:
     sys.stderr = open(2, "w", buffering=1, encoding="utf-8", closefd=False)
     from tl_langneurons.cli import main
 
-    sys.exit(main(args))
+    try:
+        code = main(args)
+    finally:  # a multiprocessing child leaves by os._exit: run the exit handlers a fresh interpreter would
+        atexit._run_exitfuncs()
+    sys.exit(code)
 
 
 def run_cli(args: list[str], env: dict[str, str] | None = None, cwd: str | Path | None = None,
@@ -55,7 +62,7 @@ def run_cli(args: list[str], env: dict[str, str] | None = None, cwd: str | Path 
     env = dict(os.environ if env is None else env)
     with tempfile.TemporaryDirectory() as tmp:
         out, err = os.path.join(tmp, "out"), os.path.join(tmp, "err")
-        p = _context().Process(target=_child, args=(list(args), env, None if cwd is None else str(cwd), out, err))
+        p = _context().Process(target=_child, args=(list(args), env, str(cwd or os.getcwd()), out, err))
         p.start()
         p.join(timeout)
         if p.is_alive():

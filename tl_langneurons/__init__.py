@@ -31,9 +31,11 @@ __version__ = "0.1.0"
 
 
 def __getattr__(name: str):
-    if name == "SteerConfig":  # deprecated alias (steer.compare warns)
-        from .steer import compare
-        return compare.SteerConfig
+    if name == "SteerConfig":  # the earlier name, easy to confuse with SteeringConfig
+        import warnings
+
+        warnings.warn("SteerConfig is deprecated; use SteerPairsConfig", DeprecationWarning, stacklevel=2)
+        return SteerPairsConfig
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import numbers
 import os
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -199,13 +200,13 @@ def check_number(name: str, value: Any, *, at_least: int | None = None, positive
         tl_langneurons.errors.LangNeuronsError: --samples must be at least 1, got 0
     """
     if at_least is not None:
-        if isinstance(value, bool) or not isinstance(value, int):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):  # numpy integers are whole numbers too
             whole = isinstance(value, float) and value.is_integer()
             raise LangNeuronsError(f"{name} must be a whole number of at least {at_least}, got {value!r}"
                                    + ("" if not whole else f" (write {int(value)})"))
         if value < at_least:
             raise LangNeuronsError(f"{name} must be at least {at_least}, got {value}")
-    if positive and (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+    if positive and (isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value)
                      or value <= 0):
         raise LangNeuronsError(f"{name} must be positive and finite (such as 0.8), got {value}")
 

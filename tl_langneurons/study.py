@@ -33,7 +33,7 @@ from .analyses.cross_steering import (
 from .analyses.deactivation import DeactivationConfig, DeactivationResult, deactivation
 from .analyses.token_view import TokenViewResult, token_view
 from .config import count_or_percent, option
-from .detect.corpus import CorpusConfig, MultilingualCorpus
+from .detect.corpus import CorpusConfig, MultilingualCorpus, find_texts
 from .distributed import context as dist_context
 from .distributed import is_main
 from .detect.neurons import FindConfig, LanguageNeurons, find_neurons
@@ -269,7 +269,7 @@ class Study:
         check_target(out, "sweep", result_settings(self.neurons, cfg), overwrite)
         check_sweep(cfg, self.neurons)
         held = None
-        if cfg.heldout is not None and "+" in cfg.heldout:  # several genres: checked here, loaded by run_sweep
+        if cfg.genres:  # several genres: checked here, loaded (with what was left out) by run_sweep
             check_prompt_texts(cfg, self.neurons, heldout_genres(cfg.heldout, self.neurons)[0])
         elif cfg.heldout is not None:
             held = self._heldout(cfg.heldout)  # read before the model loads
@@ -298,14 +298,10 @@ class Study:
         """A warning line when held-out texts are texts ``find`` selected the neurons on (the same corpus,
         or one that overlaps it): results on them are not held out."""
         meta = self.neurons.meta
-        if not meta.get("corpus_spec"):
+        found = find_texts(meta, self.neurons.languages)
+        if found is None:  # no find corpus recorded, or not at hand here: nothing to compare
             return
-        try:
-            found = MultilingualCorpus.load(meta["corpus_spec"], meta.get("n_per_lang"), meta.get("corpus_seed", 0),
-                                            self.neurons.languages).texts
-        except (LangNeuronsError, OSError):  # the find corpus is not at hand here: nothing to compare
-            return
-        shared = {l: len(set(ts) & set(found.get(l, ()))) for l, ts in held.texts.items()}
+        shared = {l: len(set(ts) & found.get(l, set())) for l, ts in held.texts.items()}
         shared = {l: n for l, n in shared.items() if n}
         if shared:
             n_held = sum(len(held.texts[l]) for l in shared)

@@ -20,12 +20,18 @@ FIND_STAGES = ["collect", "rank", "analysis", "write", "swap"]
 EVALUATE_STAGES = ["batch", "cell", "write", "swap"]
 
 
-def cli(args: list[str], fault: str | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
+def cli(args: list[str], fault: str | None = None, cwd: Path | None = None, fresh: bool = False
+        ) -> subprocess.CompletedProcess:
+    """The command line in a process of its own: forked warm (tests/warm.py), or with ``fresh`` a new
+    interpreter (the reference runs: another hash seed than the warm reruns compared with them)."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     env.pop("TL_LANGNEURONS_FAULT", None)
     if fault:
         env["TL_LANGNEURONS_FAULT"] = fault
-    return run_cli(args, env, cwd, timeout=300)  # a process of its own, forked warm (tests/warm.py)
+    if fresh:
+        return subprocess.run([sys.executable, "-m", "tl_langneurons.cli", *args], env=env, capture_output=True,
+                              text=True, timeout=300, cwd=cwd)
+    return run_cli(args, env, cwd, timeout=300)
 
 
 def files(folder: Path, skip: tuple[str, ...] = ("timings.json",)) -> dict[str, bytes]:
@@ -59,7 +65,7 @@ def find_args(tiny_dirs):
 def reference(find_args, tmp_path_factory):
     root = tmp_path_factory.mktemp("faults")
     ref = root / "ref"
-    r = cli(find_args + ["--out", str(ref)])
+    r = cli(find_args + ["--out", str(ref)], fresh=True)
     assert r.returncode == 0, r.stderr
     return root, ref
 
@@ -102,7 +108,7 @@ def test_evaluate_killed_at_every_stage_resumes_byte_identical(reference, stage)
             "--languages", "en,ja", "--quiet"]
     clean = root / "control-ref"
     if not clean.exists():
-        assert cli(args + ["--out", str(clean)]).returncode == 0
+        assert cli(args + ["--out", str(clean)], fresh=True).returncode == 0
     out = root / f"control-{stage}"
     if stage == "batch":  # the clean run filled the neurons folder's sample cache: start without it
         import shutil

@@ -12,6 +12,7 @@ from tl_langneurons import MultilingualCorpus
 from tl_langneurons.cli import main
 from tl_langneurons.detect.corpus import find_texts
 from tl_langneurons.detect.neurons import LanguageNeurons
+from tl_langneurons.errors import LangNeuronsError
 from tl_langneurons.evaluate.sweep import SweepConfig, heldout_genres, run_sweep
 from tl_langneurons.steer.prompts import split_prompts
 
@@ -43,12 +44,19 @@ def setup(tiny_dirs, tmp_path_factory):
 
 def test_genres_leave_out_the_find_texts(setup):
     root, neurons, a, _, full = setup
-    genres, dropped = heldout_genres(f"{a}+{full}", neurons)
+    genres, dropped = heldout_genres(f"{a}+{full}", neurons, genres=True)
     assert list(genres) == ["newsish", "everything"]
     every = neurons.languages
     assert dropped == {"everything": {l: 12 for l in every}}  # find's 12 texts per language, found and left out
     assert all(len(genres["everything"].texts[l]) == len(MultilingualCorpus.bundled().texts[l]) - 12 for l in every)
     assert heldout_genres(str(a), neurons) == ({str(a): MultilingualCorpus.load(str(a), languages=neurons.languages)}, {})
+    # a genre with nothing left of a language once find's texts are out: one clear line
+    with pytest.raises(LangNeuronsError, match="use held-out text apart from the find corpus"):
+        heldout_genres(f"{a}+bundled", LanguageNeurons(**{**vars(neurons), "meta": {
+            **neurons.meta, "corpus_spec": "bundled", "n_per_lang": None}}), genres=True)
+    # the find corpus not at hand: said, nothing left out
+    moved = LanguageNeurons(**{**vars(neurons), "meta": {**neurons.meta, "corpus_spec": str(root / "gone")}})
+    assert "unchecked" in heldout_genres(f"{a}+{full}", moved, genres=True)[1]
 
 
 @pytest.mark.slow  # end to end: the full suite and CI run it, -m fast leaves it out
@@ -56,7 +64,8 @@ def test_sweep_on_two_genres_reports_each_as_a_sweep_on_it_alone(setup, tiny_lla
     root, neurons, a, b, _ = setup
     kw = dict(method="add", languages=list(LANGS), k_fractions=("10%",), alphas=(0.5, 2.0), layer_sets=("all",),
               val_prompts=1, test_prompts=2, val_samples=1, test_samples=2, max_new_tokens=5, batch_size=16)
-    both = run_sweep(tiny_llama, neurons, None, SweepConfig(heldout=f"{a}+{b}", **kw), root / "both", progress=False)
+    both = run_sweep(tiny_llama, neurons, None, SweepConfig(heldout=f"{a}+{b}", genres=True, **kw), root / "both",
+                     progress=False)
     prompts = both.meta["prompts"]
     for lang in LANGS:  # each genre's prompts in turn, as a sweep on that genre alone draws them
         texts = {g: MultilingualCorpus.load(str(f)).texts[lang] for g, f in (("newsish", a), ("chatty", b))}
@@ -86,8 +95,28 @@ def test_cli_sweep_on_genres(setup, capsys):
     args = ["sweep", "--neurons", str(root / "n"), "--method", "add", "--languages", "en,de", "--k-fractions", "10%",
             "--alphas", "1", "--layer-sets", "all", "--val-prompts", "1", "--test-prompts", "1", "--test-samples", "1",
             "--max-new-tokens", "4", "--quiet"]
-    assert main([*args, "--heldout", f"{a}+{full}", "--out", str(root / "cli")]) == 0
+    assert main([*args, "--heldout", f"{a}+{full}", "--genres", "--out", str(root / "cli")]) == 0
     data = json.loads((root / "cli" / "sweep.json").read_text())
     assert data["meta"]["prompts"]["left_out"] == {"everything": {l: 12 for l in data["meta"]["prompts"]["val"]}}
-    assert main([*args, "--heldout", f"{a}+{a}", "--out", str(root / "bad")]) == 2  # one genre named twice
+    assert main([*args, "--heldout", f"{a}+{a}", "--genres", "--out", str(root / "bad")]) == 2  # named twice
     assert "two genres are named 'newsish'" in capsys.readouterr().err
+    assert main([*args, "--heldout", str(a), "--genres", "--out", str(root / "bad")]) == 2  # one corpus: no genres
+    assert "--genres needs --heldout with several corpora" in capsys.readouterr().err
+    # without --genres, A+B is one corpus mixed in equal shares, as cross-steer reads it: no rows per genre
+    assert main([*args, "--heldout", f"{a}+{b}", "--out", str(root / "mixed")]) == 0
+    data = json.loads((root / "mixed" / "sweep.json").read_text())
+    assert "genre" not in data["meta"]["prompts"] and all("genres" not in r for r in data["test"])
+
+
+def test_fields_added_later_keep_old_folders_resumable(setup):
+    """A config field added after results were written is left out of their settings at the value that
+    reproduces the earlier behaviour, so those folders still resume."""
+    from tl_langneurons.evaluate.control import result_settings
+
+    tiny_neurons = setup[1]
+    plain = result_settings(tiny_neurons, SweepConfig())["config"]
+    assert not {"lcb", "lcb_gate", "genres"} & set(plain)  # a sweep of before: the same settings
+    assert result_settings(tiny_neurons, SweepConfig(heldout="a+b", genres=True))["config"]["genres"] is True
+    kw = dict(lcb=True, languages=["de"], val_prompts=3, test_prompts=3)
+    assert "lcb_gate" not in result_settings(tiny_neurons, SweepConfig(lcb_gate="references", **kw))["config"]
+    assert result_settings(tiny_neurons, SweepConfig(**kw))["config"]["lcb_gate"] == "answers"

@@ -286,16 +286,16 @@ class MultilingualCorpus:
         return c.sample(n_per_language, seed) if n_per_language else c
 
 
-def find_texts(meta: dict, languages: Sequence[str]) -> dict[str, set[str]]:
+def find_texts(meta: dict, languages: Sequence[str]) -> dict[str, set[str]] | None:
     """The texts ``find`` selected neurons on, read again from its recorded corpus spec, sample size and seed
-    (``LanguageNeurons.meta``); empty when no spec is recorded or the corpus is not at hand here."""
+    (``LanguageNeurons.meta``); None when no spec is recorded or the corpus is not at hand here."""
     if not meta.get("corpus_spec"):
-        return {}
+        return None
     try:
         found = MultilingualCorpus.load(meta["corpus_spec"], meta.get("n_per_lang"), meta.get("corpus_seed", 0),
                                         list(languages)).texts
     except (LangNeuronsError, OSError):
-        return {}
+        return None
     return {l: set(ts) for l, ts in found.items()}
 
 
@@ -303,6 +303,11 @@ def without(corpus: MultilingualCorpus, texts: dict[str, set[str]]) -> tuple[Mul
     """``corpus`` without ``texts`` (e.g. those find selected on), and how many each language lost."""
     kept = {l: [t for t in ts if t not in texts.get(l, ())] for l, ts in corpus.texts.items()}
     dropped = {l: len(corpus.texts[l]) - len(kept[l]) for l in kept if len(kept[l]) != len(corpus.texts[l])}
+    short = [l for l in dropped if len(kept[l]) < 2]
+    if short:
+        raise LangNeuronsError(f"corpus {corpus.name!r} keeps {', '.join(f'{len(kept[l])} {l}' for l in short)} "
+                               f"text(s) once the {', '.join(f'{dropped[l]} {l}' for l in short)} left out are gone "
+                               "(texts find selected the neurons on); use held-out text apart from the find corpus")
     return (MultilingualCorpus(kept, corpus.name, list(corpus.sources)) if dropped else corpus), dropped
 
 

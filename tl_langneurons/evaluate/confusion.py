@@ -224,6 +224,7 @@ def lcb_table(directory: str | Path, folders: Sequence[str | Path] | None = None
     seen = None
     for f, data in zip(folders, sweeps):
         these = {k: data["meta"]["config"].get(k) for k in same}
+        these["lcb_gate"] = these["lcb_gate"] or "references"  # sweeps made before the answers gate existed
         if seen is not None and these != seen[1]:
             diff = [k for k in same if these[k] != seen[1][k]]
             raise LangNeuronsError(f"{f} and {seen[0]} were made with different {', '.join(diff)}: their LCB rows "

@@ -87,12 +87,13 @@ class ControlResult:
 
 
 # fields added to a config after results were written: left out at their default, so that those folders still resume
-_LATER_FIELDS = {"lcb": False, "lcb_gate": None}
+# (each field's values that reproduce what was done before it existed)
+_LATER_FIELDS = {"lcb": (False,), "lcb_gate": (None, "references"), "genres": (False,)}
 
 
 def result_settings(neurons: LanguageNeurons, config) -> dict:
     """What a control or sweep folder's results depend on: its config and the neurons' AP."""
-    cfg = {k: v for k, v in asdict(config).items() if k not in _LATER_FIELDS or v != _LATER_FIELDS[k]}
+    cfg = {k: v for k, v in asdict(config).items() if k not in _LATER_FIELDS or v not in _LATER_FIELDS[k]}
     return {"config": cfg, "neurons_ap_sha": hashlib.sha256(neurons.ap.numpy().tobytes()).hexdigest()[:16]}
 
 

@@ -96,9 +96,11 @@ class SweepConfig:
                                                      "stage)", low=1, empty=True, none="empty"))
     heldout: str | None = option(None, "search on prompts: held-out text (never used for selection; a folder, a "
                                  ".jsonl file or bundled) whose sentences' first 10-16 tokens are continued, steered "
-                                 "towards every other language (none: from BOS); A+B+C: several genres, each with "
-                                 "its own prompts (the counts below per genre), picked on all at once and reported "
-                                 "per genre too, the texts find selected on left out")
+                                 "towards every other language (none: from BOS); A+B mixes corpora in equal shares "
+                                 "(see --genres)")
+    genres: bool = option(False, "with --heldout A+B+C: each part is a genre of its own (its own prompts, the counts "
+                          "below per genre; picked on all at once, reported per genre too; the texts find selected "
+                          "on left out) instead of one corpus mixed in equal shares")
     lcb: bool = option(False, "search on the Language Confusion Benchmark's cross-lingual prompts instead (okapi: "
                        "asked in English to answer in de, es, fr, ja or zh; through the model's chat template); the "
                        "report adds LCB's line-level pass rate, a system-prompt baseline and answer relevance")
@@ -134,6 +136,8 @@ class SweepConfig:
             self.val_prompts = 6 if self.lcb else 4
         if self.test_prompts is None:
             self.test_prompts = 30 if self.lcb else 20
+        if self.genres and (self.heldout is None or len([p for p in self.heldout.split("+") if p]) < 2):
+            raise LangNeuronsError("--genres needs --heldout with several corpora joined by + (A+B+C)")
         if self.lcb_gate is not None and not self.lcb:
             raise LangNeuronsError("--lcb-gate is for --lcb sweeps")
         if self.lcb_gate not in (None, "answers", "references"):
@@ -200,7 +204,7 @@ def run_sweep(model: HookedModel, neurons: LanguageNeurons, references: dict[str
         raise LangNeuronsError("a held-out corpus for prompts needs config.heldout naming it (what the results record)")
     dropped: dict = {}
     if heldout is None and cfg.heldout is not None:
-        heldout, dropped = heldout_genres(cfg.heldout, neurons)
+        heldout, dropped = heldout_genres(cfg.heldout, neurons, cfg.genres)
     if isinstance(heldout, MultilingualCorpus):
         heldout = {cfg.heldout: heldout}
     if heldout is not None:
@@ -280,23 +284,27 @@ Genres = dict[str, MultilingualCorpus]
 """Held-out text by genre (name: corpus), each giving its own prompts."""
 
 
-def heldout_genres(spec: str, neurons: LanguageNeurons) -> tuple[Genres, dict[str, dict[str, int]]]:
-    """The genres of a held-out spec: one corpus for a single spec; for ``A+B+C`` each part on its own (not
-    mixed), without the texts ``find`` selected these neurons on (e.g. the FLORES sentences of its corpus),
-    and how many texts each genre's languages lost that way."""
+def heldout_genres(spec: str, neurons: LanguageNeurons, genres: bool = True) -> tuple[Genres, dict]:
+    """The genres of a held-out spec: with ``genres`` and ``A+B+C`` each part on its own (not mixed), without
+    the texts ``find`` selected these neurons on (e.g. the FLORES sentences of its corpus), and what was left
+    out (per genre and language; ``{"unchecked": why}`` when the find corpus is not at hand); otherwise one
+    corpus (``A+B`` mixed in equal shares), as ``cross-steer`` reads it."""
     parts = [p for p in spec.split("+") if p]
-    if len(parts) == 1:
+    if len(parts) == 1 or not genres:
         return {spec: MultilingualCorpus.load(spec, languages=neurons.languages)}, {}
     used = find_texts(neurons.meta, neurons.languages)
-    genres, dropped = {}, {}
+    genres_: Genres = {}
+    dropped: dict = {} if used is not None else {
+        "unchecked": f"the find corpus ({neurons.meta.get('corpus_spec') or 'not recorded'}) is not at hand here: "
+                     "texts it shares with the genres were not left out"}
     for p in parts:
         name = Path(p).name or p
-        if name in genres:
+        if name in genres_:
             raise LangNeuronsError(f"--heldout {spec}: two genres are named {name!r}; give each folder once")
-        genres[name], lost = without(MultilingualCorpus.load(p, languages=neurons.languages), used)
+        genres_[name], lost = without(MultilingualCorpus.load(p, languages=neurons.languages), used or {})
         if lost:
             dropped[name] = lost
-    return genres, dropped
+    return genres_, dropped
 
 
 def check_prompt_texts(cfg: SweepConfig, neurons: LanguageNeurons, heldout: Genres | MultilingualCorpus) -> None:
