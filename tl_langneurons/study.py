@@ -268,15 +268,16 @@ class Study:
         out = Path(out) if out else self.dir / sweep_folder(cfg.method, cfg.lcb)
         check_target(out, "sweep", result_settings(self.neurons, cfg), overwrite)
         check_sweep(cfg, self.neurons)
-        held = None
-        if cfg.genres:  # several genres: checked here, loaded (with what was left out) by run_sweep
-            check_prompt_texts(cfg, self.neurons, heldout_genres(cfg.heldout, self.neurons)[0])
+        held, left_out = None, None
+        if cfg.genres:  # several genres, without the texts find selected on (read before the model loads)
+            held, left_out = heldout_genres(cfg.heldout, self.neurons)
         elif cfg.heldout is not None:
             held = self._heldout(cfg.heldout)  # read before the model loads
+        if held is not None:
             check_prompt_texts(cfg, self.neurons, held)
         refs = self.references(corpus)
         return run_sweep(self.model, self.neurons, refs, cfg, out, progress=self.progress, overwrite=overwrite,
-                         store=self.samples_dir, heldout=held)
+                         store=self.samples_dir, heldout=held, left_out=left_out)
 
     def steer(self, config: SteerPairsConfig) -> list[SteerPair]:
         """The same seeds without and with the clamp."""

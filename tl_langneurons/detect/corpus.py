@@ -265,7 +265,7 @@ class MultilingualCorpus:
              languages: Sequence[str] | None = None) -> "MultilingualCorpus":
         """A corpus from a spec: ``bundled``, a folder, a ``.jsonl`` file, ``hf:flores`` / ``hf:pawsx``,
         or several joined with ``+`` (mixed in equal shares, as the paper mixes PAWS-X and FLORES)."""
-        parts = [p for p in spec.split("+") if p]
+        parts = spec_parts(spec)
         if not parts:
             raise LangNeuronsError("empty corpus spec; use bundled, a folder, a .jsonl file or hf:flores")
         corpora = []
@@ -284,6 +284,11 @@ class MultilingualCorpus:
             return cls.mix(corpora, n, seed)
         c = corpora[0]
         return c.sample(n_per_language, seed) if n_per_language else c
+
+
+def spec_parts(spec: str) -> list[str]:
+    """The corpora a spec joins with ``+`` (``"a+b"`` -> ``["a", "b"]``; empty parts dropped)."""
+    return [p for p in spec.split("+") if p]
 
 
 def find_texts(meta: dict, languages: Sequence[str]) -> dict[str, set[str]] | None:

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ..config import LANGUAGES, Items, check_lists, check_numbers, option
-from ..detect.corpus import MultilingualCorpus, find_texts, without
+from ..detect.corpus import MultilingualCorpus, find_texts, spec_parts, without
 from ..distributed import Shard
 from ..distributed import context as dist_context
 from ..detect.neurons import LanguageNeurons
@@ -136,7 +136,7 @@ class SweepConfig:
             self.val_prompts = 6 if self.lcb else 4
         if self.test_prompts is None:
             self.test_prompts = 30 if self.lcb else 20
-        if self.genres and (self.heldout is None or len([p for p in self.heldout.split("+") if p]) < 2):
+        if self.genres and (self.heldout is None or len(spec_parts(self.heldout)) < 2):
             raise LangNeuronsError("--genres needs --heldout with several corpora joined by + (A+B+C)")
         if self.lcb_gate is not None and not self.lcb:
             raise LangNeuronsError("--lcb-gate is for --lcb sweeps")
@@ -185,7 +185,7 @@ def run_sweep(model: HookedModel, neurons: LanguageNeurons, references: dict[str
               config: SweepConfig | None = None, out: str | Path | None = None, progress: bool = True,
               overwrite: bool = False, store: str | Path | SampleStore | None = None,
               distributed: bool | None = None, heldout: MultilingualCorpus | Genres | None = None,
-              samples: str | Path | None = None) -> SweepResult:
+              samples: str | Path | None = None, left_out: dict | None = None) -> SweepResult:
     """Search the settings and report the best on fresh seeds (or fresh prompts); with ``out``, written
     there as a whole (finished cells kept for resume), refusing a folder of other settings unless ``overwrite``.
 
@@ -193,7 +193,8 @@ def run_sweep(model: HookedModel, neurons: LanguageNeurons, references: dict[str
     continuations of the other languages' validation prompts, and the report gives the off-diagonal
     cells of the cross-steering matrix on fresh prompts. ``heldout``: that corpus already loaded, or its genres
     (``{name: corpus}``, :func:`heldout_genres`) for a spec ``A+B+C``: each genre gives its own prompts, the
-    pick is on all of them, and each test row carries its scores per genre (``row["genres"]``).
+    pick is on all of them, and each test row carries its scores per genre (``row["genres"]``); ``left_out``:
+    what :func:`heldout_genres` left out of those genres (recorded with the prompts).
 
     ``store``: the sample store shared with the other experiments on these neurons, and ``distributed``, as
     :func:`~tl_langneurons.evaluate.control.evaluate_control`: the batches of every stage spread over the ranks
@@ -202,7 +203,7 @@ def run_sweep(model: HookedModel, neurons: LanguageNeurons, references: dict[str
     check_sweep(cfg, neurons)
     if heldout is not None and cfg.heldout is None:
         raise LangNeuronsError("a held-out corpus for prompts needs config.heldout naming it (what the results record)")
-    dropped: dict = {}
+    dropped: dict = dict(left_out or {})
     if heldout is None and cfg.heldout is not None:
         heldout, dropped = heldout_genres(cfg.heldout, neurons, cfg.genres)
     if isinstance(heldout, MultilingualCorpus):
@@ -289,7 +290,7 @@ def heldout_genres(spec: str, neurons: LanguageNeurons, genres: bool = True) -> 
     the texts ``find`` selected these neurons on (e.g. the FLORES sentences of its corpus), and what was left
     out (per genre and language; ``{"unchecked": why}`` when the find corpus is not at hand); otherwise one
     corpus (``A+B`` mixed in equal shares), as ``cross-steer`` reads it."""
-    parts = [p for p in spec.split("+") if p]
+    parts = spec_parts(spec)
     if len(parts) == 1 or not genres:
         return {spec: MultilingualCorpus.load(spec, languages=neurons.languages)}, {}
     used = find_texts(neurons.meta, neurons.languages)
