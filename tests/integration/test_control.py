@@ -380,3 +380,62 @@ def test_setting_means_need_every_language_once():
             {"lang": "de", "label": "b", "rate": 0.2, "retention": 1.0},
             {"lang": "ja", "label": "b", "rate": 0.6, "retention": 0.0}]
     assert setting_means(rows) == [(0.5, pytest.approx(0.4))]
+
+
+def test_sweep_searches_band_strengths_a_diffmean_term_norm_and_two_phases(tiny_llama, tiny_corpus, tmp_path):
+    """The later stages (issue 29's ideas): band strengths, a diffmean term, norm preservation, the first N
+    tokens, then a two-phase strength; each stage's rows are the pick so far with that field set, scored as the
+    same setting measured alone; settings that do not exist (norm without a residual term) are left out."""
+    from tl_langneurons.evaluate.cells import Cell, CellRunner, steered
+    from tl_langneurons.evaluate.control import EvaluateConfig
+    from tl_langneurons.evaluate.sweep import SweepConfig, run_sweep
+    from tl_langneurons.steer.methods import SteeringConfig
+
+    neurons = find_neurons(tiny_llama, tiny_corpus, k=10, progress=False)
+    cfg = SweepConfig(method="add", languages=["ja"], heldout="bundled", k_fractions=["5%"], alphas=[4.0],
+                      layer_sets=["all"], band_alphas=["last:0.5", "first:2+last:0"], resid_alphas=[0.5],
+                      resid_layers=[1], keep_norm_stage=True, steer_tokens=[2], after_scales=[0.5],
+                      val_prompts=2, test_prompts=1, test_samples=1, max_new_tokens=4)
+    res = run_sweep(tiny_llama, neurons, tiny_corpus.texts, cfg, tmp_path, progress=False)
+    stages = [r["stage"] for r in res.stages]
+    assert stages == ["k", "alpha", "layers", "bands", "bands", "diffmean term", "diffmean term", "steer_tokens",
+                      "two-phase"], stages
+    terms = [r for r in res.stages if r["stage"] == "diffmean term"]
+    assert [(r["layer"], r["resid_alpha"], r["keep_norm"]) for r in terms] == [(1, 0.5, False), (1, 0.5, True)]
+    assert terms[0]["label"].endswith("+diffmean L1 a=0.5") and terms[1]["label"].endswith("+diffmean L1 a=0.5 norm")
+    assert terms[0]["rate"] != terms[1]["rate"] or terms[0]["nll"] != terms[1]["nll"]
+    rows = {r["stage"]: r for r in res.stages}
+    assert rows["two-phase"]["label"].endswith("first 2 then x0.5")
+    # the two-phase row scored as that setting measured alone, beside its unsteered twins
+    r = rows["two-phase"]
+    st = SteeringConfig(**{k: r[k] for k in ("method", "alpha", "band_alphas", "resid_alpha", "layer", "keep_norm",
+                                             "steer_tokens", "after_scale", "positions") if k in r})
+    runner = CellRunner(tiny_llama, neurons, EvaluateConfig(languages=["ja"], max_new_tokens=4, ablation_ks=[]),
+                        tiny_corpus.texts, None, False)
+    prompts = res.meta["prompts"]["val"]
+    cells = [steered("ja", st, "both", r["k"], [1001], p) for src, ps in prompts.items() if src != "ja" for p in ps]
+    m = runner.measure([cells])[0]
+    assert r["rate"] == pytest.approx(m.row()["rate"]) and r["nll"] == pytest.approx(m.row()["nll"])
+    assert Cell  # imported for the cells' type
+    # a second run generates nothing new (every stage from the cache)
+    again = run_sweep(tiny_llama, neurons, tiny_corpus.texts, cfg, tmp_path, progress=False)
+    assert again.best == res.best
+    for bad, msg in [(dict(after_scales=[0.5]), "give --steer-tokens"),
+                     (dict(method="clamp", steer_tokens=[2], after_scales=[0.5]), "add, diffmean"),
+                     (dict(method="diffmean", band_alphas=["last:0.5"]), "stages of add"),
+                     (dict(band_alphas=["late:0.5"]), "band-alphas"),
+                     (dict(keep_norm_stage=True), "keep-norm-stage"),
+                     (dict(resid_alphas=[0]), "--resid-alphas")]:
+        with pytest.raises(LangNeuronsError, match=msg):
+            SweepConfig(**{"method": "add", **bad})
+
+
+def test_later_stages_are_checked_against_the_neurons_before_the_model_runs(tiny_llama, tiny_corpus):
+    from tl_langneurons.evaluate.sweep import SweepConfig, check_sweep
+
+    neurons = find_neurons(tiny_llama, tiny_corpus, k=10, progress=False)
+    with pytest.raises(LangNeuronsError, match="layer range '0-7'"):
+        check_sweep(SweepConfig(method="add", band_alphas=["0-7:0.5"]), neurons)
+    with pytest.raises(LangNeuronsError, match="no layer 9"):
+        check_sweep(SweepConfig(method="add", resid_alphas=[0.1], resid_layers=[9]), neurons)
+    check_sweep(SweepConfig(method="add", band_alphas=["0-2:0.5"], resid_alphas=[0.1], resid_layers=[1]), neurons)

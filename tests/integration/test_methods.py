@@ -406,3 +406,103 @@ def test_steer_tokens_steers_the_first_tokens_then_lets_the_model_write(found, t
     # 16.0 is refused too: by the check, or first by the runtime type checker the test suite installs (TypeError)
     with pytest.raises((LangNeuronsError, TypeError), match="steer.tokens"):
         SteeringConfig(steer_tokens=16.0)
+
+
+def test_band_alphas_scale_the_added_difference_by_layer(found):
+    """band_alphas: each neuron's addition times its band's factor (layers not named x1; a later band wins)."""
+    neurons, _, _ = found
+    plain = dict(M.add(neurons, "de", alpha=2.0))
+    banded = dict(M.add(neurons, "de", alpha=2.0, band_alphas="0-1:0.5+1-1:3"))
+    factor = {0: 0.5, 1: 3.0, 2: 1.0}
+    assert set(plain) == set(banded)
+    for name, fn in plain.items():
+        x = torch.randn(1, 4, 48)
+        layer = int(name.split(".")[1])
+        want = x + factor[layer] * (fn(x.clone(), None) - x)
+        assert torch.allclose(banded[name](x.clone(), None), want, atol=1e-6)
+    zero = dict(M.add(neurons, "de", alpha=2.0, band_alphas="0-2:0"))
+    x = torch.randn(1, 4, 48)
+    assert all(torch.equal(fn(x.clone(), None), x) for fn in zero.values())
+    for bad in ("0-1", "late:1", "0-1:x", "0-1:-1", ""):
+        with pytest.raises(LangNeuronsError, match="band-alphas|layer subset"):
+            SteeringConfig(method="add", band_alphas=bad).hooks(neurons, "de")
+    with pytest.raises(LangNeuronsError, match="band-alphas is for add"):
+        SteeringConfig(method="diffmean", band_alphas="0-1:2")
+    assert SteeringConfig(method="add", band_alphas="last:0.5").label() == "add a=1 bands=last:0.5"
+
+
+def test_resid_alpha_adds_the_diffmean_term_and_keep_norm_keeps_each_norm(found, tiny_llama):
+    """add + resid_alpha: the add hooks and diffmean's at the layer, together; keep_norm rescales each position of
+    the residual stream to its norm before the addition (ReCoVeR's norm preservation)."""
+    neurons, _, _ = found
+    both = M.add(neurons, "ja", alpha=1.0, resid_alpha=0.5, layer=1)
+    assert both == both  # plain list
+    names = [n for n, _ in both]
+    assert names[:-1] == [n for n, _ in M.add(neurons, "ja", alpha=1.0)] and names[-1] == "blocks.1.hook_resid_post"
+    before, _ = _resid(tiny_llama, 1, hooks=M.add(neurons, "ja", alpha=1.0))
+    after, _ = _resid(tiny_llama, 1, hooks=both)
+    dm_before, _ = _resid(tiny_llama, 1)
+    dm_after, _ = _resid(tiny_llama, 1, hooks=M.diffmean(neurons, "ja", layer=1, alpha=0.5))
+    assert torch.allclose(after - before, dm_after - dm_before, atol=1e-5)
+    kept, _ = _resid(tiny_llama, 1, hooks=M.diffmean(neurons, "ja", layer=1, alpha=0.5, keep_norm=True))
+    assert torch.allclose(kept.norm(dim=-1), dm_before.norm(dim=-1), rtol=1e-5)
+    assert not torch.allclose(kept, dm_after, atol=1e-3)
+    want = dm_after * (dm_before.norm(dim=-1, keepdim=True) / dm_after.norm(dim=-1, keepdim=True))
+    assert torch.allclose(kept, want, atol=1e-5)
+    cfg = SteeringConfig(method="add", resid_alpha=0.5, keep_norm=True)
+    assert cfg.resolved(neurons).label() == f"add a=1 +diffmean L{M.default_layer(3)} a=0.5 norm"
+    assert cfg.key()["resid_alpha"] == 0.5 and cfg.key()["keep_norm"] is True
+    with pytest.raises(LangNeuronsError, match="keep-norm"):
+        SteeringConfig(method="add", keep_norm=True)
+    with pytest.raises(LangNeuronsError, match="resid-alpha"):
+        SteeringConfig(method="clamp", resid_alpha=0.5)
+    assert "norm" in SteeringConfig(method="diffmean", layer=1, keep_norm=True).label()
+
+
+@pytest.mark.parametrize("method", ["add", "diffmean"])
+def test_after_scale_steers_the_first_tokens_fully_then_at_a_share(found, tiny_llama, method):
+    """Two-phase strength: the first N tokens equal the fully steered samples', the rest the samples of the
+    setting whose later passes steer at after_scale x alpha; after_scale 1 is steering every token, and outside
+    generation only the first phase acts (once)."""
+    from tl_langneurons.steer.generation import generate_many
+
+    neurons, _, _ = found
+    reqs = [(None, s) for s in (1, 2, 3, 4)]
+
+    def run(cfg, n=8):
+        return [s.tokens for s in generate_many(tiny_llama, reqs, max_new_tokens=n, stop_at_eos=False,
+                                                fwd_hooks=cfg.hooks(neurons, "ja"))]
+
+    full = SteeringConfig(method=method, alpha=4.0)
+    two = SteeringConfig(method=method, alpha=4.0, steer_tokens=3, after_scale=0.25)
+    first = SteeringConfig(method=method, alpha=4.0, steer_tokens=3)
+    got = run(two)
+    assert [t[:3] for t in got] == [t[:3] for t in run(full)]
+    assert got != run(first) and got != run(full)
+    assert run(SteeringConfig(method=method, alpha=4.0, steer_tokens=3, after_scale=1.0)) == run(full)
+    # the second phase by hand: step >= 3 at alpha 1
+    weak = SteeringConfig(method=method, alpha=1.0).hooks(neurons, "ja")
+    by_hand = M.only_first_tokens(full.hooks(neurons, "ja"), 3) + M.only_after_tokens(weak, 3)
+    assert got == [s.tokens for s in generate_many(tiny_llama, reqs, max_new_tokens=8, stop_at_eos=False,
+                                                   fwd_hooks=by_hand)]
+    assert torch.equal(tiny_llama.run_with_hooks(IDS, fwd_hooks=two.hooks(neurons, "ja")),
+                       tiny_llama.run_with_hooks(IDS, fwd_hooks=full.hooks(neurons, "ja")))
+    assert two.label().endswith("first 3 then x0.25") and two.key()["after_scale"] == 0.25
+    with pytest.raises(LangNeuronsError, match="steer-tokens"):
+        SteeringConfig(method=method, after_scale=0.5)
+    with pytest.raises(LangNeuronsError, match="after-scale"):
+        SteeringConfig(method=method, steer_tokens=3, after_scale=-1.0)
+    with pytest.raises(LangNeuronsError, match="after-scale"):
+        SteeringConfig(method="clamp", steer_tokens=3, after_scale=0.5)
+
+
+def test_keys_of_settings_made_before_the_later_fields_are_unchanged():
+    """The sample cache is keyed by SteeringConfig.key(): settings without the later fields keep the keys (and
+    so the samples) they had before those fields existed."""
+    assert SteeringConfig(method="add", alpha=1.5, source="de", positions="generated").key() == {
+        "method": "add", "value": "median", "scale": 1.0, "positions": "generated", "layers": None, "alpha": 1.5,
+        "layer": None, "n_dims": None, "coef": 1.0, "restore_norm": True, "source": "de"}
+    assert SteeringConfig(method="diffmean", alpha=0.1, layer=12).key() == {
+        "method": "diffmean", "positions": "all", "alpha": 0.1, "layer": 12, "n_dims": None, "coef": 1.0,
+        "restore_norm": True, "source": None, "outlier_factor": None}
+    assert SteeringConfig().key() == {"value": "median", "scale": 1.0, "positions": "all", "layers": None}

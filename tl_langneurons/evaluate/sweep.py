@@ -33,8 +33,8 @@ from ..model.protocol import HookedModel
 from ..provenance import atomic_write_json, atomic_write_text, sha256_texts
 from ..results import read_json
 from ..tables import dashed as _f, markdown_table
-from ..steer.methods import (METHODS, POSITIONS, SteeringConfig, check_not_empty, full_count, neuron_count,
-                             setting_from_json)
+from ..steer.methods import (METHODS, POSITIONS, SteeringConfig, check_not_empty, default_layer, full_count,
+                             neuron_count, parse_bands, setting_from_json)
 from ..steer.prompts import split_prompts
 from .samples import SampleStore, store_of
 from .confusion import (
@@ -94,6 +94,24 @@ class SweepConfig:
                                          "N searched against steering every token (none: no such stage)",
                                          items=Items("int", "whole numbers of at least 1 such as 8,16 (none: no such "
                                                      "stage)", low=1, empty=True, none="empty"))
+    after_scales: Sequence[float] = option((), "a stage after --steer-tokens (add, diffmean): keep steering after the "
+                                           "first N tokens at these shares of the strength (a two-phase strength), "
+                                           "against the pick (none: no such stage)",
+                                           items=Items("float", "shares of the strength of at least 0 such as "
+                                                       "0.25,0.5 (none: no such stage)", low=0, empty=True,
+                                                       none="empty"))
+    band_alphas: Sequence[str] = option((), "a stage after the positions (add): alpha multiplied per layer band, "
+                                        "each SUBSET:FACTOR joined by + such as last:0.5,0-8:1.5+last:0.5 (none: "
+                                        "no such stage)",
+                                        items=Items("str", "band strengths such as last:0.5,0-8:1.5+last:0.5 (none: "
+                                                    "no such stage)", empty=True, none="empty"))
+    resid_alphas: Sequence[float] = option((), "a stage after the bands (add): also add a diffmean term of these "
+                                           "strengths at each --resid-layers layer (none given: 0.6 x the depth); "
+                                           "none: no such stage",
+                                           items=Items("float", "finite numbers above 0 such as 0.05,0.1 (none: no "
+                                                       "such stage)", low=0, above=True, empty=True, none="empty"))
+    keep_norm_stage: bool = option(False, "diffmean: a stage of the residual addition norm-preserving, as ReCoVeR, "
+                                   "against not; add: the diffmean term of --resid-alphas tried both ways")
     heldout: str | None = option(None, "search on prompts: held-out text (never used for selection; a folder, a "
                                  ".jsonl file or bundled) whose sentences' first 10-16 tokens are continued, steered "
                                  "towards every other language (none: from BOS); A+B mixes corpora in equal shares "
@@ -138,6 +156,17 @@ class SweepConfig:
             self.test_prompts = 30 if self.lcb else 20
         if self.genres and (self.heldout is None or len(spec_parts(self.heldout)) < 2):
             raise LangNeuronsError("--genres needs --heldout with several corpora joined by + (A+B+C)")
+        for b in self.band_alphas:
+            parse_bands(b)
+        if self.after_scales and not self.steer_tokens:
+            raise LangNeuronsError("--after-scales is the strength after the first N tokens; give --steer-tokens too")
+        if self.method not in ("add", "diffmean") and self.after_scales:
+            raise LangNeuronsError(f"--after-scales scales alpha (add, diffmean), not {self.method}")
+        if self.method != "add" and (self.band_alphas or self.resid_alphas):
+            raise LangNeuronsError(f"--band-alphas and --resid-alphas are stages of add, not of {self.method}")
+        if self.keep_norm_stage and not (self.method == "diffmean" or self.resid_alphas):
+            raise LangNeuronsError("--keep-norm-stage is for a residual addition: --method diffmean, or add with "
+                                   "--resid-alphas")
         if self.lcb_gate is not None and not self.lcb:
             raise LangNeuronsError("--lcb-gate is for --lcb sweeps")
         if self.lcb_gate not in (None, "answers", "references"):
@@ -272,8 +301,12 @@ def check_sweep(cfg: SweepConfig, neurons: LanguageNeurons) -> None:
                                    "are empty), so nothing would be steered; search top or both")
         for lang in langs:  # a language without neurons has nothing to search
             check_not_empty(neurons, SteeringConfig(which="top", k=max(ks)), lang)
-        return
-    means, _ = neurons.residual()
+        for spec in cfg.band_alphas:  # the bands' layers exist
+            for subset, _ in parse_bands(spec):
+                neurons.layer_subset(subset)
+        if not cfg.resid_alphas:
+            return
+    means, _ = neurons.residual()  # diffmean, sparse and add's diffmean term: the residual means and layers
     n_layers = means.shape[1]
     bad = [l for l in cfg.resid_layers or () if l >= n_layers]
     if bad:
@@ -514,13 +547,15 @@ class _Search:
         value in one batched call: (each language's best setting, its validation scores, every setting tried)."""
         start, stages_of, more = _search_space(self.cfg, self.neurons, self.n)
         notes += more
-        if self.cfg.steer_tokens:  # last: the best setting, steered only while its first N tokens are written
-            stages_of = [*stages_of, ("steer_tokens", "steer_tokens", list(self.cfg.steer_tokens))]
+        stages_of = [*stages_of, *_later_stages(self.cfg, self.neurons)]
         cur = {lang: dict(start) for lang in self.langs}
         cur_score: dict[str, dict | None] = {lang: None for lang in self.langs}
         tried: dict[str, list[dict]] = {lang: [] for lang in self.langs}
         for stage, key, values in stages_of:
-            cands = [(lang, {**cur[lang], key: v}) for lang in self.langs for v in values]
+            # a key of several fields (e.g. steer_tokens with after_scale) takes a tuple of values
+            cands = [(lang, {**cur[lang], **(dict(zip(key, v)) if isinstance(key, tuple) else {key: v})})
+                     for lang in self.langs for v in values]
+            cands = [(lang, st) for lang, st in cands if self.applies(st)]
             for (lang, st), r in zip(cands, self.evaluate_many(cands, "val")):
                 if r is None:
                     continue
@@ -528,6 +563,15 @@ class _Search:
                 if cur_score[lang] is None or self.better(r, cur_score[lang]):
                     cur[lang], cur_score[lang] = st, r
         return cur, cur_score, [r for lang in self.langs for r in tried[lang]]
+
+    def applies(self, st: dict) -> bool:
+        """Whether a setting of a later stage exists (e.g. norm preservation needs a residual term to keep the
+        norm of): those that do not are left out of the stage rather than scored."""
+        try:
+            self.steering_of(st)
+        except LangNeuronsError:
+            return False
+        return True
 
     def shared(self, cur: dict[str, dict]) -> dict | None:
         """One shared setting for all languages: of the languages' best settings, the one with the highest
@@ -661,6 +705,29 @@ def _search_space(cfg: SweepConfig, neurons: LanguageNeurons, n: int) -> tuple[d
     dims = sorted({max(1, round(f * d)) for f in cfg.dim_fractions})
     return start, [*first, ("layer", "layer", layers), ("n_dims", "n_dims", dims), ("coef", "coef", list(cfg.coefs)),
                    *positions], notes
+
+
+def _later_stages(cfg: SweepConfig, neurons: LanguageNeurons) -> list[tuple[str, str | tuple[str, ...], list]]:
+    """The stages after the method's own (issue 29's ideas, each only where asked for): strength per layer band
+    and a diffmean term (add), norm preservation (diffmean, add's term), the first N tokens only, and a
+    two-phase strength (the first N tokens at full strength, the rest at a share of it)."""
+    stages: list[tuple[str, str | tuple[str, ...], list]] = []
+    if cfg.band_alphas:
+        stages.append(("bands", "band_alphas", list(cfg.band_alphas)))
+    if cfg.resid_alphas:
+        means, _ = neurons.residual()
+        layers = list(cfg.resid_layers) if cfg.resid_layers is not None else [default_layer(means.shape[1])]
+        norms = [False, True] if cfg.keep_norm_stage else [False]  # the term as it is and norm-preserving
+        stages.append(("diffmean term", ("layer", "resid_alpha", "keep_norm"),
+                       [(L, a, kn) for L in layers for a in cfg.resid_alphas for kn in norms]))
+    elif cfg.keep_norm_stage:  # diffmean
+        stages.append(("keep_norm", "keep_norm", [True]))
+    if cfg.steer_tokens:  # the best setting, steered only while its first N tokens are written
+        stages.append(("steer_tokens", "steer_tokens", list(cfg.steer_tokens)))
+    if cfg.after_scales:
+        stages.append(("two-phase", ("steer_tokens", "after_scale"),
+                       [(n, a) for n in cfg.steer_tokens for a in cfg.after_scales]))
+    return stages
 
 
 def _fraction_k(fraction: str, n: int) -> int:

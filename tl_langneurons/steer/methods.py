@@ -90,6 +90,51 @@ def only_first_tokens(hooks: Hooks, n: int) -> Hooks:
     return _inactive_when(hooks, past_n)
 
 
+def only_after_tokens(hooks: Hooks, n: int) -> Hooks:
+    """The same hooks, active only in the generation passes after the first ``n`` tokens (steps n, n+1, ...):
+    the second phase of a two-phase strength; outside generation they act on no pass (the first phase's
+    hooks, :func:`only_first_tokens`, act there)."""
+    def before_n() -> bool:
+        step = GEN_STEP.get()
+        return step is None or step < n
+    return _inactive_when(hooks, before_n)
+
+
+def parse_bands(spec: str) -> list[tuple[str, float]]:
+    """``--band-alphas``: layer subsets and their strength multipliers, ``SUBSET:FACTOR`` joined by ``+``
+    (``0-8:1.5+13-17:0.5``; a subset is a band A-B, first, last or ends, as for ``--layers``); layers not
+    named keep factor 1, and a later band overrides an earlier one where they overlap. One clear line for
+    anything else (the layers themselves are checked against the model when the hooks are built)."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise LangNeuronsError(f"--band-alphas must be SUBSET:FACTOR joined by + such as 0-8:1.5+13-17:0.5, got {spec!r}")
+    out = []
+    for part in spec.split("+"):
+        subset, colon, factor = part.strip().rpartition(":")
+        try:
+            value = float(factor)
+        except ValueError:
+            value = math.nan
+        a, dash, b = subset.strip().partition("-")
+        known = subset.strip() in ("first", "last", "ends") or (dash and a.isdigit() and b.isdigit())
+        if not colon or not known or not math.isfinite(value) or value < 0:
+            raise LangNeuronsError(f"--band-alphas: {part.strip()!r} is not SUBSET:FACTOR with a layer subset (A-B, "
+                                   "first, last, ends) and a factor of at least 0, such as 13-17:0.5")
+        out.append((subset.strip(), value))
+    return out
+
+
+def band_factors(neurons: LanguageNeurons, sel: Tensor, spec: str | None) -> Tensor:
+    """The strength multiplier of each neuron in ``sel`` (global indices) by its layer under ``spec``
+    (:func:`parse_bands`; None: 1 everywhere), float64."""
+    factors = torch.ones(len(sel), dtype=torch.float64)
+    if not spec:
+        return factors
+    layers = torch.from_numpy(neurons.index.layers())[sel]
+    for subset, factor in parse_bands(spec):
+        factors[torch.isin(layers, torch.tensor(neurons.layer_subset(subset)))] = factor
+    return factors
+
+
 def add_hooks(index: NeuronIndex, neurons: torch.Tensor, deltas: torch.Tensor) -> Hooks:
     """Hooks that add ``deltas`` to ``neurons`` (global indices into ``index``) at every position."""
     neurons = torch.as_tensor(neurons, dtype=torch.long)
@@ -110,10 +155,15 @@ def add_hooks(index: NeuronIndex, neurons: torch.Tensor, deltas: torch.Tensor) -
     return hooks
 
 
-def residual_add_hook(layer: int, vector: torch.Tensor) -> Hooks:
-    """``h_L <- h_L + vector`` at every position of ``blocks.L.hook_resid_post``."""
+def residual_add_hook(layer: int, vector: torch.Tensor, keep_norm: bool = False) -> Hooks:
+    """``h_L <- h_L + vector`` at every position of ``blocks.L.hook_resid_post``; with ``keep_norm`` each
+    position is then rescaled to its norm before the addition (norm-preserving, as ReCoVeR's restore_norm:
+    the direction moves, the scale the next block expects does not)."""
     def fn(x, hook):
-        return x + vector.to(device=x.device, dtype=x.dtype)
+        h = x + vector.to(device=x.device, dtype=x.dtype)
+        if keep_norm:
+            h = h * (x.norm(dim=-1, keepdim=True) / h.norm(dim=-1, keepdim=True).clamp_min(1e-8))
+        return h
     return [(f"blocks.{layer}.hook_resid_post", fn)]
 
 
@@ -276,35 +326,45 @@ def clamp(neurons: LanguageNeurons, lang: str, which: str = "both", k: int | Non
 
 
 def add(neurons: LanguageNeurons, lang: str, alpha: float = 1.0, which: str = "both", k: int | None = None,
-        layers: str | Sequence[int] | None = None, source: str | None = None, positions: str = "all") -> Hooks:
+        layers: str | Sequence[int] | None = None, source: str | None = None, positions: str = "all",
+        band_alphas: str | None = None, resid_alpha: float | None = None, layer: int | None = None,
+        keep_norm: bool = False) -> Hooks:
     """Gurgurov et al.: ``a_n <- a_n + alpha * (mu_on(n, t) - mu_off(n, t))`` on the target's ``which``
     neurons (k, layers as for clamp), every other activation intact. With ``source``, the source's top-k
     neurons (same k and layers) are also set to ``mu_off(n, s)`` ("deactivate the source"; applied after
     the addition where the two sets share a neuron). alpha = 1 moves a neuron's mean from the other
-    languages' level to the target's; alpha = 0 is the identity."""
+    languages' level to the target's; alpha = 0 is the identity.
+
+    Beyond the method as published: ``band_alphas`` (:func:`parse_bands`) multiplies alpha by layer band (a
+    strength per band, e.g. weaker in the last layers where steering costs fluency); ``resid_alpha`` adds a
+    :func:`diffmean` term of that strength at ``layer`` (default :func:`default_layer`; towards the target,
+    away from ``source`` where given; norm-preserving with ``keep_norm``)."""
     _finite("--alpha", alpha)
     _positions(positions)
     neurons._check_lang(lang)
     li = neurons.languages.index(lang)
     sel, _ = neurons.selected(lang, which, k, layers)
     delta = float(alpha) * (neurons.means[li].double() - neurons.means_off(lang).double())[sel]
-    hooks = add_hooks(neurons.index, sel, delta.float())
+    hooks = add_hooks(neurons.index, sel, (delta * band_factors(neurons, sel, band_alphas)).float())
     if source is not None:
         _check_source(neurons, lang, source)
         src, _ = neurons.selected(source, "top", k, layers)
         hooks += clamp_hooks(neurons.index, src, neurons.means_off(source)[src])
+    if resid_alpha:
+        hooks += diffmean(neurons, lang, layer, resid_alpha, source, keep_norm=keep_norm)
     return _gate(hooks, positions)
 
 
 def diffmean(neurons: LanguageNeurons, lang: str, layer: int | None = None, alpha: float = 1.0,
              source: str | None = None, positions: str = "all", outlier_factor: float | None = None,
-             exclude_dims: Sequence[int] | None = None) -> Hooks:
+             exclude_dims: Sequence[int] | None = None, keep_norm: bool = False) -> Hooks:
     """CLaS-Bench: at ``blocks.L.hook_resid_post``, ``h <- h + alpha * resid_norms[L] * u`` at every position,
     ``u`` the unit vector of ``mu_L(t) - mean_{l != t} mu_L(l)`` (or ``- mu_L(source)``). alpha is relative
     to the layer's typical residual norm, so one range fits every layer and model; ``layer`` defaults to
     :func:`default_layer`. alpha = 0 is the identity. With ``outlier_factor`` (default None: off, as
     CLaS-Bench) the :func:`outlier_dims` of the layer are zeroed in the difference before it is normalised,
-    so ``u`` is 0 there; ``exclude_dims`` names the dimensions instead of the rule."""
+    so ``u`` is 0 there; ``exclude_dims`` names the dimensions instead of the rule. ``keep_norm`` rescales each
+    position to its norm before the addition (norm-preserving, as ReCoVeR)."""
     _finite("--alpha", alpha)
     _positions(positions)
     means, norms, layer = _layer(neurons, layer)
@@ -314,7 +374,7 @@ def diffmean(neurons: LanguageNeurons, lang: str, layer: int | None = None, alph
         diff = diff.clone()
         diff[out] = 0.0
     u = diff / (diff.norm() + 1e-8)
-    return _gate(residual_add_hook(layer, (float(alpha) * float(norms[layer]) * u).float()), positions)
+    return _gate(residual_add_hook(layer, (float(alpha) * float(norms[layer]) * u).float(), keep_norm), positions)
 
 
 def sparse(neurons: LanguageNeurons, lang: str, layer: int | None = None, n_dims: int | None = None,
@@ -359,7 +419,12 @@ SETTING_FIELDS: dict[str, tuple[str, ...]] = {
     "layers": ("string", "list", "null"), "layers.[]": ("integer",), "alpha": ("number", "absent"),
     "layer": ("integer", "null"), "n_dims": ("integer", "null"), "coef": ("number", "absent"),
     "restore_norm": ("bool", "absent"), "source": ("string", "null"), "outlier_factor": ("number", "null"),
-    "steer_tokens": ("integer", "null")}
+    "steer_tokens": ("integer", "null"), "after_scale": ("number", "null"), "band_alphas": ("string", "null"),
+    "resid_alpha": ("number", "null"), "keep_norm": ("bool", "absent")}
+
+# fields added after samples were first cached: a setting's key holds them only where they are set, so every
+# setting made before them keeps its key (and its samples)
+LATER_FIELDS = ("steer_tokens", "after_scale", "band_alphas", "resid_alpha", "keep_norm")
 
 
 def setting_from_json(data: dict, where: str, field_: str, again: str) -> "SteeringConfig":
@@ -433,6 +498,19 @@ class SteeringConfig:
     steer_tokens: int | None = option(
         None, "steer only while the first N tokens are written, then let the model write on unsteered (with the "
         "KV cache the steered tokens stay in its context); none: every token", parse=int, at_least=1)
+    after_scale: float | None = option(
+        None, "with --steer-tokens N (add, diffmean): after the first N tokens keep steering at this share of the "
+        "strength (a two-phase strength: 0.25 steers at a quarter of alpha from token N on); none: unsteered after N",
+        parse=float)
+    band_alphas: str | None = option(
+        None, "add: alpha multiplied per layer band, SUBSET:FACTOR joined by + such as 0-8:1.5+13-17:0.5 (layers "
+        "not named x1)", parse=str)
+    resid_alpha: float | None = option(
+        None, "add: also add a diffmean term of this strength (times the residual norm) at --layer (add plus "
+        "diffmean)", parse=float)
+    keep_norm: bool = option(
+        False, "diffmean, and add's diffmean term: rescale each position of the residual stream to its norm before "
+        "the addition (norm-preserving, as ReCoVeR)")
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -450,8 +528,35 @@ class SteeringConfig:
         # bound needs the model: checked in resolved())
         check_numbers(self)
         _outlier_factor(self.outlier_factor)
+        self._check_later()
         if self.which not in ("both", "top", "bottom", "middle"):
             raise LangNeuronsError(f"unknown neuron set {self.which!r}; use top, bottom, both or middle")
+
+    def _check_later(self) -> None:
+        """The two-phase strength, the band strengths, the diffmean term and norm preservation: numbers, and
+        the methods they belong to."""
+        if self.after_scale is not None:
+            _finite("--after-scale", self.after_scale)
+            if self.after_scale < 0:
+                raise LangNeuronsError(f"--after-scale must be at least 0 (a share of the strength), got {self.after_scale!r}")
+            if self.steer_tokens is None:
+                raise LangNeuronsError("--after-scale is the strength after the first --steer-tokens N tokens; set "
+                                       "--steer-tokens too")
+            if self.method not in ("add", "diffmean"):
+                raise LangNeuronsError(f"--after-scale scales alpha (add, diffmean), not {self.method}")
+        if self.band_alphas is not None:
+            if self.method != "add":
+                raise LangNeuronsError(f"--band-alphas is for add, not {self.method}")
+            parse_bands(self.band_alphas)
+        if self.resid_alpha is not None:
+            _finite("--resid-alpha", self.resid_alpha)
+            if self.method != "add":
+                raise LangNeuronsError(f"--resid-alpha adds a diffmean term to add, not to {self.method}")
+        if self.keep_norm is not False:
+            if not isinstance(self.keep_norm, bool):
+                raise LangNeuronsError(f"keep_norm must be true or false, got {self.keep_norm!r}")
+            if self.keep_norm and not (self.method == "diffmean" or (self.method == "add" and self.resid_alpha)):
+                raise LangNeuronsError("--keep-norm is for a residual addition: diffmean, or add with --resid-alpha")
 
     @property
     def neuron_level(self) -> bool:
@@ -460,14 +565,15 @@ class SteeringConfig:
     def key(self) -> dict:
         """What the samples depend on (cells are keyed by it). For clamp, the same keys as before
         methods existed, so earlier cells are read back."""
-        # steer_tokens only where set: every setting made before it existed keeps its key (and its samples)
-        first = {} if self.steer_tokens is None else {"steer_tokens": self.steer_tokens}
+        # the later fields only where set: every setting made before they existed keeps its key (and its samples)
+        later = {f: getattr(self, f) for f in LATER_FIELDS if getattr(self, f) is not None and getattr(self, f) is not False}
         if self.method == "clamp":
             return {"value": self.value, "scale": self.scale, "positions": self.positions,
-                    "layers": self.layers if self.layers not in (None, "all") else None, **first}
-        d = {**asdict(self), **first}
-        for f in ("which", "k") + (("steer_tokens",) if self.steer_tokens is None else ()):
+                    "layers": self.layers if self.layers not in (None, "all") else None, **later}
+        d = asdict(self)
+        for f in ("which", "k", *LATER_FIELDS):
             d.pop(f)
+        d.update(later)
         if not self.neuron_level:
             for f in ("value", "scale", "layers"):
                 d.pop(f)
@@ -477,8 +583,9 @@ class SteeringConfig:
 
     def label(self) -> str:
         """A short readable name of the setting."""
+        then = "" if self.after_scale is None else f" then x{self.after_scale:g}"
         return (self._label() + ("" if self.positions == "all" else f" {self.positions} positions")
-                + ("" if self.steer_tokens is None else f" first {self.steer_tokens}"))
+                + ("" if self.steer_tokens is None else f" first {self.steer_tokens}{then}"))
 
     def _label(self) -> str:
         k = "" if self.k is None else f" k={self.k}"
@@ -489,12 +596,15 @@ class SteeringConfig:
         if self.method == "clamp":
             return f"clamp{k} x{self.scale:g}"
         if self.method == "add":
-            return f"add{k} a={self.alpha:g}" + (f" src={self.source}" if self.source else "")
+            bands = f" bands={self.band_alphas}" if self.band_alphas else ""
+            resid = (f" +diffmean L{self.layer} a={self.resid_alpha:g}{' norm' if self.keep_norm else ''}"
+                     if self.resid_alpha else "")
+            return f"add{k} a={self.alpha:g}{bands}{resid}" + (f" src={self.source}" if self.source else "")
         out = "" if self.outlier_factor is None else (" out=off" if not self.outlier_factor
                                                       else f" out>{self.outlier_factor:g}")
         src = f" src={self.source}" if self.source else ""
         if self.method == "diffmean":
-            return f"diffmean L{self.layer} a={self.alpha:g}{out}{src}"
+            return f"diffmean L{self.layer} a={self.alpha:g}{' norm' if self.keep_norm else ''}{out}{src}"
         return f"sparse L{self.layer} K={self.n_dims} c={self.coef:g}" + ("" if self.restore_norm else " raw") + out + src
 
     def for_prompt(self, prompt_lang: str | None, target: str | None = None) -> "SteeringConfig":
@@ -510,6 +620,8 @@ class SteeringConfig:
         """The config with its model-dependent defaults filled in (layer, n_dims) and the layer checked
         against the recorded residual means; clamp and add are returned unchanged."""
         if self.neuron_level:
+            if self.method == "add" and self.resid_alpha:  # the layer of its diffmean term
+                return replace(self, layer=_layer(neurons, self.layer)[2])
             return self
         means, _, layer = _layer(neurons, self.layer)
         n_dims = (default_n_dims(means.shape[2]) if self.n_dims is None else min(self.n_dims, means.shape[2]))
@@ -519,16 +631,26 @@ class SteeringConfig:
         """The fwd_hooks of this intervention towards ``lang`` (the builder of ``method`` with these settings),
         limited to the first ``steer_tokens`` generation passes where that is set."""
         hooks = self._hooks(neurons, lang)
-        return hooks if self.steer_tokens is None else only_first_tokens(hooks, self.steer_tokens)
+        if self.steer_tokens is None:
+            return hooks
+        first = only_first_tokens(hooks, self.steer_tokens)
+        if not self.after_scale:
+            return first
+        s = self.after_scale  # the second phase: the same intervention at this share of its strength
+        later = replace(self, alpha=self.alpha * s, resid_alpha=None if self.resid_alpha is None else self.resid_alpha * s,
+                        steer_tokens=None, after_scale=None)
+        return first + only_after_tokens(later._hooks(neurons, lang), self.steer_tokens)
 
     def _hooks(self, neurons: LanguageNeurons, lang: str) -> Hooks:
         cfg = self.resolved(neurons)
         if cfg.method == "clamp":
             return clamp(neurons, lang, cfg.which, cfg.k, cfg.layers, cfg.value, cfg.scale, cfg.positions)
         if cfg.method == "add":
-            return add(neurons, lang, cfg.alpha, cfg.which, cfg.k, cfg.layers, cfg.source, cfg.positions)
+            return add(neurons, lang, cfg.alpha, cfg.which, cfg.k, cfg.layers, cfg.source, cfg.positions,
+                       cfg.band_alphas, cfg.resid_alpha, cfg.layer, bool(cfg.keep_norm))
         if cfg.method == "diffmean":
-            return diffmean(neurons, lang, cfg.layer, cfg.alpha, cfg.source, cfg.positions, cfg.outlier_factor)
+            return diffmean(neurons, lang, cfg.layer, cfg.alpha, cfg.source, cfg.positions, cfg.outlier_factor,
+                            keep_norm=bool(cfg.keep_norm))
         factor = DEFAULT_OUTLIER_FACTOR if cfg.outlier_factor is None else cfg.outlier_factor
         return sparse(neurons, lang, cfg.layer, cfg.n_dims, cfg.coef, cfg.restore_norm, cfg.source, cfg.positions,
                       factor)
