@@ -87,6 +87,7 @@ def test_sweep_on_two_genres_reports_each_as_a_sweep_on_it_alone(setup, tiny_lla
                 assert got["nll"] == pytest.approx(r["nll"], abs=1e-5)
     md = (root / "both" / "sweep.md").read_text()
     assert "By genre" in md and "| newsish | chatty |" in md
+    assert (root / "both" / "genres.png").stat().st_size > 0 and not (root / "alone-newsish" / "genres.png").exists()
 
 
 @pytest.mark.slow  # end to end: the full suite and CI run it, -m fast leaves it out
@@ -95,8 +96,10 @@ def test_cli_sweep_on_genres(setup, capsys):
     args = ["sweep", "--neurons", str(root / "n"), "--method", "add", "--languages", "en,de", "--k-fractions", "10%",
             "--alphas", "1", "--layer-sets", "all", "--val-prompts", "1", "--test-prompts", "1", "--test-samples", "1",
             "--max-new-tokens", "4", "--quiet"]
-    assert main([*args, "--heldout", f"{a}+{full}", "--genres", "--out", str(root / "cli")]) == 0
-    data = json.loads((root / "cli" / "sweep.json").read_text())
+    assert main([*args, "--heldout", f"{a}+{full}", "--genres", "--out", str(root / "n" / "sweep-genres")]) == 0
+    data = json.loads((root / "n" / "sweep-genres" / "sweep.json").read_text())
+    assert main(["report", str(root / "n")]) == 0  # the report shows the figure by genre
+    assert "![by genre](sweep-genres/genres.png)" in (root / "n" / "report.md").read_text()
     assert data["meta"]["prompts"]["left_out"] == {"everything": {l: 12 for l in data["meta"]["prompts"]["val"]}}
     assert main([*args, "--heldout", f"{a}+{a}", "--genres", "--out", str(root / "bad")]) == 2  # named twice
     assert "two genres are named 'newsish'" in capsys.readouterr().err
@@ -115,7 +118,9 @@ def test_fields_added_later_keep_old_folders_resumable(setup):
 
     tiny_neurons = setup[1]
     plain = result_settings(tiny_neurons, SweepConfig())["config"]
-    assert not {"lcb", "lcb_gate", "genres"} & set(plain)  # a sweep of before: the same settings
+    assert not {"lcb", "lcb_gate", "genres", "after_scales", "band_alphas", "resid_alphas", "keep_norm_stage"} & set(plain)
+    from_cli = SweepConfig(after_scales=[], band_alphas=[], resid_alphas=[])  # as the command line gives them
+    assert result_settings(tiny_neurons, from_cli)["config"] == plain
     assert result_settings(tiny_neurons, SweepConfig(heldout="a+b", genres=True))["config"]["genres"] is True
     kw = dict(lcb=True, languages=["de"], val_prompts=3, test_prompts=3)
     assert "lcb_gate" not in result_settings(tiny_neurons, SweepConfig(lcb_gate="references", **kw))["config"]

@@ -857,8 +857,8 @@ def _genre_lines(test: list[dict], settings: list[str], langs: list[str]) -> lis
             low = min((x["retention"] for x in gr if x["retention"] is not None), default=None)
             cells.append(" / ".join(_f(mean_of(gr, k)) for k in ("rate", "gated_rate", "retention")) + f" / {_f(low)}")
         body.append([s, *cells])
-    return ["", "By genre (the same settings on each genre's test prompts; mean over languages): rate / gated / "
-            "retention / lowest language's retention", "",
+    return ["", "By genre (the same settings on each genre's test prompts; mean over languages; figure genres.png): "
+            "rate / gated / retention / lowest language's retention", "",
             markdown_table(["setting", *genres], body).rstrip("\n")]
 
 
@@ -871,3 +871,6 @@ def write_sweep(res: SweepResult, out: str | Path) -> None:
     atomic_write_json(out / "sweep.json", {"best": res.best, "stages": res.stages, "test": res.test, "meta": res.meta})
     plots.pareto(res.stages, out / "tradeoff.png", title=f"{res.meta['config'].get('method', 'clamp')}: target rate "
                  f"against fluency retention, one point per setting (validation {_scored_on(res.meta['config'])})")
+    if any(r.get("genres") for r in res.test):  # a sweep on several genres: the test settings genre by genre
+        plots.genres(res.test, out / "genres.png", title=f"{res.meta['config'].get('method', 'clamp')}: test prompts by "
+                     "genre, target rate against fluency retention (small: a language; large: the mean)")

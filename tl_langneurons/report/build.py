@@ -123,7 +123,10 @@ def build_report(directory: str | Path) -> Path:
                       f"![sweeps]({figure})", ""]
     for p, method, protocol, _ in sweeps:
         parts += [f"## Fluent steering: {method} settings sweep from {protocol} ({p.name})", "",
-                  f"![trade-off]({p.name}/tradeoff.png)", "", _read(p / "sweep.md"), ""]
+                  f"![trade-off]({p.name}/tradeoff.png)", ""]
+        if (p / "genres.png").exists():  # a sweep on several genres
+            parts += [f"![by genre]({p.name}/genres.png)", ""]
+        parts += [_read(p / "sweep.md"), ""]
     if (d / "lcb" / "lcb.md").exists():  # written by the lcb command from the lcb-METHOD sweeps
         parts += ["## Language confusion (LCB)", "", _read(d / "lcb" / "lcb.md"), ""]
     for p in sorted(d.glob("lcb-*")):

@@ -158,6 +158,32 @@ def pareto(rows: list[dict], path: str | Path, title: str = "Target rate against
     _finish_pareto(fig, ax, title, path)
 
 
+def genres(test: list[dict], path: str | Path,
+           title: str = "Test prompts by genre: target rate against fluency retention") -> None:
+    """A sweep on several genres: one panel per genre, each test setting (none, the paper's clamp, each
+    language's pick, the shared setting) as its languages (small) and their mean (large, labelled)."""
+    names = list(dict.fromkeys(g for r in test for g in r.get("genres", {})))
+    settings = list(dict.fromkeys(r["setting"] for r in test if r.get("genres")))
+    fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 4.2), sharey=True, squeeze=False)
+    for ax, g in zip(axes[0], names):
+        for i, s in enumerate(settings):
+            pts = [(r["genres"][g]["retention"], r["genres"][g]["rate"]) for r in test
+                   if r["setting"] == s and g in r.get("genres", {}) and r["genres"][g].get("retention") is not None]
+            if not pts:
+                continue
+            ax.scatter(*zip(*pts), s=10, alpha=0.4, color=f"C{i}")
+            mx, my = float(np.mean([p[0] for p in pts])), float(np.mean([p[1] for p in pts]))
+            ax.scatter([mx], [my], s=50, color=f"C{i}", edgecolor="black", lw=0.5, label=s)
+        ax.axvline(0.9, color="grey", lw=0.6, ls="--")
+        ax.axhline(0.9, color="grey", lw=0.6, ls="--")
+        ax.set_title(g, fontsize=9)
+        ax.set_xlabel("fluency retention")
+    axes[0][0].set_ylabel("target rate (lid.176 > 0.5)")
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    _save(fig, path)
+
+
 def setting_means(rows: list[dict]) -> list[tuple[float, float]]:
     """(mean retention, mean rate) over the languages of every setting (by label) that was scored on
     every language of ``rows``; a setting a stage scored twice for one language counts it once."""
