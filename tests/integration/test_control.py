@@ -202,7 +202,16 @@ def test_sweep_on_prompts_scores_the_off_diagonal_continuations(tiny_llama, tiny
     none = one_by_one("test", [1, 2])
     assert res.test[0]["setting"] == "none"
     assert res.test[0]["rate"] == pytest.approx(sum(is_language(none, "ja")) / len(none))
+    # the model's own fluency in ja: its unsteered continuations of the ja test prompts, under ja's gate
+    from tl_langneurons.evaluate.metrics import is_degenerate
+
+    own = [generate_many(tiny_llama, [(p, s)], max_new_tokens=4)[0].tokens for p in prompts["test"]["ja"] for s in (1, 2)]
+    want = 1 - sum(is_degenerate(t, res.meta["distinct_thresholds"]["ja"]) for t in own) / len(own)
+    assert res.test[0]["own_fluent"] == pytest.approx(want)
+    for r in res.test[1:]:
+        assert r["own_retention"] == (r["fluent"] / res.test[0]["own_fluent"] if res.test[0]["own_fluent"] else None)
     md = (tmp_path / "sweep.md").read_text()
+    assert "The model's own fluency in each language" in md
     assert "from prompts of bundled" in md and "Every setting tried (validation prompts)" in md
     again = run_sweep(tiny_llama, neurons, tiny_corpus.texts, cfg, tmp_path, progress=False)
     assert again.meta["timings"] == {} and again.test == res.test  # resumed from the cells

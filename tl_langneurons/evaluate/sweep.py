@@ -523,6 +523,25 @@ class _Search:
             out[i][g] = {k: m.row()[k] for k in GENRE_MEASURES}
         return out
 
+    def own_fluent(self) -> dict[str, float]:
+        """On held-out prompts: each language's fluent share (under its own gate) of the unsteered continuations
+        of the test prompts written in it, the model's own text in the language. Retention compares a steered
+        cell with the unsteered continuations of the other languages' prompts (the same prompts); this is the
+        ceiling the model itself sets when writing the language, e.g. Gemma-3-270M's Chinese repeats itself
+        more than real Chinese does. Read from the samples the sweep already has (each language's prompts are
+        the other languages' units); empty from BOS and on LCB."""
+        if self.prompts is None or self.lcb:
+            return {}
+        seeds = self.seeds_of["test"]
+        langs = [lang for lang in self.langs if self.prompts["test"].get(lang)]
+        got = iter(self.cells.samples_many([Cell(None, None, seeds, p) for lang in langs
+                                            for p in self.prompts["test"][lang]]))
+        out = {}
+        for lang in langs:
+            rows = [r for _ in self.prompts["test"][lang] for r in next(got)]
+            out[lang] = self.cells.score(rows, lang).fluent
+        return out
+
     def lcb_scores(self, lang: str, phase: str, rows: list[dict], system: bool = False) -> dict:
         """LCB sweeps only: the gated LPR of a cell's answers (what the pick compares, with the answers gate)
         and, on the test split, LCB's pass rates and the relevance proxy."""
@@ -610,6 +629,10 @@ class _Search:
                     g: {**{k: sc_g.steering_row(sc_g.fluent)[k] for k in GENRE_MEASURES}, "retention": 1.0}
                     for g, us in self.by_genre(lang, "test", units).items() if us
                     for sc_g in [cells.score([r for u in us for r in u], lang)]}
+        own = self.own_fluent()
+        for r in test:
+            if r["lang"] in own:
+                r["own_fluent"] = own[r["lang"]]
         if lcb:  # prompting alone: the same requests behind a system message that asks for the language
             got = iter(cells.samples_many([Cell(lang, None, self.seeds_of["test"], p)
                                            for lang in langs for p in lcb["system"][lang]]))
@@ -628,6 +651,8 @@ class _Search:
             for lang in langs:
                 r = next(scores)
                 if r is not None:
+                    if lang in own:  # fluency against the model's own text in the language
+                        r["own_retention"] = r["fluent"] / own[lang] if own[lang] else None
                     test.append({**r, "setting": name})
         test.sort(key=lambda r: langs.index(r["lang"]))
         return test
@@ -823,6 +848,7 @@ def sweep_markdown(res: SweepResult) -> str:
                           tests).rstrip("\n"),
            "", *res.meta.get("notes", [])]
     out += _genre_lines(res.test, settings, langs)
+    out += _own_lines(res.test, settings, langs)
     lrows = lcb_rows(res.test)
     if lrows:
         out += ["", "Language confusion (LCB's metric: LPR = share of answers whose every line of 5 tokens or more "
@@ -860,6 +886,25 @@ def _genre_lines(test: list[dict], settings: list[str], langs: list[str]) -> lis
     return ["", "By genre (the same settings on each genre's test prompts; mean over languages; figure genres.png): "
             "rate / gated / retention / lowest language's retention", "",
             markdown_table(["setting", *genres], body).rstrip("\n")]
+
+
+def _own_lines(test: list[dict], settings: list[str], langs: list[str]) -> list[str]:
+    """A sweep on held-out prompts: the model's own fluency in each language beside the retention baseline, and
+    each steered setting's fluent share against it (own retention)."""
+    get = {(r["lang"], r["setting"]): r for r in test}
+    none = {l: get[(l, "none")] for l in langs if "own_fluent" in get.get((l, "none"), {})}
+    if not none:
+        return []
+    steered = [s for s in settings if s != "none" and any("own_retention" in get.get((l, s), {}) for l in none)]
+    body = [[l, _f(none[l]["fluent"]), _f(none[l]["own_fluent"]),
+             *[" / ".join(_f(get.get((l, s), {}).get(k)) for k in ("fluent", "retention", "own_retention"))
+               for s in steered]] for l in none]
+    return ["", "The model's own fluency in each language (fluent share of the unsteered continuations of the "
+            "test prompts written in it, under its gate) beside the retention baseline (the unsteered continuations "
+            "of the other languages' prompts); each setting's fluent / retention / own retention (fluent share over "
+            "the model's own):", "",
+            markdown_table(["lang", "unsteered, other prompts", "unsteered, own prompts",
+                            *[f"{s}: fluent / retention / own" for s in steered]], body).rstrip("\n")]
 
 
 def write_sweep(res: SweepResult, out: str | Path) -> None:
