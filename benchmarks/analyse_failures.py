@@ -1,0 +1,119 @@
+"""Why steered text fails the fluency gate, language by language: an analysis of a prompted sweep's test samples.
+
+For each target language it reads (from the neurons folder's sample store; nothing is generated when the sweep
+has run) three groups of 32-token continuations of the sweep's test prompts:
+
+- ``steered``: the sweep's pick (``--pick best`` or ``shared``) towards the language, on the other languages'
+  prompts (the cells the sweep scored);
+- ``unsteered, other prompts``: the same prompts and seeds unsteered (the retention baseline);
+- ``unsteered, own prompts``: the unsteered continuations of the prompts written in the language (the model's own
+  text in it).
+
+and reports, under the language's gate (the distinct-token threshold the sweep used): the share failing it, among
+the failures the share with a loop (one n-gram of up to 8 tokens repeated back to back over 8 tokens or more), the
+share of tokens repeating the token before them (reduplication such as 票票), of tokens already among the previous
+8 (near repetition), and the tokens failing samples repeat most. Issue 29 asks why Chinese loses fluency when
+steered; this puts the steered text beside the model's own Chinese and beside the other languages.
+
+    python benchmarks/analyse_failures.py --neurons runs/gemma --sweep runs/gemma/sweep-add-genres [--pick shared]
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import machine, record, table  # noqa: E402
+
+
+def profile(rows: list[dict], threshold: float, tokenizer) -> dict:
+    """The failure profile of samples (dicts with tokens) under a distinct-token threshold."""
+    from tl_langneurons.evaluate.metrics import is_degenerate, longest_repeat_run
+
+    fail = [r for r in rows if is_degenerate(r["tokens"], threshold)]
+    pairs = near = total = 0
+    for r in rows:
+        t = r["tokens"]
+        total += max(0, len(t) - 1)
+        pairs += sum(a == b for a, b in zip(t, t[1:]))
+        near += sum(t[i] in t[max(0, i - 8):i] for i in range(1, len(t)))
+    counts: collections.Counter = collections.Counter()
+    for r in fail:  # tokens a failing sample writes more than once, counted once per extra use
+        c = collections.Counter(r["tokens"])
+        counts.update({tok: n - 1 for tok, n in c.items() if n > 1})
+    top = ", ".join(f"{tokenizer.decode([t])!r} {n}" for t, n in counts.most_common(6))
+    return {"n": len(rows), "fail": len(fail) / len(rows) if rows else None,
+            "loops": sum(longest_repeat_run(r["tokens"]) >= 8 for r in fail) / len(fail) if fail else None,
+            "adjacent": pairs / total if total else None, "near": near / total if total else None, "top": top}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--neurons", required=True, help="the find folder (its samples/ store)")
+    ap.add_argument("--sweep", required=True, help="a sweep folder on held-out prompts (sweep.json)")
+    ap.add_argument("--pick", default="best", choices=("best", "shared"), help="the sweep's setting to analyse")
+    ap.add_argument("--no-record", action="store_true", help="print only; do not append to RESULTS.md")
+    args = ap.parse_args(argv)
+
+    from tl_langneurons import Study
+    from tl_langneurons.evaluate.cells import Cell, CellRunner, steered
+    from tl_langneurons.evaluate.control import EvaluateConfig
+    from tl_langneurons.evaluate.samples import SampleStore
+    from tl_langneurons.evaluate.sweep import sweep_settings
+
+    from tl_langneurons.errors import LangNeuronsError
+
+    try:
+        study = Study(args.neurons, progress=False)
+        picks = sweep_settings(args.sweep, args.pick, neurons=study.neurons)  # one clear line if not a sweep
+    except LangNeuronsError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    data = json.loads((Path(args.sweep) / "sweep.json").read_text())
+    cfg, prompts = data["meta"]["config"], data["meta"]["prompts"]
+    if not cfg.get("heldout"):
+        print(f"error: {args.sweep} is not a sweep on held-out prompts (--heldout); this reads its test prompts",
+              file=sys.stderr)
+        return 2
+    langs = list(picks)
+    seeds = list(range(1, cfg["test_samples"] + 1))
+    ecfg = EvaluateConfig(languages=langs, samples=len(seeds), max_new_tokens=cfg["max_new_tokens"],
+                          temperature=cfg["temperature"], batch_size=cfg["batch_size"], ablation_ks=[])
+    runner = CellRunner(study.model, study.neurons, ecfg, None, None, False, SampleStore(Path(args.neurons) / "samples"))
+    gates = data["meta"]["distinct_thresholds"]
+    tok = study.model.tokenizer
+    test = {l: [tuple(p) for p in ps] for l, ps in prompts["test"].items()}
+    body = []
+    for lang in langs:
+        st = picks[lang]
+        units = [(src, p) for src, ps in test.items() if src != lang for p in ps]
+        k = st.k if st.k is not None else study.neurons.k
+        groups = {"steered": [steered(lang, st.for_prompt(src), st.which, k, seeds, p) for src, p in units],
+                  "unsteered, other prompts": [Cell(None, None, tuple(seeds), p) for _, p in units],
+                  "unsteered, own prompts": [Cell(None, None, tuple(seeds), p) for p in test.get(lang, [])]}
+        for name, cells in groups.items():
+            rows = [r for got in runner.samples_many(cells) for r in got]
+            pr = profile(rows, gates[lang], tok)
+            body.append([lang, name if name != "steered" else f"steered ({st.label()})", pr["n"], f"{pr['fail']:.2f}",
+                         "-" if pr["loops"] is None else f"{pr['loops']:.2f}", f"{pr['adjacent']:.3f}",
+                         f"{pr['near']:.3f}", pr["top"]])
+    header = ["target", "samples", "n", "failing the gate", "of those: loops", "token = previous", "token in previous 8",
+              "most repeated tokens in failing samples (extra uses)"]
+    text = (f"Sweep {args.sweep} (pick: {args.pick}), test prompts of {cfg['heldout']}, {cfg['max_new_tokens']} tokens "
+            f"at T = {cfg['temperature']}, seeds {seeds[0]}..{seeds[-1]}; gates (distinct-token thresholds) "
+            + ", ".join(f"{l} {gates[l]:.3f}" for l in langs) + f". Machine: {machine()}.\n\n" + table(header, body))
+    command = "python benchmarks/analyse_failures.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    if args.no_record:
+        print(text)
+    else:
+        record("Why steered text fails the fluency gate, by language", text, f"Command: `{command}`")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

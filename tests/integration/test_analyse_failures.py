@@ -1,0 +1,43 @@
+"""benchmarks/analyse_failures.py on a tiny prompted sweep: its groups are the sweep's own cells (nothing is
+generated again), so the unsteered share failing the gate is one minus the sweep's unsteered fluent share, the
+steered one is one minus the pick's fluent share, and the own-prompt group is the sweep's own fluency."""
+
+import importlib.util
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from tl_langneurons.cli import main
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "analyse_failures.py"
+
+
+@pytest.mark.slow  # end to end: the full suite and CI run it, -m fast leaves it out
+def test_failure_profile_matches_the_sweep(tiny_dirs, tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("analyse_failures", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    n = tmp_path / "n"
+    assert main(["find", "--model", str(tiny_dirs["llama"]), "--n-per-lang", "8", "--k", "5", "--out", str(n),
+                 "--quiet"]) == 0
+    assert main(["sweep", "--neurons", str(n), "--method", "add", "--languages", "de,ja", "--heldout", "bundled",
+                 "--k-fractions", "5%", "--alphas", "2", "--layer-sets", "all", "--val-prompts", "1",
+                 "--test-prompts", "2", "--test-samples", "2", "--max-new-tokens", "6", "--quiet",
+                 "--out", str(n / "sweep-add")]) == 0
+    before = len(list((n / "samples").glob("*.json")))
+    capsys.readouterr()
+    assert mod.main(["--neurons", str(n), "--sweep", str(n / "sweep-add"), "--no-record"]) == 0
+    out = capsys.readouterr().out
+    assert len(list((n / "samples").glob("*.json"))) == before  # read from the store, nothing generated
+    test = json.loads((n / "sweep-add" / "sweep.json").read_text())["test"]
+    get = {(r["lang"], r["setting"]): r for r in test}
+    for lang in ("de", "ja"):
+        rows = {m.group(1): float(m.group(2)) for m in re.finditer(
+            rf"^\| {lang} \| ([^|]+?)(?: \([^|]*\))? \| \d+ \| ([0-9.]+) \|", out, re.M)}
+        assert rows["unsteered, other prompts"] == pytest.approx(1 - get[(lang, "none")]["fluent"], abs=0.005)
+        assert rows["steered"] == pytest.approx(1 - get[(lang, "best add")]["fluent"], abs=0.005)
+        assert rows["unsteered, own prompts"] == pytest.approx(1 - get[(lang, "none")]["own_fluent"], abs=0.005)
+    assert mod.main(["--neurons", str(n), "--sweep", str(n), "--no-record"]) == 2  # no sweep there: one line
+    assert "is not a finished sweep's result" in capsys.readouterr().err
