@@ -402,13 +402,14 @@ def test_sweep_searches_band_strengths_a_diffmean_term_norm_and_two_phases(tiny_
 
     neurons = find_neurons(tiny_llama, tiny_corpus, k=10, progress=False)
     cfg = SweepConfig(method="add", languages=["ja"], heldout="bundled", k_fractions=["5%"], alphas=[4.0],
-                      layer_sets=["all"], band_alphas=["last:0.5", "first:2+last:0"], resid_alphas=[0.5],
+                      layer_sets=["all"], spreads=["even"], band_alphas=["last:0.5", "first:2+last:0"], resid_alphas=[0.5],
                       resid_layers=[1], keep_norm_stage=True, steer_tokens=[2], after_scales=[0.5],
                       val_prompts=2, test_prompts=1, test_samples=1, max_new_tokens=4)
     res = run_sweep(tiny_llama, neurons, tiny_corpus.texts, cfg, tmp_path, progress=False)
     stages = [r["stage"] for r in res.stages]
-    assert stages == ["k", "alpha", "layers", "bands", "bands", "diffmean term", "diffmean term", "steer_tokens",
-                      "two-phase"], stages
+    assert stages == ["k", "alpha", "layers", "spread", "bands", "bands", "diffmean term", "diffmean term",
+                      "steer_tokens", "two-phase"], stages
+    assert "spread=even" in res.stages[3]["label"]
     terms = [r for r in res.stages if r["stage"] == "diffmean term"]
     assert [(r["layer"], r["resid_alpha"], r["keep_norm"]) for r in terms] == [(1, 0.5, False), (1, 0.5, True)]
     assert terms[0]["label"].endswith("+diffmean L1 a=0.5") and terms[1]["label"].endswith("+diffmean L1 a=0.5 norm")
@@ -418,7 +419,7 @@ def test_sweep_searches_band_strengths_a_diffmean_term_norm_and_two_phases(tiny_
     # the two-phase row scored as that setting measured alone, beside its unsteered twins
     r = rows["two-phase"]
     st = SteeringConfig(**{k: r[k] for k in ("method", "alpha", "band_alphas", "resid_alpha", "layer", "keep_norm",
-                                             "steer_tokens", "after_scale", "positions") if k in r})
+                                             "steer_tokens", "after_scale", "positions", "spread") if k in r})
     runner = CellRunner(tiny_llama, neurons, EvaluateConfig(languages=["ja"], max_new_tokens=4, ablation_ks=[]),
                         tiny_corpus.texts, None, False)
     prompts = res.meta["prompts"]["val"]
@@ -434,7 +435,8 @@ def test_sweep_searches_band_strengths_a_diffmean_term_norm_and_two_phases(tiny_
                      (dict(method="diffmean", band_alphas=["last:0.5"]), "stages of add"),
                      (dict(band_alphas=["late:0.5"]), "band-alphas"),
                      (dict(keep_norm_stage=True), "keep-norm-stage"),
-                     (dict(resid_alphas=[0]), "--resid-alphas")]:
+                     (dict(resid_alphas=[0]), "--resid-alphas"),
+                     (dict(method="diffmean", spreads=["even"]), "--spreads chooses neurons")]:
         with pytest.raises(LangNeuronsError, match=msg):
             SweepConfig(**{"method": "add", **bad})
 

@@ -506,3 +506,36 @@ def test_keys_of_settings_made_before_the_later_fields_are_unchanged():
         "method": "diffmean", "positions": "all", "alpha": 0.1, "layer": 12, "n_dims": None, "coef": 1.0,
         "restore_norm": True, "source": None, "outlier_factor": None}
     assert SteeringConfig().key() == {"value": "median", "scale": 1.0, "positions": "all", "layers": None}
+
+
+@pytest.mark.parametrize("which", ["top", "bottom", "both"])
+def test_spread_even_takes_the_best_with_at_most_ceil_k_over_layers_per_layer(found, which):
+    """spread="even": a slow loop over the ranking (best first), taking a neuron while its layer holds fewer than
+    ceil(k / L), stopping at k; within a layer subset, L is the subset's layers."""
+    neurons, _, _ = found
+    layer_of = neurons.index.layers()
+    for k, layers in ((7, None), (4, "0-1"), (1, None)):
+        got, med = neurons.selected("de", which, k, layers, spread="even")
+        subset = neurons.layer_subset(layers) or list(range(neurons.index.n_layers))
+        cap = -(-k // len(subset))
+        want = []
+        for w in ("top", "bottom") if which == "both" else (which,):
+            order = neurons.selected("de", w, neurons.index.n_neurons)[0].tolist()  # the whole ranking
+            taken, per = [], {}
+            for n in order:
+                if layer_of[n] in subset and per.get(layer_of[n], 0) < cap and len(taken) < k:
+                    taken.append(n)
+                    per[layer_of[n]] = per.get(layer_of[n], 0) + 1
+            want += taken
+        assert got.tolist() == want, (k, layers)
+        assert torch.equal(med, neurons.medians[neurons.languages.index("de")][got])
+    cfg = SteeringConfig(method="add", k=6, spread="even")
+    assert cfg.label() == "add k=6 spread=even a=1" and cfg.key()["spread"] == "even"
+    hooks = dict(cfg.hooks(neurons, "de"))
+    sel = neurons.selected("de", "both", 6, spread="even")[0]
+    assert sum((fn(torch.zeros(1, 1, 48), None) != 0).sum().item() for fn in hooks.values()) == len(sel)
+    for bad, msg in ((dict(spread="wide"), "--spread must be even"), (dict(method="diffmean", spread="even"), "clamp, add")):
+        with pytest.raises(LangNeuronsError, match=msg):
+            SteeringConfig(**bad)
+    with pytest.raises(LangNeuronsError, match="cannot be spread"):
+        neurons.selected("de", "middle", 4, spread="even")

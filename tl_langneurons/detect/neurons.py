@@ -268,7 +268,7 @@ class LanguageNeurons:
         return out
 
     def selected(self, lang: str, which: str = "both", k: int | None = None,
-                 layers: str | Sequence[int] | None = None) -> tuple[Tensor, Tensor]:
+                 layers: str | Sequence[int] | None = None, spread: str | None = None) -> tuple[Tensor, Tensor]:
         """(neurons, median clamp values) of ``which`` (top, bottom, both = top + bottom, middle).
 
         ``k`` defaults to the k of the result; any k up to the neuron count works, since the AP (or
@@ -277,6 +277,8 @@ class LanguageNeurons:
         actprob, top holds at most the neurons the method selects (often fewer than k) and bottom is
         empty, so both = top.
         """
+        if spread is not None:
+            return self._spread(lang, which, k, layers, spread)
         subset = self.layer_subset(layers)
         if subset is not None:
             self._check_lang(lang)
@@ -302,6 +304,37 @@ class LanguageNeurons:
             check_k(k, self.index.n_neurons)
             idx = [self._pick(li, w, k) for w in kinds[which]]
         neurons = torch.cat(idx)
+        return neurons, self.medians[li][neurons]
+
+    def _spread(self, lang: str, which: str, k: int | None, layers: str | Sequence[int] | None,
+                spread: str) -> tuple[Tensor, Tensor]:
+        """``selected`` with the k neurons of each set spread over the layers (``spread="even"``): the best of
+        the ranking, taking at most ceil(k / L) from any one of the L layers (of ``layers``), so a language
+        whose best neurons crowd into a few layers is steered across the depth."""
+        if spread != "even":
+            raise LangNeuronsError(f"unknown spread {spread!r}; use even (or none: the k best overall)")
+        kinds = {"both": ("top", "bottom"), "top": ("top",), "bottom": ("bottom",)}
+        if which not in kinds:
+            raise LangNeuronsError(f"neuron set {which!r} cannot be spread over the layers; use top, bottom or both")
+        self._check_lang(lang)
+        li = self.languages.index(lang)
+        subset = self.layer_subset(layers)
+        layer_of = torch.from_numpy(self.index.layers())
+        keep = None if subset is None else torch.from_numpy(np.isin(self.index.layers(), subset))
+        n_allowed = self.index.n_neurons if keep is None else int(keep.sum())
+        k = self.k if k is None else k
+        check_k(k, n_allowed)
+        cap = -(-k // (self.index.n_layers if subset is None else len(subset)))
+        out = []
+        for w in kinds[which]:
+            order = self._pick(li, w, n_allowed, keep)  # every allowed neuron, best first
+            lay = layer_of[order]
+            rank = torch.empty_like(order)  # each neuron's place within its layer in that order
+            for layer in torch.unique(lay):
+                at = torch.nonzero(lay == layer).flatten()
+                rank[at] = torch.arange(len(at))
+            out.append(order[rank < cap][:k])
+        neurons = torch.cat(out)
         return neurons, self.medians[li][neurons]
 
     def hooks(self, lang: str, which: str = "both", value: str | float = "median", scale: float = 1.0,

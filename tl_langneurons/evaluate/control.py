@@ -89,7 +89,7 @@ class ControlResult:
 # fields added to a config after results were written: left out at their default, so that those folders still resume
 # (each field's values that reproduce what was done before it existed)
 _LATER_FIELDS = {"lcb": (False,), "lcb_gate": (None, "references"), "genres": (False,), "after_scales": ((), []),
-                 "band_alphas": ((), []), "resid_alphas": ((), []), "keep_norm_stage": (False,)}
+                 "band_alphas": ((), []), "resid_alphas": ((), []), "keep_norm_stage": (False,), "spreads": ((), [])}
 
 
 def result_settings(neurons: LanguageNeurons, config) -> dict:

@@ -110,6 +110,11 @@ class SweepConfig:
                                            "none: no such stage",
                                            items=Items("float", "finite numbers above 0 such as 0.05,0.1 (none: no "
                                                        "such stage)", low=0, above=True, empty=True, none="empty"))
+    spreads: Sequence[str] = option((), "a stage after the positions (clamp, add): the k neurons spread over the "
+                                    "layers (even: at most ceil(k / layers) from any one), against the k best overall "
+                                    "(none: no such stage)",
+                                    items=Items("str", "even (none: no such stage)", choices=("even",), empty=True,
+                                                none="empty"))
     keep_norm_stage: bool = option(False, "diffmean: a stage of the residual addition norm-preserving, as ReCoVeR, "
                                    "against not; add: the diffmean term of --resid-alphas tried both ways")
     heldout: str | None = option(None, "search on prompts: held-out text (never used for selection; a folder, a "
@@ -162,6 +167,8 @@ class SweepConfig:
             raise LangNeuronsError("--after-scales is the strength after the first N tokens; give --steer-tokens too")
         if self.method not in ("add", "diffmean") and self.after_scales:
             raise LangNeuronsError(f"--after-scales scales alpha (add, diffmean), not {self.method}")
+        if self.spreads and self.method not in ("clamp", "add"):
+            raise LangNeuronsError(f"--spreads chooses neurons (clamp, add), not for {self.method}")
         if self.method != "add" and (self.band_alphas or self.resid_alphas):
             raise LangNeuronsError(f"--band-alphas and --resid-alphas are stages of add, not of {self.method}")
         if self.keep_norm_stage and not (self.method == "diffmean" or self.resid_alphas):
@@ -737,6 +744,8 @@ def _later_stages(cfg: SweepConfig, neurons: LanguageNeurons) -> list[tuple[str,
     and a diffmean term (add), norm preservation (diffmean, add's term), the first N tokens only, and a
     two-phase strength (the first N tokens at full strength, the rest at a share of it)."""
     stages: list[tuple[str, str | tuple[str, ...], list]] = []
+    if cfg.spreads:
+        stages.append(("spread", "spread", list(cfg.spreads)))
     if cfg.band_alphas:
         stages.append(("bands", "band_alphas", list(cfg.band_alphas)))
     if cfg.resid_alphas:

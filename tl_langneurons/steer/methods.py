@@ -302,17 +302,18 @@ def _check_source(neurons: LanguageNeurons, lang: str, source: str) -> None:
 
 def clamp(neurons: LanguageNeurons, lang: str, which: str = "both", k: int | None = None,
           layers: str | Sequence[int] | None = None, value: str | float = "median", scale: float = 1.0,
-          positions: str = "all") -> Hooks:
+          positions: str = "all", spread: str | None = None) -> Hooks:
     """Kojima et al.: ``a_n <- scale * value`` on ``lang``'s ``which`` neurons (value: the median on the
     language, "zero", or a number). ``positions``: all (the paper), last (the newest position) or generated
-    (every position outside the prompt pass: the hooks of ``all``, inactive while the prompt runs)."""
+    (every position outside the prompt pass: the hooks of ``all``, inactive while the prompt runs). ``spread``
+    "even" spreads the k neurons over the layers (``LanguageNeurons.selected``)."""
     if positions not in POSITIONS:
         raise LangNeuronsError(f"unknown clamp positions {positions!r}; use {', '.join(POSITIONS)}")
     if isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isfinite(value):
         raise LangNeuronsError(f"clamp value must be a finite number, median or zero, got {value}")
     if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
         raise LangNeuronsError(f"clamp scale must be a finite number, got {scale!r}")
-    sel, medians = neurons.selected(lang, which, k, layers)
+    sel, medians = neurons.selected(lang, which, k, layers, spread)
     if value == "median":
         vals = medians
     elif value == "zero":
@@ -328,7 +329,7 @@ def clamp(neurons: LanguageNeurons, lang: str, which: str = "both", k: int | Non
 def add(neurons: LanguageNeurons, lang: str, alpha: float = 1.0, which: str = "both", k: int | None = None,
         layers: str | Sequence[int] | None = None, source: str | None = None, positions: str = "all",
         band_alphas: str | None = None, resid_alpha: float | None = None, layer: int | None = None,
-        keep_norm: bool = False) -> Hooks:
+        keep_norm: bool = False, spread: str | None = None) -> Hooks:
     """Gurgurov et al.: ``a_n <- a_n + alpha * (mu_on(n, t) - mu_off(n, t))`` on the target's ``which``
     neurons (k, layers as for clamp), every other activation intact. With ``source``, the source's top-k
     neurons (same k and layers) are also set to ``mu_off(n, s)`` ("deactivate the source"; applied after
@@ -338,17 +339,18 @@ def add(neurons: LanguageNeurons, lang: str, alpha: float = 1.0, which: str = "b
     Beyond the method as published: ``band_alphas`` (:func:`parse_bands`) multiplies alpha by layer band (a
     strength per band, e.g. weaker in the last layers where steering costs fluency); ``resid_alpha`` adds a
     :func:`diffmean` term of that strength at ``layer`` (default :func:`default_layer`; towards the target,
-    away from ``source`` where given; norm-preserving with ``keep_norm``)."""
+    away from ``source`` where given; norm-preserving with ``keep_norm``); ``spread`` "even" spreads the k
+    neurons over the layers (``LanguageNeurons.selected``; the source's too)."""
     _finite("--alpha", alpha)
     _positions(positions)
     neurons._check_lang(lang)
     li = neurons.languages.index(lang)
-    sel, _ = neurons.selected(lang, which, k, layers)
+    sel, _ = neurons.selected(lang, which, k, layers, spread)
     delta = float(alpha) * (neurons.means[li].double() - neurons.means_off(lang).double())[sel]
     hooks = add_hooks(neurons.index, sel, (delta * band_factors(neurons, sel, band_alphas)).float())
     if source is not None:
         _check_source(neurons, lang, source)
-        src, _ = neurons.selected(source, "top", k, layers)
+        src, _ = neurons.selected(source, "top", k, layers, spread)
         hooks += clamp_hooks(neurons.index, src, neurons.means_off(source)[src])
     if resid_alpha:
         hooks += diffmean(neurons, lang, layer, resid_alpha, source, keep_norm=keep_norm)
@@ -420,11 +422,11 @@ SETTING_FIELDS: dict[str, tuple[str, ...]] = {
     "layer": ("integer", "null"), "n_dims": ("integer", "null"), "coef": ("number", "absent"),
     "restore_norm": ("bool", "absent"), "source": ("string", "null"), "outlier_factor": ("number", "null"),
     "steer_tokens": ("integer", "null"), "after_scale": ("number", "null"), "band_alphas": ("string", "null"),
-    "resid_alpha": ("number", "null"), "keep_norm": ("bool", "absent")}
+    "resid_alpha": ("number", "null"), "keep_norm": ("bool", "absent"), "spread": ("string", "null")}
 
 # fields added after samples were first cached: a setting's key holds them only where they are set, so every
 # setting made before them keeps its key (and its samples)
-LATER_FIELDS = ("steer_tokens", "after_scale", "band_alphas", "resid_alpha", "keep_norm")
+LATER_FIELDS = ("steer_tokens", "after_scale", "band_alphas", "resid_alpha", "keep_norm", "spread")
 
 
 def setting_from_json(data: dict, where: str, field_: str, again: str) -> "SteeringConfig":
@@ -446,7 +448,7 @@ def neuron_count(neurons: LanguageNeurons, steering: "SteeringConfig", lang: str
     None for diffmean and sparse, which steer the residual stream."""
     if not steering.neuron_level:
         return None
-    return len(neurons.selected(lang, steering.which, steering.k, steering.layers)[0])
+    return len(neurons.selected(lang, steering.which, steering.k, steering.layers, steering.spread)[0])
 
 
 def full_count(neurons: LanguageNeurons, steering: "SteeringConfig") -> int:
@@ -508,6 +510,9 @@ class SteeringConfig:
     resid_alpha: float | None = option(
         None, "add: also add a diffmean term of this strength (times the residual norm) at --layer (add plus "
         "diffmean)", parse=float)
+    spread: str | None = option(
+        None, "clamp, add: even spreads the k neurons over the layers (the best of the ranking, at most ceil(k / "
+        "layers) from any one layer); none: the k best overall", parse=str)
     keep_norm: bool = option(
         False, "diffmean, and add's diffmean term: rescale each position of the residual stream to its norm before "
         "the addition (norm-preserving, as ReCoVeR)")
@@ -548,6 +553,11 @@ class SteeringConfig:
             if self.method != "add":
                 raise LangNeuronsError(f"--band-alphas is for add, not {self.method}")
             parse_bands(self.band_alphas)
+        if self.spread is not None:
+            if self.spread != "even":
+                raise LangNeuronsError(f"--spread must be even (or none), got {self.spread!r}")
+            if not self.neuron_level:
+                raise LangNeuronsError(f"--spread chooses neurons (clamp, add), not for {self.method}")
         if self.resid_alpha is not None:
             _finite("--resid-alpha", self.resid_alpha)
             if self.method != "add":
@@ -593,6 +603,8 @@ class SteeringConfig:
             k = f" {self.which}{k}"
         if self.layers not in (None, "all"):  # the layer subset the k neurons are chosen in
             k += f" layers={self.layers if isinstance(self.layers, str) else ','.join(map(str, self.layers))}"
+        if self.spread is not None:
+            k += f" spread={self.spread}"
         if self.method == "clamp":
             return f"clamp{k} x{self.scale:g}"
         if self.method == "add":
@@ -644,10 +656,10 @@ class SteeringConfig:
     def _hooks(self, neurons: LanguageNeurons, lang: str) -> Hooks:
         cfg = self.resolved(neurons)
         if cfg.method == "clamp":
-            return clamp(neurons, lang, cfg.which, cfg.k, cfg.layers, cfg.value, cfg.scale, cfg.positions)
+            return clamp(neurons, lang, cfg.which, cfg.k, cfg.layers, cfg.value, cfg.scale, cfg.positions, cfg.spread)
         if cfg.method == "add":
             return add(neurons, lang, cfg.alpha, cfg.which, cfg.k, cfg.layers, cfg.source, cfg.positions,
-                       cfg.band_alphas, cfg.resid_alpha, cfg.layer, bool(cfg.keep_norm))
+                       cfg.band_alphas, cfg.resid_alpha, cfg.layer, bool(cfg.keep_norm), cfg.spread)
         if cfg.method == "diffmean":
             return diffmean(neurons, lang, cfg.layer, cfg.alpha, cfg.source, cfg.positions, cfg.outlier_factor,
                             keep_norm=bool(cfg.keep_norm))
