@@ -1,7 +1,7 @@
 """Why steered text fails the fluency gate, language by language: an analysis of a prompted sweep's test samples.
 
 For each target language it reads (from the neurons folder's sample store; nothing is generated when the sweep
-has run) three groups of 32-token continuations of the sweep's test prompts:
+has run) three groups of continuations of the sweep's test prompts (its --max-new-tokens):
 
 - ``steered``: the sweep's pick (``--pick best`` or ``shared``) towards the language, on the other languages'
   prompts (the cells the sweep scored);
@@ -99,9 +99,12 @@ def main(argv: list[str] | None = None) -> int:
         for name, cells in groups.items():
             rows = [r for got in runner.samples_many(cells) for r in got]
             pr = profile(rows, gates[lang], tok)
-            body.append([lang, name if name != "steered" else f"steered ({st.label()})", pr["n"], f"{pr['fail']:.2f}",
-                         "-" if pr["loops"] is None else f"{pr['loops']:.2f}", f"{pr['adjacent']:.3f}",
-                         f"{pr['near']:.3f}", pr["top"]])
+
+            def show(x, digits):
+                return "-" if x is None else f"{x:.{digits}f}"
+            label = st.resolved(study.neurons).label()
+            body.append([lang, name if name != "steered" else f"steered ({label})", pr["n"], show(pr["fail"], 2),
+                         show(pr["loops"], 2), show(pr["adjacent"], 3), show(pr["near"], 3), pr["top"]])
     header = ["target", "samples", "n", "failing the gate", "of those: loops", "token = previous", "token in previous 8",
               "most repeated tokens in failing samples (extra uses)"]
     text = (f"Sweep {args.sweep} (pick: {args.pick}), test prompts of {cfg['heldout']}, {cfg['max_new_tokens']} tokens "

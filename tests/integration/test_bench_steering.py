@@ -101,3 +101,12 @@ def test_bench_steering_bad_setting(bench, capsys, tmp_path):
         assert len(err) == 1 and "--setting" in err[0]
     # whole-number options are ints, so a setting keys its samples as the sweep's does (16, not 16.0)
     assert bench.parse_setting("x=add:steer_tokens=16.0,k=5")[1].key()["steer_tokens"] == 16
+
+
+def test_setting_takes_the_later_fields(bench):
+    """--setting parses the fields added for issue 29 into what SteeringConfig wants (words, bools, numbers)."""
+    name, st = bench.parse_setting("banded=add:k=9,band_alphas=last:0.5+0-1:2,spread=even,resid_alpha=0.05,"
+                                   "layer=1,keep_norm=true,steer_tokens=16,after_scale=0.25")
+    assert name == "banded" and (st.band_alphas, st.spread, st.keep_norm, st.resid_alpha) == (
+        "last:0.5+0-1:2", "even", True, 0.05)
+    assert (st.steer_tokens, st.after_scale, st.layer, st.k) == (16, 0.25, 1, 9)

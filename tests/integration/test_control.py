@@ -426,7 +426,7 @@ def test_sweep_searches_band_strengths_a_diffmean_term_norm_and_two_phases(tiny_
     cells = [steered("ja", st, "both", r["k"], [1001], p) for src, ps in prompts.items() if src != "ja" for p in ps]
     m = runner.measure([cells])[0]
     assert r["rate"] == pytest.approx(m.row()["rate"]) and r["nll"] == pytest.approx(m.row()["nll"])
-    assert Cell  # imported for the cells' type
+    assert all(isinstance(c, Cell) for c in cells)
     # a second run generates nothing new (every stage from the cache)
     again = run_sweep(tiny_llama, neurons, tiny_corpus.texts, cfg, tmp_path, progress=False)
     assert again.best == res.best

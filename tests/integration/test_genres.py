@@ -118,10 +118,25 @@ def test_fields_added_later_keep_old_folders_resumable(setup):
 
     tiny_neurons = setup[1]
     plain = result_settings(tiny_neurons, SweepConfig())["config"]
-    assert not {"lcb", "lcb_gate", "genres", "after_scales", "band_alphas", "resid_alphas", "keep_norm_stage"} & set(plain)
-    from_cli = SweepConfig(after_scales=[], band_alphas=[], resid_alphas=[])  # as the command line gives them
+    assert not {"lcb", "lcb_gate", "genres", "after_scales", "band_alphas", "resid_alphas", "keep_norm_stage",
+                "spreads"} & set(plain)
+    from_cli = SweepConfig(after_scales=[], band_alphas=[], resid_alphas=[], spreads=[])  # as the command line gives
     assert result_settings(tiny_neurons, from_cli)["config"] == plain
     assert result_settings(tiny_neurons, SweepConfig(heldout="a+b", genres=True))["config"]["genres"] is True
     kw = dict(lcb=True, languages=["de"], val_prompts=3, test_prompts=3)
     assert "lcb_gate" not in result_settings(tiny_neurons, SweepConfig(lcb_gate="references", **kw))["config"]
     assert result_settings(tiny_neurons, SweepConfig(**kw))["config"]["lcb_gate"] == "answers"
+
+
+def test_settings_of_control_folders_made_before_the_later_steering_fields_are_unchanged(setup):
+    """An evaluate (or cross-steer) config holds a SteeringConfig: its fields added later are left out at their
+    defaults, so a control folder written before them still resumes; set, they count."""
+    from tl_langneurons.evaluate.control import EvaluateConfig, result_settings
+    from tl_langneurons.steer.methods import SteeringConfig
+
+    neurons = setup[1]
+    steering = result_settings(neurons, EvaluateConfig())["config"]["steering"]
+    assert set(steering) == {"method", "which", "k", "value", "scale", "positions", "layers", "alpha", "layer",
+                             "n_dims", "coef", "restore_norm", "source", "outlier_factor", "steer_tokens"}
+    spread = result_settings(neurons, EvaluateConfig(steering=SteeringConfig(spread="even")))["config"]["steering"]
+    assert spread["spread"] == "even"

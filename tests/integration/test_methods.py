@@ -436,7 +436,6 @@ def test_resid_alpha_adds_the_diffmean_term_and_keep_norm_keeps_each_norm(found,
     the residual stream to its norm before the addition (ReCoVeR's norm preservation)."""
     neurons, _, _ = found
     both = M.add(neurons, "ja", alpha=1.0, resid_alpha=0.5, layer=1)
-    assert both == both  # plain list
     names = [n for n, _ in both]
     assert names[:-1] == [n for n, _ in M.add(neurons, "ja", alpha=1.0)] and names[-1] == "blocks.1.hook_resid_post"
     before, _ = _resid(tiny_llama, 1, hooks=M.add(neurons, "ja", alpha=1.0))
@@ -451,6 +450,10 @@ def test_resid_alpha_adds_the_diffmean_term_and_keep_norm_keeps_each_norm(found,
     assert torch.allclose(kept, want, atol=1e-5)
     cfg = SteeringConfig(method="add", resid_alpha=0.5, keep_norm=True)
     assert cfg.resolved(neurons).label() == f"add a=1 +diffmean L{M.default_layer(3)} a=0.5 norm"
+    assert cfg.label() == "add a=1 +diffmean a=0.5 norm"  # unresolved: the default layer, unnamed
+    # through LanguageNeurons.hooks too
+    via = neurons.hooks("ja", method="add", resid_alpha=0.5, layer=1)
+    assert [n for n, _ in via] == names
     assert cfg.key()["resid_alpha"] == 0.5 and cfg.key()["keep_norm"] is True
     with pytest.raises(LangNeuronsError, match="keep-norm"):
         SteeringConfig(method="add", keep_norm=True)
@@ -490,8 +493,9 @@ def test_after_scale_steers_the_first_tokens_fully_then_at_a_share(found, tiny_l
     assert two.label().endswith("first 3 then x0.25") and two.key()["after_scale"] == 0.25
     with pytest.raises(LangNeuronsError, match="steer-tokens"):
         SteeringConfig(method=method, after_scale=0.5)
-    with pytest.raises(LangNeuronsError, match="after-scale"):
-        SteeringConfig(method=method, steer_tokens=3, after_scale=-1.0)
+    for bad in (-1.0, 0.0):  # 0 would be steer_tokens alone under another key
+        with pytest.raises(LangNeuronsError, match="after-scale must be above 0"):
+            SteeringConfig(method=method, steer_tokens=3, after_scale=bad)
     with pytest.raises(LangNeuronsError, match="after-scale"):
         SteeringConfig(method="clamp", steer_tokens=3, after_scale=0.5)
 
@@ -534,8 +538,30 @@ def test_spread_even_takes_the_best_with_at_most_ceil_k_over_layers_per_layer(fo
     hooks = dict(cfg.hooks(neurons, "de"))
     sel = neurons.selected("de", "both", 6, spread="even")[0]
     assert sum((fn(torch.zeros(1, 1, 48), None) != 0).sum().item() for fn in hooks.values()) == len(sel)
-    for bad, msg in ((dict(spread="wide"), "--spread must be even"), (dict(method="diffmean", spread="even"), "clamp, add")):
+    for bad, msg in ((dict(spread="wide"), "--spread must be even"), (dict(method="diffmean", spread="even"), "clamp, add"),
+                     (dict(which="middle", spread="even"), "middle set cannot be spread")):
         with pytest.raises(LangNeuronsError, match=msg):
             SteeringConfig(**bad)
     with pytest.raises(LangNeuronsError, match="cannot be spread"):
         neurons.selected("de", "middle", 4, spread="even")
+
+
+def test_the_second_phase_scales_the_diffmean_term_too(found, tiny_llama):
+    """add + resid_alpha with a two-phase strength: from token N on, both the addition and the diffmean term are at
+    after_scale times their strength (the same samples as those hooks built by hand)."""
+    from tl_langneurons.steer.generation import generate_many
+
+    neurons, _, _ = found
+    reqs = [(None, s) for s in (1, 2, 3)]
+    two = SteeringConfig(method="add", alpha=2.0, resid_alpha=1.0, layer=1, steer_tokens=2, after_scale=0.5)
+    full = SteeringConfig(method="add", alpha=2.0, resid_alpha=1.0, layer=1).hooks(neurons, "ja")
+    half = SteeringConfig(method="add", alpha=1.0, resid_alpha=0.5, layer=1).hooks(neurons, "ja")
+    term_full = SteeringConfig(method="add", alpha=1.0, resid_alpha=1.0, layer=1).hooks(neurons, "ja")
+    by_hand = M.only_first_tokens(full, 2) + M.only_after_tokens(half, 2)
+
+    def run(hooks):
+        return [s.tokens for s in generate_many(tiny_llama, reqs, max_new_tokens=6, stop_at_eos=False, fwd_hooks=hooks)]
+
+    got = run(two.hooks(neurons, "ja"))
+    assert got == run(by_hand)
+    assert got != run(M.only_first_tokens(full, 2) + M.only_after_tokens(term_full, 2))  # the term left at full

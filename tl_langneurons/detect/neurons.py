@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -341,7 +341,7 @@ class LanguageNeurons:
               positions: str = "all", k: int | None = None,
               layers: str | Sequence[int] | None = None, *, method: str = "clamp", alpha: float = 1.0,
               layer: int | None = None, n_dims: int | None = None, coef: float = 1.0, restore_norm: bool = True,
-              source: str | None = None) -> list[tuple[str, Callable]]:
+              source: str | None = None, **later: Any) -> list[tuple[str, Callable]]:
         """TransformerLens ``fwd_hooks`` that steer towards the language (by default: clamp its neurons).
 
         ``value``: "median" (the paper: median over the language's texts), "zero", or a number.
@@ -351,16 +351,18 @@ class LanguageNeurons:
         ``layers``: choose the k neurons only among these layers (all, first, last, ends, or a list).
         ``method``: clamp (the paper), add (``alpha``, ``source``), diffmean (``layer``, ``alpha``,
         ``source``) or sparse (``layer``, ``n_dims``, ``coef``, ``restore_norm``, ``source``); the same
-        hooks as ``SteeringConfig(method=..., ...).hooks(self, lang)``, defaults there.
+        hooks as ``SteeringConfig(method=..., ...).hooks(self, lang)``, defaults there. ``later``: the
+        SteeringConfig fields beyond those (``steer_tokens``, ``after_scale``, ``band_alphas``, ``resid_alpha``,
+        ``keep_norm``, ``spread``).
         """
         from ..steer.methods import SteeringConfig, clamp  # the hook builders live in steer/methods.py
 
-        if method == "clamp":
+        if method == "clamp" and not later:
             return clamp(self, lang, which, k, layers, value, scale, positions)
         subset = layers if isinstance(layers, str) or layers is None else [int(l) for l in layers]
         return SteeringConfig(method=method, which=which, k=k, value=value, scale=scale, positions=positions,
                               layers=subset, alpha=alpha, layer=layer, n_dims=n_dims, coef=coef,
-                              restore_norm=restore_norm, source=source).hooks(self, lang)
+                              restore_norm=restore_norm, source=source, **later).hooks(self, lang)
 
     def table(self, lang: str, which: str = "top") -> list[dict]:
         """One row per selected neuron: rank, hook, layer, unit, AP and statistics."""

@@ -25,7 +25,7 @@ from ..provenance import atomic_write_json, atomic_write_text
 from ..tables import csv_text, markdown_table
 from ..results import check_target, fault_point, run_into
 from ..steer.generation import GenerationConfig
-from ..steer.methods import SteeringConfig
+from ..steer.methods import LATER_FIELDS, SteeringConfig
 from .cells import Cell, CellRunner, steered
 from .samples import SampleStore, store_of
 
@@ -92,9 +92,23 @@ _LATER_FIELDS = {"lcb": (False,), "lcb_gate": (None, "references"), "genres": (F
                  "band_alphas": ((), []), "resid_alphas": ((), []), "keep_norm_stage": (False,), "spreads": ((), [])}
 
 
+# SteeringConfig fields added after results were written, dropped from a nested steering config at their default
+# (steer_tokens is not: configs have recorded it, as null, since before these)
+_LATER_STEERING = tuple(f for f in LATER_FIELDS if f != "steer_tokens")
+
+
+def _without_later_steering(v):
+    """A nested config dict (e.g. EvaluateConfig.steering) without the later steering fields at their default."""
+    if isinstance(v, dict):
+        return {k: _without_later_steering(x) for k, x in v.items()
+                if not (k in _LATER_STEERING and (x is None or x is False))}
+    return v
+
+
 def result_settings(neurons: LanguageNeurons, config) -> dict:
     """What a control or sweep folder's results depend on: its config and the neurons' AP."""
-    cfg = {k: v for k, v in asdict(config).items() if k not in _LATER_FIELDS or v not in _LATER_FIELDS[k]}
+    cfg = {k: _without_later_steering(v) for k, v in asdict(config).items()
+           if k not in _LATER_FIELDS or v not in _LATER_FIELDS[k]}
     return {"config": cfg, "neurons_ap_sha": hashlib.sha256(neurons.ap.numpy().tobytes()).hexdigest()[:16]}
 
 

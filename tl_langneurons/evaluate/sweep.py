@@ -7,7 +7,11 @@ subset (then, with ``neuron_sets``, top against both); for add: k, alpha, layer 
 for diffmean: layer, alpha; for sparse: layer, K, coef. On
 prompts, optionally a first stage that takes each prompt's language as the source (``sources``); for
 add, diffmean and sparse, a positions stage (``all`` against ``generated``: from BOS, generated leaves
-the BOS position alone); optionally a last stage that steers only the first N tokens (``steer_tokens``). Each stage keeps
+the BOS position alone). Then, each only where asked for: the k neurons spread over the layers (``spreads``),
+alpha per layer band (``band_alphas``), a diffmean term on add (``resid_alphas``, with ``keep_norm_stage`` also
+norm-preserving), norm preservation for diffmean (``keep_norm_stage``), steering only the first N tokens
+(``steer_tokens``), and a two-phase strength (``after_scales``: the first N tokens at full strength, the rest at a
+share of it). Each stage keeps
 the best setting so far by the gated rate (target language and not degenerate; ties broken by lower
 NLL). The best setting of each language, and one shared setting for all, are then reported on fresh
 seeds (or fresh prompts), beside the paper's setting.
@@ -90,16 +94,16 @@ class SweepConfig:
                                     "language is the source: add deactivates its neurons, diffmean and sparse steer "
                                     "away from its mean; Gurgurov et al. and CLaS-Bench steer from a known source)",
                                     items=Items("str", "none and/or prompt", choices=("none", "prompt")))
-    steer_tokens: Sequence[int] = option((), "a last stage: steer only while the first N tokens are written, these "
+    steer_tokens: Sequence[int] = option((), "a late stage: steer only while the first N tokens are written, these "
                                          "N searched against steering every token (none: no such stage)",
                                          items=Items("int", "whole numbers of at least 1 such as 8,16 (none: no such "
                                                      "stage)", low=1, empty=True, none="empty"))
     after_scales: Sequence[float] = option((), "a stage after --steer-tokens (add, diffmean): keep steering after the "
                                            "first N tokens at these shares of the strength (a two-phase strength), "
                                            "against the pick (none: no such stage)",
-                                           items=Items("float", "shares of the strength of at least 0 such as "
-                                                       "0.25,0.5 (none: no such stage)", low=0, empty=True,
-                                                       none="empty"))
+                                           items=Items("float", "shares of the strength above 0 such as "
+                                                       "0.25,0.5 (none: no such stage)", low=0, above=True,
+                                                       empty=True, none="empty"))
     band_alphas: Sequence[str] = option((), "a stage after the positions (add): alpha multiplied per layer band, "
                                         "each SUBSET:FACTOR joined by + such as last:0.5,0-8:1.5+last:0.5 (none: "
                                         "no such stage)",
@@ -534,9 +538,9 @@ class _Search:
         """On held-out prompts: each language's fluent share (under its own gate) of the unsteered continuations
         of the test prompts written in it, the model's own text in the language. Retention compares a steered
         cell with the unsteered continuations of the other languages' prompts (the same prompts); this is the
-        ceiling the model itself sets when writing the language, e.g. Gemma-3-270M's Chinese repeats itself
-        more than real Chinese does. Read from the samples the sweep already has (each language's prompts are
-        the other languages' units); empty from BOS and on LCB."""
+        ceiling the model itself sets when writing the language. Each language's prompts are units of the other
+        targets, so with every language searched these samples are the sweep's own (a sweep of fewer targets
+        generates the missing ones, test prompts x test seeds per language); empty from BOS and on LCB."""
         if self.prompts is None or self.lcb:
             return {}
         seeds = self.seeds_of["test"]
@@ -740,9 +744,10 @@ def _search_space(cfg: SweepConfig, neurons: LanguageNeurons, n: int) -> tuple[d
 
 
 def _later_stages(cfg: SweepConfig, neurons: LanguageNeurons) -> list[tuple[str, str | tuple[str, ...], list]]:
-    """The stages after the method's own (issue 29's ideas, each only where asked for): strength per layer band
-    and a diffmean term (add), norm preservation (diffmean, add's term), the first N tokens only, and a
-    two-phase strength (the first N tokens at full strength, the rest at a share of it)."""
+    """The stages after the method's own (issue 29's ideas, each only where asked for): the k neurons spread over
+    the layers (clamp, add), strength per layer band and a diffmean term (add), norm preservation (diffmean, add's
+    term), the first N tokens only, and a two-phase strength (the first N tokens at full strength, the rest at a
+    share of it)."""
     stages: list[tuple[str, str | tuple[str, ...], list]] = []
     if cfg.spreads:
         stages.append(("spread", "spread", list(cfg.spreads)))

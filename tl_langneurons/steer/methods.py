@@ -253,6 +253,12 @@ def _excluded(neurons: LanguageNeurons, layer: int, d: int, factor: float | None
     return dims
 
 
+def _word_or_none(s: str) -> str | None:
+    """A word option whose ``none`` means unset."""
+    s = s.strip()
+    return None if s.lower() in ("", "none") else s
+
+
 def _parse_outlier_factor(s: str) -> float | None:
     """``--outlier-factor``: a number; ``none`` for the method's default; ``off`` for 0."""
     s = s.strip().lower()
@@ -502,7 +508,8 @@ class SteeringConfig:
         "KV cache the steered tokens stay in its context); none: every token", parse=int, at_least=1)
     after_scale: float | None = option(
         None, "with --steer-tokens N (add, diffmean): after the first N tokens keep steering at this share of the "
-        "strength (a two-phase strength: 0.25 steers at a quarter of alpha from token N on); none: unsteered after N",
+        "strength (a two-phase strength: 0.25 steers at a quarter of alpha, and of a diffmean term, from token N on; "
+        "a source's neurons stay deactivated); none: unsteered after N",
         parse=float)
     band_alphas: str | None = option(
         None, "add: alpha multiplied per layer band, SUBSET:FACTOR joined by + such as 0-8:1.5+13-17:0.5 (layers "
@@ -512,7 +519,7 @@ class SteeringConfig:
         "diffmean)", parse=float)
     spread: str | None = option(
         None, "clamp, add: even spreads the k neurons over the layers (the best of the ranking, at most ceil(k / "
-        "layers) from any one layer); none: the k best overall", parse=str)
+        "layers) from any one layer); none: the k best overall", parse=_word_or_none)
     keep_norm: bool = option(
         False, "diffmean, and add's diffmean term: rescale each position of the residual stream to its norm before "
         "the addition (norm-preserving, as ReCoVeR)")
@@ -542,8 +549,9 @@ class SteeringConfig:
         the methods they belong to."""
         if self.after_scale is not None:
             _finite("--after-scale", self.after_scale)
-            if self.after_scale < 0:
-                raise LangNeuronsError(f"--after-scale must be at least 0 (a share of the strength), got {self.after_scale!r}")
+            if self.after_scale <= 0:
+                raise LangNeuronsError(f"--after-scale must be above 0 (a share of the strength; leave it out to stop "
+                                       f"steering after the first N tokens), got {self.after_scale!r}")
             if self.steer_tokens is None:
                 raise LangNeuronsError("--after-scale is the strength after the first --steer-tokens N tokens; set "
                                        "--steer-tokens too")
@@ -558,6 +566,8 @@ class SteeringConfig:
                 raise LangNeuronsError(f"--spread must be even (or none), got {self.spread!r}")
             if not self.neuron_level:
                 raise LangNeuronsError(f"--spread chooses neurons (clamp, add), not for {self.method}")
+            if self.which == "middle":
+                raise LangNeuronsError("--spread spreads the top and bottom sets; the middle set cannot be spread")
         if self.resid_alpha is not None:
             _finite("--resid-alpha", self.resid_alpha)
             if self.method != "add":
@@ -609,7 +619,8 @@ class SteeringConfig:
             return f"clamp{k} x{self.scale:g}"
         if self.method == "add":
             bands = f" bands={self.band_alphas}" if self.band_alphas else ""
-            resid = (f" +diffmean L{self.layer} a={self.resid_alpha:g}{' norm' if self.keep_norm else ''}"
+            at = "" if self.layer is None else f" L{self.layer}"  # None: the default layer (resolved() names it)
+            resid = (f" +diffmean{at} a={self.resid_alpha:g}{' norm' if self.keep_norm else ''}"
                      if self.resid_alpha else "")
             return f"add{k} a={self.alpha:g}{bands}{resid}" + (f" src={self.source}" if self.source else "")
         out = "" if self.outlier_factor is None else (" out=off" if not self.outlier_factor
