@@ -15,6 +15,11 @@ share of tokens repeating the token before them (reduplication such as 票票), 
 8 (near repetition), and the tokens failing samples repeat most. Issue 29 asks why Chinese loses fluency when
 steered; this puts the steered text beside the model's own Chinese and beside the other languages.
 
+For an ``add`` pick it also attributes the steering to the layers (``--attribution``): the pick's addition summed
+over the neurons of each quarter of the depth, through each neuron's output direction and the unembedding (direct
+logit attribution, as ``tl-langneurons attribution`` per neuron), gives the tokens each quarter pushes up directly
+and the share of its 50 most promoted tokens written in the target's script.
+
     python benchmarks/analyse_failures.py --neurons runs/gemma --sweep runs/gemma/sweep-add-genres [--pick shared]
 """
 
@@ -52,11 +57,47 @@ def profile(rows: list[dict], threshold: float, tokenizer) -> dict:
             "adjacent": pairs / total if total else None, "near": near / total if total else None, "top": top}
 
 
+@__import__("torch").no_grad()
+def band_attribution(model, neurons, lang: str, st) -> list[list]:
+    """Per quarter of the depth: the tokens the ``add`` setting's addition (alpha x (mu_on - mu_off), times its
+    band factors) on that quarter's neurons promotes directly (its output through the unembedding)."""
+    import torch
+
+    from tl_langneurons.analyses.attribution import _weight, neuron_directions, token_matches
+    from tl_langneurons.model.driver import Runner
+    from tl_langneurons.steer.methods import band_factors
+
+    li = neurons.languages.index(lang)
+    sel, _ = neurons.selected(lang, st.which, st.k, st.layers, st.spread)
+    delta = st.alpha * (neurons.means[li].double() - neurons.means_off(lang).double())[sel]
+    delta = (delta * band_factors(neurons, sel, st.band_alphas)).float()
+    dirs = neuron_directions(model, sel, neurons.index)  # [n, d_model]
+    runner = Runner(model)
+    W_U = model.W_U.detach().float().T if runner.hf is None else _weight(runner.hf.get_output_embeddings())
+    layer_of = torch.from_numpy(neurons.index.layers())[sel]
+    L = neurons.index.n_layers
+    rows = []
+    for q in range(4):
+        lo, hi = q * L // 4, (q + 1) * L // 4 - 1
+        inside = (layer_of >= lo) & (layer_of <= hi)
+        if not inside.any():
+            continue
+        v = (delta[inside, None] * dirs[inside]).sum(0)
+        top = torch.topk(W_U @ v, 50).indices.tolist()
+        words = [model.tokenizer.decode([t]) for t in top]
+        share = sum(token_matches(w, lang) for w in words) / len(words)
+        rows.append([lang, f"{lo}-{hi}", int(inside.sum()), f"{float(v.norm()):.1f}", f"{share:.2f}",
+                     ", ".join(repr(w) for w in words[:10])])
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--neurons", required=True, help="the find folder (its samples/ store)")
     ap.add_argument("--sweep", required=True, help="a sweep folder on held-out prompts (sweep.json)")
     ap.add_argument("--pick", default="best", choices=("best", "shared"), help="the sweep's setting to analyse")
+    ap.add_argument("--attribution", action="store_true", help="add picks: the tokens each quarter of the depth "
+                    "pushes up directly (direct logit attribution of the addition)")
     ap.add_argument("--no-record", action="store_true", help="print only; do not append to RESULTS.md")
     args = ap.parse_args(argv)
 
@@ -110,6 +151,13 @@ def main(argv: list[str] | None = None) -> int:
     text = (f"Sweep {args.sweep} (pick: {args.pick}), test prompts of {cfg['heldout']}, {cfg['max_new_tokens']} tokens "
             f"at T = {cfg['temperature']}, seeds {seeds[0]}..{seeds[-1]}; gates (distinct-token thresholds) "
             + ", ".join(f"{l} {gates[l]:.3f}" for l in langs) + f". Machine: {machine()}.\n\n" + table(header, body))
+    if args.attribution:
+        dla = [row for lang in langs if picks[lang].method == "add"
+               for row in band_attribution(study.model, study.neurons, lang, picks[lang])]
+        text += ("\n\nDirect logit attribution of each pick's addition by quarter of the depth (summed over that "
+                 "quarter's steered neurons; norm of the summed output direction; share of the 50 most promoted "
+                 "tokens in the target's script; the 10 most promoted):\n\n"
+                 + table(["target", "layers", "neurons", "norm", "target script", "most promoted tokens"], dla))
     command = "python benchmarks/analyse_failures.py " + " ".join(argv if argv is not None else sys.argv[1:])
     if args.no_record:
         print(text)

@@ -39,5 +39,9 @@ def test_failure_profile_matches_the_sweep(tiny_dirs, tmp_path, capsys):
         assert rows["unsteered, other prompts"] == pytest.approx(1 - get[(lang, "none")]["fluent"], abs=0.005)
         assert rows["steered"] == pytest.approx(1 - get[(lang, "best add")]["fluent"], abs=0.005)
         assert rows["unsteered, own prompts"] == pytest.approx(1 - get[(lang, "none")]["own_fluent"], abs=0.005)
+    # the attribution by quarter: one row per quarter of the depth that holds steered neurons
+    assert mod.main(["--neurons", str(n), "--sweep", str(n / "sweep-add"), "--no-record", "--attribution"]) == 0
+    out = capsys.readouterr().out
+    assert "Direct logit attribution" in out and re.search(r"^\| de \| 0-\d+ \| \d+ \|", out, re.M)
     assert mod.main(["--neurons", str(n), "--sweep", str(n), "--no-record"]) == 2  # no sweep there: one line
     assert "is not a finished sweep's result" in capsys.readouterr().err
