@@ -89,7 +89,8 @@ class ControlResult:
 # fields added to a config after results were written: left out at their default, so that those folders still resume
 # (each field's values that reproduce what was done before it existed)
 _LATER_FIELDS = {"lcb": (False,), "lcb_gate": (None, "references"), "genres": (False,), "after_scales": ((), []),
-                 "band_alphas": ((), []), "resid_alphas": ((), []), "keep_norm_stage": (False,), "spreads": ((), [])}
+                 "band_alphas": ((), []), "resid_alphas": ((), []), "keep_norm_stage": (False,), "spreads": ((), []),
+                 "shared_pick": ("mean",)}
 
 
 # SteeringConfig fields added after results were written, dropped from a nested steering config at their default

@@ -119,6 +119,10 @@ class SweepConfig:
                                     "(none: no such stage)",
                                     items=Items("str", "even (none: no such stage)", choices=("even",), empty=True,
                                                 none="empty"))
+    shared_pick: str = option("mean", "the shared setting (one for all languages, of the languages' picks): mean, "
+                              "the highest mean validation objective over the languages; worst, the highest for the "
+                              "language it serves worst (a setting no language falls far behind on)",
+                              choices=("mean", "worst"))
     keep_norm_stage: bool = option(False, "diffmean: a stage of the residual addition norm-preserving, as ReCoVeR, "
                                    "against not; add: the diffmean term of --resid-alphas tried both ways")
     heldout: str | None = option(None, "search on prompts: held-out text (never used for selection; a folder, a "
@@ -423,6 +427,7 @@ class _Search:
         self.prompts = ({"val": self.lcb["val"], "test": self.lcb["test"]} if self.lcb else
                         None if heldout is None else sweep_prompts(model.tokenizer, neurons, heldout, cfg))
         self.empty: dict[str, None] = {}  # settings that steer no neuron (lape, actprob): never scored, in the notes
+        self.shared_options: list[dict] = []  # each language's pick scored on every language (see shared())
         # an LCB sweep's gate from the model's own answers, and the pick by gated LPR (see SweepConfig.lcb_gate)
         self.answers_gate = bool(self.lcb) and cfg.lcb_gate == "answers"
         self.gate: dict = {}
@@ -605,19 +610,25 @@ class _Search:
 
     def shared(self, cur: dict[str, dict]) -> dict | None:
         """One shared setting for all languages: of the languages' best settings, the one with the highest
-        mean validation objective (gated rate; gated LPR on LCB) over every language (ties: lower mean NLL);
-        None if none applies to all."""
+        mean validation objective (gated rate; gated LPR on LCB) over every language, or with ``shared_pick``
+        "worst" the highest for the language it serves worst (ties: the mean, then lower mean NLL); None if none
+        applies to all. Every option's scores go to :attr:`shared_options`."""
         langs = self.langs
         options = list({json.dumps(cur[l], sort_keys=True): cur[l] for l in langs}.values())
         scores = self.evaluate_many([(lang, st) for st in options for lang in langs], "val")
         shared, shared_key = None, None
+        self.shared_options = []
         for i, st in enumerate(options):
             rs = [r for r in scores[i * len(langs):(i + 1) * len(langs)] if r is not None]
             if len(rs) < len(langs):
                 continue
-            key = (mean_of(rs, self.objective), -mean_of(rs, "nll"))
+            mean, worst = mean_of(rs, self.objective), min(r[self.objective] for r in rs)
+            self.shared_options.append({"label": rs[0]["label"], "val_mean_gated_rate": mean,
+                                        "val_worst_gated_rate": worst,
+                                        "worst_lang": min(rs, key=lambda r: r[self.objective])["lang"]})
+            key = (mean, -mean_of(rs, "nll")) if self.cfg.shared_pick == "mean" else (worst, mean, -mean_of(rs, "nll"))
             if shared_key is None or key > shared_key:
-                shared, shared_key = {**st, "val_mean_gated_rate": key[0]}, key
+                shared, shared_key = {**st, "val_mean_gated_rate": mean, "val_worst_gated_rate": worst}, key
         return shared
 
     def report(self, best: dict[str, dict], shared: dict | None) -> list[dict]:
@@ -655,7 +666,7 @@ class _Search:
         named = [("paper clamp k=1000", {l: paper for l in langs}),
                  (f"best {cfg.method}", {l: {k: v for k, v in best[l].items() if k != "val"} for l in langs})]
         if shared is not None:
-            named.append((f"shared {cfg.method}", {l: {k: v for k, v in shared.items() if k != "val_mean_gated_rate"}
+            named.append((f"shared {cfg.method}", {l: {k: v for k, v in shared.items() if k not in SHARED_SCORES}
                                                    for l in langs}))
         scores = iter(self.evaluate_many([(lang, per[lang]) for _, per in named for lang in langs], "test"))
         for name, per in named:
@@ -678,7 +689,7 @@ class _Search:
             notes.append(f"not scored, as they steer no neuron ({self.neurons.method} chose none): "
                          f"{'; '.join(self.empty)}")
         meta = {**self.cells.meta(), "config": asdict(self.cfg), "languages": self.langs, "notes": notes,
-                "shared": shared}
+                "shared": shared, "shared_options": self.shared_options}
         if self.answers_gate:
             meta["lcb_gate"] = {"from": "the unsteered answers to the validation requests behind the system prompt, "
                                         f"seeds {LCB_GATE_SEEDS[0]}..{LCB_GATE_SEEDS[-1]}; 5th percentile of the "
@@ -743,6 +754,9 @@ def _search_space(cfg: SweepConfig, neurons: LanguageNeurons, n: int) -> tuple[d
                    *positions], notes
 
 
+SHARED_SCORES = ("val_mean_gated_rate", "val_worst_gated_rate")  # a shared setting's scores, beside its fields
+
+
 def _later_stages(cfg: SweepConfig, neurons: LanguageNeurons) -> list[tuple[str, str | tuple[str, ...], list]]:
     """The stages after the method's own (issue 29's ideas, each only where asked for): the k neurons spread over
     the layers (clamp, add), strength per layer band and a diffmean term (add), norm preservation (diffmean, add's
@@ -799,8 +813,19 @@ def _shared_line(res: SweepResult) -> list[str]:
     if not sh or label is None:
         return []
     what = "gated LPR" if _answers_gate(res.meta["config"]) else "gated rate"
-    return [f"One shared setting for all languages (of the per-language best, the highest mean validation {what}, "
-            f"{sh['val_mean_gated_rate']:.2f}): {label}", ""]
+    if res.meta["config"].get("shared_pick", "mean") == "worst":
+        line = (f"One shared setting for all languages (of the per-language best, the highest validation {what} for "
+                f"the language it serves worst, {sh['val_worst_gated_rate']:.2f}; mean {sh['val_mean_gated_rate']:.2f}): "
+                f"{label}")
+    else:
+        line = (f"One shared setting for all languages (of the per-language best, the highest mean validation {what}, "
+                f"{sh['val_mean_gated_rate']:.2f}): {label}")
+    options = res.meta.get("shared_options") or []
+    rows = [[o["label"], f"{o['val_mean_gated_rate']:.2f}", f"{o['val_worst_gated_rate']:.2f} ({o['worst_lang']})"]
+            for o in options]
+    return [line, ""] + ([f"The options (each language's pick on every language; validation {what}):", "",
+                          markdown_table(["setting", "mean", "worst (language)"], rows).rstrip("\n"), ""]
+                         if len(rows) > 1 else [])
 
 
 def _answers_gate(config: dict) -> bool:
