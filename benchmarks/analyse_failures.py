@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
               "most repeated tokens in failing samples (extra uses)"]
     text = (f"Sweep {args.sweep} (pick: {args.pick}), test prompts of {cfg['heldout']}, {cfg['max_new_tokens']} tokens "
             f"at T = {cfg['temperature']}, seeds {seeds[0]}..{seeds[-1]}; gates (distinct-token thresholds) "
-            + ", ".join(f"{l} {gates[l]:.3f}" for l in langs) + f". Machine: {machine()}.\n\n" + table(header, body))
+            + ", ".join(f"{l} {gates[l]:.3f}" for l in langs) + ".\n\n" + table(header, body))
     if args.attribution:
         dla = [row for lang in langs if picks[lang].method == "add"
                for row in band_attribution(study.model, study.neurons, lang, picks[lang])]
@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
                  + table(["target", "layers", "neurons", "norm", "target script", "most promoted tokens"], dla))
     command = "python benchmarks/analyse_failures.py " + " ".join(argv if argv is not None else sys.argv[1:])
     if args.no_record:
-        print(text)
+        print(f"Machine: {machine()}\n\n{text}")
     else:
         record("Why steered text fails the fluency gate, by language", text, f"Command: `{command}`")
     return 0
