@@ -63,8 +63,7 @@ def band_attribution(model, neurons, lang: str, st) -> list[list]:
     band factors) on that quarter's neurons promotes directly (its output through the unembedding)."""
     import torch
 
-    from tl_langneurons.analyses.attribution import _weight, neuron_directions, token_matches
-    from tl_langneurons.model.driver import Runner
+    from tl_langneurons.analyses.attribution import neuron_directions, token_matches, unembedding
     from tl_langneurons.steer.methods import band_factors
 
     li = neurons.languages.index(lang)
@@ -72,8 +71,7 @@ def band_attribution(model, neurons, lang: str, st) -> list[list]:
     delta = st.alpha * (neurons.means[li].double() - neurons.means_off(lang).double())[sel]
     delta = (delta * band_factors(neurons, sel, st.band_alphas)).float()
     dirs = neuron_directions(model, sel, neurons.index)  # [n, d_model]
-    runner = Runner(model)
-    W_U = model.W_U.detach().float().T if runner.hf is None else _weight(runner.hf.get_output_embeddings())
+    W_U = unembedding(model)
     layer_of = torch.from_numpy(neurons.index.layers())[sel]
     L = neurons.index.n_layers
     rows = []

@@ -197,6 +197,14 @@ class AttributionConfig:
         check_options(self)
 
 
+def unembedding(model: HookedModel) -> torch.Tensor:
+    """The unembedding matrix [vocab, d_model] (float32) of a bridge, fallback or HookedTransformer model."""
+    runner = Runner(model)
+    if runner.hf is None:  # a HookedTransformer
+        return model.W_U.detach().float().T
+    return _weight(runner.hf.get_output_embeddings())
+
+
 @torch.no_grad()
 def logit_attribution(model: HookedModel, neurons: LanguageNeurons, config: AttributionConfig | None = None,
                       **overrides) -> AttributionResult:
@@ -205,10 +213,7 @@ def logit_attribution(model: HookedModel, neurons: LanguageNeurons, config: Attr
     cfg = replace(config or AttributionConfig(), **overrides)
     languages, n_neurons, top_tokens = cfg.languages, cfg.n_neurons, cfg.top_tokens
     runner = Runner(model)
-    if runner.hf is None:  # a HookedTransformer
-        W_U = model.W_U.detach().float().T  # [vocab, d_model]
-    else:
-        W_U = _weight(runner.hf.get_output_embeddings())  # [vocab, d_model]
+    W_U = unembedding(model)  # [vocab, d_model]
     tok = runner.tokenizer
     rows = []
     for lang in languages or neurons.languages:
