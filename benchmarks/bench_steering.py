@@ -18,7 +18,7 @@ seeds or prompts), gated rate (target and fluent) and NLL under the unsteered mo
 A setting is ``NAME=METHOD[:key=value,...]`` with the fields of
 :class:`~tl_langneurons.steer.methods.SteeringConfig` (``k``, ``which``, ``scale``, ``alpha``,
 ``layer``, ``n_dims``, ``coef``, ``restore_norm``, ``source``, ``positions``, ``outlier_factor``, ``steer_tokens``,
-``after_scale``, ``band_alphas``, ``resid_alpha``, ``keep_norm``, ``spread``), e.g.
+``after_scale``, ``band_alphas``, ``resid_alpha``, ``keep_norm``, ``spread``, ``equal_norm``), e.g.
 ``add banded=add:k=369,positions=generated,band_alphas=last:0.5``.
 ``--sweep-best NAME=DIR`` adds a setting of each language's own: the per-language best of the sweep
 in DIR (its ``sweep.json``), towards each target that target's setting.
@@ -58,7 +58,7 @@ def _value(key: str, s: str):
         return None
     if key in ("restore_norm", "keep_norm"):
         return s.lower() in ("1", "true", "yes")
-    if key in ("which", "positions", "source", "method", "layers", "spread", "band_alphas") or (
+    if key in ("which", "positions", "source", "method", "layers", "spread", "band_alphas", "equal_norm") or (
             key == "value" and not s[:1].isdigit()):
         return s
     x = float(s)

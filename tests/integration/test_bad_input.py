@@ -231,6 +231,23 @@ def test_sweep_scales_finite_and_positive(found, tmp_path, capsys, scales):
     one_line_error(capsys, code, "--scales must be finite numbers above 0", f"got {scales}:")
 
 
+@pytest.mark.parametrize("args,msg", [
+    (["--method", "add", "--equal-norms", "total"], "--equal-norms is a stage of the shared search of add"),
+    (["--method", "add", "--shared-search", "--equal-norms", "layers"], "--equal-norms must be"),
+    (["--method", "clamp", "--shared-search", "--equal-norms", "total"], "--equal-norms is a stage"),
+])
+def test_sweep_shared_search_options_checked_before_the_model(found, tmp_path, capsys, args, msg):
+    code = main(["sweep", "--neurons", str(found), "--out", str(tmp_path / "s"), "--quiet", *args])
+    one_line_error(capsys, code, msg)
+    assert not (tmp_path / "s").exists()
+
+
+def test_steer_equal_norm_checked(found, tmp_path, capsys):
+    code = main(["steer", "--neurons", str(found), "--lang", "de", "--method", "diffmean", "--equal-norm", "total",
+                 "--quiet"])
+    one_line_error(capsys, code, "--equal-norm scales add's addition")
+
+
 def test_api_refuses_nan(found):
     neurons = LanguageNeurons.load(found)
     for kw in ({"value": math.nan}, {"value": math.inf}, {"scale": math.nan}, {"scale": -math.inf}):

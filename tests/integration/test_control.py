@@ -358,6 +358,43 @@ def test_sweep_of_two_languages_equals_each_alone_and_shares_one_setting(tiny_ll
     assert sorted(r["lang"] for r in both.test if r["setting"] == "shared diffmean") == ["de", "ja"]
 
 
+def test_shared_search_ranks_one_setting_on_every_language_and_resumes(tiny_llama, tiny_corpus, tmp_path):
+    """--shared-search: from the best of the languages' picks, each stage's values (equal norms first, each later
+    stage with its idea off too) scored on every language; the kept setting ranks highest by --shared-pick of all
+    tried, its scores are those it was tried with, the report tables the search, and a second run generates
+    nothing."""
+    from tl_langneurons.evaluate.sweep import SHARED_SCORES, SweepConfig, run_sweep, sweep_markdown
+
+    neurons = find_neurons(tiny_llama, tiny_corpus, k=10, progress=False)
+    cfg = SweepConfig(method="add", languages=["de", "ja"], k_fractions=["5%"], alphas=[1.0, 4.0], layer_sets=["all"],
+                      band_alphas=["last:0.5"], steer_tokens=[2], shared_search=True, equal_norms=["total", "quarters"],
+                      shared_pick="worst", val_samples=3, test_samples=2, max_new_tokens=4)
+    res = run_sweep(tiny_llama, neurons, tiny_corpus.texts, cfg, tmp_path, progress=False)
+    tried, options, shared = res.meta["shared_search"], res.meta["shared_options"], res.meta["shared"]
+    assert list(dict.fromkeys(t["stage"] for t in tried)) == ["equal norm", "k", "alpha", "layers", "bands",
+                                                               "steer_tokens"]
+    eq = [t["label"] for t in tried if t["stage"] == "equal norm"]
+    assert sum("eqnorm=total" in x for x in eq) == 1 and sum("eqnorm=quarters" in x for x in eq) == 1
+    assert any("bands" not in t["label"] for t in tried if t["stage"] == "bands")  # the idea off, among the values
+    assert any("first 2" not in t["label"] for t in tried if t["stage"] == "steer_tokens")
+    # ranked by the language served worst, then the mean: nothing tried (nor any option) ranks above the kept one
+    rank = lambda t: (t["val_worst_gated_rate"], t["val_mean_gated_rate"])
+    assert all(rank(t) <= rank(shared) for t in tried + options)
+    # the kept setting is the start or a value tried, with the scores it had there
+    label = next(r["label"] for r in res.test if r["setting"] == "shared add")
+    assert any(t["label"] == label and rank(t) == rank(shared) for t in tried + options)
+    assert set(SHARED_SCORES) <= set(shared)
+    text = sweep_markdown(res)
+    assert "searched as one" in text and "The shared search (--shared-search" in text
+    again = run_sweep(tiny_llama, neurons, tiny_corpus.texts, cfg, tmp_path, progress=False)  # from the cache
+    assert again.meta["shared"] == shared and again.meta["run"]["samples_generated"] == 0
+    for bad, msg in [(dict(method="add", equal_norms=["total"]), "--equal-norms is a stage of the shared search"),
+                     (dict(method="clamp", shared_search=True, equal_norms=["total"]), "--equal-norms"),
+                     (dict(method="add", shared_search=True, equal_norms=["layers"]), "equal-norms")]:
+        with pytest.raises(LangNeuronsError, match=msg):
+            SweepConfig(**bad)
+
+
 @pytest.mark.slow  # end to end: the full suite and CI run it, -m fast leaves it out
 def test_sweeps_of_two_methods_sit_side_by_side_in_the_report(tiny_llama, tiny_corpus, tmp_path):
     """Study.sweep writes clamp to DIR/sweep and another method to DIR/sweep-METHOD; the report shows

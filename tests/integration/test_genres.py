@@ -119,8 +119,8 @@ def test_fields_added_later_keep_old_folders_resumable(setup):
     tiny_neurons = setup[1]
     plain = result_settings(tiny_neurons, SweepConfig())["config"]
     assert not {"lcb", "lcb_gate", "genres", "after_scales", "band_alphas", "resid_alphas", "keep_norm_stage",
-                "spreads"} & set(plain)
-    from_cli = SweepConfig(after_scales=[], band_alphas=[], resid_alphas=[], spreads=[])  # as the command line gives
+                "spreads", "shared_search", "equal_norms"} & set(plain)
+    from_cli = SweepConfig(after_scales=[], band_alphas=[], resid_alphas=[], spreads=[], equal_norms=[])  # as the command line gives
     assert result_settings(tiny_neurons, from_cli)["config"] == plain
     assert result_settings(tiny_neurons, SweepConfig(heldout="a+b", genres=True))["config"]["genres"] is True
     kw = dict(lcb=True, languages=["de"], val_prompts=3, test_prompts=3)

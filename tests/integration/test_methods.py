@@ -565,3 +565,55 @@ def test_the_second_phase_scales_the_diffmean_term_too(found, tiny_llama):
     got = run(two.hooks(neurons, "ja"))
     assert got == run(by_hand)
     assert got != run(M.only_first_tokens(full, 2) + M.only_after_tokens(term_full, 2))  # the term left at full
+
+
+def _added_by_layer(hooks, d_mlp=48):
+    """What each add hook adds, by layer (the hook applied to zeros)."""
+    out = {}
+    for name, fn in hooks:
+        out[int(name.split(".")[1])] = fn(torch.zeros(1, 1, d_mlp), None)[0, 0].double()
+    return out
+
+
+@pytest.mark.parametrize("which", ["both", "top"])
+def test_equal_norm_gives_every_language_the_mean_norm(found, which):
+    """equal_norm total: each language's whole addition has the mean norm of the languages' additions; quarters:
+    each quarter of the depth (layer x 4 // 3 on the 3-layer model: one layer each) has the mean norm there of the
+    languages with neurons in it; the direction within a group is unchanged. Norms from the hooks themselves,
+    against a slow loop over the selected neurons."""
+    neurons, _, _ = found
+    langs = neurons.languages
+    slow = {}
+    for lang in langs:  # the plain addition's squared norm per layer, neuron by neuron
+        li = langs.index(lang)
+        sel, _ = neurons.selected(lang, which, 6)
+        per = {}
+        for n in sel.tolist():
+            layer = int(neurons.index.layers()[n])
+            d = 1.5 * float(neurons.means[li, n] - neurons.means_off(lang)[n])
+            per[layer] = per.get(layer, 0.0) + d * d
+        slow[lang] = per
+    total = {l: sum(p.values()) ** 0.5 for l, p in slow.items()}
+    for lang in langs:
+        plain = _added_by_layer(M.add(neurons, lang, alpha=1.5, which=which, k=6))
+        assert sum(float(v.norm()) ** 2 for v in plain.values()) ** 0.5 == pytest.approx(total[lang], rel=1e-5)
+        tot = _added_by_layer(M.add(neurons, lang, alpha=1.5, which=which, k=6, equal_norm="total"))
+        got = sum(float(v.norm()) ** 2 for v in tot.values()) ** 0.5
+        assert got == pytest.approx(sum(total.values()) / len(langs), rel=1e-5)
+        for layer in plain:  # one factor: every layer scaled alike
+            assert torch.allclose(tot[layer], plain[layer] * got / total[lang], atol=1e-5)
+        quarters = _added_by_layer(M.add(neurons, lang, alpha=1.5, which=which, k=6, equal_norm="quarters"))
+        for layer, v in quarters.items():
+            there = [p[layer] ** 0.5 for p in slow.values() if p.get(layer, 0) > 0]
+            want = sum(there) / len(there) if layer in slow[lang] else 0.0
+            assert float(v.norm()) == pytest.approx(want, rel=1e-5, abs=1e-6)
+            if layer in slow[lang]:
+                assert torch.allclose(v / v.norm(), plain[layer] / plain[layer].norm(), atol=1e-5)
+    cfg = SteeringConfig(method="add", alpha=1.5, k=6, which=which, equal_norm="quarters")
+    assert cfg.label().startswith(f"add{'' if which == 'both' else ' top'} k=6 a=1.5 eqnorm=quarters")
+    assert cfg.key()["equal_norm"] == "quarters" and "equal_norm" not in SteeringConfig(method="add").key()
+    for bad, msg in [(dict(method="add", equal_norm="layers"), "--equal-norm must be total or quarters"),
+                     (dict(method="diffmean", equal_norm="total"), "--equal-norm scales add's addition"),
+                     (dict(method="add", which="middle", equal_norm="total"), "not the middle set")]:
+        with pytest.raises(LangNeuronsError, match=msg):
+            SteeringConfig(**bad)

@@ -353,7 +353,7 @@ class LanguageNeurons:
         ``source``) or sparse (``layer``, ``n_dims``, ``coef``, ``restore_norm``, ``source``); the same
         hooks as ``SteeringConfig(method=..., ...).hooks(self, lang)``, defaults there. ``later``: the
         SteeringConfig fields beyond those (``steer_tokens``, ``after_scale``, ``band_alphas``, ``resid_alpha``,
-        ``keep_norm``, ``spread``).
+        ``keep_norm``, ``spread``, ``equal_norm``).
         """
         from ..steer.methods import SteeringConfig, clamp  # the hook builders live in steer/methods.py
 

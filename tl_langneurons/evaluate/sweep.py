@@ -37,7 +37,7 @@ from ..model.protocol import HookedModel
 from ..provenance import atomic_write_json, atomic_write_text, sha256_texts
 from ..results import read_json
 from ..tables import dashed as _f, markdown_table
-from ..steer.methods import (METHODS, POSITIONS, SteeringConfig, check_not_empty, default_layer, full_count,
+from ..steer.methods import (EQUAL_NORMS, METHODS, POSITIONS, SteeringConfig, check_not_empty, default_layer, full_count,
                              neuron_count, parse_bands, setting_from_json)
 from ..steer.prompts import split_prompts
 from .samples import SampleStore, store_of
@@ -123,6 +123,15 @@ class SweepConfig:
                               "the highest mean validation objective over the languages; worst, the highest for the "
                               "language it serves worst (a setting no language falls far behind on)",
                               choices=("mean", "worst"))
+    shared_search: bool = option(False, "search the shared setting itself: from the shared pick (--shared-pick), a "
+                                 "coordinate search over the sweep's stages for one setting for every language, each "
+                                 "value scored on all of them by --shared-pick, each later stage also tried without "
+                                 "its idea; without it the shared setting is the best of the languages' picks")
+    equal_norms: Sequence[str] = option((), "with --shared-search (add): its first stage, each language's addition "
+                                        "scaled to the languages' mean norm (total: one factor; quarters: one per "
+                                        "quarter of the depth), against as found (none: no such stage)",
+                                        items=Items("str", "total and/or quarters (none: no such stage)",
+                                                    choices=EQUAL_NORMS, empty=True, none="empty"))
     keep_norm_stage: bool = option(False, "diffmean: a stage of the residual addition norm-preserving, as ReCoVeR, "
                                    "against not; add: the diffmean term of --resid-alphas tried both ways")
     heldout: str | None = option(None, "search on prompts: held-out text (never used for selection; a folder, a "
@@ -179,6 +188,9 @@ class SweepConfig:
             raise LangNeuronsError(f"--spreads chooses neurons (clamp, add), not for {self.method}")
         if self.method != "add" and (self.band_alphas or self.resid_alphas):
             raise LangNeuronsError(f"--band-alphas and --resid-alphas are stages of add, not of {self.method}")
+        if self.equal_norms and (self.method != "add" or not self.shared_search):
+            raise LangNeuronsError("--equal-norms is a stage of the shared search of add: give --method add and "
+                                   "--shared-search")
         if self.keep_norm_stage and not (self.method == "diffmean" or self.resid_alphas):
             raise LangNeuronsError("--keep-norm-stage is for a residual addition: --method diffmean, or add with "
                                    "--resid-alphas")
@@ -428,6 +440,7 @@ class _Search:
                         None if heldout is None else sweep_prompts(model.tokenizer, neurons, heldout, cfg))
         self.empty: dict[str, None] = {}  # settings that steer no neuron (lape, actprob): never scored, in the notes
         self.shared_options: list[dict] = []  # each language's pick scored on every language (see shared())
+        self.shared_tried: list[dict] = []  # every value the shared search tried (see search_shared())
         # an LCB sweep's gate from the model's own answers, and the pick by gated LPR (see SweepConfig.lcb_gate)
         self.answers_gate = bool(self.lcb) and cfg.lcb_gate == "answers"
         self.gate: dict = {}
@@ -612,24 +625,55 @@ class _Search:
         """One shared setting for all languages: of the languages' best settings, the one with the highest
         mean validation objective (gated rate; gated LPR on LCB) over every language, or with ``shared_pick``
         "worst" the highest for the language it serves worst (ties: the mean, then lower mean NLL); None if none
-        applies to all. Every option's scores go to :attr:`shared_options`."""
+        applies to all. Every option's scores go to :attr:`shared_options`. With ``shared_search`` that pick is
+        the start of :meth:`search_shared`."""
         langs = self.langs
         options = list({json.dumps(cur[l], sort_keys=True): cur[l] for l in langs}.values())
         scores = self.evaluate_many([(lang, st) for st in options for lang in langs], "val")
         shared, shared_key = None, None
         self.shared_options = []
         for i, st in enumerate(options):
-            rs = [r for r in scores[i * len(langs):(i + 1) * len(langs)] if r is not None]
-            if len(rs) < len(langs):
+            rank = self.shared_rank(scores[i * len(langs):(i + 1) * len(langs)])
+            if rank is None:
                 continue
-            mean, worst = mean_of(rs, self.objective), min(r[self.objective] for r in rs)
-            self.shared_options.append({"label": rs[0]["label"], "val_mean_gated_rate": mean,
-                                        "val_worst_gated_rate": worst,
-                                        "worst_lang": min(rs, key=lambda r: r[self.objective])["lang"]})
-            key = (mean, -mean_of(rs, "nll")) if self.cfg.shared_pick == "mean" else (worst, mean, -mean_of(rs, "nll"))
+            key, row = rank
+            self.shared_options.append({"label": scores[i * len(langs)]["label"], **row})
             if shared_key is None or key > shared_key:
-                shared, shared_key = {**st, "val_mean_gated_rate": mean, "val_worst_gated_rate": worst}, key
+                shared, shared_key = {**st, **{k: row[k] for k in SHARED_SCORES}}, key
+        if shared is not None and self.cfg.shared_search:
+            shared = self.search_shared(shared, shared_key)
         return shared
+
+    def shared_rank(self, rs: list[dict | None]) -> tuple[tuple, dict] | None:
+        """(sort key, scores) of one setting scored on every language: its mean and worst validation objective
+        and the language of the worst, ranked by ``shared_pick``; None unless it applies to every language."""
+        if any(r is None for r in rs) or len(rs) < len(self.langs):
+            return None
+        mean, worst = mean_of(rs, self.objective), min(r[self.objective] for r in rs)
+        row = {"val_mean_gated_rate": mean, "val_worst_gated_rate": worst,
+               "worst_lang": min(rs, key=lambda r: r[self.objective])["lang"]}
+        nll = -mean_of(rs, "nll")
+        return ((mean, nll) if self.cfg.shared_pick == "mean" else (worst, mean, nll)), row
+
+    def search_shared(self, start: dict, start_key: tuple) -> dict:
+        """The shared setting searched as one: from ``start`` (with its scores), each stage of
+        :func:`_shared_stages` in turn, each value scored on every language at once and kept where it ranks higher
+        by ``shared_pick``. Every value tried goes to :attr:`shared_tried`."""
+        langs = self.langs
+        cur = {k: v for k, v in start.items() if k not in SHARED_SCORES}
+        cur_scores, cur_key = {k: start[k] for k in SHARED_SCORES}, start_key
+        for stage, key, values in _shared_stages(self.cfg, self.neurons, self.n):
+            cands = [{**cur, **(dict(zip(key, v)) if isinstance(key, tuple) else {key: v})} for v in values]
+            cands = [st for st in {json.dumps(st, sort_keys=True): st for st in cands}.values() if self.applies(st)]
+            scores = self.evaluate_many([(lang, st) for st in cands for lang in langs], "val")
+            for i, st in enumerate(cands):
+                rank = self.shared_rank(scores[i * len(langs):(i + 1) * len(langs)])
+                if rank is None:
+                    continue
+                self.shared_tried.append({"stage": stage, "label": scores[i * len(langs)]["label"], **rank[1]})
+                if rank[0] > cur_key:
+                    cur, cur_key, cur_scores = st, rank[0], {k: rank[1][k] for k in SHARED_SCORES}
+        return {**cur, **cur_scores}
 
     def report(self, best: dict[str, dict], shared: dict | None) -> list[dict]:
         """The test split: unsteered, the system prompt (LCB), the paper's clamp, each language's best and
@@ -690,6 +734,8 @@ class _Search:
                          f"{'; '.join(self.empty)}")
         meta = {**self.cells.meta(), "config": asdict(self.cfg), "languages": self.langs, "notes": notes,
                 "shared": shared, "shared_options": self.shared_options}
+        if self.cfg.shared_search:
+            meta["shared_search"] = self.shared_tried
         if self.answers_gate:
             meta["lcb_gate"] = {"from": "the unsteered answers to the validation requests behind the system prompt, "
                                         f"seeds {LCB_GATE_SEEDS[0]}..{LCB_GATE_SEEDS[-1]}; 5th percentile of the "
@@ -783,6 +829,25 @@ def _later_stages(cfg: SweepConfig, neurons: LanguageNeurons) -> list[tuple[str,
     return stages
 
 
+def _shared_stages(cfg: SweepConfig, neurons: LanguageNeurons, n: int) -> list[tuple[str, str | tuple[str, ...], list]]:
+    """The stages of the shared search (``--shared-search``): equal norms first (so the strength stages after it
+    tune the equalised addition), the method's own stages, then the later stages each with its idea off among
+    the values (the start may carry it: a language's pick)."""
+    _, own, _ = _search_space(cfg, neurons, n)
+    out: list[tuple[str, str | tuple[str, ...], list]] = (
+        [("equal norm", "equal_norm", [None, *cfg.equal_norms])] if cfg.equal_norms else [])
+    out += own
+    for stage, key, values in _later_stages(cfg, neurons):
+        if stage == "two-phase":  # off: the first N tokens at full strength, then unsteered
+            off = [(n_tokens, None) for n_tokens in cfg.steer_tokens]
+        elif isinstance(key, tuple):  # the diffmean term: none (its layer and norm preservation with it)
+            off = [tuple(False if f == "keep_norm" else None for f in key)]
+        else:
+            off = [False if key == "keep_norm" else None]
+        out.append((stage, key, [*off, *values]))
+    return out
+
+
 def _fraction_k(fraction: str, n: int) -> int:
     """k of a fraction of the neurons, at least one neuron (small models)."""
     return parse_k(fraction, n) if float(fraction.rstrip("%")) * n >= 100 else 1
@@ -813,7 +878,11 @@ def _shared_line(res: SweepResult) -> list[str]:
     if not sh or label is None:
         return []
     what = "gated LPR" if _answers_gate(res.meta["config"]) else "gated rate"
-    if res.meta["config"].get("shared_pick", "mean") == "worst":
+    if res.meta["config"].get("shared_search"):
+        line = (f"One shared setting for all languages (searched as one, from the best of the per-language picks: "
+                f"validation {what} mean {sh['val_mean_gated_rate']:.2f}, worst language "
+                f"{sh['val_worst_gated_rate']:.2f}): {label}")
+    elif res.meta["config"].get("shared_pick", "mean") == "worst":
         line = (f"One shared setting for all languages (of the per-language best, the highest validation {what} for "
                 f"the language it serves worst, {sh['val_worst_gated_rate']:.2f}; mean {sh['val_mean_gated_rate']:.2f}): "
                 f"{label}")
@@ -823,9 +892,18 @@ def _shared_line(res: SweepResult) -> list[str]:
     options = res.meta.get("shared_options") or []
     rows = [[o["label"], f"{o['val_mean_gated_rate']:.2f}", f"{o['val_worst_gated_rate']:.2f} ({o['worst_lang']})"]
             for o in options]
-    return [line, ""] + ([f"The options (each language's pick on every language; validation {what}):", "",
-                          markdown_table(["setting", "mean", "worst (language)"], rows).rstrip("\n"), ""]
-                         if len(rows) > 1 else [])
+    out = [line, ""] + ([f"The options (each language's pick on every language; validation {what}):", "",
+                         markdown_table(["setting", "mean", "worst (language)"], rows).rstrip("\n"), ""]
+                        if len(rows) > 1 else [])
+    tried = res.meta.get("shared_search")
+    if tried:
+        rows = [[t["stage"], t["label"], f"{t['val_mean_gated_rate']:.2f}",
+                 f"{t['val_worst_gated_rate']:.2f} ({t['worst_lang']})"] for t in tried]
+        out += [f"The shared search (--shared-search; from the best option, each stage's values on every language, "
+                f"kept where the {'worst language' if res.meta['config'].get('shared_pick') == 'worst' else 'mean'} "
+                f"gains; validation {what}):", "",
+                markdown_table(["stage", "setting", "mean", "worst (language)"], rows).rstrip("\n"), ""]
+    return out
 
 
 def _answers_gate(config: dict) -> bool:
