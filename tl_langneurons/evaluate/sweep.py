@@ -601,8 +601,7 @@ class _Search:
         tried: dict[str, list[dict]] = {lang: [] for lang in self.langs}
         for stage, key, values in stages_of:
             # a key of several fields (e.g. steer_tokens with after_scale) takes a tuple of values
-            cands = [(lang, {**cur[lang], **(dict(zip(key, v)) if isinstance(key, tuple) else {key: v})})
-                     for lang in self.langs for v in values]
+            cands = [(lang, _with(cur[lang], key, v)) for lang in self.langs for v in values]
             cands = [(lang, st) for lang, st in cands if self.applies(st)]
             for (lang, st), r in zip(cands, self.evaluate_many(cands, "val")):
                 if r is None:
@@ -647,12 +646,12 @@ class _Search:
     def shared_rank(self, rs: list[dict | None]) -> tuple[tuple, dict] | None:
         """(sort key, scores) of one setting scored on every language: its mean and worst validation objective
         and the language of the worst, ranked by ``shared_pick``; None unless it applies to every language."""
-        if any(r is None for r in rs) or len(rs) < len(self.langs):
+        if any(r is None for r in rs):
             return None
         mean, worst = mean_of(rs, self.objective), min(r[self.objective] for r in rs)
         row = {"val_mean_gated_rate": mean, "val_worst_gated_rate": worst,
                "worst_lang": min(rs, key=lambda r: r[self.objective])["lang"]}
-        nll = -mean_of(rs, "nll")
+        nll = -mean_of([{"nll": r["nll"] if r["nll"] is not None else 99} for r in rs], "nll")  # as better()
         return ((mean, nll) if self.cfg.shared_pick == "mean" else (worst, mean, nll)), row
 
     def search_shared(self, start: dict, start_key: tuple) -> dict:
@@ -663,7 +662,7 @@ class _Search:
         cur = {k: v for k, v in start.items() if k not in SHARED_SCORES}
         cur_scores, cur_key = {k: start[k] for k in SHARED_SCORES}, start_key
         for stage, key, values in _shared_stages(self.cfg, self.neurons, self.n):
-            cands = [{**cur, **(dict(zip(key, v)) if isinstance(key, tuple) else {key: v})} for v in values]
+            cands = [_with(cur, key, v) for v in values]
             cands = [st for st in {json.dumps(st, sort_keys=True): st for st in cands}.values() if self.applies(st)]
             scores = self.evaluate_many([(lang, st) for st in cands for lang in langs], "val")
             for i, st in enumerate(cands):
@@ -802,6 +801,20 @@ def _search_space(cfg: SweepConfig, neurons: LanguageNeurons, n: int) -> tuple[d
 
 SHARED_SCORES = ("val_mean_gated_rate", "val_worst_gated_rate")  # a shared setting's scores, beside its fields
 
+# fields that mean nothing without another: turning the other off clears them (a second phase needs the first N
+# tokens; a diffmean term's layer and norm preservation need the term)
+_DEPENDENT = {"steer_tokens": {"after_scale": None}, "resid_alpha": {"layer": None, "keep_norm": False}}
+
+
+def _with(cur: dict, key: str | tuple[str, ...], value) -> dict:
+    """``cur`` with a stage's field(s) set to ``value`` (a tuple for a key of several fields); a field set to
+    none also clears what depends on it (:data:`_DEPENDENT`), so an idea's "off" value is the setting without it."""
+    new = {**cur, **(dict(zip(key, value)) if isinstance(key, tuple) else {key: value})}
+    for field_, cleared in _DEPENDENT.items():
+        if field_ in new and new[field_] is None:
+            new.update(cleared)
+    return new
+
 
 def _later_stages(cfg: SweepConfig, neurons: LanguageNeurons) -> list[tuple[str, str | tuple[str, ...], list]]:
     """The stages after the method's own (issue 29's ideas, each only where asked for): the k neurons spread over
@@ -838,8 +851,8 @@ def _shared_stages(cfg: SweepConfig, neurons: LanguageNeurons, n: int) -> list[t
         [("equal norm", "equal_norm", [None, *cfg.equal_norms])] if cfg.equal_norms else [])
     out += own
     for stage, key, values in _later_stages(cfg, neurons):
-        if stage == "two-phase":  # off: the first N tokens at full strength, then unsteered
-            off = [(n_tokens, None) for n_tokens in cfg.steer_tokens]
+        if stage == "two-phase":  # off: the first N tokens at full strength then unsteered, or every token steered
+            off = [(None, None), *((n_tokens, None) for n_tokens in cfg.steer_tokens)]
         elif isinstance(key, tuple):  # the diffmean term: none (its layer and norm preservation with it)
             off = [tuple(False if f == "keep_norm" else None for f in key)]
         else:
@@ -900,8 +913,9 @@ def _shared_line(res: SweepResult) -> list[str]:
         rows = [[t["stage"], t["label"], f"{t['val_mean_gated_rate']:.2f}",
                  f"{t['val_worst_gated_rate']:.2f} ({t['worst_lang']})"] for t in tried]
         out += [f"The shared search (--shared-search; from the best option, each stage's values on every language, "
-                f"kept where the {'worst language' if res.meta['config'].get('shared_pick') == 'worst' else 'mean'} "
-                f"gains; validation {what}):", "",
+                f"kept where it ranks higher: "
+                f"{'worst language, then mean' if res.meta['config'].get('shared_pick') == 'worst' else 'mean'}, then "
+                f"NLL; validation {what}):", "",
                 markdown_table(["stage", "setting", "mean", "worst (language)"], rows).rstrip("\n"), ""]
     return out
 

@@ -142,10 +142,13 @@ def equal_norm_factors(neurons: LanguageNeurons, lang: str, sel: Tensor, how: st
                        k: int | None = None, layers: str | Sequence[int] | None = None,
                        spread: str | None = None) -> Tensor:
     """The multiplier of each of ``lang``'s selected neurons ``sel`` (global indices) that gives its addition
-    ``mu_on - mu_off`` the mean norm over the languages of the result (each at the same which, k, layers and
-    spread): ``how`` "total", one factor for the whole addition, or "quarters", one per quarter of the depth
-    (layer x 4 // n_layers), each quarter to the mean norm in it of the languages with neurons there. None: 1
-    everywhere (float64).
+    ``mu_on - mu_off`` the mean norm over the result's languages (all of them, whichever a sweep targets; each at
+    the same which, k, layers and spread): ``how`` "total", one factor for the whole addition, or "quarters", one
+    per quarter of the depth (``layer * 4 // n_layers``: on 18 layers 0-4, 5-8, 9-13, 14-17; not the first / last
+    quarters of ``layers``, which are ``n_layers // 4`` layers each), each quarter to the mean norm there of the
+    languages whose addition there is not zero. The factors are not capped: a language with a few weak neurons
+    in a quarter gets them pushed as hard as the others' many. None: 1 everywhere (float64). ``band_alphas``
+    multiply after this, so with bands the norms differ again by the bands' factors.
 
     Why: one alpha moves languages unequally. On Gemma-3-270M at k = 369 the addition's norm is 7.7 for fr and
     es and 11-17 for en, zh and ja, and zh's last quarter is the largest; a shared setting then either
@@ -155,6 +158,8 @@ def equal_norm_factors(neurons: LanguageNeurons, lang: str, sel: Tensor, how: st
         return factors
     if how not in EQUAL_NORMS:
         raise LangNeuronsError(f"--equal-norm must be {' or '.join(EQUAL_NORMS)} (or none), got {how!r}")
+    if which not in ("both", "top", "bottom"):
+        raise LangNeuronsError("--equal-norm scales the top and bottom sets' additions; not the middle set")
     layer_of = torch.from_numpy(neurons.index.layers())
     groups = 1 if how == "total" else 4
 
@@ -466,7 +471,8 @@ SETTING_FIELDS: dict[str, tuple[str, ...]] = {
     "layer": ("integer", "null"), "n_dims": ("integer", "null"), "coef": ("number", "absent"),
     "restore_norm": ("bool", "absent"), "source": ("string", "null"), "outlier_factor": ("number", "null"),
     "steer_tokens": ("integer", "null"), "after_scale": ("number", "null"), "band_alphas": ("string", "null"),
-    "resid_alpha": ("number", "null"), "keep_norm": ("bool", "absent"), "spread": ("string", "null")}
+    "resid_alpha": ("number", "null"), "keep_norm": ("bool", "absent"), "spread": ("string", "null"),
+    "equal_norm": ("string", "null")}
 
 # fields added after samples were first cached: a setting's key holds them only where they are set, so every
 # setting made before them keeps its key (and its samples)
@@ -563,8 +569,9 @@ class SteeringConfig:
         "the addition (norm-preserving, as ReCoVeR)")
     equal_norm: str | None = option(
         None, "add: scale each language's addition (mu_on - mu_off on its k neurons) to the mean norm over the "
-        "languages, total (one factor) or quarters (one per quarter of the depth), so one alpha steers every target "
-        "equally hard (a shared setting); none: as found", parse=_word_or_none)
+        "result's languages, total (one factor) or quarters (one per quarter of the depth, layer x 4 // layers), so "
+        "one alpha steers every target equally hard (a shared setting; --band-alphas multiply after it); none: as "
+        "found", parse=_word_or_none)
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -587,8 +594,8 @@ class SteeringConfig:
             raise LangNeuronsError(f"unknown neuron set {self.which!r}; use top, bottom, both or middle")
 
     def _check_later(self) -> None:
-        """The two-phase strength, the band strengths, the diffmean term and norm preservation: numbers, and
-        the methods they belong to."""
+        """The two-phase strength, the band strengths, the spread, equal norms, the diffmean term and norm
+        preservation: numbers and names, and the methods they belong to."""
         if self.after_scale is not None:
             _finite("--after-scale", self.after_scale)
             if self.after_scale <= 0:
