@@ -650,7 +650,9 @@ class _Search:
             return None
         mean, worst = mean_of(rs, self.objective), min(r[self.objective] for r in rs)
         row = {"val_mean_gated_rate": mean, "val_worst_gated_rate": worst,
-               "worst_lang": min(rs, key=lambda r: r[self.objective])["lang"]}
+               "worst_lang": min(rs, key=lambda r: r[self.objective])["lang"],
+               "by_lang": {r["lang"]: {"gated": r[self.objective], "rate": r["rate"], "retention": r.get("retention")}
+                           for r in rs}}
         nll = -mean_of([{"nll": r["nll"] if r["nll"] is not None else 99} for r in rs], "nll")  # as better()
         return ((mean, nll) if self.cfg.shared_pick == "mean" else (worst, mean, nll)), row
 
@@ -903,21 +905,26 @@ def _shared_line(res: SweepResult) -> list[str]:
         line = (f"One shared setting for all languages (of the per-language best, the highest mean validation {what}, "
                 f"{sh['val_mean_gated_rate']:.2f}): {label}")
     options = res.meta.get("shared_options") or []
-    rows = [[o["label"], f"{o['val_mean_gated_rate']:.2f}", f"{o['val_worst_gated_rate']:.2f} ({o['worst_lang']})"]
-            for o in options]
+    rows = [[o["label"], f"{o['val_mean_gated_rate']:.2f}", f"{o['val_worst_gated_rate']:.2f} ({o['worst_lang']})",
+             _by_lang(o)] for o in options]
     out = [line, ""] + ([f"The options (each language's pick on every language; validation {what}):", "",
-                         markdown_table(["setting", "mean", "worst (language)"], rows).rstrip("\n"), ""]
+                         markdown_table(["setting", "mean", "worst (language)", "by language"], rows).rstrip("\n"), ""]
                         if len(rows) > 1 else [])
     tried = res.meta.get("shared_search")
     if tried:
         rows = [[t["stage"], t["label"], f"{t['val_mean_gated_rate']:.2f}",
-                 f"{t['val_worst_gated_rate']:.2f} ({t['worst_lang']})"] for t in tried]
+                 f"{t['val_worst_gated_rate']:.2f} ({t['worst_lang']})", _by_lang(t)] for t in tried]
         out += [f"The shared search (--shared-search; from the best option, each stage's values on every language, "
                 f"kept where it ranks higher: "
                 f"{'worst language, then mean' if res.meta['config'].get('shared_pick') == 'worst' else 'mean'}, then "
                 f"NLL; validation {what}):", "",
-                markdown_table(["stage", "setting", "mean", "worst (language)"], rows).rstrip("\n"), ""]
+                markdown_table(["stage", "setting", "mean", "worst (language)", "by language"], rows).rstrip("\n"), ""]
     return out
+
+
+def _by_lang(row: dict) -> str:
+    """A shared option's objective per language, compactly (rows written before it was recorded: empty)."""
+    return " ".join(f"{lang} {v['gated']:.2f}" for lang, v in row.get("by_lang", {}).items())
 
 
 def _answers_gate(config: dict) -> bool:
