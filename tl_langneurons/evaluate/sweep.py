@@ -651,7 +651,7 @@ class _Search:
         mean, worst = mean_of(rs, self.objective), min(r[self.objective] for r in rs)
         row = {"val_mean_gated_rate": mean, "val_worst_gated_rate": worst,
                "worst_lang": min(rs, key=lambda r: r[self.objective])["lang"],
-               "by_lang": {r["lang"]: {"gated": r[self.objective], "rate": r["rate"], "retention": r.get("retention")}
+               "by_lang": {r["lang"]: {"gated": r[self.objective], "rate": r.get("rate"), "retention": r.get("retention")}
                            for r in rs}}
         nll = -mean_of([{"nll": r["nll"] if r["nll"] is not None else 99} for r in rs], "nll")  # as better()
         return ((mean, nll) if self.cfg.shared_pick == "mean" else (worst, mean, nll)), row
