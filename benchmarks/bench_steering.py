@@ -45,56 +45,8 @@ from tl_langneurons.evaluate.control import EvaluateConfig  # noqa: E402
 from tl_langneurons.evaluate.samples import SampleStore  # noqa: E402
 from tl_langneurons.evaluate.sweep import sweep_settings  # noqa: E402
 from tl_langneurons.provenance import atomic_write_text  # noqa: E402
-from tl_langneurons.steer.methods import SteeringConfig, check_not_empty  # noqa: E402
+from tl_langneurons.steer.methods import SteeringConfig, check_not_empty, parse_setting  # noqa: E402
 from tl_langneurons.study import Study  # noqa: E402
-
-FIELDS = {f.name: f for f in fields(SteeringConfig)}
-WHOLE = ("k", "layer", "n_dims", "steer_tokens")  # options that are whole numbers
-
-
-def _value(key: str, s: str):
-    s = s.strip()
-    if s.lower() in ("none", "null"):
-        return None
-    if key in ("restore_norm", "keep_norm"):
-        return s.lower() in ("1", "true", "yes")
-    if key in ("which", "positions", "source", "method", "layers", "spread", "band_alphas", "equal_norm") or (
-            key == "value" and not s[:1].isdigit()):
-        return s
-    x = float(s)
-    if key in WHOLE:
-        if x != int(x):
-            raise ValueError(s)
-        return int(x)
-    return x
-
-
-def parse_setting(spec: str) -> tuple[str, SteeringConfig]:
-    """``NAME=METHOD[:key=value,...]`` -> (NAME, SteeringConfig); one clear error otherwise."""
-    import re
-
-    from tl_langneurons.steer.methods import METHODS
-
-    # NAME may hold "=" (e.g. "clamp k=100"): the split is at the "=" before a method name
-    m = re.match(rf"^(.+?)=({'|'.join(METHODS)})(?::(.*))?$", spec.strip())
-    if not m or not m.group(1).strip():
-        raise LangNeuronsError(f"--setting must be NAME=METHOD[:key=value,...] with METHOD one of "
-                               f"{', '.join(METHODS)}, got {spec!r}")
-    name, method, opts = m.group(1), m.group(2), m.group(3) or ""
-    kw = {"method": method.strip()}
-    for item in filter(None, (x.strip() for x in opts.split(","))):
-        key, sep, val = item.partition("=")
-        key = key.strip().replace("-", "_")
-        if not sep or key not in FIELDS or key == "method":
-            raise LangNeuronsError(f"--setting {name}: unknown option {item!r}; use key=value with one of "
-                                   f"{', '.join(k for k in FIELDS if k != 'method')}")
-        try:
-            kw[key] = _value(key, val)
-        except ValueError:
-            raise LangNeuronsError(f"--setting {name}: {key} must be a {'whole ' if key in WHOLE else ''}number, "
-                                   f"got {val!r}") from None
-    return name.strip(), SteeringConfig(**kw)
-
 
 def sweep_best(spec: str) -> tuple[str, dict[str, SteeringConfig]]:
     """``NAME=DIR`` -> (NAME, {lang: the per-language best setting of the sweep in DIR})."""

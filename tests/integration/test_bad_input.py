@@ -235,6 +235,8 @@ def test_sweep_scales_finite_and_positive(found, tmp_path, capsys, scales):
     (["--method", "add", "--equal-norms", "total"], "--equal-norms is a stage of the shared search of add"),
     (["--method", "add", "--shared-search", "--equal-norms", "layers"], "--equal-norms must be"),
     (["--method", "clamp", "--shared-search", "--equal-norms", "total"], "--equal-norms is a stage"),
+    (["--test-settings", "x=add:layers=0-99"], "--test-settings x towards en: layer range '0-99'"),
+    (["--test-settings", "x=add:alpha=much"], "--test-settings x: alpha must be a number"),
 ])
 def test_sweep_shared_search_options_checked_before_the_model(found, tmp_path, capsys, args, msg):
     code = main(["sweep", "--neurons", str(found), "--out", str(tmp_path / "s"), "--quiet", *args])

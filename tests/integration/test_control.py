@@ -363,7 +363,12 @@ def test_shared_search_ranks_one_setting_on_every_language_and_resumes(tiny_llam
     stage with its idea off too) scored on every language; the kept setting ranks highest by --shared-pick of all
     tried, its scores are those it was tried with, the report tables the search, and a second run generates
     nothing."""
+    from dataclasses import replace
+
     from tl_langneurons.evaluate.sweep import SHARED_SCORES, SweepConfig, run_sweep, sweep_markdown
+
+    def setting_fields(st):
+        return {k: v for k, v in st.items() if k not in SHARED_SCORES}
 
     neurons = find_neurons(tiny_llama, tiny_corpus, k=10, progress=False)
     cfg = SweepConfig(method="add", languages=["de", "ja"], k_fractions=["5%"], alphas=[1.0, 4.0], layer_sets=["all"],
@@ -388,7 +393,25 @@ def test_shared_search_ranks_one_setting_on_every_language_and_resumes(tiny_llam
     assert "searched as one" in text and "The shared search (--shared-search" in text
     again = run_sweep(tiny_llama, neurons, tiny_corpus.texts, cfg, tmp_path, progress=False)  # from the cache
     assert again.meta["shared"] == shared and again.meta["run"]["samples_generated"] == 0
+    # --test-settings: a setting of one's own on the test split; given the shared setting, its rows are the shared
+    # rows (the same cells: nothing generated)
+    spec = "mine=add:" + ",".join(f"{k}={v}" for k, v in setting_fields(shared).items() if v is not None and k != "method")
+    mine = run_sweep(tiny_llama, neurons, tiny_corpus.texts, replace(cfg, test_settings=[spec]), tmp_path / "mine",
+                     progress=False, store=tmp_path / "samples")
+    again = run_sweep(tiny_llama, neurons, tiny_corpus.texts, cfg, tmp_path / "again", progress=False,
+                      store=tmp_path / "samples")
+    assert again.meta["run"]["samples_generated"] == 0  # the shared rows were the same cells as "mine"
+    rows = {(r["setting"], r["lang"]): r for r in mine.test}
+    for lang in ("de", "ja"):
+        a, b = rows[("mine", lang)], rows[("shared add", lang)]
+        assert {k: a[k] for k in ("rate", "gated_rate", "retention", "nll")} == {
+            k: b[k] for k in ("rate", "gated_rate", "retention", "nll")}
+    assert "mine: rate / lingua" in sweep_markdown(mine)  # a column of the test table
     for bad, msg in [(dict(method="add", equal_norms=["total"]), "--equal-norms is a stage of the shared search"),
+                     (dict(test_settings=["none=add:k=5"]), "the sweep's own row"),
+                     (dict(test_settings=["a=add:k=5", "a=clamp"]), "a name is given twice"),
+                     (dict(test_settings=["a=add:equal_norm=layers"]), "--test-settings a: --equal-norm must be"),
+                     (dict(test_settings=["a=steer:k=5"]), "--test-settings must be NAME=METHOD"),
                      (dict(method="clamp", shared_search=True, equal_norms=["total"]), "--equal-norms"),
                      (dict(method="add", shared_search=True, equal_norms=["layers"]), "equal-norms")]:
         with pytest.raises(LangNeuronsError, match=msg):

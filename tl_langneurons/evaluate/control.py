@@ -90,7 +90,8 @@ class ControlResult:
 # (each field's values that reproduce what was done before it existed)
 _LATER_FIELDS = {"lcb": (False,), "lcb_gate": (None, "references"), "genres": (False,), "after_scales": ((), []),
                  "band_alphas": ((), []), "resid_alphas": ((), []), "keep_norm_stage": (False,), "spreads": ((), []),
-                 "shared_pick": ("mean",), "shared_search": (False,), "equal_norms": ((), [])}
+                 "shared_pick": ("mean",), "shared_search": (False,), "equal_norms": ((), []),
+                 "test_settings": ((), [])}
 
 
 # SteeringConfig fields added after results were written, dropped from a nested steering config at their default

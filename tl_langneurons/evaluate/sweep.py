@@ -37,7 +37,7 @@ from ..model.protocol import HookedModel
 from ..provenance import atomic_write_json, atomic_write_text, sha256_texts
 from ..results import read_json
 from ..tables import dashed as _f, markdown_table
-from ..steer.methods import (EQUAL_NORMS, METHODS, POSITIONS, SteeringConfig, check_not_empty, default_layer, full_count,
+from ..steer.methods import (EQUAL_NORMS, METHODS, POSITIONS, parse_setting, SteeringConfig, check_not_empty, default_layer, full_count,
                              neuron_count, parse_bands, setting_from_json)
 from ..steer.prompts import split_prompts
 from .samples import SampleStore, store_of
@@ -132,6 +132,13 @@ class SweepConfig:
                                         "quarter of the depth), against as found (none: no such stage)",
                                         items=Items("str", "total and/or quarters (none: no such stage)",
                                                     choices=EQUAL_NORMS, empty=True, none="empty"))
+    test_settings: Sequence[str] = option((), "settings of your own reported on the test split beside the picks "
+                                          "(not picked: to measure a setting on the same prompts, seeds and gate), "
+                                          "each NAME=METHOD[:key=value,...] with SteeringConfig's fields such as "
+                                          "eq=add:k=369,equal_norm=total,positions=generated (k none: the result's); "
+                                          "none: no such rows",
+                                          items=Items("str", "settings NAME=METHOD[:key=value,...] (none: no such "
+                                                      "rows)", empty=True, none="empty"))
     keep_norm_stage: bool = option(False, "diffmean: a stage of the residual addition norm-preserving, as ReCoVeR, "
                                    "against not; add: the diffmean term of --resid-alphas tried both ways")
     heldout: str | None = option(None, "search on prompts: held-out text (never used for selection; a folder, a "
@@ -188,6 +195,12 @@ class SweepConfig:
             raise LangNeuronsError(f"--spreads chooses neurons (clamp, add), not for {self.method}")
         if self.method != "add" and (self.band_alphas or self.resid_alphas):
             raise LangNeuronsError(f"--band-alphas and --resid-alphas are stages of add, not of {self.method}")
+        names = [parse_setting(t, "--test-settings")[0] for t in self.test_settings]
+        for name in names:
+            if name in ("none", "system prompt", "paper clamp k=1000") or name.startswith(("best ", "shared ")):
+                raise LangNeuronsError(f"--test-settings: the name {name!r} is the sweep's own row; choose another")
+        if len(set(names)) < len(names):
+            raise LangNeuronsError(f"--test-settings: a name is given twice ({', '.join(names)})")
         if self.equal_norms and (self.method != "add" or not self.shared_search):
             raise LangNeuronsError("--equal-norms is a stage of the shared search of add: give --method add and "
                                    "--shared-search")
@@ -312,11 +325,20 @@ def sweep_settings(directory: str | Path, pick: str = "best", neurons: LanguageN
 
 def check_sweep(cfg: SweepConfig, neurons: LanguageNeurons) -> None:
     """What the config asks of the neurons, checked before the model loads: the languages are the neurons',
-    for clamp and add a k value reaches one neuron and the layer subsets exist, for diffmean and sparse the
-    residual means were recorded and the layers searched exist."""
+    the test settings build towards each, for clamp and add a k value reaches one neuron and the layer subsets
+    exist, for diffmean and sparse the residual means were recorded and the layers searched exist."""
     langs = lcb_languages(cfg.languages, neurons.languages) if cfg.lcb else cfg.languages or neurons.languages
     for lang in langs:
         neurons._check_lang(lang)
+    for spec in cfg.test_settings:  # each of the user's settings builds for every target (k, layers, bands, source)
+        name, st = parse_setting(spec, "--test-settings")
+        for lang in langs:
+            try:
+                if st.neuron_level:
+                    check_not_empty(neurons, st, lang)
+                st.for_prompt(None if st.source == "prompt" else st.source, lang).hooks(neurons, lang)
+            except LangNeuronsError as e:
+                raise LangNeuronsError(f"--test-settings {name} towards {lang}: {e}") from None
     if cfg.lcb and "prompt" in cfg.sources:
         neurons._check_lang("en")  # LCB's requests are English: the source steered away from
     if cfg.method in ("clamp", "add"):
@@ -713,6 +735,10 @@ class _Search:
         if shared is not None:
             named.append((f"shared {cfg.method}", {l: {k: v for k, v in shared.items() if k not in SHARED_SCORES}
                                                    for l in langs}))
+        for spec in cfg.test_settings:  # the user's own settings, on the same test cells
+            name, st = parse_setting(spec, "--test-settings")
+            setting = {**asdict(st), "k": st.k if st.k is not None else self.neurons.k}
+            named.append((name, {l: setting for l in langs}))
         scores = iter(self.evaluate_many([(lang, per[lang]) for _, per in named for lang in langs], "test"))
         for name, per in named:
             for lang in langs:

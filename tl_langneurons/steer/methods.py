@@ -479,6 +479,61 @@ SETTING_FIELDS: dict[str, tuple[str, ...]] = {
 LATER_FIELDS = ("steer_tokens", "after_scale", "band_alphas", "resid_alpha", "keep_norm", "spread", "equal_norm")
 
 
+_WHOLE = ("k", "layer", "n_dims", "steer_tokens")  # setting fields that are whole numbers
+_WORDS = ("which", "positions", "source", "method", "layers", "spread", "band_alphas", "equal_norm")
+
+
+def _setting_value(key: str, s: str):
+    s = s.strip()
+    if s.lower() in ("none", "null"):
+        return None
+    if key in ("restore_norm", "keep_norm"):
+        return s.lower() in ("1", "true", "yes")
+    if key in _WORDS or (key == "value" and not s[:1].isdigit()):
+        return s
+    x = float(s)
+    if key in _WHOLE:
+        if x != int(x):
+            raise ValueError(s)
+        return int(x)
+    return x
+
+
+def parse_setting(spec: str, flag: str = "--setting") -> tuple[str, "SteeringConfig"]:
+    """``NAME=METHOD[:key=value,...]`` (the fields of :class:`SteeringConfig`) -> (NAME, SteeringConfig); one
+    clear line otherwise. NAME may hold "=" (``clamp k=100=clamp:k=100``): the split is at the "=" before a
+    method name.
+
+    Example:
+        >>> parse_setting("eq=add:k=369,equal_norm=total,positions=generated")[1].label()
+        'add k=369 a=1 eqnorm=total generated positions'
+    """
+    import re
+
+    m = re.match(rf"^(.+?)=({'|'.join(METHODS)})(?::(.*))?$", spec.strip())
+    if not m or not m.group(1).strip():
+        raise LangNeuronsError(f"{flag} must be NAME=METHOD[:key=value,...] with METHOD one of "
+                               f"{', '.join(METHODS)}, got {spec!r}")
+    name, method, opts = m.group(1), m.group(2), m.group(3) or ""
+    names = [f.name for f in fields(SteeringConfig)]
+    kw = {"method": method.strip()}
+    for item in filter(None, (x.strip() for x in opts.split(","))):
+        key, sep, val = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or key not in names or key == "method":
+            raise LangNeuronsError(f"{flag} {name}: unknown option {item!r}; use key=value with one of "
+                                   f"{', '.join(k for k in names if k != 'method')}")
+        try:
+            kw[key] = _setting_value(key, val)
+        except ValueError:
+            raise LangNeuronsError(f"{flag} {name}: {key} must be a {'whole ' if key in _WHOLE else ''}number, "
+                                   f"got {val!r}") from None
+    try:
+        return name.strip(), SteeringConfig(**kw)
+    except LangNeuronsError as e:
+        raise LangNeuronsError(f"{flag} {name.strip()}: {e}") from None
+
+
 def setting_from_json(data: dict, where: str, field_: str, again: str) -> "SteeringConfig":
     """The :class:`SteeringConfig` of a setting read back from a JSON file ``where`` (at ``field_``, such as
     ``best.de``), its other keys ignored; one clear line naming the field where it is not a setting."""
