@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import math
 import numbers
 import os
@@ -37,7 +38,7 @@ def option(default: Any = dataclasses.MISSING, help: str = "", *, flag: str | No
     ``at_least``: a whole number of at least this; ``positive``: a finite number above 0. ``help=""``
     declares a checked field that is not a command-line option."""
     if items is not None:
-        parse = split_items
+        parse = functools.partial(split_items, sep=items.sep)
     meta = {"help": help, "flag": flag, "parse": parse, "choices": choices, "metavar": metavar, "items": items,
             "at_least": at_least, "positive": positive}
     if default_factory is not None:
@@ -50,11 +51,12 @@ def comma_list(s: str) -> list[str]:
     return [x.strip() for x in s.split(",") if x.strip()]
 
 
-def split_items(s: str) -> list[str]:
+def split_items(s: str, sep: str = ",") -> list[str]:
     """How every list option is read from the command line: ``"a, b,c"`` -> ``["a", "b", "c"]``, ``""`` ->
     ``[]``; empty items are kept (``"a,,b"``) so that :func:`check_list` refuses them. Nothing is converted
-    here: the config checks and converts the items (one message for every list option)."""
-    return [] if not s.strip() else [x.strip() for x in s.split(",")]
+    here: the config checks and converts the items (one message for every list option). ``sep``: the
+    separator (";" for items that hold commas themselves, see :class:`Items`)."""
+    return [] if not s.strip() else [x.strip() for x in s.split(sep)]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,7 +67,8 @@ class Items:
     count such as 1000 or a percentage); ``low``/``high``: the range (``low`` excluded when ``above``);
     ``choices``: the allowed words; ``empty``: an empty list is allowed (it means none); ``none``: what
     the word ``none`` stands for (``"default"``: the field's default, None; ``"empty"``: the empty list;
-    None: not allowed); ``want``: the items as the message asks for them. Repeated items are refused.
+    None: not allowed); ``want``: the items as the message asks for them; ``sep``: what separates them on the
+    command line (``;`` where an item holds commas). Repeated items are refused.
     """
 
     kind: str
@@ -76,6 +79,7 @@ class Items:
     choices: tuple[str, ...] | None = None
     empty: bool = False
     none: str | None = None
+    sep: str = ","
 
 
 def _item(x: Any, spec: Items) -> tuple[Any, str | None]:
@@ -149,9 +153,9 @@ def check_list(name: str, values: Any, spec: Items) -> list | None:
     it got and the first problem (an empty list or item, a word that is not a number, nan or inf, a
     value out of range, a repeated value). Returns None for ``none`` where that means the default."""
     if isinstance(values, str):
-        values = split_items(values)
+        values = split_items(values, spec.sep)
     values = [] if values is None else list(values)
-    shown = ",".join(str(v) for v in values) or '""'
+    shown = spec.sep.join(str(v) for v in values) or '""'
     if [str(v).strip().lower() for v in values] == ["none"] and spec.none is not None:
         return None if spec.none == "default" else []
     problem = None

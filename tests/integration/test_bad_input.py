@@ -244,6 +244,13 @@ def test_sweep_shared_search_options_checked_before_the_model(found, tmp_path, c
     assert not (tmp_path / "s").exists()
 
 
+def test_sweep_test_settings_are_separated_by_semicolons(found, tmp_path, capsys):
+    """Each setting holds commas, so --test-settings separates them by ;: two settings, the second's error named."""
+    code = main(["sweep", "--neurons", str(found), "--out", str(tmp_path / "s"), "--quiet", "--test-settings",
+                 "a=add:k=3,alpha=2,positions=generated; b=add:k=3,equal_norm=quarter"])
+    one_line_error(capsys, code, "--test-settings b: --equal-norm must be total or quarters")
+
+
 def test_steer_equal_norm_checked(found, tmp_path, capsys):
     code = main(["steer", "--neurons", str(found), "--lang", "de", "--method", "diffmean", "--equal-norm", "total",
                  "--quiet"])

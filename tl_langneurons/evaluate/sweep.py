@@ -134,11 +134,11 @@ class SweepConfig:
                                                     choices=EQUAL_NORMS, empty=True, none="empty"))
     test_settings: Sequence[str] = option((), "settings of your own reported on the test split beside the picks "
                                           "(not picked: to measure a setting on the same prompts, seeds and gate), "
-                                          "each NAME=METHOD[:key=value,...] with SteeringConfig's fields such as "
-                                          "eq=add:k=369,equal_norm=total,positions=generated (k none: the result's); "
-                                          "none: no such rows",
-                                          items=Items("str", "settings NAME=METHOD[:key=value,...] (none: no such "
-                                                      "rows)", empty=True, none="empty"))
+                                          "separated by ; each NAME=METHOD[:key=value,...] with SteeringConfig's "
+                                          "fields such as eq=add:k=369,equal_norm=total,positions=generated (k none: "
+                                          "the result's); none: no such rows",
+                                          items=Items("str", "settings NAME=METHOD[:key=value,...] separated by ; "
+                                                      "(none: no such rows)", empty=True, none="empty", sep=";"))
     keep_norm_stage: bool = option(False, "diffmean: a stage of the residual addition norm-preserving, as ReCoVeR, "
                                    "against not; add: the diffmean term of --resid-alphas tried both ways")
     heldout: str | None = option(None, "search on prompts: held-out text (never used for selection; a folder, a "
