@@ -650,15 +650,13 @@ class _Search:
         the start of :meth:`search_shared`."""
         langs = self.langs
         options = list({json.dumps(cur[l], sort_keys=True): cur[l] for l in langs}.values())
-        scores = self.evaluate_many([(lang, st) for st in options for lang in langs], "val")
         shared, shared_key = None, None
         self.shared_options = []
-        for i, st in enumerate(options):
-            rank = self.shared_rank(scores[i * len(langs):(i + 1) * len(langs)])
+        for st, rank in zip(options, self.rank_all(options)):
             if rank is None:
                 continue
             key, row = rank
-            self.shared_options.append({"label": scores[i * len(langs)]["label"], **row})
+            self.shared_options.append(row)
             if shared_key is None or key > shared_key:
                 shared, shared_key = {**st, **{k: row[k] for k in SHARED_SCORES}}, key
         if shared is not None and self.cfg.shared_search:
@@ -666,34 +664,37 @@ class _Search:
         return shared
 
     def shared_rank(self, rs: list[dict | None]) -> tuple[tuple, dict] | None:
-        """(sort key, scores) of one setting scored on every language: its mean and worst validation objective
-        and the language of the worst, ranked by ``shared_pick``; None unless it applies to every language."""
+        """(sort key, scores) of one setting scored on every language: its label, its mean and worst validation
+        objective and the language of the worst, ranked by ``shared_pick``; None unless it applies to every language."""
         if any(r is None for r in rs):
             return None
         mean, worst = mean_of(rs, self.objective), min(r[self.objective] for r in rs)
-        row = {"val_mean_gated_rate": mean, "val_worst_gated_rate": worst,
+        row = {"label": rs[0]["label"], "val_mean_gated_rate": mean, "val_worst_gated_rate": worst,
                "worst_lang": min(rs, key=lambda r: r[self.objective])["lang"],
                "by_lang": {r["lang"]: {"gated": r[self.objective], "rate": r.get("rate"), "retention": r.get("retention")}
                            for r in rs}}
         nll = -mean_of([{"nll": r["nll"] if r["nll"] is not None else 99} for r in rs], "nll")  # as better()
         return ((mean, nll) if self.cfg.shared_pick == "mean" else (worst, mean, nll)), row
 
+    def rank_all(self, settings: list[dict]) -> list[tuple[tuple, dict] | None]:
+        """:meth:`shared_rank` of each setting, every setting scored on every language in one batched call."""
+        langs = self.langs
+        scores = self.evaluate_many([(lang, st) for st in settings for lang in langs], "val")
+        return [self.shared_rank(scores[i * len(langs):(i + 1) * len(langs)]) for i in range(len(settings))]
+
     def search_shared(self, start: dict, start_key: tuple) -> dict:
         """The shared setting searched as one: from ``start`` (with its scores), each stage of
         :func:`_shared_stages` in turn, each value scored on every language at once and kept where it ranks higher
         by ``shared_pick``. Every value tried goes to :attr:`shared_tried`."""
-        langs = self.langs
         cur = {k: v for k, v in start.items() if k not in SHARED_SCORES}
         cur_scores, cur_key = {k: start[k] for k in SHARED_SCORES}, start_key
         for stage, key, values in _shared_stages(self.cfg, self.neurons, self.n):
             cands = [_with(cur, key, v) for v in values]
             cands = [st for st in {json.dumps(st, sort_keys=True): st for st in cands}.values() if self.applies(st)]
-            scores = self.evaluate_many([(lang, st) for st in cands for lang in langs], "val")
-            for i, st in enumerate(cands):
-                rank = self.shared_rank(scores[i * len(langs):(i + 1) * len(langs)])
+            for st, rank in zip(cands, self.rank_all(cands)):
                 if rank is None:
                     continue
-                self.shared_tried.append({"stage": stage, "label": scores[i * len(langs)]["label"], **rank[1]})
+                self.shared_tried.append({"stage": stage, **rank[1]})
                 if rank[0] > cur_key:
                     cur, cur_key, cur_scores = st, rank[0], {k: rank[1][k] for k in SHARED_SCORES}
         return {**cur, **cur_scores}
