@@ -8,6 +8,7 @@ import pytest
 import tl_langneurons.evaluate.cells as pipeline
 from tl_langneurons.errors import LangNeuronsError
 from tl_langneurons.detect.neurons import find_neurons
+from tl_langneurons.evaluate.sweep import SHARED_SCORES
 from tl_langneurons.evaluate.control import (
     EvaluateConfig,
     evaluate_control,
@@ -124,7 +125,7 @@ def test_sweep_end_to_end(tiny_llama, tiny_corpus, tmp_path):
     assert "positions=last skipped" in (tmp_path / "sweep.md").read_text()
     assert [r["setting"] for r in res.test] == ["none", "paper clamp k=1000", "best clamp", "shared clamp"]
     # one language: the shared setting is its best one, and it scores the same on the test seeds
-    shared = {k: v for k, v in res.meta["shared"].items() if k not in ("val_mean_gated_rate", "val_worst_gated_rate")}
+    shared = {k: v for k, v in res.meta["shared"].items() if k not in SHARED_SCORES}
     assert shared == {k: v for k, v in res.best["de"].items() if k != "val"}
     assert {k: v for k, v in res.test[3].items() if k != "setting"} == {k: v for k, v in res.test[2].items() if k != "setting"}
     assert "One shared setting for all languages" in (tmp_path / "sweep.md").read_text()
@@ -337,7 +338,7 @@ def test_sweep_of_two_languages_equals_each_alone_and_shares_one_setting(tiny_ll
         alone = run_sweep(tiny_llama, neurons, tiny_corpus.texts, SweepConfig(languages=[lang], **kw), progress=False)
         assert both.best[lang] == alone.best[lang]
         assert [r for r in both.stages if r["lang"] == lang] == alone.stages
-    shared = {k: v for k, v in both.meta["shared"].items() if k not in ("val_mean_gated_rate", "val_worst_gated_rate")}
+    shared = {k: v for k, v in both.meta["shared"].items() if k not in SHARED_SCORES}
     assert shared in [{k: v for k, v in both.best[l].items() if k != "val"} for l in ("de", "ja")]
     # the options: each pick scored on both languages; mean picks the highest mean, worst the highest minimum
     opts = both.meta["shared_options"]
@@ -352,7 +353,7 @@ def test_sweep_of_two_languages_equals_each_alone_and_shares_one_setting(tiny_ll
 
     write_sweep(both, tmp_path / "s")
     as_config = lambda st: SteeringConfig(**{k: v for k, v in st.items()
-                                             if k not in ("val", "val_mean_gated_rate", "val_worst_gated_rate")})
+                                             if k not in ("val", *SHARED_SCORES)})
     assert sweep_settings(tmp_path / "s") == {l: as_config(both.best[l]) for l in ("de", "ja")}
     assert sweep_settings(tmp_path / "s", "shared") == {l: as_config(both.meta["shared"]) for l in ("de", "ja")}
     assert sorted(r["lang"] for r in both.test if r["setting"] == "shared diffmean") == ["de", "ja"]

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from tl_langneurons.detect.neurons import LanguageNeurons
-from tl_langneurons.evaluate.sweep import SweepConfig, _Search, _shared_stages, _with
+from tl_langneurons.errors import LangNeuronsError
+from tl_langneurons.evaluate.sweep import SHARED_SCORES, SweepConfig, SweepResult, _Search, _shared_line, _shared_stages, _with
 from tl_langneurons.steer.methods import equal_norm_factors
 
 LANGS = ["de", "fr", "zh"]
@@ -35,8 +36,13 @@ def _search(cfg: SweepConfig, score) -> _Search:
 
     def evaluate_many(cands, phase):
         s.calls.append([st for _, st in cands])
-        return [{"lang": lang, "label": json.dumps(st, sort_keys=True), "gated_rate": score(lang, st), "nll": 1.0}
-                for lang, st in cands]
+        out = []
+        for lang, st in cands:
+            got = score(lang, st)  # a gated rate, or (gated rate, retention)
+            gated, retention = got if isinstance(got, tuple) else (got, 1.0)
+            out.append({"lang": lang, "label": json.dumps(st, sort_keys=True), "gated_rate": gated,
+                        "retention": retention, "nll": 1.0})
+        return out
     s.evaluate_many = evaluate_many
     return s
 
@@ -60,7 +66,7 @@ def test_every_later_idea_is_tried_off_from_a_start_that_carries_it():
                    st.get("resid_alpha") is None, st.get("equal_norm") == "total", st["alpha"] == 1.5])
         return off / 6 - (0.3 if lang == "zh" else 0)
     s = _search(_cfg(shared_pick="worst"), score)
-    got = s.search_shared({**START, "val_mean_gated_rate": 0.0, "val_worst_gated_rate": 0.0}, (-1.0, -1.0, -1.0))
+    got = s.search_shared({**START, "val_mean_gated_rate": 0.0, "val_worst_gated_rate": 0.0, "val_low_retention": 1.0}, (-1.0, -1.0, -1.0))
     assert got["equal_norm"] == "total" and got["alpha"] == 1.5
     assert got["steer_tokens"] is None and got["after_scale"] is None
     assert got["band_alphas"] is None and got["resid_alpha"] is None and got["layer"] is None
@@ -87,12 +93,12 @@ def test_worst_ranks_by_the_language_served_worst_and_mean_by_the_mean_and_ties_
     for pick, alpha in (("worst", 1.0), ("mean", 1.5)):
         s = _search(_cfg(shared_pick=pick), score)
         key = (0.6, 0.6, -1.0) if pick == "worst" else (0.6, -1.0)
-        got = s.search_shared({**start, "val_mean_gated_rate": 0.6, "val_worst_gated_rate": 0.6}, key)
+        got = s.search_shared({**start, "val_mean_gated_rate": 0.6, "val_worst_gated_rate": 0.6, "val_low_retention": 1.0}, key)
         assert got["alpha"] == alpha, pick
         assert got.get("equal_norm") is None  # scores tie with the start: kept as it was
     # candidates that come out the same are scored once
     s = _search(_cfg(), score)
-    s.search_shared({**start, "val_mean_gated_rate": 0.6, "val_worst_gated_rate": 0.6}, (0.6, -1.0))
+    s.search_shared({**start, "val_mean_gated_rate": 0.6, "val_worst_gated_rate": 0.6, "val_low_retention": 1.0}, (0.6, -1.0))
     for call in s.calls:
         keys = [json.dumps(st, sort_keys=True) for st in call[::len(LANGS)]]
         assert len(keys) == len(set(keys))
@@ -160,3 +166,41 @@ def test_equal_norm_quarters_group_layers_by_quarter_of_the_depth():
             assert float((d[at] * f[at]).norm()) == pytest.approx(sum(there) / len(there), rel=1e-9)
     with pytest.raises(Exception, match="middle"):
         equal_norm_factors(fake, "de", sel["de"], "total", "middle")
+
+
+def test_floor_ranks_by_the_mean_among_settings_whose_every_language_keeps_its_retention():
+    """alpha 1.5 has the higher mean but costs zh its retention (0.7 < 0.8): the floor pick keeps alpha 1 (every
+    language >= 0.8), the mean pick takes 1.5. With a floor no setting keeps (0.95), the mean decides again; a
+    language without a retention (no fluent unsteered sample) does not keep one."""
+    def score(lang, st):
+        if st["alpha"] == 1.5:
+            return {"de": 1.0, "fr": 1.0, "zh": 0.5}[lang], 0.7 if lang == "zh" else 1.0
+        return 0.6, 0.9
+    start = {k: v for k, v in START.items() if k not in ("steer_tokens", "after_scale", "band_alphas", "resid_alpha",
+                                                           "layer", "keep_norm")}
+    for pick, floor, alpha in (("floor", 0.8, 1.0), ("mean", 0.8, 1.5), ("floor", 0.95, 1.5)):
+        s = _search(_cfg(shared_pick=pick, shared_floor=floor), score)
+        start_key = s.rank_all([start])[0][0]
+        got = s.search_shared({**start, **{k: s.rank_all([start])[0][1][k] for k in SHARED_SCORES}}, start_key)
+        assert got["alpha"] == alpha, (pick, floor)
+        assert got["val_low_retention"] == (0.9 if alpha == 1.0 else 0.7)
+    s = _search(_cfg(shared_pick="floor"), lambda lang, st: (0.6, None if lang == "zh" else 1.0))
+    key, row = s.rank_all([start])[0]
+    assert key[0] is False and row["val_low_retention"] == 1.0
+
+
+def test_the_floor_pick_is_written_in_the_report():
+    """The shared line names the rule, the floor and the pick's lowest retention; the tables add a column."""
+    meta = {"config": {"shared_pick": "floor", "shared_floor": 0.8, "lcb": False},
+            "shared": {"val_mean_gated_rate": 0.7, "val_worst_gated_rate": 0.5, "val_low_retention": 0.83},
+            "shared_options": [{"label": f"a={a}", "val_mean_gated_rate": 0.7, "val_worst_gated_rate": 0.5,
+                                "val_low_retention": r, "worst_lang": "zh", "by_lang": {}} for a, r in ((1, 0.83), (2, 0.6))]}
+    res = SweepResult(best={}, stages=[], test=[{"setting": "shared add", "label": "add k=10 a=1"}], meta=meta)
+    text = "\n".join(_shared_line(res))
+    assert "of those whose every language keeps retention >= 0.8; its lowest 0.83): add k=10 a=1" in text
+    assert "| lowest retention |" in text and "| 0.60 |" in text
+
+
+def test_a_floor_above_zero():
+    with pytest.raises(LangNeuronsError, match="shared-floor"):
+        SweepConfig(shared_floor=0)

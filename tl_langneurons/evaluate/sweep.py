@@ -57,6 +57,9 @@ from .cells import Cell, CellRunner, steered
 from .control import EvaluateConfig, mean_of, result_settings, run_ranked
 
 
+SHARED_PICKS = ("mean", "worst", "floor")  # how the shared setting is ranked (SweepConfig.shared_pick)
+
+
 @dataclass
 class SweepConfig:
     """The search space and sample counts of :func:`run_sweep`."""
@@ -121,8 +124,12 @@ class SweepConfig:
                                                 none="empty"))
     shared_pick: str = option("mean", "the shared setting (one for all languages, of the languages' picks): mean, "
                               "the highest mean validation objective over the languages; worst, the highest for the "
-                              "language it serves worst (a setting no language falls far behind on)",
-                              choices=("mean", "worst"))
+                              "language it serves worst (a setting no language falls far behind on); floor, the "
+                              "highest mean among settings whose every language keeps validation retention >= "
+                              "--shared-floor (the highest mean if none does)",
+                              choices=SHARED_PICKS)
+    shared_floor: float = option(0.8, "with --shared-pick floor: the validation retention every language must keep",
+                                 positive=True)
     shared_search: bool = option(False, "search the shared setting itself: from the shared pick (--shared-pick), a "
                                  "coordinate search over the sweep's stages for one setting for every language, each "
                                  "value scored on all of them by --shared-pick, each later stage also tried without "
@@ -645,7 +652,8 @@ class _Search:
     def shared(self, cur: dict[str, dict]) -> dict | None:
         """One shared setting for all languages: of the languages' best settings, the one with the highest
         mean validation objective (gated rate; gated LPR on LCB) over every language, or with ``shared_pick``
-        "worst" the highest for the language it serves worst (ties: the mean, then lower mean NLL); None if none
+        "worst" the highest for the language it serves worst (ties: the mean, then lower mean NLL), or with "floor"
+        the highest mean of those whose every language keeps retention >= ``shared_floor``; None if none
         applies to all. Every option's scores go to :attr:`shared_options`. With ``shared_search`` that pick is
         the start of :meth:`search_shared`."""
         langs = self.langs
@@ -669,12 +677,18 @@ class _Search:
         if any(r is None for r in rs):
             return None
         mean, worst = mean_of(rs, self.objective), min(r[self.objective] for r in rs)
+        retention = [r.get("retention") for r in rs]  # none: the unsteered samples had no fluent one
         row = {"label": rs[0]["label"], "val_mean_gated_rate": mean, "val_worst_gated_rate": worst,
+               "val_low_retention": min((x for x in retention if x is not None), default=None),
                "worst_lang": min(rs, key=lambda r: r[self.objective])["lang"],
                "by_lang": {r["lang"]: {"gated": r[self.objective], "rate": r.get("rate"), "retention": r.get("retention")}
                            for r in rs}}
         nll = -mean_of([{"nll": r["nll"] if r["nll"] is not None else 99} for r in rs], "nll")  # as better()
-        return ((mean, nll) if self.cfg.shared_pick == "mean" else (worst, mean, nll)), row
+        pick = self.cfg.shared_pick
+        if pick == "floor":  # a language without a retention (no fluent unsteered sample) cannot show it keeps one
+            kept = all(x is not None and x >= self.cfg.shared_floor for x in retention)
+            return (kept, mean, nll), row
+        return ((mean, nll) if pick == "mean" else (worst, mean, nll)), row
 
     def rank_all(self, settings: list[dict]) -> list[tuple[tuple, dict] | None]:
         """:meth:`shared_rank` of each setting, every setting scored on every language in one batched call."""
@@ -828,7 +842,9 @@ def _search_space(cfg: SweepConfig, neurons: LanguageNeurons, n: int) -> tuple[d
                    *positions], notes
 
 
-SHARED_SCORES = ("val_mean_gated_rate", "val_worst_gated_rate")  # a shared setting's scores, beside its fields
+# a shared setting's scores, beside its fields: its mean and worst validation objective over the languages and the
+# lowest retention of any language
+SHARED_SCORES = ("val_mean_gated_rate", "val_worst_gated_rate", "val_low_retention")
 
 # fields that mean nothing without another: turning the other off clears them (a second phase needs the first N
 # tokens; a diffmean term's layer and norm preservation need the term)
@@ -924,6 +940,11 @@ def _shared_line(res: SweepResult) -> list[str]:
         line = (f"One shared setting for all languages (searched as one, from the best of the per-language picks: "
                 f"validation {what} mean {sh['val_mean_gated_rate']:.2f}, worst language "
                 f"{sh['val_worst_gated_rate']:.2f}): {label}")
+    elif res.meta["config"].get("shared_pick", "mean") == "floor":
+        low = sh.get("val_low_retention")
+        line = (f"One shared setting for all languages (of the per-language best, the highest mean validation {what} "
+                f"({sh['val_mean_gated_rate']:.2f}) of those whose every language keeps retention >= "
+                f"{res.meta['config']['shared_floor']:g}; its lowest {_f(low)}): {label}")
     elif res.meta["config"].get("shared_pick", "mean") == "worst":
         line = (f"One shared setting for all languages (of the per-language best, the highest validation {what} for "
                 f"the language it serves worst, {sh['val_worst_gated_rate']:.2f}; mean {sh['val_mean_gated_rate']:.2f}): "
@@ -933,20 +954,26 @@ def _shared_line(res: SweepResult) -> list[str]:
                 f"{sh['val_mean_gated_rate']:.2f}): {label}")
     options = res.meta.get("shared_options") or []
     rows = [[o["label"], f"{o['val_mean_gated_rate']:.2f}", f"{o['val_worst_gated_rate']:.2f} ({o['worst_lang']})",
-             _by_lang(o)] for o in options]
+             _f(o.get("val_low_retention")), _by_lang(o)] for o in options]
+    head = ["mean", "worst (language)", "lowest retention", "by language"]
     out = [line, ""] + ([f"The options (each language's pick on every language; validation {what}):", "",
-                         markdown_table(["setting", "mean", "worst (language)", "by language"], rows).rstrip("\n"), ""]
+                         markdown_table(["setting", *head], rows).rstrip("\n"), ""]
                         if len(rows) > 1 else [])
     tried = res.meta.get("shared_search")
     if tried:
         rows = [[t["stage"], t["label"], f"{t['val_mean_gated_rate']:.2f}",
-                 f"{t['val_worst_gated_rate']:.2f} ({t['worst_lang']})", _by_lang(t)] for t in tried]
+                 f"{t['val_worst_gated_rate']:.2f} ({t['worst_lang']})", _f(t.get("val_low_retention")), _by_lang(t)]
+                for t in tried]
         out += [f"The shared search (--shared-search; from the best option, each stage's values on every language, "
-                f"kept where it ranks higher: "
-                f"{'worst language, then mean' if res.meta['config'].get('shared_pick') == 'worst' else 'mean'}, then "
+                f"kept where it ranks higher: {_PICK_RULE[res.meta['config'].get('shared_pick', 'mean')]}, then "
                 f"NLL; validation {what}):", "",
-                markdown_table(["stage", "setting", "mean", "worst (language)", "by language"], rows).rstrip("\n"), ""]
+                markdown_table(["stage", "setting", *head], rows).rstrip("\n"), ""]
     return out
+
+
+# each --shared-pick's ranking, in words
+_PICK_RULE = {"mean": "mean", "worst": "worst language, then mean",
+              "floor": "every language's retention at the floor, then mean"}
 
 
 def _by_lang(row: dict) -> str:
