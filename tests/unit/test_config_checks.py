@@ -45,3 +45,19 @@ def test_configs_declare_their_checks():
         GenerationConfig(temperature=float("nan"))
     EvaluateConfig(ablation_samples=None)  # none: the default, --samples
 
+
+
+def test_every_steering_field_has_a_kind_and_parse_setting_gives_it():
+    """parse_setting reads each field's kind from SETTING_FIELDS (the one table, also used to read settings back
+    from JSON): every SteeringConfig field is in it, and each kind parses to its type."""
+    from dataclasses import fields
+
+    from tl_langneurons.steer.methods import SETTING_FIELDS, SteeringConfig, parse_setting
+
+    assert {f.name for f in fields(SteeringConfig)} <= set(SETTING_FIELDS)
+    st = parse_setting("x=add:k=12.0,alpha=1.5,layers=last,resid_alpha=0.1,keep_norm=yes,steer_tokens=8,spread=even")[1]
+    assert (st.k, st.alpha, st.layers, st.keep_norm, st.steer_tokens, st.spread) == (12, 1.5, "last", True, 8, "even")
+    assert type(st.k) is int and type(st.steer_tokens) is int
+    assert parse_setting("x=clamp:value=2.5")[1].value == 2.5 and parse_setting("x=clamp:value=zero")[1].value == "zero"
+    with pytest.raises(LangNeuronsError, match="k must be a whole number"):
+        parse_setting("x=add:k=1.5")

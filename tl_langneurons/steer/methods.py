@@ -479,20 +479,18 @@ SETTING_FIELDS: dict[str, tuple[str, ...]] = {
 LATER_FIELDS = ("steer_tokens", "after_scale", "band_alphas", "resid_alpha", "keep_norm", "spread", "equal_norm")
 
 
-_WHOLE = ("k", "layer", "n_dims", "steer_tokens")  # setting fields that are whole numbers
-_WORDS = ("which", "positions", "source", "method", "layers", "spread", "band_alphas", "equal_norm")
-
-
 def _setting_value(key: str, s: str):
-    s = s.strip()
+    """One ``key=value`` of :func:`parse_setting` as the field's type: the kinds :data:`SETTING_FIELDS` gives
+    it (a bool, a word, a whole number or a number; clamp's value a word unless it starts with a digit)."""
+    s, kinds = s.strip(), SETTING_FIELDS[key]
     if s.lower() in ("none", "null"):
         return None
-    if key in ("restore_norm", "keep_norm"):
+    if "bool" in kinds:
         return s.lower() in ("1", "true", "yes")
-    if key in _WORDS or (key == "value" and not s[:1].isdigit()):
+    if "string" in kinds and ("number" not in kinds or not s[:1].isdigit()):
         return s
     x = float(s)
-    if key in _WHOLE:
+    if "integer" in kinds:
         if x != int(x):
             raise ValueError(s)
         return int(x)
@@ -526,8 +524,8 @@ def parse_setting(spec: str, flag: str = "--setting") -> tuple[str, "SteeringCon
         try:
             kw[key] = _setting_value(key, val)
         except ValueError:
-            raise LangNeuronsError(f"{flag} {name}: {key} must be a {'whole ' if key in _WHOLE else ''}number, "
-                                   f"got {val!r}") from None
+            whole = "whole " if "integer" in SETTING_FIELDS[key] else ""
+            raise LangNeuronsError(f"{flag} {name}: {key} must be a {whole}number, got {val!r}") from None
     try:
         return name.strip(), SteeringConfig(**kw)
     except LangNeuronsError as e:
