@@ -160,19 +160,18 @@ def equal_norm_factors(neurons: LanguageNeurons, lang: str, sel: Tensor, how: st
         raise LangNeuronsError(f"--equal-norm must be {' or '.join(EQUAL_NORMS)} (or none), got {how!r}")
     if which not in ("both", "top", "bottom"):
         raise LangNeuronsError("--equal-norm scales the top and bottom sets' additions; not the middle set")
-    layer_of = torch.from_numpy(neurons.index.layers())
     groups = 1 if how == "total" else 4
+    group_of = torch.from_numpy(neurons.index.layers()) * groups // neurons.index.n_layers  # each neuron's quarter
 
     def norms(l: str, s: Tensor) -> Tensor:
         d = (neurons.means[neurons.languages.index(l)].double() - neurons.means_off(l).double())[s]
-        g = layer_of[s] * groups // neurons.index.n_layers
-        return torch.zeros(groups, dtype=torch.float64).index_add_(0, g, d * d).sqrt()
+        return torch.zeros(groups, dtype=torch.float64).index_add_(0, group_of[s], d * d).sqrt()
 
     own = norms(lang, sel)
     every = torch.stack([norms(l, neurons.selected(l, which, k, layers, spread)[0]) for l in neurons.languages])
     ref = every.sum(0) / (every > 0).sum(0).clamp_min(1)  # the mean over the languages with neurons there
     per_group = torch.where(own > 0, ref / own.clamp_min(1e-30), torch.ones_like(own))
-    return per_group[layer_of[sel] * groups // neurons.index.n_layers]
+    return per_group[group_of[sel]]
 
 
 def add_hooks(index: NeuronIndex, neurons: torch.Tensor, deltas: torch.Tensor) -> Hooks:
