@@ -59,5 +59,8 @@ def test_every_steering_field_has_a_kind_and_parse_setting_gives_it():
     assert (st.k, st.alpha, st.layers, st.keep_norm, st.steer_tokens, st.spread) == (12, 1.5, "last", True, 8, "even")
     assert type(st.k) is int and type(st.steer_tokens) is int
     assert parse_setting("x=clamp:value=2.5")[1].value == 2.5 and parse_setting("x=clamp:value=zero")[1].value == "zero"
+    st = parse_setting("x=add:which=top,equal_norm=total,band_alphas=last:0.5,source=fr,restore_norm=no")[1]
+    assert (st.which, st.equal_norm, st.band_alphas, st.source, st.restore_norm) == ("top", "total", "last:0.5", "fr",
+                                                                                       False)
     with pytest.raises(LangNeuronsError, match="k must be a whole number"):
         parse_setting("x=add:k=1.5")

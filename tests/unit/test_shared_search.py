@@ -179,14 +179,14 @@ def test_floor_ranks_by_the_mean_among_settings_whose_every_language_keeps_its_r
     start = {k: v for k, v in START.items() if k not in ("steer_tokens", "after_scale", "band_alphas", "resid_alpha",
                                                            "layer", "keep_norm")}
     for pick, floor, alpha in (("floor", 0.8, 1.0), ("mean", 0.8, 1.5), ("floor", 0.95, 1.5)):
-        s = _search(_cfg(shared_pick=pick, shared_floor=floor), score)
+        s = _search(_cfg(shared_pick=pick, shared_floor=floor if pick == "floor" else None), score)
         start_key = s.rank_all([start])[0][0]
         got = s.search_shared({**start, **{k: s.rank_all([start])[0][1][k] for k in SHARED_SCORES}}, start_key)
         assert got["alpha"] == alpha, (pick, floor)
         assert got["val_low_retention"] == (0.9 if alpha == 1.0 else 0.7)
     s = _search(_cfg(shared_pick="floor"), lambda lang, st: (0.6, None if lang == "zh" else 1.0))
     key, row = s.rank_all([start])[0]
-    assert key[0] is False and row["val_low_retention"] == 1.0
+    assert key[0] is False and row["val_low_retention"] is None
 
 
 def test_the_floor_pick_is_written_in_the_report():
@@ -199,8 +199,15 @@ def test_the_floor_pick_is_written_in_the_report():
     text = "\n".join(_shared_line(res))
     assert "of those whose every language keeps retention >= 0.8; its lowest 0.83): add k=10 a=1" in text
     assert "| lowest retention |" in text and "| 0.60 |" in text
+    meta["shared"]["val_low_retention"] = 0.6  # no option kept the floor: the line says so
+    assert "of all: none keeps every language's retention >= 0.8; its lowest 0.60)" in "\n".join(_shared_line(res))
+    meta["config"]["shared_search"] = True
+    assert "lowest retention 0.60, floor 0.8 not kept): add k=10 a=1" in "\n".join(_shared_line(res))
 
 
-def test_a_floor_above_zero():
+def test_a_floor_above_zero_and_only_for_the_floor_pick():
     with pytest.raises(LangNeuronsError, match="shared-floor"):
-        SweepConfig(shared_floor=0)
+        SweepConfig(shared_pick="floor", shared_floor=0)
+    with pytest.raises(LangNeuronsError, match="--shared-floor is the retention of --shared-pick floor"):
+        SweepConfig(shared_floor=0.9)
+    assert SweepConfig(shared_pick="floor").shared_floor == 0.8 and SweepConfig().shared_floor is None

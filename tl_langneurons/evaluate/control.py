@@ -90,7 +90,7 @@ class ControlResult:
 # (each field's values that reproduce what was done before it existed)
 _LATER_FIELDS = {"lcb": (False,), "lcb_gate": (None, "references"), "genres": (False,), "after_scales": ((), []),
                  "band_alphas": ((), []), "resid_alphas": ((), []), "keep_norm_stage": (False,), "spreads": ((), []),
-                 "shared_pick": ("mean",), "shared_floor": (0.8,), "shared_search": (False,), "equal_norms": ((), []),
+                 "shared_pick": ("mean",), "shared_floor": (None,), "shared_search": (False,), "equal_norms": ((), []),
                  "test_settings": ((), [])}
 
 

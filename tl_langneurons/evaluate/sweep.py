@@ -128,8 +128,9 @@ class SweepConfig:
                               "highest mean among settings whose every language keeps validation retention >= "
                               "--shared-floor (the highest mean if none does)",
                               choices=SHARED_PICKS)
-    shared_floor: float = option(0.8, "with --shared-pick floor: the validation retention every language must keep",
-                                 positive=True)
+    shared_floor: float | None = option(None, "with --shared-pick floor: the validation retention every language "
+                                        "must keep (none: 0.8, the per-language floor of issue 29)", parse=float,
+                                        positive=True)
     shared_search: bool = option(False, "search the shared setting itself: from the shared pick (--shared-pick), a "
                                  "coordinate search over the sweep's stages for one setting for every language, each "
                                  "value scored on all of them by --shared-pick, each later stage also tried without "
@@ -218,6 +219,10 @@ class SweepConfig:
             raise LangNeuronsError("--lcb-gate is for --lcb sweeps")
         if self.lcb_gate not in (None, "answers", "references"):
             raise LangNeuronsError(f"--lcb-gate must be answers or references, got {self.lcb_gate!r}")
+        if self.shared_floor is not None and self.shared_pick != "floor":
+            raise LangNeuronsError("--shared-floor is the retention of --shared-pick floor; give that pick too")
+        if self.shared_pick == "floor" and self.shared_floor is None:
+            self.shared_floor = 0.8
         if self.lcb and self.lcb_gate is None:
             self.lcb_gate = "answers"
         if self.lcb and (self.val_prompts % 3 or self.test_prompts % 3):
@@ -679,7 +684,7 @@ class _Search:
         mean, worst = mean_of(rs, self.objective), min(r[self.objective] for r in rs)
         retention = [r.get("retention") for r in rs]  # none: the unsteered samples had no fluent one
         row = {"label": rs[0]["label"], "val_mean_gated_rate": mean, "val_worst_gated_rate": worst,
-               "val_low_retention": min((x for x in retention if x is not None), default=None),
+               "val_low_retention": None if None in retention else min(retention),  # none: a language has none
                "worst_lang": min(rs, key=lambda r: r[self.objective])["lang"],
                "by_lang": {r["lang"]: {"gated": r[self.objective], "rate": r.get("rate"), "retention": r.get("retention")}
                            for r in rs}}
@@ -936,16 +941,22 @@ def _shared_line(res: SweepResult) -> list[str]:
     if not sh or label is None:
         return []
     what = "gated LPR" if _answers_gate(res.meta["config"]) else "gated rate"
-    if res.meta["config"].get("shared_search"):
-        line = (f"One shared setting for all languages (searched as one, from the best of the per-language picks: "
-                f"validation {what} mean {sh['val_mean_gated_rate']:.2f}, worst language "
-                f"{sh['val_worst_gated_rate']:.2f}): {label}")
-    elif res.meta["config"].get("shared_pick", "mean") == "floor":
-        low = sh.get("val_low_retention")
+    c = res.meta["config"]
+    low, floor = sh.get("val_low_retention"), c.get("shared_floor")
+    kept = c.get("shared_pick") == "floor" and low is not None and low >= floor
+    if c.get("shared_search"):
+        line = (f"One shared setting for all languages (searched as one, from the best of the per-language picks, "
+                f"by {_PICK_RULE[c.get('shared_pick', 'mean')]}: validation {what} mean "
+                f"{sh['val_mean_gated_rate']:.2f}, worst language {sh['val_worst_gated_rate']:.2f}"
+                + (f"; lowest retention {_f(low)}, floor {floor:g}{'' if kept else ' not kept'}"
+                   if c.get("shared_pick") == "floor" else "") + f"): {label}")
+    elif c.get("shared_pick", "mean") == "floor":
         line = (f"One shared setting for all languages (of the per-language best, the highest mean validation {what} "
-                f"({sh['val_mean_gated_rate']:.2f}) of those whose every language keeps retention >= "
-                f"{res.meta['config']['shared_floor']:g}; its lowest {_f(low)}): {label}")
-    elif res.meta["config"].get("shared_pick", "mean") == "worst":
+                f"({sh['val_mean_gated_rate']:.2f}) "
+                + (f"of those whose every language keeps retention >= {floor:g}; its lowest {_f(low)}" if kept else
+                   f"of all: none keeps every language's retention >= {floor:g}; its lowest {_f(low)}")
+                + f"): {label}")
+    elif c.get("shared_pick", "mean") == "worst":
         line = (f"One shared setting for all languages (of the per-language best, the highest validation {what} for "
                 f"the language it serves worst, {sh['val_worst_gated_rate']:.2f}; mean {sh['val_mean_gated_rate']:.2f}): "
                 f"{label}")
