@@ -992,6 +992,11 @@ def _by_lang(row: dict) -> str:
     return " ".join(f"{lang} {v['gated']:.2f}" for lang, v in row.get("by_lang", {}).items())
 
 
+def _seeds(n: int, first: int) -> str:
+    """``n`` seeds from ``first``, in words: "1 seed (1)", "3 seeds (1001..)"."""
+    return f"1 seed ({first})" if n == 1 else f"{n} seeds ({first}..)"
+
+
 def _answers_gate(config: dict) -> bool:
     """Whether a sweep (as recorded) is an LCB sweep with the gate from the model's answers and the pick by gated LPR."""
     return bool(config.get("lcb")) and config.get("lcb_gate") == "answers"
@@ -1023,20 +1028,20 @@ def sweep_markdown(res: SweepResult) -> str:
         protocol = (f"on the Language Confusion Benchmark's cross-lingual okapi requests (asked in English to answer in "
                     f"the language; the model's chat template; {c['max_new_tokens']} tokens at temperature "
                     f"{c.get('temperature', 0.8)}). Picked on {c['val_prompts']} validation prompts per language x "
-                    f"{c['val_samples']} seeds (1001..) by "
+                    f"{_seeds(c['val_samples'], 1001)} by "
                     + ("gated LPR (answers passing LCB's line check and the fluency gate, the gate set from the "
                        "unsteered answers to the validation requests behind the system prompt)" if _answers_gate(c)
                        else "gated rate")
                     + f" (ties: lower NLL); then the settings on "
-                    f"{c['test_prompts']} other prompts per language (other requests) x {c['test_samples']} seeds "
-                    f"(1..); none: the unsteered answers; system prompt: the same requests behind a system message "
+                    f"{c['test_prompts']} other prompts per language (other requests) x {_seeds(c['test_samples'], 1)}; "
+                    f"none: the unsteered answers; system prompt: the same requests behind a system message "
                     f"asking for the language, unsteered")
     elif c.get("heldout"):
         protocol = (f"from prompts of {c['heldout']}: a setting towards a language continues the other languages' "
                     f"prompts (the off-diagonal cells of cross-steering; {c['max_new_tokens']} tokens). Picked on "
-                    f"{c['val_prompts']} validation prompts per language x {c['val_samples']} seeds (1001..) by "
+                    f"{c['val_prompts']} validation prompts per language x {_seeds(c['val_samples'], 1001)} by "
                     f"gated rate (ties: lower NLL); then the settings on {c['test_prompts']} fresh prompts per "
-                    f"language x {c['test_samples']} seeds (1..); none: the unsteered continuations")
+                    f"language x {_seeds(c['test_samples'], 1)}; none: the unsteered continuations")
     else:
         protocol = (f"from BOS: picked on validation seeds 1001.. by gated rate (ties: lower NLL); then the settings "
                     f"on fresh seeds 1..{c['test_samples']}")
