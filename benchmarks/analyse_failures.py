@@ -21,6 +21,12 @@ logit attribution, as ``tl-langneurons attribution`` per neuron), gives the toke
 and the share of its 50 most promoted tokens written in the target's script.
 
     python benchmarks/analyse_failures.py --neurons runs/gemma --sweep runs/gemma/sweep-add-genres [--pick shared]
+
+On an LCB sweep (``sweep --lcb``) it reads the test answers instead (the pick, unsteered, behind the system
+prompt) and says why answers fail LCB's line check: each failing line by kind (math or code, English words, a
+line in the target's script that lid.176 misreads, other), and LPR as it would be without the misread lines:
+
+    python benchmarks/analyse_failures.py --neurons runs/qwen --sweep runs/qwen/lcb-add
 """
 
 from __future__ import annotations
@@ -89,10 +95,50 @@ def band_attribution(model, neurons, lang: str, st) -> list[list]:
     return rows
 
 
+def lcb_lines(study, runner, cfg: dict, picks: dict, seeds: list[int], args) -> str:
+    """An LCB sweep's test answers (its pick, unsteered, behind the system prompt) against LCB's line check: the
+    answers failing it and their failing lines by kind (:func:`~tl_langneurons.evaluate.lcb.failing_lines`), and
+    LPR as it would be if the lines lid.176 misreads counted as the target's (zh, ja)."""
+    from tl_langneurons.evaluate.cells import Cell, steered
+    from tl_langneurons.evaluate.confusion import lcb_prompts
+    from tl_langneurons.evaluate.lcb import LINE_FAILURES, failing_lines, line_pass
+
+    lcb = lcb_prompts(study.model.tokenizer, list(picks), cfg["val_prompts"], cfg["test_prompts"])
+    body, examples = [], []
+    for lang, st in picks.items():
+        k = st.k if st.k is not None else study.neurons.k
+        groups = {f"{args.pick} ({st.resolved(study.neurons).label()})":
+                  [steered(lang, st.for_prompt("en"), st.which, k, seeds, p) for p in lcb["test"][lang]],
+                  "none": [Cell(None, None, tuple(seeds), p) for p in lcb["test"][lang]],
+                  "system prompt": [Cell(None, None, tuple(seeds), p) for p in lcb["system"][lang]]}
+        for name, cells in groups.items():
+            texts = [r["text"] for got in runner.samples_many(cells) for r in got]
+            passes = [line_pass(t, lang) for t in texts]
+            fails = [failing_lines(t, lang) for t in texts]
+            kinds = collections.Counter(kind for f in fails for _, kind in f)
+            scored = [p for p in passes if p is not None]
+            # misread lines counted as the target's: an answer fails only by its other lines
+            lenient = [p is True or not any(kind != "misread" for _, kind in f)
+                       for p, f in zip(passes, fails) if p is not None]
+            body.append([lang, name, len(texts), f"{sum(scored) / len(scored):.2f}" if scored else "-",
+                         sum(p is False for p in passes), *(kinds[k] for k in LINE_FAILURES),
+                         f"{sum(lenient) / len(lenient):.2f}" if lenient else "-"])
+            examples += [[lang, name, kind, line[:80]] for f in fails for line, kind in f][:3]
+    header = ["target", "answers", "n", "LPR", "failing answers", *(f"lines: {k}" for k in LINE_FAILURES),
+              "LPR, misread lines as the target's"]
+    return (f"Sweep {args.sweep} (pick: {args.pick}), LCB test requests ({cfg['test_prompts']} per language x "
+            f"{len(seeds)} answer(s), {cfg['max_new_tokens']} tokens at T = {cfg['temperature']}). A failing line is "
+            "a line of 5 tokens or more that lid.176 (.ftz) does not label the target above 0.3; its kind: math or "
+            "code (LaTeX, code symbols), English words (zh, ja: Latin words; else lid.176 says English), misread "
+            "(zh, ja: the target's script alone, labelled otherwise), other.\n\n" + table(header, body)
+            + "\n\nFailing lines (the first three of each group):\n\n"
+            + table(["target", "answers", "kind", "line"], examples))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--neurons", required=True, help="the find folder (its samples/ store)")
-    ap.add_argument("--sweep", required=True, help="a sweep folder on held-out prompts (sweep.json)")
+    ap.add_argument("--sweep", required=True, help="a sweep folder on held-out prompts or on LCB's (sweep.json)")
     ap.add_argument("--pick", default="best", choices=("best", "shared"), help="the sweep's setting to analyse")
     ap.add_argument("--attribution", action="store_true", help="add picks: the tokens each quarter of the depth "
                     "pushes up directly (direct logit attribution of the addition)")
@@ -114,16 +160,24 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     data = json.loads((Path(args.sweep) / "sweep.json").read_text())
-    cfg, prompts = data["meta"]["config"], data["meta"]["prompts"]
-    if not cfg.get("heldout"):
-        print(f"error: {args.sweep} is not a sweep on held-out prompts (--heldout); this reads its test prompts",
-              file=sys.stderr)
+    cfg, prompts = data["meta"]["config"], data["meta"].get("prompts")
+    if not cfg.get("heldout") and not cfg.get("lcb"):
+        print(f"error: {args.sweep} is not a sweep on held-out prompts (--heldout) or LCB's (--lcb); this reads its "
+              "test prompts", file=sys.stderr)
         return 2
     langs = list(picks)
     seeds = list(range(1, cfg["test_samples"] + 1))
     ecfg = EvaluateConfig(languages=langs, samples=len(seeds), max_new_tokens=cfg["max_new_tokens"],
                           temperature=cfg["temperature"], batch_size=cfg["batch_size"], ablation_ks=[])
     runner = CellRunner(study.model, study.neurons, ecfg, None, None, False, SampleStore(Path(args.neurons) / "samples"))
+    command = "python benchmarks/analyse_failures.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    if cfg.get("lcb"):
+        text = lcb_lines(study, runner, cfg, picks, seeds, args)
+        if args.no_record:
+            print(f"Machine: {machine()}\n\n{text}")
+        else:
+            record("Why answers fail LCB's line check, by language", text, f"Command: `{command}`")
+        return 0
     gates = data["meta"]["distinct_thresholds"]
     tok = study.model.tokenizer
     test = {l: [tuple(p) for p in ps] for l, ps in prompts["test"].items()}
@@ -156,7 +210,6 @@ def main(argv: list[str] | None = None) -> int:
                  "quarter's steered neurons; norm of the summed output direction; share of the 50 most promoted "
                  "tokens in the target's script; the 10 most promoted):\n\n"
                  + table(["target", "layers", "neurons", "norm", "target script", "most promoted tokens"], dla))
-    command = "python benchmarks/analyse_failures.py " + " ".join(argv if argv is not None else sys.argv[1:])
     if args.no_record:
         print(f"Machine: {machine()}\n\n{text}")
     else:

@@ -45,3 +45,31 @@ def test_failure_profile_matches_the_sweep(tiny_dirs, tmp_path, capsys):
     assert "Direct logit attribution" in out and re.search(r"^\| de \| 0-\d+ \| \d+ \|", out, re.M)
     assert mod.main(["--neurons", str(n), "--sweep", str(n), "--no-record"]) == 2  # no sweep there: one line
     assert "is not a finished sweep's result" in capsys.readouterr().err
+
+
+@pytest.mark.slow  # end to end: the full suite and CI run it, -m fast leaves it out
+def test_lcb_line_failures_match_the_sweep(tiny_dirs, tmp_path, capsys):
+    """On an LCB sweep the script reads the test answers from the store (nothing generated): its LPR of the pick,
+    the unsteered answers and the system prompt equals the sweep's, and its failing answers are those LCB fails."""
+    pytest.importorskip("jieba", reason="LCB's metric tokenizes Chinese with jieba: pip install 'tl-langneurons[lcb]'")
+    spec = importlib.util.spec_from_file_location("analyse_failures", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    n = tmp_path / "n"
+    assert main(["find", "--model", str(tiny_dirs["llama"]), "--n-per-lang", "8", "--k", "5", "--out", str(n),
+                 "--quiet"]) == 0
+    assert main(["sweep", "--neurons", str(n), "--method", "add", "--lcb", "--languages", "de", "--k-fractions", "5%",
+                 "--alphas", "2", "--layer-sets", "all", "--val-prompts", "3", "--test-prompts", "3",
+                 "--max-new-tokens", "40", "--temperature", "0.3", "--quiet", "--out", str(n / "lcb-add")]) == 0
+    before = len(list((n / "samples").glob("*.json")))
+    capsys.readouterr()
+    assert mod.main(["--neurons", str(n), "--sweep", str(n / "lcb-add"), "--no-record"]) == 0
+    out = capsys.readouterr().out
+    assert len(list((n / "samples").glob("*.json"))) == before  # read from the store, nothing generated
+    get = {r["setting"]: r for r in json.loads((n / "lcb-add" / "sweep.json").read_text())["test"]}
+    rows = {m.group(1): m.group(2) for m in re.finditer(
+        r"^\| de \| ([^|]+?)(?: \([^|]*\))? \| 3 \| ([0-9.]+|-) \|", out, re.M)}
+    assert set(rows) == {"best", "none", "system prompt"} and any(v != "-" for v in rows.values())
+    for name, setting in (("best", "best add"), ("none", "none"), ("system prompt", "system prompt")):
+        if rows[name] != "-":  # "-": no answer had a line of 5 tokens (the sweep scores that 1.0, LCB skips it)
+            assert float(rows[name]) == pytest.approx(get[setting]["lpr"], abs=0.005)

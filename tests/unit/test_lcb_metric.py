@@ -284,3 +284,21 @@ def test_line_pass_equals_the_reference_per_line(reference, outputs):
             assert got == reference_pass(c, lang), (model, lang, c)
             counts[got] += 1
     assert counts[True] and counts[False] and counts[None]
+
+
+def test_failing_lines_say_which_lines_fail_and_why():
+    """Each failing line as written, by kind; passing and short lines are not listed; a response fails LCB's
+    check exactly when it has a failing line."""
+    _need("jieba")
+    assert lcb.failing_lines("\n".join(DE), "de") == []
+    assert lcb.failing_lines("\n".join([DE[0], EN, DE[1]]), "de") == [(EN, "English words")]
+    assert lcb.failing_lines(DE[0] + "\nHello there friend", "de") == []  # 3 tokens: not scored
+    zh = "有机食品是一种健康的食品，它对人体有很多好处，越来越多的人开始选择它。"
+    title = "标题：有机食品：从健康到美味的转变"  # Chinese alone; lid.176 (.ftz) labels it English
+    formula = r"\[ Gini = \sum_{i=1}^{n} \left( \frac{y_i}{n} \right)^2 \]"
+    mixed = "标题： regulating Artificial Intelligence：挑战与机遇"
+    text = "\n".join([title, zh, formula, mixed])
+    got = lcb.failing_lines(text, "zh")
+    assert got == [(title, "misread"), (formula, "math or code"), (mixed, "English words")]
+    assert lcb.line_pass(text, "zh") is False and lcb.line_pass(zh, "zh") is True
+    assert lcb.failing_lines(zh, "zh") == []

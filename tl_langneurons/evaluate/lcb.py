@@ -26,6 +26,7 @@ import io
 import importlib
 import logging
 import random
+import re
 import string
 from dataclasses import dataclass
 from functools import lru_cache
@@ -224,6 +225,42 @@ def line_pass(completion: str, lang: str) -> bool | None:
     if not lines:
         return None
     return all(langid(line) == lang for line in lines)
+
+
+LINE_FAILURES = ("math or code", "English words", "misread", "other")  # kinds of a line that fails LCB's check
+_CODE = re.compile(r"\\[A-Za-z\[\]()]|\$|```|[{}<>=;]|^\s*(def|import|return|print|class|for|if)\b")
+_ASCII_WORD = re.compile(r"[A-Za-z]{2,}")
+
+
+def failing_lines(completion: str, lang: str) -> list[tuple[str, str]]:
+    """Why a response fails LCB's line check: each scored line (5 tokens or more) that lid.176 does not label
+    ``lang`` above 0.3, as it was written, with its kind (LCB counts them all alike; this says which are the
+    model's and which the identifier's):
+
+    - ``math or code``: LaTeX, a code fence or code symbols (``\\[``, ``$``, ``{``, ``=``, ``def`` ...);
+    - ``English words``: zh and ja: Latin words in the line; other targets: lid.176 labels it English;
+    - ``misread``: zh and ja: the line is in the target's script alone (no Latin word), yet lid.176 labels it
+      otherwise, e.g. a headline without function words (``标题：有机食品：从健康到美味的转变`` reads as English);
+    - ``other``: the rest (another language, or too short a line to be sure).
+
+    Example:
+        >>> failing_lines("Hier ist die Antwort auf deine Frage heute.\nThis line is written in plain English.", "de")
+        [('This line is written in plain English.', 'English words')]
+    """
+    raw = completion.split("\nQ:")[0].strip().split("\n")  # normalize() keeps the newlines: line i is raw[i]
+    out = []
+    for i, line in enumerate(normalize(completion).split("\n")):
+        if len(tokenize(line, lang)) < LCB_MIN_TOKENS or langid(line) == lang:
+            continue
+        written = raw[i]
+        if _CODE.search(written):
+            kind = "math or code"
+        elif lang in ("zh", "ja"):
+            kind = "English words" if _ASCII_WORD.search(written) else "misread"
+        else:
+            kind = "English words" if langid(line) == "en" else "other"
+        out.append((written, kind))
+    return out
 
 
 def lcb_metrics(completions: Iterable[str], lang: str) -> dict[str, float | int]:
