@@ -60,7 +60,8 @@ def test_lcb_line_failures_match_the_sweep(tiny_dirs, tmp_path, capsys):
                  "--quiet"]) == 0
     assert main(["sweep", "--neurons", str(n), "--method", "add", "--lcb", "--languages", "de", "--k-fractions", "5%",
                  "--alphas", "2", "--layer-sets", "all", "--val-prompts", "3", "--test-prompts", "3",
-                 "--max-new-tokens", "40", "--temperature", "0.3", "--quiet", "--out", str(n / "lcb-add")]) == 0
+                 "--max-new-tokens", "40", "--temperature", "0.3", "--lcb-gate", "references", "--quiet",
+                 "--out", str(n / "lcb-add")]) == 0
     before = len(list((n / "samples").glob("*.json")))
     capsys.readouterr()
     assert mod.main(["--neurons", str(n), "--sweep", str(n / "lcb-add"), "--no-record"]) == 0
