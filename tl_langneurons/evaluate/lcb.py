@@ -244,7 +244,7 @@ def failing_lines(completion: str, lang: str) -> list[tuple[str, str]]:
     - ``other``: the rest (another language, or too short a line to be sure).
 
     Example:
-        >>> failing_lines("Hier ist die Antwort auf deine Frage heute.\nThis line is written in plain English.", "de")
+        >>> failing_lines("Hier ist die Antwort auf deine Frage heute.\\nThis line is written in plain English.", "de")
         [('This line is written in plain English.', 'English words')]
     """
     raw = completion.split("\nQ:")[0].strip().split("\n")  # normalize() keeps the newlines: line i is raw[i]
