@@ -127,7 +127,7 @@ def lcb_lines(study, runner, cfg: dict, picks: dict, seeds: list[int], args) -> 
     header = ["target", "answers", "n", "LPR", "failing answers", *(f"lines: {k}" for k in LINE_FAILURES),
               "LPR, misread lines as the target's"]
     return (f"Sweep {args.sweep} (pick: {args.pick}), LCB test requests ({cfg['test_prompts']} per language x "
-            f"{len(seeds)} answer(s), {cfg['max_new_tokens']} tokens at T = {cfg['temperature']}). A failing line is "
+            f"{len(seeds)} answer{'s' if len(seeds) > 1 else ''}, {cfg['max_new_tokens']} tokens at T = {cfg['temperature']}). A failing line is "
             "a line of 5 tokens or more that lid.176 (.ftz) does not label the target above 0.3; its kind: math or "
             "code (LaTeX, code symbols), English words (zh, ja: Latin words; else lid.176 says English), misread "
             "(zh, ja: the target's script alone, labelled otherwise), other.\n\n" + table(header, body)
