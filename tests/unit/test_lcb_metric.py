@@ -302,3 +302,5 @@ def test_failing_lines_say_which_lines_fail_and_why():
     assert got == [(title, "misread"), (formula, "math or code"), (mixed, "English words")]
     assert lcb.line_pass(text, "zh") is False and lcb.line_pass(zh, "zh") is True
     assert lcb.failing_lines(zh, "zh") == []
+    # a line of symbols alone is not a misread line of the script, however lid.176 labels it
+    assert lcb.langid("【" * 60) == "zh" and lcb.failing_lines("【" * 60, "ja") == [("【" * 60, "other")]

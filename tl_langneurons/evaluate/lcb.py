@@ -230,6 +230,7 @@ def line_pass(completion: str, lang: str) -> bool | None:
 LINE_FAILURES = ("math or code", "English words", "misread", "other")  # kinds of a line that fails LCB's check
 _CODE = re.compile(r"\\[A-Za-z\[\]()]|\$|```|[{}<>=;]|^\s*(def|import|return|print|class|for|if)\b")
 _ASCII_WORD = re.compile(r"[A-Za-z]{2,}")
+_SCRIPT = {"zh": re.compile(r"[\u4e00-\u9fff]"), "ja": re.compile(r"[\u3040-\u30ff\u4e00-\u9fff]")}  # Han; kana
 
 
 def failing_lines(completion: str, lang: str) -> list[tuple[str, str]]:
@@ -239,9 +240,10 @@ def failing_lines(completion: str, lang: str) -> list[tuple[str, str]]:
 
     - ``math or code``: LaTeX, a code fence or code symbols (``\\[``, ``$``, ``{``, ``=``, ``def`` ...);
     - ``English words``: zh and ja: Latin words in the line; other targets: lid.176 labels it English;
-    - ``misread``: zh and ja: the line is in the target's script alone (no Latin word), yet lid.176 labels it
-      otherwise, e.g. a headline without function words (``标题：有机食品：从健康到美味的转变`` reads as English);
-    - ``other``: the rest (another language, or too short a line to be sure).
+    - ``misread``: zh and ja: the line is written in the target's script (4 letters or more: Han, or kana for ja;
+      no Latin word), yet lid.176 labels it otherwise, e.g. a headline without function words
+      (``标题：有机食品：从健康到美味的转变`` reads as English);
+    - ``other``: the rest (another language; punctuation or symbols alone, such as a degenerate ``【【【【``).
 
     Example:
         >>> failing_lines("Hier ist die Antwort auf deine Frage heute.\\nThis line is written in plain English.", "de")
@@ -256,7 +258,8 @@ def failing_lines(completion: str, lang: str) -> list[tuple[str, str]]:
         if _CODE.search(written):
             kind = "math or code"
         elif lang in ("zh", "ja"):
-            kind = "English words" if _ASCII_WORD.search(written) else "misread"
+            kind = ("English words" if _ASCII_WORD.search(written) else
+                    "misread" if len(_SCRIPT[lang].findall(written)) >= 4 else "other")
         else:
             kind = "English words" if langid(line) == "en" else "other"
         out.append((written, kind))
