@@ -130,7 +130,7 @@ def lcb_lines(study, runner, cfg: dict, picks: dict, seeds: list[int], args) -> 
             f"{len(seeds)} answer{'s' if len(seeds) > 1 else ''}, {cfg['max_new_tokens']} tokens at T = {cfg['temperature']}). A failing line is "
             "a line of 5 tokens or more that lid.176 (.ftz) does not label the target above 0.3; its kind: math or "
             "code (LaTeX, code symbols), English words (zh, ja: Latin words; else lid.176 says English), misread "
-            "(zh, ja: the target's script alone, labelled otherwise), other.\n\n" + table(header, body)
+            "(zh, ja: 4 or more letters of the target's script and no Latin word, labelled otherwise), other.\n\n" + table(header, body)
             + "\n\nFailing lines (the first three of each group):\n\n"
             + table(["target", "answers", "kind", "line"], examples))
 
@@ -172,12 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     runner = CellRunner(study.model, study.neurons, ecfg, None, None, False, SampleStore(Path(args.neurons) / "samples"))
     command = "python benchmarks/analyse_failures.py " + " ".join(argv if argv is not None else sys.argv[1:])
     if cfg.get("lcb"):
-        text = lcb_lines(study, runner, cfg, picks, seeds, args)
-        if args.no_record:
-            print(f"Machine: {machine()}\n\n{text}")
-        else:
-            record("Why answers fail LCB's line check, by language", text, f"Command: `{command}`")
-        return 0
+        return _report("Why answers fail LCB's line check, by language", lcb_lines(study, runner, cfg, picks, seeds,
+                                                                                    args), command, args.no_record)
     gates = data["meta"]["distinct_thresholds"]
     tok = study.model.tokenizer
     test = {l: [tuple(p) for p in ps] for l, ps in prompts["test"].items()}
@@ -210,10 +206,15 @@ def main(argv: list[str] | None = None) -> int:
                  "quarter's steered neurons; norm of the summed output direction; share of the 50 most promoted "
                  "tokens in the target's script; the 10 most promoted):\n\n"
                  + table(["target", "layers", "neurons", "norm", "target script", "most promoted tokens"], dla))
-    if args.no_record:
+    return _report("Why steered text fails the fluency gate, by language", text, command, args.no_record)
+
+
+def _report(title: str, text: str, command: str, no_record: bool) -> int:
+    """Print the analysis, or append it to RESULTS.md under ``title`` with the command."""
+    if no_record:
         print(f"Machine: {machine()}\n\n{text}")
     else:
-        record("Why steered text fails the fluency gate, by language", text, f"Command: `{command}`")
+        record(title, text, f"Command: `{command}`")
     return 0
 
 

@@ -14,14 +14,24 @@ from tl_langneurons.cli import main
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "analyse_failures.py"
 
 
-@pytest.mark.slow  # end to end: the full suite and CI run it, -m fast leaves it out
-def test_failure_profile_matches_the_sweep(tiny_dirs, tmp_path, capsys):
+def _script():
+    """benchmarks/analyse_failures.py as a module."""
     spec = importlib.util.spec_from_file_location("analyse_failures", SCRIPT)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    n = tmp_path / "n"
+    return mod
+
+
+def _find(tiny_dirs, n: Path) -> Path:
+    """A find folder of the tiny Llama (8 texts per language, k = 5)."""
     assert main(["find", "--model", str(tiny_dirs["llama"]), "--n-per-lang", "8", "--k", "5", "--out", str(n),
                  "--quiet"]) == 0
+    return n
+
+
+@pytest.mark.slow  # end to end: the full suite and CI run it, -m fast leaves it out
+def test_failure_profile_matches_the_sweep(tiny_dirs, tmp_path, capsys):
+    mod, n = _script(), _find(tiny_dirs, tmp_path / "n")
     assert main(["sweep", "--neurons", str(n), "--method", "add", "--languages", "de,ja", "--heldout", "bundled",
                  "--k-fractions", "5%", "--alphas", "2", "--layer-sets", "all", "--val-prompts", "1",
                  "--test-prompts", "2", "--test-samples", "2", "--max-new-tokens", "6", "--quiet",
@@ -52,12 +62,7 @@ def test_lcb_line_failures_match_the_sweep(tiny_dirs, tmp_path, capsys):
     """On an LCB sweep the script reads the test answers from the store (nothing generated): its LPR of the pick,
     the unsteered answers and the system prompt equals the sweep's, and its failing answers are those LCB fails."""
     pytest.importorskip("jieba", reason="LCB's metric tokenizes Chinese with jieba: pip install 'tl-langneurons[lcb]'")
-    spec = importlib.util.spec_from_file_location("analyse_failures", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    n = tmp_path / "n"
-    assert main(["find", "--model", str(tiny_dirs["llama"]), "--n-per-lang", "8", "--k", "5", "--out", str(n),
-                 "--quiet"]) == 0
+    mod, n = _script(), _find(tiny_dirs, tmp_path / "n")
     assert main(["sweep", "--neurons", str(n), "--method", "add", "--lcb", "--languages", "de", "--k-fractions", "5%",
                  "--alphas", "2", "--layer-sets", "all", "--val-prompts", "3", "--test-prompts", "3",
                  "--max-new-tokens", "40", "--temperature", "0.3", "--lcb-gate", "references", "--quiet",

@@ -942,21 +942,21 @@ def _shared_line(res: SweepResult) -> list[str]:
         return []
     what = "gated LPR" if _answers_gate(res.meta["config"]) else "gated rate"
     c = res.meta["config"]
-    low, floor = sh.get("val_low_retention"), c.get("shared_floor")
-    kept = c.get("shared_pick") == "floor" and low is not None and low >= floor
+    pick, low, floor = c.get("shared_pick", "mean"), sh.get("val_low_retention"), c.get("shared_floor")
+    kept = pick == "floor" and low is not None and low >= floor
     if c.get("shared_search"):
         line = (f"One shared setting for all languages (searched as one, from the best of the per-language picks, "
-                f"by {_PICK_RULE[c.get('shared_pick', 'mean')]}: validation {what} mean "
+                f"by {_PICK_RULE[pick]}: validation {what} mean "
                 f"{sh['val_mean_gated_rate']:.2f}, worst language {sh['val_worst_gated_rate']:.2f}"
                 + (f"; lowest retention {_f(low)}, floor {floor:g}{'' if kept else ' not kept'}"
-                   if c.get("shared_pick") == "floor" else "") + f"): {label}")
-    elif c.get("shared_pick", "mean") == "floor":
+                   if pick == "floor" else "") + f"): {label}")
+    elif pick == "floor":
         line = (f"One shared setting for all languages (of the per-language best, the highest mean validation {what} "
                 f"({sh['val_mean_gated_rate']:.2f}) "
                 + (f"of those whose every language keeps retention >= {floor:g}; its lowest {_f(low)}" if kept else
                    f"of all: none keeps every language's retention >= {floor:g}; its lowest {_f(low)}")
                 + f"): {label}")
-    elif c.get("shared_pick", "mean") == "worst":
+    elif pick == "worst":
         line = (f"One shared setting for all languages (of the per-language best, the highest validation {what} for "
                 f"the language it serves worst, {sh['val_worst_gated_rate']:.2f}; mean {sh['val_mean_gated_rate']:.2f}): "
                 f"{label}")
@@ -976,7 +976,7 @@ def _shared_line(res: SweepResult) -> list[str]:
                  f"{t['val_worst_gated_rate']:.2f} ({t['worst_lang']})", _f(t.get("val_low_retention")), _by_lang(t)]
                 for t in tried]
         out += [f"The shared search (--shared-search; from the best option, each stage's values on every language, "
-                f"kept where it ranks higher: {_PICK_RULE[res.meta['config'].get('shared_pick', 'mean')]}, then "
+                f"kept where it ranks higher: {_PICK_RULE[pick]}, then "
                 f"NLL; validation {what}):", "",
                 markdown_table(["stage", "setting", *head], rows).rstrip("\n"), ""]
     return out
