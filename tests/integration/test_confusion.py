@@ -136,3 +136,47 @@ def test_lcb_sweep_scores_answers_as_lcb_and_resumes(tiny_llama, tiny_dirs, tiny
     assert main([*common, "--method", "clamp", "--k-fractions", "5%", "--scales", "1", "--layer-sets", "all",
                  "--max-new-tokens", "5"]) == 0
     assert main(["lcb", str(n), "--overwrite"]) == 2  # made on other answers (5 tokens against 4): not one table
+
+
+@pytest.mark.slow  # end to end: the full suite and CI run it, -m fast leaves it out
+def test_lcb_system_steers_the_requests_behind_the_system_prompt(tiny_llama, tiny_dirs, tiny_corpus, tmp_path):
+    """``--lcb-system``: the steered cells answer the requests behind the system prompt, so a setting that adds
+    nothing (add at alpha 0) gives the system prompt's answers there and the bare request's answers without the
+    option; the unsteered (none) row stays the bare request either way."""
+    from tl_langneurons.cli import main
+    from tl_langneurons.errors import LangNeuronsError
+    from tl_langneurons.evaluate.sweep import SweepConfig, run_sweep
+
+    neurons = find_neurons(tiny_llama, tiny_corpus, k=10, progress=False)
+    common = dict(method="add", lcb=True, languages=["de"], k_fractions=["5%"], alphas=[1.0], layer_sets=["all"],
+                  val_prompts=3, test_prompts=6, max_new_tokens=6, temperature=0.3, test_settings=["zero=add:alpha=0"])
+    with pytest.raises(LangNeuronsError, match="give --lcb too"):
+        SweepConfig(lcb_system=True)
+    bare = run_sweep(tiny_llama, neurons, tiny_corpus.texts, SweepConfig(**common), tmp_path / "bare", progress=False)
+    behind = run_sweep(tiny_llama, neurons, tiny_corpus.texts, SweepConfig(**common, lcb_system=True),
+                       tmp_path / "behind", progress=False)
+    row = {(name, s): next(r for r in res.test if r["setting"] == s)
+           for name, res in (("bare", bare), ("behind", behind)) for s in ("none", "system prompt", "zero")}
+    keys = ("lpr", "lcb_acc", "lcb_scored", "fluent", "nll", "relevance")
+    assert all(row["bare", s][k] == row["behind", s][k] for s in ("none", "system prompt") for k in keys)
+    assert all(row["bare", "zero"][k] == row["bare", "none"][k] for k in keys)
+    assert all(row["behind", "zero"][k] == row["behind", "system prompt"][k] for k in keys)
+    assert row["behind", "zero"]["retention"] == 1.0  # against its twins: the system prompt's answers
+    assert behind.meta["prompts"]["system"]["de"] != bare.meta["prompts"]["test"]["de"]
+    assert "steering on top of prompting" in (tmp_path / "behind" / "sweep.md").read_text()
+
+    # the command line: into DIR/lcb-system-METHOD, named apart in the lcb table
+    n = tmp_path / "n"
+    assert main(["find", "--model", str(tiny_dirs["llama"]), "--corpus", "bundled", "--n-per-lang", "12", "--k", "20",
+                 "--out", str(n), "--device", "cpu", "--quiet"]) == 0
+    args = ["sweep", "--neurons", str(n), "--languages", "de", "--val-prompts", "3", "--test-prompts", "6",
+            "--max-new-tokens", "4", "--quiet", "--method", "add", "--k-fractions", "5%", "--alphas", "1",
+            "--layer-sets", "all"]
+    assert main([*args, "--lcb-system"]) == 2  # without --lcb: one line, nothing written
+    assert not list(n.glob("lcb*"))
+    assert main([*args, "--lcb"]) == 0 and main([*args, "--lcb", "--lcb-system"]) == 0
+    assert (n / "lcb-system-add" / "sweep.json").is_file()
+    assert main(["lcb", str(n)]) == 0
+    got = [r["setting"] for r in json.loads((n / "lcb" / "lcb.json").read_text())["rows"]]
+    assert got == ["none", "system prompt", "paper clamp k=1000", "best add", "shared add",
+                   "paper clamp k=1000 + system prompt", "best add + system prompt", "shared add + system prompt"]

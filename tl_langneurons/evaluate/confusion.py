@@ -168,14 +168,19 @@ def read_lcb_sweep(folder: str | Path) -> dict:
 
 def gather_lcb(sweeps: Sequence[dict]) -> list[dict]:
     """The LCB rows of finished ``sweep --lcb`` results (:func:`read_lcb_sweep`), each method's picks named by
-    method; the unsteered, system-prompt and paper-clamp rows once (every sweep measures them on the same cells)."""
+    method (``+ system prompt`` when steered behind it, ``--lcb-system``); the unsteered, system-prompt and
+    paper-clamp rows once (every sweep measures them on the same answers), the paper's clamp behind the system
+    prompt apart."""
     rows, seen = [], set()
     for data in sweeps:
-        method = data["meta"]["config"].get("method", "clamp")
+        cfg = data["meta"]["config"]
+        method, behind = cfg.get("method", "clamp"), " + system prompt" if cfg.get("lcb_system") else ""
         for r in lcb_rows(data["test"]):
             name = r["setting"]
             if name.startswith(("best ", "shared ")):
-                name = f"{name.split()[0]} {method}"
+                name = f"{name.split()[0]} {method}{behind}"
+            elif name not in ("none", "system prompt"):  # the paper's clamp and the user's own settings
+                name += behind
             key = (r["lang"], name)
             if key in seen:
                 continue

@@ -88,7 +88,7 @@ class ControlResult:
 
 # fields added to a config after results were written: left out at their default, so that those folders still resume
 # (each field's values that reproduce what was done before it existed)
-_LATER_FIELDS = {"lcb": (False,), "lcb_gate": (None, "references"), "genres": (False,), "after_scales": ((), []),
+_LATER_FIELDS = {"lcb": (False,), "lcb_gate": (None, "references"), "lcb_system": (False,), "genres": (False,), "after_scales": ((), []),
                  "band_alphas": ((), []), "resid_alphas": ((), []), "keep_norm_stage": (False,), "spreads": ((), []),
                  "shared_pick": ("mean",), "shared_floor": (None,), "shared_search": (False,), "equal_norms": ((), []),
                  "test_settings": ((), [])}

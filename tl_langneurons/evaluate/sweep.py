@@ -165,6 +165,9 @@ class SweepConfig:
                                   "(answers passing LCB's line check and the gate); references: the gate of the "
                                   "reference corpus and the pick by gated rate (the first LCB sweeps)",
                                   choices=("answers", "references"), parse=str)
+    lcb_system: bool = option(False, "with --lcb: the steered requests carry the system prompt too (steering on top "
+                              "of prompting, searched and reported so); the system-prompt row is then their "
+                              "unsteered twin, the bar steering has to raise, and none stays the bare request")
     val_prompts: int | None = option(None, "with --heldout: validation prompts per prompt language and genre (none: 4); with "
                                      "--lcb: per target language, whole requests of 3 phrasings (none: 6)", parse=int,
                                      at_least=1)
@@ -217,6 +220,8 @@ class SweepConfig:
                                    "--resid-alphas")
         if self.lcb_gate is not None and not self.lcb:
             raise LangNeuronsError("--lcb-gate is for --lcb sweeps")
+        if self.lcb_system and not self.lcb:
+            raise LangNeuronsError("--lcb-system steers LCB's requests behind the system prompt: give --lcb too")
         if self.lcb_gate not in (None, "answers", "references"):
             raise LangNeuronsError(f"--lcb-gate must be answers or references, got {self.lcb_gate!r}")
         if self.shared_floor is not None and self.shared_pick != "floor":
@@ -243,11 +248,11 @@ class SweepConfig:
             raise LangNeuronsError("--sources prompt needs --heldout or --lcb: from BOS there is no prompt language")
 
 
-def sweep_folder(method: str, lcb: bool = False) -> str:
+def sweep_folder(method: str, lcb: bool = False, system: bool = False) -> str:
     """A sweep's default folder in the neurons folder: ``sweep`` for clamp, ``sweep-METHOD`` otherwise;
-    ``lcb-METHOD`` for a sweep on LCB's prompts."""
+    ``lcb-METHOD`` for a sweep on LCB's prompts, ``lcb-system-METHOD`` when they carry the system prompt."""
     if lcb:
-        return f"lcb-{method}"
+        return f"lcb-system-{method}" if system else f"lcb-{method}"
     return "sweep" if method == "clamp" else f"sweep-{method}"
 
 
@@ -470,7 +475,8 @@ class _Search:
         self.n = neurons.index.n_neurons
         self.seeds_of = {"val": list(range(1001, 1001 + cfg.val_samples)), "test": list(range(1, cfg.test_samples + 1))}
         self.lcb = lcb_prompts(model.tokenizer, self.langs, cfg.val_prompts, cfg.test_prompts) if cfg.lcb else None
-        self.prompts = ({"val": self.lcb["val"], "test": self.lcb["test"]} if self.lcb else
+        steered = ("system_val", "system") if cfg.lcb_system else ("val", "test")  # what LCB's steered cells continue
+        self.prompts = ({"val": self.lcb[steered[0]], "test": self.lcb[steered[1]]} if self.lcb else
                         None if heldout is None else sweep_prompts(model.tokenizer, neurons, heldout, cfg))
         self.empty: dict[str, None] = {}  # settings that steer no neuron (lape, actprob): never scored, in the notes
         self.shared_options: list[dict] = []  # each language's pick scored on every language (see shared())
@@ -605,14 +611,22 @@ class _Search:
             out[lang] = self.cells.score(rows, lang).fluent
         return out
 
-    def lcb_scores(self, lang: str, phase: str, rows: list[dict], system: bool = False) -> dict:
+    def lcb_scores(self, lang: str, phase: str, rows: list[dict], prompts: str | None = None) -> dict:
         """LCB sweeps only: the gated LPR of a cell's answers (what the pick compares, with the answers gate)
-        and, on the test split, LCB's pass rates and the relevance proxy."""
+        and, on the test split, LCB's pass rates and the relevance proxy; ``prompts`` names the requests the
+        answers continue (``test``: bare, ``system``: behind the system prompt; None: the steered cells')."""
         out = gated_lpr(rows, lang, self.cells.thresholds[lang]) if self.answers_gate else {}
         if self.lcb and phase == "test":
-            out.update(lcb_quality(self.model, rows, (self.lcb["system"] if system else self.prompts["test"])[lang],
-                                   lang, len(self.seeds_of["test"])))
+            asked = self.prompts["test"] if prompts is None else self.lcb[prompts]
+            out.update(lcb_quality(self.model, rows, asked[lang], lang, len(self.seeds_of["test"])))
         return out
+
+    def bare_answers(self) -> dict[str, list[dict]]:
+        """LCB: each language's unsteered answers to its bare test requests (no system prompt), the ``none`` row."""
+        seeds = self.seeds_of["test"]
+        got = iter(self.cells.samples_many([Cell(None, None, seeds, p) for lang in self.langs
+                                            for p in self.lcb["test"][lang]]))
+        return {lang: [r for _ in self.lcb["test"][lang] for r in next(got)] for lang in self.langs}
 
     @property
     def objective(self) -> str:
@@ -725,12 +739,12 @@ class _Search:
         test = []
         paper = {"method": "clamp", "k": min(1000, self.n), "scale": 1.0, "positions": "all", "layers": None}
         fluent_test = {}
-        none_test = self.unsteered("test")
+        none_test = self.bare_answers() if lcb else self.unsteered("test")
         for lang in langs:
             sc = cells.score(none_test[lang], lang)
             fluent_test[lang] = sc.fluent
             test.append({"lang": lang, "setting": "none", **sc.steering_row(sc.fluent), "retention": 1.0,
-                         **self.lcb_scores(lang, "test", none_test[lang])})
+                         **self.lcb_scores(lang, "test", none_test[lang], "test" if lcb else None)})
             if self.genres:  # the unsteered continuations of each genre's prompts
                 per = len(self.seeds_of["test"])
                 units = [none_test[lang][i * per:(i + 1) * per] for i in range(len(none_test[lang]) // per)]
@@ -749,7 +763,7 @@ class _Search:
                 rows = [r for _ in lcb["system"][lang] for r in next(got)]
                 sc = cells.score(rows, lang)
                 test.append({"lang": lang, "setting": "system prompt", **sc.steering_row(fluent_test[lang]),
-                             **self.lcb_scores(lang, "test", rows, system=True)})
+                             **self.lcb_scores(lang, "test", rows, "system")})
         named = [("paper clamp k=1000", {l: paper for l in langs}),
                  (f"best {cfg.method}", {l: {k: v for k, v in best[l].items() if k != "val"} for l in langs})]
         if shared is not None:
@@ -1035,7 +1049,10 @@ def sweep_markdown(res: SweepResult) -> str:
                     + f" (ties: lower NLL); then the settings on "
                     f"{c['test_prompts']} other prompts per language (other requests) x {_seeds(c['test_samples'], 1)}; "
                     f"none: the unsteered answers; system prompt: the same requests behind a system message "
-                    f"asking for the language, unsteered")
+                    f"asking for the language, unsteered"
+                    + ("; every steered setting answers the requests behind that system message too (--lcb-system: "
+                       "steering on top of prompting; retention against the system prompt's answers)"
+                       if c.get("lcb_system") else ""))
     elif c.get("heldout"):
         protocol = (f"from prompts of {c['heldout']}: a setting towards a language continues the other languages' "
                     f"prompts (the off-diagonal cells of cross-steering; {c['max_new_tokens']} tokens). Picked on "
