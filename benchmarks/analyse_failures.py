@@ -105,10 +105,11 @@ def lcb_lines(study, runner, cfg: dict, picks: dict, seeds: list[int], args) -> 
 
     lcb = lcb_prompts(study.model.tokenizer, list(picks), cfg["val_prompts"], cfg["test_prompts"])
     body, examples = [], []
+    steered_on, behind = ("system", " + system prompt") if cfg.get("lcb_system") else ("test", "")  # --lcb-system
     for lang, st in picks.items():
         k = st.k if st.k is not None else study.neurons.k
-        groups = {f"{args.pick} ({st.resolved(study.neurons).label()})":
-                  [steered(lang, st.for_prompt("en"), st.which, k, seeds, p) for p in lcb["test"][lang]],
+        groups = {f"{args.pick} ({st.resolved(study.neurons).label()}){behind}":
+                  [steered(lang, st.for_prompt("en"), st.which, k, seeds, p) for p in lcb[steered_on][lang]],
                   "none": [Cell(None, None, tuple(seeds), p) for p in lcb["test"][lang]],
                   "system prompt": [Cell(None, None, tuple(seeds), p) for p in lcb["system"][lang]]}
         for name, cells in groups.items():

@@ -58,15 +58,17 @@ def test_failure_profile_matches_the_sweep(tiny_dirs, tmp_path, capsys):
 
 
 @pytest.mark.slow  # end to end: the full suite and CI run it, -m fast leaves it out
-def test_lcb_line_failures_match_the_sweep(tiny_dirs, tmp_path, capsys):
+@pytest.mark.parametrize("behind", [[], ["--lcb-system"]], ids=["bare", "lcb-system"])
+def test_lcb_line_failures_match_the_sweep(tiny_dirs, tmp_path, capsys, behind):
     """On an LCB sweep the script reads the test answers from the store (nothing generated): its LPR of the pick,
-    the unsteered answers and the system prompt equals the sweep's, and its failing answers are those LCB fails."""
+    the unsteered answers and the system prompt equals the sweep's, and its failing answers are those LCB fails;
+    with ``--lcb-system`` the pick's answers are those to the requests behind the system prompt."""
     pytest.importorskip("jieba", reason="LCB's metric tokenizes Chinese with jieba: pip install 'tl-langneurons[lcb]'")
     mod, n = _script(), _find(tiny_dirs, tmp_path / "n")
     assert main(["sweep", "--neurons", str(n), "--method", "add", "--lcb", "--languages", "de", "--k-fractions", "5%",
                  "--alphas", "2", "--layer-sets", "all", "--val-prompts", "3", "--test-prompts", "3",
                  "--max-new-tokens", "40", "--temperature", "0.3", "--lcb-gate", "references", "--quiet",
-                 "--out", str(n / "lcb-add")]) == 0
+                 "--out", str(n / "lcb-add"), *behind]) == 0
     before = len(list((n / "samples").glob("*.json")))
     capsys.readouterr()
     assert mod.main(["--neurons", str(n), "--sweep", str(n / "lcb-add"), "--no-record"]) == 0
@@ -74,7 +76,7 @@ def test_lcb_line_failures_match_the_sweep(tiny_dirs, tmp_path, capsys):
     assert len(list((n / "samples").glob("*.json"))) == before  # read from the store, nothing generated
     get = {r["setting"]: r for r in json.loads((n / "lcb-add" / "sweep.json").read_text())["test"]}
     rows = {m.group(1): m.group(2) for m in re.finditer(
-        r"^\| de \| ([^|]+?)(?: \([^|]*\))? \| 3 \| ([0-9.]+|-) \|", out, re.M)}
+        r"^\| de \| ([^|]+?)(?: \([^|]*\))?(?: \+ system prompt)? \| 3 \| ([0-9.]+|-) \|", out, re.M)}
     assert set(rows) == {"best", "none", "system prompt"} and any(v != "-" for v in rows.values())
     for name, setting in (("best", "best add"), ("none", "none"), ("system prompt", "system prompt")):
         if rows[name] != "-":  # "-": no answer had a line of 5 tokens (the sweep scores that 1.0, LCB skips it)
