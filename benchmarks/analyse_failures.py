@@ -98,7 +98,8 @@ def band_attribution(model, neurons, lang: str, st) -> list[list]:
 def lcb_lines(study, runner, cfg: dict, picks: dict, seeds: list[int], args) -> str:
     """An LCB sweep's test answers (its pick, behind the system prompt too after --lcb-system; unsteered; behind
     the system prompt) against LCB's line check: the answers failing it and their failing lines by kind
-    (:func:`~tl_langneurons.evaluate.lcb.failing_lines`), and LPR as it would be if the lines lid.176 misreads counted as the target's (zh, ja)."""
+    (:func:`~tl_langneurons.evaluate.lcb.failing_lines`), and LPR as it would be if the lines lid.176 misreads
+    counted as the target's (zh, ja)."""
     from tl_langneurons.evaluate.cells import Cell, steered
     from tl_langneurons.evaluate.confusion import lcb_prompts
     from tl_langneurons.evaluate.lcb import LINE_FAILURES, failing_lines, line_pass
