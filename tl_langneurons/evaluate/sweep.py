@@ -491,11 +491,7 @@ class _Search:
         """Each language's fluency gate from the unsteered model's answers to its validation requests behind
         the system prompt (seeds 2001..2010 each): the 5th percentile of their distinct-token ratios, in place
         of the reference corpus's (whose running text repeats itself far less than a chat answer does)."""
-        seeds = list(LCB_GATE_SEEDS)
-        system = self.lcb["system_val"]
-        got = iter(self.cells.samples_many([Cell(lang, None, seeds, p) for lang in self.langs for p in system[lang]]))
-        for lang in self.langs:
-            rows = [r for _ in system[lang] for r in next(got)]
+        for lang, rows in self.answers(self.lcb["system_val"], list(LCB_GATE_SEEDS)).items():
             before = self.cells.thresholds[lang]
             self.cells.thresholds[lang] = answers_threshold([r["tokens"] for r in rows])
             self.gate[lang] = {"threshold": self.cells.thresholds[lang], "answers": len(rows),
@@ -601,15 +597,8 @@ class _Search:
         generates the missing ones, test prompts x test seeds per language); empty from BOS and on LCB."""
         if self.prompts is None or self.lcb:
             return {}
-        seeds = self.seeds_of["test"]
-        langs = [lang for lang in self.langs if self.prompts["test"].get(lang)]
-        got = iter(self.cells.samples_many([Cell(None, None, seeds, p) for lang in langs
-                                            for p in self.prompts["test"][lang]]))
-        out = {}
-        for lang in langs:
-            rows = [r for _ in self.prompts["test"][lang] for r in next(got)]
-            out[lang] = self.cells.score(rows, lang).fluent
-        return out
+        return {lang: self.cells.score(rows, lang).fluent
+                for lang, rows in self.answers(self.prompts["test"], self.seeds_of["test"]).items()}
 
     def lcb_scores(self, lang: str, phase: str, rows: list[dict], prompts: str | None = None) -> dict:
         """LCB sweeps only: the gated LPR of a cell's answers (what the pick compares, with the answers gate)
@@ -621,12 +610,12 @@ class _Search:
             out.update(lcb_quality(self.model, rows, asked[lang], lang, len(self.seeds_of["test"])))
         return out
 
-    def bare_answers(self) -> dict[str, list[dict]]:
-        """LCB: each language's unsteered answers to its bare test requests (no system prompt), the ``none`` row."""
-        seeds = self.seeds_of["test"]
-        got = iter(self.cells.samples_many([Cell(None, None, seeds, p) for lang in self.langs
-                                            for p in self.lcb["test"][lang]]))
-        return {lang: [r for _ in self.lcb["test"][lang] for r in next(got)] for lang in self.langs}
+    def answers(self, prompts: dict[str, list], seeds: list[int]) -> dict[str, list[dict]]:
+        """Each language's unsteered answers to its ``prompts`` (``seeds`` each, in prompt order), read or made
+        together; languages without prompts left out."""
+        langs = [lang for lang in self.langs if prompts.get(lang)]
+        got = iter(self.cells.samples_many([Cell(None, None, seeds, p) for lang in langs for p in prompts[lang]]))
+        return {lang: [r for _ in prompts[lang] for r in next(got)] for lang in langs}
 
     @property
     def objective(self) -> str:
@@ -739,7 +728,7 @@ class _Search:
         test = []
         paper = {"method": "clamp", "k": min(1000, self.n), "scale": 1.0, "positions": "all", "layers": None}
         fluent_test = {}
-        none_test = self.bare_answers() if lcb else self.unsteered("test")
+        none_test = self.answers(lcb["test"], self.seeds_of["test"]) if lcb else self.unsteered("test")
         for lang in langs:
             sc = cells.score(none_test[lang], lang)
             fluent_test[lang] = sc.fluent
@@ -757,10 +746,7 @@ class _Search:
             if r["lang"] in own:
                 r["own_fluent"] = own[r["lang"]]
         if lcb:  # prompting alone: the same requests behind a system message that asks for the language
-            got = iter(cells.samples_many([Cell(lang, None, self.seeds_of["test"], p)
-                                           for lang in langs for p in lcb["system"][lang]]))
-            for lang in langs:
-                rows = [r for _ in lcb["system"][lang] for r in next(got)]
+            for lang, rows in self.answers(lcb["system"], self.seeds_of["test"]).items():
                 sc = cells.score(rows, lang)
                 test.append({"lang": lang, "setting": "system prompt", **sc.steering_row(fluent_test[lang]),
                              **self.lcb_scores(lang, "test", rows, "system")})
