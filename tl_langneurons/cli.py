@@ -262,7 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.set_defaults(func=cmd_compare)
     q = sub.add_parser("lcb", help="the language-confusion sweeps (sweep --lcb) of a find folder in one table: LCB's "
                                    "line-level pass rate beside quality, per method")
-    q.add_argument("dir", help="a find output folder holding lcb-METHOD sweeps")
+    q.add_argument("dir", help="a find output folder holding lcb-METHOD (lcb-system-METHOD) sweeps")
     q.add_argument("--sweeps", nargs="+", default=None, help="the sweep folders (default: every DIR/lcb-*)")
     q.add_argument("--out", default=None, help="output folder (default DIR/lcb: lcb.md, .csv, .json)")
     q.add_argument(*_OVERWRITE[:1], **_OVERWRITE[1])

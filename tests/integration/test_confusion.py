@@ -153,8 +153,21 @@ def test_lcb_system_steers_the_requests_behind_the_system_prompt(tiny_llama, tin
     with pytest.raises(LangNeuronsError, match="give --lcb too"):
         SweepConfig(lcb_system=True)
     bare = run_sweep(tiny_llama, neurons, tiny_corpus.texts, SweepConfig(**common), tmp_path / "bare", progress=False)
-    behind = run_sweep(tiny_llama, neurons, tiny_corpus.texts, SweepConfig(**common, lcb_system=True),
-                       tmp_path / "behind", progress=False)
+    from tl_langneurons.evaluate.cells import CellRunner
+
+    asked, real = [], CellRunner.samples_many
+
+    def spy(self, cells):  # the prompts of every steered cell, validation and test
+        asked.extend(c.prompt for c in cells if c.steering is not None)
+        return real(self, cells)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(CellRunner, "samples_many", spy)
+        behind = run_sweep(tiny_llama, neurons, tiny_corpus.texts, SweepConfig(**common, lcb_system=True),
+                           tmp_path / "behind", progress=False)
+    p = behind.meta["prompts"]
+    assert {tuple(x) for x in p["system_val"]["de"]} <= set(asked)  # the search too, not only the report
+    assert set(asked) == {tuple(x) for x in p["system_val"]["de"] + p["system"]["de"]}
     row = {(name, s): next(r for r in res.test if r["setting"] == s)
            for name, res in (("bare", bare), ("behind", behind)) for s in ("none", "system prompt", "zero")}
     keys = ("lpr", "lcb_acc", "lcb_scored", "fluent", "nll", "relevance")
@@ -180,3 +193,10 @@ def test_lcb_system_steers_the_requests_behind_the_system_prompt(tiny_llama, tin
     got = [r["setting"] for r in json.loads((n / "lcb" / "lcb.json").read_text())["rows"]]
     assert got == ["none", "system prompt", "paper clamp k=1000", "best add", "shared add",
                    "paper clamp k=1000 + system prompt", "best add + system prompt", "shared add + system prompt"]
+    assert "rows ending + system prompt are against the system prompt's" in (n / "lcb" / "lcb.md").read_text()
+    assert main(["report", str(n)]) == 0
+    md = (n / "report.md").read_text()
+    assert "add settings sweep on LCB's requests behind the system prompt (lcb-system-add)" in md
+    assert "add settings sweep on LCB's requests (lcb-add)" in md
+    with pytest.raises(LangNeuronsError, match="is the sweep's own row"):  # a name the lcb table gives
+        SweepConfig(lcb=True, test_settings=["mine + system prompt=add:alpha=1"])

@@ -29,6 +29,7 @@ from .metrics import is_degenerate
 LANGUAGE_NAMES = {"de": "German", "es": "Spanish", "fr": "French", "ja": "Japanese", "zh": "Chinese"}
 SYSTEM_PROMPT = "You are a helpful assistant. Always answer in {name}, whatever the language of the request."
 SPLIT_SEED = 0
+BEHIND = " + system prompt"  # the lcb table's suffix of the rows of an --lcb-system sweep
 
 
 def lcb_languages(languages: Sequence[str] | None, known: Sequence[str]) -> list[str]:
@@ -174,7 +175,7 @@ def gather_lcb(sweeps: Sequence[dict]) -> list[dict]:
     rows, seen = [], set()
     for data in sweeps:
         cfg = data["meta"]["config"]
-        method, behind = cfg.get("method", "clamp"), " + system prompt" if cfg.get("lcb_system") else ""
+        method, behind = cfg.get("method", "clamp"), BEHIND if cfg.get("lcb_system") else ""
         for r in lcb_rows(data["test"]):
             name = r["setting"]
             if name.startswith(("best ", "shared ")):
@@ -199,8 +200,11 @@ class LCBTable:
     meta: dict = field(default_factory=dict)
 
     def markdown(self) -> str:
+        behind = any(r["setting"].endswith(BEHIND) for r in self.rows)
         return (f"Language confusion on LCB's cross-lingual okapi requests; sweeps: {', '.join(self.sweeps)}\n\n"
-                + lcb_markdown(self.rows))
+                + lcb_markdown(self.rows)
+                + ("\nRetention: against the unsteered answers to the same requests, so the system prompt's is against "
+                   f"none's and the rows ending{BEHIND} are against the system prompt's.\n" if behind else ""))
 
     def save(self, out: str | Path) -> list[Path]:
         out = Path(out)
@@ -213,12 +217,12 @@ class LCBTable:
 
 
 def lcb_sweeps(directory: str | Path) -> list[Path]:
-    """The ``sweep --lcb`` folders (``lcb-METHOD``) of a neurons folder that finished."""
+    """The ``sweep --lcb`` folders (``lcb-METHOD``, ``lcb-system-METHOD``) of a neurons folder that finished."""
     return sorted(p for p in Path(directory).glob("lcb-*") if (p / "sweep.json").is_file())
 
 
 def lcb_table(directory: str | Path, folders: Sequence[str | Path] | None = None) -> LCBTable:
-    """The LCB table of ``folders`` (default: every finished ``lcb-METHOD`` sweep in ``directory``); refused
+    """The LCB table of ``folders`` (default: every finished ``lcb-*`` sweep in ``directory``); refused
     when there is none, or when they were made on other requests, seeds or generation settings (not comparable)."""
     folders = [Path(f) for f in folders] if folders else lcb_sweeps(directory)
     if not folders:

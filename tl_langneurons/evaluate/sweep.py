@@ -42,6 +42,7 @@ from ..steer.methods import (EQUAL_NORMS, METHODS, POSITIONS, parse_setting, Ste
 from ..steer.prompts import split_prompts
 from .samples import SampleStore, store_of
 from .confusion import (
+    BEHIND,
     LCB_GATE_SEEDS,
     SPLIT_SEED,
     SYSTEM_PROMPT,
@@ -208,7 +209,8 @@ class SweepConfig:
             raise LangNeuronsError(f"--band-alphas and --resid-alphas are stages of add, not of {self.method}")
         names = [parse_setting(t, "--test-settings")[0] for t in self.test_settings]
         for name in names:
-            if name in ("none", "system prompt", "paper clamp k=1000") or name.startswith(("best ", "shared ")):
+            if (name in ("none", "system prompt", "paper clamp k=1000") or name.startswith(("best ", "shared "))
+                    or name.endswith(BEHIND)):
                 raise LangNeuronsError(f"--test-settings: the name {name!r} is the sweep's own row; choose another")
         if len(set(names)) < len(names):
             raise LangNeuronsError(f"--test-settings: a name is given twice ({', '.join(names)})")

@@ -127,11 +127,14 @@ def build_report(directory: str | Path) -> Path:
         if (p / "genres.png").exists():  # a sweep on several genres
             parts += [f"![by genre]({p.name}/genres.png)", ""]
         parts += [_read(p / "sweep.md"), ""]
-    if (d / "lcb" / "lcb.md").exists():  # written by the lcb command from the lcb-METHOD sweeps
+    if (d / "lcb" / "lcb.md").exists():  # written by the lcb command from the lcb-METHOD (lcb-system-METHOD) sweeps
         parts += ["## Language confusion (LCB)", "", _read(d / "lcb" / "lcb.md"), ""]
     for p in sorted(d.glob("lcb-*")):
         if (p / "sweep.md").exists():
-            parts += [f"## Language confusion: {p.name[4:]} settings sweep on LCB's requests ({p.name})", "",
+            cfg = (read_json(p / "sweep.json", SWEEP_FIELDS, f"run the sweep again into {p} (with --overwrite), or "
+                             "move it away")["meta"]["config"] if (p / "sweep.json").exists() else {})
+            where = ("LCB's requests behind the system prompt" if cfg.get("lcb_system") else "LCB's requests")
+            parts += [f"## Language confusion: {cfg.get('method', p.name[4:])} settings sweep on {where} ({p.name})", "",
                       f"![trade-off]({p.name}/tradeoff.png)", "", _read(p / "sweep.md"), ""]
     an = d / "analyses"
     for name, title, fig in (("deactivation", "Deactivation: loss change on held-out texts", "deactivation.png"),
