@@ -16,12 +16,15 @@ GOLDEN = json.loads((Path(__file__).parents[1] / "data" / "golden_samples.json")
 
 def gemma_key() -> str:
     """The recorded Gemma samples of this CPU: MKL's AVX-512 kernels (Intel Xeon) sum in another order than
-    its AVX2 ones (AMD Zen 3, where "gemma" was recorded), which moves one token of one clamped sample."""
+    its AVX2 ones (AMD Zen 3, where "gemma" was recorded), which moves one token of one clamped sample. MKL
+    takes its AVX-512 kernels on Intel CPUs only: an AMD EPYC with AVX-512 (family 26) gives the AVX2 samples."""
     try:
-        flags = next((l for l in Path("/proc/cpuinfo").read_text().splitlines() if l.startswith("flags")), "")
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
     except OSError:
-        flags = ""
-    return "gemma_avx512" if " avx512f" in flags and "gemma_avx512" in GOLDEN else "gemma"
+        lines = []
+    flags = next((l for l in lines if l.startswith("flags")), "")
+    intel = any(l.startswith("vendor_id") and "GenuineIntel" in l for l in lines)
+    return "gemma_avx512" if intel and " avx512f" in flags and "gemma_avx512" in GOLDEN else "gemma"
 REQUESTS = [(None, s) for s in (1, 2, 3)] + [("Der Hund schläft im", s) for s in (4, 5)] + [("The weather today is", 6)]
 
 
