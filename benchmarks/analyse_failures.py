@@ -101,12 +101,12 @@ def lcb_lines(study, runner, cfg: dict, picks: dict, seeds: list[int], args) -> 
     (:func:`~tl_langneurons.evaluate.lcb.failing_lines`), and LPR as it would be if the lines lid.176 misreads
     counted as the target's (zh, ja)."""
     from tl_langneurons.evaluate.cells import Cell, steered
-    from tl_langneurons.evaluate.confusion import lcb_prompts
+    from tl_langneurons.evaluate.confusion import BEHIND, lcb_prompts
     from tl_langneurons.evaluate.lcb import LINE_FAILURES, failing_lines, line_pass
 
     lcb = lcb_prompts(study.model.tokenizer, list(picks), cfg["val_prompts"], cfg["test_prompts"])
     body, examples = [], []
-    steered_on, behind = ("system", " + system prompt") if cfg.get("lcb_system") else ("test", "")  # --lcb-system
+    steered_on, behind = ("system", BEHIND) if cfg.get("lcb_system") else ("test", "")  # --lcb-system
     for lang, st in picks.items():
         k = st.k if st.k is not None else study.neurons.k
         groups = {f"{args.pick} ({st.resolved(study.neurons).label()}){behind}":

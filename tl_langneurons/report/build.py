@@ -32,6 +32,12 @@ def _read(path: Path) -> str:
     return path.read_text(encoding="utf-8").strip() if path.exists() else ""
 
 
+def _read_sweep(folder: Path) -> dict:
+    """A sweep folder's ``sweep.json``, the fields the report reads checked (one clear line otherwise)."""
+    return read_json(folder / "sweep.json", SWEEP_FIELDS, f"run the sweep again into {folder} (with --overwrite), "
+                     "or move it away")
+
+
 def _steering(cfg: dict) -> str:
     st = cfg.get("steering") or {"method": "clamp", **{k: cfg.get(k) for k in ("value", "scale", "positions")}}
     if st.get("method", "clamp") == "clamp":
@@ -106,8 +112,7 @@ def build_report(directory: str | Path) -> Path:
     sweeps = []  # (folder, method, protocol, stages) of every sweep folder, each sweep.json read once
     for p in sorted(d.glob("sweep*")):
         if (p / "sweep.md").exists() and (p / "sweep.json").exists():
-            data = read_json(p / "sweep.json", SWEEP_FIELDS, f"run the sweep again into {p} (with --overwrite), or "
-                             "move it away")
+            data = _read_sweep(p)
             config = data["meta"]["config"]
             sweeps.append((p, config.get("method", "clamp"), "prompts" if config.get("heldout") else "BOS",
                            data["stages"]))
@@ -131,8 +136,7 @@ def build_report(directory: str | Path) -> Path:
         parts += ["## Language confusion (LCB)", "", _read(d / "lcb" / "lcb.md"), ""]
     for p in sorted(d.glob("lcb-*")):
         if (p / "sweep.md").exists():
-            cfg = (read_json(p / "sweep.json", SWEEP_FIELDS, f"run the sweep again into {p} (with --overwrite), or "
-                             "move it away")["meta"]["config"] if (p / "sweep.json").exists() else {})
+            cfg = _read_sweep(p)["meta"]["config"] if (p / "sweep.json").exists() else {}
             where = ("LCB's requests behind the system prompt" if cfg.get("lcb_system") else "LCB's requests")
             parts += [f"## Language confusion: {cfg.get('method', p.name[4:])} settings sweep on {where} ({p.name})", "",
                       f"![trade-off]({p.name}/tradeoff.png)", "", _read(p / "sweep.md"), ""]
