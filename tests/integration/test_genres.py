@@ -85,8 +85,17 @@ def test_sweep_on_two_genres_reports_each_as_a_sweep_on_it_alone(setup, tiny_lla
                 for k in ("rate", "gated_rate", "fluent", "retention"):
                     assert got[k] == r[k], (name, r["lang"], r["setting"], k)
                 assert got["nll"] == pytest.approx(r["nll"], abs=1e-5)
+            if r["setting"] == "none":  # the model's own text of the genre: as the sweep on that genre alone finds it
+                assert got["own_fluent"] == r["own_fluent"], (name, r["lang"])
+    for r in both.test:  # each steered row's retention against the model's own text of each genre
+        if r["setting"] != "none":
+            own = next(x for x in both.test if (x["lang"], x["setting"]) == (r["lang"], "none"))["genres"]
+            for g, x in r["genres"].items():
+                want = x["fluent"] / own[g]["own_fluent"] if own[g]["own_fluent"] else None
+                assert x["own_retention"] == pytest.approx(want) if want is not None else x["own_retention"] is None
     md = (root / "both" / "sweep.md").read_text()
     assert "By genre" in md and "| newsish | chatty |" in md
+    assert "By genre and language" in md and "| paper clamp k=1000 | ja |" in md
     assert (root / "both" / "genres.png").stat().st_size > 0 and not (root / "alone-newsish" / "genres.png").exists()
 
 

@@ -590,17 +590,25 @@ class _Search:
             out[i][g] = {k: m.row()[k] for k in GENRE_MEASURES}
         return out
 
-    def own_fluent(self) -> dict[str, float]:
+    def own_fluent_by_genre(self) -> dict[str, dict[str | None, float]]:
         """On held-out prompts: each language's fluent share (under its own gate) of the unsteered continuations
-        of the test prompts written in it, the model's own text in the language. Retention compares a steered
-        cell with the unsteered continuations of the other languages' prompts (the same prompts); this is the
-        ceiling the model itself sets when writing the language. Each language's prompts are units of the other
-        targets, so with every language searched these samples are the sweep's own (a sweep of fewer targets
-        generates the missing ones, test prompts x test seeds per language); empty from BOS and on LCB."""
+        of the test prompts written in it, the model's own text in the language (key None), and in a sweep on
+        several genres the same on each genre's prompts (key: the genre). Retention compares a steered cell with
+        the unsteered continuations of the other languages' prompts (the same prompts); this is the ceiling the
+        model itself sets when writing the language. Each language's prompts are units of the other targets, so
+        with every language searched these samples are the sweep's own (a sweep of fewer targets generates the
+        missing ones, test prompts x test seeds per language); empty from BOS and on LCB."""
         if self.prompts is None or self.lcb:
             return {}
-        return {lang: self.cells.score(rows, lang).fluent
-                for lang, rows in self.answers(self.prompts["test"], self.seeds_of["test"]).items()}
+        per = len(self.seeds_of["test"])
+        out: dict[str, dict[str | None, float]] = {}
+        for lang, rows in self.answers(self.prompts["test"], self.seeds_of["test"]).items():
+            parts: dict[str | None, list[dict]] = {None: rows}
+            if self.genres:  # rows are in prompt order, ``per`` seeds each
+                for i, g in enumerate(self.prompts["genre"]["test"][lang]):
+                    parts.setdefault(g, []).extend(rows[i * per:(i + 1) * per])
+            out[lang] = {g: self.cells.score(rs, lang).fluent for g, rs in parts.items()}
+        return out
 
     def lcb_scores(self, lang: str, phase: str, rows: list[dict], prompts: str | None = None) -> dict:
         """LCB sweeps only: the gated LPR of a cell's answers (what the pick compares, with the answers gate)
@@ -743,10 +751,13 @@ class _Search:
                     g: {**{k: sc_g.steering_row(sc_g.fluent)[k] for k in GENRE_MEASURES}, "retention": 1.0}
                     for g, us in self.by_genre(lang, "test", units).items() if us
                     for sc_g in [cells.score([r for u in us for r in u], lang)]}
-        own = self.own_fluent()
+        own_g = self.own_fluent_by_genre()
+        own = {lang: by[None] for lang, by in own_g.items()}
         for r in test:
             if r["lang"] in own:
                 r["own_fluent"] = own[r["lang"]]
+                for g, x in r.get("genres", {}).items():
+                    x["own_fluent"] = own_g[r["lang"]].get(g)
         if lcb:  # prompting alone: the same requests behind a system message that asks for the language
             for lang, rows in self.answers(lcb["system"], self.seeds_of["test"]).items():
                 sc = cells.score(rows, lang)
@@ -768,6 +779,9 @@ class _Search:
                 if r is not None:
                     if lang in own:  # fluency against the model's own text in the language
                         r["own_retention"] = r["fluent"] / own[lang] if own[lang] else None
+                        for g, x in r.get("genres", {}).items():  # and against its own text of the genre
+                            o = own_g[lang].get(g)
+                            x["own_retention"] = x["fluent"] / o if o else None
                     test.append({**r, "setting": name})
         test.sort(key=lambda r: langs.index(r["lang"]))
         return test
@@ -1062,6 +1076,7 @@ def sweep_markdown(res: SweepResult) -> str:
            "", *res.meta.get("notes", [])]
     out += _genre_lines(res.test, settings, langs)
     out += _own_lines(res.test, settings, langs)
+    out += _genre_language_lines(res.test, settings, langs)
     lrows = lcb_rows(res.test)
     if lrows:
         out += ["", "Language confusion (LCB's metric: LPR = share of answers whose every line of 5 tokens or more "
@@ -1118,6 +1133,30 @@ def _own_lines(test: list[dict], settings: list[str], langs: list[str]) -> list[
             "the model's own):", "",
             markdown_table(["lang", "unsteered, other prompts", "unsteered, own prompts",
                             *[f"{s}: fluent / retention / own" for s in steered]], body).rstrip("\n")]
+
+
+def _genre_language_lines(test: list[dict], settings: list[str], langs: list[str]) -> list[str]:
+    """A sweep on several genres: each language on each genre, the unsteered fluent share of the other
+    languages' prompts (retention's baseline) beside the model's own text in the language (its ceiling), then
+    each steered setting's rate / retention / own retention, so a genre's weak language shows whether steering
+    or the model's own fluency in the language limits it."""
+    genres = list(dict.fromkeys(g for r in test for g in r.get("genres", {})))
+    get = {(r["lang"], r["setting"]): r for r in test}
+    if not genres or not any("own_fluent" in get.get((l, "none"), {}).get("genres", {}).get(g, {})
+                             for l in langs for g in genres):
+        return []
+    body = []
+    for s in settings:
+        for l in langs:
+            gs = get.get((l, s), {}).get("genres", {})
+            if not gs:
+                continue
+            keys = ("fluent", "own_fluent") if s == "none" else ("rate", "retention", "own_retention")
+            body.append([s, l, *[" / ".join(_f(gs.get(g, {}).get(k)) for k in keys) for g in genres]])
+    return ["", "By genre and language: none gives the unsteered fluent share of the other languages' prompts "
+            "(retention's baseline) / of the language's own prompts (the model's own text in it); each steered "
+            "setting its rate / retention / own retention (fluent share over the model's own text of the genre):",
+            "", markdown_table(["setting", "lang", *genres], body).rstrip("\n")]
 
 
 def write_sweep(res: SweepResult, out: str | Path) -> None:
