@@ -13,7 +13,9 @@ and reports, under the language's gate (the distinct-token threshold the sweep u
 the failures the share with a loop (one n-gram of up to 8 tokens repeated back to back over 8 tokens or more), the
 share of tokens repeating the token before them (reduplication such as 票票), of tokens already among the previous
 8 (near repetition), and the tokens failing samples repeat most. Issue 29 asks why Chinese loses fluency when
-steered; this puts the steered text beside the model's own Chinese and beside the other languages.
+steered; this puts the steered text beside the model's own Chinese and beside the other languages. On a sweep on
+several genres (``--genres``) it also splits the three groups by genre: the ceiling the model's own text in the
+language sets on retention, genre by genre.
 
 For an ``add`` pick it also attributes the steering to the layers (``--attribution``): the pick's addition summed
 over the neurons of each quarter of the depth, through each neuron's output direction and the unembedding (direct
@@ -93,6 +95,21 @@ def band_attribution(model, neurons, lang: str, st) -> list[list]:
         rows.append([lang, f"{lo}-{hi}", int(inside.sum()), f"{float(v.norm()):.1f}", f"{share:.2f}",
                      ", ".join(repr(w) for w in words[:10])])
     return rows
+
+
+def genre_row(lang: str, genre: str, parts: dict[str, list[dict]], threshold: float, tokenizer) -> list:
+    """One target on one genre's prompts: each group's share failing the gate, the retention they give and the
+    ceiling the model's own text in the language sets on it."""
+    fail = {name: profile(rows, threshold, tokenizer) for name, rows in parts.items()}
+    fluent = {name: 1 - p["fail"] if p["fail"] is not None else None for name, p in fail.items()}
+
+    def ratio(a, b):
+        return "-" if a is None or not b else f"{a / b:.2f}"
+    s, u, o = (fluent.get(n) for n in ("steered", "unsteered, other prompts", "unsteered, own prompts"))
+    return [lang, genre, *("-" if fail.get(n) is None or fail[n]["fail"] is None else f"{fail[n]['fail']:.2f}"
+                           for n in ("steered", "unsteered, other prompts", "unsteered, own prompts")),
+            ratio(s, u), ratio(s, o), ratio(o, u),
+            "-" if fail["steered"]["loops"] is None else f"{fail['steered']['loops']:.2f}"]
 
 
 def lcb_lines(study, runner, cfg: dict, picks: dict, seeds: list[int], args) -> str:
@@ -179,7 +196,9 @@ def main(argv: list[str] | None = None) -> int:
     gates = data["meta"]["distinct_thresholds"]
     tok = study.model.tokenizer
     test = {l: [tuple(p) for p in ps] for l, ps in prompts["test"].items()}
-    body = []
+    genre_of = (prompts.get("genre") or {}).get("test")  # a sweep on several genres: each test prompt's genre
+    genre = {l: genre_of[l] if genre_of else [None] * len(ps) for l, ps in test.items()}
+    body, by_genre = [], []
     for lang in langs:
         st = picks[lang]
         units = [(src, p) for src, ps in test.items() if src != lang for p in ps]
@@ -187,8 +206,15 @@ def main(argv: list[str] | None = None) -> int:
         groups = {"steered": [steered(lang, st.for_prompt(src), st.which, k, seeds, p) for src, p in units],
                   "unsteered, other prompts": [Cell(None, None, tuple(seeds), p) for _, p in units],
                   "unsteered, own prompts": [Cell(None, None, tuple(seeds), p) for p in test.get(lang, [])]}
+        unit_genres = {"steered": [g for src, gs in genre.items() if src != lang for g in gs],
+                       "unsteered, own prompts": genre.get(lang, [])}
+        unit_genres["unsteered, other prompts"] = unit_genres["steered"]
+        per_genre: dict = {}
         for name, cells in groups.items():
-            rows = [r for got in runner.samples_many(cells) for r in got]
+            got = runner.samples_many(cells)
+            rows = [r for g in got for r in g]
+            for g, unit in zip(unit_genres[name], got):
+                per_genre.setdefault(g, {}).setdefault(name, []).extend(unit)
             pr = profile(rows, gates[lang], tok)
 
             def show(x, digits):
@@ -196,11 +222,21 @@ def main(argv: list[str] | None = None) -> int:
             label = st.resolved(study.neurons).label()
             body.append([lang, name if name != "steered" else f"steered ({label})", pr["n"], show(pr["fail"], 2),
                          show(pr["loops"], 2), show(pr["adjacent"], 3), show(pr["near"], 3), pr["top"]])
+        if genre_of:
+            by_genre += [genre_row(lang, g, parts, gates[lang], tok) for g, parts in per_genre.items()]
     header = ["target", "samples", "n", "failing the gate", "of those: loops", "token = previous", "token in previous 8",
               "most repeated tokens in failing samples (extra uses)"]
     text = (f"Sweep {args.sweep} (pick: {args.pick}), test prompts of {cfg['heldout']}, {cfg['max_new_tokens']} tokens "
             f"at T = {cfg['temperature']}, seeds {seeds[0]}..{seeds[-1]}; gates (distinct-token thresholds) "
             + ", ".join(f"{l} {gates[l]:.3f}" for l in langs) + ".\n\n" + table(header, body))
+    if by_genre:
+        text += ("\n\nBy genre: the share failing the gate of the steered samples, of the unsteered continuations of "
+                 "the same prompts and of the model's own text in the language (its unsteered continuations of the "
+                 "genre's prompts written in it); retention = steered fluent share / unsteered, own retention = "
+                 "steered / own, and the ceiling own / unsteered: the retention steered text reaches when it is as "
+                 "fluent as the model's own text in the language.\n\n"
+                 + table(["target", "genre", "failing: steered", "unsteered", "own", "retention", "own retention",
+                          "ceiling", "steered failures: loops"], by_genre))
     if args.attribution:
         dla = [row for lang in langs if picks[lang].method == "add"
                for row in band_attribution(study.model, study.neurons, lang, picks[lang])]

@@ -81,3 +81,36 @@ def test_lcb_line_failures_match_the_sweep(tiny_dirs, tmp_path, capsys, behind):
     for name, setting in (("best", "best add"), ("none", "none"), ("system prompt", "system prompt")):
         if rows[name] != "-":  # "-": no answer had a line of 5 tokens (the sweep scores that 1.0, LCB skips it)
             assert float(rows[name]) == pytest.approx(get[setting]["lpr"], abs=0.005)
+
+
+@pytest.mark.slow  # end to end: the full suite and CI run it, -m fast leaves it out
+def test_failure_profile_by_genre_matches_the_sweep(tiny_dirs, tmp_path, capsys):
+    """On a sweep on two genres the by-genre table's groups are the sweep's cells of each genre: its failing shares
+    are one minus the sweep's fluent shares of that genre (the pick, unsteered, the model's own text)."""
+    mod, n = _script(), _find(tiny_dirs, tmp_path / "n")
+    from tl_langneurons import MultilingualCorpus
+
+    texts = MultilingualCorpus.bundled().texts
+    for name, part in (("news", slice(20, 40)), ("chat", slice(40, 60))):
+        (tmp_path / name).mkdir()
+        for lang, ts in texts.items():
+            (tmp_path / name / f"{lang}.txt").write_text("\n".join(ts[part]) + "\n", encoding="utf-8")
+    assert main(["sweep", "--neurons", str(n), "--method", "add", "--languages", "de,ja", "--k-fractions", "5%",
+                 "--heldout", f"{tmp_path / 'news'}+{tmp_path / 'chat'}", "--genres", "--alphas", "4",
+                 "--layer-sets", "all", "--val-prompts", "1", "--test-prompts", "3", "--test-samples", "2",
+                 "--max-new-tokens", "24", "--temperature", "0.1", "--quiet", "--out", str(n / "sweep-genres")]) == 0
+    capsys.readouterr()
+    assert mod.main(["--neurons", str(n), "--sweep", str(n / "sweep-genres"), "--no-record"]) == 0
+    out = capsys.readouterr().out
+    get = {(r["lang"], r["setting"]): r for r in json.loads((n / "sweep-genres" / "sweep.json").read_text())["test"]}
+    seen = []
+    for lang in ("de", "ja"):
+        for g in ("news", "chat"):
+            m = re.search(rf"^\| {lang} \| {g} \| ([0-9.]+) \| ([0-9.]+) \| ([0-9.]+) \|", out, re.M)
+            none, best = get[(lang, "none")]["genres"][g], get[(lang, "best add")]["genres"][g]
+            steered, unsteered, own = map(float, m.groups())
+            assert steered == pytest.approx(1 - best["fluent"], abs=0.005)
+            assert unsteered == pytest.approx(1 - none["fluent"], abs=0.005)
+            assert own == pytest.approx(1 - none["own_fluent"], abs=0.005)
+            seen += [steered, unsteered, own]
+    assert len(set(seen)) > 2  # the tiny model's text fails the gate now and then: the shares differ
