@@ -10,7 +10,8 @@ import torch
 
 from tl_langneurons.detect.neurons import LanguageNeurons
 from tl_langneurons.errors import LangNeuronsError
-from tl_langneurons.evaluate.sweep import SHARED_SCORES, SweepConfig, SweepResult, _Search, _shared_line, _shared_stages, _with
+from tl_langneurons.evaluate.sweep import (SHARED_SCORES, SweepConfig, SweepResult, _Search, _shared_line,
+                                           _shared_stages, _with, keeps_floor)
 from tl_langneurons.steer.methods import equal_norm_factors
 
 LANGS = ["de", "fr", "zh"]
@@ -187,6 +188,30 @@ def test_floor_ranks_by_the_mean_among_settings_whose_every_language_keeps_its_r
     s = _search(_cfg(shared_pick="floor"), lambda lang, st: (0.6, None if lang == "zh" else 1.0))
     key, row = s.rank_all([start])[0]
     assert key[0] is False and row["val_low_retention"] is None
+
+
+def test_a_retention_at_the_floor_keeps_it_whatever_floating_point_makes_of_it():
+    """zh at retention 0.6 / 0.75 (0.7999999999999999 in floating point) keeps a floor of 0.8: the floor pick
+    keeps alpha 1 against the higher mean of alpha 1.5, and the report says the floor is kept (a real sweep's
+    floor pick once lost its only setting at the floor this way)."""
+    at_floor = 0.6 / 0.75
+    assert at_floor < 0.8 and keeps_floor(at_floor, 0.8) and not keeps_floor(0.79, 0.8) and not keeps_floor(None, 0.8)
+
+    def score(lang, st):
+        if st["alpha"] == 1.5:
+            return {"de": 1.0, "fr": 1.0, "zh": 0.5}[lang], 0.7 if lang == "zh" else 1.0
+        return 0.6, at_floor if lang == "zh" else 1.0
+    start = {k: v for k, v in START.items() if k not in ("steer_tokens", "after_scale", "band_alphas", "resid_alpha",
+                                                           "layer", "keep_norm")}
+    s = _search(_cfg(shared_pick="floor", shared_floor=0.8), score)
+    key, row = s.rank_all([start])[0]
+    got = s.search_shared({**start, **{k: row[k] for k in SHARED_SCORES}}, key)
+    assert got["alpha"] == 1.0 and got["val_low_retention"] == at_floor
+    res = SweepResult(best={}, stages=[], test=[{"setting": "shared add", "label": "add k=10 a=1"}],
+                      meta={"config": {"shared_pick": "floor", "shared_floor": 0.8, "lcb": False, "shared_search": True},
+                            "shared": {"val_mean_gated_rate": 0.6, "val_worst_gated_rate": 0.6,
+                                       "val_low_retention": at_floor}})
+    assert "lowest retention 0.80, floor 0.8)" in "\n".join(_shared_line(res))
 
 
 def test_the_floor_pick_is_written_in_the_report():

@@ -61,6 +61,12 @@ from .control import EvaluateConfig, mean_of, result_settings, run_ranked
 SHARED_PICKS = ("mean", "worst", "floor")  # how the shared setting is ranked (SweepConfig.shared_pick)
 
 
+def keeps_floor(retention: float | None, floor: float) -> bool:
+    """Whether a validation retention keeps the floor of ``--shared-pick floor``; a ratio at the floor keeps it
+    though floating point puts it a hair under (a fluent share of 0.6 over 0.75 is 0.7999999999999999)."""
+    return retention is not None and retention >= floor - 1e-9
+
+
 @dataclass
 class SweepConfig:
     """The search space and sample counts of :func:`run_sweep`."""
@@ -704,7 +710,7 @@ class _Search:
         nll = -mean_of([{"nll": r["nll"] if r["nll"] is not None else 99} for r in rs], "nll")  # as better()
         pick = self.cfg.shared_pick
         if pick == "floor":  # a language without a retention (no fluent unsteered sample) cannot show it keeps one
-            kept = all(x is not None and x >= self.cfg.shared_floor for x in retention)
+            kept = all(keeps_floor(x, self.cfg.shared_floor) for x in retention)
             return (kept, mean, nll), row
         return ((mean, nll) if pick == "mean" else (worst, mean, nll)), row
 
@@ -959,7 +965,7 @@ def _shared_line(res: SweepResult) -> list[str]:
     what = "gated LPR" if _answers_gate(res.meta["config"]) else "gated rate"
     c = res.meta["config"]
     pick, low, floor = c.get("shared_pick", "mean"), sh.get("val_low_retention"), c.get("shared_floor")
-    kept = pick == "floor" and low is not None and low >= floor
+    kept = pick == "floor" and keeps_floor(low, floor)
     if c.get("shared_search"):
         line = (f"One shared setting for all languages (searched as one, from the best of the per-language picks, "
                 f"by {_PICK_RULE[pick]}: validation {what} mean "
