@@ -97,19 +97,24 @@ def band_attribution(model, neurons, lang: str, st) -> list[list]:
     return rows
 
 
+GROUPS = ("steered", "unsteered, other prompts", "unsteered, own prompts")  # the three groups of each target
+
+
+def show(x: float | None, digits: int = 2) -> str:
+    """A table cell: the number, or - where there is none."""
+    return "-" if x is None else f"{x:.{digits}f}"
+
+
 def genre_row(lang: str, genre: str, parts: dict[str, list[dict]], threshold: float, tokenizer) -> list:
-    """One target on one genre's prompts: each group's share failing the gate, the retention they give and the
-    ceiling the model's own text in the language sets on it."""
-    fail = {name: profile(rows, threshold, tokenizer) for name, rows in parts.items()}
-    fluent = {name: 1 - p["fail"] if p["fail"] is not None else None for name, p in fail.items()}
+    """One target on one genre's prompts (``parts``: the rows of each of :data:`GROUPS`): each group's share
+    failing the gate, the retention they give and the ceiling the model's own text in the language sets on it."""
+    prs = [profile(parts.get(name, []), threshold, tokenizer) for name in GROUPS]
+    s, u, o = (None if pr["fail"] is None else 1 - pr["fail"] for pr in prs)
 
     def ratio(a, b):
-        return "-" if a is None or not b else f"{a / b:.2f}"
-    s, u, o = (fluent.get(n) for n in ("steered", "unsteered, other prompts", "unsteered, own prompts"))
-    return [lang, genre, *("-" if fail.get(n) is None or fail[n]["fail"] is None else f"{fail[n]['fail']:.2f}"
-                           for n in ("steered", "unsteered, other prompts", "unsteered, own prompts")),
-            ratio(s, u), ratio(s, o), ratio(o, u),
-            "-" if fail["steered"]["loops"] is None else f"{fail['steered']['loops']:.2f}"]
+        return show(a / b if a is not None and b else None)
+    return [lang, genre, *(show(pr["fail"]) for pr in prs), ratio(s, u), ratio(s, o), ratio(o, u),
+            show(prs[0]["loops"])]
 
 
 def lcb_lines(study, runner, cfg: dict, picks: dict, seeds: list[int], args) -> str:
@@ -203,12 +208,11 @@ def main(argv: list[str] | None = None) -> int:
         st = picks[lang]
         units = [(src, p) for src, ps in test.items() if src != lang for p in ps]
         k = st.k if st.k is not None else study.neurons.k
-        groups = {"steered": [steered(lang, st.for_prompt(src), st.which, k, seeds, p) for src, p in units],
-                  "unsteered, other prompts": [Cell(None, None, tuple(seeds), p) for _, p in units],
-                  "unsteered, own prompts": [Cell(None, None, tuple(seeds), p) for p in test.get(lang, [])]}
-        unit_genres = {"steered": [g for src, gs in genre.items() if src != lang for g in gs],
-                       "unsteered, own prompts": genre.get(lang, [])}
-        unit_genres["unsteered, other prompts"] = unit_genres["steered"]
+        groups = dict(zip(GROUPS, ([steered(lang, st.for_prompt(src), st.which, k, seeds, p) for src, p in units],
+                                   [Cell(None, None, tuple(seeds), p) for _, p in units],
+                                   [Cell(None, None, tuple(seeds), p) for p in test.get(lang, [])])))
+        other_genres = [g for src, gs in genre.items() if src != lang for g in gs]  # the genre of each unit
+        unit_genres = dict(zip(GROUPS, (other_genres, other_genres, genre.get(lang, []))))
         per_genre: dict = {}
         for name, cells in groups.items():
             got = runner.samples_many(cells)
@@ -216,12 +220,9 @@ def main(argv: list[str] | None = None) -> int:
             for g, unit in zip(unit_genres[name], got):
                 per_genre.setdefault(g, {}).setdefault(name, []).extend(unit)
             pr = profile(rows, gates[lang], tok)
-
-            def show(x, digits):
-                return "-" if x is None else f"{x:.{digits}f}"
             label = st.resolved(study.neurons).label()
-            body.append([lang, name if name != "steered" else f"steered ({label})", pr["n"], show(pr["fail"], 2),
-                         show(pr["loops"], 2), show(pr["adjacent"], 3), show(pr["near"], 3), pr["top"]])
+            body.append([lang, name if name != "steered" else f"steered ({label})", pr["n"], show(pr["fail"]),
+                         show(pr["loops"]), show(pr["adjacent"], 3), show(pr["near"], 3), pr["top"]])
         if genre_of:
             by_genre += [genre_row(lang, g, parts, gates[lang], tok) for g, parts in per_genre.items()]
     header = ["target", "samples", "n", "failing the gate", "of those: loops", "token = previous", "token in previous 8",
