@@ -29,9 +29,13 @@ def _permute(w: np.ndarray, n_head: int, n_kv: int) -> np.ndarray:
     return w.reshape(n, 2, w.shape[0] // n // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def write_gguf(folder: Path, out: Path, architecture: str = "llama", tokenizer: str | None = "gpt2") -> Path:
+def write_gguf(folder: Path, out: Path, architecture: str = "llama", tokenizer: str | None = "gpt2",
+               block_count: int | None = None, drop: tuple[str, ...] = (), extra: dict | None = None,
+               shapes: dict | None = None) -> Path:
     """The Hugging Face Llama in ``folder`` as a float32 GGUF file ``out`` (the keys and tensor names
-    llama.cpp's converter writes). ``architecture`` and ``tokenizer`` override what the header states."""
+    llama.cpp's converter writes). ``architecture`` and ``tokenizer`` override what the header states;
+    hostile variants: ``block_count`` states another number of blocks, the tensors named in ``drop`` are
+    left out, ``extra`` adds tensors (name -> array), ``shapes`` replaces tensors by arrays of other shapes."""
     import gguf
     from safetensors.torch import load_file
     from transformers import AutoConfig, AutoTokenizer
@@ -43,7 +47,7 @@ def write_gguf(folder: Path, out: Path, architecture: str = "llama", tokenizer: 
     w.add_name("tiny llama")
     w.add_context_length(cfg.max_position_embeddings)
     w.add_embedding_length(cfg.hidden_size)
-    w.add_block_count(cfg.num_hidden_layers)
+    w.add_block_count(cfg.num_hidden_layers if block_count is None else block_count)
     w.add_feed_forward_length(cfg.intermediate_size)
     w.add_head_count(cfg.num_attention_heads)
     w.add_head_count_kv(cfg.num_key_value_heads)
@@ -80,6 +84,10 @@ def write_gguf(folder: Path, out: Path, architecture: str = "llama", tokenizer: 
             t = _permute(t, cfg.num_attention_heads, cfg.num_attention_heads)
         elif gg.endswith("attn_k.weight"):
             t = _permute(t, cfg.num_attention_heads, cfg.num_key_value_heads)
+        if gg in drop:
+            continue
+        w.add_tensor(gg, np.ascontiguousarray((shapes or {}).get(gg, t)))
+    for gg, t in (extra or {}).items():
         w.add_tensor(gg, np.ascontiguousarray(t))
     w.write_header_to_file()
     w.write_kv_data_to_file()

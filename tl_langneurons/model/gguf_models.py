@@ -6,8 +6,11 @@ to a float32 safetensors copy in the cache, keyed by the GGUF's sha256.
 Every check that needs no weights runs first (:func:`check_gguf`, called when a
 :class:`~tl_langneurons.model.load.ModelConfig` is built): the files exist, chunks are complete and in
 order, the header parses (magic, version, metadata, tensor table), the file is as long as its tensor
-table says, and transformers reads its architecture and tokenizer. A bad file is one line
-(:class:`~tl_langneurons.errors.LangNeuronsError`) before anything heavy runs.
+table says, the header agrees with itself (:func:`~tl_langneurons.model.gguf_header.check_structure`:
+blocks, tensor names, shapes), and transformers reads its architecture and tokenizer. A bad file is one
+line (:class:`~tl_langneurons.errors.LangNeuronsError`) before anything heavy runs. The conversion then
+refuses any weight transformers would leave randomly initialised, mis-shaped or unused, and caches
+nothing for such a file.
 """
 
 from __future__ import annotations
@@ -19,19 +22,20 @@ import logging
 import os
 import re
 import shutil
-import struct
 import tempfile
-from dataclasses import dataclass, field
+from collections import Counter
+from dataclasses import dataclass
 from importlib import util as import_util
 from pathlib import Path
 from typing import Any, Iterator
 
 from ..config import cache_dir
 from ..errors import LangNeuronsError
+from .cache import owned_prefix, remove_stale, writable
+from .gguf_header import MAGIC, GGUFHeader, check_structure, parse_header
 
 log = logging.getLogger(__name__)
 
-MAGIC = b"GGUF"
 _BLOCK = 1 << 20
 
 
@@ -92,23 +96,6 @@ class GGUFSource:
     def key(self) -> str:
         """Identifies these files as they are now (path, size, modification time): the hash memo's key."""
         return "|".join(f"{p.resolve()}:{(s := p.stat()).st_size}:{s.st_mtime_ns}" for p in self.parts)
-
-
-@dataclass(frozen=True)
-class GGUFHeader:
-    """What the header of a GGUF file says (no tensor data read)."""
-
-    version: int
-    architecture: str
-    name: str | None
-    n_tensors: int
-    metadata: dict = field(repr=False)  # scalar values, and the length of each array
-    tokenizer: str | None
-    needed_size: int  # bytes the tensor table says the file holds
-
-    def describe(self) -> str:
-        return (f"GGUF v{self.version}, {self.architecture}{f' ({self.name})' if self.name else ''}, "
-                f"{self.n_tensors} tensors")
 
 
 class _Concat:
@@ -207,6 +194,11 @@ def _chunk_folder(spec: str, path: Path) -> GGUFSource:
     varying = [i for i in range(len(numbered[0])) if len({n[i] for n in numbered}) > 1]
     if varying:  # the chunk number: the first number that differs between the names
         nums = [n[varying[0]] for n in numbered]
+        twice = [x for x, c in Counter(nums).items() if c > 1]
+        if twice:
+            same = [p.name for p, x in zip(files, nums) if x == twice[0]]
+            raise LangNeuronsError(f"GGUF chunks in {spec}: chunk {twice[0]} appears {len(same)} times "
+                                   f"({', '.join(same)}); keep one of them")
         gaps = sorted(set(range(nums[0], nums[-1] + 1)) - set(nums))
         if gaps:
             raise LangNeuronsError(f"GGUF chunks in {spec}: chunk {gaps[0]} is missing (have "
@@ -220,119 +212,16 @@ def _chunk_folder(spec: str, path: Path) -> GGUFSource:
 
 
 # ---- the header ---------------------------------------------------------------------------------------------
-class _Cursor:
-    def __init__(self, stream: Any, label: str):
-        self.stream, self.label, self.buf, self.pos = stream, label, bytearray(), 0
-
-    def take(self, n: int) -> bytes:
-        while len(self.buf) - self.pos < n:
-            more = self.stream.read(max(_BLOCK, n))
-            if not more:
-                raise LangNeuronsError(f"{self.label} is truncated: it ends inside its GGUF header, at byte "
-                                       f"{len(self.buf)} (an incomplete download or a missing chunk)")
-            self.buf += more
-        out = bytes(self.buf[self.pos:self.pos + n])
-        self.pos += n
-        return out
-
-    def unpack(self, fmt: str) -> tuple:
-        return struct.unpack(fmt, self.take(struct.calcsize(fmt)))
-
-    def string(self) -> str:
-        (n,) = self.unpack("<Q")
-        if n > 1 << 30:
-            raise LangNeuronsError(f"{self.label}: corrupt GGUF header (a string of {n} bytes at byte {self.pos})")
-        return self.take(n).decode("utf-8", errors="replace")
-
-
-_SCALAR = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
-
-
-def _value(cur: _Cursor, vtype: int, keep_strings: bool = False) -> Any:
-    if vtype in _SCALAR:
-        return cur.unpack(_SCALAR[vtype])[0]
-    if vtype == 8:
-        return cur.string()
-    if vtype == 9:
-        (etype,) = cur.unpack("<I")
-        (n,) = cur.unpack("<Q")
-        if n > 1 << 32:
-            raise LangNeuronsError(f"{cur.label}: corrupt GGUF header (an array of {n} items)")
-        if etype in _SCALAR:
-            cur.take(struct.calcsize(_SCALAR[etype]) * n)
-            return ("array", n)
-        if etype == 8:
-            items = [cur.string() for _ in range(n)]
-            return items if keep_strings else ("array", n)
-        if etype == 9:
-            for _ in range(n):
-                _value(cur, 9)
-            return ("array", n)
-    raise LangNeuronsError(f"{cur.label}: corrupt GGUF header (unknown value type {vtype} at byte {cur.pos})")
-
-
 def read_header(source: GGUFSource) -> GGUFHeader:
     """Parse the header (metadata and tensor table) of ``source`` and check that the file is as long as its
-    tensor table needs; one line for a file that is not GGUF, is cut short or is corrupt."""
+    tensor table needs, with bounded time and memory (:mod:`~tl_langneurons.model.gguf_header`); one line
+    for a file that is not GGUF, is cut short or is corrupt."""
     try:
-        return _read_header(source)
+        size = source.size
+        with source.open() as stream:
+            return parse_header(stream, source.label(), size)
     except OSError as e:
         raise LangNeuronsError(f"cannot read {source.label()}: {e}") from e
-
-
-def _read_header(source: GGUFSource) -> GGUFHeader:
-    from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
-
-    label = source.label()
-    with source.open() as stream:
-        magic = stream.read(4)
-        if magic != MAGIC:
-            what = "is empty" if not magic else f"starts with {magic!r}, not the GGUF magic b'GGUF'"
-            raise LangNeuronsError(f"{label} is not a GGUF file: it {what}")
-        cur = _Cursor(stream, label)
-        cur.buf, cur.pos = bytearray(magic), 4
-        (version,) = cur.unpack("<I")
-        if version not in (2, 3):
-            raise LangNeuronsError(f"{label}: GGUF version {version} is not supported (versions 2 and 3 are)")
-        n_tensors, n_kv = cur.unpack("<QQ")
-        if n_tensors > 1 << 24 or n_kv > 1 << 24:
-            raise LangNeuronsError(f"{label}: corrupt GGUF header ({n_tensors} tensors, {n_kv} metadata keys)")
-        meta: dict[str, Any] = {}
-        for _ in range(n_kv):
-            key = cur.string()
-            (vtype,) = cur.unpack("<I")
-            meta[key] = _value(cur, vtype)
-        end = 0
-        for _ in range(n_tensors):
-            name = cur.string()
-            (nd,) = cur.unpack("<I")
-            if nd > 8:
-                raise LangNeuronsError(f"{label}: corrupt GGUF tensor table ({name}: {nd} dimensions)")
-            dims = cur.unpack(f"<{nd}Q")
-            ttype, offset = cur.unpack("<IQ")
-            try:
-                block, size = GGML_QUANT_SIZES[GGMLQuantizationType(ttype)]
-            except (ValueError, KeyError):
-                raise LangNeuronsError(f"{label}: tensor {name} has GGML type {ttype}, which the gguf package does "
-                                       "not know (a newer quantization? upgrade gguf)") from None
-            n = 1
-            for d in dims:
-                n *= d
-            end = max(end, offset + n // block * size)
-        align = meta.get("general.alignment", 32)
-        if not isinstance(align, int) or align <= 0:
-            raise LangNeuronsError(f"{label}: corrupt GGUF header (general.alignment {align!r})")
-        data_start = -(-cur.pos // align) * align
-    arch = meta.get("general.architecture")
-    if not isinstance(arch, str) or not arch:
-        raise LangNeuronsError(f"{label}: the GGUF header has no general.architecture")
-    header = GGUFHeader(version, arch, meta.get("general.name") if isinstance(meta.get("general.name"), str) else None,
-                        n_tensors, meta, meta.get("tokenizer.ggml.model"), data_start + end)
-    size = source.size
-    if size < header.needed_size:
-        raise LangNeuronsError(f"{label} is truncated: {size} bytes, its tensor table needs {header.needed_size} "
-                               f"({header.needed_size - size} missing: an incomplete download or a missing chunk)")
-    return header
 
 
 # ---- what transformers reads ---------------------------------------------------------------------------------
@@ -468,7 +357,10 @@ def check_gguf(spec: str) -> GGUFSource | None:
     memo = _memo().get(source.key()) if source.builtin is None else source.builtin.sha256
     if memo and converted_info(_target(source, memo)) is not None:
         return source
-    check_readable(read_header(source), source.label())
+    header = read_header(source)
+    check_readable(header, source.label())
+    check_structure(header, source.label())
+    writable(models_dir())  # the conversion writes there
     return source
 
 
@@ -486,6 +378,7 @@ def gguf_model_dir(spec: str | GGUFSource) -> tuple[Path, dict]:
     source = gguf_source(spec) if isinstance(spec, str) else spec
     if source is None:
         raise LangNeuronsError(f"{spec} is not a GGUF file, a folder of GGUF chunks or a builtin GGUF model")
+    remove_stale_temporaries()
     sha = source_sha256(source)
     target = _target(source, sha)
     info = converted_info(target)
@@ -493,7 +386,21 @@ def gguf_model_dir(spec: str | GGUFSource) -> tuple[Path, dict]:
         return target, {"gguf_sha256": sha, **info}
     header = read_header(source)
     check_readable(header, source.label())
+    check_structure(header, source.label())
+    writable(models_dir())
     return target, _convert(source, header, sha, target)
+
+
+_TEMPORARIES = ("concat", "convert")
+_LEGACY = (".concat-????????.gguf", ".gguf-????????????????.????????",
+           *(f".{name}.????????" for name in BUILTINS))
+
+
+def remove_stale_temporaries() -> list[Path]:
+    """Delete the conversion temporaries in the models folder (chunks concatenated into one file, the
+    model's size; a half-written converted copy) left by processes on this machine that are no longer
+    running, and those an earlier version named without a process id once an hour old."""
+    return remove_stale(models_dir(), _TEMPORARIES, _LEGACY)
 
 
 @contextlib.contextmanager
@@ -504,7 +411,7 @@ def _one_file(source: GGUFSource, sha: str, folder: Path) -> Iterator[Path]:
         yield source.parts[0]
         return
     folder.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".concat-", suffix=".gguf", dir=folder)
+    fd, tmp = tempfile.mkstemp(prefix=owned_prefix("concat"), suffix=".gguf", dir=folder)
     try:
         with os.fdopen(fd, "wb") as out:
             got = _stream_sha256(source, out)
@@ -517,8 +424,24 @@ def _one_file(source: GGUFSource, sha: str, folder: Path) -> Iterator[Path]:
         Path(tmp).unlink(missing_ok=True)
 
 
+def _check_loading(loading: dict, label: str, header: GGUFHeader) -> None:
+    """Refuse a conversion that left a weight randomly initialised (missing), mis-shaped, or unused: the
+    model would run, on weights that are not the file's."""
+    what = (("missing_keys", "was not in the file and would be random"),
+            ("mismatched_keys", "has the wrong shape and would be random"),
+            ("unexpected_keys", "is in the file but no weight of the model reads it"),
+            ("error_msgs", "could not be loaded"))
+    for key, why in what:
+        found = sorted(str(k if not isinstance(k, tuple) else k[0]) for k in loading.get(key) or ())
+        if found:
+            more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
+            raise LangNeuronsError(f"{label} ({header.describe()}): weight {found[0]}{more} {why}; the file is "
+                                   "damaged or not the model its header says; nothing was converted")
+
+
 def _convert(source: GGUFSource, header: GGUFHeader, sha: str, target: Path) -> dict:
     import torch
+    from ..provenance import follow_umask
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     log.warning("converting %s (%s) from GGUF to a float32 local copy in %s (once, about a minute per 500 MB)",
@@ -531,22 +454,26 @@ def _convert(source: GGUFSource, header: GGUFHeader, sha: str, target: Path) -> 
     with _one_file(source, sha, target.parent) as path:
         try:
             tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-            hf = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
+            hf, loading = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
+                                                               dtype=torch.float32, output_loading_info=True)
         except Exception as e:  # noqa: BLE001 - transformers raises many kinds for a file it cannot convert
             first = str(e).splitlines()[0][:300] if str(e) else ""
             raise LangNeuronsError(f"transformers cannot convert {source.label()} ({header.describe()}): "
                                    f"{type(e).__name__}: {first}") from e
+    _check_loading(loading, source.label(), header)
     # The GGUF weights are de-quantized to float32 on load; drop the quantizer so it saves as plain
     # safetensors and later loads take seconds.
     if hasattr(hf.config, "quantization_config"):
         del hf.config.quantization_config
     hf.hf_quantizer = None
     hf.config.architectures = [type(hf).__name__]
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=owned_prefix("convert"), dir=target.parent))
     try:
         hf.save_pretrained(tmp)
         tok.save_pretrained(tmp)
         (tmp / ".complete").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+        for p in (tmp, *tmp.rglob("*")):  # readable by whoever shares the cache, as the umask says
+            follow_umask(p)
         if target.exists():
             shutil.rmtree(target)
         os.replace(tmp, target)

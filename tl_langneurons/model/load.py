@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import glob
 import logging
 import os
 import re
 import shutil
-import socket
 import tempfile
 import warnings
 from dataclasses import dataclass
@@ -27,7 +25,7 @@ from torch import nn
 
 from ..config import cache_dir, option
 from ..errors import LangNeuronsError
-from ..results import process_alive
+from .cache import host_prefix, owned_prefix, remove_stale, writable
 from .gguf_models import ALIASES, check_gguf, gguf_model_dir
 from .hf_hooked import HFHookedModel
 from .protocol import HookedModel
@@ -184,24 +182,13 @@ def _offline_error(name: str, err: Exception) -> LangNeuronsError:
 
 def _offload_prefix() -> str:
     """``.offload-HOST-``: the offload folders of this machine's processes are named by host and process id."""
-    host = re.sub(r"[^A-Za-z0-9_.]", "_", socket.gethostname())[:40] or "host"
-    return f".offload-{host}-"
+    return host_prefix("offload")
 
 
 def remove_stale_offload_folders() -> list[Path]:
     """Delete the offload folders in the cache folder left by this machine's processes that are no longer
     running (a process killed with SIGKILL never removes its own); returns those deleted."""
-    gone = []
-    prefix = _offload_prefix()
-    for p in cache_dir().glob(f"{glob.escape(prefix)}*"):
-        pid = p.name[len(prefix):].split("-", 1)[0]
-        if not pid.isdigit() or int(pid) == os.getpid() or process_alive(int(pid)):
-            continue
-        shutil.rmtree(p, ignore_errors=True)
-        if not p.exists():
-            log.warning("removed %s, the offload folder of process %s, which is no longer running", p, pid)
-            gone.append(p)
-    return gone
+    return remove_stale(cache_dir(), ("offload",))
 
 
 def _load_hf(path_or_name: str, dtype: torch.dtype, device: str | None, device_map: Any = None,
@@ -218,9 +205,9 @@ def _load_hf(path_or_name: str, dtype: torch.dtype, device: str | None, device_m
     placement: dict[str, Any] = {}
     if device_map is not None:  # accelerate's big-model inference: layers over GPUs, CPU memory and disk
         if offload_folder is None:  # for the layers put on disk; removed when the process ends
-            cache_dir().mkdir(parents=True, exist_ok=True)
+            writable()
             remove_stale_offload_folders()
-            offload_folder = tempfile.mkdtemp(prefix=f"{_offload_prefix()}{os.getpid()}-", dir=cache_dir())
+            offload_folder = tempfile.mkdtemp(prefix=owned_prefix("offload"), dir=cache_dir())
             atexit.register(shutil.rmtree, offload_folder, True)
         placement = {"device_map": device_map, "max_memory": max_memory, "offload_folder": offload_folder}
     try:
