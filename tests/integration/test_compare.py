@@ -57,7 +57,7 @@ def test_profiles_are_shares_scaled_by_depth(two_runs):
             assert np.all(np.diff(m.depth()) > 0) and 0 < m.depth()[0] < m.depth()[-1] < 1
 
 
-def test_compare_bad_input(two_runs, tmp_path, capsys):
+def test_compare_bad_input(two_runs, tmp_path, capsys, monkeypatch):
     llama, bloom = two_runs
     out = tmp_path / "cmp"
 
@@ -69,6 +69,14 @@ def test_compare_bad_input(two_runs, tmp_path, capsys):
     one_line(main(["compare", str(llama), "--out", str(out)]), "two or more find folders")
     one_line(main(["compare", str(llama), str(bloom), "--labels", "a", "--out", str(out)]), "1 label(s) for 2")
     one_line(main(["compare", str(llama), str(tmp_path), "--out", str(out)]), "holds no neurons")
+    # the same folder twice: as given, by a link, by another spelling (no duplicate rows)
+    one_line(main(["compare", str(llama), str(bloom), str(llama), "--out", str(out)]), "is the same folder")
+    (tmp_path / "link").symlink_to(llama)
+    one_line(main(["compare", str(llama), str(tmp_path / "link"), "--out", str(out)]), "are the same folder")
+    one_line(main(["compare", str(bloom), f"{bloom.parent}/./{bloom.name}/", "--out", str(out)]), "are the same folder")
+    with monkeypatch.context() as m:
+        m.chdir(llama.parent)
+        one_line(main(["compare", llama.name, f"./{llama.name}", "--out", str(out)]), "are the same folder")
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("mine")
     code = main(["compare", str(llama), str(bloom), "--out", str(tmp_path / "mine")])

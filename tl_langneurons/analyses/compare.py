@@ -120,6 +120,14 @@ def compare_placement(directories: Sequence[str | Path], labels: str | Sequence[
     if len(directories) < 2:
         raise LangNeuronsError("compare needs two or more find folders (e.g. runs/gemma runs/qwen)")
     names = parse_labels(labels, len(directories))
+    seen_at: dict[Path, str | Path] = {}
+    for d in directories:  # the same folder twice (also by a link or another spelling) would give duplicate rows
+        real = Path(d).resolve()
+        if real in seen_at:
+            same = "" if str(seen_at[real]) == str(d) else f" and {d}"
+            raise LangNeuronsError(f"compare: {seen_at[real]}{same} {'are' if same else 'is'} the same folder "
+                                   f"({real}) given twice; give each find folder once")
+        seen_at[real] = d
     models = [model_placement(d, n) for d, n in zip(directories, names)]
     seen: dict[str, int] = {}
     for m in models:  # two folders of the same model: tell them apart by folder
