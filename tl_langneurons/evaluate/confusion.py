@@ -149,8 +149,18 @@ def lcb_csv(rows: Sequence[dict]) -> str:
     return csv_text(fields, [{k: r.get(k) for k in fields} for r in rows])
 
 
-LCB_SWEEP_FIELDS = {"meta": ("object",), "meta.config": ("object",), "test": ("list",), "test.[]": ("object",),
-                    "test.[].lang": ("string",), "test.[].setting": ("string",)}
+LCB_SWEEP_FIELDS = {
+    "meta": ("object",), "meta.config": ("object",), "test": ("list",), "test.[]": ("object",),
+    "test.[].lang": ("string",), "test.[].setting": ("string",), "test.[].label": ("string", "null"),
+    **{f"test.[].{k}": ("number", "null") for k in LCB_COLUMNS}, "test.[].lcb_scored": ("integer", "null"),
+    "meta.config.method": ("string", "null"), "meta.config.lcb_system": ("bool", "null"),
+    **{f"meta.config.{k}": ("integer", "null") for k in ("val_prompts", "test_prompts", "test_samples", "max_new_tokens")},
+    "meta.config.temperature": ("number", "null"),
+    # what the sweep was made on (sweeps before these were recorded: null)
+    "meta.model": ("string", "null"), "meta.sites": ("string", "null"), "meta.ap_sha": ("string", "null"),
+    "meta.neurons_meta": ("object", "null"), "meta.neurons_meta.weights_sha": ("string", "null"),
+    "meta.neurons_meta.method": ("string", "null"), "meta.neurons_meta.k": ("integer", "null"),
+}
 
 
 def read_lcb_sweep(folder: str | Path) -> dict:
@@ -223,13 +233,16 @@ def lcb_sweeps(directory: str | Path) -> list[Path]:
 
 def lcb_table(directory: str | Path, folders: Sequence[str | Path] | None = None) -> LCBTable:
     """The LCB table of ``folders`` (default: every finished ``lcb-*`` sweep in ``directory``); refused
-    when there is none, or when they were made on other requests, seeds or generation settings (not comparable)."""
+    when there is none, when they were made on other models or neurons, or on other requests, seeds or
+    generation settings (not comparable)."""
     folders = [Path(f) for f in folders] if folders else lcb_sweeps(directory)
     if not folders:
         raise LangNeuronsError(f"{directory} holds no finished LCB sweep; run e.g. tl-langneurons sweep --neurons "
                                f"{directory} --lcb --method add first")
     same = ("val_prompts", "test_prompts", "test_samples", "max_new_tokens", "temperature", "languages", "lcb_gate")
     sweeps = [read_lcb_sweep(f) for f in folders]
+    for f, data in zip(folders[1:], sweeps[1:]):
+        _same_neurons(folders[0], sweeps[0], f, data)
     seen = None
     for f, data in zip(folders, sweeps):
         these = {k: data["meta"]["config"].get(k) for k in same}
@@ -240,6 +253,30 @@ def lcb_table(directory: str | Path, folders: Sequence[str | Path] | None = None
                                    "are not on the same answers; sweep them alike")
         seen = (f, these)
     return LCBTable(gather_lcb(sweeps), [str(f) for f in folders], {"config": seen[1]})
+
+
+def _made_on(data: dict) -> dict:
+    """What an LCB sweep (its ``sweep.json``) was made on: the model, its weights fingerprint, the sites and
+    the neurons (the hash of their AP, the method that selected them, k); None where not recorded."""
+    meta = data["meta"]
+    found = meta.get("neurons_meta") or {}
+    return {"model": meta.get("model"), "weights fingerprint": found.get("weights_sha"), "sites": meta.get("sites"),
+            "neurons (AP hash)": meta.get("ap_sha"), "neuron method": found.get("method", "ap") if found else None,
+            "k": found.get("k")}
+
+
+def _same_neurons(first: Path, a: dict, other: Path, b: dict) -> None:
+    """Refuse two sweeps made on other models or neurons: their rows would sit in one table as if of one model.
+    What either did not record is not compared; one model under two names (the same weights fingerprint) is
+    the same model."""
+    x, y = _made_on(a), _made_on(b)
+    diff = [k for k in x if x[k] is not None and y[k] is not None and x[k] != y[k]]
+    if x["weights fingerprint"] and x["weights fingerprint"] == y["weights fingerprint"] and "model" in diff:
+        diff.remove("model")
+    if diff:
+        raise LangNeuronsError(f"{other} and {first} were made on different models or neurons ("
+                               + "; ".join(f"{k} {y[k]} vs {x[k]}" for k in diff)
+                               + "): their LCB rows do not belong in one table; give the sweeps of one neurons folder")
 
 
 def write_lcb_table(table: LCBTable, out: str | Path, overwrite: bool = False) -> list[Path]:
