@@ -279,3 +279,28 @@ def test_lcb_damaged_numbers_are_one_line(short_lcb, tmp_path, capsys, where, ke
               f"field {field!r} must be")
     assert not (tmp_path / "f" / "lcb").exists()
 
+
+@pytest.mark.slow  # a sweep end to end (once for the module)
+def test_lcb_shows_no_lpr_where_no_answer_was_scored(short_lcb, tmp_path, capsys):
+    """4-token answers have no line LCB scores: its metric says LPR 1.0, the tables show "-" and say why,
+    and a mean leaves out the languages not scored."""
+    from tl_langneurons.cli import main
+
+    rows = json.loads((short_lcb / "lcb-add" / "sweep.json").read_text())["test"]
+    assert [r["lcb_scored"] for r in rows if "lpr" in r] == [0] * 5 and all(r["lpr"] == 1.0 for r in rows if "lpr" in r)
+    assert main(["lcb", str(short_lcb), "--out", str(tmp_path / "t")]) == 0
+    md = capsys.readouterr().out
+    none = next(line for line in md.splitlines() if line.startswith("| none |"))
+    assert none.startswith("| none | - | 0.00 | - | - |") and none.endswith("| - |")  # LPR, line acc, WPR; LPR de
+    assert "LCB scored none of the answers" in md and "Unscored: none (de); system prompt (de)" in md
+    assert "LCB scored none of the answers" in (short_lcb / "lcb-add" / "sweep.md").read_text()
+    assert "lcb_scored" in (tmp_path / "t" / "lcb.csv").read_text().splitlines()[0]
+
+    def scored_ja(d):  # another language whose answers were scored: the mean is its LPR alone
+        d["test"] += [{**r, "lang": "ja", "lcb_scored": 6, "lpr": 0.5} for r in d["test"] if "lpr" in r]
+        d["meta"]["config"]["languages"] = None
+
+    _sweep_copy(short_lcb, tmp_path / "two", scored_ja)
+    assert main(["lcb", str(tmp_path / "two")]) == 0
+    none = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| none |"))
+    assert none.startswith("| none | 0.50 |") and none.endswith("| - | 0.50 |")

@@ -120,23 +120,43 @@ LCB_GATE_SEEDS = tuple(range(2001, 2011))  # answers per system-prompted validat
 
 def lcb_rows(test: Sequence[dict]) -> list[dict]:
     """The LCB rows of a sweep's test table (those that carry ``lpr``)."""
-    return [{"lang": r["lang"], "setting": r["setting"], **{k: r.get(k) for k in LCB_COLUMNS}, "label": r.get("label")}
-            for r in test if "lpr" in r]
+    return [{"lang": r["lang"], "setting": r["setting"], **{k: r.get(k) for k in LCB_COLUMNS},
+             "lcb_scored": r.get("lcb_scored"), "label": r.get("label")} for r in test if "lpr" in r]
+
+
+# LCB's rates over its scored answers: with none scored the metric gives 1.0, which is no measurement
+SCORED_ONLY = ("lpr", "lcb_acc", "wpr")
+
+
+def _shown(row: dict, key: str):
+    """A row's value as the table shows it: None for LCB's rates where no answer was scored."""
+    return None if key in SCORED_ONLY and row.get("lcb_scored") == 0 else row.get(key)
 
 
 def lcb_markdown(rows: Sequence[dict]) -> str:
     """One table: a line per setting, a column group per measure, languages averaged (mean) and each
-    language's LPR beside it."""
+    language's LPR beside it. Where LCB scored no answer (none has a line of 5 tokens or more) its rates
+    show "-" (not the 1.0 its metric gives), with a note under the table."""
     langs = list(dict.fromkeys(r["lang"] for r in rows))
     settings = list(dict.fromkeys(r["setting"] for r in rows))
     get = {(r["lang"], r["setting"]): r for r in rows}
     body = []
     for s in settings:
         rs = [get[(l, s)] for l in langs if (l, s) in get]
-        mean = {k: _mean([r.get(k) for r in rs]) for k in LCB_COLUMNS}
-        body.append([s, *(_f(mean[k]) for k in LCB_COLUMNS), *(_f(get[(l, s)]["lpr"]) if (l, s) in get else "-"
-                                                               for l in langs)])
-    return markdown_table(["setting", *(f"{h} (mean)" for h in LCB_HEADERS), *(f"LPR {l}" for l in langs)], body)
+        mean = {k: _mean([_shown(r, k) for r in rs]) for k in LCB_COLUMNS}
+        body.append([s, *(_f(mean[k]) for k in LCB_COLUMNS), *(_f(_shown(get[(l, s)], "lpr")) if (l, s) in get
+                                                               else "-" for l in langs)])
+    table = markdown_table(["setting", *(f"{h} (mean)" for h in LCB_HEADERS), *(f"LPR {l}" for l in langs)], body)
+    unscored: dict[str, list[str]] = {}
+    for r in rows:
+        if r.get("lcb_scored") == 0:
+            unscored.setdefault(r["setting"], []).append(r["lang"])
+    if unscored:
+        table += ("\nLPR, line acc and WPR `-`: LCB scored none of the answers (it scores lines of 5 tokens or more; "
+                  "too few --max-new-tokens leave none), so there is no pass rate (LCB's metric gives 1.00 then); "
+                  "the means are over the languages scored. Unscored: "
+                  + "; ".join(f"{s} ({', '.join(ls)})" for s, ls in unscored.items()) + ".\n")
+    return table
 
 
 def _mean(xs: Sequence) -> float | None:
@@ -145,7 +165,7 @@ def _mean(xs: Sequence) -> float | None:
 
 
 def lcb_csv(rows: Sequence[dict]) -> str:
-    fields = ["lang", "setting", *LCB_COLUMNS]
+    fields = ["lang", "setting", *LCB_COLUMNS, "lcb_scored"]
     return csv_text(fields, [{k: r.get(k) for k in fields} for r in rows])
 
 
