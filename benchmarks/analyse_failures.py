@@ -160,7 +160,7 @@ def lcb_lines(study, runner, cfg: dict, picks: dict, seeds: list[int], args) -> 
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.split("\n\n")[0])
     ap.add_argument("--neurons", required=True, help="the find folder (its samples/ store)")
     ap.add_argument("--sweep", required=True, help="a sweep folder on held-out prompts or on LCB's (sweep.json)")
     ap.add_argument("--pick", default="best", choices=("best", "shared"), help="the sweep's setting to analyse")

@@ -28,7 +28,7 @@ from tl_langneurons.steer.methods import SteeringConfig  # noqa: E402
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.splitlines()[0])
     p.add_argument("--model", default="gemma-3-270m")
     p.add_argument("--tiny", action="store_true", help="the tiny random Llama of the tests")
     p.add_argument("--corpus", default="bundled")

@@ -38,7 +38,7 @@ def bare_forward(model, texts, batch_size, max_batch_tokens, logits=True):
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
+    ap = argparse.ArgumentParser(allow_abbrev=False, description=__doc__)
     ap.add_argument("--model", default="gemma-3-270m")
     ap.add_argument("--corpus", default="bundled")
     ap.add_argument("--texts", type=int, default=100, help="texts per language")

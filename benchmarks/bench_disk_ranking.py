@@ -28,7 +28,7 @@ from tl_langneurons.detect.storage import DiskMatrix  # noqa: E402
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
+    ap = argparse.ArgumentParser(allow_abbrev=False, description=__doc__)
     ap.add_argument("--texts", type=int, default=3000)
     ap.add_argument("--neurons", type=int, default=300_000)
     ap.add_argument("--limit-gib", type=float, default=2.5)

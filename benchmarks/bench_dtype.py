@@ -43,7 +43,8 @@ def run(model_spec: str, dtype: str, device: str, corpus, cfg: FindConfig):
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(allow_abbrev=False, description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="gemma-3-270m", help="model name or folder (default gemma-3-270m)")
     ap.add_argument("--tiny", action="store_true", help="use the tests' tiny random Llama instead of --model")
     ap.add_argument("--corpus", default="bundled")

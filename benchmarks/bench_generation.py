@@ -22,7 +22,7 @@ from tl_langneurons.steer.generation import GenerationConfig, generate  # noqa: 
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
+    ap = argparse.ArgumentParser(allow_abbrev=False, description=__doc__)
     ap.add_argument("--model", default="gemma-3-270m")
     ap.add_argument("--samples", type=int, default=100)
     ap.add_argument("--tokens", type=int, default=64)

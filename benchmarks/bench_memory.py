@@ -25,7 +25,7 @@ def rss_now() -> float:
 def main() -> None:
     from _common import peak_rss_gib
 
-    ap = argparse.ArgumentParser(description=__doc__)
+    ap = argparse.ArgumentParser(allow_abbrev=False, description=__doc__)
     ap.add_argument("--model", default="gemma-3-270m")
     ap.add_argument("--corpus", default="bundled")
     ap.add_argument("--texts", type=int, default=320, help="texts per language")

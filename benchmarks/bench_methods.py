@@ -81,7 +81,7 @@ def halves(labels: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
+    ap = argparse.ArgumentParser(allow_abbrev=False, description=__doc__)
     ap.add_argument("--model", default="gemma-3-270m")
     ap.add_argument("--data", default="../shared/data")
     ap.add_argument("--n-per-lang", type=int, default=500)

@@ -52,7 +52,8 @@ def sustained_gflops(d: int, vocab: int, rows: int = 100) -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(allow_abbrev=False, description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--neurons", default="runs/gemma", help="comma-separated find folders")
     ap.add_argument("--samples", type=int, default=100)
     ap.add_argument("--tokens", type=int, default=64)

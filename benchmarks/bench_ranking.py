@@ -46,7 +46,7 @@ def bare_sort_seconds(scores: torch.Tensor, chunk: int | None = None) -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
+    ap = argparse.ArgumentParser(allow_abbrev=False, description=__doc__)
     ap.add_argument("--texts", type=int, default=3000)
     ap.add_argument("--sample", type=int, default=300, help="neurons timed with scikit-learn")
     ap.add_argument("--sizes", default="36864,221184", help="neuron counts (Gemma-3-270M mlp_post, XGLM-564M paper)")

@@ -69,7 +69,8 @@ def fmt(x: float, spec: str = ".3f") -> str:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(allow_abbrev=False, description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="gemma-3-270m")
     ap.add_argument("--data", default="../shared/data")
     ap.add_argument("--n-per-lang", type=int, default=500)

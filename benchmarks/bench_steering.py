@@ -64,7 +64,7 @@ def _f(v, fmt=".2f") -> str:
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.split("\n\n")[0])
     ap.add_argument("--neurons", required=True, help="a find output folder with residual means")
     ap.add_argument("--setting", action="append", default=[], help="NAME=METHOD[:key=value,...] (repeat)")
     ap.add_argument("--sweep-best", action="append", default=[],

@@ -314,7 +314,7 @@ def steering_table(conditions: Sequence[Condition], lang: str) -> str:
 # ---- command line -----------------------------------------------------------------------------------
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="gemma-3-270m", help="gemma-3-270m (offline) or a local model folder")
     src = p.add_mutually_exclusive_group(required=True)

@@ -232,12 +232,18 @@ _COMMANDS = [
 
 
 def build_parser() -> argparse.ArgumentParser:
+    # allow_abbrev=False on the parser and on every subcommand (add_parser does not inherit it): an abbreviation
+    # would read a mistyped option as another one (sweep --layer as --layer-sets, steer --out as --outlier-factor)
     p = argparse.ArgumentParser(prog="tl-langneurons", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = p.add_subparsers(dest="command", required=True)
+
+    def command(name: str, help_text: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help_text, allow_abbrev=False)
+
     for name, help_text, func, configs, own, reads_neurons in _COMMANDS:
-        q = sub.add_parser(name, help=help_text)
+        q = command(name, help_text)
         if reads_neurons:
             q.add_argument("--neurons", required=True, help="a find output folder")
             q.add_argument("--model", default=None, help="the model (default: the one the neurons were found on)")
@@ -249,25 +255,25 @@ def build_parser() -> argparse.ArgumentParser:
             q.add_argument(flag, **kw)
         q.set_defaults(func=func)
 
-    q = sub.add_parser("report", help="write report.md and report.html for a find output folder")
+    q = command("report", "write report.md and report.html for a find output folder")
     q.add_argument("dir")
     q.set_defaults(func=cmd_report)
-    q = sub.add_parser("compare", help="placement of several find folders side by side (paper Fig. 2 across "
-                                       "models): per-layer share of each language's top/bottom neurons against "
-                                       "relative depth, first/last-quarter shares")
+    q = command("compare", "placement of several find folders side by side (paper Fig. 2 across "
+                           "models): per-layer share of each language's top/bottom neurons against "
+                           "relative depth, first/last-quarter shares")
     q.add_argument("dirs", nargs="+", help="find output folders (two or more)")
     q.add_argument("--labels", default=None, help="one name per folder, comma-separated (default: each model)")
     q.add_argument("--out", required=True, help="output folder (placement.png, .md, .csv, .json)")
     q.add_argument(*_OVERWRITE[:1], **_OVERWRITE[1])
     q.set_defaults(func=cmd_compare)
-    q = sub.add_parser("lcb", help="the language-confusion sweeps (sweep --lcb) of a find folder in one table: LCB's "
-                                   "line-level pass rate beside quality, per method")
+    q = command("lcb", "the language-confusion sweeps (sweep --lcb) of a find folder in one table: LCB's "
+                       "line-level pass rate beside quality, per method")
     q.add_argument("dir", help="a find output folder holding lcb-METHOD (lcb-system-METHOD) sweeps")
     q.add_argument("--sweeps", nargs="+", default=None, help="the sweep folders (default: every DIR/lcb-*)")
     q.add_argument("--out", default=None, help="output folder (default DIR/lcb: lcb.md, .csv, .json)")
     q.add_argument(*_OVERWRITE[:1], **_OVERWRITE[1])
     q.set_defaults(func=cmd_lcb)
-    q = sub.add_parser("demo", help="find, evaluate and report on the defaults")
+    q = command("demo", "find, evaluate and report on the defaults")
     add_options(q, DemoConfig)
     q.add_argument("--quiet", action="store_true", help="no progress bars")
     q.set_defaults(func=cmd_demo)

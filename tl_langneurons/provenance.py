@@ -1,4 +1,7 @@
-"""Atomic file writes, content hashes and package versions: what every result records."""
+"""Atomic file writes, content hashes and package versions: what every result records.
+
+A result is written through a temporary file (``mkstemp``: mode 0600) renamed into place; :func:`follow_umask`
+gives it the mode an ordinary ``open`` would (0644 under umask 022), so results can be shared as other files."""
 
 from __future__ import annotations
 
@@ -7,6 +10,7 @@ import json
 import os
 import platform
 import tempfile
+import threading
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterable
@@ -37,6 +41,32 @@ def sha256_texts(texts: Iterable[str]) -> str:
     return h.hexdigest()
 
 
+_UMASK_LOCK = threading.Lock()
+
+
+def _umask() -> int:
+    """The process's umask: from /proc (Linux; nothing changes), else by setting and restoring it under a
+    lock (in between the most private mask, so a file another thread makes then is at worst too private)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    with _UMASK_LOCK:
+        mask = os.umask(0o077)
+        os.umask(mask)
+    return mask
+
+
+def follow_umask(path: Path) -> None:
+    """Give a file made by ``mkstemp`` (0600) or a folder made by ``mkdtemp`` (0700) the mode the umask gives
+    an ordinary file (0666 & ~umask) or folder (0777 & ~umask), e.g. 0644 / 0755 under umask 022."""
+    path = Path(path)
+    os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~_umask())
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write to a temporary file beside ``path``, then rename: readers see old or new, never half."""
     path = Path(path)
@@ -47,6 +77,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        follow_umask(Path(tmp))
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -295,11 +295,17 @@ def _no_samples(data):
     return data
 
 
+def _edited(data):  # well formed, but not what was written
+    data["samples"][0]["text"] += " edited"
+    return data
+
+
 @pytest.mark.parametrize("damage,problem", [
     (_tokens, "samples[0].tokens is not a list of integers"),
     (_nll, "samples[1].nll is not a number or null"),
     (_seed, "samples[0].seed is '1', expected 1"),
     (_no_samples, "field 'samples' is missing or not a list"),
+    (_edited, "its content does not match its sha256 (edited after it was written)"),
     (lambda data: [data], "a JSON list, not an object"),
     (None, "not readable JSON"),
 ])
@@ -326,6 +332,25 @@ def test_damaged_cell_is_recomputed_with_a_warning(found, tiny_llama, tmp_path, 
     assert fixed == rows and runner.timings  # computed again, the same samples
     assert json.loads(path.read_text(encoding="utf-8"))["samples"] == rows  # and rewritten
 
+
+
+def test_cell_written_before_the_checksum_is_read_as_it_is(found, tiny_llama, tmp_path):
+    neurons = LanguageNeurons.load(found)
+    cfg = EvaluateConfig(languages=["de"], samples=2, max_new_tokens=3, ablation_ks=[])
+
+    def run():
+        runner = CellRunner(tiny_llama, neurons, cfg, None, tmp_path / "cells", progress=False)
+        return runner, runner.samples(steered("de", cfg.steering, "both", 5, [1, 2]))
+
+    _, rows = run()
+    (path,) = (tmp_path / "cells").iterdir()
+    data = json.loads(path.read_text(encoding="utf-8"))
+    del data["sha256"]
+    path.write_text(json.dumps(data), encoding="utf-8")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        runner, again = run()
+    assert again == rows and runner.timings == {}  # read back, nothing generated
 
 # ---- nothing lost, nothing silent (issue 26) ------------------------------------------------------------------
 @pytest.fixture

@@ -93,6 +93,22 @@ def test_steer_errors(tmp_path, capsys):
     assert "holds no neurons" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("argv,short,meant", [
+    (["sweep", "--neurons", "N", "--method", "diffmean", "--layer", "1"], "--layer", "--layer-sets"),
+    (["steer", "--neurons", "N", "--lang", "de", "--out", "X"], "--out", "--outlier-factor"),
+    (["--deb", "report", "D"], "--deb", "--debug"),
+])
+def test_abbreviated_options_are_refused(argv, short, meant, capsys, monkeypatch):
+    """An option is never read as a longer one it begins (``--layer`` as ``--layer-sets``, which diffmean
+    ignores): argparse refuses it (exit 2) before any folder is read or model loads."""
+    assert any(meant in sp._option_string_actions for sp in [build_parser(), *_subparsers()[1].values()])
+    monkeypatch.setattr(cli, "Study", lambda *a, **k: pytest.fail("a model or a neurons folder was read"))
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2
+    assert f"unrecognized arguments: {short}" in capsys.readouterr().err
+
+
 # Each subcommand's config dataclasses; "-model" marks ModelConfig without --model (commands that
 # read a neurons folder take the model from it unless --model is given).
 CONFIGS = {
@@ -337,3 +353,21 @@ def test_cli_source_has_no_file_writes():
                     "savefig", "dump", "touch") or name.startswith("atomic_write"):
             bad.append(f"{name} at line {node.lineno}")
     assert bad == []
+
+
+def test_every_parser_refuses_abbreviations():
+    """Every ArgumentParser and subcommand parser of the package, the benchmarks and the examples is made
+    with ``allow_abbrev=False`` (a subcommand made by ``add_parser`` does not inherit it from its parent)."""
+    root = Path(cli.__file__).resolve().parents[1]
+    files = [*(root / "tl_langneurons").rglob("*.py"), *(root / "benchmarks").glob("*.py"), *(root / "examples").glob("*.py")]
+    made, bad = 0, []
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            fn = getattr(node, "func", None)
+            name = fn.id if isinstance(fn, ast.Name) else fn.attr if isinstance(fn, ast.Attribute) else ""
+            if isinstance(node, ast.Call) and name in ("ArgumentParser", "add_parser"):
+                made += 1
+                if not any(k.arg == "allow_abbrev" and isinstance(k.value, ast.Constant) and k.value.value is False
+                           for k in node.keywords):
+                    bad.append(f"{path.relative_to(root)}:{node.lineno}")
+    assert made >= 15 and bad == []

@@ -57,7 +57,7 @@ def test_profiles_are_shares_scaled_by_depth(two_runs):
             assert np.all(np.diff(m.depth()) > 0) and 0 < m.depth()[0] < m.depth()[-1] < 1
 
 
-def test_compare_bad_input(two_runs, tmp_path, capsys):
+def test_compare_bad_input(two_runs, tmp_path, capsys, monkeypatch):
     llama, bloom = two_runs
     out = tmp_path / "cmp"
 
@@ -69,8 +69,42 @@ def test_compare_bad_input(two_runs, tmp_path, capsys):
     one_line(main(["compare", str(llama), "--out", str(out)]), "two or more find folders")
     one_line(main(["compare", str(llama), str(bloom), "--labels", "a", "--out", str(out)]), "1 label(s) for 2")
     one_line(main(["compare", str(llama), str(tmp_path), "--out", str(out)]), "holds no neurons")
+    # the same folder twice: as given, by a link, by another spelling (no duplicate rows)
+    one_line(main(["compare", str(llama), str(bloom), str(llama), "--out", str(out)]), "is the same folder")
+    (tmp_path / "link").symlink_to(llama)
+    one_line(main(["compare", str(llama), str(tmp_path / "link"), "--out", str(out)]), "are the same folder")
+    one_line(main(["compare", str(bloom), f"{bloom.parent}/./{bloom.name}/", "--out", str(out)]), "are the same folder")
+    with monkeypatch.context() as m:
+        m.chdir(llama.parent)
+        one_line(main(["compare", llama.name, f"./{llama.name}", "--out", str(out)]), "are the same folder")
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("mine")
     code = main(["compare", str(llama), str(bloom), "--out", str(tmp_path / "mine")])
     err = capsys.readouterr().err
     assert code == 2 and "did not write" in err and (tmp_path / "mine" / "notes.txt").read_text() == "mine"
+
+
+def test_empty_sets_show_as_empty_not_zero(two_runs, tmp_path, capsys):
+    """A lape find has no bottom sets and keeps no neuron of some languages: those sets have no placement,
+    shown as "-" and "empty" with the reason, never as 0% (nor a 0.000 share)."""
+    llama, _ = two_runs
+    lape = tmp_path / "lape"
+    assert main(["find", "--model", str(LanguageNeurons.load(llama).meta["model"]), "--corpus", "bundled",
+                 "--n-per-lang", "6", "--k", "5%", "--method", "lape", "--out", str(lape), "--quiet"]) == 0
+    n = LanguageNeurons.load(lape)
+    empty_top = [l for l in n.languages if len(n.sets[l]["top"].neurons) == 0]
+    assert empty_top and len(empty_top) < len(n.languages)  # some top sets empty, some not
+    capsys.readouterr()
+    out = tmp_path / "cmp"
+    assert main(["compare", str(lape), str(llama), "--labels", "L,A", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    rows = json.loads((out / "placement.json").read_text())["rows"]
+    for r in rows:
+        empty = r["model"] == "L" and (r["which"] == "bottom" or r["lang"] in empty_top)
+        assert (r["neurons"] == 0) == empty and (r["ends"] is None) == empty, r
+        assert (r["first_quarter"] is None and r["last_quarter"] is None) == empty
+    assert "- L bottom: empty (lape selects top sets only), no placement" in printed
+    assert "- L top: " in printed and "- L bottom: 0.0%" not in printed
+    assert f"L top {', '.join(empty_top)}: lape kept no neuron of the language" in printed
+    assert f"| L | {empty_top[0]} | top | 0 | - | - | - |" in printed and "| L | en | bottom | 0.000" not in printed
+    assert "L,en,bottom,0,,,," in (out / "placement.csv").read_text()

@@ -200,3 +200,107 @@ def test_lcb_system_steers_the_requests_behind_the_system_prompt(tiny_llama, tin
     assert "add settings sweep on LCB's requests (lcb-add)" in md
     with pytest.raises(LangNeuronsError, match="is the sweep's own row"):  # a name the lcb table gives
         SweepConfig(lcb=True, test_settings=["mine + system prompt=add:alpha=1"])
+
+
+@pytest.fixture(scope="module")
+def short_lcb(tiny_dirs, tmp_path_factory):
+    """A find folder with one LCB sweep (add) of 4-token answers: too short for LCB to score any (it scores
+    lines of 5 tokens or more)."""
+    from tl_langneurons.cli import main
+
+    n = tmp_path_factory.mktemp("short-lcb") / "n"
+    assert main(["find", "--model", str(tiny_dirs["llama"]), "--corpus", "bundled", "--n-per-lang", "6", "--k", "20",
+                 "--out", str(n), "--device", "cpu", "--quiet"]) == 0
+    assert main(["sweep", "--neurons", str(n), "--lcb", "--languages", "de", "--val-prompts", "3", "--test-prompts", "6",
+                 "--max-new-tokens", "4", "--quiet", "--method", "add", "--k-fractions", "5%", "--alphas", "1",
+                 "--layer-sets", "all"]) == 0
+    return n
+
+
+def _sweep_copy(src, folder, change) -> None:
+    """``src``'s lcb-add sweep.json copied into ``folder``/lcb-add, edited by ``change(data)``."""
+    data = json.loads((src / "lcb-add" / "sweep.json").read_text())
+    change(data)
+    (folder / "lcb-add").mkdir(parents=True)
+    (folder / "lcb-add" / "sweep.json").write_text(json.dumps(data))
+
+
+def _one_line(capsys, code, *needles) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and all(n in err[0] for n in needles), err
+    return err[0]
+
+
+@pytest.mark.slow  # a sweep end to end
+def test_lcb_refuses_sweeps_of_other_models_or_neurons(short_lcb, tmp_path, capsys):
+    """Sweeps made on another model or other neurons never merge into one table (issue 39: f1's rows were
+    dropped silently behind f0's); one model under another name (the same weights) is the same model."""
+    from tl_langneurons.cli import main
+
+    mine = short_lcb / "lcb-add"
+
+    def other(name, change):
+        _sweep_copy(short_lcb, tmp_path / name, change)
+        return main(["lcb", str(short_lcb), "--sweeps", str(mine), str(tmp_path / name / "lcb-add"),
+                     "--out", str(tmp_path / "table")])
+
+    def model(d):  # another model: its name, weights and so its neurons' AP
+        d["meta"].update(model="other-model", ap_sha="0" * 16)
+        d["meta"]["neurons_meta"]["weights_sha"] = "f" * 16
+
+    _one_line(capsys, other("f1", model), str(mine), str(tmp_path / "f1" / "lcb-add"),
+                     "different models or neurons", "model other-model vs", "weights fingerprint ffff",
+                     "neurons (AP hash) 0000")
+    _one_line(capsys, other("k10", lambda d: d["meta"]["neurons_meta"].update(k=10)), "k 10 vs 20")
+    _one_line(capsys, other("lape", lambda d: d["meta"]["neurons_meta"].update(method="lape")),
+              "neuron method lape vs ap")
+    _one_line(capsys, other("ap", lambda d: d["meta"].update(ap_sha="1" * 16)), "neurons (AP hash) 1111")
+    assert not (tmp_path / "table").exists()
+    # the same neurons and weights, the model by another name (e.g. a folder and a hub name): one table
+    assert other("renamed", lambda d: d["meta"].update(model="the-same-weights")) == 0
+
+
+@pytest.mark.parametrize("where,key,value", [
+    ("test", "rate", "x"), ("test", "lpr", "x"), ("test", "lcb_scored", "x"), ("test", "nll", [1.0]),
+    ("test", "retention", True), ("config", "max_new_tokens", "4"), ("config", "method", 5),
+])
+@pytest.mark.slow  # a sweep end to end (once for the module)
+def test_lcb_damaged_numbers_are_one_line(short_lcb, tmp_path, capsys, where, key, value):
+    """A number of a sweep's sweep.json replaced by text (or a count by a string, a flag by a list) is one
+    line naming the file and the field, exit 2; not a TypeError, nor a table of it."""
+    from tl_langneurons.cli import main
+
+    def damage(d):
+        (d["test"][0] if where == "test" else d["meta"]["config"])[key] = value
+
+    _sweep_copy(short_lcb, tmp_path / "f", damage)
+    field = f"test[0].{key}" if where == "test" else f"meta.config.{key}"
+    _one_line(capsys, main(["lcb", str(tmp_path / "f")]), str(tmp_path / "f" / "lcb-add" / "sweep.json"),
+              f"field {field!r} must be")
+    assert not (tmp_path / "f" / "lcb").exists()
+
+
+@pytest.mark.slow  # a sweep end to end (once for the module)
+def test_lcb_shows_no_lpr_where_no_answer_was_scored(short_lcb, tmp_path, capsys):
+    """4-token answers have no line LCB scores: its metric says LPR 1.0, the tables show "-" and say why,
+    and a mean leaves out the languages not scored."""
+    from tl_langneurons.cli import main
+
+    rows = json.loads((short_lcb / "lcb-add" / "sweep.json").read_text())["test"]
+    assert [r["lcb_scored"] for r in rows if "lpr" in r] == [0] * 5 and all(r["lpr"] == 1.0 for r in rows if "lpr" in r)
+    assert main(["lcb", str(short_lcb), "--out", str(tmp_path / "t")]) == 0
+    md = capsys.readouterr().out
+    none = next(line for line in md.splitlines() if line.startswith("| none |"))
+    assert none.startswith("| none | - | 0.00 | - | - |") and none.endswith("| - |")  # LPR, line acc, WPR; LPR de
+    assert "LCB scored none of the answers" in md and "Unscored: none (de); system prompt (de)" in md
+    assert "LCB scored none of the answers" in (short_lcb / "lcb-add" / "sweep.md").read_text()
+    assert "lcb_scored" in (tmp_path / "t" / "lcb.csv").read_text().splitlines()[0]
+
+    def scored_ja(d):  # another language whose answers were scored: the mean is its LPR alone
+        d["test"] += [{**r, "lang": "ja", "lcb_scored": 6, "lpr": 0.5} for r in d["test"] if "lpr" in r]
+        d["meta"]["config"]["languages"] = None
+
+    _sweep_copy(short_lcb, tmp_path / "two", scored_ja)
+    assert main(["lcb", str(tmp_path / "two")]) == 0
+    none = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| none |"))
+    assert none.startswith("| none | 0.50 |") and none.endswith("| - | 0.50 |")

@@ -89,3 +89,43 @@ def test_gate_and_reference_nll_are_computed_once_per_folder(tiny_llama, neurons
     evaluate_control(tiny_llama, neurons, {"de": refs["de"][:5]}, _cfg(conditions=("none",)), progress=False, store=store)
     evaluate_control(tiny_llama, neurons, refs, _cfg(conditions=("none",), max_new_tokens=6), progress=False, store=store)
     assert len(calls) == 2 and len(list(store.glob("references-*.json"))) == 3
+
+
+def test_edited_sample_is_detected_by_its_checksum(tiny_llama, neurons, tmp_path):
+    """A sample whose text was edited (the file still well formed) is found by the file's sha256 and
+    generated again with a warning, as a damaged file; a store written before the checksum (none) is read
+    as it is, and so is a file only re-indented."""
+    store = tmp_path / "samples"
+    ref = evaluate_control(tiny_llama, neurons, None, _cfg(conditions=("none",)), progress=False, store=store)
+    (path,) = store.glob("*.json")
+    data = json.loads(path.read_text())
+    assert len(data["sha256"]) == 64
+    path.write_text(json.dumps(data))  # another layout, the same content: still sound
+    again = evaluate_control(tiny_llama, neurons, None, _cfg(conditions=("none",)), progress=False, store=store)
+    assert again.meta["run"]["sample_cache"]["hits"] == 4 and _rows(again) == _rows(ref)
+
+    data["samples"][0]["text"] += " edited"
+    path.write_text(json.dumps(data))
+    with pytest.warns(UserWarning, match="damaged .*does not match its sha256"):
+        fresh = evaluate_control(tiny_llama, neurons, None, _cfg(conditions=("none",)), progress=False, store=store)
+    assert fresh.meta["run"]["sample_cache"]["misses"] == 4 and _rows(fresh) == _rows(ref)
+    assert "edited" not in path.read_text()  # written anew, with its checksum
+
+    old = json.loads(path.read_text())
+    del old["sha256"]
+    old["samples"][0]["text"] += " kept"  # a store of an earlier version: no checksum, read as it is
+    path.write_text(json.dumps(old))
+    store_obj = SampleStore(store)
+    rows, missing = store_obj.get(old["settings"], [s["seed"] for s in old["samples"]])
+    assert missing == [] and rows[old["samples"][0]["seed"]]["text"].endswith(" kept")
+
+
+def test_edited_memo_is_detected_by_its_checksum(tmp_path):
+    store = SampleStore(tmp_path)
+    assert store.memo("gate", {"lang": "de"}, lambda: {"threshold": 0.5}) == {"threshold": 0.5}
+    (path,) = tmp_path.glob("gate-*.json")
+    data = json.loads(path.read_text())
+    data["value"]["threshold"] = 0.1
+    path.write_text(json.dumps(data))
+    with pytest.warns(UserWarning, match="does not match its sha256"):
+        assert SampleStore(tmp_path).memo("gate", {"lang": "de"}, lambda: {"threshold": 0.5}) == {"threshold": 0.5}

@@ -6,6 +6,9 @@ Models of different depths are put on one axis by relative depth (layer + 0.5) /
 per-layer share of a set is scaled by the number of layers, so 1 means an even spread over the layers
 whatever the depth. The quarters are the existing ones (:func:`~.placement.quarter_shares`: the first
 and last ``layers // 4`` layers), and each row gives the share an even spread would put there.
+
+An empty set (lape and actprob select no bottom set, and may keep none of a language's neurons) has no
+placement: its shares are None, shown as "-" with the reason, never as 0%.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from typing import Sequence
 import numpy as np
 
 from ..detect.neurons import LanguageNeurons
+from ..detect.selectors import ONE_SIDED
 from ..errors import LangNeuronsError
 from ..provenance import atomic_write_json, atomic_write_text
 from ..tables import csv_text, markdown_table
@@ -45,9 +49,16 @@ class ModelPlacement:
         return self.k / max(1, self.n_neurons)
 
     def profile(self, langs: Sequence[str], which: str) -> np.ndarray:
-        """Per-layer share of the ``which`` sets of ``langs`` pooled, times the layers (1: an even spread)."""
+        """Per-layer share of the ``which`` sets of ``langs`` pooled, times the layers (1: an even spread);
+        NaN where the sets are empty (no placement, and a figure draws no line)."""
         c = np.sum([self.counts[l][which] for l in langs], axis=0)
-        return c / max(1, c.sum()) * self.n_layers
+        return c / c.sum() * self.n_layers if c.sum() else np.full(self.n_layers, np.nan)
+
+    def why_empty(self, which: str) -> str:
+        """Why a ``which`` set of this model is empty, in words."""
+        if which == "bottom" and self.method in ONE_SIDED:
+            return f"{self.method} selects top sets only"
+        return f"{self.method} kept no neuron of the language"
 
     def depth(self) -> np.ndarray:
         return (np.arange(self.n_layers) + 0.5) / self.n_layers
@@ -59,7 +70,7 @@ class PlacementComparison:
     languages: list[str]
     rows: list[dict] = field(default_factory=list)
 
-    HEADER = ("model", "lang", "which", "first_quarter", "last_quarter", "ends", "even_ends")
+    HEADER = ("model", "lang", "which", "neurons", "first_quarter", "last_quarter", "ends", "even_ends")
 
     def markdown(self) -> str:
         out = ["| model | path | layers | neurons | k | k share | sites | method | GGUF sha256 |", "|" + "---|" * 9]
@@ -68,13 +79,20 @@ class PlacementComparison:
                        f"| {m.sites} | {m.method} | {m.gguf_sha256[:16] + '..' if m.gguf_sha256 else '-'} |")
         q = ", ".join(f"{m.label}: first and last {max(1, m.n_layers // 4)} of {m.n_layers} layers"
                       for m in self.models)
-        table = markdown_table(self.HEADER, ([r[h] for h in self.HEADER] for r in self.rows), ".3f")
+        table = markdown_table(self.HEADER, ([_shown(r[h]) for h in self.HEADER] for r in self.rows))
         summary = [r for r in self.rows if r["lang"] == "all"]
-        lines = [f"- {r['model']} {r['which']}: {100 * r['ends']:.1f}% in the first and last quarter "
+        lines = [f"- {r['model']} {r['which']}: empty ({r['empty']}), no placement" if r["ends"] is None else
+                 f"- {r['model']} {r['which']}: {100 * r['ends']:.1f}% in the first and last quarter "
                  f"({100 * r['first_quarter']:.1f}% + {100 * r['last_quarter']:.1f}%; an even spread: "
                  f"{100 * r['even_ends']:.1f}%)" for r in summary]
+        empty: dict[tuple[str, str, str], list[str]] = {}
+        for r in self.rows:
+            if r["ends"] is None and r["lang"] != "all":
+                empty.setdefault((r["model"], r["which"], r["empty"]), []).append(r["lang"])
+        note = ("\nEmpty sets (0 neurons; `-`: no placement, not 0%): " + "; ".join(
+            f"{m} {w} {', '.join(ls)}: {why}" for (m, w, why), ls in empty.items()) + ".\n") if empty else ""
         return ("\n".join(out) + "\n\n" + "\n".join(lines) + f"\n\nShares of each set in the first / last quarter ({q}); "
-                "`even_ends` is what an even spread over the layers would put in both ends.\n\n" + table)
+                "`even_ends` is what an even spread over the layers would put in both ends.\n\n" + table + note)
 
     def save(self, out: str | Path) -> list[Path]:
         from ..report import plots
@@ -89,6 +107,11 @@ class PlacementComparison:
             "models": [{**{k: v for k, v in vars(m).items()}, "k_share": m.k_share} for m in self.models],
             "languages": self.languages, "rows": self.rows})
         return [out / f"placement.{s}" for s in ("png", "md", "csv", "json")]
+
+
+def _shown(value) -> object:
+    """A cell of the placement table: a share to 3 decimals, a count as it is, a missing share "-"."""
+    return "-" if value is None else f"{value:.3f}" if isinstance(value, float) else value
 
 
 def model_placement(directory: str | Path, label: str | None = None) -> ModelPlacement:
@@ -120,6 +143,14 @@ def compare_placement(directories: Sequence[str | Path], labels: str | Sequence[
     if len(directories) < 2:
         raise LangNeuronsError("compare needs two or more find folders (e.g. runs/gemma runs/qwen)")
     names = parse_labels(labels, len(directories))
+    seen_at: dict[Path, str | Path] = {}
+    for d in directories:  # the same folder twice (also by a link or another spelling) would give duplicate rows
+        real = Path(d).resolve()
+        if real in seen_at:
+            same = "" if str(seen_at[real]) == str(d) else f" and {d}"
+            raise LangNeuronsError(f"compare: {seen_at[real]}{same} {'are' if same else 'is'} the same folder "
+                                   f"({real}) given twice; give each find folder once")
+        seen_at[real] = d
     models = [model_placement(d, n) for d, n in zip(directories, names)]
     seen: dict[str, int] = {}
     for m in models:  # two folders of the same model: tell them apart by folder
@@ -138,10 +169,14 @@ def compare_placement(directories: Sequence[str | Path], labels: str | Sequence[
             for which in SIDES:
                 c = (np.sum([m.counts[l][which] for l in common], axis=0) if lang == "all"
                      else np.asarray(m.counts[lang][which]))
-                first, last = quarter_shares(c)
-                rows.append({"model": m.label, "lang": lang, "which": which, "first_quarter": float(first),
-                             "last_quarter": float(last), "ends": float(first + last),
-                             "even_ends": 2 * q / m.n_layers})
+                row = {"model": m.label, "lang": lang, "which": which, "neurons": int(c.sum()),
+                       "first_quarter": None, "last_quarter": None, "ends": None, "even_ends": 2 * q / m.n_layers}
+                if c.sum():
+                    first, last = quarter_shares(c)
+                    row.update(first_quarter=float(first), last_quarter=float(last), ends=float(first + last))
+                else:  # an empty set sits nowhere: no share, not 0%
+                    row["empty"] = m.why_empty(which)
+                rows.append(row)
     return PlacementComparison(models, common, rows)
 
 

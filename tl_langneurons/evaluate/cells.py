@@ -40,7 +40,7 @@ from ..provenance import atomic_write_json, package_versions, sha256_texts
 from ..results import fault_point
 from ..steer.generation import SAMPLER, generate_many, sample_nll
 from ..steer.methods import SteeringConfig
-from .samples import SampleStore, sample_problem, setting_key
+from .samples import SampleStore, sample_problem, setting_key, sha256_problem, with_sha256
 from .metrics import (
     DEGENERATE_DISTINCT,
     BleuReferences,
@@ -124,7 +124,8 @@ class Measured:
 
 def _cell_problem(data, seeds: list[int]) -> str | None:
     """What is wrong with a cell file read back (None when it is sound): a dict with ``settings``
-    and ``samples``, one sound sample (:func:`~tl_langneurons.evaluate.samples.sample_problem`) per seed, in order."""
+    and ``samples``, one sound sample (:func:`~tl_langneurons.evaluate.samples.sample_problem`) per seed, in order,
+    and content that matches its checksum (when it records one: cells written before it do not)."""
     if not isinstance(data, dict):
         return f"a JSON {type(data).__name__}, not an object"
     if not isinstance(data.get("settings"), dict):
@@ -143,7 +144,7 @@ def _cell_problem(data, seeds: list[int]) -> str | None:
         problem = sample_problem(r)
         if problem is not None:
             return f"samples[{i}].{problem}"
-    return None
+    return sha256_problem(data)
 
 
 class CellRunner:
@@ -287,7 +288,7 @@ class CellRunner:
             if r["missing"]:
                 self.timings[r["name"]] = t_cell.get(i, 0.0)
             if r["path"] is not None:
-                atomic_write_json(r["path"], {"settings": r["settings"], "samples": rows})
+                atomic_write_json(r["path"], with_sha256({"settings": r["settings"], "samples": rows}))
             outs.append(rows)
         return from_main(shard, outs)
 

@@ -120,23 +120,43 @@ LCB_GATE_SEEDS = tuple(range(2001, 2011))  # answers per system-prompted validat
 
 def lcb_rows(test: Sequence[dict]) -> list[dict]:
     """The LCB rows of a sweep's test table (those that carry ``lpr``)."""
-    return [{"lang": r["lang"], "setting": r["setting"], **{k: r.get(k) for k in LCB_COLUMNS}, "label": r.get("label")}
-            for r in test if "lpr" in r]
+    return [{"lang": r["lang"], "setting": r["setting"], **{k: r.get(k) for k in LCB_COLUMNS},
+             "lcb_scored": r.get("lcb_scored"), "label": r.get("label")} for r in test if "lpr" in r]
+
+
+# LCB's rates over its scored answers: with none scored the metric gives 1.0, which is no measurement
+SCORED_ONLY = ("lpr", "lcb_acc", "wpr")
+
+
+def _shown(row: dict, key: str):
+    """A row's value as the table shows it: None for LCB's rates where no answer was scored."""
+    return None if key in SCORED_ONLY and row.get("lcb_scored") == 0 else row.get(key)
 
 
 def lcb_markdown(rows: Sequence[dict]) -> str:
     """One table: a line per setting, a column group per measure, languages averaged (mean) and each
-    language's LPR beside it."""
+    language's LPR beside it. Where LCB scored no answer (none has a line of 5 tokens or more) its rates
+    show "-" (not the 1.0 its metric gives), with a note under the table."""
     langs = list(dict.fromkeys(r["lang"] for r in rows))
     settings = list(dict.fromkeys(r["setting"] for r in rows))
     get = {(r["lang"], r["setting"]): r for r in rows}
     body = []
     for s in settings:
         rs = [get[(l, s)] for l in langs if (l, s) in get]
-        mean = {k: _mean([r.get(k) for r in rs]) for k in LCB_COLUMNS}
-        body.append([s, *(_f(mean[k]) for k in LCB_COLUMNS), *(_f(get[(l, s)]["lpr"]) if (l, s) in get else "-"
-                                                               for l in langs)])
-    return markdown_table(["setting", *(f"{h} (mean)" for h in LCB_HEADERS), *(f"LPR {l}" for l in langs)], body)
+        mean = {k: _mean([_shown(r, k) for r in rs]) for k in LCB_COLUMNS}
+        body.append([s, *(_f(mean[k]) for k in LCB_COLUMNS), *(_f(_shown(get[(l, s)], "lpr")) if (l, s) in get
+                                                               else "-" for l in langs)])
+    table = markdown_table(["setting", *(f"{h} (mean)" for h in LCB_HEADERS), *(f"LPR {l}" for l in langs)], body)
+    unscored: dict[str, list[str]] = {}
+    for r in rows:
+        if r.get("lcb_scored") == 0:
+            unscored.setdefault(r["setting"], []).append(r["lang"])
+    if unscored:
+        table += ("\nLPR, line acc and WPR `-`: LCB scored none of the answers (it scores lines of 5 tokens or more; "
+                  "too few --max-new-tokens leave none), so there is no pass rate (LCB's metric gives 1.00 then); "
+                  "the means are over the languages scored. Unscored: "
+                  + "; ".join(f"{s} ({', '.join(ls)})" for s, ls in unscored.items()) + ".\n")
+    return table
 
 
 def _mean(xs: Sequence) -> float | None:
@@ -145,12 +165,22 @@ def _mean(xs: Sequence) -> float | None:
 
 
 def lcb_csv(rows: Sequence[dict]) -> str:
-    fields = ["lang", "setting", *LCB_COLUMNS]
+    fields = ["lang", "setting", *LCB_COLUMNS, "lcb_scored"]
     return csv_text(fields, [{k: r.get(k) for k in fields} for r in rows])
 
 
-LCB_SWEEP_FIELDS = {"meta": ("object",), "meta.config": ("object",), "test": ("list",), "test.[]": ("object",),
-                    "test.[].lang": ("string",), "test.[].setting": ("string",)}
+LCB_SWEEP_FIELDS = {
+    "meta": ("object",), "meta.config": ("object",), "test": ("list",), "test.[]": ("object",),
+    "test.[].lang": ("string",), "test.[].setting": ("string",), "test.[].label": ("string", "null"),
+    **{f"test.[].{k}": ("number", "null") for k in LCB_COLUMNS}, "test.[].lcb_scored": ("integer", "null"),
+    "meta.config.method": ("string", "null"), "meta.config.lcb_system": ("bool", "null"),
+    **{f"meta.config.{k}": ("integer", "null") for k in ("val_prompts", "test_prompts", "test_samples", "max_new_tokens")},
+    "meta.config.temperature": ("number", "null"),
+    # what the sweep was made on (sweeps before these were recorded: null)
+    "meta.model": ("string", "null"), "meta.sites": ("string", "null"), "meta.ap_sha": ("string", "null"),
+    "meta.neurons_meta": ("object", "null"), "meta.neurons_meta.weights_sha": ("string", "null"),
+    "meta.neurons_meta.method": ("string", "null"), "meta.neurons_meta.k": ("integer", "null"),
+}
 
 
 def read_lcb_sweep(folder: str | Path) -> dict:
@@ -223,13 +253,16 @@ def lcb_sweeps(directory: str | Path) -> list[Path]:
 
 def lcb_table(directory: str | Path, folders: Sequence[str | Path] | None = None) -> LCBTable:
     """The LCB table of ``folders`` (default: every finished ``lcb-*`` sweep in ``directory``); refused
-    when there is none, or when they were made on other requests, seeds or generation settings (not comparable)."""
+    when there is none, when they were made on other models or neurons, or on other requests, seeds or
+    generation settings (not comparable)."""
     folders = [Path(f) for f in folders] if folders else lcb_sweeps(directory)
     if not folders:
         raise LangNeuronsError(f"{directory} holds no finished LCB sweep; run e.g. tl-langneurons sweep --neurons "
                                f"{directory} --lcb --method add first")
     same = ("val_prompts", "test_prompts", "test_samples", "max_new_tokens", "temperature", "languages", "lcb_gate")
     sweeps = [read_lcb_sweep(f) for f in folders]
+    for f, data in zip(folders[1:], sweeps[1:]):
+        _same_neurons(folders[0], sweeps[0], f, data)
     seen = None
     for f, data in zip(folders, sweeps):
         these = {k: data["meta"]["config"].get(k) for k in same}
@@ -240,6 +273,30 @@ def lcb_table(directory: str | Path, folders: Sequence[str | Path] | None = None
                                    "are not on the same answers; sweep them alike")
         seen = (f, these)
     return LCBTable(gather_lcb(sweeps), [str(f) for f in folders], {"config": seen[1]})
+
+
+def _made_on(data: dict) -> dict:
+    """What an LCB sweep (its ``sweep.json``) was made on: the model, its weights fingerprint, the sites and
+    the neurons (the hash of their AP, the method that selected them, k); None where not recorded."""
+    meta = data["meta"]
+    found = meta.get("neurons_meta") or {}
+    return {"model": meta.get("model"), "weights fingerprint": found.get("weights_sha"), "sites": meta.get("sites"),
+            "neurons (AP hash)": meta.get("ap_sha"), "neuron method": found.get("method", "ap") if found else None,
+            "k": found.get("k")}
+
+
+def _same_neurons(first: Path, a: dict, other: Path, b: dict) -> None:
+    """Refuse two sweeps made on other models or neurons: their rows would sit in one table as if of one model.
+    What either did not record is not compared; one model under two names (the same weights fingerprint) is
+    the same model."""
+    x, y = _made_on(a), _made_on(b)
+    diff = [k for k in x if x[k] is not None and y[k] is not None and x[k] != y[k]]
+    if x["weights fingerprint"] and x["weights fingerprint"] == y["weights fingerprint"] and "model" in diff:
+        diff.remove("model")
+    if diff:
+        raise LangNeuronsError(f"{other} and {first} were made on different models or neurons ("
+                               + "; ".join(f"{k} {y[k]} vs {x[k]}" for k in diff)
+                               + "): their LCB rows do not belong in one table; give the sweeps of one neurons folder")
 
 
 def write_lcb_table(table: LCBTable, out: str | Path, overwrite: bool = False) -> list[Path]:

@@ -8,6 +8,10 @@ samples by seed, each with its NLL under the unsteered model), written atomicall
 so a long cell killed half way resumes from its last batch. Small results derived from the model
 and the reference texts alone (the fluency gate, the reference NLL) are kept beside them by
 :meth:`SampleStore.memo`, so they too are computed once per folder.
+
+Each file carries the sha256 of its content (``sha256``): a file edited by hand, or damaged in a way that
+leaves valid JSON, is treated as any damaged file (a warning, and its samples are generated again). Files
+written before the checksum existed have none and are read as they are.
 """
 
 from __future__ import annotations
@@ -25,6 +29,25 @@ from ..provenance import atomic_write_json
 def setting_key(settings: dict) -> str:
     """A short hash of a setting (seeds excluded by the caller)."""
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def content_sha256(data: dict) -> str:
+    """The checksum of a store file's content: its JSON without the ``sha256`` field, keys sorted."""
+    body = {k: v for k, v in data.items() if k != "sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, ensure_ascii=False).encode("utf-8")).hexdigest()
+
+
+def with_sha256(data: dict) -> dict:
+    """``data`` with its checksum, taken as it will read back (JSON turns tuples to lists, keys to strings)."""
+    return {**data, "sha256": content_sha256(json.loads(json.dumps(data)))}
+
+
+def sha256_problem(data) -> str | None:
+    """What is wrong when ``data`` records a checksum its content does not match (an edited file), else None
+    (also for files written before the checksum existed)."""
+    if isinstance(data, dict) and "sha256" in data and data["sha256"] != content_sha256(data):
+        return "its content does not match its sha256 (edited after it was written)"
+    return None
 
 
 def sample_problem(r) -> str | None:
@@ -94,6 +117,9 @@ class SampleStore:
         if path is not None and path.exists():
             try:
                 data = json.loads(path.read_text(encoding="utf-8"))
+                edited = sha256_problem(data)
+                if edited:
+                    raise ValueError(edited)
                 if data.get("settings") != settings:
                     raise ValueError("its settings differ from the file name's")
                 for r in data["samples"]:
@@ -126,7 +152,7 @@ class SampleStore:
         path = self._path(setting_key(settings))
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_json(path, {"settings": settings, "samples": [rows[s] for s in sorted(rows)]})
+            atomic_write_json(path, with_sha256({"settings": settings, "samples": [rows[s] for s in sorted(rows)]}))
 
     def memo(self, name: str, settings: dict, make: Callable[[], dict]) -> dict:
         """``make()`` once per ``settings``: read back from ``<name>-<key>.json`` when it was made with the
@@ -148,6 +174,9 @@ class SampleStore:
         if path is not None and path.exists():
             try:
                 data = json.loads(path.read_text(encoding="utf-8"))
+                edited = sha256_problem(data)
+                if edited:
+                    raise ValueError(edited)
                 if data.get("settings") != settings or not isinstance(data.get("value"), dict):
                     raise ValueError("its settings differ from the file name's")
                 self._memo[key] = data["value"]
@@ -159,5 +188,5 @@ class SampleStore:
         self._memo[key] = value
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_json(path, {"settings": settings, "value": value})
+            atomic_write_json(path, with_sha256({"settings": settings, "value": value}))
         return value

@@ -223,10 +223,14 @@ def placement_comparison(models: Sequence, langs: Sequence[str], path: str | Pat
     for i, which in enumerate(("top", "bottom")):
         for j, col in enumerate(cols):
             ax = axes[i][j]
+            drawn = False
             for m, color in zip(models, colors * 4):
-                y = m.profile(list(langs) if col == "all" else [col], which)
+                y = m.profile(list(langs) if col == "all" else [col], which)  # NaN: an empty set, no line
+                drawn = drawn or not bool(np.isnan(y).all())
                 ax.plot(m.depth(), y, marker=".", color=color, lw=1.2, ms=4,
                         label=f"{m.label} ({m.n_layers} layers, k={m.k})")
+            if not drawn:
+                ax.text(0.5, 0.5, "empty sets", ha="center", va="center", transform=ax.transAxes, color="0.5")
             ax.axhline(1.0, color="0.6", lw=0.8, ls=":")
             for edge in (0.25, 0.75):
                 ax.axvline(edge, color="0.85", lw=0.8)
