@@ -106,12 +106,3 @@ def write_md_json(directory: str | Path, stem: str, markdown: str, obj: Any) -> 
     atomic_write_text(d / f"{stem}.md", markdown)
     atomic_write_json(d / f"{stem}.json", obj)
     return [d / f"{stem}.md", d / f"{stem}.json"]
-
-
-
-def follow_umask(path: Path) -> None:
-    """Give ``path`` (made private by mkstemp/mkdtemp) the mode a plain open/mkdir would: 0o666 for a
-    file, 0o777 for a folder, less the umask, so others sharing a results folder or cache can read it."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    os.chmod(path, (0o777 if Path(path).is_dir() else 0o666) & ~mask)
