@@ -226,8 +226,8 @@ class Study:
         if st:
             sh = st["quarter_shares"]
             lines.append("share in first / last quarter of layers: " + ", ".join(
-                f"{w} {100 * sh[w]['first_quarter']:.0f}% / {100 * sh[w]['last_quarter']:.0f}%"
-                for w in ("top", "middle", "bottom")))
+                f"{w} {100 * sh[w]['first_quarter']:.0f}% / {100 * sh[w]['last_quarter']:.0f}%" if sh.get(w)
+                else f"{w} empty" for w in ("top", "middle", "bottom")))
             lines.append(f"find took {st['seconds']:.1f}s, peak memory {st['peak_rss_gb']:.2f} GB; results in {self.dir}")
         return "\n".join(lines)
 

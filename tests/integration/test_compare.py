@@ -94,7 +94,11 @@ def test_empty_sets_show_as_empty_not_zero(two_runs, tmp_path, capsys):
     n = LanguageNeurons.load(lape)
     empty_top = [l for l in n.languages if len(n.sets[l]["top"].neurons) == 0]
     assert empty_top and len(empty_top) < len(n.languages)  # some top sets empty, some not
-    capsys.readouterr()
+    find_printed = capsys.readouterr().out
+    layers = (lape / "layers.md").read_text()  # find's own placement table: "-" for an empty set, not 0.000
+    assert all(line.rstrip().endswith("| - | - | - |") for line in layers.splitlines() if "| bottom |" in line)
+    assert f"| {empty_top[0]} | top |" in layers
+    assert "bottom empty" in find_printed and "bottom 0% / 0%" not in find_printed
     out = tmp_path / "cmp"
     assert main(["compare", str(lape), str(llama), "--labels", "L,A", "--out", str(out)]) == 0
     printed = capsys.readouterr().out

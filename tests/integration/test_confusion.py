@@ -258,6 +258,9 @@ def test_lcb_refuses_sweeps_of_other_models_or_neurons(short_lcb, tmp_path, caps
     assert not (tmp_path / "table").exists()
     # the same neurons and weights, the model by another name (e.g. a folder and a hub name): one table
     assert other("renamed", lambda d: d["meta"].update(model="the-same-weights")) == 0
+    # another folder's sweep alone, written into these neurons' folder: refused as well
+    assert main(["lcb", str(short_lcb), "--sweeps", str(tmp_path / "f1" / "lcb-add"), "--out", str(tmp_path / "t2")]) == 2
+    assert "different models or neurons" in capsys.readouterr().err and not (tmp_path / "t2").exists()
 
 
 @pytest.mark.parametrize("where,key,value", [

@@ -41,7 +41,8 @@ def layer_table(neurons: LanguageNeurons) -> tuple[list[str], list[list]]:
         for which in ("top", "middle", "bottom"):
             c = layer_counts(neurons, lang, which)
             f, l = quarter_shares(c)
-            rows.append([lang, which, *c.tolist(), f"{f:.3f}", f"{l:.3f}", f"{f + l:.3f}"])
+            ends = [f"{f:.3f}", f"{l:.3f}", f"{f + l:.3f}"] if c.sum() else ["-"] * 3  # an empty set: no shares
+            rows.append([lang, which, *c.tolist(), *ends])
     return header, rows
 
 
@@ -76,9 +77,9 @@ def write_analysis(neurons: LanguageNeurons, out: str | Path, pooled=None, label
     for which in ("top", "middle", "bottom"):
         c = sum(layer_counts(neurons, l, which) for l in langs)
         f, l = quarter_shares(c)
-        shares[which] = {"first_quarter": f, "last_quarter": l}
+        shares[which] = {"first_quarter": float(f), "last_quarter": float(l)} if c.sum() else None  # every set empty
     offdiag = ~np.eye(len(langs), dtype=bool)
     return {"quarter_shares": shares,
             "overlap_max": {w: int(o[offdiag].max()) for w, o in ovs.items()},
             "overlap_mean": {w: float(o[offdiag].mean()) for w, o in ovs.items()},
-            "top_mean_ap": {l: float(neurons.sets[l]["top"].ap.mean()) for l in langs}}
+            "top_mean_ap": {l: float(a.mean()) if len(a := neurons.sets[l]["top"].ap) else None for l in langs}}

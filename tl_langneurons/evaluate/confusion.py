@@ -263,6 +263,10 @@ def lcb_table(directory: str | Path, folders: Sequence[str | Path] | None = None
     sweeps = [read_lcb_sweep(f) for f in folders]
     for f, data in zip(folders[1:], sweeps[1:]):
         _same_neurons(folders[0], sweeps[0], f, data)
+    if (Path(directory) / "neurons.json").exists():  # the table is written into these neurons' folder
+        mine = _neurons_made_on(directory)
+        for f, data in zip(folders, sweeps):
+            _same_neurons(Path(directory), mine, f, data)
     seen = None
     for f, data in zip(folders, sweeps):
         these = {k: data["meta"]["config"].get(k) for k in same}
@@ -283,6 +287,18 @@ def _made_on(data: dict) -> dict:
     return {"model": meta.get("model"), "weights fingerprint": found.get("weights_sha"), "sites": meta.get("sites"),
             "neurons (AP hash)": meta.get("ap_sha"), "neuron method": found.get("method", "ap") if found else None,
             "k": found.get("k")}
+
+
+def _neurons_made_on(directory: str | Path) -> dict:
+    """What the neurons in ``directory`` are, in the shape of an LCB sweep's ``sweep.json`` (for :func:`_made_on`)."""
+    import hashlib
+
+    from ..detect.neurons_io import load_fields
+
+    fields = load_fields(directory)
+    meta = {k: v for k, v in fields["meta"].items() if k != "timings"}
+    return {"meta": {"model": meta.get("model"), "sites": fields["index"].spec, "neurons_meta": {**meta, "k": fields["k"]},
+                     "ap_sha": hashlib.sha256(fields["ap"].numpy().tobytes()).hexdigest()[:16]}}
 
 
 def _same_neurons(first: Path, a: dict, other: Path, b: dict) -> None:
