@@ -14,6 +14,7 @@ from .analyses.deactivation import DeactivationConfig
 from .detect.activations import PooledActivations, collect, collect_poolings
 from .detect.corpus import PAPER_LANGUAGES, CorpusConfig, MultilingualCorpus
 from .detect.neurons import FindConfig, LanguageNeurons, find_neurons
+from .detect.rank import rank_units
 from .errors import LangNeuronsError
 from .evaluate.control import ControlResult, EvaluateConfig, evaluate_control
 from .evaluate.sweep import SweepConfig, run_sweep
@@ -43,5 +44,6 @@ __all__ = [
     "DemoConfig", "EvaluateConfig", "FindConfig", "GenerationConfig", "HFHookedModel", "HookedModel",
     "LangNeuronsError", "LanguageNeurons", "ModelConfig", "MultilingualCorpus", "NeuronIndex", "PAPER_LANGUAGES",
     "PooledActivations", "SteerPairsConfig", "SteeringConfig", "Study", "SweepConfig", "clamp_hooks", "collect", "collect_poolings",
-    "evaluate_control", "find_neurons", "generate", "generate_many", "load_model", "resolve_sites", "run_demo", "run_sweep",
+    "evaluate_control", "find_neurons", "generate", "generate_many", "load_model", "rank_units", "resolve_sites", "run_demo",
+    "run_sweep",
 ]
