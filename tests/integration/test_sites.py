@@ -65,3 +65,40 @@ def test_site_templates_and_index(tiny_llama):
     assert idx.describe(idx.n_neurons - 1) == "blocks.2.hook_resid_post[31]"
     with pytest.raises(IndexError):
         idx.locate(idx.n_neurons)
+
+
+def test_single_hook_sites(tiny_llama):
+    """A hook name without {l} is a site on its own layer only (an SAE's latents exist on one layer); it
+    mixes with templates, keeps the layer order, and a name beyond the model or absent is one error."""
+    idx = resolve_sites(tiny_llama, "blocks.1.hook_resid_post")
+    assert [(s.hook, s.layer, s.size) for s in idx.slices] == [("blocks.1.hook_resid_post", 1, 32)]
+    mixed = resolve_sites(tiny_llama, "blocks.2.hook_resid_post,mlp_post")
+    assert [s.hook for s in mixed.slices] == ["blocks.0.mlp.hook_post", "blocks.1.mlp.hook_post",  # spec order
+                                             "blocks.2.hook_resid_post", "blocks.2.mlp.hook_post"]
+    with pytest.raises(LangNeuronsError, match="beyond this model's 3 layers"):
+        resolve_sites(tiny_llama, "blocks.7.hook_resid_post")
+    with pytest.raises(LangNeuronsError, match="does not exist on this model"):
+        resolve_sites(tiny_llama, "blocks.1.hook_resid_post.hook_sae_acts_post")
+
+
+@pytest.mark.slow  # find and steer end to end through the command line
+def test_single_hook_site_finds_and_steers(tiny_dirs, tmp_path, capsys):
+    """find --sites on one layer's hook, then steer those units: the hooks sit on that layer only, and
+    clamping them changes the generated text."""
+    from tl_langneurons import LanguageNeurons
+    from tl_langneurons.cli import main
+
+    out = tmp_path / "one"
+    assert main(["find", "--model", str(tiny_dirs["llama"]), "--corpus", "bundled", "--n-per-lang", "6", "--k", "4",
+                 "--sites", "blocks.1.mlp.hook_post", "--out", str(out), "--quiet"]) == 0
+    n = LanguageNeurons.load(out)
+    assert n.index.spec == "blocks.1.mlp.hook_post" and {s.layer for s in n.index.slices} == {1}
+    assert {name for name, _ in n.hooks("de")} == {"blocks.1.mlp.hook_post"}
+    assert "| - | - | - |" not in (out / "layers.md").read_text()  # placement of a one-layer site: all in L1
+    capsys.readouterr()
+    assert main(["steer", "--neurons", str(out), "--lang", "de", "--samples", "3", "--max-new-tokens", "6",
+                 "--scale", "8"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    without = [l.split(":", 1)[1] for l in lines if l.strip().startswith("without:")]
+    steered = [l.split(":", 1)[1] for l in lines if l.strip().startswith("with:")]
+    assert len(without) == len(steered) == 3 and without != steered

@@ -8,11 +8,13 @@ Presets:
   Table 3: attention q, k, v (or fused qkv), o; MLP input (gate and up for gated MLPs); MLP out.
 
 A site spec is a preset name, or a comma-separated list of hook templates with ``{l}`` for the layer
-(``"blocks.{l}.hook_resid_post"``), or a mix.
+(``"blocks.{l}.hook_resid_post"``), or of single hook names that exist on one layer (an SAE's latents on a
+``HookedSAETransformer``: ``"blocks.6.hook_resid_post.hook_sae_acts_post"``), or a mix.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass
 from typing import Sequence
 
@@ -34,6 +36,8 @@ PRESETS: dict[str, tuple[str, ...]] = {
         "blocks.{l}.mlp.gate.hook_out", "blocks.{l}.mlp.in.hook_out", "blocks.{l}.mlp.out.hook_out",
     ),
 }
+_ONE_LAYER = re.compile(r"^blocks\.(\d+)\.")  # a single hook (no {l}) names its layer
+
 # In `paper`, these templates may be absent on an architecture (fused qkv, no gate) without error.
 _OPTIONAL = {"blocks.{l}.attn.qkv.hook_out", "blocks.{l}.mlp.gate.hook_out",
              "blocks.{l}.attn.q.hook_out", "blocks.{l}.attn.k.hook_out", "blocks.{l}.attn.v.hook_out"}
@@ -132,14 +136,21 @@ def templates_for(spec: str) -> list[tuple[str, bool]]:
         if part in PRESETS:
             for t in PRESETS[part]:
                 out[t] = out.get(t, False) or not (part == "paper" and t in _OPTIONAL)
-        elif part.startswith("blocks.") and "{l}" in part:
+        elif part.startswith("blocks.") and ("{l}" in part or _ONE_LAYER.match(part)):
             out[part] = True
         else:
             raise LangNeuronsError(
-                f"unknown site {part!r}; use one of {', '.join(PRESETS)} or a hook template with {{l}} "
-                "such as 'blocks.{l}.hook_resid_post'"
+                f"unknown site {part!r}; use one of {', '.join(PRESETS)}, a hook template with {{l}} "
+                "such as 'blocks.{l}.hook_resid_post', or one hook name such as 'blocks.6.hook_resid_post'"
             )
     return list(out.items())
+
+
+
+def site_layer(template: str) -> int | None:
+    """The layer of a single-hook site (``blocks.6.hook_resid_post`` -> 6); None for a template with ``{l}``."""
+    m = None if "{l}" in template else _ONE_LAYER.match(template)
+    return int(m.group(1)) if m else None
 
 
 def resolve_sites(model: HookedModel | Runner, spec: str = "mlp_post") -> NeuronIndex:
@@ -148,10 +159,16 @@ def resolve_sites(model: HookedModel | Runner, spec: str = "mlp_post") -> Neuron
     runner = model if isinstance(model, Runner) else Runner(model)
     templates = templates_for(spec)
     names = set(runner.hook_names)
+    beyond = [t for t, _ in templates if (site_layer(t) or 0) >= runner.n_layers]
+    if beyond:
+        raise LangNeuronsError(f"site {beyond[0]!r} is beyond this model's {runner.n_layers} layers (site spec {spec!r})")
     chosen: list[tuple[str, str, int]] = []
     for layer in range(runner.n_layers):
         found = []
         for t, required in templates:
+            one = site_layer(t)
+            if one is not None and one != layer:  # a single hook: only at its own layer
+                continue
             name = t.replace("{l}", str(layer))
             if name not in names and runner.hf is None:  # a HookedTransformer
                 alt = _hooked_equiv(t, layer, names)
