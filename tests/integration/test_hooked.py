@@ -175,3 +175,58 @@ def test_backend_hooked_without_hooked_transformer_is_one_line(tiny_dirs, capsys
 def test_a_model_class_the_tool_cannot_drive_is_one_line(capsys):
     with pytest.raises(LangNeuronsError, match="pass a TransformerBridge, a HookedTransformer"):
         load_model(torch.nn.Linear(2, 2))
+
+
+def _users_hooked_transformer(folder, processed: bool):
+    """A HookedTransformer as a user builds one (from the Hugging Face model, its own parameter names, no
+    fingerprint recorded by this tool): unprocessed as from_pretrained_no_processing, or processed as
+    from_pretrained (normalization folded into the weights, writing weights centred)."""
+    from transformer_lens import loading_from_pretrained as loading
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tl_langneurons.model.load import _hooked_config
+
+    hf = AutoModelForCausalLM.from_pretrained(str(folder)).eval()
+    tok = AutoTokenizer.from_pretrained(str(folder))
+    with _hooked_config(hf.config, torch.float32, "cpu") as (name, cfg):
+        state = loading.get_pretrained_state_dict(name, cfg, hf, dtype=torch.float32)
+        model = HookedTransformer(cfg, tokenizer=tok, move_to_device=False, default_padding_side="left")
+        model.load_and_process_state_dict(state, fold_ln=processed, center_writing_weights=processed,
+                                          center_unembed=processed, fold_value_biases=processed)
+    return model.eval()
+
+
+@needs_hooked
+@pytest.mark.parametrize("processed", [False, True])
+def test_a_users_own_hooked_transformer_and_the_cli_share_neurons(pair, found_pair, tiny_dirs, tiny_corpus, tmp_path,
+                                                                    capsys, caplog, processed):
+    """Neurons found on the bridge steer a HookedTransformer the user built (its parameters hash otherwise;
+    its activations agree), and neurons found on the user's model steer and evaluate from the command line;
+    a different model is still refused."""
+    import logging
+
+    from tl_langneurons.model.identity import signature_distance
+    from tl_langneurons.model.load import weights_fingerprint
+
+    bridge, _ = pair
+    user = _users_hooked_transformer(tiny_dirs["llama"], processed)
+    assert weights_fingerprint(user) != weights_fingerprint(bridge)
+    bridges = found_pair[0][0]
+    with caplog.at_level(logging.WARNING):
+        bridges.check_model(user)  # accepted: the same function
+    assert "the activations at their sites agree" in caplog.text
+    mine = find_neurons(user, tiny_corpus, k=5, progress=False)
+    assert signature_distance(mine.meta["activation_signature"], bridge, mine.index) < 1e-4
+    mine.save(tmp_path / "user")
+    model = str(tiny_dirs["llama"])
+    capsys.readouterr()
+    assert main(["steer", "--neurons", str(tmp_path / "user"), "--model", model, "--lang", "de", "--samples", "2",
+                 "--max-new-tokens", "5", "--quiet"]) == 0
+    assert main(["evaluate", "--neurons", str(tmp_path / "user"), "--model", model, "--samples", "2",
+                 "--max-new-tokens", "4", "--ablation-ks", "3", "--languages", "de,ja", "--reference-nll-texts", "2",
+                 "--out", str(tmp_path / "ev"), "--quiet"]) == 0
+    other = _users_hooked_transformer(tiny_dirs["llama"], processed)
+    with torch.no_grad():
+        other.blocks[1].mlp.W_in.mul_(1.01)
+    with pytest.raises(LangNeuronsError, match="weights differ"):
+        bridges.check_model(other)

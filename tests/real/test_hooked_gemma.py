@@ -63,3 +63,32 @@ def test_hooked_gemma_pooled_mean_equals_run_with_cache(gemma_hooked):
     _, cache = gemma_hooked.run_with_cache(ids, names_filter="blocks.17.mlp.hook_post")
     pooled = collect(gemma_hooked, [text], "mlp_post", progress=False).values
     assert torch.allclose(pooled[0, 17 * 2048:], cache["blocks.17.mlp.hook_post"][0].mean(0), atol=1e-4)
+
+
+@pytest.mark.parametrize("build", ["from_pretrained_no_processing", "from_pretrained"])
+def test_a_users_own_hooked_gemma_shares_neurons_with_the_command_line(gemma, tmp_path, capsys, build):
+    """The issue's REPL user: a HookedTransformer built with transformer-lens' own constructor (its weights
+    hash otherwise: a5a02f.. unprocessed, b698e7.. processed, a01257.. for the bridge); neurons found on it
+    steer and evaluate from the command line, and the command line's neurons check on it; its activations
+    at the sites agree with the bridge's (measured 2e-5 / 3e-5 of their RMS)."""
+    if HookedTransformer is None:
+        pytest.skip("transformer-lens 4.x has no HookedTransformer (CI runs this in its 3.x env)")
+    from tl_langneurons import LanguageNeurons
+    from tl_langneurons.cli import main
+    from tl_langneurons.model.load import weights_fingerprint
+
+    hf, tok = gemma.original_model, gemma.tokenizer
+    user = getattr(HookedTransformer, build)("google/gemma-3-270m", hf_model=hf, tokenizer=tok, device="cpu",
+                                             dtype=torch.float32).eval()
+    assert weights_fingerprint(user) != weights_fingerprint(gemma)
+    corpus = MultilingualCorpus.bundled().sample(6, seed=2)
+    find_neurons(user, corpus, k=50, progress=False).save(tmp_path / "user")
+    capsys.readouterr()
+    assert main(["steer", "--neurons", str(tmp_path / "user"), "--model", "gemma-3-270m", "--lang", "fr",
+                 "--samples", "1", "--max-new-tokens", "4", "--quiet"]) == 0
+    assert main(["evaluate", "--neurons", str(tmp_path / "user"), "--model", "gemma-3-270m", "--samples", "1",
+                 "--max-new-tokens", "4", "--ablation-ks", "10", "--languages", "fr,de", "--reference-nll-texts", "1",
+                 "--out", str(tmp_path / "ev"), "--quiet"]) == 0
+    assert main(["find", "--model", "gemma-3-270m", "--n-per-lang", "6", "--k", "50", "--out", str(tmp_path / "cli"),
+                 "--quiet"]) == 0
+    LanguageNeurons.load(tmp_path / "cli").check_model(user)  # the reverse: no refusal

@@ -10,6 +10,7 @@ default; add, diffmean and sparse through ``hooks(method=...)``, built in ``stee
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -22,6 +23,7 @@ from torch import Tensor
 
 from ..config import count_or_percent, option
 from ..errors import LangNeuronsError
+from ..model.identity import SIGNATURE_RTOL, activation_signature, signature_distance
 from ..model.load import legacy_fingerprint, model_dtype, model_name, model_source, weights_fingerprint
 from ..model.protocol import HookedModel
 from ..model.sites import NeuronIndex, resolve_sites
@@ -40,12 +42,15 @@ from ..distributed import context as dist_context
 from .ranking import average_precision, bottom_k, check_k, middle_k, parse_k, top_k
 from .selectors import METHODS, ONE_SIDED, TOKEN_METHODS, SelectorSettings, select, token_counts
 
+log = logging.getLogger(__name__)
+
 @dataclass
 class FindConfig:
     """Settings of detection; defaults are the paper's."""
 
-    sites: str = option("mlp_post", "mlp_post, mlp_pre, paper (every linear output of every block), or hook "
-                        "templates with {l} such as blocks.{l}.hook_resid_post")
+    sites: str = option("mlp_post", "mlp_post, mlp_pre, paper (every linear output of every block), hook "
+                        "templates with {l} such as blocks.{l}.hook_resid_post, or hook names on one layer such as "
+                        "an SAE's blocks.6.hook_resid_post.hook_sae_acts_post")
     pooling: str = option("mean", "pooling over each text's tokens", choices=POOLINGS)
     include_bos: bool = option(True, "leave the BOS position out of the pooling", flag="--no-bos")
     k: int | str = option(1000, "neurons per set: a count or a percentage of the neurons such as 0.5%",
@@ -395,6 +400,15 @@ class LanguageNeurons:
             raise LangNeuronsError(f"these neurons were found at sites {self.index.spec!r}, which this model lacks: {e}") from e
         theirs = self.meta.get("weights_sha")
         if theirs and theirs != weights_fingerprint(model) and theirs != legacy_fingerprint(model):
+            signature = self.meta.get("activation_signature")
+            if signature and [(a.size, a.offset) for a in other.slices] == [(a.size, a.offset) for a in self.index.slices]:
+                distance = signature_distance(signature, model, other)
+                if distance <= SIGNATURE_RTOL:  # the same function under another layout or construction
+                    log.warning("these neurons were found on %s (weights %s), this model's weights hash to %s (another "
+                                "wrapper or construction of the same weights); the activations at their sites agree "
+                                "(max difference %.1e of their RMS): accepted", self.meta.get("model", "a model"),
+                                theirs, weights_fingerprint(model), distance)
+                    return self._check_index(other)
             found_in, mine = self.meta.get("dtype"), model_dtype(model)
             if found_in and found_in != mine:  # the same model in another precision: say so
                 raise LangNeuronsError(
@@ -403,8 +417,12 @@ class LanguageNeurons:
                     f"{found_in}) or find neurons in {mine}")
             raise LangNeuronsError(
                 f"these neurons were found on {self.meta.get('model', 'another model')} (weights {theirs}); this model's "
-                f"weights differ ({weights_fingerprint(model)}). Use neurons found on this model"
+                f"weights differ ({weights_fingerprint(model)}){_processed(model)}. Use neurons found on this model"
             )
+        self._check_index(other)
+
+    def _check_index(self, other: NeuronIndex) -> None:
+        """Refuse a model whose neuron index differs from these neurons' (other hooks, sizes or order)."""
         if other != self.index:
             where = f"{len(self.index.slices)} hooks there, {len(other.slices)} here"
             for a, b in zip(self.index.slices, other.slices):
@@ -420,6 +438,16 @@ class LanguageNeurons:
                 f"these neurons were found on {self.meta.get('model', 'another model')} at sites {self.index.spec!r} that "
                 f"differ from this model's, first at {where}. Use neurons found on this model"
             )
+
+
+def _processed(model: HookedModel) -> str:
+    """Why a HookedTransformer's weights may differ from the model's own: transformer-lens' processing."""
+    norm = str(getattr(getattr(model, "cfg", None), "normalization_type", "") or "")
+    if getattr(model, "original_model", None) is None and norm.endswith("Pre"):
+        return (f" and its activations at these sites too: it is a HookedTransformer with its normalization folded into "
+                f"the weights (normalization_type {norm}, from from_pretrained's processing); build it with "
+                "from_pretrained_no_processing, as load_model(..., backend='hooked') does")
+    return ""
 
 
 def find_neurons(model: HookedModel, corpus: MultilingualCorpus, config: FindConfig | None = None, *,
@@ -498,6 +526,8 @@ def find_neurons(model: HookedModel, corpus: MultilingualCorpus, config: FindCon
     source = model_source(model)
     if source is not None:  # a model converted from a GGUF: that file's sha256 and architecture
         meta["model_source"] = source
+    # the same weights under another wrapper hash differently; their activations agree (check_model)
+    meta["activation_signature"] = activation_signature(model, index)
     result = LanguageNeurons.from_activations(pooled, labels, corpus.languages, k, meta, progress=progress,
                                               selector=config.selector())
     if pooled.resid is not None:
