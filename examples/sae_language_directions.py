@@ -345,7 +345,27 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if bool(args.sae_release) != bool(args.sae_id):
         p.error("--sae-release and --sae-id go together")
+    _check_environment()
     return args
+
+
+def _check_environment() -> None:
+    """SAELens drives a HookedTransformer: both must be importable (transformer-lens 3.x and sae-lens);
+    one line otherwise, before any model loads."""
+    from importlib import util
+    from importlib.metadata import PackageNotFoundError, version
+
+    if util.find_spec("sae_lens") is None:
+        raise tln.LangNeuronsError("this example needs sae-lens: pip install sae-lens \"transformer-lens>=3.9,<4\"")
+    try:
+        from transformer_lens import HookedTransformer  # noqa: F401 - transformer-lens 3.x only
+    except ImportError:
+        try:
+            tl = version("transformer-lens")
+        except PackageNotFoundError:
+            tl = "not installed"
+        raise tln.LangNeuronsError(f"this example needs transformer-lens 3.x (HookedTransformer, which SAELens "
+                                   f"drives); it has {tl}: pip install sae-lens \"transformer-lens>=3.9,<4\"")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -395,5 +415,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def _main() -> int:
+    """``main`` as a command: a tool error is one line and exit status 2, as the tool's own command line."""
+    try:
+        return main()
+    except tln.LangNeuronsError as e:
+        print(f"sae_language_directions: error: {e}", file=sys.stderr)
+        return 2
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(_main())

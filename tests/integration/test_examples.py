@@ -90,3 +90,22 @@ def test_ablation_sweep(tiny_dirs, spy, monkeypatch):
     # no clamp (an empty hook list, as k=0 would be) gives no change at all
     monkeypatch.setattr(LanguageNeurons, "hooks", lambda self, *a, **k: [])
     assert ex.main(str(tiny_dirs["llama"]), n_per_lang=8, ks=(1, 5), n_eval=3) == [(1, 0.0, 0.0), (5, 0.0, 0.0)]
+
+
+def test_sae_example_is_one_line_without_its_environment(tmp_path):
+    """On transformer-lens 4.x or without sae-lens (this environment, or any other lacking them) the SAE
+    example says what it needs in one line, exit 2, before loading a model; with both, its tests are in
+    test_sae_example.py."""
+    import subprocess
+    import sys
+
+    try:
+        import sae_lens  # noqa: F401
+        from transformer_lens import HookedTransformer  # noqa: F401
+        pytest.skip("sae-lens and transformer-lens 3.x are installed: the example runs (test_sae_example.py)")
+    except ImportError:
+        pass
+    r = subprocess.run([sys.executable, str(EXAMPLES / "sae_language_directions.py"), "--train-steps", "10"],
+                       capture_output=True, text=True, timeout=300)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and "error: this example needs" in lines[0], r.stderr[-2000:]

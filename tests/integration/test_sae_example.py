@@ -144,3 +144,38 @@ def test_the_script_trains_an_sae_and_runs_end_to_end(tiny_dirs, tmp_path):
     assert any(line.startswith("| SAE latent") for line in lines)
     assert (tmp_path / "sae" / "cfg.json").exists()
     assert "trained the SAE" in run.stderr
+
+
+def test_sae_latents_are_units_find_ranks_and_clamp_steers(setup):
+    """An SAE spliced into a HookedSAETransformer: its latents (one layer's hook_sae_acts_post) are ranked by
+    find like neurons (the index holds that hook only, d_sae units), rank_units on run_with_cache gives the
+    same AP, and clamping a language's latents changes what the model writes."""
+    from sae_lens import HookedSAETransformer
+
+    from tl_langneurons.steer.generation import generate_many
+
+    model, _, held, sae = setup
+    hs = HookedSAETransformer(model.cfg, tokenizer=model.tokenizer)
+    hs.load_state_dict(model.state_dict(), strict=False)
+    hs.add_sae(sae)
+    site = f"blocks.{LAYER}.hook_resid_post.hook_sae_acts_post"
+    corpus = held.sample(8, seed=3)
+    latents = tln.find_neurons(hs, corpus, sites=site, k=4, progress=False)
+    assert [(s.hook, s.layer, s.size) for s in latents.index.slices] == [(site, LAYER, sae.cfg.d_sae)]
+    # the same latents from the user's own cache (one padded batch, right padding, BOS first)
+    from tl_langneurons.detect.activations import tokenize
+    from tl_langneurons.model.driver import Runner
+
+    runner = Runner(hs)
+    texts, labels = corpus.flat()
+    toks, mask = runner.pad(tokenize(runner, texts).ids)
+    with torch.no_grad():
+        _, cache = hs.run_with_cache(toks, attention_mask=mask.long(), names_filter=site)
+    ranked = tln.rank_units(cache, labels, corpus.languages, attention_mask=mask, sites=site, k=4)
+    torch.testing.assert_close(ranked.ap, latents.ap, rtol=0, atol=1e-5)
+    lang = corpus.languages[1]
+    requests = [(None, s) for s in (1, 2, 3)]
+    plain = generate_many(hs, requests, max_new_tokens=6, stop_at_eos=False)
+    with hs.hooks(fwd_hooks=latents.hooks(lang, scale=8.0)):
+        steered = generate_many(hs, requests, max_new_tokens=6, stop_at_eos=False)
+    assert [s.text for s in plain] != [s.text for s in steered]

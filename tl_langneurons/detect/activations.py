@@ -433,7 +433,7 @@ class _Collection:
     def run(self, progress: bool = True, on_batch: Callable[[int, int], None] | None = None
             ) -> dict[str, PooledActivations] | None:
         hooks = [(sl.hook, self._hook(sl)) for sl in self.index.slices]
-        hooks += [(f"blocks.{layer}.hook_resid_post", self._resid_hook(i)) for i, layer in enumerate(self.resid_layers)]
+        hooks += [(self.runner.resid_post(layer), self._resid_hook(i)) for i, layer in enumerate(self.resid_layers)]
         hooks.append(self.runner.stopper(max(sl.layer for sl in self.index.slices)))
         t0 = time.perf_counter()
         bar = progress_bar(total=len(self.rows), desc=f"collect {'+'.join(self.s.poolings)} @ {self.index.spec}",

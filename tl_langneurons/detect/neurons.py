@@ -512,6 +512,8 @@ def find_neurons(model: HookedModel, corpus: MultilingualCorpus, config: FindCon
         if pooled is None:  # another rank than 0: its rows went to rank 0
             return None
         pooled.meta.update(expect)
+        # the same weights under another wrapper hash differently; their activations agree (check_model)
+        pooled.meta["activation_signature"] = activation_signature(model, index)
         if cache is not None:
             pooled.save(cache)
     timings["collect_s"] = time.perf_counter() - t0
@@ -526,8 +528,8 @@ def find_neurons(model: HookedModel, corpus: MultilingualCorpus, config: FindCon
     source = model_source(model)
     if source is not None:  # a model converted from a GGUF: that file's sha256 and architecture
         meta["model_source"] = source
-    # the same weights under another wrapper hash differently; their activations agree (check_model)
-    meta["activation_signature"] = activation_signature(model, index)
+    # kept in the cache with the activations (a cache made before signatures: computed now, one short forward)
+    meta["activation_signature"] = pooled.meta.get("activation_signature") or activation_signature(model, index)
     result = LanguageNeurons.from_activations(pooled, labels, corpus.languages, k, meta, progress=progress,
                                               selector=config.selector())
     if pooled.resid is not None:
