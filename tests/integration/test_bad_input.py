@@ -300,6 +300,16 @@ def _edited(data):  # well formed, but not what was written
     return data
 
 
+def _cell_run(model, neurons, folder):
+    """A function that runs one steered cell (German, k=5, two seeds) in ``folder``: (runner, its rows)."""
+    cfg = EvaluateConfig(languages=["de"], samples=2, max_new_tokens=3, ablation_ks=[])
+
+    def run():
+        runner = CellRunner(model, neurons, cfg, None, folder, progress=False)
+        return runner, runner.samples(steered("de", cfg.steering, "both", 5, [1, 2]))
+    return run
+
+
 @pytest.mark.parametrize("damage,problem", [
     (_tokens, "samples[0].tokens is not a list of integers"),
     (_nll, "samples[1].nll is not a number or null"),
@@ -310,12 +320,7 @@ def _edited(data):  # well formed, but not what was written
     (None, "not readable JSON"),
 ])
 def test_damaged_cell_is_recomputed_with_a_warning(found, tiny_llama, tmp_path, damage, problem):
-    neurons = LanguageNeurons.load(found)
-    cfg = EvaluateConfig(languages=["de"], samples=2, max_new_tokens=3, ablation_ks=[])
-
-    def run():
-        runner = CellRunner(tiny_llama, neurons, cfg, None, tmp_path / "cells", progress=False)
-        return runner, runner.samples(steered("de", cfg.steering, "both", 5, [1, 2]))
+    run = _cell_run(tiny_llama, LanguageNeurons.load(found), tmp_path / "cells")
 
     _, rows = run()
     (path,) = (tmp_path / "cells").iterdir()
@@ -333,14 +338,8 @@ def test_damaged_cell_is_recomputed_with_a_warning(found, tiny_llama, tmp_path, 
     assert json.loads(path.read_text(encoding="utf-8"))["samples"] == rows  # and rewritten
 
 
-
 def test_cell_written_before_the_checksum_is_read_as_it_is(found, tiny_llama, tmp_path):
-    neurons = LanguageNeurons.load(found)
-    cfg = EvaluateConfig(languages=["de"], samples=2, max_new_tokens=3, ablation_ks=[])
-
-    def run():
-        runner = CellRunner(tiny_llama, neurons, cfg, None, tmp_path / "cells", progress=False)
-        return runner, runner.samples(steered("de", cfg.steering, "both", 5, [1, 2]))
+    run = _cell_run(tiny_llama, LanguageNeurons.load(found), tmp_path / "cells")
 
     _, rows = run()
     (path,) = (tmp_path / "cells").iterdir()
