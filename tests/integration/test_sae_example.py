@@ -179,3 +179,10 @@ def test_sae_latents_are_units_find_ranks_and_clamp_steers(setup):
     with hs.hooks(fwd_hooks=latents.hooks(lang, scale=8.0)):
         steered = generate_many(hs, requests, max_new_tokens=6, stop_at_eos=False)
     assert [s.text for s in plain] != [s.text for s in steered]
+    from tl_langneurons import SteeringConfig  # add: alpha x (mu_on - mu_off) on the latents, as on neurons
+
+    add = SteeringConfig(method="add", alpha=20.0).hooks(latents, lang)
+    assert {name for name, _ in add} == {site}
+    with hs.hooks(fwd_hooks=add):
+        added = generate_many(hs, requests, max_new_tokens=6, stop_at_eos=False)
+    assert [s.text for s in plain] != [s.text for s in added]
