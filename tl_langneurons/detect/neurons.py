@@ -43,6 +43,7 @@ from .ranking import average_precision, bottom_k, check_k, middle_k, parse_k, to
 from .selectors import METHODS, ONE_SIDED, TOKEN_METHODS, SelectorSettings, select, token_counts
 
 log = logging.getLogger(__name__)
+_NOTED: set[tuple[str, str]] = set()  # (found-on, this model) weights fingerprints already accepted by signature
 
 @dataclass
 class FindConfig:
@@ -404,6 +405,9 @@ class LanguageNeurons:
             if signature and [(a.size, a.offset) for a in other.slices] == [(a.size, a.offset) for a in self.index.slices]:
                 distance = signature_distance(signature, model, other)
                 if distance <= SIGNATURE_RTOL:  # the same function under another layout or construction
+                    if (theirs, weights_fingerprint(model)) in _NOTED:
+                        return self._check_index(other)
+                    _NOTED.add((theirs, weights_fingerprint(model)))  # said once per process
                     log.warning("these neurons were found on %s (weights %s), this model's weights hash to %s (another "
                                 "wrapper or construction of the same weights); the activations at their sites agree "
                                 "(max difference %.1e of their RMS): accepted", self.meta.get("model", "a model"),
