@@ -400,28 +400,29 @@ class LanguageNeurons:
         except LangNeuronsError as e:
             raise LangNeuronsError(f"these neurons were found at sites {self.index.spec!r}, which this model lacks: {e}") from e
         theirs = self.meta.get("weights_sha")
-        if theirs and theirs != weights_fingerprint(model) and theirs != legacy_fingerprint(model):
+        mine = weights_fingerprint(model) if theirs else None
+        if theirs and theirs != mine and theirs != legacy_fingerprint(model):
             signature = self.meta.get("activation_signature")
             if signature and [(a.size, a.offset) for a in other.slices] == [(a.size, a.offset) for a in self.index.slices]:
                 distance = signature_distance(signature, model, other)
                 if distance <= SIGNATURE_RTOL:  # the same function under another layout or construction
-                    if (theirs, weights_fingerprint(model)) in _NOTED:
+                    if (theirs, mine) in _NOTED:
                         return self._check_index(other)
-                    _NOTED.add((theirs, weights_fingerprint(model)))  # said once per process
+                    _NOTED.add((theirs, mine))  # said once per process
                     log.warning("these neurons were found on %s (weights %s), this model's weights hash to %s (another "
                                 "wrapper or construction of the same weights); the activations at their sites agree "
                                 "(max difference %.1e of their RMS): accepted", self.meta.get("model", "a model"),
-                                theirs, weights_fingerprint(model), distance)
+                                theirs, mine, distance)
                     return self._check_index(other)
-            found_in, mine = self.meta.get("dtype"), model_dtype(model)
-            if found_in and found_in != mine:  # the same model in another precision: say so
+            found_in, dtype = self.meta.get("dtype"), model_dtype(model)
+            if found_in and found_in != dtype:  # the same model in another precision: say so
                 raise LangNeuronsError(
                     f"these neurons were found on {self.meta.get('model', 'another model')} in {found_in}; this model "
-                    f"is in {mine}: a dtype mismatch (its weights differ). Load the model in {found_in} (--dtype "
-                    f"{found_in}) or find neurons in {mine}")
+                    f"is in {dtype}: a dtype mismatch (its weights differ). Load the model in {found_in} (--dtype "
+                    f"{found_in}) or find neurons in {dtype}")
             raise LangNeuronsError(
                 f"these neurons were found on {self.meta.get('model', 'another model')} (weights {theirs}); this model's "
-                f"weights differ ({weights_fingerprint(model)}){_processed(model)}. Use neurons found on this model"
+                f"weights differ ({mine}){_processed(model)}. Use neurons found on this model"
             )
         self._check_index(other)
 

@@ -357,11 +357,18 @@ def check_gguf(spec: str) -> GGUFSource | None:
     memo = _memo().get(source.key()) if source.builtin is None else source.builtin.sha256
     if memo and converted_info(_target(source, memo)) is not None:
         return source
+    checked_header(source)
+    return source
+
+
+def checked_header(source: GGUFSource) -> GGUFHeader:
+    """The header of ``source``, once it is known to convert: readable by transformers, agreeing with
+    itself, and the models folder writable (the conversion writes there)."""
     header = read_header(source)
     check_readable(header, source.label())
     check_structure(header, source.label())
-    writable(models_dir())  # the conversion writes there
-    return source
+    writable(models_dir())
+    return header
 
 
 def gguf_model_dir(spec: str | GGUFSource) -> tuple[Path, dict]:
@@ -384,11 +391,7 @@ def gguf_model_dir(spec: str | GGUFSource) -> tuple[Path, dict]:
     info = converted_info(target)
     if info is not None:
         return target, {"gguf_sha256": sha, **info}
-    header = read_header(source)
-    check_readable(header, source.label())
-    check_structure(header, source.label())
-    writable(models_dir())
-    return target, _convert(source, header, sha, target)
+    return target, _convert(source, checked_header(source), sha, target)
 
 
 _TEMPORARIES = ("concat", "convert")
