@@ -254,7 +254,7 @@ class Study:
         cfg, out = config or EvaluateConfig(), Path(out) if out else self.dir / "control"
         check_target(out, "control", result_settings(self.neurons, cfg), overwrite)  # before the model loads
         for lang in cfg.languages or []:
-            self.neurons._check_lang(lang)
+            self.neurons.check_language(lang)
         refs = self.references(corpus)
         return evaluate_control(self.model, self.neurons, refs, cfg, out, progress=self.progress, overwrite=overwrite,
                                 store=self.samples_dir)

@@ -148,7 +148,7 @@ def test_residual_means_saved_and_old_results_still_clamp(found, tmp_path, tiny_
 
 
 def test_config_is_validated():
-    with pytest.raises(LangNeuronsError, match="unknown method"):
+    with pytest.raises(LangNeuronsError, match="unknown intervention"):
         SteeringConfig(method="steer-harder")
     with pytest.raises(LangNeuronsError, match="finite"):
         SteeringConfig(method="add", alpha=float("nan"))
@@ -322,7 +322,7 @@ def test_bad_settings_are_refused(found):
                     ({"method": "add", "source": "de"}, "source and target"),
                     ({"method": "diffmean", "source": "it"}, "no neurons for language 'it'"),
                     ({"method": "sparse", "coef": float("inf")}, "finite"), ({"method": "add", "k": 0}, "at least 1"),
-                    ({"method": "add", "which": "all"}, "unknown neuron set"), ({"method": "mix"}, "unknown method")]:
+                    ({"method": "add", "which": "all"}, "unknown neuron set"), ({"method": "mix"}, "unknown intervention")]:
         with pytest.raises(LangNeuronsError, match=msg):
             neurons.hooks("de", **kw)
     with pytest.raises(LangNeuronsError, match="between 0 and 2"):
@@ -538,7 +538,7 @@ def test_spread_even_takes_the_best_with_at_most_ceil_k_over_layers_per_layer(fo
     hooks = dict(cfg.hooks(neurons, "de"))
     sel = neurons.selected("de", "both", 6, spread="even")[0]
     assert sum((fn(torch.zeros(1, 1, 48), None) != 0).sum().item() for fn in hooks.values()) == len(sel)
-    for bad, msg in ((dict(spread="wide"), "--spread must be even"), (dict(method="diffmean", spread="even"), "clamp, add"),
+    for bad, msg in ((dict(spread="wide"), "--spread must be even"), (dict(method="diffmean", spread="even"), "is for clamp and add, not diffmean"),
                      (dict(which="middle", spread="even"), "middle set cannot be spread")):
         with pytest.raises(LangNeuronsError, match=msg):
             SteeringConfig(**bad)
@@ -613,7 +613,7 @@ def test_equal_norm_gives_every_language_the_mean_norm(found, which):
     assert cfg.label().startswith(f"add{'' if which == 'both' else ' top'} k=6 a=1.5 eqnorm=quarters")
     assert cfg.key()["equal_norm"] == "quarters" and "equal_norm" not in SteeringConfig(method="add").key()
     for bad, msg in [(dict(method="add", equal_norm="layers"), "--equal-norm must be total or quarters"),
-                     (dict(method="diffmean", equal_norm="total"), "--equal-norm scales add's addition"),
+                     (dict(method="diffmean", equal_norm="total"), "--equal-norm is for add, not diffmean"),
                      (dict(method="add", which="middle", equal_norm="total"), "not the middle set")]:
         with pytest.raises(LangNeuronsError, match=msg):
             SteeringConfig(**bad)

@@ -28,6 +28,7 @@ from ..model.load import legacy_fingerprint, model_dtype, model_name, model_sour
 from ..model.protocol import HookedModel
 from ..model.sites import NeuronIndex, resolve_sites
 from ..provenance import package_versions, peak_rss_gb
+from ..registry import steering
 from ..results import fault_point
 from .neuron_sets import WHICH, NeuronSet, make_set
 # saving, loading and describing live in neurons_io; their names stay importable from here
@@ -189,7 +190,7 @@ class LanguageNeurons:
 
     def means_off(self, lang: str) -> Tensor:
         """Mean pooled activation of every neuron on the texts of the other languages (``mu_off``)."""
-        self._check_lang(lang)
+        self.check_language(lang)
         counts = self.meta.get("texts_per_language") or {}
         if not all(l in counts for l in self.languages):
             raise LangNeuronsError("this result does not record its texts per language; run find again")
@@ -246,7 +247,8 @@ class LanguageNeurons:
                    score=chosen.score, eligible=chosen.eligible, token_stats=tokens)
 
     # ---- access ---------------------------------------------------------------------------
-    def _check_lang(self, lang: str) -> None:
+    def check_language(self, lang: str) -> None:
+        """One clear line unless these neurons hold ``lang``."""
         if lang not in self.sets:
             raise LangNeuronsError(f"no neurons for language {lang!r}; this result has {', '.join(self.languages)}")
 
@@ -287,7 +289,7 @@ class LanguageNeurons:
             return self._spread(lang, which, k, layers, spread)
         subset = self.layer_subset(layers)
         if subset is not None:
-            self._check_lang(lang)
+            self.check_language(lang)
             li = self.languages.index(lang)
             keep = torch.from_numpy(np.isin(self.index.layers(), subset))
             k = self.k if k is None else k
@@ -299,7 +301,7 @@ class LanguageNeurons:
                 raise LangNeuronsError(f"neuron set {which!r} cannot be restricted to layers; use top, bottom or both")
             neurons = torch.cat(out)
             return neurons, self.medians[li][neurons]
-        self._check_lang(lang)
+        self.check_language(lang)
         kinds = {"both": ("top", "bottom"), "top": ("top",), "bottom": ("bottom",), "middle": ("middle",)}
         if which not in kinds:
             raise LangNeuronsError(f"unknown neuron set {which!r}; use top, bottom, both or middle")
@@ -322,7 +324,7 @@ class LanguageNeurons:
         kinds = {"both": ("top", "bottom"), "top": ("top",), "bottom": ("bottom",)}
         if which not in kinds:
             raise LangNeuronsError(f"neuron set {which!r} cannot be spread over the layers; use top, bottom or both")
-        self._check_lang(lang)
+        self.check_language(lang)
         li = self.languages.index(lang)
         subset = self.layer_subset(layers)
         layer_of = torch.from_numpy(self.index.layers())
@@ -345,34 +347,26 @@ class LanguageNeurons:
 
     def hooks(self, lang: str, which: str = "both", value: str | float = "median", scale: float = 1.0,
               positions: str = "all", k: int | None = None,
-              layers: str | Sequence[int] | None = None, *, method: str = "clamp", alpha: float = 1.0,
-              layer: int | None = None, n_dims: int | None = None, coef: float = 1.0, restore_norm: bool = True,
-              source: str | None = None, **later: Any) -> list[tuple[str, Callable]]:
+              layers: str | Sequence[int] | None = None, *, method: str = "clamp", **settings: Any
+              ) -> list[tuple[str, Callable]]:
         """TransformerLens ``fwd_hooks`` that steer towards the language (by default: clamp its neurons).
 
         ``value``: "median" (the paper: median over the language's texts), "zero", or a number.
         ``scale`` multiplies the value. ``k`` overrides the number of neurons per set.
         ``positions``: "all" (the paper), "last" (only the newest position; clamp) or "generated"
-        (positions the model writes; see ``steer/methods.py``).
+        (positions the model writes; see ``steer/positions.py``).
         ``layers``: choose the k neurons only among these layers (all, first, last, ends, or a list).
-        ``method``: clamp (the paper), add (``alpha``, ``source``), diffmean (``layer``, ``alpha``,
-        ``source``) or sparse (``layer``, ``n_dims``, ``coef``, ``restore_norm``, ``source``); the same
-        hooks as ``SteeringConfig(method=..., ...).hooks(self, lang)``, defaults there. ``later``: the
-        SteeringConfig fields beyond those (``steer_tokens``, ``after_scale``, ``band_alphas``, ``resid_alpha``,
-        ``keep_norm``, ``spread``, ``equal_norm``).
+        ``method``: the intervention (clamp, the paper; add, diffmean, sparse, or any registered one) and
+        ``settings`` its other fields: the same hooks as ``SteeringConfig(method=..., ...).hooks(self, lang)``,
+        defaults there.
         """
-        from ..steer.methods import SteeringConfig, clamp  # the hook builders live in steer/methods.py
-
-        if method == "clamp" and not later:
-            return clamp(self, lang, which, k, layers, value, scale, positions)
         subset = layers if isinstance(layers, str) or layers is None else [int(l) for l in layers]
-        return SteeringConfig(method=method, which=which, k=k, value=value, scale=scale, positions=positions,
-                              layers=subset, alpha=alpha, layer=layer, n_dims=n_dims, coef=coef,
-                              restore_norm=restore_norm, source=source, **later).hooks(self, lang)
+        return steering(method=method, which=which, k=k, value=value, scale=scale, positions=positions,
+                        layers=subset, **settings).hooks(self, lang)
 
     def table(self, lang: str, which: str = "top") -> list[dict]:
         """One row per selected neuron: rank, hook, layer, unit, AP and statistics."""
-        self._check_lang(lang)
+        self.check_language(lang)
         return neuron_table(self, lang, which)
 
     def summary(self) -> str:

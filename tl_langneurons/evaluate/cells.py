@@ -174,7 +174,7 @@ class CellRunner:
         self.refs, self.thresholds, self.ref_nll = {}, {}, {}
         weights = None
         for l in cfg.languages or neurons.languages:
-            neurons._check_lang(l)
+            neurons.check_language(l)
             texts = (references or {}).get(l)
             self.thresholds[l] = DEGENERATE_DISTINCT
             if texts:

@@ -354,7 +354,7 @@ def check_sweep(cfg: SweepConfig, neurons: LanguageNeurons) -> None:
     exist, for diffmean and sparse the residual means were recorded and the layers searched exist."""
     langs = lcb_languages(cfg.languages, neurons.languages) if cfg.lcb else cfg.languages or neurons.languages
     for lang in langs:
-        neurons._check_lang(lang)
+        neurons.check_language(lang)
     for spec in cfg.test_settings:  # each of the user's settings builds for every target (k, layers, bands, source)
         name, st = parse_setting(spec, "--test-settings")
         for lang in langs:
@@ -365,7 +365,7 @@ def check_sweep(cfg: SweepConfig, neurons: LanguageNeurons) -> None:
             except LangNeuronsError as e:
                 raise LangNeuronsError(f"--test-settings {name} towards {lang}: {e}") from None
     if cfg.lcb and "prompt" in cfg.sources:
-        neurons._check_lang("en")  # LCB's requests are English: the source steered away from
+        neurons.check_language("en")  # LCB's requests are English: the source steered away from
     if cfg.method in ("clamp", "add"):
         ks, _ = _ks(cfg.k_fractions, neurons.index.n_neurons)
         for x in cfg.layer_sets:
