@@ -37,8 +37,12 @@ from ..model.protocol import HookedModel
 from ..provenance import atomic_write_json, atomic_write_text, sha256_texts
 from ..results import read_json
 from ..tables import dashed as _f, markdown_table
-from ..steer.methods import (EQUAL_NORMS, METHODS, POSITIONS, parse_setting, SteeringConfig, check_not_empty, default_layer, full_count,
-                             neuron_count, parse_bands, setting_from_json)
+from ..registry import NAMES, intervention, owners, spoken
+from ..steer.add import EQUAL_NORMS, parse_bands
+from ..steer.base import ks
+from ..steer.positions import POSITIONS
+from ..steer.residual import default_layer, residual_layers
+from ..steer.setting import SteeringConfig, check_not_empty, full_count, neuron_count, parse_setting, setting_from_json
 from ..steer.prompts import split_prompts
 from .samples import SampleStore, store_of
 from .confusion import (
@@ -84,7 +88,7 @@ class SweepConfig:
     layer_sets: Sequence[str] = option(("all", "first", "last", "ends"), "layer subsets searched: all, first, last, "
                                        "ends (quarters of the depth) or bands A-B such as 0-5",
                                        items=Items("str", "layer subsets such as all,first,last,ends,0-5"))
-    method: str = option("clamp", "intervention searched: clamp, add, diffmean or sparse", choices=METHODS)
+    method: str = option("clamp", "intervention searched: clamp, add, diffmean or sparse", choices=NAMES)
     alphas: Sequence[float] = option((0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0),
                                      "strengths searched (add, diffmean; diffmean's layer stage uses the smallest)",
                                      items=Items("float", "finite numbers above 0 such as 0.5,1,2", low=0, above=True))
@@ -207,12 +211,7 @@ class SweepConfig:
             parse_bands(b)
         if self.after_scales and not self.steer_tokens:
             raise LangNeuronsError("--after-scales is the strength after the first N tokens; give --steer-tokens too")
-        if self.method not in ("add", "diffmean") and self.after_scales:
-            raise LangNeuronsError(f"--after-scales scales alpha (add, diffmean), not {self.method}")
-        if self.spreads and self.method not in ("clamp", "add"):
-            raise LangNeuronsError(f"--spreads chooses neurons (clamp, add), not for {self.method}")
-        if self.method != "add" and (self.band_alphas or self.resid_alphas):
-            raise LangNeuronsError(f"--band-alphas and --resid-alphas are stages of add, not of {self.method}")
+        self._check_axes()
         names = [parse_setting(t, "--test-settings")[0] for t in self.test_settings]
         for name in names:
             if (name in ("none", "system prompt", "paper clamp k=1000") or name.startswith(("best ", "shared "))
@@ -220,12 +219,8 @@ class SweepConfig:
                 raise LangNeuronsError(f"--test-settings: the name {name!r} is the sweep's own row; choose another")
         if len(set(names)) < len(names):
             raise LangNeuronsError(f"--test-settings: a name is given twice ({', '.join(names)})")
-        if self.equal_norms and (self.method != "add" or not self.shared_search):
-            raise LangNeuronsError("--equal-norms is a stage of the shared search of add: give --method add and "
-                                   "--shared-search")
-        if self.keep_norm_stage and not (self.method == "diffmean" or self.resid_alphas):
-            raise LangNeuronsError("--keep-norm-stage is for a residual addition: --method diffmean, or add with "
-                                   "--resid-alphas")
+        if self.equal_norms and not self.shared_search:
+            raise LangNeuronsError("--equal-norms is a stage of the shared search: give --shared-search")
         if self.lcb_gate is not None and not self.lcb:
             raise LangNeuronsError("--lcb-gate is for --lcb sweeps")
         if self.lcb_system and not self.lcb:
@@ -246,14 +241,36 @@ class SweepConfig:
             self.val_samples = 1 if prompted else 20
         if self.test_samples is None:  # LCB: one answer per request, as the benchmark
             self.test_samples = 1 if self.lcb else 5 if prompted else 100
-        if self.method != "clamp" and list(self.positions) == ["last"]:
-            raise LangNeuronsError("--positions last is for clamp; add, diffmean and sparse take all and/or generated")
-        if self.method not in ("clamp", "add") and list(self.neuron_sets) != ["both"]:
-            raise LangNeuronsError(f"--neuron-sets is for clamp and add; {self.method} steers the residual stream")
-        if "prompt" in self.sources and self.method == "clamp":
-            raise LangNeuronsError("--sources prompt is for add, diffmean and sparse; clamp has no source")
         if "prompt" in self.sources and not prompted:
             raise LangNeuronsError("--sources prompt needs --heldout or --lcb: from BOS there is no prompt language")
+
+    def _check_axes(self) -> None:
+        """Every stage asked for varies a field the intervention has: each is tried as a setting of it, and one
+        line says which interventions a field is for (the interventions' own checks, not a list here)."""
+        cls = intervention(self.method)
+        if self.positions and all(p not in cls.positions for p in self.positions):
+            raise LangNeuronsError(f"--positions {','.join(self.positions)}: {self.method} steers "
+                                   f"{' or '.join(cls.positions)}")
+        probes = [("neuron-sets", "which", list(self.neuron_sets) != ["both"], {}),
+                  ("sources prompt", "source", "prompt" in self.sources, {}),
+                  ("spreads", "spread", bool(self.spreads), {"spread": "even"}),
+                  ("band-alphas", "band_alphas", bool(self.band_alphas), {"band_alphas": (self.band_alphas or [""])[0]}),
+                  ("resid-alphas", "resid_alpha", bool(self.resid_alphas), {"resid_alpha": (self.resid_alphas or [0])[0]}),
+                  ("equal-norms", "equal_norm", bool(self.equal_norms), {"equal_norm": (self.equal_norms or [""])[0]}),
+                  ("after-scales", "after_scale", bool(self.after_scales),
+                   {"steer_tokens": 1, "after_scale": (self.after_scales or [1.0])[0]}),
+                  ("keep-norm-stage", "keep_norm", self.keep_norm_stage,
+                   {"keep_norm": True, "resid_alpha": (self.resid_alphas or [None])[0]})]
+        for option_, field_, asked, setting in probes:
+            if not asked:
+                continue
+            if field_ not in cls.fields and field_ != "after_scale":
+                raise LangNeuronsError(f"--{option_} varies {field_}, which is for {spoken(owners(field_))}; "
+                                       f"not {self.method}")
+            try:
+                SteeringConfig(method=self.method, **setting)
+            except LangNeuronsError as e:
+                raise LangNeuronsError(f"--{option_}: {e}") from None
 
 
 def sweep_folder(method: str, lcb: bool = False, system: bool = False) -> str:
@@ -261,7 +278,7 @@ def sweep_folder(method: str, lcb: bool = False, system: bool = False) -> str:
     ``lcb-METHOD`` for a sweep on LCB's prompts, ``lcb-system-METHOD`` when they carry the system prompt."""
     if lcb:
         return f"lcb-system-{method}" if system else f"lcb-{method}"
-    return "sweep" if method == "clamp" else f"sweep-{method}"
+    return intervention(method).folder()
 
 
 @dataclass
@@ -366,20 +383,21 @@ def check_sweep(cfg: SweepConfig, neurons: LanguageNeurons) -> None:
                 raise LangNeuronsError(f"--test-settings {name} towards {lang}: {e}") from None
     if cfg.lcb and "prompt" in cfg.sources:
         neurons.check_language("en")  # LCB's requests are English: the source steered away from
-    if cfg.method in ("clamp", "add"):
-        ks, _ = _ks(cfg.k_fractions, neurons.index.n_neurons)
+    cls = intervention(cfg.method)
+    if cls.neuron_level:
+        k_values, _ = ks(cfg.k_fractions, neurons.index.n_neurons)
         for x in cfg.layer_sets:
             neurons.layer_subset(x)
         if neurons.one_sided and list(cfg.neuron_sets) == ["bottom"]:
             raise LangNeuronsError(f"--neuron-sets bottom: {neurons.method} selects top neurons only (its bottom sets "
                                    "are empty), so nothing would be steered; search top or both")
         for lang in langs:  # a language without neurons has nothing to search
-            check_not_empty(neurons, SteeringConfig(which="top", k=max(ks)), lang)
+            check_not_empty(neurons, SteeringConfig(which="top", k=max(k_values)), lang)
         for spec in cfg.band_alphas:  # the bands' layers exist
             for subset, _ in parse_bands(spec):
                 neurons.layer_subset(subset)
-        if not cfg.resid_alphas:
-            return
+    if not cls.needs_residual(cfg):
+        return
     means, _ = neurons.residual()  # diffmean, sparse and add's diffmean term: the residual means and layers
     n_layers = means.shape[1]
     bad = [l for l in cfg.resid_layers or () if l >= n_layers]
@@ -823,50 +841,55 @@ class _Search:
 
 
 def _search_space(cfg: SweepConfig, neurons: LanguageNeurons, n: int) -> tuple[dict, list, list[str]]:
-    """The starting setting and the stages (name, field, values) searched for the method."""
+    """The starting setting and the stages (name, field, values) searched for the intervention: a source stage
+    first where asked for, then its :attr:`~tl_langneurons.steer.base.Intervention.axes` in order, each with the
+    values the config gives (:data:`AXES`); a single value is not a stage (every setting tried has it)."""
+    cls = intervention(cfg.method)
     notes = []
     first = [("source", "source", [None if x == "none" else x for x in cfg.sources])] if len(cfg.sources) > 1 else []
-    # positions searched: "last" is clamp's alone, and from BOS with the KV cache it equals "all"
-    if cfg.method == "clamp" and (cfg.heldout or cfg.lcb):
+    # positions searched: "last" (clamp's) from BOS with the KV cache equals "all"
+    if "last" in cls.positions and (cfg.heldout or cfg.lcb):
         moved = list(cfg.positions)
     else:
         moved = [p for p in cfg.positions if p != "last"] or ["all"]
-        if "last" in cfg.positions and cfg.method == "clamp":
+        if "last" in cfg.positions and "last" in cls.positions:
             notes.append("positions=last skipped: from BOS with the KV cache it equals positions=all")
         elif "last" in cfg.positions and tuple(cfg.positions) != tuple(SweepConfig.positions):
-            notes.append(f"positions=last skipped: it is for clamp, not {cfg.method}")
-    positions = [("positions", "positions", moved)] if len(moved) > 1 else []
-    # a single value is not a stage: every setting tried has it
+            notes.append(f"positions=last skipped: it is for {spoken(owners('last', 'positions'))}, not {cfg.method}")
     fixed = {"positions": moved[0]} if len(moved) == 1 and moved[0] != "all" else {}
     if list(cfg.sources) == ["prompt"]:
         fixed["source"] = "prompt"
-    if cfg.method in ("clamp", "add"):
-        start = {"method": cfg.method, "k": _fraction_k("0.45%", n), "positions": "all", "layers": None, **fixed}
-        k_values, k_notes = _ks(cfg.k_fractions, n)
-        notes += k_notes
-        ks = ("k", "k", k_values)
-        layers = ("layers", "layers", [None if x == "all" else x for x in cfg.layer_sets])
-        sets = [("which", "which", list(cfg.neuron_sets))] if len(cfg.neuron_sets) > 1 else []
-        if sets or list(cfg.neuron_sets) != ["both"]:
-            start["which"] = cfg.neuron_sets[0]
-        if cfg.method == "clamp":
-            start["scale"] = 1.0
-            return start, [*first, ks, ("scale", "scale", list(cfg.scales)), *positions, layers, *sets], notes
-        start["alpha"] = 1.0
-        return start, [*first, ks, ("alpha", "alpha", list(cfg.alphas)), layers, *sets, *positions], notes
+    start = {"method": cfg.method, **cls.sweep_start(cfg, neurons, n), **fixed}
+    if "which" in cls.axes and (len(cfg.neuron_sets) > 1 or list(cfg.neuron_sets) != ["both"]):
+        start["which"] = cfg.neuron_sets[0]
+    stages = list(first)
+    for axis in cls.axes:
+        values, more = AXES[axis](cfg, neurons, n, moved)
+        notes += more
+        if values is not None and (len(values) > 1 or axis not in ("which", "positions")):
+            stages.append((axis, axis, values))
+    return start, stages, notes
+
+
+def _residual_shape(neurons: LanguageNeurons) -> tuple[int, int]:
     means, _ = neurons.residual()
-    L, d = means.shape[1], means.shape[2]
-    layers = list(cfg.resid_layers) if cfg.resid_layers is not None else sorted({round(L * f) for f in (1 / 3, 1 / 2, 2 / 3, 5 / 6)})
-    start = {"method": cfg.method, "k": neurons.k, "layer": round(0.6 * L), **fixed}
-    if cfg.method == "diffmean":
-        # the layer stage runs at the weakest strength searched: on models with an outlier residual dimension
-        # (Gemma-3's dim 163 sets the norm) alpha 1 x the norm breaks every layer alike
-        start["alpha"] = min(cfg.alphas)
-        return start, [*first, ("layer", "layer", layers), ("alpha", "alpha", list(cfg.alphas)), *positions], notes
-    start.update({"n_dims": max(1, round(0.05 * d)), "coef": 1.0})
-    dims = sorted({max(1, round(f * d)) for f in cfg.dim_fractions})
-    return start, [*first, ("layer", "layer", layers), ("n_dims", "n_dims", dims), ("coef", "coef", list(cfg.coefs)),
-                   *positions], notes
+    return means.shape[1], means.shape[2]
+
+
+# the values a sweep searches for each field an intervention names in its axes: (config, neurons, n, positions)
+# -> (values, notes)
+AXES = {
+    "k": lambda cfg, neurons, n, moved: ks(cfg.k_fractions, n),
+    "scale": lambda cfg, neurons, n, moved: (list(cfg.scales), []),
+    "alpha": lambda cfg, neurons, n, moved: (list(cfg.alphas), []),
+    "layers": lambda cfg, neurons, n, moved: ([None if x == "all" else x for x in cfg.layer_sets], []),
+    "which": lambda cfg, neurons, n, moved: (list(cfg.neuron_sets), []),
+    "positions": lambda cfg, neurons, n, moved: (moved, []),
+    "layer": lambda cfg, neurons, n, moved: (residual_layers(_residual_shape(neurons)[0], cfg.resid_layers), []),
+    "n_dims": lambda cfg, neurons, n, moved: (sorted({max(1, round(f * _residual_shape(neurons)[1]))
+                                                     for f in cfg.dim_fractions}), []),
+    "coef": lambda cfg, neurons, n, moved: (list(cfg.coefs), []),
+}
 
 
 # a shared setting's scores, beside its fields: its mean and worst validation objective over the languages and the
@@ -931,29 +954,6 @@ def _shared_stages(cfg: SweepConfig, neurons: LanguageNeurons, n: int) -> list[t
             off = [False if key == "keep_norm" else None]
         out.append((stage, key, [*off, *values]))
     return out
-
-
-def _fraction_k(fraction: str, n: int) -> int:
-    """k of a fraction of the neurons, at least one neuron (small models)."""
-    return parse_k(fraction, n) if float(fraction.rstrip("%")) * n >= 100 else 1
-
-
-def _ks(fractions: Sequence[str], n: int) -> tuple[list[int], list[str]]:
-    """The distinct k of the fractions searched, skipping those below one neuron (named in the notes, with
-    the fractions that give the same k); refused when none reaches one neuron."""
-    below = [f for f in fractions if float(str(f).rstrip("%")) * n < 100]
-    if len(below) == len(fractions):
-        least = 100 / n  # the smallest percentage of 3 digits that is one neuron
-        digits = 2 - math.floor(math.log10(least))
-        raise LangNeuronsError(f"--k-fractions {','.join(fractions)}: every value is less than one of the {n} neurons; "
-                               f"use at least {math.ceil(least * 10 ** digits) / 10 ** digits:g}% (one neuron)")
-    by_k: dict[int, list[str]] = {}
-    for f in fractions:
-        if f not in below:
-            by_k.setdefault(parse_k(f, n), []).append(f)
-    notes = [f"k={','.join(below)} skipped: less than one of the {n} neurons"] if below else []
-    notes += [f"k={','.join(fs)} all give k={k} of {n} neurons: searched once" for k, fs in by_k.items() if len(fs) > 1]
-    return list(by_k), notes
 
 
 def _shared_line(res: SweepResult) -> list[str]:

@@ -133,6 +133,11 @@ class Intervention:
 
     # ---- sweeps ------------------------------------------------------------------------------
     @classmethod
+    def folder(cls) -> str:
+        """A sweep's default folder name in the neurons folder: ``sweep-NAME``."""
+        return f"sweep-{cls.name}"
+
+    @classmethod
     def sweep_start(cls, cfg: Any, neurons: LanguageNeurons, n: int) -> dict:
         """The setting a sweep starts from (its own fields; the sweep adds method, positions, source, which)."""
         return {}

@@ -64,5 +64,9 @@ class Clamp(NeuronIntervention):
         return clamp(neurons, lang, s.which, s.k, s.layers, s.value, s.scale, positions, s.spread)
 
     @classmethod
+    def folder(cls) -> str:
+        return "sweep"  # the first sweeps' folder, from before there were other interventions
+
+    @classmethod
     def sweep_start(cls, cfg, neurons: LanguageNeurons, n: int) -> dict:
         return {**super().sweep_start(cfg, neurons, n), "scale": 1.0}
