@@ -2,7 +2,7 @@
 
     tl-langneurons info     --model M                       layers, sites and neuron counts
     tl-langneurons find     --model M --corpus C --out DIR  language neurons + analysis (steps 1-4)
-    tl-langneurons steer    --neurons DIR --lang de "..."   text with and without the clamp
+    tl-langneurons steer    --neurons DIR --lang de "..."   text with and without steering
     tl-langneurons evaluate --neurons DIR                   Table 2, k ablation, samples (steps 5-6)
     tl-langneurons report   DIR                             report.md / report.html
     tl-langneurons compare  DIR DIR ... --out OUT           placement of several models side by side
@@ -209,7 +209,7 @@ _COMMANDS = [
                            help="keep the pooled matrix in this .npy file instead of memory (huge neuron counts)")),
         ("--out", dict(required=True, help="output folder")),
         _OVERWRITE], False),
-    ("steer", "generate with and without clamping a language's neurons", cmd_steer, (SteerPairsConfig,), [
+    ("steer", "generate with and without steering towards a language", cmd_steer, (SteerPairsConfig,), [
         ("prompt", dict(nargs="?", default=SteerPairsConfig.prompt, help="prompt (default: BOS only)")), *_FROM_SWEEP],
      True),
     ("evaluate", "the control experiment: Table 2, k ablation and samples", cmd_evaluate, (EvaluateConfig,), [
@@ -226,7 +226,7 @@ _COMMANDS = [
      (AttributionConfig,), [], True),
     ("tokens", "per-token activation and language score of one text (heat strip)", cmd_tokens, (), [
         ("text", dict())], True),
-    ("cross-steer", "prompt in one language, clamp another's neurons: target-rate matrix", cmd_cross_steer,
+    ("cross-steer", "prompt in one language, steer towards another: target-rate matrix", cmd_cross_steer,
      (CrossSteerConfig,), [("--heldout", dict(required=True, help=_HELDOUT)), *_FROM_SWEEP], True),
 ]
 

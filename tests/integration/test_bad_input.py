@@ -232,9 +232,9 @@ def test_sweep_scales_finite_and_positive(found, tmp_path, capsys, scales):
 
 
 @pytest.mark.parametrize("args,msg", [
-    (["--method", "add", "--equal-norms", "total"], "--equal-norms is a stage of the shared search of add"),
+    (["--method", "add", "--equal-norms", "total"], "--equal-norms is a stage of the shared search: give --shared-search"),
     (["--method", "add", "--shared-search", "--equal-norms", "layers"], "--equal-norms must be"),
-    (["--method", "clamp", "--shared-search", "--equal-norms", "total"], "--equal-norms is a stage"),
+    (["--method", "clamp", "--shared-search", "--equal-norms", "total"], "--equal-norms is for add (it varies equal_norm), not clamp"),
     (["--test-settings", "x=add:layers=0-99"], "--test-settings x towards en: layer range '0-99'"),
     (["--test-settings", "x=add:alpha=much"], "--test-settings x: alpha must be a number"),
 ])
@@ -254,13 +254,13 @@ def test_sweep_test_settings_are_separated_by_semicolons(found, tmp_path, capsys
 def test_steer_equal_norm_checked(found, tmp_path, capsys):
     code = main(["steer", "--neurons", str(found), "--lang", "de", "--method", "diffmean", "--equal-norm", "total",
                  "--quiet"])
-    one_line_error(capsys, code, "--equal-norm scales add's addition")
+    one_line_error(capsys, code, "--equal-norm is for add, not")
 
 
 def test_api_refuses_nan(found):
     neurons = LanguageNeurons.load(found)
     for kw in ({"value": math.nan}, {"value": math.inf}, {"scale": math.nan}, {"scale": -math.inf}):
-        with pytest.raises(LangNeuronsError, match="must be a finite number"):
+        with pytest.raises(LangNeuronsError, match="a finite number"):
             neurons.hooks("de", **kw)
     assert neurons.hooks("de", value=-1.0, scale=2.0)  # finite numbers still work
     for t in (math.inf, math.nan, 0.0):
@@ -552,7 +552,7 @@ def _sweep_json(found, best, **meta) -> dict:
     (lambda d: {**d, "best": {"de": {**d["best"]["de"], "alpha": "big"}}}, "best",
      "field 'best.de.alpha' must be a number, got \"big\""),
     (lambda d: {**d, "best": {"de": {**d["best"]["de"], "method": "push"}}}, "best",
-     "field 'best.de' is not a setting this version can use (unknown method 'push'"),
+     "field 'best.de' is not a setting this version can use (unknown intervention 'push'"),
     (lambda d: {**d, "meta": {**d["meta"], "shared": {"method": "add", "k": "x"}}}, "shared",
      "field 'meta.shared.k' must be a whole number or null, got \"x\""),
     (lambda d: {**d, "meta": [1]}, "best", "field 'meta' must be an object or null, got [1]"),

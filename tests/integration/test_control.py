@@ -315,9 +315,9 @@ def test_sweep_on_prompts_searches_the_prompt_as_source_and_generated_positions(
                                      neurons.index.n_neurons)
     assert start["positions"] == "generated" and "positions" not in [s[0] for s in stages]
     for bad, msg in [(dict(sources=["prompt"]), "needs --heldout"),
-                     (dict(positions=["last"]), "--positions last is for clamp"),
+                     (dict(positions=["last"]), "--positions last: add steers all or generated"),
                      (dict(sources=["de"], heldout="bundled"), "none and/or prompt"),
-                     (dict(method="clamp", sources=["none", "prompt"], heldout="bundled"), "clamp has no source"),
+                     (dict(method="clamp", sources=["none", "prompt"], heldout="bundled"), "--sources prompt is for add, diffmean and sparse"),
                      (dict(positions=["everywhere"]), "--positions must be"),
                      (dict(neuron_sets=["middle"]), "--neuron-sets must be"),
                      (dict(method="sparse", neuron_sets=["top"]), "--neuron-sets is for clamp and add")]:
@@ -500,12 +500,12 @@ def test_sweep_searches_band_strengths_a_diffmean_term_norm_and_two_phases(tiny_
     again = run_sweep(tiny_llama, neurons, tiny_corpus.texts, cfg, tmp_path, progress=False)
     assert again.best == res.best
     for bad, msg in [(dict(after_scales=[0.5]), "give --steer-tokens"),
-                     (dict(method="clamp", steer_tokens=[2], after_scales=[0.5]), "add, diffmean"),
-                     (dict(method="diffmean", band_alphas=["last:0.5"]), "stages of add"),
+                     (dict(method="clamp", steer_tokens=[2], after_scales=[0.5]), "--after-scale is for add and diffmean, not clamp"),
+                     (dict(method="diffmean", band_alphas=["last:0.5"]), "--band-alphas is for add .it varies band_alphas., not diffmean"),
                      (dict(band_alphas=["late:0.5"]), "band-alphas"),
                      (dict(keep_norm_stage=True), "keep-norm-stage"),
                      (dict(resid_alphas=[0]), "--resid-alphas"),
-                     (dict(method="diffmean", spreads=["even"]), "--spreads chooses neurons")]:
+                     (dict(method="diffmean", spreads=["even"]), "--spreads is for clamp and add")]:
         with pytest.raises(LangNeuronsError, match=msg):
             SweepConfig(**{"method": "add", **bad})
 

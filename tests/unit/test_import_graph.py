@@ -1,5 +1,7 @@
-"""The package's import graph (module-level and function-local imports alike; ``if TYPE_CHECKING:`` blocks
-left out, as they never run) has no circle, and no module imports a layer above its own."""
+"""The package's import graph (module-level, function-local and ``if TYPE_CHECKING:`` imports alike: a type-only
+import is still a dependency) has no circle, and no module imports a stage above its own. The stages, lowest first,
+are the method's: base modules, model, detect, steer, evaluate, analyses, report, study, cli; every module is on
+one, with no exception list."""
 
 from __future__ import annotations
 
@@ -8,14 +10,11 @@ from pathlib import Path
 
 PKG = Path(__file__).resolve().parents[2] / "tl_langneurons"
 
-# lowest first; a module may import its own layer and those below. distributed.py sits on model (it resolves
-# the device of each rank). report/plots.py is a base module: it
-# draws the data it is given and imports nothing of the package but provenance. The hook builders of steer/
-# read a LanguageNeurons without importing it (LanguageNeurons.hooks calls them); steer/compare.py runs
-# the `steer` command on found neurons.
-LAYERS = ["errors", "config progress provenance tables results report.plots", "model", "distributed",
-          "steer.positions steer.interventions steer.methods steer.generation steer.prompts", "detect",
-          "steer.compare", "evaluate", "analyses", "report", "study cli"]
+# lowest first; a module may import its own stage and those below. The base modules hold what every stage uses
+# (errors, configs, tables, provenance, result files, the intervention registry, the plots that draw the data they
+# are given); distributed.py sits on model (it resolves the device of each rank).
+LAYERS = ["errors", "config progress provenance tables results registry report.plots", "model distributed", "detect",
+          "steer", "evaluate", "analyses", "report", "study", "cli"]
 
 
 def modules() -> dict[str, Path]:
@@ -28,13 +27,9 @@ def modules() -> dict[str, Path]:
     return out
 
 
-def runtime_imports(tree: ast.AST) -> list[ast.AST]:
-    type_only = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
-            for sub in node.body:
-                type_only.update(id(x) for x in ast.walk(sub))
-    return [n for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom)) and id(n) not in type_only]
+def imports(tree: ast.AST) -> list[ast.AST]:
+    """Every import statement of a module, wherever it stands (``if TYPE_CHECKING:`` blocks included)."""
+    return [n for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom))]
 
 
 def graph(unresolved: list | None = None) -> dict[str, set[str]]:
@@ -44,7 +39,7 @@ def graph(unresolved: list | None = None) -> dict[str, set[str]]:
     out: dict[str, set[str]] = {m: set() for m in mods}
     for m, f in mods.items():
         base = m.split(".") if f.name == "__init__.py" else m.split(".")[:-1]
-        for node in runtime_imports(ast.parse(f.read_text(encoding="utf-8"))):
+        for node in imports(ast.parse(f.read_text(encoding="utf-8"))):
             if isinstance(node, ast.Import):
                 names = [a.name for a in node.names]
             else:
@@ -111,7 +106,7 @@ def test_no_import_circle():
 
 def test_no_upward_import():
     g = graph()
-    assert sorted(m for m in g if layer(m) is None) == ["tl_langneurons", "tl_langneurons.steer"]  # the packages
+    assert sorted(m for m in g if layer(m) is None) == ["tl_langneurons"]  # the package's own __init__
     up = sorted((m, t) for m, ts in g.items() for t in ts
                 if layer(m) is not None and layer(t) is not None and layer(t) > layer(m))
     assert up == []
@@ -121,4 +116,4 @@ def test_the_checker_sees_a_circle_through_a_function_local_import():
     g = {"a": {"b"}, "b": {"a"}, "c": {"a"}}
     assert cycles(g) == [["a", "b"]]
     tree = ast.parse("def f():\n    from .x import y\nif TYPE_CHECKING:\n    from .z import w\n")
-    assert [n.module for n in runtime_imports(tree)] == ["x"]
+    assert sorted(n.module for n in imports(tree)) == ["x", "z"]

@@ -1,5 +1,5 @@
-"""Cross-language steering: prompt in one language, clamp another's neurons, measure how often the
-continuation is in the clamped language."""
+"""Cross-language steering: prompt in one language, steer towards another (by any intervention), measure how
+often the continuation is in the target language."""
 
 from __future__ import annotations
 
@@ -32,17 +32,17 @@ class CrossSteeringResult:
     """Rates of ``cross_steering`` [prompt language, target language]; ``save`` writes
     cross_steering.md, .json and .png.
 
-    ``rate`` / ``none``: lid.176 target rate with / without the target's neurons clamped;
+    ``rate`` / ``none``: lid.176 target rate with / without steering towards the target;
     ``rate_lingua`` / ``none_lingua``: the same by lingua (NaN where lingua does not know the
-    target); ``agreement``: share of the clamped samples on which the two identifiers agree
-    (target or not); ``fluent``: share of the clamped samples that are not degenerate (distinct-token
+    target); ``agreement``: share of the steered samples on which the two identifiers agree
+    (target or not); ``fluent``: share of the steered samples that are not degenerate (distinct-token
     ratio at least ``thresholds[target]``, the 5th percentile of held-out text of the target in
     stretches as long as the samples); ``gated``: lid.176 target and fluent.
     """
 
     languages: list[str]
-    rate: np.ndarray  # target rate with the target's neurons clamped
-    none: np.ndarray  # target rate without clamping
+    rate: np.ndarray  # target rate steered towards the target
+    none: np.ndarray  # target rate unsteered
     n_prompts: int
     samples: int
     max_new_tokens: int
@@ -76,13 +76,13 @@ class CrossSteeringResult:
         md = (f"Target-language rate when continuing {self.n_prompts} held-out prompts x {self.samples} samples "
               f"({self.max_new_tokens} tokens) of the row language, steered towards the column language with "
               f"{self.method} (lid.176)\n\n" + markdown_matrix(L, L, self.rate, ".2f")
-              + "\nWithout clamping (rate of the column language)\n\n" + markdown_matrix(L, L, self.none, ".2f"))
+              + "\nUnsteered (rate of the column language)\n\n" + markdown_matrix(L, L, self.none, ".2f"))
         gate = ", ".join(f"{l} {t:.2f}" for l, t in (self.thresholds or {}).items())
         for name, title in (
                 ("rate_lingua", "The same rate by a second identifier, lingua (among the languages in play)"),
-                ("none_lingua", "Without clamping, by lingua"),
-                ("agreement", "Agreement of lid.176 and lingua on the clamped samples (both say target, or both not)"),
-                ("fluent", "Share of fluent clamped samples (distinct-token ratio at least the target's gate"
+                ("none_lingua", "Unsteered, by lingua"),
+                ("agreement", "Agreement of lid.176 and lingua on the steered samples (both say target, or both not)"),
+                ("fluent", "Share of fluent steered samples (distinct-token ratio at least the target's gate"
                  + (f": {gate}" if gate else "") + ")"),
                 ("gated", "Gated rate: lid.176 target and fluent"),
                 ("retention", "Fluency retention: fluent share steered / unsteered (same prompts, seeds and gate)"),
@@ -125,7 +125,7 @@ class CrossSteeringResult:
 
         paths = write_md_json(directory, "cross_steering", self.markdown(), self.to_json()) + [Path(directory) / "cross_steering.png"]
         plots.matrix_heatmap(self.rate, self.languages, self.languages,
-                             "Target rate: row = prompt language, column = clamped language", paths[2])
+                             "Target rate: row = prompt language, column = target language", paths[2])
         return paths
 
 
@@ -137,7 +137,7 @@ class CrossSteerConfig:
     samples: int = option(2, "samples per prompt", at_least=1)
     max_new_tokens: int = option(32, "tokens to generate", at_least=1)
     seed: int = option(0, "seed of the prompt draw")
-    which: str = option("both", "which neurons to clamp", choices=("both", "top", "bottom"))
+    which: str = option("both", "which neurons to steer (clamp, add)", choices=("both", "top", "bottom"))
     batch_size: int = option(100, "samples per batch (the samples do not depend on it)", at_least=1)
     # the intervention (clamp by default: the paper); its options come from SteeringConfig
     steering: SteeringConfig = field(default_factory=SteeringConfig)
@@ -153,8 +153,8 @@ def cross_steering(model: HookedModel, neurons: LanguageNeurons, heldout: Multil
                    store: str | Path | SampleStore | None = None, distributed: bool | None = None,
                    **overrides) -> CrossSteeringResult:
     """Occurrence rate of the target language [source prompt language, target] when the target's
-    neurons are clamped while continuing held-out prompts of the source language; plus the
-    unclamped rate of each target under each source ("none").
+    neurons are steered while continuing held-out prompts of the source language; plus the
+    unsteered rate of each target under each source ("none").
 
     The matrix is a set of cells of the one cell pipeline (:class:`~tl_langneurons.evaluate.cells.CellRunner`):
     each (target, setting, prompt, seeds) and each prompt's unsteered continuation is a cell, all generated
@@ -165,7 +165,7 @@ def cross_steering(model: HookedModel, neurons: LanguageNeurons, heldout: Multil
     back, never generated again. ``distributed``: spread the batches over the ranks of a torch.distributed
     group (None: whenever one of several processes is initialized); every rank returns the same result.
 
-    Each clamped cell is judged by lid.176 and by lingua (choosing among the neurons' languages
+    Each steered cell is judged by lid.176 and by lingua (choosing among the neurons' languages
     lingua knows), their agreement, the share of fluent (not degenerate) samples, and the NLL of its
     samples under the unsteered model. ``per_target`` gives some targets a setting of their own (its
     ``which`` included). ``steering.source == "prompt"`` uses each row's prompt language

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol, runtime_checkable
 
 from safetensors import SafetensorError
 from torch import Tensor
@@ -19,8 +19,16 @@ from ..tables import csv_text, markdown_table
 from .neuron_sets import WHICH, NeuronSet
 from .selectors import ONE_SIDED
 
-if TYPE_CHECKING:
-    from .neurons import LanguageNeurons
+@runtime_checkable
+class FoundNeurons(Protocol):
+    """What saving and describing read of a :class:`~tl_langneurons.detect.neurons.LanguageNeurons` (named here
+    so that this module, which ``neurons.py`` imports, need not import it back)."""
+
+    languages: list[str]
+    index: NeuronIndex
+    k: int
+    sets: dict
+    meta: dict
 
 FORMAT_VERSION = 2
 
@@ -62,7 +70,7 @@ def read_neurons_json(path: str | Path) -> dict:
     return info
 
 
-def neuron_table(self: "LanguageNeurons", lang: str, which: str = "top") -> list[dict]:
+def neuron_table(self: FoundNeurons, lang: str, which: str = "top") -> list[dict]:
     """One row per selected neuron of ``lang``'s set ``which``: rank, hook, layer, unit, AP and statistics."""
     s = self.sets[lang][which]
     rows = self.index.table(s.neurons.tolist())
@@ -74,7 +82,7 @@ def neuron_table(self: "LanguageNeurons", lang: str, which: str = "top") -> list
             row["score"] = float(self.score[self.languages.index(lang)][int(s.neurons[r])])
     return rows
 
-def summary_markdown(self: "LanguageNeurons") -> str:
+def summary_markdown(self: FoundNeurons) -> str:
     """Markdown table: per language the mean AP of top/middle/bottom and their mean values."""
     rows = []
 
@@ -99,7 +107,7 @@ def summary_markdown(self: "LanguageNeurons") -> str:
             + markdown_table(header, rows).rstrip("\n"))
 
 
-def save_neurons(self: "LanguageNeurons", directory: str | Path) -> Path:
+def save_neurons(self: FoundNeurons, directory: str | Path) -> Path:
     """Write ``neurons.safetensors``, ``neurons.json``, ``neurons.csv`` and ``summary.md`` (each atomically)."""
     from safetensors.torch import save
 

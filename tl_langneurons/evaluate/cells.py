@@ -26,7 +26,7 @@ import time
 import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import Protocol, Sequence, runtime_checkable
 
 import torch.distributed as dist
 
@@ -51,8 +51,19 @@ from .metrics import (
     tokenize_for_bleu,
 )
 
-if TYPE_CHECKING:  # the runner reads the generation fields of the control experiment's config
-    from .control import EvaluateConfig
+@runtime_checkable
+class CellSettings(Protocol):
+    """What a :class:`CellRunner` reads of its config (an :class:`~tl_langneurons.evaluate.control.EvaluateConfig`:
+    the control experiment's generation fields), named here so that cells need not import the control
+    experiment that runs them."""
+
+    languages: list[str] | None
+    max_new_tokens: int
+    temperature: float
+    batch_size: int
+    prompt: str | None
+    reference_nll_texts: int
+
 
 
 @dataclass(frozen=True)
@@ -160,7 +171,7 @@ class CellRunner:
     one process's; the number of collectives depends only on rank 0's decisions.
     """
 
-    def __init__(self, model: HookedModel, neurons: LanguageNeurons, cfg: EvaluateConfig,
+    def __init__(self, model: HookedModel, neurons: LanguageNeurons, cfg: CellSettings,
                  references: dict[str, list[str]] | None, cells_dir: Path | None, progress: bool = True,
                  store: SampleStore | None = None, shard: Shard | None = None):
         neurons.check_model(model)

@@ -219,7 +219,7 @@ def table2_markdown(rows: list[dict]) -> str:
                         "5th percentile of real text of the language, in stretches as long as the samples)", "gated_rate"),
                        ("BLEU-4 of target-language samples against the language's texts", "bleu"),
                        ("Degenerate samples (%): distinct-token ratio below the language's gate", "degenerate"),
-                       ("Fluency: mean per-token NLL of the samples under the unclamped model (lower is more natural)", "nll")):
+                       ("Fluency: mean per-token NLL of the samples under the unsteered model (lower is more natural)", "nll")):
         rows_md = []
         for lang in langs + ["mean"]:
             cells = []

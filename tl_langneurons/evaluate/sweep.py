@@ -265,7 +265,7 @@ class SweepConfig:
             if not asked:
                 continue
             if field_ not in cls.fields and field_ != "after_scale":
-                raise LangNeuronsError(f"--{option_} varies {field_}, which is for {spoken(owners(field_))}; "
+                raise LangNeuronsError(f"--{option_} is for {spoken(owners(field_))} (it varies {field_}), "
                                        f"not {self.method}")
             try:
                 SteeringConfig(method=self.method, **setting)
@@ -559,7 +559,8 @@ class _Search:
         got = dict(zip(todo, self.cells.samples_many([Cell(None, None, s, p) for p, s in todo.values()])))
         return {lang: [r for _, p, _ in self.units(lang, phase) for r in got[key(p)]] for lang in self.langs}
 
-    def steering_of(self, s: dict) -> SteeringConfig:
+    def setting_of(self, s: dict) -> SteeringConfig:
+        """The SteeringConfig of a setting row (its k and method apart)."""
         return SteeringConfig(method=s.get("method", self.cfg.method),
                               **{k: v for k, v in s.items() if k not in ("k", "method")})
 
@@ -568,7 +569,7 @@ class _Search:
         baseline of retention); None where the setting does not apply (e.g. k larger than a layer subset)
         or would steer no neuron (an empty set of lape or actprob)."""
         neurons = self.neurons
-        steers = [self.steering_of(st) for _, st in cands]
+        steers = [self.setting_of(st) for _, st in cands]
         ok, counts = [], []
         for (lang, st), steer in zip(cands, steers):
             full = replace(steer, which=st.get("which", "both"), k=st["k"])
@@ -686,7 +687,7 @@ class _Search:
         """Whether a setting of a later stage exists (e.g. norm preservation needs a residual term to keep the
         norm of): those that do not are left out of the stage rather than scored."""
         try:
-            self.steering_of(st)
+            self.setting_of(st)
         except LangNeuronsError:
             return False
         return True

@@ -3,11 +3,13 @@ package versions, as ``report.md`` and a self-contained-looking ``report.html``.
 
 from __future__ import annotations
 
+from dataclasses import fields
 from pathlib import Path
 
 from ..errors import LangNeuronsError
 from ..provenance import atomic_write_text
 from ..results import describe_kind, read_json, result_kind
+from ..steer.setting import SteeringConfig
 from .html import markdown_to_html
 from ..tables import markdown_table
 
@@ -39,11 +41,14 @@ def _read_sweep(folder: Path) -> dict:
 
 
 def _steering(cfg: dict) -> str:
-    st = cfg.get("steering") or {"method": "clamp", **{k: cfg.get(k) for k in ("value", "scale", "positions")}}
-    if st.get("method", "clamp") == "clamp":
-        return f"clamp to {st.get('value')} x {st.get('scale')} at {st.get('positions')} positions"
-    keep = {k: v for k, v in st.items() if k not in ("which", "k", "value", "scale", "layers") and v is not None}
-    return ", ".join(f"{k} {v}" for k, v in keep.items())
+    """The intervention of a control experiment's config, by its label (a config of before interventions were
+    recorded holds a clamp's value, scale and positions at its top level)."""
+    st = cfg.get("steering") or {k: cfg.get(k) for k in ("value", "scale", "positions") if cfg.get(k) is not None}
+    names = {f.name for f in fields(SteeringConfig)}
+    try:
+        return SteeringConfig(**{k: v for k, v in st.items() if k in names and k not in ("which", "k")}).label()
+    except (LangNeuronsError, TypeError):  # a setting this version cannot build: its fields as recorded
+        return ", ".join(f"{k} {v}" for k, v in st.items() if v is not None)
 
 
 def build_report(directory: str | Path) -> Path:

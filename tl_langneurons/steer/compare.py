@@ -1,4 +1,4 @@
-"""Side by side: the same seeds sampled without and with a clamp of one language's neurons."""
+"""Side by side: the same seeds sampled without and with steering towards one language (any intervention)."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ class SteerPairsConfig:
 
     lang: str = option(help="target language code")
     prompt: str = ""  # BOS only when empty
-    which: str = option("both", "which neurons to clamp", choices=("both", "top", "bottom", "middle"))
+    which: str = option("both", "which neurons to steer (clamp, add)", choices=("both", "top", "bottom", "middle"))
     k: int | None = option(None, "neurons per set (none: the k of the folder)", parse=int)
     seed: int = option(1, "first seed")
     samples: int = option(3, "samples, seeds SEED..SEED+N-1", at_least=1)
@@ -100,7 +100,7 @@ def steer_label(neurons: LanguageNeurons, config: SteerPairsConfig) -> str:
 
 
 def steer_pairs(model: HookedModel, neurons: LanguageNeurons, config: SteerPairsConfig) -> list[SteerPair]:
-    """One (unclamped, clamped) pair of samples per seed, on the same seeds; a setting that would steer no
+    """One (unsteered, steered) pair of samples per seed, on the same seeds; a setting that would steer no
     neuron (an empty set of lape or actprob) is refused."""
     check_steer(neurons, config)
     neurons.check_model(model)
