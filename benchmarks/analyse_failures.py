@@ -68,16 +68,12 @@ def profile(rows: list[dict], threshold: float, tokenizer) -> dict:
 @__import__("torch").no_grad()
 def band_attribution(model, neurons, lang: str, st) -> list[list]:
     """Per quarter of the depth: the tokens the ``add`` setting's addition (alpha x (mu_on - mu_off), times its
-    band factors) on that quarter's neurons promotes directly (its output through the unembedding)."""
+    equal-norm and band factors) on that quarter's neurons promotes directly (its output through the unembedding)."""
     import torch
 
     from tl_langneurons.analyses.attribution import neuron_directions, token_matches, unembedding
-    from tl_langneurons.steer.methods import band_factors
 
-    li = neurons.languages.index(lang)
-    sel, _ = neurons.selected(lang, st.which, st.k, st.layers, st.spread)
-    delta = st.alpha * (neurons.means[li].double() - neurons.means_off(lang).double())[sel]
-    delta = (delta * band_factors(neurons, sel, st.band_alphas)).float()
+    sel, delta = st.intervention.deltas(neurons, lang)
     dirs = neuron_directions(model, sel, neurons.index)  # [n, d_model]
     W_U = unembedding(model)
     layer_of = torch.from_numpy(neurons.index.layers())[sel]
@@ -174,6 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     from tl_langneurons.evaluate.control import EvaluateConfig
     from tl_langneurons.evaluate.samples import SampleStore
     from tl_langneurons.evaluate.sweep import sweep_settings
+    from tl_langneurons.steer.add import Add
 
     from tl_langneurons.errors import LangNeuronsError
 
@@ -239,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
                  + table(["target", "genre", "failing: steered", "unsteered", "own", "retention", "own retention",
                           "ceiling", "steered failures: loops"], by_genre))
     if args.attribution:
-        dla = [row for lang in langs if picks[lang].method == "add"
+        dla = [row for lang in langs if isinstance(picks[lang].intervention, Add)
                for row in band_attribution(study.model, study.neurons, lang, picks[lang])]
         text += ("\n\nDirect logit attribution of each pick's addition by quarter of the depth (summed over that "
                  "quarter's steered neurons; norm of the summed output direction; share of the 50 most promoted "

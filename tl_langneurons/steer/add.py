@@ -98,6 +98,19 @@ def equal_norm_factors(neurons: LanguageNeurons, lang: str, sel: Tensor, how: st
     return per_group[group_of[sel]]
 
 
+def add_deltas(neurons: LanguageNeurons, lang: str, alpha: float = 1.0, which: str = "both", k: int | None = None,
+               layers: str | Sequence[int] | None = None, spread: str | None = None, band_alphas: str | None = None,
+               equal_norm: str | None = None) -> tuple[Tensor, Tensor]:
+    """(the selected neurons, what :func:`add` adds to each): ``alpha * (mu_on - mu_off)``, times the equal-norm
+    factors and the band factors (float32)."""
+    neurons.check_language(lang)
+    li = neurons.languages.index(lang)
+    sel, _ = neurons.selected(lang, which, k, layers, spread)
+    delta = float(alpha) * (neurons.means[li].double() - neurons.means_off(lang).double())[sel]
+    delta = delta * equal_norm_factors(neurons, lang, sel, equal_norm, which, k, layers, spread)
+    return sel, (delta * band_factors(neurons, sel, band_alphas)).float()
+
+
 def add(neurons: LanguageNeurons, lang: str, alpha: float = 1.0, which: str = "both", k: int | None = None,
         layers: str | Sequence[int] | None = None, source: str | None = None, positions: str = "all",
         band_alphas: str | None = None, resid_alpha: float | None = None, layer: int | None = None,
@@ -118,12 +131,8 @@ def add(neurons: LanguageNeurons, lang: str, alpha: float = 1.0, which: str = "b
     every target."""
     finite("--alpha", alpha)
     check_positions(positions, ("all", "generated"), "add")
-    neurons.check_language(lang)
-    li = neurons.languages.index(lang)
-    sel, _ = neurons.selected(lang, which, k, layers, spread)
-    delta = float(alpha) * (neurons.means[li].double() - neurons.means_off(lang).double())[sel]
-    delta = delta * equal_norm_factors(neurons, lang, sel, equal_norm, which, k, layers, spread)
-    hooks = add_hooks(neurons.index, sel, (delta * band_factors(neurons, sel, band_alphas)).float(), positions)
+    sel, delta = add_deltas(neurons, lang, alpha, which, k, layers, spread, band_alphas, equal_norm)
+    hooks = add_hooks(neurons.index, sel, delta, positions)
     if source is not None:
         check_source(neurons, lang, source)
         src, _ = neurons.selected(source, "top", k, layers, spread)
@@ -169,6 +178,11 @@ class Add(NeuronIntervention):
         at = "" if s.layer is None else f" L{s.layer}"  # None: the default layer (resolved() names it)
         resid = f" +diffmean{at} a={s.resid_alpha:g}{' norm' if s.keep_norm else ''}" if s.resid_alpha else ""
         return f"add{self.selection_label()} a={s.alpha:g}{bands}{resid}" + (f" src={s.source}" if s.source else "")
+
+    def deltas(self, neurons: LanguageNeurons, lang: str) -> tuple[Tensor, Tensor]:
+        """(neurons, the addition to each) towards ``lang`` (:func:`add_deltas`)."""
+        s = self.setting
+        return add_deltas(neurons, lang, s.alpha, s.which, s.k, s.layers, s.spread, s.band_alphas, s.equal_norm)
 
     def build(self, neurons: LanguageNeurons, lang: str, positions: str) -> Hooks:
         s = self.setting
