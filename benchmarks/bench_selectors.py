@@ -36,7 +36,7 @@ from tl_langneurons.analyses.deactivation import DeactivationConfig, deactivatio
 from tl_langneurons.analyses.placement import layer_counts  # noqa: E402
 from tl_langneurons.detect.activations import PooledActivations  # noqa: E402
 from tl_langneurons.detect.ranking import average_precision  # noqa: E402
-from tl_langneurons.detect.selectors import METHODS, SelectorSettings  # noqa: E402
+from tl_langneurons.detect.selectors import SELECTORS, SelectorSettings  # noqa: E402
 from tl_langneurons.model.load import model_name, weights_fingerprint  # noqa: E402
 from tl_langneurons.provenance import atomic_write_text  # noqa: E402
 
@@ -118,7 +118,7 @@ def main() -> None:
 
     results: dict[str, LanguageNeurons] = {}
     rows = []
-    for method in METHODS:
+    for method in SELECTORS:
         settings = SelectorSettings(method, top_rate=args.lape_top_rate)
         t0 = time.perf_counter()
         n = LanguageNeurons.from_activations(full, labels, langs, k, dict(meta), selector=settings)
@@ -167,7 +167,7 @@ def main() -> None:
         print(table(header(args), rows[-1:]), flush=True)
 
     # per language: Jaccard of the top sets of every pair of methods
-    pairs = list(itertools.combinations(METHODS, 2))
+    pairs = list(itertools.combinations(SELECTORS, 2))
     jac_rows = [[f"{m1} vs {m2}", *[fmt(jaccard(results[m1].sets[l]["top"].neurons, results[m2].sets[l]["top"].neurons))
                                     for l in langs],
                  fmt(float(np.nanmean([jaccard(results[m1].sets[l]["top"].neurons, results[m2].sets[l]["top"].neurons)
@@ -175,7 +175,7 @@ def main() -> None:
     # layer histograms of the top sets (summed over languages), side by side
     n_layers = index.n_layers
     layer_rows = [[m, w, *sum(layer_counts(results[m], l, w) for l in langs).tolist()]
-                  for m in METHODS for w in ("top", "bottom") if not (w == "bottom" and results[m].one_sided)]
+                  for m in SELECTORS for w in ("top", "bottom") if not (w == "bottom" and results[m].one_sided)]
     lape_meta = results["lape"].meta
     body = "\n\n".join([
         table(header(args), rows),

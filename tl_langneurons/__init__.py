@@ -22,7 +22,7 @@ from .model.hf_hooked import HFHookedModel
 from .model.load import DEFAULT_MODEL, ModelConfig, load_model
 from .model.protocol import HookedModel
 from .model.sites import NeuronIndex, resolve_sites
-from .steer.compare import SteerPairsConfig
+from .steer.pairs import SteerPairsConfig
 from .steer.generation import GenerationConfig, generate, generate_many
 from .steer.interventions import clamp_hooks
 from .steer.methods import SteeringConfig

@@ -34,7 +34,7 @@ from .errors import LangNeuronsError
 from .evaluate.control import EvaluateConfig
 from .evaluate.sweep import SweepConfig, sweep_settings
 from .model.load import ModelConfig
-from .steer.compare import SteerPairsConfig, steer_label, with_sweep_pick
+from .steer.pairs import SteerPairsConfig, steer_label, with_sweep_pick
 from .study import DemoConfig, Study, run_demo
 
 

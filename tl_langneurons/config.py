@@ -28,11 +28,12 @@ from typing import Any, Callable, Sequence
 from .errors import LangNeuronsError
 
 
-def option(default: Any = dataclasses.MISSING, help: str = "", *, flag: str | None = None,
+def option(default: Any = dataclasses.MISSING, help: str = "", *, flag: str | tuple[str, ...] | None = None,
            parse: Callable[[str], Any] | None = None, choices: Sequence[str] | None = None,
            metavar: str | None = None, default_factory: Callable[[], Any] | None = None,
            items: "Items | None" = None, at_least: int | None = None, positive: bool = False) -> Any:
-    """A dataclass field that is also a command-line option (``--name-with-dashes`` unless ``flag``).
+    """A dataclass field that is also a command-line option (``--name-with-dashes`` unless ``flag``; a tuple of
+    flags: the first is the option's name, the others earlier names it still answers to).
     ``items``: a list option, split by :func:`split_items` and checked by :func:`check_lists`. A number's
     range is declared here and checked by :func:`check_options` (one message for every config):
     ``at_least``: a whole number of at least this; ``positive``: a finite number above 0. ``help=""``
@@ -179,7 +180,7 @@ def _checked(f: dataclasses.Field, value: Any) -> Any:
     spec = f.metadata.get("items")
     if spec is None or (value is None and _default(f) is None):
         return value
-    return check_list(f.metadata["flag"] or "--" + f.name.replace("_", "-"), value, spec)
+    return check_list(flag_of(f), value, spec)
 
 
 def check_lists(cfg: Any) -> None:
@@ -232,7 +233,7 @@ def check_numbers(cfg: Any) -> None:
         value = getattr(cfg, f.name)
         if value is None and _default(f) is None:
             continue
-        check_number(m.get("flag") or "--" + f.name.replace("_", "-"), value, at_least=m.get("at_least"),
+        check_number(flag_of(f), value, at_least=m.get("at_least"),
                      positive=m.get("positive", False))
 
 
@@ -313,19 +314,33 @@ def add_options(parser: argparse.ArgumentParser, cls: type, skip: Sequence[str] 
         if f.name in skip:
             continue
         m, default = f.metadata, _default(f)
-        flag = m["flag"] or "--" + f.name.replace("_", "-")
+        flags = flags_of(f)
         if default is dataclasses.MISSING:
-            parser.add_argument(flag, dest=f.name, required=True, help=m["help"], metavar=m["metavar"])
+            parser.add_argument(*flags, dest=f.name, required=True, help=m["help"], metavar=m["metavar"])
             continue
         if isinstance(default, bool):
-            parser.add_argument(flag, dest=f.name, action="store_false" if default else "store_true", help=m["help"])
+            parser.add_argument(*flags, dest=f.name, action="store_false" if default else "store_true", help=m["help"])
             continue
         kind = m["parse"] or (type(default) if default is not None and not isinstance(default, (list, tuple)) else str)
         help_text = m["help"].replace("%", "%%")
         if default is not None:
             help_text += f" (default {_show(default).replace('%', '%%')})"
-        parser.add_argument(flag, dest=f.name, default=default, type=kind, choices=m["choices"], help=help_text,
+        parser.add_argument(*flags, dest=f.name, default=default, type=kind, choices=m["choices"], help=help_text,
                             metavar=m["metavar"])
+
+
+def flags_of(f: dataclasses.Field) -> tuple[str, ...]:
+    """The command-line flags of an option field: its name (``--name-with-dashes`` unless declared), then any
+    earlier names."""
+    flag = f.metadata.get("flag")
+    if flag is None:
+        return ("--" + f.name.replace("_", "-"),)
+    return (flag,) if isinstance(flag, str) else tuple(flag)
+
+
+def flag_of(f: dataclasses.Field) -> str:
+    """The flag an option is named by in messages (its first)."""
+    return flags_of(f)[0]
 
 
 def from_args(cls: type, args: argparse.Namespace, **extra: Any) -> Any:

@@ -1,5 +1,5 @@
 """Work over many processes with ``torch.distributed`` (``torchrun --nproc_per_node N``): the plumbing
-that ``find`` (``detect/distributed.py``: gathering the collection), ``evaluate``, ``sweep`` and
+that ``find`` (``detect/gather.py``: gathering the collection), ``evaluate``, ``sweep`` and
 ``cross-steer`` share: the shard of this process, errors agreed on every rank, rank 0's decisions, and
 joining and leaving the group torchrun describes.
 

@@ -65,7 +65,7 @@ from .results import (
     staged_folder,
     staging_dir,
 )
-from .steer.compare import SteerPairsConfig, SteerPair, check_steer, steer_pairs
+from .steer.pairs import SteerPairsConfig, SteerPair, check_steer, steer_pairs
 
 Echo = Callable[[str], None]
 log = logging.getLogger(__name__)

@@ -667,7 +667,7 @@ def test_steer_refuses_an_empty_neuron_set_and_labels_a_small_one(lape, capsys, 
                    f"lape selected no both neurons for {empty!r}, so nothing would be steered")
     one_line_error(capsys, main([*steer_args, "--lang", some, "--which", "bottom"]),
                    "--which bottom: lape selects top neurons only (its bottom sets are empty)")
-    from tl_langneurons.steer.compare import SteerPairsConfig, steer_label
+    from tl_langneurons.steer.pairs import SteerPairsConfig, steer_label
 
     label = steer_label(LanguageNeurons.load(out), SteerPairsConfig(lang=some))
     assert label == f"clamp both-5 neurons ({n_some} neuron{'s' if n_some > 1 else ''}: lape chose fewer)"

@@ -69,7 +69,7 @@ def test_measure_equals_scoring_the_cells_and_twins_by_hand(tiny_llama, setup):
 
 def test_deprecated_names_warn_and_still_work():
     import tl_langneurons
-    from tl_langneurons.steer import compare
+    from tl_langneurons.steer import pairs as compare
     from tl_langneurons.steer.generation import Sample
 
     with pytest.warns(DeprecationWarning, match="SteerPairsConfig"):

@@ -24,7 +24,7 @@ from tl_langneurons.detect.neurons import FindConfig
 from tl_langneurons.evaluate.control import EvaluateConfig
 from tl_langneurons.evaluate.sweep import SweepConfig
 from tl_langneurons.model.load import ModelConfig
-from tl_langneurons.steer.compare import SteerPairsConfig
+from tl_langneurons.steer.pairs import SteerPairsConfig
 from tl_langneurons.steer.methods import SteeringConfig
 from tl_langneurons.study import DemoConfig
 

@@ -207,7 +207,7 @@ def _worker(model_dir: str, out: str) -> None:
     import torch.distributed as dist
 
     from tl_langneurons import MultilingualCorpus, find_neurons, load_model
-    from tl_langneurons.detect.distributed import agreed, context
+    from tl_langneurons.distributed import agreed, context
     from tl_langneurons.errors import LangNeuronsError
 
     dist.init_process_group("gloo")

@@ -3,7 +3,7 @@
 import pytest
 
 from tl_langneurons.errors import LangNeuronsError
-from tl_langneurons.steer.compare import SteerPairsConfig, with_sweep_pick
+from tl_langneurons.steer.pairs import SteerPairsConfig, with_sweep_pick
 from tl_langneurons.steer.methods import SteeringConfig
 
 

@@ -212,7 +212,7 @@ def collect(model: HookedModel, texts: Sequence[str], sites: str | NeuronIndex =
     With ``token_groups`` (an integer group per text, e.g. its language), the same pass counts the
     token values of each group in a fixed histogram per neuron into ``.tokens`` (see the module
     docstring; for LAPE and act-prob-90p). Returns float32 values [n_texts, n_neurons].
-    With ``shard=(rank, world)`` (a torch.distributed group; see ``distributed.py`` and ``detect/distributed.py``) this process
+    With ``shard=(rank, world)`` (a torch.distributed group; see ``distributed.py`` and ``detect/gather.py``) this process
     runs only batches ``rank, rank + world, ...`` of the batches one process would form, and the rows go
     to rank 0, which returns the whole result (identical to one process); the other ranks return None.
     """
@@ -440,7 +440,7 @@ class _Collection:
                            unit="text", disable=not progress, initial=int(self.done.sum()))
         last_save = time.perf_counter()
         from ..distributed import agreed
-        from .distributed import gather_collection
+        from .gather import gather_collection
 
         try:
             with agreed(self.shard), self.runner.hooks(hooks):  # an error on one rank is raised on every rank

@@ -41,7 +41,7 @@ from .corpus import MultilingualCorpus
 from ..distributed import agreed, from_main, is_main
 from ..distributed import context as dist_context
 from .ranking import average_precision, bottom_k, check_k, middle_k, parse_k, top_k
-from .selectors import METHODS, ONE_SIDED, TOKEN_METHODS, SelectorSettings, select, token_counts
+from .selectors import SELECTORS, ONE_SIDED, TOKEN_METHODS, SelectorSettings, select, token_counts
 
 log = logging.getLogger(__name__)
 _NOTED: set[tuple[str, str]] = set()  # (found-on, this model) weights fingerprints already accepted by signature
@@ -64,7 +64,8 @@ class FindConfig:
                             flag="--refuse-long")
     method: str = option("ap", "neuron selector: ap (the paper: AP of pooled values), lape (entropy of per-language "
                          "P(activation > 0), Tang et al. 2024; top only), actprob (the same with P(activation above "
-                         "the neuron's 90th percentile)), meandiff (Welch z of pooled means on vs off)", choices=METHODS)
+                         "the neuron's 90th percentile)), meandiff (Welch z of pooled means on vs off); --method is its earlier name",
+                         choices=SELECTORS, flag=("--selector", "--method"))
     lape_top_rate: float = option(0.01, "lape/actprob: share of all neurons kept (lowest entropy)")
     lape_filter_rate: float = option(0.95, "lape/actprob: a kept neuron's top language probability must exceed this "
                                      "quantile of all probabilities")
@@ -467,7 +468,7 @@ def find_neurons(model: HookedModel, corpus: MultilingualCorpus, config: FindCon
     holds them, so the same cache serves every method.
 
     ``distributed``: spread the collection over the ranks of a torch.distributed process group
-    (``detect/distributed.py``); None (default) does so whenever an initialized group has more than one
+    (``detect/gather.py``); None (default) does so whenever an initialized group has more than one
     process, False never. Each rank runs whole batches of the texts and rank 0 gathers the rows, ranks
     and returns the result, byte-identical to one process; the other ranks return None. A cache is read
     and written by rank 0 only; ``checkpoint`` is not used over several processes and ``store`` is refused.

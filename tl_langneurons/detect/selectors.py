@@ -38,7 +38,8 @@ from ..errors import LangNeuronsError
 from .activations import N_TOKEN_BINS, bin_edges
 from .ranking import bottom_k, middle_k, top_k
 
-METHODS = ("ap", "lape", "actprob", "meandiff")
+SELECTORS = ("ap", "lape", "actprob", "meandiff")
+METHODS = SELECTORS  # the earlier name (a selector is not an intervention: see tl_langneurons.registry)
 ONE_SIDED = ("lape", "actprob")  # no bottom set
 TOKEN_METHODS = ("lape", "actprob")  # need the token histogram of the collection
 
@@ -54,7 +55,7 @@ class SelectorSettings:
     percentile: float = 90.0  # actprob: the high percentile of each neuron's token activations
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
+        if self.method not in SELECTORS:
             raise LangNeuronsError(f"unknown selection method {self.method!r}; use one of {', '.join(METHODS)}")
         for name in ("top_rate", "filter_rate", "bar_ratio"):
             v = getattr(self, name)

@@ -36,7 +36,8 @@ class SteeringConfig:
     reads are its own (``intervention.fields``), the others keep their defaults. ``hooks(neurons, lang)`` builds it
     for a target language."""
 
-    method: str = option("clamp", "intervention: clamp (the paper), add, diffmean or sparse", choices=NAMES)
+    method: str = option("clamp", "intervention: clamp (the paper), add, diffmean, sparse or any registered one "
+                         "(--method is its earlier name)", choices=NAMES, flag=("--intervention", "--method"))
     which: str = "both"  # neuron set of clamp/add (Table 2 sets it per condition)
     k: int | None = option(None, at_least=1)  # neurons per set of clamp/add (None: the k of the result)
     value: str | float = option("median", "clamp value: median, zero, or a number", parse=number_or_name)

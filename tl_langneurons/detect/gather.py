@@ -7,8 +7,7 @@ histograms are summed as integers. Rank 0 thus holds the very matrix one process
 statistics and the result folder come from rank 0 alone: the result is byte-identical to one process.
 
 The general
-plumbing (shards, agreed errors, rank 0's decisions, the process group) is :mod:`tl_langneurons.distributed`,
-re-exported here for existing imports."""
+plumbing (shards, agreed errors, rank 0's decisions, the process group) is :mod:`tl_langneurons.distributed`."""
 
 from __future__ import annotations
 
@@ -17,15 +16,6 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from ..distributed import (  # noqa: F401  (re-exported)
-    Shard,
-    agreed,
-    context,
-    exit_if_left_group,
-    from_main,
-    is_main,
-    process_group_from_env,
-)
 from ..errors import LangNeuronsError
 
 
