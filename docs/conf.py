@@ -56,7 +56,7 @@ nb_output_stderr = "remove"
 
 autodoc_member_order = "bysource"
 autodoc_typehints = "description"
-autodoc_default_options = {"members": True, "show-inheritance": False}
+autodoc_default_options = {"members": True}
 typehints_fully_qualified = False
 always_document_param_types = False
 typehints_document_rtype = True
