@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Set up (or reuse) .venv and run tl-langneurons:   ./run.sh demo  |  ./run.sh test  |  ./run.sh <subcommand> ...
+# Set up (or reuse) .venv and run tl-langneurons:   ./run.sh demo  |  ./run.sh test  |  ./run.sh docs  |  ./run.sh <subcommand> ...
 # Torch is installed first: TL_LANGNEURONS_TORCH overrides the requirement (default torch==2.13.0,
 # the CPU wheel on this kind of machine; e.g. TL_LANGNEURONS_TORCH="torch" for a CUDA build).
 # TL_LANGNEURONS_VENV picks the environment (default .venv) and TL_LANGNEURONS_EXTRA adds requirements to it,
@@ -24,5 +24,17 @@ cmd="${1:-demo}"; shift || true
 case "$cmd" in
   # two workers on the two cores, a file per worker at a time (its fixtures built once); TL_LANGNEURONS_TEST_WORKERS=0: one process
   test) exec "$VENV/bin/python" -m pytest -q -n "${TL_LANGNEURONS_TEST_WORKERS:-2}" --dist loadfile "$@" ;;
+  # the documentation site into docs/_build/html (offline; warnings are errors; the tutorial notebook is executed),
+  # then its internal links checked; the docs extra is installed into the same environment on first use
+  docs)
+    docs_stamp="$VENV/.tl_langneurons_docs"
+    if [ ! -f "$docs_stamp" ] || [ "$(cat "$docs_stamp")" != "$want" ]; then
+      # shellcheck disable=SC2086
+      "$VENV/bin/pip" install -q -e ".[test,docs]" ${TL_LANGNEURONS_EXTRA:-}
+      echo "$want" > "$docs_stamp"
+    fi
+    HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false "$VENV/bin/python" -m sphinx -E -W --keep-going -q -b html \
+      docs docs/_build/html "$@"
+    exec "$VENV/bin/python" docs/check_links.py docs/_build/html ;;
   *) exec "$VENV/bin/tl-langneurons" "$cmd" "$@" ;;
 esac

@@ -13,6 +13,19 @@ from tl_langneurons.detect.neurons import LanguageNeurons
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
+def test_every_example_is_short_and_run_here():
+    """Examples are examples: each script at most 80 lines, and each one run by a test of this file (or, for the
+    SAE example, by test_sae_example.py in the transformer-lens 3.x + sae-lens environment)."""
+    here = Path(__file__).read_text(encoding="utf-8")
+    sae = (Path(__file__).parent / "test_sae_example.py").read_text(encoding="utf-8")
+    scripts = sorted(EXAMPLES.glob("*.py"))
+    assert scripts
+    for script in scripts:
+        n = len(script.read_text(encoding="utf-8").splitlines())
+        assert n <= 80, f"{script.name} has {n} lines"
+        assert f'"{script.stem}"' in here or script.name in sae, f"no test runs {script.name}"
+
+
 def _load(name):
     spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
     mod = importlib.util.module_from_spec(spec)

@@ -1,4 +1,4 @@
-"""examples/sae_language_directions.py: an SAE trained by SAELens itself on the tiny Llama's residual stream
+"""tl_langneurons.analyses.sae_directions and examples/sae_language_directions.py: an SAE trained by SAELens itself on the tiny Llama's residual stream
 (not random weights), the language directions read through it (one row per language), steering by an SAE
 latent, and the script end to end (training an SAE, and loading one from a folder).
 
@@ -24,6 +24,7 @@ except ImportError:
                 "(CI runs this in its transformer-lens 3.x + sae-lens environment)", allow_module_level=True)
 
 import tl_langneurons as tln
+from tl_langneurons.analyses import sae_directions as sd
 
 SCRIPT = Path(__file__).resolve().parents[2] / "examples" / "sae_language_directions.py"
 LAYER = 1
@@ -49,14 +50,14 @@ def setup(ex, tiny_dirs):
     select, held = tln.MultilingualCorpus.bundled().split(0.2, seed=0)
     neurons = tln.find_neurons(model, select.sample(8, seed=0), k=5, progress=False)
     texts = select.sample(96, seed=1).flat()[0]
-    sae = ex.train_sae(model, texts, LAYER, STEPS, batch_tokens=256, seed=0)
+    sae = sd.train_sae(model, texts, LAYER, STEPS, batch_tokens=256, seed=0)
     return model, neurons, held.sample(16, seed=0), sae
 
 
 @pytest.fixture(scope="module")
 def found(ex, setup):
     model, neurons, held, sae = setup
-    return ex.read_directions(model, neurons, sae, held.texts, LAYER, top=3)
+    return sd.read_directions(model, neurons, sae, held.texts, LAYER, top=3)
 
 
 def test_the_sae_is_trained_by_saelens_not_random(ex, setup):
@@ -64,12 +65,12 @@ def test_the_sae_is_trained_by_saelens_not_random(ex, setup):
 
     model, _, held, sae = setup
     assert isinstance(sae, SAE) and sae.cfg.metadata.hook_name == f"blocks.{LAYER}.hook_resid_post"
-    assert ex.sae_layer(sae, model) == LAYER
-    x = torch.cat(ex.token_residuals(model, held.flat()[0], LAYER))  # tokens the SAE was not trained on
+    assert sd.sae_layer(sae, model) == LAYER
+    x = torch.cat(sd.token_residuals(model, held.flat()[0], LAYER))  # tokens the SAE was not trained on
     torch.manual_seed(0)
     fresh = TopKTrainingSAE(TopKTrainingSAEConfig(d_in=sae.cfg.d_in, d_sae=sae.cfg.d_sae, k=sae.cfg.k))
     # fraction of variance unexplained on held-out activations
-    trained, untrained = 1 - ex.explained_variance(sae, x), 1 - ex.explained_variance(fresh, x)
+    trained, untrained = 1 - sd.explained_variance(sae, x), 1 - sd.explained_variance(fresh, x)
     assert untrained > 0.9, untrained
     assert trained < 0.35, trained  # explained variance above 0.65 after 300 steps (about 0.76 here)
     assert trained < untrained / 3
@@ -78,12 +79,12 @@ def test_the_sae_is_trained_by_saelens_not_random(ex, setup):
 def test_the_table_has_a_row_per_language_read_through_the_sae(ex, setup, found):
     model, neurons, _, sae = setup
     assert list(found) == neurons.languages
-    table = ex.latents_table(found, LAYER)
+    table = sd.latents_table(found, LAYER)
     lines = table.strip().splitlines()
     assert len(lines) == 2 + len(neurons.languages)
     assert [line.split("|")[1].strip() for line in lines[2:]] == neurons.languages
     for lang, r in found.items():
-        u = ex.direction(neurons, lang, LAYER)
+        u = sd.direction(neurons, lang, LAYER)
         # the direction is the one diffmean steers along
         hook = tln.SteeringConfig(method="diffmean", layer=LAYER, alpha=1.0).hooks(neurons, lang)[0][1]
         added = hook(torch.zeros(model.cfg.d_model), None)
@@ -98,7 +99,7 @@ def test_the_table_has_a_row_per_language_read_through_the_sae(ex, setup, found)
 def test_latent_steering_changes_the_samples(ex, setup, found):
     model, neurons, _, sae = setup
     latent = found["de"].steer_latent
-    conds = ex.compare_steering(model, neurons, sae, LAYER, "de", latent, alpha=1.0, methods=("clamp", "add"),
+    conds = sd.compare_steering(model, neurons, sae, LAYER, "de", latent, alpha=1.0, methods=("clamp", "add"),
                                 seeds=(1, 2, 3), max_new_tokens=8)
     by = {c.name.split()[0]: c for c in conds}
     assert list(by) == ["unsteered", "clamp", "add", "SAE"]
@@ -107,11 +108,11 @@ def test_latent_steering_changes_the_samples(ex, setup, found):
     assert all(a.tokens != b.tokens for a, b in zip(plain, steered))
     # the batched conditions are each condition alone: the latent's samples are its hook's alone
     alone = tln.generate_many(model, [(None, s) for s in (1, 2, 3)], max_new_tokens=8,
-                              fwd_hooks=ex.latent_hooks(sae, latent, LAYER, float(neurons.resid_norms[LAYER]),
+                              fwd_hooks=sd.latent_hooks(sae, latent, LAYER, float(neurons.resid_norms[LAYER]),
                                                         "generated"))
     assert [s.tokens for s in alone] == [s.tokens for s in steered]
     assert 0.0 <= by["SAE"].rate("de") <= 1.0 and len(by["SAE"].languages) == 3
-    assert "lid.176 rate of de" in ex.steering_table(conds, "de")
+    assert "lid.176 rate of de" in sd.steering_table(conds, "de")
 
 
 def test_sae_path_loads_a_saved_sae(ex, setup, tiny_dirs, tmp_path, capsys):
