@@ -25,7 +25,7 @@ from .model.sites import NeuronIndex, resolve_sites
 from .steer.pairs import SteerPairsConfig
 from .steer.generation import GenerationConfig, generate, generate_many
 from .steer.interventions import clamp_hooks
-from .steer.methods import SteeringConfig
+from .steer.setting import SteeringConfig
 from .study import DemoConfig, Study, run_demo
 
 __version__ = "0.1.0"

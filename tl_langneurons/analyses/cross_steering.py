@@ -18,7 +18,7 @@ from ..evaluate.samples import SampleStore
 from ..model.protocol import HookedModel
 from ..provenance import write_md_json
 from ..tables import markdown_matrix
-from ..steer.methods import SteeringConfig
+from ..steer.setting import SteeringConfig
 from ..steer.prompts import token_prompts
 
 

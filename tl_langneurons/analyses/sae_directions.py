@@ -35,7 +35,8 @@ from ..detect.neurons import LanguageNeurons
 from ..errors import LangNeuronsError
 from ..evaluate.metrics import LID_THRESHOLD, identify
 from ..steer.generation import Sample, generate_many
-from ..steer.methods import SteeringConfig
+from ..registry import intervention
+from ..steer.setting import SteeringConfig
 from ..tables import markdown_table
 
 Hooks = list[tuple[str, Callable]]
@@ -254,7 +255,7 @@ def latent_hooks(sae, latent: int, layer: int, scale: float, positions: str = "a
 
     hooks = [(resid_hook(layer), add_latent)]
     if positions == "generated":
-        from ..steer.methods import only_generated  # inactive in the prompt pass, as the methods' "generated"
+        from ..steer.positions import only_generated  # inactive in the prompt pass, as the methods' "generated"
 
         hooks = only_generated(hooks)
     return hooks
@@ -281,8 +282,8 @@ def compare_steering(model, neurons: LanguageNeurons, sae, layer: int, lang: str
     norm (the scale diffmean uses, so alpha means the same for both). All in one batched run."""
     hooks: dict[str, Hooks] = {"unsteered": []}
     for method in methods:
-        extra = {"layer": layer, "alpha": alpha} if method in ("diffmean", "sparse") else {}
-        cfg = SteeringConfig(method=method, positions=positions, **extra)
+        residual = not intervention(method).neuron_level  # steers the residual stream: at the SAE's layer
+        cfg = SteeringConfig(method=method, positions=positions, **({"layer": layer, "alpha": alpha} if residual else {}))
         hooks[cfg.label()] = cfg.hooks(neurons, lang)
     norm = float(neurons.residual()[1][layer])
     where = "" if positions == "all" else f" {positions} positions"

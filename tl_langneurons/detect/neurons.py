@@ -4,7 +4,7 @@
 score of another selector, ``FindConfig.method``; see ``detect/selectors.py``) with
 their AP, clamp value (median over the language's texts) and on/off statistics (``neuron_sets.py``). It
 selects sets and layer subsets and gives steering hooks for TransformerLens (clamp, the paper's, by
-default; add, diffmean and sparse through ``hooks(method=...)``, built in ``steer/methods.py``); its
+default; any other intervention through ``hooks(method=...)``, built by its class in ``steer/``); its
 ``save``, ``load``, ``table`` and ``summary`` are those of ``neurons_io.py``.
 """
 

@@ -12,7 +12,7 @@ steering comparison reports: rate (lid.176 and lingua), fluent share, retention 
 rate and NLL under the unsteered model. A cell measured by one command is read back by every other.
 
 Example:
-    >>> from tl_langneurons.steer.methods import SteeringConfig
+    >>> from tl_langneurons.steer.setting import SteeringConfig
     >>> cell = Cell("de", SteeringConfig(method="add", which="top", k=100), seeds=[1, 2])
     >>> cell.condition, cell.k, cell.seeds, cell.twin().steering
     ('top', 100, (1, 2), None)
@@ -39,7 +39,7 @@ from ..model.protocol import HookedModel
 from ..provenance import atomic_write_json, package_versions, sha256_texts
 from ..results import fault_point
 from ..steer.generation import SAMPLER, generate_many, sample_nll
-from ..steer.methods import SteeringConfig
+from ..steer.setting import SteeringConfig
 from .samples import SampleStore, sample_problem, setting_key, sha256_problem, with_sha256
 from .metrics import (
     DEGENERATE_DISTINCT,

@@ -25,7 +25,7 @@ from ..provenance import atomic_write_json, atomic_write_text
 from ..tables import csv_text, markdown_table
 from ..results import check_target, fault_point, run_into
 from ..steer.generation import GenerationConfig
-from ..steer.methods import LATER_FIELDS, SteeringConfig
+from ..steer.setting import LATER_FIELDS, SteeringConfig
 from .cells import Cell, CellRunner, steered
 from .samples import SampleStore, store_of
 
