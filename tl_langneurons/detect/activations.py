@@ -27,7 +27,7 @@ from typing import Callable, Sequence
 
 import torch
 import numpy as np
-from jaxtyping import Bool, Float, Int
+from jaxtyping import Bool, Float
 from safetensors import SafetensorError
 from torch import Tensor
 
@@ -39,33 +39,10 @@ from ..progress import progress_bar
 from ..provenance import atomic_write_bytes, package_versions, sha256_texts
 from ..results import fault_point
 from .storage import DiskMatrix, load_checkpoint, save_checkpoint
+from .token_bins import N_TOKEN_BINS, TOKEN_BINS, bin_edges, token_bins  # noqa: F401  (re-exported)
 
 log = logging.getLogger(__name__)
 POOLINGS = ("mean", "max", "last", "median")
-
-# the token histogram: 8 bins per octave (3 mantissa bits of the float32) from 2^LO to 2^HI
-TOKEN_BINS_LO, TOKEN_BINS_HI, _MANTISSA_BITS = -10, 6, 3
-N_TOKEN_BINS = (TOKEN_BINS_HI - TOKEN_BINS_LO) * (1 << _MANTISSA_BITS) + 3
-_BIN_BASE = ((127 + TOKEN_BINS_LO) << _MANTISSA_BITS) - 2
-TOKEN_BINS = {"lo": TOKEN_BINS_LO, "hi": TOKEN_BINS_HI, "per_octave": 1 << _MANTISSA_BITS, "n_bins": N_TOKEN_BINS}
-
-
-def token_bins(x: Float[Tensor, "n d"]) -> Int[Tensor, "n d"]:
-    """Histogram bin of each float32 value: 0 for x <= 0 (and NaN), 1 for 0 < x < 2^-10, j >= 2 for
-    x >= ``bin_edges()[j]`` (and below the next edge), the last bin for x >= 2^6. The bin is read from
-    the float's bits (exponent and 3 mantissa bits), so it agrees exactly with the edges."""
-    x = x.to(torch.float32).contiguous()
-    code = (x.view(torch.int32) >> (23 - _MANTISSA_BITS)) - _BIN_BASE  # increasing with x for x > 0
-    return torch.where(x > 0, code.clamp(1, N_TOKEN_BINS - 1), torch.zeros_like(code))
-
-
-def bin_edges() -> np.ndarray:
-    """Lower edge of every bin (float64, exact float32 values): -inf, 0 (exclusive: x > 0), then
-    2^e * (1 + i/8) (inclusive) for the 1/8-octave bins; bin(x) >= j  <=>  x passes edge j."""
-    per = 1 << _MANTISSA_BITS
-    tail = [2.0 ** (TOKEN_BINS_LO + j // per) * (1 + (j % per) / per) for j in range(N_TOKEN_BINS - 2)]
-    return np.array([-np.inf, 0.0, *tail])
-
 
 def pool(x: Float[Tensor, "batch pos d"], mask: Bool[Tensor, "batch pos"], how: str) -> Float[Tensor, "batch d"]:
     """Pool over the positions where ``mask`` is True (padding never takes part)."""
@@ -294,16 +271,7 @@ class _Collection:
         self.local = torch.full((len(texts),), -1, dtype=torch.long)
         self.local[self.rows] = torch.arange(len(self.rows))
         shape = (len(self.rows), self.index.n_neurons)
-        if store is not None:
-            resume = self.checkpoint is not None and self.checkpoint.exists() and Path(store).exists()
-            if Path(store).exists() and not resume:
-                raise LangNeuronsError(f"{store} exists and is not a matrix of an interrupted run to resume; choose a new "
-                                       "path for the on-disk matrix (it is never overwritten)")
-            self.out = DiskMatrix(store) if resume else DiskMatrix.create(store, shape)
-            if self.out.shape != shape:
-                raise LangNeuronsError(f"{store} holds a {self.out.shape} matrix, not {shape}; delete it")
-        else:
-            self.out = torch.empty(shape, dtype=torch.float32)
+        self.out = self._matrix(store, shape)
         self.extra = {p: torch.empty(shape, dtype=torch.float32) for p in settings.poolings[1:]}
         self.done = torch.zeros(len(texts), dtype=torch.bool)
         self.header = {"texts_sha256": sha256_texts(texts), "pooling": self.first, "include_bos": settings.include_bos,
@@ -318,36 +286,59 @@ class _Collection:
                           "norm_count": torch.zeros(len(self.rows), dtype=torch.float64)}
         self.groups: Tensor | None = None
         if token_groups is not None:
-            groups = torch.as_tensor(np.asarray(token_groups), dtype=torch.long)
-            if groups.shape != (len(texts),) or (len(groups) and int(groups.min()) < 0):
-                raise LangNeuronsError(f"token_groups must hold one group index >= 0 per text ({len(texts)}), got shape "
-                                       f"{tuple(groups.shape)}")
-            self.groups = groups
-            n_groups = int(groups.max()) + 1
-            self.header["token_bins"] = TOKEN_BINS
-            self.header["token_groups_sha256"] = sha256_texts([str(g) for g in groups.tolist()])
-            self.tokens = {"hist": torch.zeros((n_groups, self.index.n_neurons, N_TOKEN_BINS), dtype=torch.int32),
-                           "n_tokens": torch.zeros(n_groups, dtype=torch.int64)}
-            # counts of the running batch, added to self.tokens only once the batch is done (a resumed run
-            # never counts a batch twice)
-            self._tok_buf = torch.zeros_like(self.tokens["hist"])
+            self._token_histogram(token_groups)
         if self.checkpoint is not None and self.checkpoint.exists():
-            prev = load_checkpoint(self.checkpoint, self.header)
-            if prev is not None:
-                values, self.done, extra = prev
-                if self.resid_layers:
-                    self.resid = {k: extra[k] for k in self.resid}
-                if self.groups is not None:
-                    self.tokens = {k: extra[f"tokens.{k}"] for k in self.tokens}
-                if store is None:
-                    self.out = values
-                log.warning("resuming from %s: %d of %d texts already done", self.checkpoint, int(self.done.sum()),
-                            len(texts))
+            self._resume(store)
         # the batch being run: pooling mask, text rows, and one output buffer per pooling
         self._mask: Tensor | None = None
         self._rows: Tensor | None = None
         self._buf: dict[str, Tensor] = {}
         self._tok_sel: list[tuple[int, Tensor]] = []
+
+    def _matrix(self, store: str | Path | None, shape: tuple[int, int]) -> Tensor | DiskMatrix:
+        """Where the pooled rows go: memory, or the on-disk matrix ``store`` (a new one, or the one of the
+        interrupted run the checkpoint resumes; never another file)."""
+        if store is None:
+            return torch.empty(shape, dtype=torch.float32)
+        resume = self.checkpoint is not None and self.checkpoint.exists() and Path(store).exists()
+        if Path(store).exists() and not resume:
+            raise LangNeuronsError(f"{store} exists and is not a matrix of an interrupted run to resume; choose a new "
+                                   "path for the on-disk matrix (it is never overwritten)")
+        out = DiskMatrix(store) if resume else DiskMatrix.create(store, shape)
+        if out.shape != shape:
+            raise LangNeuronsError(f"{store} holds a {out.shape} matrix, not {shape}; delete it")
+        return out
+
+    def _token_histogram(self, token_groups: Sequence[int] | np.ndarray) -> None:
+        """Keep the token histogram of each group of texts (a language's: lape and actprob read it)."""
+        groups = torch.as_tensor(np.asarray(token_groups), dtype=torch.long)
+        if groups.shape != (len(self.texts),) or (len(groups) and int(groups.min()) < 0):
+            raise LangNeuronsError(f"token_groups must hold one group index >= 0 per text ({len(self.texts)}), got "
+                                   f"shape {tuple(groups.shape)}")
+        self.groups = groups
+        n_groups = int(groups.max()) + 1
+        self.header["token_bins"] = TOKEN_BINS
+        self.header["token_groups_sha256"] = sha256_texts([str(g) for g in groups.tolist()])
+        self.tokens = {"hist": torch.zeros((n_groups, self.index.n_neurons, N_TOKEN_BINS), dtype=torch.int32),
+                       "n_tokens": torch.zeros(n_groups, dtype=torch.int64)}
+        # counts of the running batch, added to self.tokens only once the batch is done (a resumed run never
+        # counts a batch twice)
+        self._tok_buf = torch.zeros_like(self.tokens["hist"])
+
+    def _resume(self, store: str | Path | None) -> None:
+        """Take up the finished batches of the checkpoint, if it belongs to this run."""
+        prev = load_checkpoint(self.checkpoint, self.header)
+        if prev is None:
+            return
+        values, self.done, extra = prev
+        if self.resid_layers:
+            self.resid = {k: extra[k] for k in self.resid}
+        if self.groups is not None:
+            self.tokens = {k: extra[f"tokens.{k}"] for k in self.tokens}
+        if store is None:
+            self.out = values
+        log.warning("resuming from %s: %d of %d texts already done", self.checkpoint, int(self.done.sum()),
+                    len(self.texts))
 
     def _hook(self, sl):
         def hook_fn(x, hook):

@@ -23,14 +23,14 @@ from torch import Tensor
 
 from ..config import count_or_percent, option
 from ..errors import LangNeuronsError
-from ..model.identity import SIGNATURE_RTOL, activation_signature, signature_distance
-from ..model.load import legacy_fingerprint, model_dtype, model_name, model_source, weights_fingerprint
+from ..model.identity import activation_signature, check_same_model
+from ..model.load import model_name, model_source, weights_fingerprint
 from ..model.protocol import HookedModel
 from ..model.sites import NeuronIndex, resolve_sites
 from ..provenance import package_versions, peak_rss_gb
 from ..registry import steering
 from ..results import fault_point
-from .neuron_sets import WHICH, NeuronSet, make_set
+from .neuron_sets import WHICH, NeuronSet, make_set, median0, neuron_statistics  # noqa: F401  (re-exported)
 # saving, loading and describing live in neurons_io; their names stay importable from here
 from .neurons_io import FORMAT_VERSION, load_fields, neuron_table, read_neurons_json, save_neurons, summary_markdown
 
@@ -44,7 +44,6 @@ from .ranking import average_precision, bottom_k, check_k, middle_k, parse_k, to
 from .selectors import SELECTORS, ONE_SIDED, TOKEN_METHODS, SelectorSettings, select, token_counts
 
 log = logging.getLogger(__name__)
-_NOTED: set[tuple[str, str]] = set()  # (found-on, this model) weights fingerprints already accepted by signature
 
 @dataclass
 class FindConfig:
@@ -97,41 +96,6 @@ class FindConfig:
             parse_k(self.k, 10**12)  # the form only; the neuron count is known later
         else:
             raise LangNeuronsError(f"k must be a count such as 1000 or a percentage such as '0.5%', got {self.k!r}")
-
-
-def median0(x: Float[Tensor, "n m"], chunk: int = 8192) -> Float[Tensor, "m"]:
-    """Median over dim 0 as numpy computes it (mean of the two middle values), chunked over columns."""
-    out = torch.empty(x.shape[1], dtype=torch.float32)
-    n = x.shape[0]
-    for i in range(0, x.shape[1], chunk):
-        s = x[:, i:i + chunk].double().sort(0).values
-        out[i:i + chunk] = ((s[(n - 1) // 2] + s[n // 2]) / 2).float()
-    return out
-
-
-def neuron_statistics(values, labels: np.ndarray, n_languages: int,
-                      chunk_bytes: float = 32e6) -> dict[str, Tensor]:
-    """Per language and neuron: median, mean and std on the language's texts, mean and std off
-    them ([L, n_neurons] each), and the mean over all texts ([n_neurons]). Reads ``values`` (a
-    tensor or an on-disk ``DiskMatrix``) in column chunks, so it never needs the whole matrix."""
-    n, m = values.shape
-    out = {k: torch.empty((n_languages, m), dtype=torch.float32)
-           for k in ("median_on", "mean_on", "std_on", "mean_off", "std_off")}
-    out["mean_all"] = torch.empty(m, dtype=torch.float32)
-    masks = [torch.as_tensor(labels == li) for li in range(n_languages)]
-    chunk = max(1, int(chunk_bytes / (8 * n)))
-    for a in range(0, m, chunk):
-        v = values[:, a:a + chunk].double()
-        b = a + v.shape[1]
-        out["mean_all"][a:b] = v.mean(0).float()
-        for li, pos in enumerate(masks):
-            on, off = v[pos], v[~pos]
-            out["median_on"][li, a:b] = median0(on)
-            out["mean_on"][li, a:b] = on.mean(0).float()
-            out["std_on"][li, a:b] = on.std(0).float()
-            out["mean_off"][li, a:b] = off.mean(0).float()
-            out["std_off"][li, a:b] = off.std(0).float()
-    return out
 
 
 @dataclass
@@ -389,65 +353,10 @@ class LanguageNeurons:
         return cls(**load_fields(directory))
 
     def check_model(self, model: HookedModel) -> None:
-        """Refuse to steer a model whose sites differ from the ones these neurons were found on."""
-        try:
-            other = resolve_sites(model, self.index.spec)
-        except LangNeuronsError as e:
-            raise LangNeuronsError(f"these neurons were found at sites {self.index.spec!r}, which this model lacks: {e}") from e
-        theirs = self.meta.get("weights_sha")
-        mine = weights_fingerprint(model) if theirs else None
-        if theirs and theirs != mine and theirs != legacy_fingerprint(model):
-            signature = self.meta.get("activation_signature")
-            if signature and [(a.size, a.offset) for a in other.slices] == [(a.size, a.offset) for a in self.index.slices]:
-                distance = signature_distance(signature, model, other)
-                if distance <= SIGNATURE_RTOL:  # the same function under another layout or construction
-                    if (theirs, mine) in _NOTED:
-                        return self._check_index(other)
-                    _NOTED.add((theirs, mine))  # said once per process
-                    log.warning("these neurons were found on %s (weights %s), this model's weights hash to %s (another "
-                                "wrapper or construction of the same weights); the activations at their sites agree "
-                                "(max difference %.1e of their RMS): accepted", self.meta.get("model", "a model"),
-                                theirs, mine, distance)
-                    return self._check_index(other)
-            found_in, dtype = self.meta.get("dtype"), model_dtype(model)
-            if found_in and found_in != dtype:  # the same model in another precision: say so
-                raise LangNeuronsError(
-                    f"these neurons were found on {self.meta.get('model', 'another model')} in {found_in}; this model "
-                    f"is in {dtype}: a dtype mismatch (its weights differ). Load the model in {found_in} (--dtype "
-                    f"{found_in}) or find neurons in {dtype}")
-            raise LangNeuronsError(
-                f"these neurons were found on {self.meta.get('model', 'another model')} (weights {theirs}); this model's "
-                f"weights differ ({mine}){_processed(model)}. Use neurons found on this model"
-            )
-        self._check_index(other)
-
-    def _check_index(self, other: NeuronIndex) -> None:
-        """Refuse a model whose neuron index differs from these neurons' (other hooks, sizes or order)."""
-        if other != self.index:
-            where = f"{len(self.index.slices)} hooks there, {len(other.slices)} here"
-            for a, b in zip(self.index.slices, other.slices):
-                if a != b:
-                    if a.hook != b.hook:
-                        where = f"hook {a.hook} there, {b.hook} here"
-                    elif (a.size, a.offset) != (b.size, b.offset):
-                        where = f"{a.hook}: {a.size} neurons at offset {a.offset} there, {b.size} at offset {b.offset} here"
-                    else:
-                        where = f"{a.hook}: {a} there, {b} here"
-                    break
-            raise LangNeuronsError(
-                f"these neurons were found on {self.meta.get('model', 'another model')} at sites {self.index.spec!r} that "
-                f"differ from this model's, first at {where}. Use neurons found on this model"
-            )
-
-
-def _processed(model: HookedModel) -> str:
-    """Why a HookedTransformer's weights may differ from the model's own: transformer-lens' processing."""
-    norm = str(getattr(getattr(model, "cfg", None), "normalization_type", "") or "")
-    if getattr(model, "original_model", None) is None and norm.endswith("Pre"):
-        return (f" and its activations at these sites too: it is a HookedTransformer with its normalization folded into "
-                f"the weights (normalization_type {norm}, from from_pretrained's processing); build it with "
-                "from_pretrained_no_processing, as load_model(..., backend='hooked') does")
-    return ""
+        """Refuse to steer a model other than the one these neurons were found on: its sites, its weights (or,
+        under another wrapper of the same weights, its activations at these sites: the activation signature),
+        its neuron index (:func:`~tl_langneurons.model.identity.check_same_model`)."""
+        check_same_model(self.index, self.meta, model)
 
 
 def find_neurons(model: HookedModel, corpus: MultilingualCorpus, config: FindConfig | None = None, *,
@@ -487,20 +396,9 @@ def find_neurons(model: HookedModel, corpus: MultilingualCorpus, config: FindCon
     shard = dist_context(distributed)
     if shard is not None and store is not None:
         raise LangNeuronsError("an on-disk matrix (--on-disk) cannot be used with several processes; run one process")
-    pooled = None
     t0 = time.perf_counter()
     with agreed(shard):  # over several processes rank 0 alone reads the cache; its errors end every rank
-        if cache is not None and Path(cache).exists() and is_main(shard):
-            pooled = PooledActivations.load(cache, expect=expect)
-            if pooled.index != index:
-                raise LangNeuronsError(f"activation cache {cache} has another neuron index than this model; delete it")
-            if pooled.resid is None:  # without them the neurons could not steer with diffmean or sparse
-                raise LangNeuronsError(f"activation cache {cache} holds no residual-stream means (made before they "
-                                       "were kept in the cache), which find records for diffmean and sparse steering; "
-                                       "delete it and the run collects again (and writes it with them)")
-            if pooled.tokens is None and config.method in TOKEN_METHODS:
-                raise LangNeuronsError(f"activation cache {cache} holds no token statistics (made before they were "
-                                       f"collected, or with --no-token-stats), which method {config.method} needs; delete it")
+        pooled = _read_cache(cache, expect, index, config) if is_main(shard) else None
     if from_main(shard, pooled is not None):
         if not is_main(shard):
             return None
@@ -532,14 +430,37 @@ def find_neurons(model: HookedModel, corpus: MultilingualCorpus, config: FindCon
     meta["activation_signature"] = pooled.meta.get("activation_signature") or activation_signature(model, index)
     result = LanguageNeurons.from_activations(pooled, labels, corpus.languages, k, meta, progress=progress,
                                               selector=config.selector())
-    if pooled.resid is not None:
-        lab = torch.as_tensor(np.asarray(labels))
-        result.resid_means = torch.stack([pooled.resid["mean"][lab == i].double().mean(0)
-                                          for i in range(len(corpus.languages))]).float()
-        result.resid_norms = (pooled.resid["norm_sum"].sum(0) / pooled.resid["norm_count"].sum().clamp_min(1)).float()
+    if pooled.resid is not None:  # what the residual interventions steer by
+        result.resid_means, result.resid_norms = _residual_means(pooled, labels, len(corpus.languages))
     timings["rank_s"] = time.perf_counter() - t0
     timings["peak_rss_gb_after_rank"] = peak_rss_gb()
     result.meta["timings"] = timings
     if return_activations:
         return result, pooled, labels
     return result
+
+
+def _read_cache(cache: str | Path | None, expect: dict, index: NeuronIndex, config: FindConfig
+                ) -> PooledActivations | None:
+    """The pooled activations of an existing ``cache`` whose header matches ``expect`` (None when there is none);
+    one clear line for a cache of another index, or without what this find needs."""
+    if cache is None or not Path(cache).exists():
+        return None
+    pooled = PooledActivations.load(cache, expect=expect)
+    if pooled.index != index:
+        raise LangNeuronsError(f"activation cache {cache} has another neuron index than this model; delete it")
+    if pooled.resid is None:  # without them the neurons could not steer with diffmean or sparse
+        raise LangNeuronsError(f"activation cache {cache} holds no residual-stream means (made before they "
+                               "were kept in the cache), which find records for diffmean and sparse steering; "
+                               "delete it and the run collects again (and writes it with them)")
+    if pooled.tokens is None and config.method in TOKEN_METHODS:
+        raise LangNeuronsError(f"activation cache {cache} holds no token statistics (made before they were "
+                               f"collected, or with --no-token-stats), which method {config.method} needs; delete it")
+    return pooled
+
+
+def _residual_means(pooled: PooledActivations, labels, n_languages: int) -> tuple[Tensor, Tensor]:
+    """(each language's mean residual stream [language, layer, d_model], the typical residual norm per layer)."""
+    lab = torch.as_tensor(np.asarray(labels))
+    means = torch.stack([pooled.resid["mean"][lab == i].double().mean(0) for i in range(n_languages)]).float()
+    return means, (pooled.resid["norm_sum"].sum(0) / pooled.resid["norm_count"].sum().clamp_min(1)).float()

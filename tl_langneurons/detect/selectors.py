@@ -35,7 +35,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from ..errors import LangNeuronsError
-from .activations import N_TOKEN_BINS, bin_edges
+from .token_bins import N_TOKEN_BINS, bin_edges
 from .ranking import bottom_k, middle_k, top_k
 
 SELECTORS = ("ap", "lape", "actprob", "meandiff")

@@ -17,9 +17,16 @@ import math
 
 import torch
 
+import logging
+
+from ..errors import LangNeuronsError
 from .driver import Runner
+from .fingerprint import legacy_fingerprint, model_dtype, weights_fingerprint
 from .protocol import HookedModel
-from .sites import NeuronIndex, flat_units
+from .sites import NeuronIndex, flat_units, resolve_sites
+
+log = logging.getLogger(__name__)
+_NOTED: set[tuple[str, str]] = set()  # (found-on, this model) weights fingerprints already accepted by signature
 
 SIGNATURE_POSITIONS = 12
 SIGNATURE_UNITS = 32  # per site slice
@@ -88,3 +95,69 @@ def signature_distance(recorded: dict, model: HookedModel, index: NeuronIndex) -
     rms = math.sqrt(sum(v * v for v in ref) / len(ref)) or 1.0
     diff = max(abs(a - b) for a, b in zip(values, ref))
     return diff / rms if math.isfinite(diff) else math.inf
+
+
+def check_same_model(index: NeuronIndex, meta: dict, model: HookedModel) -> None:
+    """Refuse a model other than the one neurons at ``index`` (with a find result's ``meta``) were found on: one
+    that lacks their sites, whose weights differ (unless its activation signature at those sites agrees: the same
+    weights under another wrapper or construction, accepted with a note said once per process), in another dtype,
+    or whose neuron index differs."""
+    try:
+        other = resolve_sites(model, index.spec)
+    except LangNeuronsError as e:
+        raise LangNeuronsError(f"these neurons were found at sites {index.spec!r}, which this model lacks: {e}") from e
+    theirs = meta.get("weights_sha")
+    mine = weights_fingerprint(model) if theirs else None
+    if theirs and theirs != mine and theirs != legacy_fingerprint(model):
+        signature = meta.get("activation_signature")
+        if signature and [(a.size, a.offset) for a in other.slices] == [(a.size, a.offset) for a in index.slices]:
+            distance = signature_distance(signature, model, other)
+            if distance <= SIGNATURE_RTOL:  # the same function under another layout or construction
+                if (theirs, mine) in _NOTED:
+                    return _check_index(index, meta, other)
+                _NOTED.add((theirs, mine))  # said once per process
+                log.warning("these neurons were found on %s (weights %s), this model's weights hash to %s (another "
+                            "wrapper or construction of the same weights); the activations at their sites agree "
+                            "(max difference %.1e of their RMS): accepted", meta.get("model", "a model"),
+                            theirs, mine, distance)
+                return _check_index(index, meta, other)
+        found_in, dtype = meta.get("dtype"), model_dtype(model)
+        if found_in and found_in != dtype:  # the same model in another precision: say so
+            raise LangNeuronsError(
+                f"these neurons were found on {meta.get('model', 'another model')} in {found_in}; this model "
+                f"is in {dtype}: a dtype mismatch (its weights differ). Load the model in {found_in} (--dtype "
+                f"{found_in}) or find neurons in {dtype}")
+        raise LangNeuronsError(
+            f"these neurons were found on {meta.get('model', 'another model')} (weights {theirs}); this model's "
+            f"weights differ ({mine}){_processed(model)}. Use neurons found on this model"
+        )
+    _check_index(index, meta, other)
+
+
+def _check_index(index: NeuronIndex, meta: dict, other: NeuronIndex) -> None:
+    """Refuse a model whose neuron index differs from these neurons' (other hooks, sizes or order)."""
+    if other != index:
+        where = f"{len(index.slices)} hooks there, {len(other.slices)} here"
+        for a, b in zip(index.slices, other.slices):
+            if a != b:
+                if a.hook != b.hook:
+                    where = f"hook {a.hook} there, {b.hook} here"
+                elif (a.size, a.offset) != (b.size, b.offset):
+                    where = f"{a.hook}: {a.size} neurons at offset {a.offset} there, {b.size} at offset {b.offset} here"
+                else:
+                    where = f"{a.hook}: {a} there, {b} here"
+                break
+        raise LangNeuronsError(
+            f"these neurons were found on {meta.get('model', 'another model')} at sites {index.spec!r} that "
+            f"differ from this model's, first at {where}. Use neurons found on this model"
+        )
+
+
+def _processed(model: HookedModel) -> str:
+    """Why a HookedTransformer's weights may differ from the model's own: transformer-lens' processing."""
+    norm = str(getattr(getattr(model, "cfg", None), "normalization_type", "") or "")
+    if getattr(model, "original_model", None) is None and norm.endswith("Pre"):
+        return (f" and its activations at these sites too: it is a HookedTransformer with its normalization folded into "
+                f"the weights (normalization_type {norm}, from from_pretrained's processing); build it with "
+                "from_pretrained_no_processing, as load_model(..., backend='hooked') does")
+    return ""
