@@ -157,8 +157,8 @@ def test_hooks_for_k_and_layers_clamp_that_selection(found, tiny_llama):
 
 def test_hooks_refuse_bad_arguments(found):
     neurons = found[0]
-    for bad, msg in [({"which": "all"}, "unknown neuron set"), ({"value": "mean"}, "unknown clamp value"),
-                     ({"positions": "first"}, "unknown clamp positions")]:
+    for bad, msg in [({"which": "all"}, "unknown neuron set"), ({"value": "mean"}, "--value must be median, zero or a finite number"),
+                     ({"positions": "first"}, "unknown positions .first.")]:
         with pytest.raises(LangNeuronsError, match=msg):
             neurons.hooks("de", **bad)
     with pytest.raises(LangNeuronsError, match="no neurons for language 'it'"):

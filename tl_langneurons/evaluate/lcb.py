@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from ..errors import LangNeuronsError
-from .metrics import _lid_model
+from .metrics import lid_model
 
 LCB_LANGUAGES = ("de", "es", "fr", "ja", "zh")
 LCB_LID_THRESHOLD = 0.3  # a lid.176 label counts only above this score, else the line is 'unknown'
@@ -192,7 +192,7 @@ def _lid_predict(line: str) -> tuple[str, float]:
     """lid.176's top label and score of one line (no newline)."""
     if "\n" in line:
         raise LangNeuronsError("lid.176 reads one line at a time; split the text at newlines first")
-    labels, probs = _lid_model().predict(line)
+    labels, probs = lid_model().predict(line)
     return labels[0].removeprefix("__label__"), float(probs[0])
 
 

