@@ -108,6 +108,17 @@ class SampleStore:
     def _path(self, key: str) -> Path | None:
         return None if self.folder is None else self.folder / f"{key}.json"
 
+    @staticmethod
+    def _read(path: Path, settings: dict) -> dict:
+        """A store file's content: its checksum holds and it was made with ``settings`` (ValueError otherwise)."""
+        data = json.loads(path.read_text(encoding="utf-8"))
+        edited = sha256_problem(data)
+        if edited:
+            raise ValueError(edited)
+        if data.get("settings") != settings:
+            raise ValueError("its settings differ from the file name's")
+        return data
+
     def _load(self, settings: dict) -> dict[int, dict]:
         key = setting_key(settings)
         if key in self._mem:
@@ -116,13 +127,7 @@ class SampleStore:
         path = self._path(key)
         if path is not None and path.exists():
             try:
-                data = json.loads(path.read_text(encoding="utf-8"))
-                edited = sha256_problem(data)
-                if edited:
-                    raise ValueError(edited)
-                if data.get("settings") != settings:
-                    raise ValueError("its settings differ from the file name's")
-                for r in data["samples"]:
+                for r in self._read(path, settings)["samples"]:
                     problem = sample_problem(r)
                     if problem is not None:
                         raise ValueError(f"a sample {problem}: {str(r)[:80]}")
@@ -173,12 +178,9 @@ class SampleStore:
         path = self._path(key)
         if path is not None and path.exists():
             try:
-                data = json.loads(path.read_text(encoding="utf-8"))
-                edited = sha256_problem(data)
-                if edited:
-                    raise ValueError(edited)
-                if data.get("settings") != settings or not isinstance(data.get("value"), dict):
-                    raise ValueError("its settings differ from the file name's")
+                data = self._read(path, settings)
+                if not isinstance(data.get("value"), dict):
+                    raise ValueError("it holds no value")
                 self._memo[key] = data["value"]
                 self.memo_hits += 1
                 return data["value"]
