@@ -20,7 +20,6 @@ KNOWN_LONG = {
     "benchmarks/bench_steering.py:run",
     "tl_langneurons/detect/activations.py:_Collection.__init__",
     "tl_langneurons/detect/neurons.py:find_neurons",
-    "tl_langneurons/report/build.py:build_report",
 }
 KNOWN_LARGE = {"tl_langneurons/detect/neurons.py", "tl_langneurons/model/load.py"}  # modules likewise
 
