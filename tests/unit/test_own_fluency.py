@@ -3,36 +3,32 @@ the sweep table that sets each steered setting's retention beside it."""
 
 from types import SimpleNamespace
 
-from tl_langneurons.evaluate.sweep import _genre_language_lines, _Search
+from tl_langneurons.evaluate.sweep import SweepPrompts, _genre_language_lines, own_fluency
 
 
-def _fake(genres: list[str]):
+def _own(genres: list[str]):
     """Two test prompts per genre and language, two seeds each; a sample is fluent where its text is "ok"."""
     langs = ("zh", "de")
     genre = {l: [g for g in genres or ["a", "b"] for _ in range(2)] for l in langs}
     prompts = {l: [[i] for i in range(len(genre[l]))] for l in langs}
     # zh: every sample of the first genre fails the gate but the last prompt's second seed; de: all fluent
     texts = {"zh": {0: ["bad", "bad"], 1: ["bad", "ok"]}, "de": {}}
+    answers = {l: [{"text": texts[l].get(i, ["ok", "ok"])[j]} for i in range(len(prompts[l])) for j in range(2)]
+               for l in langs}
 
-    def answers(ps, seeds):
-        assert ps is prompts and seeds == [1, 2]
-        return {l: [{"text": texts[l].get(i, ["ok", "ok"])[j]} for i in range(len(ps[l])) for j in range(2)]
-                for l in langs}
+    def fluent(rows, lang):
+        return sum(r["text"] == "ok" for r in rows) / len(rows)
 
-    def score(rows, lang):
-        return SimpleNamespace(fluent=sum(r["text"] == "ok" for r in rows) / len(rows))
-
-    return SimpleNamespace(prompts={"test": prompts, "genre": {"test": genre}}, lcb=None, seeds_of={"test": [1, 2]},
-                           genres=genres, answers=answers, cells=SimpleNamespace(score=score))
+    split = SweepPrompts(seeds={"test": [1, 2]}, prompts={"test": prompts, "genre": {"test": genre}}, genres=genres)
+    return own_fluency(split, answers, fluent)
 
 
 def test_own_fluency_is_split_by_the_genre_of_each_prompt():
-    got = _Search.own_fluent_by_genre(_fake(["ud", "flores"]))
+    got = _own(["ud", "flores"])
     assert got["zh"] == {None: 5 / 8, "ud": 1 / 4, "flores": 1.0}
     assert got["de"] == {None: 1.0, "ud": 1.0, "flores": 1.0}
-    one = _Search.own_fluent_by_genre(_fake([]))  # one genre: the overall share only
+    one = _own([])  # one genre: the overall share only
     assert one["zh"] == {None: 5 / 8}
-    assert _Search.own_fluent_by_genre(SimpleNamespace(prompts=None, lcb=None)) == {}  # from BOS: none
 
 
 def test_the_genre_and_language_table_sets_retention_beside_the_models_own_fluency():

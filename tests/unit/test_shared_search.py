@@ -10,8 +10,9 @@ import torch
 
 from tl_langneurons.detect.neurons import LanguageNeurons
 from tl_langneurons.errors import LangNeuronsError
-from tl_langneurons.evaluate.sweep import (SHARED_SCORES, SweepConfig, SweepResult, _Search, _shared_line,
-                                           _shared_stages, _with, keeps_floor)
+from tl_langneurons.evaluate.sweep import (SHARED_SCORES, Candidate, Scored, Scorer, SharedOption, SharedPick,
+                                           SharedSearch, SweepConfig, SweepResult, _shared_line, _shared_stages, _with,
+                                           keeps_floor)
 from tl_langneurons.steer.methods import equal_norm_factors
 
 LANGS = ["de", "fr", "zh"]
@@ -28,24 +29,33 @@ def _residual():
     return torch.zeros(2, 18, 4), torch.ones(18)
 
 
-def _search(cfg: SweepConfig, score) -> _Search:
-    """A _Search whose evaluate_many returns ``score(lang, setting)`` (a gated rate) instead of generating."""
-    s = object.__new__(_Search)
-    s.cfg, s.langs, s.n, s.shared_tried, s.answers_gate = cfg, LANGS, 1000, [], False
-    s.neurons = _Fake(residual=_residual)
-    s.calls = []
+class _Scorer(Scorer):
+    """A Scorer whose evaluate_many returns ``score(lang, setting)`` (a gated rate) instead of generating, and
+    records each call's settings."""
 
-    def evaluate_many(cands, phase):
-        s.calls.append([st for _, st in cands])
+    def __init__(self, score):
+        self.score, self.calls, self.n, self.answers_gate = score, [], 1000, False
+
+    def evaluate_many(self, cands, phase):
+        self.calls.append([c.to_json() for _, c in cands])
         out = []
-        for lang, st in cands:
-            got = score(lang, st)  # a gated rate, or (gated rate, retention)
+        for lang, c in cands:
+            st = c.to_json()
+            got = self.score(lang, st)  # a gated rate, or (gated rate, retention)
             gated, retention = got if isinstance(got, tuple) else (got, 1.0)
-            out.append({"lang": lang, "label": json.dumps(st, sort_keys=True), "gated_rate": gated,
-                        "retention": retention, "nll": 1.0})
+            out.append(Scored(lang, {"gated_rate": gated, "retention": retention, "nll": 1.0}, c,
+                              label=json.dumps(st, sort_keys=True)))
         return out
-    s.evaluate_many = evaluate_many
-    return s
+
+
+def _search(cfg: SweepConfig, score) -> SharedSearch:
+    """The shared search of ``cfg`` over LANGS, scored by ``score(lang, setting)``."""
+    return SharedSearch(cfg, _Fake(residual=_residual), LANGS, _Scorer(score))
+
+
+def _start(st: dict, mean: float, worst: float, low: float) -> SharedPick:
+    """A shared pick of ``st`` with the given scores, where the shared search starts."""
+    return SharedPick(Candidate.of(st), SharedOption("start", mean, worst, low, "de", {}))
 
 
 START = {"method": "add", "k": 10, "alpha": 1.0, "layers": None, "positions": "generated", "steer_tokens": 16,
@@ -67,16 +77,16 @@ def test_every_later_idea_is_tried_off_from_a_start_that_carries_it():
                    st.get("resid_alpha") is None, st.get("equal_norm") == "total", st["alpha"] == 1.5])
         return off / 6 - (0.3 if lang == "zh" else 0)
     s = _search(_cfg(shared_pick="worst"), score)
-    got = s.search_shared({**START, "val_mean_gated_rate": 0.0, "val_worst_gated_rate": 0.0, "val_low_retention": 1.0}, (-1.0, -1.0, -1.0))
+    got = s.search(_start(START, 0.0, 0.0, 1.0), (-1.0, -1.0, -1.0)).to_json()
     assert got["equal_norm"] == "total" and got["alpha"] == 1.5
     assert got["steer_tokens"] is None and got["after_scale"] is None
     assert got["band_alphas"] is None and got["resid_alpha"] is None and got["layer"] is None
     assert got["keep_norm"] is False
     assert got["val_worst_gated_rate"] == pytest.approx(1 - 0.3) and got["val_mean_gated_rate"] == pytest.approx(0.9)
-    stages = [t["stage"] for t in s.shared_tried]
+    stages = [t.stage for t in s.tried]
     assert stages[0] == "equal norm" and stages.index("k") < stages.index("alpha") < stages.index("bands")
     # every candidate scored on every language at once, none without its dependent fields cleared
-    for call in s.calls:
+    for call in s.scorer.calls:
         for st in call:
             assert st.get("after_scale") is None or st.get("steer_tokens") is not None
             assert st.get("resid_alpha") is not None or (st.get("layer") is None and st.get("keep_norm") is False)
@@ -94,13 +104,13 @@ def test_worst_ranks_by_the_language_served_worst_and_mean_by_the_mean_and_ties_
     for pick, alpha in (("worst", 1.0), ("mean", 1.5)):
         s = _search(_cfg(shared_pick=pick), score)
         key = (0.6, 0.6, -1.0) if pick == "worst" else (0.6, -1.0)
-        got = s.search_shared({**start, "val_mean_gated_rate": 0.6, "val_worst_gated_rate": 0.6, "val_low_retention": 1.0}, key)
+        got = s.search(_start(start, 0.6, 0.6, 1.0), key).to_json()
         assert got["alpha"] == alpha, pick
         assert got.get("equal_norm") is None  # scores tie with the start: kept as it was
     # candidates that come out the same are scored once
     s = _search(_cfg(), score)
-    s.search_shared({**start, "val_mean_gated_rate": 0.6, "val_worst_gated_rate": 0.6, "val_low_retention": 1.0}, (0.6, -1.0))
-    for call in s.calls:
+    s.search(_start(start, 0.6, 0.6, 1.0), (0.6, -1.0))
+    for call in s.scorer.calls:
         keys = [json.dumps(st, sort_keys=True) for st in call[::len(LANGS)]]
         assert len(keys) == len(set(keys))
 
@@ -181,13 +191,13 @@ def test_floor_ranks_by_the_mean_among_settings_whose_every_language_keeps_its_r
                                                            "layer", "keep_norm")}
     for pick, floor, alpha in (("floor", 0.8, 1.0), ("mean", 0.8, 1.5), ("floor", 0.95, 1.5)):
         s = _search(_cfg(shared_pick=pick, shared_floor=floor if pick == "floor" else None), score)
-        start_key = s.rank_all([start])[0][0]
-        got = s.search_shared({**start, **{k: s.rank_all([start])[0][1][k] for k in SHARED_SCORES}}, start_key)
+        start_key, option = s.rank_all([Candidate.of(start)])[0]
+        got = s.search(SharedPick(Candidate.of(start), option), start_key).to_json()
         assert got["alpha"] == alpha, (pick, floor)
         assert got["val_low_retention"] == (0.9 if alpha == 1.0 else 0.7)
     s = _search(_cfg(shared_pick="floor"), lambda lang, st: (0.6, None if lang == "zh" else 1.0))
-    key, row = s.rank_all([start])[0]
-    assert key[0] is False and row["val_low_retention"] is None
+    key, row = s.rank_all([Candidate.of(start)])[0]
+    assert key[0] is False and row.low_retention is None and set(row.scores()) == set(SHARED_SCORES)
 
 
 def test_a_retention_at_the_floor_keeps_it_whatever_floating_point_makes_of_it():
@@ -204,8 +214,8 @@ def test_a_retention_at_the_floor_keeps_it_whatever_floating_point_makes_of_it()
     start = {k: v for k, v in START.items() if k not in ("steer_tokens", "after_scale", "band_alphas", "resid_alpha",
                                                            "layer", "keep_norm")}
     s = _search(_cfg(shared_pick="floor", shared_floor=0.8), score)
-    key, row = s.rank_all([start])[0]
-    got = s.search_shared({**start, **{k: row[k] for k in SHARED_SCORES}}, key)
+    key, row = s.rank_all([Candidate.of(start)])[0]
+    got = s.search(SharedPick(Candidate.of(start), row), key).to_json()
     assert got["alpha"] == 1.0 and got["val_low_retention"] == at_floor
     res = SweepResult(best={}, stages=[], test=[{"setting": "shared add", "label": "add k=10 a=1"}],
                       meta={"config": {"shared_pick": "floor", "shared_floor": 0.8, "lcb": False, "shared_search": True},

@@ -65,11 +65,30 @@ def build_report(directory: str | Path) -> Path:
 
     info = read_neurons_json(d / "neurons.json")
     meta = info.get("meta", {})
-    ctl = d / "control"
     parts = [f"# Language-specific neurons of {meta.get('model', '?')}", "",
              "Method: Kojima et al. (NAACL 2024). Neurons ranked by average precision of their pooled activation "
              "for each language; top-k and bottom-k are the language's neurons; control clamps them to their median.",
              "", "## Settings", ""]
+    parts += _detection(d, meta)
+    parts += _control(d / "control")
+    if (d / "selectors" / "selectors.md").exists():  # written by benchmarks/bench_selectors.py --out
+        parts += ["## Neuron selectors compared (ap, lape, actprob, meandiff)", "", _read(d / "selectors" / "selectors.md"), ""]
+    if (d / "steering" / "steering.md").exists():  # written by benchmarks/bench_steering.py
+        parts += ["## Steering interventions compared (clamp, add, diffmean, sparse)", "",
+                  _read(d / "steering" / "steering.md"), ""]
+    parts += _sweeps(d)
+    parts += _analyses(d / "analyses")
+    versions = meta.get("versions", {})
+    parts += ["## Package versions", "", markdown_table(["package", "version"], versions.items())]
+    md = "\n".join(parts)
+    atomic_write_text(d / "report.md", md)
+    atomic_write_text(d / "report.html", markdown_to_html(md, title=f"tl-langneurons: {meta.get('model', '')}"))
+    return d / "report.md"
+
+
+def _detection(d: Path, meta: dict) -> list[str]:
+    """The report's settings table and its detection section (summary, layers, overlap, distributions)."""
+    parts: list[str] = []
     settings = [[key, meta[key]] for key in ("model", "method", "thresholds", "sites", "pooling", "include_bos", "k", "k_fraction", "n_neurons",
                                               "corpus", "corpus_spec", "texts_per_language", "corpus_sha256",
                                               "padded_share") if key in meta]
@@ -86,6 +105,12 @@ def build_report(directory: str | Path) -> Path:
               "### Overlap between languages (paper Table 1)", "", "![overlap](overlap.png)", "", _read(d / "overlap.md"), ""]
     if (d / "distributions.png").exists():
         parts += ["### Activation on and off the language (paper Figure 4)", "", "![distributions](distributions.png)", ""]
+    return parts
+
+
+def _control(ctl: Path) -> list[str]:
+    """The control section (Table 2, the k ablation), where ``evaluate`` wrote one."""
+    parts: list[str] = []
     if (ctl / "table2.md").exists():
         ev = read_json(ctl / "evaluation.json", EVALUATION_FIELDS,
                        f"run evaluate again into {ctl} (with --overwrite), or move it away")["meta"]
@@ -109,11 +134,12 @@ def build_report(directory: str | Path) -> Path:
                 parts += [f"{n_ab} samples per language and k (seeds 1..{n_ab}).", ""]
             parts += ["![k ablation](control/k_ablation.png)", "", _read(ctl / "k_ablation.md"), ""]
         parts += ["Sample generations: [control/samples.md](control/samples.md)", ""]
-    if (d / "selectors" / "selectors.md").exists():  # written by benchmarks/bench_selectors.py --out
-        parts += ["## Neuron selectors compared (ap, lape, actprob, meandiff)", "", _read(d / "selectors" / "selectors.md"), ""]
-    if (d / "steering" / "steering.md").exists():  # written by benchmarks/bench_steering.py
-        parts += ["## Steering interventions compared (clamp, add, diffmean, sparse)", "",
-                  _read(d / "steering" / "steering.md"), ""]
+    return parts
+
+
+def _sweeps(d: Path) -> list[str]:
+    """The sweeps' sections: the methods' sweeps together by protocol, each sweep, LCB's table and sweeps."""
+    parts: list[str] = []
     sweeps = []  # (folder, method, protocol, stages) of every sweep folder, each sweep.json read once
     for p in sorted(d.glob("sweep*")):
         if (p / "sweep.md").exists() and (p / "sweep.json").exists():
@@ -145,7 +171,12 @@ def build_report(directory: str | Path) -> Path:
             where = ("LCB's requests behind the system prompt" if cfg.get("lcb_system") else "LCB's requests")
             parts += [f"## Language confusion: {cfg.get('method', p.name[4:])} settings sweep on {where} ({p.name})", "",
                       f"![trade-off]({p.name}/tradeoff.png)", "", _read(p / "sweep.md"), ""]
-    an = d / "analyses"
+    return parts
+
+
+def _analyses(an: Path) -> list[str]:
+    """The analyses' sections (deactivation, attribution, cross-steering, tokens)."""
+    parts: list[str] = []
     for name, title, fig in (("deactivation", "Deactivation: loss change on held-out texts", "deactivation.png"),
                              ("attribution", "Direct logit attribution of the top neurons", None),
                              ("cross_steering", "Cross-language steering", "cross_steering.png")):
@@ -156,10 +187,5 @@ def build_report(directory: str | Path) -> Path:
             parts += [_read(an / f"{name}.md"), ""]
     if (an / "tokens.png").exists():
         parts += ["## Token-level view", "", "![tokens](analyses/tokens.png)", ""]
-    versions = meta.get("versions", {})
-    parts += ["## Package versions", "", markdown_table(["package", "version"], versions.items())]
-    md = "\n".join(parts)
-    atomic_write_text(d / "report.md", md)
-    atomic_write_text(d / "report.html", markdown_to_html(md, title=f"tl-langneurons: {meta.get('model', '')}"))
-    return d / "report.md"
+    return parts
 
