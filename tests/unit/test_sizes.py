@@ -18,10 +18,8 @@ KNOWN_LONG = {
     "benchmarks/bench_scaling.py:main",
     "benchmarks/bench_selectors.py:main",
     "benchmarks/bench_steering.py:run",
-    "tl_langneurons/detect/activations.py:_Collection.__init__",
-    "tl_langneurons/detect/neurons.py:find_neurons",
 }
-KNOWN_LARGE = {"tl_langneurons/detect/neurons.py", "tl_langneurons/model/load.py"}  # modules likewise
+KNOWN_LARGE: set[str] = set()  # modules likewise
 
 
 def long_functions() -> dict[str, int]:

@@ -47,7 +47,8 @@ class SweepConfig:
     layer_sets: Sequence[str] = option(("all", "first", "last", "ends"), "layer subsets searched: all, first, last, "
                                        "ends (quarters of the depth) or bands A-B such as 0-5",
                                        items=Items("str", "layer subsets such as all,first,last,ends,0-5"))
-    method: str = option("clamp", "intervention searched: clamp, add, diffmean or sparse", choices=NAMES)
+    method: str = option("clamp", "intervention searched: clamp, add, diffmean, sparse or any registered one (--method "
+                         "is its earlier name)", choices=NAMES, flag=("--intervention", "--method"))
     alphas: Sequence[float] = option((0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0),
                                      "strengths searched (add, diffmean; diffmean's layer stage uses the smallest)",
                                      items=Items("float", "finite numbers above 0 such as 0.5,1,2", low=0, above=True))
