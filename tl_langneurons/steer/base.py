@@ -16,16 +16,19 @@ The config's fields beyond an intervention's own keep their defaults there; the 
 is one module: a subclass with ``name``, ``fields`` and :meth:`build` (and, to be swept, ``axes``), passed to
 :func:`~tl_langneurons.registry.register` (``steer/__init__.py`` registers the four of the package).
 
-Example (an intervention of the test suite's: multiply the selected neurons by ``alpha``)::
+Example (the intervention ``tests/integration/test_new_intervention.py`` defines and runs through ``steer``,
+``evaluate``, ``sweep`` and ``cross-steer``: multiply the selected neurons by ``alpha``)::
 
-        class Multiply(NeuronIntervention):
+    class Multiply(NeuronIntervention):
         name = "multiply"
         fields = (*SELECTION, "alpha")
+        scaled = ("alpha",)
         axes = ("k", "alpha", "layers")
 
         def build(self, neurons, lang, positions):
             sel, _ = self.selection(neurons, lang)
-            return scale_hooks(neurons.index, sel, self.setting.alpha, positions)
+            hooks = [...]  # on neurons.index.slices: flat_units(x)[:, :, units] *= alpha
+            return gate(hooks, positions)
 
     register(Multiply)
 """
