@@ -1,5 +1,6 @@
 """Shared helpers of the benchmarks: machine description, a Markdown table, the tests' tiny model, the split of
-texts into two halves, and appending the results (with machine, versions and date) to benchmarks/RESULTS.md."""
+texts into two halves, the sets' held-out AP, and appending the results (with machine, versions and date) to
+benchmarks/RESULTS.md, or printing them with --no-record."""
 
 from __future__ import annotations
 
@@ -67,6 +68,21 @@ def halves(labels, seed: int = 0):
         idx = np.flatnonzero(labels == l)
         half[rng.permutation(idx)[: len(idx) // 2]] = 0
     return half
+
+
+def heldout_ap(neurons, values, labels, langs: list[str], which: str) -> float:
+    """The ``which`` sets' AP for their language recomputed on held-out pooled ``values`` (texts never used for
+    selection), mean over the languages whose set is not empty (nan where none is)."""
+    import numpy as np
+
+    from tl_langneurons.detect.ranking import average_precision
+
+    vals = []
+    for li, l in enumerate(langs):
+        idx = neurons.sets[l][which].neurons
+        if len(idx):
+            vals.append(average_precision(values[:, idx], labels, len(langs))[li].mean().item())
+    return float(np.mean(vals)) if vals else float("nan")
 
 
 def peak_rss_gib() -> float:

@@ -30,8 +30,9 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import dataclass, fields, replace
+from dataclasses import fields, replace
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -104,8 +105,7 @@ def check_settings(neurons, langs: list[str], resolved: list, per_target: dict) 
                 raise LangNeuronsError(f"--setting {name} towards {lang}: {e}") from None
 
 
-@dataclass
-class Plan:
+class Plan(NamedTuple):
     """The checked command line: the settings by name, each sweep's per-language best, what runs from prompts
     and where the run writes."""
 
