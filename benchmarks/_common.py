@@ -1,5 +1,6 @@
-"""Shared helpers of the benchmarks: machine description, a Markdown table, and appending the
-results (with machine, versions and date) to benchmarks/RESULTS.md."""
+"""Shared helpers of the benchmarks: machine description, a Markdown table, the tests' tiny model, the split of
+texts into two halves, the sets' held-out AP, and appending the results (with machine, versions and date) to
+benchmarks/RESULTS.md, or printing them with --no-record."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import os
 import platform
 import resource
 import subprocess
+import sys
 from pathlib import Path
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
@@ -47,6 +49,42 @@ def table(header: list[str], rows: list[list]) -> str:
     return markdown_table(header, rows).rstrip("\n")
 
 
+def tiny_model(root: Path) -> str:
+    """The tiny random Llama of the tests (tests/helpers.py), saved under ``root``: a run in seconds."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from helpers import make_tiny, train_tokenizer
+
+    train_tokenizer(root / "tokenizer")
+    return str(make_tiny("llama", root / "tokenizer", root))
+
+
+def halves(labels, seed: int = 0):
+    """0/1 per text: two disjoint halves, each with half of every language (for split-half stability)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    half = np.ones(len(labels), dtype=np.int64)
+    for l in np.unique(labels):
+        idx = np.flatnonzero(labels == l)
+        half[rng.permutation(idx)[: len(idx) // 2]] = 0
+    return half
+
+
+def heldout_ap(neurons, values, labels, langs: list[str], which: str) -> float:
+    """The ``which`` sets' AP for their language recomputed on held-out pooled ``values`` (texts never used for
+    selection), mean over the languages whose set is not empty (nan where none is)."""
+    import numpy as np
+
+    from tl_langneurons.detect.ranking import average_precision
+
+    vals = []
+    for li, l in enumerate(langs):
+        idx = neurons.sets[l][which].neurons
+        if len(idx):
+            vals.append(average_precision(values[:, idx], labels, len(langs))[li].mean().item())
+    return float(np.mean(vals)) if vals else float("nan")
+
+
 def peak_rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
@@ -67,3 +105,11 @@ def record(title: str, body: str, notes: str = "") -> None:
                            "ratios are measured side by side in one run.\n", encoding="utf-8")
     with RESULTS.open("a", encoding="utf-8") as f:
         f.write(text)
+
+
+def publish(title: str, body: str, notes: str, no_record: bool, heading: bool = False) -> None:
+    """With --no-record print the result (under its title with ``heading``), else record it in RESULTS.md."""
+    if no_record:
+        print((f"## {title}\n\n" if heading else "") + f"{body}\n\n{notes}")
+    else:
+        record(title, body, notes)

@@ -155,7 +155,8 @@ def lcb_lines(study, runner, cfg: dict, picks: dict, seeds: list[int], args) -> 
             + table(["target", "answers", "kind", "line"], examples))
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The command line: the neurons folder, the sweep and which of its picks to analyse."""
     ap = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.split("\n\n")[0])
     ap.add_argument("--neurons", required=True, help="the find folder (its samples/ store)")
     ap.add_argument("--sweep", required=True, help="a sweep folder on held-out prompts or on LCB's (sweep.json)")
@@ -163,45 +164,42 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--attribution", action="store_true", help="add picks: the tokens each quarter of the depth "
                     "pushes up directly (direct logit attribution of the addition)")
     ap.add_argument("--no-record", action="store_true", help="print only; do not append to RESULTS.md")
-    args = ap.parse_args(argv)
+    return ap.parse_args(argv)
 
+
+def load_sweep(args) -> tuple | None:
+    """The study, the sweep's picks and its sweep.json, checked to be a finished sweep on held-out or LCB prompts
+    before anything is read from the store; None (after one line on stderr) where it is not."""
     from tl_langneurons import Study
-    from tl_langneurons.evaluate.cells import Cell, CellRunner, steered
-    from tl_langneurons.evaluate.control import EvaluateConfig
-    from tl_langneurons.evaluate.samples import SampleStore
-    from tl_langneurons.evaluate.sweep import sweep_settings
-    from tl_langneurons.steer.add import Add
-
     from tl_langneurons.errors import LangNeuronsError
+    from tl_langneurons.evaluate.sweep import sweep_settings
 
     try:
         study = Study(args.neurons, progress=False)
         picks = sweep_settings(args.sweep, args.pick, neurons=study.neurons)  # one clear line if not a sweep
     except LangNeuronsError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return None
     data = json.loads((Path(args.sweep) / "sweep.json").read_text())
-    cfg, prompts = data["meta"]["config"], data["meta"].get("prompts")
+    cfg = data["meta"]["config"]
     if not cfg.get("heldout") and not cfg.get("lcb"):
         print(f"error: {args.sweep} is not a sweep on held-out prompts (--heldout) or LCB's (--lcb); this reads its "
               "test prompts", file=sys.stderr)
-        return 2
-    langs = list(picks)
-    seeds = list(range(1, cfg["test_samples"] + 1))
-    ecfg = EvaluateConfig(languages=langs, samples=len(seeds), max_new_tokens=cfg["max_new_tokens"],
-                          temperature=cfg["temperature"], batch_size=cfg["batch_size"], ablation_ks=[])
-    runner = CellRunner(study.model, study.neurons, ecfg, None, None, False, SampleStore(Path(args.neurons) / "samples"))
-    command = "python benchmarks/analyse_failures.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    if cfg.get("lcb"):
-        return _report("Why answers fail LCB's line check, by language", lcb_lines(study, runner, cfg, picks, seeds,
-                                                                                    args), command, args.no_record)
-    gates = data["meta"]["distinct_thresholds"]
-    tok = study.model.tokenizer
+        return None
+    return study, picks, data
+
+
+def profile_rows(study, runner, picks: dict, seeds: list[int], data: dict) -> tuple[list, list]:
+    """Per target, the failure profile of each of :data:`GROUPS` (the sweep's own test cells, read from the store),
+    and with a sweep on several genres the by-genre rows; returns (rows, by-genre rows)."""
+    from tl_langneurons.evaluate.cells import Cell, steered
+
+    prompts, gates, tok = data["meta"].get("prompts"), data["meta"]["distinct_thresholds"], study.model.tokenizer
     test = {l: [tuple(p) for p in ps] for l, ps in prompts["test"].items()}
     genre_of = (prompts.get("genre") or {}).get("test")  # a sweep on several genres: each test prompt's genre
     genre = {l: genre_of[l] if genre_of else [None] * len(ps) for l, ps in test.items()}
     body, by_genre = [], []
-    for lang in langs:
+    for lang in picks:
         st = picks[lang]
         units = [(src, p) for src, ps in test.items() if src != lang for p in ps]
         k = st.k if st.k is not None else study.neurons.k
@@ -222,6 +220,16 @@ def main(argv: list[str] | None = None) -> int:
                          show(pr["loops"]), show(pr["adjacent"], 3), show(pr["near"], 3), pr["top"]])
         if genre_of:
             by_genre += [genre_row(lang, g, parts, gates[lang], tok) for g, parts in per_genre.items()]
+    return body, by_genre
+
+
+def fluency_text(study, runner, cfg: dict, picks: dict, seeds: list[int], data: dict, args) -> str:
+    """The analysis of a sweep on held-out prompts: the failure profile per target and group, by genre where the
+    sweep has several, and the direct logit attribution of add picks with --attribution."""
+    from tl_langneurons.steer.add import Add
+
+    langs, gates = list(picks), data["meta"]["distinct_thresholds"]
+    body, by_genre = profile_rows(study, runner, picks, seeds, data)
     header = ["target", "samples", "n", "failing the gate", "of those: loops", "token = previous", "token in previous 8",
               "most repeated tokens in failing samples (extra uses)"]
     text = (f"Sweep {args.sweep} (pick: {args.pick}), test prompts of {cfg['heldout']}, {cfg['max_new_tokens']} tokens "
@@ -242,7 +250,31 @@ def main(argv: list[str] | None = None) -> int:
                  "quarter's steered neurons; norm of the summed output direction; share of the 50 most promoted "
                  "tokens in the target's script; the 10 most promoted):\n\n"
                  + table(["target", "layers", "neurons", "norm", "target script", "most promoted tokens"], dla))
-    return _report("Why steered text fails the fluency gate, by language", text, command, args.no_record)
+    return text
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Check the sweep, read its test samples from the store (LCB answers or continuations), and report."""
+    args = parse_args(argv)
+    from tl_langneurons.evaluate.cells import CellRunner
+    from tl_langneurons.evaluate.control import EvaluateConfig
+    from tl_langneurons.evaluate.samples import SampleStore
+
+    loaded = load_sweep(args)
+    if loaded is None:
+        return 2
+    study, picks, data = loaded
+    cfg = data["meta"]["config"]
+    seeds = list(range(1, cfg["test_samples"] + 1))
+    ecfg = EvaluateConfig(languages=list(picks), samples=len(seeds), max_new_tokens=cfg["max_new_tokens"],
+                          temperature=cfg["temperature"], batch_size=cfg["batch_size"], ablation_ks=[])
+    runner = CellRunner(study.model, study.neurons, ecfg, None, None, False, SampleStore(Path(args.neurons) / "samples"))
+    command = "python benchmarks/analyse_failures.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    if cfg.get("lcb"):
+        return _report("Why answers fail LCB's line check, by language", lcb_lines(study, runner, cfg, picks, seeds,
+                                                                                    args), command, args.no_record)
+    return _report("Why steered text fails the fluency gate, by language",
+                   fluency_text(study, runner, cfg, picks, seeds, data, args), command, args.no_record)
 
 
 def _report(title: str, text: str, command: str, no_record: bool) -> int:

@@ -19,19 +19,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import record, table  # noqa: E402
+from _common import publish, table, tiny_model  # noqa: E402
 
 from tl_langneurons import CorpusConfig, FindConfig, LangNeuronsError, find_neurons, load_model  # noqa: E402
 from tl_langneurons.model.load import runtime_info  # noqa: E402
-
-
-def tiny_model(root: Path) -> str:
-    """The tiny random Llama of the tests (tests/helpers.py), saved under ``root``."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-    from helpers import make_tiny, train_tokenizer
-
-    train_tokenizer(root / "tokenizer")
-    return str(make_tiny("llama", root / "tokenizer", root))
 
 
 def run(model_spec: str, dtype: str, device: str, corpus, cfg: FindConfig):
@@ -96,10 +87,7 @@ def compare(args) -> None:
              f"({sum(len(t) for t in corpus.texts.values())} texts). Pooled values are float32 and AP float64 in both "
              f"runs; only the model's weights and activations are {args.low}.")
     title = f"{args.low} vs float32 collection: top-k agreement and AP difference ({label})"
-    if args.no_record:
-        print(f"## {title}\n\n{body}\n\n{timing}\n\n{notes}")
-    else:
-        record(title, body + "\n\n" + timing, notes)
+    publish(title, body + "\n\n" + timing, notes, args.no_record, heading=True)
     if tmp:
         tmp.cleanup()
 

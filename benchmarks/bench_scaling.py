@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import record, table  # noqa: E402
+from _common import publish, table, tiny_model  # noqa: E402
 
 from tl_langneurons import CorpusConfig, collect, load_model  # noqa: E402
 from tl_langneurons.detect.ranking import average_precision  # noqa: E402
@@ -34,14 +34,6 @@ TARGETS = {
     "Llama-2-13B": {"params": 40 * (4 * 5120**2 + 3 * 5120 * 13824), "neurons": 40 * (5 * 5120 + 2 * 13824),
                     "bf16_gb": 13.0e9 * 2 / 1e9},
 }
-
-
-def tiny_model(root: Path) -> str:
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-    from helpers import make_tiny, train_tokenizer
-
-    train_tokenizer(root / "tokenizer")
-    return str(make_tiny("llama", root / "tokenizer", root))
 
 
 def non_embedding_params(model) -> int:
@@ -64,7 +56,8 @@ def hms(s: float) -> str:
     return f"{s / 3600:.1f} h" if s >= 3600 else f"{s / 60:.1f} min" if s >= 60 else f"{s:.1f} s"
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
+    """The command line: the measured sizes and the assumptions of the extrapolation."""
     ap = argparse.ArgumentParser(allow_abbrev=False, description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="gemma-3-270m", help="model name or folder")
@@ -85,14 +78,12 @@ def main() -> None:
     ap.add_argument("--gpu-ap-speedup", type=float, default=20.0,
                     help="assumed speed of the torch AP on one GPU relative to the numpy AP measured here")
     ap.add_argument("--no-record", action="store_true", help="print only; do not append to RESULTS.md")
-    args = ap.parse_args()
-    tmp = tempfile.TemporaryDirectory() if args.tiny else None
-    spec = tiny_model(Path(tmp.name)) if tmp else args.model
-    label = "tiny random Llama (tests/helpers.py)" if tmp else args.model
-    model = load_model(spec, dtype=args.dtype, device=args.device)
-    p_model = non_embedding_params(model)
+    return ap.parse_args()
 
-    # ---- collection time against tokens -------------------------------------------------------
+
+def measure_collection(model, args) -> dict:
+    """Collection time against tokens: the fastest of --repeats runs at each of the three corpus sizes, the
+    linear fit and the tokens per text; its table."""
     rows, toks, secs = [], [], []
     sizes = [int(x) for x in args.texts.split(",")]
     collect(model, CorpusConfig(corpus=args.corpus, n_per_lang=2).load().flat()[0], args.sites, progress=False)  # warm-up
@@ -108,10 +99,13 @@ def main() -> None:
         rows.append([len(texts), res.meta["tokens"], res.values.shape[1], f"{s:.2f}", f"{res.meta['tokens'] / s:.0f}"])
     a_c, b_c = fit(toks, secs)
     tokens_per_text = args.tokens_per_text or toks[-1] / (sizes[-1] * len(CorpusConfig(corpus=args.corpus).load().languages))
-    flops = 2 * p_model / b_c  # effective forward FLOP/s here
-    coll = table(["texts", "tokens", "neurons", "collect s", "tokens/s"], rows)
+    return {"a": a_c, "b": b_c, "tokens_per_text": tokens_per_text,
+            "table": table(["texts", "tokens", "neurons", "collect s", "tokens/s"], rows)}
 
-    # ---- AP time against neurons --------------------------------------------------------------
+
+def measure_ap(args) -> dict:
+    """AP time against neurons on random matrices of the three widths (numpy, and torch on the CPU on at most
+    16384 columns, scaled), the linear fit; its table."""
     rng = np.random.default_rng(0)
     labels = np.repeat(np.arange(6), args.ap_texts // 6)
     rows, ns, ap_secs = [], [], []
@@ -128,30 +122,39 @@ def main() -> None:
         rows.append([f"{len(labels)} x {m}", f"{s:.2f}", f"{s_torch:.2f}", f"{m / s:.0f}"])
         del scores
     a_a, b_a = fit(ns, ap_secs)
-    ap_tab = table(["texts x neurons", "numpy AP s", "torch AP on CPU s (scaled)", "neurons/s (numpy)"], rows)
+    return {"a": a_a, "b": b_a, "n_texts": len(labels),
+            "table": table(["texts x neurons", "numpy AP s", "torch AP on CPU s (scaled)", "neurons/s (numpy)"], rows)}
 
-    # ---- extrapolation ------------------------------------------------------------------------
-    ap_scale = args.paper_texts * np.log2(args.paper_texts) / (len(labels) * np.log2(len(labels)))
+
+def extrapolate(coll: dict, ap: dict, flops: float, args) -> str:
+    """The table of find's time (collection + AP) on the paper's models, here, on 1 GPU and on 8."""
+    n = ap["n_texts"]
+    ap_scale = args.paper_texts * np.log2(args.paper_texts) / (n * np.log2(n))
     rows = []
     for name, t in TARGETS.items():
-        tokens = args.paper_texts * tokens_per_text
+        tokens = args.paper_texts * coll["tokens_per_text"]
         cpu_coll = tokens * 2 * t["params"] / flops
         gpu_coll = tokens * 2 * t["params"] / (args.gpu_tflops * 1e12)
-        cpu_ap = b_a * t["neurons"] * ap_scale
+        cpu_ap = ap["b"] * t["neurons"] * ap_scale
         gpu_ap = cpu_ap / args.gpu_ap_speedup
         matrix_gb = args.paper_texts * t["neurons"] * 4 / 1e9
         rows.append([name, f"{t['params'] / 1e9:.2f}B", f"{t['neurons']:,}", f"{matrix_gb:.1f}", f"{t['bf16_gb']:.1f}",
                      hms(cpu_coll + cpu_ap), hms(gpu_coll + gpu_ap), hms(gpu_coll / 8 + gpu_ap)])
-    extra = table(["model", "non-embedding params", "paper neurons", "pooled matrix GB (float32)", "weights GB (bf16)",
-                   "here (CPU)", "1 GPU", "8 GPUs"], rows)
-    assumptions = "\n".join([
+    return table(["model", "non-embedding params", "paper neurons", "pooled matrix GB (float32)", "weights GB (bf16)",
+                  "here (CPU)", "1 GPU", "8 GPUs"], rows)
+
+
+def assumptions(label: str, p_model: int, coll: dict, ap: dict, flops: float, args) -> str:
+    """What was measured and the assumptions the extrapolation rests on, printed with the table."""
+    return "\n".join([
         f"Measured on {label} ({p_model / 1e6:.2f}M non-embedding parameters, {args.dtype}, {args.device}, sites "
-        f"{args.sites}): collection {b_c * 1e3:.3f} ms per token (fastest of {args.repeats} runs, fit over three sizes, intercept {a_c:.2f} s), "
-        f"i.e. {flops / 1e9:.2f} GFLOP/s effective; numpy AP {b_a * 1e6:.1f} us per neuron at {len(labels)} texts "
-        f"(intercept {a_a:.2f} s).",
+        f"{args.sites}): collection {coll['b'] * 1e3:.3f} ms per token (fastest of {args.repeats} runs, fit over three "
+        f"sizes, intercept {coll['a']:.2f} s), "
+        f"i.e. {flops / 1e9:.2f} GFLOP/s effective; numpy AP {ap['b'] * 1e6:.1f} us per neuron at {ap['n_texts']} texts "
+        f"(intercept {ap['a']:.2f} s).",
         "Assumptions of the extrapolation:",
-        f"- {args.paper_texts} texts of {tokens_per_text:.1f} tokens each (the mean measured here); every token costs "
-        "2 x non-embedding parameters FLOPs (forward only: the collection stops before the unembedding); hooks and "
+        f"- {args.paper_texts} texts of {coll['tokens_per_text']:.1f} tokens each (the mean measured here); every token "
+        "costs 2 x non-embedding parameters FLOPs (forward only: the collection stops before the unembedding); hooks and "
         "pooling add what they add here (they are in the measured rate).",
         f"- CPU: the effective FLOP/s measured here holds for the larger model (it usually rises with layer width, so "
         f"this is pessimistic); one GPU: {args.gpu_tflops:.0f} TFLOP/s effective bf16 (about a third of an A100's "
@@ -162,13 +165,24 @@ def main() -> None:
         "run once (not split over GPUs); the pooled matrix must fit in host memory (or --on-disk).",
         "- Not included: loading the model, writing results, the analysis step.",
     ])
-    body = (f"Collection time against tokens:\n\n{coll}\n\nAP time against neurons:\n\n{ap_tab}\n\n"
+
+
+def main() -> None:
+    """Load the model, measure collection and AP, extrapolate, and print or record the tables."""
+    args = parse_args()
+    tmp = tempfile.TemporaryDirectory() if args.tiny else None
+    spec = tiny_model(Path(tmp.name)) if tmp else args.model
+    label = "tiny random Llama (tests/helpers.py)" if tmp else args.model
+    model = load_model(spec, dtype=args.dtype, device=args.device)
+    p_model = non_embedding_params(model)
+    coll = measure_collection(model, args)
+    flops = 2 * p_model / coll["b"]  # effective forward FLOP/s here
+    ap = measure_ap(args)
+    extra = extrapolate(coll, ap, flops, args)
+    body = (f"Collection time against tokens:\n\n{coll['table']}\n\nAP time against neurons:\n\n{ap['table']}\n\n"
             f"Extrapolated time of find (collection + AP):\n\n{extra}")
     title = f"Scaling: collection against tokens, AP against neurons, extrapolation ({label})"
-    if args.no_record:
-        print(f"## {title}\n\n{body}\n\n{assumptions}")
-    else:
-        record(title, body, assumptions)
+    publish(title, body, assumptions(label, p_model, coll, ap, flops, args), args.no_record, heading=True)
     if tmp:
         tmp.cleanup()
 

@@ -32,6 +32,7 @@ import sys
 import time
 from dataclasses import fields, replace
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -104,7 +105,19 @@ def check_settings(neurons, langs: list[str], resolved: list, per_target: dict) 
                 raise LangNeuronsError(f"--setting {name} towards {lang}: {e}") from None
 
 
-def run(args) -> None:
+class Plan(NamedTuple):
+    """The checked command line: the settings by name, each sweep's per-language best, what runs from prompts
+    and where the run writes."""
+
+    settings: list  # (name, SteeringConfig) in the order given
+    sweep_sets: dict  # name -> {lang: SteeringConfig}
+    sweep_dirs: dict  # name -> the sweep's folder
+    prompted: list  # the settings' names for the prompted matrix
+    out: Path
+
+
+def check_args(args) -> Plan:
+    """Every check that needs neither the neurons nor the model, so a bad command line is one line at once."""
     for flag in ("samples", "max_new_tokens", "n_prompts", "prompt_samples", "prompt_tokens", "batch_size"):
         if getattr(args, flag) < 1:
             raise LangNeuronsError(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}")
@@ -128,106 +141,139 @@ def run(args) -> None:
     if bad:
         raise LangNeuronsError(f"--prompted-only names no setting: {bad}")
     out = Path(args.out) if args.out else Path(args.neurons) / "steering"
-    study = Study(args.neurons, progress=not args.quiet, echo=print)
-    neurons = study.neurons
+    return Plan(settings, sweep_sets, sweep_dirs, prompted, out)
+
+
+def resolve_settings(plan: Plan, neurons) -> tuple[list, dict]:
+    """Every setting resolved on the neurons, each sweep checked to be made on them for every language, and every
+    hook built: all checks on the neurons before the model loads. Returns (resolved, per_target)."""
     langs = list(neurons.languages)
-    # every check on the neurons before the model loads
     resolved = []
-    for n, st in settings:
+    for n, st in plan.settings:
         try:
             resolved.append((n, st.resolved(neurons)))
         except LangNeuronsError as e:
             raise LangNeuronsError(f"--setting {n}: {e}") from None
-    per_target = {n: {lang: st.resolved(neurons) for lang, st in v.items()} for n, v in sweep_sets.items()}
+    per_target = {n: {lang: st.resolved(neurons) for lang, st in v.items()} for n, v in plan.sweep_sets.items()}
     for n, v in per_target.items():
         try:
-            sweep_settings(sweep_dirs[n], neurons=neurons)  # made on these neurons
+            sweep_settings(plan.sweep_dirs[n], neurons=neurons)  # made on these neurons
         except LangNeuronsError as e:
             raise LangNeuronsError(f"--sweep-best {n}: {e}") from None
         if set(langs) - set(v):
             raise LangNeuronsError(f"--sweep-best {n}: the sweep searched {', '.join(v)}, not "
                                    f"{', '.join(sorted(set(langs) - set(v)))}")
     check_settings(neurons, langs, resolved, per_target)
-    cfg = EvaluateConfig(samples=args.samples, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
-    refs = study.references(args.corpus)
-    ref_name = args.corpus or neurons.meta.get("corpus_spec") or "none (fixed gate)"
-    t0 = time.perf_counter()
-    cells = CellRunner(study.model, neurons, cfg, refs, None, progress=not args.quiet,
-                       store=SampleStore(study.samples_dir))
-    seeds = list(range(1, args.samples + 1))
+    return resolved, per_target
 
-    def of(name: str, st: SteeringConfig, lang: str) -> SteeringConfig:
+
+class SteeringRun:
+    """One comparison after the checks: the BOS cells, the prompted matrices, and steering.md / .json written
+    after each step, so an interrupted run keeps what it finished."""
+
+    def __init__(self, args, plan: Plan, study, resolved: list, per_target: dict):
+        self.args, self.plan, self.study, self.neurons = args, plan, study, study.neurons
+        self.langs = list(self.neurons.languages)
+        self.resolved, self.per_target = resolved, per_target
+        self.md: list[str] = []
+        self.result: dict = {}
+        self.prows: list[list[str]] = []
+        self.todo_prompted = [name for name, _ in resolved if name in plan.prompted] if args.heldout else []
+        self.t_bos = 0.0
+
+    def of(self, name: str, st: SteeringConfig, lang: str) -> SteeringConfig:
         """The setting ``name`` towards ``lang`` (a sweep's per-language best: that language's)."""
-        return per_target[name].get(lang, st) if name in per_target else st
+        return self.per_target[name].get(lang, st) if name in self.per_target else st
 
-    # source=prompt names each prompt's language (the prompted matrix); from BOS there is none, so no source
-    no_prompt = [n for n, st in resolved if any(of(n, st, l).source == "prompt" for l in langs)]
-    groups = []
-    for name, st0 in resolved:
-        for lang in langs:
-            st = of(name, st0, lang)
-            groups.append([steered(lang, st.for_prompt(None), st.which, st.k if st.k is not None else neurons.k,
-                                   seeds)])
-    # every setting's cells and their unsteered twin (the same seeds from BOS) through the one cell pipeline
-    rows = iter(cells.measure(groups)) if groups else iter(())
-    base = {lang: cells.score(cells.samples(Cell(lang, None, seeds)), lang) for lang in langs}
-    bos: dict[str, dict] = {"none": {lang: {**base[lang].steering_row(base[lang].fluent), "retention": 1.0}
-                                     for lang in langs}}
-    labels = {"none": "no intervention"}
-    for name, st in resolved:
-        labels[name] = (f"each language its best of {sweep_dirs[name]}" if name in per_target else
-                        replace(st, k=st.k if st.k is not None else (neurons.k if st.neuron_level else None)).label())
-        bos[name] = {}
-        for lang in langs:
-            bos[name][lang] = next(rows).row()
-    t_bos = time.perf_counter() - t0
-    measures = ("rate", "rate_lingua", "agreement", "fluent", "retention", "gated_rate", "nll")
+    def measure_bos(self) -> None:
+        """Every setting towards every language from BOS beside the unsteered samples of the same seeds (the
+        paper's Table 2 protocol), through the one cell pipeline and its sample cache; then its tables."""
+        args, neurons, langs = self.args, self.neurons, self.langs
+        cfg = EvaluateConfig(samples=args.samples, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
+        refs = self.study.references(args.corpus)
+        ref_name = args.corpus or neurons.meta.get("corpus_spec") or "none (fixed gate)"
+        t0 = time.perf_counter()
+        self.cells = cells = CellRunner(self.study.model, neurons, cfg, refs, None, progress=not args.quiet,
+                                        store=SampleStore(self.study.samples_dir))
+        seeds = list(range(1, args.samples + 1))
+        groups = []
+        for name, st0 in self.resolved:
+            for lang in langs:
+                st = self.of(name, st0, lang)
+                groups.append([steered(lang, st.for_prompt(None), st.which, st.k if st.k is not None else neurons.k,
+                                       seeds)])
+        # every setting's cells and their unsteered twin (the same seeds from BOS) through the one cell pipeline
+        rows = iter(cells.measure(groups)) if groups else iter(())
+        base = {lang: cells.score(cells.samples(Cell(lang, None, seeds)), lang) for lang in langs}
+        bos: dict[str, dict] = {"none": {lang: {**base[lang].steering_row(base[lang].fluent), "retention": 1.0}
+                                         for lang in langs}}
+        self.labels = labels = {"none": "no intervention"}
+        for name, st in self.resolved:
+            labels[name] = (f"each language its best of {self.plan.sweep_dirs[name]}" if name in self.per_target else
+                            replace(st, k=st.k if st.k is not None else (neurons.k if st.neuron_level else None)).label())
+            bos[name] = {}
+            for lang in langs:
+                bos[name][lang] = next(rows).row()
+        self.t_bos = time.perf_counter() - t0
+        self.md = self.bos_markdown(bos, ref_name)
+        self.result = self.bos_result(bos, ref_name)
 
-    def mean(d: dict, m: str):
-        vals = [d[lang][m] for lang in langs if d[lang][m] is not None and np.isfinite(d[lang][m])]
-        return float(np.mean(vals)) if vals else None
+    def bos_markdown(self, bos: dict, ref_name: str) -> list[str]:
+        """The BOS tables: the means over languages per setting, then rate / gated / retention per language."""
+        args, langs, neurons = self.args, self.langs, self.neurons
+        measures = ("rate", "rate_lingua", "agreement", "fluent", "retention", "gated_rate", "nll")
 
-    head = ["setting", "intervention", "rate", "lingua", "agree", "fluent", "retention", "gated", "NLL"]
-    body = [[n, labels[n], *[_f(mean(bos[n], m)) for m in measures]] for n in bos]
-    per_lang = [[n, *[f"{_f(bos[n][l]['rate'])} / {_f(bos[n][l]['gated_rate'])} / {_f(bos[n][l]['retention'])}"
-                      for l in langs]] for n in bos]
-    md = [f"From BOS: {args.samples} seeds x {args.max_new_tokens} tokens per language, temperature 0.8; "
-          f"means over {', '.join(langs)}. Gate references: {ref_name}; reference NLL of real text: "
-          + ", ".join(f"{l} {v:.2f}" for l, v in cells.ref_nll.items()), "",
-          table(head, body), "", "Per language: rate / gated / retention", "",
-          table(["setting", *langs], per_lang)]
-    if no_prompt:
-        md += ["", f"From BOS without a source (there is no prompt language): {', '.join(no_prompt)}."]
-    for n, v in per_target.items():
-        md += ["", f"{n}, towards each language: " + "; ".join(
-            f"{l} {replace(st, k=st.k if st.k is not None or not st.neuron_level else neurons.k).label()}"
-            for l, st in v.items())]
-    result = {"neurons": str(args.neurons), "bos": bos, "labels": labels, "samples": args.samples,
-              "max_new_tokens": args.max_new_tokens, "references": ref_name, "thresholds": cells.thresholds,
-              "reference_nll": cells.ref_nll, "settings": {n: st.key() | {"method": st.method, "k": st.k}
-                                                            for n, st in resolved if n not in per_target},
-              "per_language_settings": {n: {l: st.key() | {"method": st.method, "k": st.k} for l, st in v.items()}
-                                        for n, v in per_target.items()},
-              "seconds_bos": t_bos, "sample_cache": {"hits": cells.store.hits, "misses": cells.store.misses}}
-    prows: list[list[str]] = []
-    todo_prompted = [name for name, _ in resolved if name in prompted] if args.heldout else []
+        def mean(d: dict, m: str):
+            vals = [d[lang][m] for lang in langs if d[lang][m] is not None and np.isfinite(d[lang][m])]
+            return float(np.mean(vals)) if vals else None
 
-    def write() -> str:
+        head = ["setting", "intervention", "rate", "lingua", "agree", "fluent", "retention", "gated", "NLL"]
+        body = [[n, self.labels[n], *[_f(mean(bos[n], m)) for m in measures]] for n in bos]
+        per_lang = [[n, *[f"{_f(bos[n][l]['rate'])} / {_f(bos[n][l]['gated_rate'])} / {_f(bos[n][l]['retention'])}"
+                          for l in langs]] for n in bos]
+        md = [f"From BOS: {args.samples} seeds x {args.max_new_tokens} tokens per language, temperature 0.8; "
+              f"means over {', '.join(langs)}. Gate references: {ref_name}; reference NLL of real text: "
+              + ", ".join(f"{l} {v:.2f}" for l, v in self.cells.ref_nll.items()), "",
+              table(head, body), "", "Per language: rate / gated / retention", "",
+              table(["setting", *langs], per_lang)]
+        # source=prompt names each prompt's language (the prompted matrix); from BOS there is none, so no source
+        no_prompt = [n for n, st in self.resolved if any(self.of(n, st, l).source == "prompt" for l in langs)]
+        if no_prompt:
+            md += ["", f"From BOS without a source (there is no prompt language): {', '.join(no_prompt)}."]
+        for n, v in self.per_target.items():
+            md += ["", f"{n}, towards each language: " + "; ".join(
+                f"{l} {replace(st, k=st.k if st.k is not None or not st.neuron_level else neurons.k).label()}"
+                for l, st in v.items())]
+        return md
+
+    def bos_result(self, bos: dict, ref_name: str) -> dict:
+        """steering.json after the BOS step: the rows, the settings and the gate they were judged by."""
+        args, cells = self.args, self.cells
+        return {"neurons": str(args.neurons), "bos": bos, "labels": self.labels, "samples": args.samples,
+                "max_new_tokens": args.max_new_tokens, "references": ref_name, "thresholds": cells.thresholds,
+                "reference_nll": cells.ref_nll, "settings": {n: st.key() | {"method": st.method, "k": st.k}
+                                                             for n, st in self.resolved if n not in self.per_target},
+                "per_language_settings": {n: {l: st.key() | {"method": st.method, "k": st.k} for l, st in v.items()}
+                                          for n, v in self.per_target.items()},
+                "seconds_bos": self.t_bos, "sample_cache": {"hits": cells.store.hits, "misses": cells.store.misses}}
+
+    def write(self) -> str:
         """steering.md and .json as far as the run has come: after the BOS table and after every
         prompted matrix, so an interrupted run keeps what it finished."""
-        done = md
+        args, result, out = self.args, self.result, self.plan.out
+        done = self.md
         if args.heldout:
-            left = len(todo_prompted) - len(prows)
+            left = len(self.todo_prompted) - len(self.prows)
             done = done + ["", f"From real prompts ({args.heldout}): {args.n_prompts} prompts x {args.prompt_samples} "
                            f"samples x {args.prompt_tokens} tokens per cell, 6 x 6 matrix; means over the off-diagonal "
                            "cells (prompt language is not the target). Unsteered: the NLL of the plain continuations "
                            "and the rate of the prompt's own language without steering."
-                           + (f" ({left} of {len(todo_prompted)} settings not run yet.)" if left else ""), "",
+                           + (f" ({left} of {len(self.todo_prompted)} settings not run yet.)" if left else ""), "",
                            table(["setting", "intervention", "rate", "lingua", "fluent", "retention", "gated", "NLL",
-                                  "unsteered NLL", "unsteered own-language rate"], prows)]
-        done = done + ["", f"Time: BOS {t_bos:.0f} s" + (f", prompted {result['seconds_prompted']:.0f} s"
-                                                         if "seconds_prompted" in result else "")
-                       + f"; sample cache hits {cells.store.hits}, misses {cells.store.misses}; peak RSS "
+                                  "unsteered NLL", "unsteered own-language rate"], self.prows)]
+        done = done + ["", f"Time: BOS {self.t_bos:.0f} s" + (f", prompted {result['seconds_prompted']:.0f} s"
+                                                              if "seconds_prompted" in result else "")
+                       + f"; sample cache hits {self.cells.store.hits}, misses {self.cells.store.misses}; peak RSS "
                        f"{peak_rss_gib():.2f} GiB"]
         text = "\n".join(done)
         out.mkdir(parents=True, exist_ok=True)
@@ -235,30 +281,46 @@ def run(args) -> None:
         atomic_write_text(out / "steering.json", json.dumps(result, indent=1, default=float))
         return text
 
-    text = write()
-    if args.heldout:
-        held = MultilingualCorpus.load(args.heldout, None, 0, langs)
+    def measure_prompted(self, text: str) -> str:
+        """The 6 x 6 matrix of :func:`cross_steering` per prompted setting on the held-out prompts, written after
+        each; returns steering.md's text as last written."""
+        args, out, result = self.args, self.plan.out, self.result
+        held = MultilingualCorpus.load(args.heldout, None, 0, self.langs)
         t1 = time.perf_counter()
         result["prompted"] = {}  # the unsteered continuations are generated once for all settings (sample store)
-        for name, st in resolved:
-            if name not in prompted:
+        for name, st in self.resolved:
+            if name not in self.plan.prompted:
                 continue
-            res = cross_steering(study.model, neurons, held, CrossSteerConfig(
+            res = cross_steering(self.study.model, self.neurons, held, CrossSteerConfig(
                 n_prompts=args.n_prompts, samples=args.prompt_samples, max_new_tokens=args.prompt_tokens,
-                which=st.which, steering=st, per_target=per_target.get(name)), progress=not args.quiet,
-                store=cells.store)
+                which=st.which, steering=st, per_target=self.per_target.get(name)), progress=not args.quiet,
+                store=self.cells.store)
             off, eye = res.off_diagonal(), np.eye(len(res.languages), dtype=bool)
             diag_none = float(np.mean(res.none[eye]))
             result["prompted"][name] = res.to_json()
             out.mkdir(parents=True, exist_ok=True)
             atomic_write_text(out / f"prompted-{name.replace(' ', '_')}.md", res.markdown())
-            prows.append([name, labels[name], _f(off.get("rate")), _f(off.get("rate_lingua")), _f(off.get("fluent")),
-                          _f(off.get("retention")), _f(off.get("gated")), _f(off.get("nll")),
-                          _f(float(np.nanmean(res.none_nll)) if res.none_nll is not None else None),
-                          _f(diag_none)])
+            self.prows.append([name, self.labels[name], _f(off.get("rate")), _f(off.get("rate_lingua")),
+                               _f(off.get("fluent")), _f(off.get("retention")), _f(off.get("gated")),
+                               _f(off.get("nll")),
+                               _f(float(np.nanmean(res.none_nll)) if res.none_nll is not None else None),
+                               _f(diag_none)])
             result["seconds_prompted"] = time.perf_counter() - t1
-            text = write()
+            text = self.write()
             print(res.markdown(), flush=True)
+        return text
+
+
+def run(args) -> None:
+    """The checks (the command line, then the neurons), the BOS step, the prompted step, and the recording."""
+    plan = check_args(args)
+    study = Study(args.neurons, progress=not args.quiet, echo=print)
+    resolved, per_target = resolve_settings(plan, study.neurons)
+    bench = SteeringRun(args, plan, study, resolved, per_target)
+    bench.measure_bos()
+    text = bench.write()
+    if args.heldout:
+        text = bench.measure_prompted(text)
     if args.no_record:
         print(text)
     else:
