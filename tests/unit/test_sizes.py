@@ -9,17 +9,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 MAX_MODULE, MAX_FUNCTION = 500, 80
 
-# Functions over the bar that are still to be split (temporary, explicit: the lead shrinks them; remove each
-# name once it is under the bar, as the test fails on a name that is no longer long).
-KNOWN_LONG = {
-    "benchmarks/analyse_failures.py:main",
-    "benchmarks/bench_backends.py:main",
-    "benchmarks/bench_methods.py:main",
-    "benchmarks/bench_scaling.py:main",
-    "benchmarks/bench_selectors.py:main",
-    "benchmarks/bench_steering.py:run",
-}
-KNOWN_LARGE: set[str] = set()  # modules likewise
 
 
 def long_functions() -> dict[str, int]:
@@ -48,11 +37,9 @@ def long_functions() -> dict[str, int]:
 def test_no_module_over_500_lines():
     long = {f.relative_to(ROOT).as_posix(): n for f in (ROOT / "tl_langneurons").rglob("*.py")
             if (n := len(f.read_text(encoding="utf-8").splitlines())) > MAX_MODULE}
-    assert sorted(set(long) - KNOWN_LARGE) == [], long
-    assert sorted(KNOWN_LARGE - set(long)) == []  # shrunk: take it off the list
+    assert long == {}
 
 
 def test_no_function_over_80_lines():
     long = long_functions()
-    assert sorted(set(long) - KNOWN_LONG) == [], long
-    assert sorted(KNOWN_LONG - set(long)) == []  # shrunk: take it off the list
+    assert long == {}
