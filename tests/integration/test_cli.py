@@ -371,3 +371,19 @@ def test_every_parser_refuses_abbreviations():
                            for k in node.keywords):
                     bad.append(f"{path.relative_to(root)}:{node.lineno}")
     assert made >= 15 and bad == []
+
+
+@pytest.mark.parametrize("sub,new,old,value,field", [
+    ("find", "--selector", "--method", "lape", "method"),
+    ("steer", "--intervention", "--method", "add", "method"),
+    ("sweep", "--intervention", "--method", "diffmean", "method"),
+    ("evaluate", "--intervention", "--method", "sparse", "method"),
+    ("cross-steer", "--intervention", "--method", "add", "method"),
+])
+def test_selector_and_intervention_are_named_so_and_the_earlier_flag_still_works(sub, new, old, value, field):
+    base = {"find": ["--out", "O"], "steer": ["--neurons", "N", "--lang", "de"], "sweep": ["--neurons", "N"],
+            "evaluate": ["--neurons", "N"], "cross-steer": ["--neurons", "N", "--heldout", "H"]}[sub]
+    parser = build_parser()
+    assert getattr(parser.parse_args([sub, *base, new, value]), field) == value
+    assert getattr(parser.parse_args([sub, *base, old, value]), field) == value
+    assert new in parser._subparsers._group_actions[0].choices[sub].format_help()
