@@ -109,8 +109,8 @@ def test_loading_errors(tmp_path):
         lcb.load_lcb_prompts(["ko"], folder=tmp_path)
     header = "prompt,location,phrasing,language,source\n"
     cases = {
-        "prompt,source\nHi,okapi\n": "missing column(s) language",
-        "prompt,location,language\nHi,Start,de\n": "missing column(s) phrasing",
+        "prompt,source\nHi,okapi\n": r"missing column\(s\) language",
+        "prompt,location,language\nHi,Start,de\n": r"missing column\(s\) phrasing",
         header: "no rows",
         header + "Write in German. Hi.,Start,write in {language_requested},fr,okapi\n": "language 'fr'",
         header + "Write in German. Hi.,Middle,write in {language_requested},de,okapi\n": "a new request at each Start",

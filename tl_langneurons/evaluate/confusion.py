@@ -284,19 +284,51 @@ class LCBTable:
         return paths
 
 
-def lcb_sweeps(directory: str | Path) -> list[Path]:
-    """The ``sweep --lcb`` folders (``lcb-METHOD``, ``lcb-system-METHOD``) of a neurons folder that finished."""
-    return sorted(p for p in Path(directory).glob("lcb-*") if (p / "sweep.json").is_file())
+def set_slug(lcb_set: str | Path | None) -> str:
+    """An LCB set in a folder name: '' for the default (okapi's folders stay ``lcb-METHOD``), else the set with
+    ``-`` for ``/`` (``crosslingual-sharegpt``) or a folder's name."""
+    lcb_set = str(lcb_set or DEFAULT_SET)
+    if lcb_set == DEFAULT_SET:
+        return ""
+    return lcb_set.replace("/", "-") if lcb_set in LCB_SETS else Path(lcb_set).name
 
 
-def lcb_table(directory: str | Path, folders: Sequence[str | Path] | None = None) -> LCBTable:
-    """The LCB table of ``folders`` (default: every finished ``lcb-*`` sweep in ``directory``); refused
-    when there is none, when they were made on other models or neurons, or on other requests, seeds or
-    generation settings (not comparable)."""
-    folders = [Path(f) for f in folders] if folders else lcb_sweeps(directory)
+def _same_set(a: str | None, b: str | None) -> bool:
+    a, b = str(a or DEFAULT_SET), str(b or DEFAULT_SET)
+    if a in LCB_SETS or b in LCB_SETS:
+        return a == b
+    return Path(a).resolve() == Path(b).resolve()
+
+
+def lcb_sweeps(directory: str | Path, lcb_set: str | None = None) -> list[Path]:
+    """The ``sweep --lcb`` folders (``lcb-METHOD``, ``lcb-system-METHOD``; on other sets ``lcb-SET-METHOD``) of a
+    neurons folder that finished on ``lcb_set`` (default crosslingual/okapi; sweeps that recorded no set are okapi's)."""
+    import json
+
+    out = []
+    for p in sorted(Path(directory).glob("lcb-*")):
+        if not (p / "sweep.json").is_file():
+            continue
+        try:
+            made_on = json.loads((p / "sweep.json").read_text(encoding="utf-8"))["meta"]["config"].get("lcb_set")
+        except (ValueError, KeyError, TypeError, AttributeError):
+            made_on = None  # read_lcb_sweep says what is wrong with it
+        if _same_set(made_on, lcb_set):
+            out.append(p)
+    return out
+
+
+def lcb_table(directory: str | Path, folders: Sequence[str | Path] | None = None, lcb_set: str | None = None) -> LCBTable:
+    """The LCB table of ``folders`` (default: every finished ``lcb-*`` sweep in ``directory`` on ``lcb_set``,
+    default crosslingual/okapi); refused when there is none, when they were made on other models or neurons, or on
+    other requests, sets, seeds or generation settings (not comparable)."""
+    folders = [Path(f) for f in folders] if folders else lcb_sweeps(directory, lcb_set)
     if not folders:
-        raise LangNeuronsError(f"{directory} holds no finished LCB sweep; run e.g. tl-langneurons sweep --neurons "
-                               f"{directory} --lcb --method add first")
+        others = lcb_sweeps_any(directory)
+        raise LangNeuronsError(f"{directory} holds no finished LCB sweep on {lcb_set or DEFAULT_SET}"
+                               + (f" (it has {', '.join(p.name for p in others)}: name their set with --lcb-set)"
+                                  if others else "")
+                               + f"; run e.g. tl-langneurons sweep --neurons {directory} --lcb --method add first")
     same = ("val_prompts", "test_prompts", "test_samples", "max_new_tokens", "temperature", "languages", "lcb_gate",
             "lcb_set")
     sweeps = [read_lcb_sweep(f) for f in folders]
@@ -317,6 +349,11 @@ def lcb_table(directory: str | Path, folders: Sequence[str | Path] | None = None
                                    "are not on the same answers; sweep them alike")
         seen = (f, these)
     return LCBTable(gather_lcb(sweeps), [str(f) for f in folders], {"config": seen[1]})
+
+
+def lcb_sweeps_any(directory: str | Path) -> list[Path]:
+    """Every finished ``lcb-*`` sweep of a neurons folder, on any set."""
+    return sorted(p for p in Path(directory).glob("lcb-*") if (p / "sweep.json").is_file())
 
 
 def _made_on(data: dict) -> dict:

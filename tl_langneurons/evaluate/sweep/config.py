@@ -5,6 +5,7 @@ default folder (:func:`sweep_folder`)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Sequence
 
 from ...config import LANGUAGES, Items, check_lists, check_numbers, option
@@ -16,8 +17,8 @@ from ...steer.add import EQUAL_NORMS, parse_bands
 from ...steer.base import ks
 from ...steer.positions import POSITIONS
 from ...steer.setting import SteeringConfig, check_not_empty, parse_setting
-from ..confusion import BEHIND, lcb_languages, lcb_split
-from ..lcb_data import DEFAULT_SET, is_monolingual, phrasings_per_request, set_languages
+from ..confusion import BEHIND, lcb_languages, lcb_split, set_slug
+from ..lcb_data import DEFAULT_SET, is_folder_set, is_monolingual, phrasings_per_request, set_languages
 
 SHARED_PICKS = ("mean", "worst", "floor")  # how the shared setting is ranked (SweepConfig.shared_pick)
 
@@ -217,6 +218,8 @@ class SweepConfig:
         if self.lcb_set is None:
             self.lcb_set = DEFAULT_SET
         set_languages(self.lcb_set)  # a set's name or a folder, or one clear line
+        if is_folder_set(self.lcb_set):  # recorded as a full path
+            self.lcb_set = str(Path(self.lcb_set).resolve())
         n = phrasings_per_request(self.lcb_set)
         if n and n > 1 and (self.val_prompts % n or self.test_prompts % n):
             raise LangNeuronsError(f"--val-prompts {self.val_prompts} and --test-prompts {self.test_prompts}: LCB's "
@@ -255,11 +258,13 @@ class SweepConfig:
                 raise LangNeuronsError(f"--{option_}: {e}") from None
 
 
-def sweep_folder(method: str, lcb: bool = False, system: bool = False) -> str:
+def sweep_folder(method: str, lcb: bool = False, system: bool = False, lcb_set: str | None = None) -> str:
     """A sweep's default folder in the neurons folder: ``sweep`` for clamp, ``sweep-METHOD`` otherwise;
-    ``lcb-METHOD`` for a sweep on LCB's prompts, ``lcb-system-METHOD`` when they carry the system prompt."""
+    ``lcb-METHOD`` for a sweep on LCB's okapi prompts, ``lcb-system-METHOD`` when they carry the system prompt;
+    on another set its name after ``lcb-`` (``lcb-crosslingual-sharegpt-add``)."""
     if lcb:
-        return f"lcb-system-{method}" if system else f"lcb-{method}"
+        tag = f"lcb-{set_slug(lcb_set)}-" if set_slug(lcb_set) else "lcb-"
+        return f"{tag}system-{method}" if system else f"{tag}{method}"
     return intervention(method).folder()
 
 
