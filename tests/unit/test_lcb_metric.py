@@ -38,7 +38,7 @@ from tl_langneurons.evaluate.metrics import lid_model
 DATA = Path(__file__).resolve().parents[1] / "data" / "lcb"
 SHIPPED = Path(lcb.__file__).resolve().parents[1] / "data" / "lcb"
 NAMES = {"de": "German", "es": "Spanish", "fr": "French", "ja": "Japanese", "zh": "Chinese"}
-FIVE = tuple(NAMES)  # the okapi languages shipped first: load_lcb_prompts()'s default
+FIVE = tuple(NAMES)  # the okapi languages shipped first
 WORDS_SHA256 = "1ec8230beef2a7c955742b089fc3cea2833866cf5482bf018d7c4124eef104bd"  # the repository's `words`
 
 DE = ["Das ist ein schöner Tag im Park.", "Wir gehen heute Abend zusammen ins Kino.",
@@ -54,7 +54,7 @@ def _need(module: str):
 
 
 def test_shipped_prompts_come_in_groups_of_three_phrasings_of_one_request():
-    prompts = lcb.load_lcb_prompts()
+    prompts = lcb.load_lcb_prompts(FIVE)
     assert len(prompts) == 500
     for lang in FIVE:
         rows = [p for p in prompts if p.language == lang]
@@ -82,7 +82,7 @@ def test_shipped_prompts_come_in_groups_of_three_phrasings_of_one_request():
 
 
 def test_split_is_disjoint_by_request_deterministic_and_the_same_in_every_language():
-    prompts = lcb.load_lcb_prompts()
+    prompts = lcb.load_lcb_prompts(FIVE)
     val, test = lcb.split_prompts(prompts, n_val=10, seed=0)
     assert sorted(val + test, key=prompts.index) == prompts
     assert val == sorted(val, key=prompts.index) and test == sorted(test, key=prompts.index)

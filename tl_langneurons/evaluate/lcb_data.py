@@ -91,8 +91,7 @@ def set_languages(lcb_set: str | Path = DEFAULT_SET) -> tuple[str, ...]:
 
 def load_lcb_prompts(languages: Sequence[str] | str | None = None, folder: str | Path | None = None,
                      lcb_set: str | Path = DEFAULT_SET) -> list[LCBPrompt]:
-    """The prompts of ``languages`` (default: the cross-lingual okapi targets shipped before, de es fr ja zh; None
-    with another set: all its languages), in file order, from a shipped set (``lcb_set``, default
+    """The prompts of ``languages`` (default: every language of the set), in file order, from a shipped set (``lcb_set``, default
     ``crosslingual/okapi``) or a folder of ``<lang>.csv`` files in LCB's format (``folder``, or a path as
     ``lcb_set``, e.g. an unzipped ``test_sets/crosslingual/sharegpt``)."""
     if folder is not None:
@@ -100,7 +99,7 @@ def load_lcb_prompts(languages: Sequence[str] | str | None = None, folder: str |
     if isinstance(languages, str):
         languages = (languages,)
     if languages is None:
-        languages = ("de", "es", "fr", "ja", "zh") if str(lcb_set) == DEFAULT_SET else set_languages(lcb_set)
+        languages = set_languages(lcb_set)
     out: list[LCBPrompt] = []
     if not is_folder_set(lcb_set):
         have = LCB_SETS[str(lcb_set)]
