@@ -127,7 +127,7 @@ def lcb_quality(model: HookedModel, rows: Sequence[dict], prompts: Sequence[Sequ
                 per_prompt: int) -> dict:
     """LCB's scores of one cell's answers (``rows``: ``per_prompt`` answers of each of ``prompts`` in turn)
     and the relevance proxy: ``lpr`` (line-level pass rate), ``lcb_acc`` (mean share of lines in the language),
-    ``wpr`` (word-level pass rate, ja and zh), ``relevance`` (mean NLL gain of an answer after its own request
+    ``wpr`` (word-level pass rate, ar hi ja ko ru zh), ``relevance`` (mean NLL gain of an answer after its own request
     over another request of the language, nats per token) and ``on_topic`` (share of answers with a gain)."""
     texts = [r["text"] for r in rows]
     m = lcb_metrics(texts, lang)

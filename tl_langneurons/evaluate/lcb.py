@@ -31,6 +31,7 @@ from importlib import resources
 from typing import Iterable
 
 from ..errors import LangNeuronsError
+# the test sets live in .lcb_data; their names stay importable from here, where the loader was before
 from .lcb_data import (DEFAULT_SET, LCB_LANGUAGES, LCB_SETS, LOCATIONS, LCBPrompt, _data_root, load_lcb_prompts,  # noqa: F401
                        split_by_prompts, split_prompts, whole_requests)
 from .metrics import lid_model
