@@ -246,14 +246,19 @@ def reference(tmp_path_factory):
     return module
 
 
-@pytest.fixture(scope="module")
-def outputs() -> dict[tuple[str, str], list[str]]:
-    with gzip.open(DATA / "okapi_crosslingual_outputs.csv.gz", "rt", encoding="utf-8", newline="") as f:
+def _completions(name: str) -> dict[tuple[str, str], list[str]]:
+    """A file of published completions by (model, language)."""
+    with gzip.open(DATA / name, "rt", encoding="utf-8", newline="") as f:
         rows = list(csv.DictReader(f))
     out = collections.defaultdict(list)
     for r in rows:
         out[r["model"], r["language"]].append(r["completion"])
     return dict(out)
+
+
+@pytest.fixture(scope="module")
+def outputs() -> dict[tuple[str, str], list[str]]:
+    return _completions("okapi_crosslingual_outputs.csv.gz")
 
 
 def test_outputs_fixture(outputs):
@@ -319,12 +324,7 @@ def test_failing_lines_say_which_lines_fail_and_why():
 @pytest.fixture(scope="module")
 def more_outputs() -> dict[tuple[str, str], list[str]]:
     """The published completions of the other nine cross-lingual okapi targets and of monolingual okapi en."""
-    with gzip.open(DATA / "okapi_more_outputs.csv.gz", "rt", encoding="utf-8", newline="") as f:
-        rows = list(csv.DictReader(f))
-    out = collections.defaultdict(list)
-    for r in rows:
-        out[r["model"], r["language"]].append(r["completion"])
-    return dict(out)
+    return _completions("okapi_more_outputs.csv.gz")
 
 
 def test_metrics_equal_the_reference_in_every_language(reference, outputs, more_outputs):
