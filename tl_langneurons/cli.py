@@ -146,10 +146,10 @@ def cmd_compare(args) -> None:
 
 
 def cmd_lcb(args) -> None:
-    from .evaluate.confusion import lcb_table, write_lcb_table
+    from .evaluate.confusion import lcb_table, set_slug, write_lcb_table
 
-    out = args.out or str(Path(args.dir) / "lcb")
-    table = lcb_table(args.dir, args.sweeps)
+    out = args.out or str(Path(args.dir) / ("lcb-" + set_slug(args.lcb_set) if set_slug(args.lcb_set) else "lcb"))
+    table = lcb_table(args.dir, args.sweeps, args.lcb_set)
     paths = write_lcb_table(table, out, args.overwrite)
     print(table.markdown())
     print(f"written: {', '.join(str(p) for p in paths)}")
@@ -269,8 +269,11 @@ def build_parser() -> argparse.ArgumentParser:
     q = command("lcb", "the language-confusion sweeps (sweep --lcb) of a find folder in one table: LCB's "
                        "line-level pass rate beside quality, per method")
     q.add_argument("dir", help="a find output folder holding lcb-METHOD (lcb-system-METHOD) sweeps")
-    q.add_argument("--sweeps", nargs="+", default=None, help="the sweep folders (default: every DIR/lcb-*)")
-    q.add_argument("--out", default=None, help="output folder (default DIR/lcb: lcb.md, .csv, .json)")
+    q.add_argument("--sweeps", nargs="+", default=None, help="the sweep folders (default: every DIR/lcb-* on --lcb-set)")
+    q.add_argument("--lcb-set", default=None, help="the LCB test set whose sweeps are gathered (default "
+                   "crosslingual/okapi; another set's name, e.g. crosslingual/sharegpt, or the folder a sweep read)")
+    q.add_argument("--out", default=None, help="output folder (default DIR/lcb: lcb.md, .csv, .json; on another set "
+                   "DIR/lcb-SET)")
     q.add_argument(*_OVERWRITE[:1], **_OVERWRITE[1])
     q.set_defaults(func=cmd_lcb)
     q = command("demo", "find, evaluate and report on the defaults")

@@ -265,7 +265,7 @@ class Study:
         clamp, ``DIR/sweep-METHOD`` for the other methods, so the sweeps of several methods sit side by
         side and the report shows them together)."""
         cfg = config or SweepConfig()
-        out = Path(out) if out else self.dir / sweep_folder(cfg.method, cfg.lcb, cfg.lcb_system)
+        out = Path(out) if out else self.dir / sweep_folder(cfg.method, cfg.lcb, cfg.lcb_system, cfg.lcb_set)
         check_target(out, "sweep", result_settings(self.neurons, cfg), overwrite)
         check_sweep(cfg, self.neurons)
         held, left_out = None, None

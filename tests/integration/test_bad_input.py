@@ -782,3 +782,24 @@ def test_offload_folders_of_killed_runs_are_removed_by_the_next(tiny_dirs, tmp_p
     finally:
         alive.kill()
         alive.wait()
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["--lcb", "--lcb-set", "crosslingual/nope"], "LCB set 'crosslingual/nope': neither a shipped set"),
+    (["--lcb-set", "crosslingual/sharegpt"], "--lcb-set names the LCB test set of an --lcb sweep: give --lcb too"),
+    (["--lcb", "--val-prompts", "4"], "LCB's prompts come in requests of 3 phrasings"),
+    (["--lcb", "--lcb-set", "crosslingual/sharegpt", "--val-prompts", "1", "--languages", "de"],
+     "--val-prompts 1: whole de requests of LCB's crosslingual/sharegpt (46 requests of 2 or 3 phrasings"),
+    (["--lcb", "--lcb-set", "monolingual/native", "--languages", "de"],
+     "LCB's monolingual/native asks for es, fr, ja, ko; not de"),
+    (["--lcb", "--lcb-set", "monolingual/okapi", "--method", "add", "--sources", "none,prompt"],
+     "--sources prompt steers away from the request's language; monolingual/okapi's requests are written in"),
+    (["--lcb", "--languages", "ko"], "ko"),  # a language of LCB's, not of the neurons
+])
+def test_sweep_lcb_set_checked_before_the_model(found, tmp_path, capsys, monkeypatch, args, msg):
+    from tl_langneurons.model.load import ModelConfig
+
+    monkeypatch.setattr(ModelConfig, "load", lambda *a, **k: pytest.fail("the model loaded"))
+    code = main(["sweep", "--neurons", str(found), "--out", str(tmp_path / "s"), "--quiet", *args])
+    one_line_error(capsys, code, msg)
+    assert not (tmp_path / "s").exists()

@@ -307,3 +307,45 @@ def test_lcb_shows_no_lpr_where_no_answer_was_scored(short_lcb, tmp_path, capsys
     assert main(["lcb", str(tmp_path / "two")]) == 0
     none = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| none |"))
     assert none.startswith("| none | 0.50 |") and none.endswith("| - | 0.50 |")
+
+
+@pytest.mark.slow  # a sweep end to end
+def test_sweep_on_sharegpt_from_the_command_line(short_lcb, tmp_path, capsys):
+    """``sweep --lcb --lcb-set crosslingual/sharegpt``: its requests (2 or 3 phrasings) whole on one side, the set
+    recorded, its own default folder; ``lcb --lcb-set`` tables it apart from the okapi sweep beside it."""
+    import shutil
+
+    from tl_langneurons.cli import main
+
+    n = tmp_path / "n"
+    shutil.copytree(short_lcb, n)
+    assert main(["sweep", "--neurons", str(n), "--lcb", "--lcb-set", "crosslingual/sharegpt", "--languages", "de,ja",
+                 "--val-prompts", "5", "--test-prompts", "6", "--max-new-tokens", "6", "--quiet", "--method", "add",
+                 "--k-fractions", "5%", "--alphas", "1", "--layer-sets", "all"]) == 0
+    data = json.loads((n / "lcb-crosslingual-sharegpt-add" / "sweep.json").read_text())
+    assert data["meta"]["config"]["lcb_set"] == "crosslingual/sharegpt"
+    assert data["meta"]["prompts"]["lcb"].startswith("for-ai/language-confusion test_sets/crosslingual/sharegpt")
+    for lang in ("de", "ja"):
+        known = {p.prompt: p for p in load_lcb_prompts([lang], lcb_set="crosslingual/sharegpt")}
+        val, test = (data["meta"]["prompts"]["requests"][k][lang] for k in ("val", "test"))
+        assert (len(val), len(test)) == (5, 6)
+        v, t = {known[x].request for x in val}, {known[x].request for x in test}
+        assert not v & t
+        for requests, texts in ((v, val), (t, test)):  # every phrasing of each request taken
+            assert sum(1 for p in known.values() if p.request in requests) == len(texts)
+    rows = [r for r in data["test"] if r["lang"] == "de"]
+    assert [r["setting"] for r in rows][:2] == ["none", "system prompt"] and all("lpr" in r for r in rows)
+    capsys.readouterr()
+    assert main(["lcb", str(n), "--lcb-set", "crosslingual/sharegpt"]) == 0
+    table = (n / "lcb-crosslingual-sharegpt" / "lcb.md").read_text(encoding="utf-8")
+    assert table.startswith("Language confusion on LCB's cross-lingual sharegpt requests; sweeps: ")
+    assert "lcb-crosslingual-sharegpt-add" in table and "lcb-add" not in table.split("\n")[0].split("sharegpt requests")[1]
+    capsys.readouterr()
+    assert main(["lcb", str(n), "--out", str(tmp_path / "okapi")]) == 0  # the okapi sweep alone, as before
+    assert "cross-lingual okapi requests" in (tmp_path / "okapi" / "lcb.md").read_text(encoding="utf-8")
+    empty = tmp_path / "m"
+    empty.mkdir()
+    shutil.copytree(n / "lcb-crosslingual-sharegpt-add", empty / "lcb-crosslingual-sharegpt-add")
+    capsys.readouterr()
+    _one_line(capsys, main(["lcb", str(empty)]), "no finished LCB sweep on crosslingual/okapi",
+              "it has lcb-crosslingual-sharegpt-add: name their set with --lcb-set")

@@ -4,6 +4,9 @@ prompts of two genres with every later stage and the shared search; on LCB's req
 tests/data/sweep_golden.json by running the code of commit f740869. Only what differs between runs and
 machines is masked (timings, the run's counts, versions, paths, the model's folder and the names and keys that
 hold it); floats compare to 6 significant digits. A rerun reads every cell back and generates nothing.
+Issue 42 (every LCB test set) changed the recorded meta alone, by four lines of the golden file: ``config.lcb_set``
+(null, or crosslingual/okapi for the LCB sweep) and ``prompts.lcb`` naming the shipped archive the okapi files
+are now read from; every result and sweep.md stayed as they were.
 
 ``TL_RECORD_SWEEP_GOLDEN=1`` writes the golden file anew (only on code known to be right)."""
 

@@ -7,7 +7,10 @@ tests/data/lcb/ holds, from https://github.com/for-ai/language-confusion at comm
   doctest collection does not import it);
 - okapi_crosslingual_outputs.csv.gz: the rows of outputs/command-r.csv, outputs/llama-3-instruct.csv and
   outputs/mistral-8x7b.csv with task ``crosslingual``, source ``okapi`` and language de es fr ja zh
-  (100 each; columns model, id, language, completion, copied unchanged).
+  (100 each; columns model, id, language, completion, copied unchanged);
+- okapi_more_outputs.csv.gz: the rows of the same three files with task ``crosslingual``, source ``okapi`` and
+  the other nine languages (ar hi id it ko pt ru tr vi), and with task ``monolingual``, source ``okapi`` and
+  language en (100 each; columns model, id, task, source, language, completion, copied unchanged).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import re
 import shutil
 import sys
 import types
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +38,7 @@ from tl_langneurons.evaluate.metrics import lid_model
 DATA = Path(__file__).resolve().parents[1] / "data" / "lcb"
 SHIPPED = Path(lcb.__file__).resolve().parents[1] / "data" / "lcb"
 NAMES = {"de": "German", "es": "Spanish", "fr": "French", "ja": "Japanese", "zh": "Chinese"}
+FIVE = tuple(NAMES)  # the okapi languages shipped first
 WORDS_SHA256 = "1ec8230beef2a7c955742b089fc3cea2833866cf5482bf018d7c4124eef104bd"  # the repository's `words`
 
 DE = ["Das ist ein schöner Tag im Park.", "Wir gehen heute Abend zusammen ins Kino.",
@@ -49,9 +54,9 @@ def _need(module: str):
 
 
 def test_shipped_prompts_come_in_groups_of_three_phrasings_of_one_request():
-    prompts = lcb.load_lcb_prompts()
+    prompts = lcb.load_lcb_prompts(FIVE)
     assert len(prompts) == 500
-    for lang in lcb.LCB_LANGUAGES:
+    for lang in FIVE:
         rows = [p for p in prompts if p.language == lang]
         assert [p.index for p in rows] == list(range(100))
         assert [p.location for p in rows] == ["Start", "Middle", "End"] * 33 + ["Start"]
@@ -72,17 +77,17 @@ def test_shipped_prompts_come_in_groups_of_three_phrasings_of_one_request():
         assert len({tuple(sorted(w[0].items())) for w in by_request.values()}) == 34
     # the five files are the same English prompts, only the language name differs
     generic = {lang: [p.prompt.replace(NAMES[p.language], "{L}") for p in prompts if p.language == lang]
-               for lang in lcb.LCB_LANGUAGES}
-    assert all(generic[lang] == generic["de"] for lang in lcb.LCB_LANGUAGES)
+               for lang in FIVE}
+    assert all(generic[lang] == generic["de"] for lang in FIVE)
 
 
 def test_split_is_disjoint_by_request_deterministic_and_the_same_in_every_language():
-    prompts = lcb.load_lcb_prompts()
+    prompts = lcb.load_lcb_prompts(FIVE)
     val, test = lcb.split_prompts(prompts, n_val=10, seed=0)
     assert sorted(val + test, key=prompts.index) == prompts
     assert val == sorted(val, key=prompts.index) and test == sorted(test, key=prompts.index)
     held_out = {}
-    for lang in lcb.LCB_LANGUAGES:
+    for lang in FIVE:
         v = {p.request for p in val if p.language == lang}
         t = {p.request for p in test if p.language == lang}
         assert len(v) == 10 and len(t) == 24 and not v & t
@@ -98,16 +103,20 @@ def test_split_is_disjoint_by_request_deterministic_and_the_same_in_every_langua
 
 
 def test_loading_errors(tmp_path):
-    with pytest.raises(LangNeuronsError, match="'ko'"):
-        lcb.load_lcb_prompts(["de", "ko"])
+    with pytest.raises(LangNeuronsError, match="crosslingual/okapi has ar, de, .*; not 'en'"):
+        lcb.load_lcb_prompts(["de", "en"])
     with pytest.raises(LangNeuronsError, match="no LCB file"):
         lcb.load_lcb_prompts(["ko"], folder=tmp_path)
     header = "prompt,location,phrasing,language,source\n"
     cases = {
-        "prompt,language\nHi,de\n": "missing column",
+        "prompt,source\nHi,okapi\n": r"missing column\(s\) language",
+        "prompt,location,language\nHi,Start,de\n": r"missing column\(s\) phrasing",
         header: "no rows",
         header + "Write in German. Hi.,Start,write in {language_requested},fr,okapi\n": "language 'fr'",
-        header + "Write in German. Hi.,Middle,write in {language_requested},de,okapi\n": "groups of three",
+        header + "Write in German. Hi.,Middle,write in {language_requested},de,okapi\n": "a new request at each Start",
+        header + "Write in German. Hi.,Start,x,de,okapi\nHi. Write in German.,End,x,de,okapi\n"
+                 "Hi in German.,Middle,x,de,okapi\n": "row 4 has location 'Middle' after 'End'",
+        header + "Write in German. Hi.,Top,x,de,okapi\n": "location 'Top'",
         header + "Write in German. Hi.,Start\n": "too few fields",
         header + "Write in German. Hi.,Start,x,de,okapi,extra\n": "too many fields",
     }
@@ -118,7 +127,8 @@ def test_loading_errors(tmp_path):
     (tmp_path / "de.csv").write_bytes(b"\xff\xfe")
     with pytest.raises(LangNeuronsError, match="UTF-8"):
         lcb.load_lcb_prompts(["de"], folder=tmp_path)
-    shutil.copy(SHIPPED / "de.csv", tmp_path / "de.csv")
+    with zipfile.ZipFile(SHIPPED / "test_sets.zip") as z:
+        (tmp_path / "de.csv").write_bytes(z.read("test_sets/crosslingual/okapi/de.csv"))
     assert lcb.load_lcb_prompts("de", folder=tmp_path) == lcb.load_lcb_prompts(["de"])
 
 
@@ -236,9 +246,9 @@ def reference(tmp_path_factory):
     return module
 
 
-@pytest.fixture(scope="module")
-def outputs() -> dict[tuple[str, str], list[str]]:
-    with gzip.open(DATA / "okapi_crosslingual_outputs.csv.gz", "rt", encoding="utf-8", newline="") as f:
+def _completions(name: str) -> dict[tuple[str, str], list[str]]:
+    """A file of published completions by (model, language)."""
+    with gzip.open(DATA / name, "rt", encoding="utf-8", newline="") as f:
         rows = list(csv.DictReader(f))
     out = collections.defaultdict(list)
     for r in rows:
@@ -246,9 +256,14 @@ def outputs() -> dict[tuple[str, str], list[str]]:
     return dict(out)
 
 
+@pytest.fixture(scope="module")
+def outputs() -> dict[tuple[str, str], list[str]]:
+    return _completions("okapi_crosslingual_outputs.csv.gz")
+
+
 def test_outputs_fixture(outputs):
     assert sorted(outputs) == [(m, lang) for m in ("command-r", "llama-3-instruct", "mistral-8x7b")
-                               for lang in sorted(lcb.LCB_LANGUAGES)]
+                               for lang in sorted(FIVE)]
     assert all(len(c) == 100 for c in outputs.values())
 
 
@@ -304,3 +319,32 @@ def test_failing_lines_say_which_lines_fail_and_why():
     assert lcb.failing_lines(zh, "zh") == []
     # a line of symbols alone is not a misread line of the script, however lid.176 labels it
     assert lcb.langid("【" * 60) == "zh" and lcb.failing_lines("【" * 60, "ja") == [("【" * 60, "other")]
+
+
+@pytest.fixture(scope="module")
+def more_outputs() -> dict[tuple[str, str], list[str]]:
+    """The published completions of the other nine cross-lingual okapi targets and of monolingual okapi en."""
+    return _completions("okapi_more_outputs.csv.gz")
+
+
+def test_metrics_equal_the_reference_in_every_language(reference, outputs, more_outputs):
+    """All fifteen languages (the 14 targets and monolingual en): LPR, line accuracy and WPR (ar hi ja ko ru zh)
+    as the reference computes them, and the tokens of every line as it cuts them."""
+    everything = {**outputs, **more_outputs}
+    langs = sorted({lang for _, lang in everything})
+    assert langs == sorted({*lcb.LCB_LANGUAGES, "en"}) and all(len(c) == 100 for c in everything.values())
+    wpr_seen = set()
+    lpr = {}
+    for (model, lang), completions in more_outputs.items():
+        expected = reference.compute_metrics(completions, lang)
+        got = lcb.lcb_metrics(completions, lang)
+        assert {k: got[k] for k in expected} == expected, (model, lang)
+        assert ("wpr" in got) == (lang in lcb.WPR_LANGUAGES), (model, lang)
+        if "wpr" in got:
+            wpr_seen.add(lang)
+        lpr[model, lang] = got["lpr"]
+        for c in completions[:20]:
+            for line in lcb.normalize(c).split("\n"):
+                assert lcb.tokenize(line, lang) == reference.tokenize(line, lang)
+    assert wpr_seen == {"ar", "hi", "ko", "ru"}  # ja and zh: test_metrics_equal_the_reference
+    assert min(lpr.values()) < 0.9 and max(lpr.values()) > 0.9

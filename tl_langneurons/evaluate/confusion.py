@@ -23,49 +23,84 @@ from ..results import check_target, read_json, staged_folder
 from ..steer.generation import Sample, sample_nll
 from ..steer.prompts import chat_ids
 from ..tables import csv_text, dashed as _f, markdown_table
-from .lcb import LCB_LANGUAGES, lcb_metrics, line_pass, load_lcb_prompts, split_prompts
+from .lcb import lcb_metrics, line_pass
+from .lcb_data import (DEFAULT_SET, LCB_SETS, is_monolingual, load_lcb_prompts, set_languages, split_by_prompts,
+                       whole_requests)
 from .metrics import is_degenerate
 
-LANGUAGE_NAMES = {"de": "German", "es": "Spanish", "fr": "French", "ja": "Japanese", "zh": "Chinese"}
+LANGUAGE_NAMES = {"ar": "Arabic", "de": "German", "en": "English", "es": "Spanish", "fr": "French", "hi": "Hindi",
+                  "id": "Indonesian", "it": "Italian", "ja": "Japanese", "ko": "Korean", "pt": "Portuguese",
+                  "ru": "Russian", "tr": "Turkish", "vi": "Vietnamese", "zh": "Chinese"}  # LCB's languages, as its prompts name them
 SYSTEM_PROMPT = "You are a helpful assistant. Always answer in {name}, whatever the language of the request."
 SPLIT_SEED = 0
 BEHIND = " + system prompt"  # the lcb table's suffix of the rows of an --lcb-system sweep
+FIRST_FIVE = ("de", "es", "fr", "ja", "zh")  # the okapi languages shipped first: the default order of a sweep's targets
 
 
-def lcb_languages(languages: Sequence[str] | None, known: Sequence[str]) -> list[str]:
-    """The target languages of an LCB sweep: those asked for (each one of LCB's cross-lingual okapi set and of
-    the neurons'), else every LCB language the neurons know; one clear line otherwise."""
+def lcb_languages(languages: Sequence[str] | None, known: Sequence[str], lcb_set: str = DEFAULT_SET) -> list[str]:
+    """The target languages of an LCB sweep on ``lcb_set``: those asked for (each one of the set's and of the
+    neurons'), else every language of the set the neurons know (de es fr ja zh first, in that order, as before
+    the other nine were read); one clear line otherwise."""
+    have = set_languages(lcb_set)
     if languages:
-        bad = [l for l in languages if l not in LCB_LANGUAGES]
+        bad = [l for l in languages if l not in have]
         if bad:
-            raise LangNeuronsError(f"--lcb: LCB's cross-lingual prompts shipped here ask for "
-                                   f"{', '.join(LCB_LANGUAGES)}; not {', '.join(bad)}")
+            raise LangNeuronsError(f"--lcb: LCB's {lcb_set} asks for {', '.join(have)}; not {', '.join(bad)}")
+        nameless = [l for l in languages if l not in LANGUAGE_NAMES]
+        if nameless:
+            raise LangNeuronsError(f"--lcb: no language name for the system prompt of {', '.join(nameless)} (LCB's "
+                                   f"languages are {', '.join(LANGUAGE_NAMES)})")
         return list(languages)
-    out = [l for l in LCB_LANGUAGES if l in known]
+    ordered = [l for l in FIRST_FIVE if l in have] + [l for l in have if l not in FIRST_FIVE]
+    out = [l for l in ordered if l in known and l in LANGUAGE_NAMES]
     if not out:
-        raise LangNeuronsError(f"--lcb: the neurons know none of LCB's languages ({', '.join(LCB_LANGUAGES)}); "
-                               f"they know {', '.join(known)}")
+        raise LangNeuronsError(f"--lcb: the neurons know none of the languages of LCB's {lcb_set} "
+                               f"({', '.join(have)}); they know {', '.join(known)}")
     return out
 
 
-def lcb_prompts(tokenizer, langs: Sequence[str], n_val: int, n_test: int) -> dict:
+def set_source(lcb_set: str | None) -> str:
+    """Where an LCB set's prompts come from, as a sweep records it (``meta.prompts.lcb``)."""
+    lcb_set = lcb_set or DEFAULT_SET
+    if lcb_set in LCB_SETS:
+        return f"for-ai/language-confusion test_sets/{lcb_set} (tl_langneurons/data/lcb/test_sets.zip)"
+    return f"{lcb_set} (a folder of LCB-format files)"
+
+
+def set_words(lcb_set: str | None) -> str:
+    """An LCB set's requests in words, for the tables: ``cross-lingual okapi requests (asked in English to answer
+    in the language``."""
+    lcb_set = lcb_set or DEFAULT_SET
+    kind, _, name = lcb_set.partition("/")
+    if lcb_set in LCB_SETS and kind == "crosslingual":
+        return f"cross-lingual {name} requests (asked in English to answer in the language"
+    if lcb_set in LCB_SETS:
+        return f"monolingual {name} requests (asked in the language to answer in it"
+    return f"requests of {lcb_set} (LCB's format"
+
+
+def lcb_split(langs: Sequence[str], n_val: int, n_test: int, lcb_set: str = DEFAULT_SET) -> dict:
+    """``{lang: (validation, test)}``: each language's prompts of ``lcb_set``, whole requests apart
+    (:func:`~tl_langneurons.evaluate.lcb_data.split_by_prompts`; a last request cut short by the end of its file
+    left out), ``n_val`` and ``n_test`` prompts. Reads CSV files only: run before the model loads, its errors are
+    the sweep's."""
+    out = {}
+    for lang in langs:
+        prompts = whole_requests(load_lcb_prompts([lang], lcb_set=lcb_set))  # okapi: less row 99 (one phrasing)
+        out[lang] = split_by_prompts(prompts, n_val, n_test, seed=SPLIT_SEED, what=f"LCB's {lcb_set}")
+    return out
+
+
+def lcb_prompts(tokenizer, langs: Sequence[str], n_val: int, n_test: int, lcb_set: str = DEFAULT_SET) -> dict:
     """``{"val": {lang: ids}, "test": {lang: ids}, "system": {lang: ids}, "system_val": {lang: ids}, "requests":
-    {...}}``: each target language's validation and test prompts (whole requests apart,
-    :func:`~tl_langneurons.evaluate.lcb.split_prompts`) through the chat template, the test and the validation
+    {...}, "monolingual": bool}``: each target language's validation and test prompts of ``lcb_set`` (whole requests apart,
+    :func:`lcb_split`) through the chat template, the test and the validation
     prompts again behind a system message that asks for the language (prompting alone; the model's answers to
     the validation ones set the fluency gate of an LCB sweep), and their texts (what the results record)."""
     out: dict = {"val": {}, "test": {}, "system": {}, "system_val": {}, "requests": {"val": {}, "test": {}}}
-    for lang in langs:
-        prompts = load_lcb_prompts([lang])
-        count: dict[int, int] = {}
-        for p in prompts:
-            count[p.request] = count.get(p.request, 0) + 1
-        prompts = [p for p in prompts if count[p.request] == 3]  # whole requests only (row 99 has one phrasing)
-        val, test = split_prompts(prompts, n_val // 3, seed=SPLIT_SEED)
-        if len(test) < n_test:
-            raise LangNeuronsError(f"--test-prompts {n_test}: LCB has {len(prompts)} {lang} prompts, {len(val)} of "
-                                   f"them for validation; ask for at most {len(test)} test prompts")
-        test = test[:n_test]
+    split = lcb_split(langs, n_val, n_test, lcb_set)
+    out["monolingual"] = any(is_monolingual(v + t) for v, t in split.values())
+    for lang, (val, test) in split.items():
         system = SYSTEM_PROMPT.format(name=LANGUAGE_NAMES[lang])
         out["val"][lang] = [chat_ids(tokenizer, p.prompt) for p in val]
         out["test"][lang] = [chat_ids(tokenizer, p.prompt) for p in test]
@@ -92,14 +127,15 @@ def lcb_quality(model: HookedModel, rows: Sequence[dict], prompts: Sequence[Sequ
                 per_prompt: int) -> dict:
     """LCB's scores of one cell's answers (``rows``: ``per_prompt`` answers of each of ``prompts`` in turn)
     and the relevance proxy: ``lpr`` (line-level pass rate), ``lcb_acc`` (mean share of lines in the language),
-    ``wpr`` (word-level pass rate, ja and zh), ``relevance`` (mean NLL gain of an answer after its own request
+    ``wpr`` (word-level pass rate, ar hi ja ko ru zh), ``relevance`` (mean NLL gain of an answer after its own request
     over another request of the language, nats per token) and ``on_topic`` (share of answers with a gain)."""
     texts = [r["text"] for r in rows]
     m = lcb_metrics(texts, lang)
     out = {"lpr": m["lpr"], "lcb_acc": m["acc"], "wpr": m.get("wpr"), "lcb_scored": m["n_scored"],
            "relevance": None, "on_topic": None}
     n_prompts = len(prompts)
-    if n_prompts < 6 or len(rows) != n_prompts * per_prompt:  # another request needs two requests of 3 phrasings
+    # the prompt 3 on is always another request (a request has at most 3 phrasings; okapi: the same phrasing)
+    if n_prompts < 6 or len(rows) != n_prompts * per_prompt:
         return out
     other = [list(prompts[(i // per_prompt + 3) % n_prompts]) for i in range(len(rows))]
     away = sample_nll(model, [Sample(seed=0, tokens=list(r["tokens"]), text=r["text"], prompt=p)
@@ -174,6 +210,7 @@ LCB_SWEEP_FIELDS = {
     "test.[].lang": ("string",), "test.[].setting": ("string",), "test.[].label": ("string", "null"),
     **{f"test.[].{k}": ("number", "null") for k in LCB_COLUMNS}, "test.[].lcb_scored": ("integer", "null"),
     "meta.config.method": ("string", "null"), "meta.config.lcb_system": ("bool", "null"),
+    "meta.config.lcb_set": ("string", "null"),
     **{f"meta.config.{k}": ("integer", "null") for k in ("val_prompts", "test_prompts", "test_samples", "max_new_tokens")},
     "meta.config.temperature": ("number", "null"),
     # what the sweep was made on (sweeps before these were recorded: null)
@@ -231,7 +268,8 @@ class LCBTable:
 
     def markdown(self) -> str:
         behind = any(r["setting"].endswith(BEHIND) for r in self.rows)
-        return (f"Language confusion on LCB's cross-lingual okapi requests; sweeps: {', '.join(self.sweeps)}\n\n"
+        words = set_words(self.meta.get("config", {}).get("lcb_set")).split(" (")[0]
+        return (f"Language confusion on LCB's {words}; sweeps: {', '.join(self.sweeps)}\n\n"
                 + lcb_markdown(self.rows)
                 + ("\nRetention: against the unsteered answers to the same requests, so the system prompt's is against "
                    f"none's and the rows ending{BEHIND} are against the system prompt's.\n" if behind else ""))
@@ -246,20 +284,53 @@ class LCBTable:
         return paths
 
 
-def lcb_sweeps(directory: str | Path) -> list[Path]:
-    """The ``sweep --lcb`` folders (``lcb-METHOD``, ``lcb-system-METHOD``) of a neurons folder that finished."""
-    return sorted(p for p in Path(directory).glob("lcb-*") if (p / "sweep.json").is_file())
+def set_slug(lcb_set: str | Path | None) -> str:
+    """An LCB set in a folder name: '' for the default (okapi's folders stay ``lcb-METHOD``), else the set with
+    ``-`` for ``/`` (``crosslingual-sharegpt``) or a folder's name."""
+    lcb_set = str(lcb_set or DEFAULT_SET)
+    if lcb_set == DEFAULT_SET:
+        return ""
+    return lcb_set.replace("/", "-") if lcb_set in LCB_SETS else Path(lcb_set).name
 
 
-def lcb_table(directory: str | Path, folders: Sequence[str | Path] | None = None) -> LCBTable:
-    """The LCB table of ``folders`` (default: every finished ``lcb-*`` sweep in ``directory``); refused
-    when there is none, when they were made on other models or neurons, or on other requests, seeds or
-    generation settings (not comparable)."""
-    folders = [Path(f) for f in folders] if folders else lcb_sweeps(directory)
+def _same_set(a: str | None, b: str | None) -> bool:
+    a, b = str(a or DEFAULT_SET), str(b or DEFAULT_SET)
+    if a in LCB_SETS or b in LCB_SETS:
+        return a == b
+    return Path(a).resolve() == Path(b).resolve()
+
+
+def lcb_sweeps(directory: str | Path, lcb_set: str | None = None) -> list[Path]:
+    """The ``sweep --lcb`` folders (``lcb-METHOD``, ``lcb-system-METHOD``; on other sets ``lcb-SET-METHOD``) of a
+    neurons folder that finished on ``lcb_set`` (default crosslingual/okapi; sweeps that recorded no set are okapi's)."""
+    import json
+
+    out = []
+    for p in sorted(Path(directory).glob("lcb-*")):
+        if not (p / "sweep.json").is_file():
+            continue
+        try:
+            made_on = json.loads((p / "sweep.json").read_text(encoding="utf-8"))["meta"]["config"].get("lcb_set")
+        except (ValueError, KeyError, TypeError, AttributeError):
+            made_on = None  # read_lcb_sweep says what is wrong with it
+        if _same_set(made_on, lcb_set):
+            out.append(p)
+    return out
+
+
+def lcb_table(directory: str | Path, folders: Sequence[str | Path] | None = None, lcb_set: str | None = None) -> LCBTable:
+    """The LCB table of ``folders`` (default: every finished ``lcb-*`` sweep in ``directory`` on ``lcb_set``,
+    default crosslingual/okapi); refused when there is none, when they were made on other models or neurons, or on
+    other requests, sets, seeds or generation settings (not comparable)."""
+    folders = [Path(f) for f in folders] if folders else lcb_sweeps(directory, lcb_set)
     if not folders:
-        raise LangNeuronsError(f"{directory} holds no finished LCB sweep; run e.g. tl-langneurons sweep --neurons "
-                               f"{directory} --lcb --method add first")
-    same = ("val_prompts", "test_prompts", "test_samples", "max_new_tokens", "temperature", "languages", "lcb_gate")
+        others = lcb_sweeps_any(directory)
+        raise LangNeuronsError(f"{directory} holds no finished LCB sweep on {lcb_set or DEFAULT_SET}"
+                               + (f" (it has {', '.join(p.name for p in others)}: name their set with --lcb-set)"
+                                  if others else "")
+                               + f"; run e.g. tl-langneurons sweep --neurons {directory} --lcb --method add first")
+    same = ("val_prompts", "test_prompts", "test_samples", "max_new_tokens", "temperature", "languages", "lcb_gate",
+            "lcb_set")
     sweeps = [read_lcb_sweep(f) for f in folders]
     for f, data in zip(folders[1:], sweeps[1:]):
         _same_neurons(folders[0], sweeps[0], f, data)
@@ -271,12 +342,18 @@ def lcb_table(directory: str | Path, folders: Sequence[str | Path] | None = None
     for f, data in zip(folders, sweeps):
         these = {k: data["meta"]["config"].get(k) for k in same}
         these["lcb_gate"] = these["lcb_gate"] or "references"  # sweeps made before the answers gate existed
+        these["lcb_set"] = these["lcb_set"] or DEFAULT_SET  # sweeps made before other sets were read: okapi
         if seen is not None and these != seen[1]:
             diff = [k for k in same if these[k] != seen[1][k]]
             raise LangNeuronsError(f"{f} and {seen[0]} were made with different {', '.join(diff)}: their LCB rows "
                                    "are not on the same answers; sweep them alike")
         seen = (f, these)
     return LCBTable(gather_lcb(sweeps), [str(f) for f in folders], {"config": seen[1]})
+
+
+def lcb_sweeps_any(directory: str | Path) -> list[Path]:
+    """Every finished ``lcb-*`` sweep of a neurons folder, on any set."""
+    return sorted(p for p in Path(directory).glob("lcb-*") if (p / "sweep.json").is_file())
 
 
 def _made_on(data: dict) -> dict:

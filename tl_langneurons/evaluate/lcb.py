@@ -1,15 +1,16 @@
-"""The Language Confusion Benchmark (LCB; Marchisio et al. 2024): its cross-lingual Okapi prompts
-and its line-level metric, so steering can be scored on a published benchmark.
+"""The Language Confusion Benchmark (LCB; Marchisio et al. 2024): its line-level metric, so steering can be
+scored on a published benchmark; its test sets are read by :mod:`.lcb_data` (every set ships with the package).
 
-The prompts ask in English for a reply in another language (de es fr ja zh ship with the package,
-100 each). The metric follows the reference ``compute_metrics.py`` of
-https://github.com/for-ai/language-confusion rule for rule (a test imports that script and compares):
-a response is cut at ``\\nQ:`` and stripped of punctuation, split into lines, lines of fewer than
+The cross-lingual prompts ask in English for a reply in another language (14: ar de es fr hi id it ja ko pt ru
+tr vi zh), the monolingual ones ask in a language for a reply in it. The metric follows the reference
+``compute_metrics.py`` of https://github.com/for-ai/language-confusion rule for rule (a test imports that script
+and compares): a response is cut at ``\\nQ:`` and stripped of punctuation, split into lines, lines of fewer than
 5 tokens are ignored, and each remaining line is identified by fastText lid.176 (a label counts only
 with a score above 0.3). LPR is the share of scored responses whose lines are all in the requested
-language; WPR (scripts other than Latin only) the share of those that contain no English word.
+language; WPR (ar hi ja ko ru zh, the scripts other than Latin) the share of those that contain no English word.
 
-Tokens are whitespace-separated words, except Chinese (jieba) and Japanese (fugashi, MeCab). The
+Tokens are whitespace-separated words, except Chinese (jieba) and Japanese (fugashi, MeCab), as in the reference
+(Korean, Arabic, Hindi and the rest are split at whitespace there too). The
 reference reads Japanese with the full ``unidic`` dictionary, which must be downloaded after install;
 where that is impossible (offline), ``unidic-lite`` serves: fugashi finds it by itself when it is
 installed. The dictionary changes only how a Japanese line is cut into tokens (the 5-token rule and
@@ -20,124 +21,25 @@ compressed ``lid.176.ftz``; the reference downloads ``lid.176.bin``), loaded onc
 
 from __future__ import annotations
 
-import csv
 import gzip
-import io
 import importlib
 import logging
-import random
 import re
 import string
-from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
-from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable
 
 from ..errors import LangNeuronsError
+# the test sets live in .lcb_data; their names stay importable from here, where the loader was before
+from .lcb_data import (DEFAULT_SET, LCB_LANGUAGES, LCB_SETS, LOCATIONS, LCBPrompt, _data_root, load_lcb_prompts,  # noqa: F401
+                       split_by_prompts, split_prompts, whole_requests)
 from .metrics import lid_model
 
-LCB_LANGUAGES = ("de", "es", "fr", "ja", "zh")
 LCB_LID_THRESHOLD = 0.3  # a lid.176 label counts only above this score, else the line is 'unknown'
 LCB_MIN_TOKENS = 5  # lines with fewer tokens are not scored
 WPR_LANGUAGES = ("ar", "hi", "ja", "ko", "ru", "zh")  # the reference: WPR is inaccurate for Latin scripts
-LOCATIONS = ("Start", "Middle", "End")  # where the language instruction sits; one request per three rows
-_COLUMNS = ("prompt", "location", "phrasing", "language")
 _PIP = "pip install 'tl-langneurons[lcb]'"
-
-
-@dataclass(frozen=True)
-class LCBPrompt:
-    """One row of a cross-lingual Okapi file: the prompt and where (``location``) and how
-    (``phrasing``) it names the language; ``index`` is the row in the file (0-based)."""
-
-    language: str
-    prompt: str
-    location: str
-    phrasing: str
-    index: int
-
-    @property
-    def request(self) -> int:
-        """The request the prompt phrases: rows ``3r``, ``3r+1``, ``3r+2`` (Start, Middle, End) share request ``r``."""
-        return self.index // len(LOCATIONS)
-
-
-def _data_root():
-    return resources.files("tl_langneurons").joinpath("data/lcb")
-
-
-def load_lcb_prompts(languages: Sequence[str] = LCB_LANGUAGES, folder: str | Path | None = None) -> list[LCBPrompt]:
-    """The cross-lingual Okapi prompts of ``languages``, in file order, from the copies shipped with the
-    package or from ``folder`` (``<lang>.csv`` files with the LCB columns, e.g. ``test_sets/crosslingual/okapi``)."""
-    if isinstance(languages, str):
-        languages = (languages,)
-    if folder is None:
-        unknown = [lang for lang in languages if lang not in LCB_LANGUAGES]
-        if unknown:
-            raise LangNeuronsError(f"LCB prompts ship for {', '.join(LCB_LANGUAGES)}, not {', '.join(map(repr, unknown))}; "
-                                   "pass folder= (an unzipped test_sets/crosslingual/okapi) for the others")
-        root = _data_root()
-    else:
-        root = Path(folder)
-    out: list[LCBPrompt] = []
-    for lang in languages:
-        path = root.joinpath(f"{lang}.csv")
-        try:
-            raw = path.read_bytes()
-        except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as e:
-            raise LangNeuronsError(f"no LCB file {path} for language {lang!r}") from e
-        out.extend(_parse(raw, lang, str(path)))
-    return out
-
-
-def _parse(raw: bytes, lang: str, where: str) -> list[LCBPrompt]:
-    try:
-        rows = list(csv.DictReader(io.StringIO(raw.decode("utf-8"), newline="")))
-    except (UnicodeDecodeError, csv.Error) as e:
-        raise LangNeuronsError(f"{where}: not a UTF-8 CSV file ({e})") from e
-    if not rows:
-        raise LangNeuronsError(f"{where}: no rows (an LCB file has a header {','.join(_COLUMNS)},source and one prompt a row)")
-    missing = [c for c in _COLUMNS if c not in rows[0]]
-    if missing:
-        raise LangNeuronsError(f"{where}: missing column(s) {', '.join(missing)}; an LCB file has {','.join(_COLUMNS)},source")
-    out = []
-    for i, row in enumerate(rows):
-        if any(row.get(c) is None for c in _COLUMNS) or None in row:
-            raise LangNeuronsError(f"{where}: row {i + 2} has {'too many' if None in row else 'too few'} fields")
-        if row["language"] != lang:
-            raise LangNeuronsError(f"{where}: row {i + 2} is for language {row['language']!r}, the file for {lang!r}")
-        if row["location"] != LOCATIONS[i % len(LOCATIONS)]:
-            raise LangNeuronsError(f"{where}: row {i + 2} has location {row['location']!r}, expected "
-                                   f"{LOCATIONS[i % len(LOCATIONS)]!r} (rows come in groups of three per request: Start, Middle, End)")
-        if not row["prompt"].strip():
-            raise LangNeuronsError(f"{where}: row {i + 2} has an empty prompt")
-        out.append(LCBPrompt(lang, row["prompt"], row["location"], row["phrasing"], i))
-    return out
-
-
-def split_prompts(prompts: Sequence[LCBPrompt], n_val: int, seed: int = 0) -> tuple[list[LCBPrompt], list[LCBPrompt]]:
-    """(validation, test): per language, ``n_val`` requests drawn at random (by ``seed``) with all their
-    phrasings go to validation, the rest to test, so the two never share a request. Both keep the input order.
-
-    ``n_val`` counts requests, not prompts: a request has three prompts (the last of an Okapi file, row 99,
-    only one). The draw depends on the set of requests alone, so languages with the same requests (the
-    five shipped files: the same 100 English prompts, only the language name differs) hold out the same ones.
-    """
-    by_lang: dict[str, set[int]] = {}
-    for p in prompts:
-        by_lang.setdefault(p.language, set()).add(p.request)
-    val_requests: dict[str, set[int]] = {}
-    for lang, requests in by_lang.items():
-        if not 0 <= n_val <= len(requests):
-            raise LangNeuronsError(f"n_val={n_val} requests for validation, but {lang!r} has {len(requests)}; "
-                                   f"choose 0 to {len(requests)}")
-        order = sorted(requests)
-        random.Random(seed).shuffle(order)
-        val_requests[lang] = set(order[:n_val])
-    val = [p for p in prompts if p.request in val_requests[p.language]]
-    test = [p for p in prompts if p.request not in val_requests[p.language]]
-    return val, test
 
 
 # --- the metric (the reference's compute_metrics.py) -------------------------------------------------

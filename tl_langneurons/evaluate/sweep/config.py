@@ -5,6 +5,7 @@ default folder (:func:`sweep_folder`)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Sequence
 
 from ...config import LANGUAGES, Items, check_lists, check_numbers, option
@@ -16,7 +17,8 @@ from ...steer.add import EQUAL_NORMS, parse_bands
 from ...steer.base import ks
 from ...steer.positions import POSITIONS
 from ...steer.setting import SteeringConfig, check_not_empty, parse_setting
-from ..confusion import BEHIND, lcb_languages
+from ..confusion import BEHIND, lcb_languages, lcb_split, set_slug
+from ..lcb_data import DEFAULT_SET, is_folder_set, is_monolingual, phrasings_per_request, set_languages
 
 SHARED_PICKS = ("mean", "worst", "floor")  # how the shared setting is ranked (SweepConfig.shared_pick)
 
@@ -127,9 +129,13 @@ class SweepConfig:
     genres: bool = option(False, "with --heldout A+B+C: each part is a genre of its own (its own prompts, the counts "
                           "below per genre; picked on all at once, reported per genre too; the texts find selected "
                           "on left out) instead of one corpus mixed in equal shares")
-    lcb: bool = option(False, "search on the Language Confusion Benchmark's cross-lingual prompts instead (okapi: "
-                       "asked in English to answer in de, es, fr, ja or zh; through the model's chat template); the "
-                       "report adds LCB's line-level pass rate, a system-prompt baseline and answer relevance")
+    lcb: bool = option(False, "search on the Language Confusion Benchmark's prompts instead (--lcb-set; the default "
+                       "okapi: asked in English to answer in one of 14 languages; through the model's chat template); "
+                       "the report adds LCB's line-level pass rate, a system-prompt baseline and answer relevance")
+    lcb_set: str | None = option(None, "with --lcb: LCB's test set, crosslingual/okapi (the default), "
+                                 "crosslingual/sharegpt, crosslingual/complex_prompts, monolingual/aya, monolingual/dolly, "
+                                 "monolingual/native, monolingual/okapi (asked in the language itself), or a folder of "
+                                 "<lang>.csv files in LCB's format", parse=str)
     lcb_gate: str | None = option(None, "with --lcb: answers (the default) sets each language's fluency gate from the "
                                   "unsteered model's answers to the validation requests behind the system prompt "
                                   "(5th percentile of their distinct-token ratios) and picks settings by gated LPR "
@@ -140,11 +146,11 @@ class SweepConfig:
                               "of prompting, searched and reported so); the system-prompt row is then their "
                               "unsteered twin, the bar steering has to raise, and none stays the bare request")
     val_prompts: int | None = option(None, "with --heldout: validation prompts per prompt language and genre (none: 4); with "
-                                     "--lcb: per target language, whole requests of 3 phrasings (none: 6)", parse=int,
-                                     at_least=1)
+                                     "--lcb: per target language, whole requests (okapi, complex_prompts: 3 phrasings "
+                                     "each; sharegpt: 2 or 3; monolingual: 1) (none: 6)", parse=int, at_least=1)
     test_prompts: int | None = option(None, "with --heldout: fresh prompts per prompt language and genre for the final report "
                                       "(those of cross-steer --seed 0; none: 20); with --lcb: per target language, "
-                                      "whole requests of 3 phrasings (none: 30)", parse=int, at_least=1)
+                                      "whole requests, as --val-prompts (none: 30)", parse=int, at_least=1)
     val_samples: int | None = option(None, "validation samples per setting from BOS (seeds 1001..), or per prompt "
                                      "with --heldout (none: 20 from BOS, 1 per prompt)", parse=int, at_least=1)
     test_samples: int | None = option(None, "fresh samples for the final report (seeds 1..) from BOS, or per prompt "
@@ -193,16 +199,35 @@ class SweepConfig:
             self.shared_floor = 0.8
         if self.lcb and self.lcb_gate is None:
             self.lcb_gate = "answers"
-        if self.lcb and (self.val_prompts % 3 or self.test_prompts % 3):
-            raise LangNeuronsError(f"--val-prompts {self.val_prompts} and --test-prompts {self.test_prompts}: LCB's "
-                                   "prompts come in requests of 3 phrasings (start, middle, end), kept on one side; "
-                                   "use multiples of 3 such as 6 and 30")
+        self._check_lcb_set()
         if self.val_samples is None:
             self.val_samples = 1 if prompted else 20
         if self.test_samples is None:  # LCB: one answer per request, as the benchmark
             self.test_samples = 1 if self.lcb else 5 if prompted else 100
         if "prompt" in self.sources and not prompted:
             raise LangNeuronsError("--sources prompt needs --heldout or --lcb: from BOS there is no prompt language")
+
+    def _check_lcb_set(self) -> None:
+        """The LCB set is one of LCB's or a folder, and the prompt counts are whole requests of it where every
+        request has as many phrasings (okapi: multiples of 3); sets whose requests differ (sharegpt) and folders are
+        checked on their files (:func:`check_sweep`, before the model loads too)."""
+        if self.lcb_set is not None and not self.lcb:
+            raise LangNeuronsError("--lcb-set names the LCB test set of an --lcb sweep: give --lcb too")
+        if not self.lcb:
+            return
+        if self.lcb_set is None:
+            self.lcb_set = DEFAULT_SET
+        set_languages(self.lcb_set)  # a set's name or a folder, or one clear line
+        if is_folder_set(self.lcb_set):  # recorded as a full path
+            self.lcb_set = str(Path(self.lcb_set).resolve())
+        n = phrasings_per_request(self.lcb_set)
+        if n and n > 1 and (self.val_prompts % n or self.test_prompts % n):
+            raise LangNeuronsError(f"--val-prompts {self.val_prompts} and --test-prompts {self.test_prompts}: LCB's "
+                                   f"prompts come in requests of {n} phrasings (start, middle, end), kept on one side; "
+                                   f"use multiples of {n} such as 6 and 30")
+        if "prompt" in self.sources and self.lcb_set.startswith("monolingual/"):
+            raise LangNeuronsError(f"--sources prompt steers away from the request's language; {self.lcb_set}'s "
+                                   "requests are written in the language asked for")
 
     def _check_axes(self) -> None:
         """Every stage asked for varies a field the intervention has: each is tried as a setting of it, and one
@@ -233,11 +258,13 @@ class SweepConfig:
                 raise LangNeuronsError(f"--{option_}: {e}") from None
 
 
-def sweep_folder(method: str, lcb: bool = False, system: bool = False) -> str:
+def sweep_folder(method: str, lcb: bool = False, system: bool = False, lcb_set: str | None = None) -> str:
     """A sweep's default folder in the neurons folder: ``sweep`` for clamp, ``sweep-METHOD`` otherwise;
-    ``lcb-METHOD`` for a sweep on LCB's prompts, ``lcb-system-METHOD`` when they carry the system prompt."""
+    ``lcb-METHOD`` for a sweep on LCB's okapi prompts, ``lcb-system-METHOD`` when they carry the system prompt;
+    on another set its name after ``lcb-`` (``lcb-crosslingual-sharegpt-add``)."""
     if lcb:
-        return f"lcb-system-{method}" if system else f"lcb-{method}"
+        tag = f"lcb-{set_slug(lcb_set)}-" if set_slug(lcb_set) else "lcb-"
+        return f"{tag}system-{method}" if system else f"{tag}{method}"
     return intervention(method).folder()
 
 
@@ -245,9 +272,14 @@ def check_sweep(cfg: SweepConfig, neurons: LanguageNeurons) -> None:
     """What the config asks of the neurons, checked before the model loads: the languages are the neurons',
     the test settings build towards each, for clamp and add a k value reaches one neuron and the layer subsets
     exist, for diffmean and sparse the residual means were recorded and the layers searched exist."""
-    langs = lcb_languages(cfg.languages, neurons.languages) if cfg.lcb else cfg.languages or neurons.languages
+    langs = lcb_languages(cfg.languages, neurons.languages, cfg.lcb_set) if cfg.lcb else cfg.languages or neurons.languages
     for lang in langs:
         neurons.check_language(lang)
+    if cfg.lcb:  # the set's files read and split into whole requests of the counts asked for
+        split = lcb_split(langs, cfg.val_prompts, cfg.test_prompts, cfg.lcb_set)
+        if "prompt" in cfg.sources and any(is_monolingual(v + t) for v, t in split.values()):
+            raise LangNeuronsError(f"--sources prompt steers away from the request's language; {cfg.lcb_set}'s "
+                                   "requests are written in the language asked for")
     for spec in cfg.test_settings:  # each of the user's settings builds for every target (k, layers, bands, source)
         name, st = parse_setting(spec, "--test-settings")
         for lang in langs:

@@ -12,7 +12,7 @@ from ...detect.neurons import LanguageNeurons
 from ...errors import LangNeuronsError
 from ...provenance import sha256_texts
 from ...steer.prompts import split_prompts
-from ..confusion import SPLIT_SEED, SYSTEM_PROMPT, lcb_prompts
+from ..confusion import SPLIT_SEED, SYSTEM_PROMPT, lcb_prompts, set_source
 from .config import SweepConfig
 
 Genres = dict[str, MultilingualCorpus]
@@ -91,22 +91,27 @@ class SweepPrompts:
     (``seeds``), and the prompts they continue: none from BOS, the held-out prompts (:func:`sweep_prompts`) of
     every other language, or LCB's requests that ask for the language (``lcb``: all of LCB's prompts, the steered
     ones in ``prompts``). ``genres``: the genres of a sweep on several held-out genres (``A+B+C``), in order;
-    ``texts_sha``: the hashes of the held-out texts (per genre where there are several)."""
+    ``texts_sha``: the hashes of the held-out texts (per genre where there are several); ``lcb_set``: the LCB set,
+    ``monolingual`` whether its requests are written in the language they ask for (else in English)."""
 
     seeds: dict[str, list[int]]
     prompts: dict | None = None
     lcb: dict | None = None
     genres: list[str] = field(default_factory=list)
     texts_sha: dict | None = None
+    lcb_set: str | None = None
+    monolingual: bool = False
 
     @classmethod
     def of(cls, tokenizer, neurons: LanguageNeurons, cfg: SweepConfig, langs: list[str],
            heldout: Genres | None) -> "SweepPrompts":
         seeds = {"val": list(range(1001, 1001 + cfg.val_samples)), "test": list(range(1, cfg.test_samples + 1))}
         if cfg.lcb:
-            lcb = lcb_prompts(tokenizer, langs, cfg.val_prompts, cfg.test_prompts)
+            lcb = lcb_prompts(tokenizer, langs, cfg.val_prompts, cfg.test_prompts, cfg.lcb_set)
+            monolingual = lcb.pop("monolingual")
             steered = ("system_val", "system") if cfg.lcb_system else ("val", "test")  # what the steered cells continue
-            return cls(seeds, {"val": lcb[steered[0]], "test": lcb[steered[1]]}, lcb)
+            return cls(seeds, {"val": lcb[steered[0]], "test": lcb[steered[1]]}, lcb, lcb_set=cfg.lcb_set,
+                       monolingual=monolingual)
         if heldout is None:
             return cls(seeds)
         prompts = sweep_prompts(tokenizer, neurons, heldout, cfg)
@@ -121,8 +126,8 @@ class SweepPrompts:
         seeds = self.seeds[phase]
         if self.prompts is None:
             return [(None, None, seeds)]
-        if self.lcb:  # LCB: the requests that ask for ``lang``, written in English
-            return [("en", p, seeds) for p in self.prompts[phase][lang]]
+        if self.lcb:  # LCB: the requests that ask for ``lang``, written in English (monolingual sets: in ``lang``)
+            return [(lang if self.monolingual else "en", p, seeds) for p in self.prompts[phase][lang]]
         return [(src, p, seeds) for src, ps in self.prompts[phase].items() if src != lang for p in ps]
 
     def by_genre(self, lang: str, phase: str, items: list) -> dict[str, list]:
@@ -137,8 +142,7 @@ class SweepPrompts:
         """The prompts as the sweep records them (``meta.prompts``): LCB's, with their source and split, or the
         held-out prompts with the hashes of their texts (per genre) and what was left out of the genres."""
         if self.lcb:
-            return {"lcb": "for-ai/language-confusion test_sets/crosslingual/okapi (tl_langneurons/data/lcb)",
-                    "split_seed": SPLIT_SEED, "system_prompt": SYSTEM_PROMPT, **self.lcb}
+            return {"lcb": set_source(self.lcb_set), "split_seed": SPLIT_SEED, "system_prompt": SYSTEM_PROMPT, **self.lcb}
         if self.prompts is None:
             return None
         out = {"heldout": heldout_spec, "texts_sha": self.texts_sha, **self.prompts}

@@ -44,7 +44,7 @@ class Scorer:
                   cfg: SweepConfig, cells_dir: Path | None, progress: bool, store: SampleStore,
                   shard: Shard | None = None, heldout: Genres | None = None) -> "Scorer":
         """The scorer of a sweep of ``cfg``: its languages, cells, prompts and (LCB) gate."""
-        langs = lcb_languages(cfg.languages, neurons.languages) if cfg.lcb else cfg.languages or neurons.languages
+        langs = lcb_languages(cfg.languages, neurons.languages, cfg.lcb_set) if cfg.lcb else cfg.languages or neurons.languages
         ecfg = EvaluateConfig(languages=langs, samples=cfg.test_samples, max_new_tokens=cfg.max_new_tokens,
                               temperature=cfg.temperature, batch_size=cfg.batch_size, ablation_ks=[])
         cells = CellRunner(model, neurons, ecfg, references, cells_dir, progress, store, shard)

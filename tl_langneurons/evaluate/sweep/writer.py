@@ -9,7 +9,7 @@ from typing import Protocol, runtime_checkable
 
 from ...provenance import atomic_write_json, atomic_write_text
 from ...tables import dashed as _f, markdown_table
-from ..confusion import lcb_markdown, lcb_rows
+from ..confusion import lcb_markdown, lcb_rows, set_words
 from ..control import mean_of
 from .config import keeps_floor
 
@@ -116,8 +116,8 @@ def sweep_markdown(res: SweepTables) -> str:
     c = res.meta["config"]
     method = c.get("method", "clamp")
     if c.get("lcb"):
-        protocol = (f"on the Language Confusion Benchmark's cross-lingual okapi requests (asked in English to answer in "
-                    f"the language; the model's chat template; {c['max_new_tokens']} tokens at temperature "
+        protocol = (f"on the Language Confusion Benchmark's {set_words(c.get('lcb_set'))}; the model's chat template; "
+                    f"{c['max_new_tokens']} tokens at temperature "
                     f"{c.get('temperature', 0.8)}). Picked on {c['val_prompts']} validation prompts per language x "
                     f"{_seeds(c['val_samples'], 1001)} by "
                     + ("gated LPR (answers passing LCB's line check and the fluency gate, the gate set from the "
