@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Sequence
 from ..registry import Hooks
 from .base import Intervention
 from .positions import check_positions, gate
-from .residual import difference, excluded, finite, layer_means, residual_add_hook
+from .residual import difference, excluded, finite, layer_means, outliers, residual_add_hook, sourced
 
 if TYPE_CHECKING:
     from ..detect.neurons import LanguageNeurons
@@ -69,15 +69,3 @@ class Diffmean(Intervention):
     @classmethod
     def needs_residual(cls, cfg) -> bool:
         return True
-
-
-def outliers(s) -> str:
-    """The outlier setting of a residual intervention's label."""
-    return "" if s.outlier_factor is None else (" out=off" if not s.outlier_factor else f" out>{s.outlier_factor:g}")
-
-
-def sourced(s) -> str:
-    """The source of a label."""
-    return f" src={s.source}" if s.source else ""
-
-

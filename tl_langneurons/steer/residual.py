@@ -167,3 +167,15 @@ def residual_layers(n_layers: int, given: Sequence[int] | None) -> list[int]:
     if given is not None:
         return list(given)
     return sorted({round(n_layers * f) for f in (1 / 3, 1 / 2, 2 / 3, 5 / 6)})
+
+
+def outliers(s) -> str:
+    """The outlier setting in a residual intervention's label."""
+    return "" if s.outlier_factor is None else (" out=off" if not s.outlier_factor else f" out>{s.outlier_factor:g}")
+
+
+def sourced(s) -> str:
+    """The source in a residual intervention's label."""
+    return f" src={s.source}" if s.source else ""
+
+

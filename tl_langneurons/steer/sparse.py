@@ -13,10 +13,9 @@ import torch
 from ..errors import LangNeuronsError
 from ..registry import Hooks
 from .base import Intervention
-from .diffmean import outliers, sourced
 from .positions import check_positions, gate
-from .residual import (DEFAULT_OUTLIER_FACTOR, default_n_dims, difference, excluded, finite, layer_means,
-                       residual_overwrite_hook)
+from .residual import (DEFAULT_OUTLIER_FACTOR, default_n_dims, difference, excluded, finite, layer_means, outliers,
+                       residual_overwrite_hook, sourced)
 
 if TYPE_CHECKING:
     from ..detect.neurons import LanguageNeurons
