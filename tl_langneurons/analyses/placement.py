@@ -46,6 +46,18 @@ def layer_table(neurons: LanguageNeurons) -> tuple[list[str], list[list]]:
     return header, rows
 
 
+def draw_placement(neurons: LanguageNeurons, out: str | Path) -> list[Path]:
+    """``layers.png`` (per-layer counts of every set) and ``overlap.png`` (top + bottom overlap) into ``out``,
+    from the neurons alone: find draws them, and ``report`` draws them again from a folder's saved neurons."""
+    from ..report import plots
+
+    out = Path(out)
+    counts = {l: {w: layer_counts(neurons, l, w) for w in ("top", "middle", "bottom")} for l in neurons.languages}
+    plots.layer_histograms(counts, neurons.k, neurons.index.spec, out / "layers.png")
+    plots.overlap_heatmap(overlap_matrix(neurons, "both"), neurons.languages, 2 * neurons.k, out / "overlap.png")
+    return [out / "layers.png", out / "overlap.png"]
+
+
 def write_analysis(neurons: LanguageNeurons, out: str | Path, pooled=None, labels=None) -> dict:
     """Tables and figures of the detection into ``out``; returns the key numbers."""
     from ..report import plots
@@ -67,10 +79,7 @@ def write_analysis(neurons: LanguageNeurons, out: str | Path, pooled=None, label
     atomic_write_text(out / "overlap.md", "\n".join(md))
     atomic_write_text(out / "overlap.csv", csv_text(["which", "lang", *langs], [
         {"which": w, "lang": a, **dict(zip(langs, ovs[w][i].tolist()))} for w in ovs for i, a in enumerate(langs)]))
-    ov, size = ovs["both"], 2 * neurons.k
-    counts = {l: {w: layer_counts(neurons, l, w) for w in ("top", "middle", "bottom")} for l in langs}
-    plots.layer_histograms(counts, neurons.k, neurons.index.spec, out / "layers.png")
-    plots.overlap_heatmap(ov, langs, size, out / "overlap.png")
+    draw_placement(neurons, out)
     if pooled is not None and labels is not None and isinstance(pooled.values, torch.Tensor):
         plots.activation_distributions(neurons, pooled.values, np.asarray(labels), out / "distributions.png")
     shares = {}

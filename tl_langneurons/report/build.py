@@ -52,7 +52,8 @@ def _steering(cfg: dict) -> str:
 
 
 def build_report(directory: str | Path) -> Path:
-    """Write ``report.md`` and ``report.html`` into a ``find`` output folder (with ``control/`` if evaluated)."""
+    """Write ``report.md`` and ``report.html`` into a ``find`` output folder (with ``control/`` if evaluated);
+    ``layers.png`` and ``overlap.png`` are drawn again from the saved neurons (no model needed)."""
     d = Path(directory)
     if not (d / "neurons.json").exists():
         kind = result_kind(d) if d.is_dir() else None
@@ -64,6 +65,11 @@ def build_report(directory: str | Path) -> Path:
     from ..detect.neurons_io import read_neurons_json  # checked like LanguageNeurons.load checks it
 
     info = read_neurons_json(d / "neurons.json")
+    if (d / "neurons.safetensors").exists():  # the placement figures as this version draws them, from the neurons
+        from ..analyses.placement import draw_placement
+        from ..detect.neurons import LanguageNeurons
+
+        draw_placement(LanguageNeurons.load(d), d)
     meta = info.get("meta", {})
     parts = [f"# Language-specific neurons of {meta.get('model', '?')}", "",
              "Method: Kojima et al. (NAACL 2024). Neurons ranked by average precision of their pooled activation "

@@ -12,58 +12,147 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from ..provenance import atomic_write_bytes  # noqa: E402
 
 
-def _save(fig, path: str | Path) -> None:
+DPI = 110
+
+# the script of every language lid.176 knows that is not written in Latin letters (any other code: Latin); a
+# FLORES-style code (arb_Arab) names its own script
+_SCRIPTS = {script: codes.split() for script, codes in {
+    "Arabic": "ar arz azb ckb fa lrc mzn pnb ps sd ug ur", "Hebrew": "he yi", "Greek": "el",
+    "Cyrillic": "av ba be bg bxr ce cv kk krc kv ky lez mhr mk mn mrj myv os ru rue sah sr tg tt tyv uk xal",
+    "Devanagari": "bh dty gom hi mai mr ne new sa", "Bengali": "as bn bpy", "Gurmukhi": "pa", "Gujarati": "gu",
+    "Oriya": "or", "Tamil": "ta", "Telugu": "te", "Kannada": "kn", "Malayalam": "ml", "Sinhala": "si", "Thai": "th",
+    "Lao": "lo", "Khmer": "km", "Myanmar": "my", "Tibetan": "bo", "Armenian": "hy", "Georgian": "ka xmf",
+    "Ethiopic": "am", "Thaana": "dv", "Han": "zh wuu yue", "Japanese": "ja", "Hangul": "ko"}.items()}
+SCRIPT = {code: script for script, codes in _SCRIPTS.items() for code in codes}
+
+
+def script_of(lang: str) -> str:
+    """The script a language is written in (for grouping languages in figures)."""
+    return lang.split("_", 1)[1] if "_" in lang else SCRIPT.get(lang, "Latin")
+
+
+def by_script(langs: Sequence[str]) -> list[str]:
+    """``langs`` grouped by script, the groups in the order of their first language, each group in the given
+    order (languages already grouped keep their order)."""
+    scripts = list(dict.fromkeys(script_of(l) for l in langs))
+    return sorted(langs, key=lambda l: scripts.index(script_of(l)))
+
+
+def lang_colors(langs: Sequence[str]) -> dict[str, tuple]:
+    """One colour per language, distinct up to 20 (tab10, then tab20), a sampled colour map beyond."""
+    n = len(langs)
+    cmap = plt.get_cmap("tab10" if n <= 10 else "tab20" if n <= 20 else "turbo")
+    return {l: cmap(i if n <= 20 else i / max(1, n - 1)) for i, l in enumerate(langs)}
+
+
+def grid_shape(n: int, max_cols: int = 5) -> tuple[int, int]:
+    """(rows, columns) of ``n`` small multiples: one row up to ``max_cols``, then rows of balanced width."""
+    rows = -(-n // max_cols)
+    return rows, -(-n // rows)
+
+
+def _panels(n: int, per: int, size: tuple[float, float], max_cols: int = 5, **kw):
+    """A figure of ``n`` small multiples in a grid, each ``per`` axes stacked (panel ``size`` inches); returns
+    (fig, [[axes of item i] for i]); spare cells hidden."""
+    rows, cols = grid_shape(n, max_cols)
+    fig, axes = plt.subplots(rows * per, cols, figsize=(size[0] * cols, size[1] * rows * per), squeeze=False, **kw)
+    items = [[axes[(i // cols) * per + p][i % cols] for p in range(per)] for i in range(n)]
+    for i in range(n, rows * cols):
+        for p in range(per):
+            axes[(i // cols) * per + p][i % cols].set_visible(False)
+    return fig, items
+
+
+def _save(fig, path: str | Path):
+    """Write ``fig`` as a PNG (atomically) and close it; returns the figure (its artists can still be read)."""
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight", metadata={"Software": None})
+    fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight", metadata={"Software": None})
     plt.close(fig)
     atomic_write_bytes(path, buf.getvalue())
+    return fig
 
 
-def layer_histograms(counts: dict[str, dict[str, np.ndarray]], k: int, spec: str, path: str | Path) -> None:
-    """Neurons per layer, ``counts[lang][which]`` (which: top, middle, bottom), one panel per language."""
-    langs = list(counts)
+def layer_histograms(counts: dict[str, dict[str, np.ndarray]], k: int, spec: str, path: str | Path):
+    """Neurons per layer, ``counts[lang][which]`` (which: top, middle, bottom): one panel per language on shared
+    axes, in rows of at most five (languages grouped by script), one legend for all."""
+    langs = by_script(list(counts))
     n_layers = len(next(iter(counts[langs[0]].values())))
-    fig, axes = plt.subplots(1, len(langs), figsize=(3.2 * len(langs), 3), sharey=True, squeeze=False)
-    x = np.arange(n_layers)
-    for ax, lang in zip(axes[0], langs):
+    fig, items = _panels(len(langs), 1, (2.9, 2.2), sharex=True, sharey=True, layout="constrained")
+    cols, x = grid_shape(len(langs))[1], np.arange(n_layers)
+    several = len({script_of(l) for l in langs}) > 1
+    for i, (lang, (ax,)) in enumerate(zip(langs, items)):
         for which, color in (("top", "tab:red"), ("middle", "tab:gray"), ("bottom", "tab:blue")):
-            ax.plot(x, counts[lang][which], marker=".", color=color, label=which)
-        ax.set_title(lang)
-        ax.set_xlabel("layer")
-    axes[0][0].set_ylabel(f"neurons (k={k})")
-    axes[0][-1].legend(fontsize=8)
+            ax.plot(x, counts[lang][which], marker=".", ms=3, lw=1.1, color=color, label=which)
+        ax.set_title(f"{lang} ({script_of(lang)})" if several else lang, fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if i + cols >= len(langs):  # no panel below: this one carries the layer axis
+            ax.set_xlabel("layer")
+            ax.xaxis.set_tick_params(labelbottom=True)
+        if i % cols == 0:
+            ax.set_ylabel(f"neurons (k={k})")
+    fig.legend(*items[0][0].get_legend_handles_labels(), loc="outside lower center", ncol=3, fontsize=8)
     fig.suptitle(f"Layer of top / middle / bottom-{k} neurons ({spec})")
-    _save(fig, path)
+    return _save(fig, path)
 
 
-def overlap_heatmap(ov: np.ndarray, langs: Sequence[str], size: int, path: str | Path) -> None:
-    fig, ax = plt.subplots(figsize=(4.5, 4))
-    pct = 100 * ov / size
+def _annotation_size(values: np.ndarray, cell: float) -> float | None:
+    """The font size (points) at which the widest of ``values`` fits a ``cell``-inch square, or None under 5."""
+    digits = max(len(str(int(v))) for v in np.ravel(values)) if np.size(values) else 1
+    size = min(9.0, 0.85 * cell * 72 / (0.62 * digits), 0.6 * cell * 72)
+    return size if size >= 5 else None
+
+
+def overlap_heatmap(ov: np.ndarray, langs: Sequence[str], size: int, path: str | Path):
+    """Shared neurons of every pair of languages (Table 1): the colour is the percent of ``size``, the count is
+    written where it fits; languages grouped by script (white lines between the groups); the figure grows
+    with the number of languages."""
+    order = by_script(langs)
+    idx = [list(langs).index(l) for l in order]
+    ov, n = np.asarray(ov)[np.ix_(idx, idx)], len(order)
+    cell = max(min(0.8, 4.5 / n), min(0.45, 12 / n))  # inches per language
+    fig, ax = plt.subplots(figsize=(n * cell + 1.8, n * cell + 1.0))
+    pct = 100 * ov.astype(float) / size
     np.fill_diagonal(pct, np.nan)
-    im = ax.imshow(pct, cmap="viridis")
-    ax.set_xticks(range(len(langs)), langs)
-    ax.set_yticks(range(len(langs)), langs)
-    for i in range(len(langs)):
-        for j in range(len(langs)):
-            if i != j:
-                ax.text(j, i, str(ov[i, j]), ha="center", va="center", color="w", fontsize=8)
-    fig.colorbar(im, ax=ax, label=f"% of {size} shared")
-    ax.set_title("Overlap of language-specific neurons")
-    _save(fig, path)
+    cmap = plt.get_cmap("viridis").copy()
+    cmap.set_bad("0.9")
+    im = ax.imshow(pct, cmap=cmap, vmin=0)
+    ax.set_xticks(range(n), order, rotation=90 if n * max(map(len, order)) > 40 else 0)
+    ax.set_yticks(range(n), order)
+    off = ov[~np.eye(n, dtype=bool)]
+    font = _annotation_size(off, cell)
+    for i in range(n):
+        for j in range(n):
+            if font and i != j:
+                r, g, b, _ = cmap(im.norm(pct[i, j]))
+                ax.text(j, i, str(ov[i, j]), ha="center", va="center", fontsize=font,
+                        color="k" if 0.299 * r + 0.587 * g + 0.114 * b > 0.5 else "w")
+    scripts = [script_of(l) for l in order]
+    for b in (i for i in range(1, n) if scripts[i] != scripts[i - 1]):
+        ax.axhline(b - 0.5, color="w", lw=2)
+        ax.axvline(b - 0.5, color="w", lw=2)
+    fig.colorbar(im, ax=ax, label=f"% of {size} shared", shrink=min(0.85, 0.5 + 0.05 * n))
+    grouped = " (grouped by script)" if len(set(scripts)) > 1 else ""
+    ax.set_title(f"Overlap of language-specific neurons{grouped}" + ("" if font else "\n(counts: overlap.md)"),
+                 fontsize=10)
+    return _save(fig, path)
 
 
-def activation_distributions(neurons, values, labels: np.ndarray, path: str | Path) -> None:
+def activation_distributions(neurons, values, labels: np.ndarray, path: str | Path):
+    """Pooled activation of each language's top (upper) and bottom (lower) neurons on its texts and on the
+    others' (paper Fig. 4): a pair of panels per language, in rows of at most five."""
     langs = neurons.languages
-    fig, axes = plt.subplots(2, len(langs), figsize=(3.2 * len(langs), 5.5), squeeze=False)
+    fig, items = _panels(len(langs), 2, (3.0, 2.4), layout="constrained")
     for j, lang in enumerate(langs):
         pos = labels == j
         for i, which in enumerate(("top", "bottom")):
             idx = neurons.sets[lang][which].neurons
-            ax = axes[i][j]
+            ax = items[j][i]
             if len(idx) == 0:  # lape / actprob have no bottom set
                 ax.set_title(f"{lang} {which}: none ({neurons.meta.get('method', 'ap')})", fontsize=9)
                 ax.axis("off")
@@ -73,29 +162,33 @@ def activation_distributions(neurons, values, labels: np.ndarray, path: str | Pa
             lo, hi = np.percentile(np.concatenate([on, off]), [0.5, 99.5])
             bins = np.linspace(lo, hi, 60)
             ax.hist(off, bins=bins, density=True, alpha=0.5, label="other languages", color="tab:gray")
-            ax.hist(on, bins=bins, density=True, alpha=0.6, label=lang, color="tab:red" if which == "top" else "tab:blue")
+            ax.hist(on, bins=bins, density=True, alpha=0.6, label=f"the language ({which})",
+                    color="tab:red" if which == "top" else "tab:blue")
             ax.set_title(f"{lang} {which}-{neurons.k}", fontsize=9)
-    axes[0][-1].legend(fontsize=7)
+    handles = {l: h for ax in (items[0][0], items[0][1]) for h, l in zip(*ax.get_legend_handles_labels())}
+    fig.legend(list(handles.values()), list(handles), loc="outside lower center", ncol=3, fontsize=8)
     fig.suptitle("Pooled activation of selected neurons on and off the language")
-    _save(fig, path)
+    return _save(fig, path)
 
 
 def _curves(rows: list[dict], x, left: str, right: str, ylabels: tuple[str, str], xlabel: str, title: str,
             path: str | Path, log_x: bool = False) -> None:
     """Two panels of per-language curves over k: ``left`` and ``right`` keys against ``x(row)``."""
     langs = sorted({r["lang"] for r in rows})
+    colors = lang_colors(langs)
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     for lang in langs:
         rs = sorted((r for r in rows if r["lang"] == lang), key=lambda r: r["k"])
         xs = [x(r) for r in rs]
         for ax, key in zip(axes, (left, right)):
-            ax.plot(xs, [np.nan if r[key] is None else r[key] for r in rs], marker="o", label=lang)
+            ax.plot(xs, [np.nan if r[key] is None else r[key] for r in rs], marker="o", label=lang,
+                    color=colors[lang])
     for ax, label in zip(axes, ylabels):
         ax.set_ylabel(label)
         ax.set_xlabel(xlabel)
         if log_x:
             ax.set_xscale("log")
-    axes[1].legend(fontsize=8)
+    axes[1].legend(fontsize=8, ncol=1 + len(langs) // 8, loc="center left", bbox_to_anchor=(1.0, 0.5))
     fig.suptitle(title)
     _save(fig, path)
 
@@ -143,7 +236,8 @@ def _finish_pareto(fig, ax, title: str, path: str | Path) -> None:
     ax.set_xlabel("fluency retention (fluent share steered / unsteered)")
     ax.set_ylabel("target rate (lid.176 > 0.5)")
     ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=7)
+    many = len(ax.get_legend_handles_labels()[1]) > 8  # a long legend goes beside the axes, not over the points
+    ax.legend(fontsize=7, **({"loc": "center left", "bbox_to_anchor": (1.01, 0.5)} if many else {}))
     _save(fig, path)
 
 
@@ -151,10 +245,11 @@ def pareto(rows: list[dict], path: str | Path, title: str = "Target rate against
     """One point per setting tried: target rate (lid.176) against fluency retention, per language."""
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     langs = list(dict.fromkeys(r["lang"] for r in rows))
+    colors = lang_colors(langs)
     for lang in langs:
         pts = [(r["retention"], r["rate"]) for r in rows if r["lang"] == lang and r.get("retention") is not None]
         if pts:
-            ax.scatter(*zip(*pts), label=lang, s=18)
+            ax.scatter(*zip(*pts), label=lang, s=18, color=colors[lang])
     _finish_pareto(fig, ax, title, path)
 
 
@@ -213,16 +308,20 @@ def pareto_methods(rows_by_method: dict[str, list[dict]], path: str | Path,
     _finish_pareto(fig, ax, title, path)
 
 
-def placement_comparison(models: Sequence, langs: Sequence[str], path: str | Path) -> None:
+def placement_comparison(models: Sequence, langs: Sequence[str], path: str | Path):
     """Paper Fig. 2 across models: for each language (and all pooled), the per-layer share of its top
-    (upper row) and bottom (lower row) neurons against relative depth, one line per model; shares are
-    scaled by the number of layers, so the dotted line at 1 is an even spread."""
-    cols = [*langs, "all"]
-    fig, axes = plt.subplots(2, len(cols), figsize=(2.6 * len(cols), 5.2), sharex=True, sharey="row", squeeze=False)
+    (upper panel) and bottom (lower panel) neurons against relative depth, one line per model; shares are
+    scaled by the number of layers, so the dotted line at 1 is an even spread. Pairs of panels in rows of at
+    most five, languages grouped by script."""
+    cols = [*by_script(langs), "all"]
+    fig, items = _panels(len(cols), 2, (2.6, 2.5), layout="constrained")
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for i, which in enumerate(("top", "bottom")):
-        for j, col in enumerate(cols):
-            ax = axes[i][j]
+    per_row = grid_shape(len(cols))[1]
+    for j, col in enumerate(cols):
+        for i, which in enumerate(("top", "bottom")):
+            ax = items[j][i]
+            if j:  # every top panel on one y-axis, every bottom panel on another
+                ax.sharey(items[0][i])
             drawn = False
             for m, color in zip(models, colors * 4):
                 y = m.profile(list(langs) if col == "all" else [col], which)  # NaN: an empty set, no line
@@ -235,12 +334,12 @@ def placement_comparison(models: Sequence, langs: Sequence[str], path: str | Pat
             for edge in (0.25, 0.75):
                 ax.axvline(edge, color="0.85", lw=0.8)
             ax.set_xlim(0, 1)
-            if i == 0:
-                ax.set_title(col)
-            else:
+            ax.set_title(f"{col} {which}", fontsize=9)
+            if i:
                 ax.set_xlabel("relative depth")
-        axes[i][0].set_ylabel(f"{which}: share per layer x layers")
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, fontsize=8, loc="lower center", ncol=len(models), bbox_to_anchor=(0.5, -0.04))
+            if j % per_row == 0:
+                ax.set_ylabel(f"{which}: share x layers")
+    handles, labels = items[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=8, loc="outside lower center", ncol=min(len(models), 4))
     fig.suptitle("Where language neurons sit across models (1 = even spread; grey lines: quarter depths)")
-    _save(fig, path)
+    return _save(fig, path)
