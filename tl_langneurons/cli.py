@@ -255,7 +255,8 @@ def build_parser() -> argparse.ArgumentParser:
             q.add_argument(flag, **kw)
         q.set_defaults(func=func)
 
-    q = command("report", "write report.md and report.html for a find output folder")
+    q = command("report", "write report.md and report.html for a find output folder (layers.png and overlap.png "
+                "drawn again from its saved neurons)")
     q.add_argument("dir")
     q.set_defaults(func=cmd_report)
     q = command("compare", "placement of several find folders side by side (paper Fig. 2 across "

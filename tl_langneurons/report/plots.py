@@ -119,8 +119,7 @@ def overlap_heatmap(ov: np.ndarray, langs: Sequence[str], size: int, path: str |
     fig, ax = plt.subplots(figsize=(n * cell + 1.8, n * cell + 1.0))
     pct = 100 * ov.astype(float) / size
     np.fill_diagonal(pct, np.nan)
-    cmap = plt.get_cmap("viridis").copy()
-    cmap.set_bad("0.9")
+    cmap = plt.get_cmap("viridis").with_extremes(bad="0.9")
     im = ax.imshow(pct, cmap=cmap, vmin=0)
     ax.set_xticks(range(n), order, rotation=90 if n * max(map(len, order)) > 40 else 0)
     ax.set_yticks(range(n), order)
@@ -172,7 +171,7 @@ def activation_distributions(neurons, values, labels: np.ndarray, path: str | Pa
 
 
 def _curves(rows: list[dict], x, left: str, right: str, ylabels: tuple[str, str], xlabel: str, title: str,
-            path: str | Path, log_x: bool = False) -> None:
+            path: str | Path, log_x: bool = False):
     """Two panels of per-language curves over k: ``left`` and ``right`` keys against ``x(row)``."""
     langs = sorted({r["lang"] for r in rows})
     colors = lang_colors(langs)
@@ -190,12 +189,12 @@ def _curves(rows: list[dict], x, left: str, right: str, ylabels: tuple[str, str]
             ax.set_xscale("log")
     axes[1].legend(fontsize=8, ncol=1 + len(langs) // 8, loc="center left", bbox_to_anchor=(1.0, 0.5))
     fig.suptitle(title)
-    _save(fig, path)
+    return _save(fig, path)
 
 
-def k_ablation(rows: list[dict], path: str | Path) -> None:
+def k_ablation(rows: list[dict], path: str | Path):
     """rows: {k, lang, rate, bleu} -> rate and BLEU against log10 k (paper Fig. 5)."""
-    _curves(rows, lambda r: np.log10(r["k"]), "rate", "bleu", ("occurrence rate", "BLEU-4"), "log10 k",
+    return _curves(rows, lambda r: np.log10(r["k"]), "rate", "bleu", ("occurrence rate", "BLEU-4"), "log10 k",
             "Intervention strength (k top + k bottom neurons)", path)
 
 
@@ -229,7 +228,7 @@ def token_strip(tokens: Sequence[str], score: np.ndarray, langs: Sequence[str], 
     _save(fig, path)
 
 
-def _finish_pareto(fig, ax, title: str, path: str | Path) -> None:
+def _finish_pareto(fig, ax, title: str, path: str | Path):
     """The axes, 0.9 guides, title and legend of a rate-against-retention figure, then save it."""
     ax.axvline(0.9, color="grey", lw=0.6, ls="--")
     ax.axhline(0.9, color="grey", lw=0.6, ls="--")
@@ -238,10 +237,10 @@ def _finish_pareto(fig, ax, title: str, path: str | Path) -> None:
     ax.set_title(title, fontsize=9)
     many = len(ax.get_legend_handles_labels()[1]) > 8  # a long legend goes beside the axes, not over the points
     ax.legend(fontsize=7, **({"loc": "center left", "bbox_to_anchor": (1.01, 0.5)} if many else {}))
-    _save(fig, path)
+    return _save(fig, path)
 
 
-def pareto(rows: list[dict], path: str | Path, title: str = "Target rate against fluency retention") -> None:
+def pareto(rows: list[dict], path: str | Path, title: str = "Target rate against fluency retention"):
     """One point per setting tried: target rate (lid.176) against fluency retention, per language."""
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     langs = list(dict.fromkeys(r["lang"] for r in rows))
@@ -250,7 +249,7 @@ def pareto(rows: list[dict], path: str | Path, title: str = "Target rate against
         pts = [(r["retention"], r["rate"]) for r in rows if r["lang"] == lang and r.get("retention") is not None]
         if pts:
             ax.scatter(*zip(*pts), label=lang, s=18, color=colors[lang])
-    _finish_pareto(fig, ax, title, path)
+    return _finish_pareto(fig, ax, title, path)
 
 
 def genres(test: list[dict], path: str | Path,
