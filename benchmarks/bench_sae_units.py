@@ -81,14 +81,17 @@ def steering_rows(model, units, langs, args, refs) -> list:
     cfg = EvaluateConfig(samples=args.samples, max_new_tokens=args.max_new_tokens, batch_size=64,
                          reference_nll_texts=4)
     seeds = range(1, args.samples + 1)
-    out = {}
+    out, base = {}, {}
     for kind, neurons in units.items():
         runner = CellRunner(model, neurons, cfg, refs, None, progress=False)
         keys = [(name, lang) for name in settings(args) for lang in langs]
         groups = [[steered(lang, settings(args)[name], "top", args.k, seeds)] for name, lang in keys]
         for (name, lang), m in zip(keys, runner.measure(groups)):
             out[(name, lang, kind)] = m.row()
-    rows = []
+            base[lang] = m.baseline  # the unsteered samples of the same seeds, scored on the target
+    # the baseline: rate / gated rate / fluent share (retention divides the steered fluent share by it)
+    rows = [["unsteered", lang, *[f"{base[lang].rate:.2f} / {base[lang].gated_rate:.2f} / fluent "
+                                  f"{base[lang].fluent:.2f}"] * len(units)] for lang in langs]
     for name in settings(args):
         for lang in langs:
             cells = [out[(name, lang, kind)] for kind in units]

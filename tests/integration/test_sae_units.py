@@ -146,21 +146,27 @@ def test_cli_find_sae_then_steer_reattaches_and_equals_the_api(tiny_dirs, sae_di
 
 
 def _error(capsys, code: int) -> str:
+    """Exit status 2 and one error line, the last (progress lines of the corpus and model may come before it)."""
     err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and len(err) == 1 and err[0].startswith("tl-langneurons: error:"), err
-    return err[0]
+    errors = [line for line in err if line.startswith("tl-langneurons: error:")]
+    assert code == 2 and len(errors) == 1 and err[-1] == errors[0] and "Traceback" not in "\n".join(err), err
+    return errors[0]
 
 
-def test_bad_sae_input_is_one_line(tiny_dirs, sae_dir, tmp_path, capsys):
+def test_bad_sae_input_is_one_line(tiny_dirs, sae_dir, tmp_path, capsys, monkeypatch):
+    from tl_langneurons.model.load import ModelConfig
+
     base = ["find", "--model", str(tiny_dirs["llama"]), "--backend", "hooked", "--corpus", "bundled", "--n-per-lang",
             "4", "--k", "2", "--quiet"]
-    assert "no such folder" in _error(capsys, main(base + ["--sae", str(tmp_path / "nope"), "--out",
-                                                           str(tmp_path / "a")]))
-    (tmp_path / "empty").mkdir()
-    assert "is not an SAE folder: it lacks cfg.json and sae_weights.safetensors" in _error(
-        capsys, main(base + ["--sae", str(tmp_path / "empty"), "--out", str(tmp_path / "b")]))
-    assert "--sites mlp_post names other units" in _error(
-        capsys, main(base + ["--sae", str(sae_dir), "--sites", "mlp_post", "--out", str(tmp_path / "c")]))
+    with monkeypatch.context() as m:  # these are refused before the model loads
+        m.setattr(ModelConfig, "load", lambda *a, **k: pytest.fail("the model loaded"))
+        assert "no such folder" in _error(capsys, main(base + ["--sae", str(tmp_path / "nope"), "--out",
+                                                               str(tmp_path / "a")]))
+        (tmp_path / "empty").mkdir()
+        assert "is not an SAE folder: it lacks cfg.json and sae_weights.safetensors" in _error(
+            capsys, main(base + ["--sae", str(tmp_path / "empty"), "--out", str(tmp_path / "b")]))
+        assert "--sites mlp_post names other units" in _error(
+            capsys, main(base + ["--sae", str(sae_dir), "--sites", "mlp_post", "--out", str(tmp_path / "c")]))
     wrong_layer = tmp_path / "sae-l9"
     make_sae(32, "blocks.9.hook_resid_post").save_model(wrong_layer)
     assert "reads 'blocks.9.hook_resid_post', which this model lacks" in _error(
