@@ -21,6 +21,7 @@ from .evaluate.sweep import SweepConfig, run_sweep
 from .model.hf_hooked import HFHookedModel
 from .model.load import DEFAULT_MODEL, ModelConfig, load_model
 from .model.protocol import HookedModel
+from .model.sae import attach_sae
 from .model.sites import NeuronIndex, resolve_sites
 from .steer.pairs import SteerPairsConfig
 from .steer.generation import GenerationConfig, generate, generate_many
@@ -43,7 +44,7 @@ __all__ = [
     "DEFAULT_MODEL", "AttributionConfig", "ControlResult", "CorpusConfig", "CrossSteerConfig", "DeactivationConfig",
     "DemoConfig", "EvaluateConfig", "FindConfig", "GenerationConfig", "HFHookedModel", "HookedModel",
     "LangNeuronsError", "LanguageNeurons", "ModelConfig", "MultilingualCorpus", "NeuronIndex", "PAPER_LANGUAGES",
-    "PooledActivations", "SteerPairsConfig", "SteeringConfig", "Study", "SweepConfig", "clamp_hooks", "collect", "collect_poolings",
+    "PooledActivations", "SteerPairsConfig", "SteeringConfig", "Study", "SweepConfig", "attach_sae", "clamp_hooks", "collect", "collect_poolings",
     "evaluate_control", "find_neurons", "generate", "generate_many", "load_model", "rank_units", "resolve_sites", "run_demo",
     "run_sweep",
 ]

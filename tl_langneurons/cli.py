@@ -84,10 +84,15 @@ def _ranked_study(args, run) -> None:
 
 
 def cmd_find(args) -> None:
+    # --sites given with --sae must name the SAE's latents (left out, it reads as them)
+    if args.sae is not None and args.sites is not None and not args.sites.endswith(".hook_sae_acts_post"):
+        raise LangNeuronsError(f"--sae ranks that SAE's latents; --sites {args.sites} names other units: leave --sites "
+                               "out, or find those without --sae")
+    args.sites = FindConfig.sites if args.sites is None else args.sites
     # under torchrun (WORLD_SIZE > 1) every rank runs a share of the batches and rank 0 writes the folder
     with _process_group(args) as (model_cfg, main_rank):
         study = Study.find(args.out, model_cfg, from_args(CorpusConfig, args), from_args(FindConfig, args),
-                           overwrite=args.overwrite, cache=args.cache, on_disk=args.on_disk,
+                           overwrite=args.overwrite, cache=args.cache, on_disk=args.on_disk, sae=args.sae,
                            progress=not args.quiet and main_rank, echo=_echo if main_rank else lambda s: None)
         if study is not None:
             print(study.find_summary())
@@ -208,6 +213,9 @@ _COMMANDS = [
         ("--on-disk", dict(default=None, metavar="NPY",
                            help="keep the pooled matrix in this .npy file instead of memory (huge neuron counts)")),
         ("--out", dict(required=True, help="output folder")),
+        ("--sae", dict(default=None, metavar="DIR", help="an SAE folder (SAELens' sae.save_model): attach it at the hook "
+                       "it reads (outputs unchanged) and rank its latents instead of neurons (sae-lens, "
+                       "transformer-lens 3.x)")),
         _OVERWRITE], False),
     ("steer", "generate with and without steering towards a language", cmd_steer, (SteerPairsConfig,), [
         ("prompt", dict(nargs="?", default=SteerPairsConfig.prompt, help="prompt (default: BOS only)")), *_FROM_SWEEP],
@@ -254,6 +262,8 @@ def build_parser() -> argparse.ArgumentParser:
         for flag, kw in own:
             q.add_argument(flag, **kw)
         q.set_defaults(func=func)
+        if name == "find":
+            q.set_defaults(sites=None)  # None: not given (cmd_find tells --sae's latents from an explicit --sites)
 
     q = command("report", "write report.md and report.html for a find output folder (layers.png and overlap.png "
                 "drawn again from its saved neurons)")

@@ -53,6 +53,7 @@ from .evaluate.sweep import (
     run_sweep,
     sweep_folder,
 )
+from .model.sae import attach_sae, check_recorded, latent_sites, reattach, weights_sha256
 from .model.load import DEFAULT_MODEL, DTYPES, ModelConfig, model_dtype, model_name, runtime_info
 from .provenance import peak_rss_gb
 from .results import (
@@ -115,10 +116,15 @@ class Study:
     # ---- the model ----------------------------------------------------------------------------
     @property
     def model(self) -> nn.Module:
+        sae = self.neurons.meta.get("sae")  # units that are an SAE's latents: the SAE goes back on the model
         if self._model is None:
+            if sae is not None:
+                check_recorded(sae)  # gone or changed: one line before the model loads
             spec = self._spec or self.neurons.meta.get("model") or DEFAULT_MODEL
             cfg = self._config or ModelConfig(spec, backend=self.backend)
             cfg = replace(cfg, model=spec)
+            if sae is not None and cfg.backend == "auto":  # the backend that names the latents as recorded
+                cfg = replace(cfg, backend=sae.get("backend") or "auto")
             t0 = time.perf_counter()
             # unless told otherwise, in the dtype the neurons were found in (the weights check compares them)
             found_in = self.neurons.meta.get("dtype")
@@ -126,6 +132,8 @@ class Study:
             rt = runtime_info(self._model)
             self.echo(f"model {spec} loaded in {time.perf_counter() - t0:.1f}s ({type(self._model).__name__}, "
                       f"{rt['dtype']} on {rt['device']})")
+        if sae is not None:
+            reattach(self._model, sae)
         self.neurons.check_model(self._model)
         return self._model
 
@@ -134,8 +142,13 @@ class Study:
     def find(cls, out: str | Path, model: ModelConfig | nn.Module | None = None,
              corpus: CorpusConfig | MultilingualCorpus | None = None, config: FindConfig | None = None, *,
              overwrite: bool = False, cache: str | Path | None = None, on_disk: str | Path | None = None,
-             progress: bool = True, echo: Echo = _quiet) -> "Study | None":
+             progress: bool = True, echo: Echo = _quiet, sae: str | Path | None = None) -> "Study | None":
         """Find the neurons (steps 1-3) and write them with their analysis (step 4) into ``out``.
+
+        ``sae``: a folder written by SAELens' ``sae.save_model``; the SAE is attached to the model at the hook it
+        reads (:func:`~tl_langneurons.model.sae.attach_sae`, outputs unchanged) and its latents are the units
+        ranked (``config.sites`` at its default becomes them). The folder records the SAE; every command on it
+        re-attaches it.
 
         In a torch.distributed group of several processes (``distributed.py``) every rank checks
         the input and runs its share of the collection; rank 0 alone writes ``out``, the others return None
@@ -157,8 +170,8 @@ class Study:
         with agreed(shard):  # every rank checks and loads; a failure on one ends every rank before rank 0 writes
             if shard is not None and on_disk is not None:
                 raise LangNeuronsError("--on-disk cannot be used with several processes; run one process for it")
-            texts, settings, same, checkpoint, hooked, model_label = cls._find_checks(
-                out, model, corpus, config, overwrite=overwrite, cache=cache, on_disk=on_disk, echo=echo)
+            texts, settings, same, checkpoint, hooked, model_label, config = cls._find_checks(
+                out, model, corpus, config, overwrite=overwrite, cache=cache, on_disk=on_disk, echo=echo, sae=sae)
         if shard is not None and shard[0] != 0:
             find_neurons(hooked, texts, config, cache=cache, progress=False)  # this rank's batches, gathered to rank 0
             return None
@@ -191,9 +204,11 @@ class Study:
         return study
 
     @staticmethod
-    def _find_checks(out, model, corpus, config, *, overwrite, cache, on_disk, echo):
-        """The checks of ``find`` (before the model loads), then the model: (texts, settings, same, checkpoint,
-        model, model label)."""
+    def _find_checks(out, model, corpus, config, *, overwrite, cache, on_disk, echo, sae=None):
+        """The checks of ``find`` (before the model loads), then the model (with ``sae`` attached): (texts,
+        settings, same, checkpoint, model, model label, config)."""
+        if sae is not None:  # the SAE folder and the environment, before the corpus and the model
+            config = replace(config, sites=latent_sites(sae, config.sites, FindConfig.sites))
         texts = corpus.load() if isinstance(corpus, CorpusConfig) else (corpus or CorpusConfig().load())
         echo(f"corpus {texts.name}: {texts.summary()}")
         model_label = model.model if isinstance(model, ModelConfig) else model_name(model)
@@ -201,6 +216,8 @@ class Study:
         dtype = (model.dtype or "float32") if isinstance(model, ModelConfig) else model_dtype(model)
         if dtype != "float32":  # another precision is another run (float32 folders keep their old settings)
             settings["dtype"] = dtype
+        if sae is not None:  # another SAE (or the same folder retrained) is another run
+            settings["sae_sha256"] = weights_sha256(sae)
         same = check_target(out, "find", settings, overwrite, old_settings=_find_settings(out))
         checkpoint = staging_dir(out) / ".partial-activations.safetensors"
         if on_disk is not None and Path(on_disk).exists() and not checkpoint.exists():
@@ -216,7 +233,10 @@ class Study:
                  f"{rt['dtype']} on {rt['device']})")
         else:
             hooked = model
-        return texts, settings, same, checkpoint, hooked, model_label
+        if sae is not None:  # on the bridge its latents are named after the block's hook_out
+            config = replace(config, sites=attach_sae(hooked, sae))
+            echo(f"SAE {sae} attached: its latents at {config.sites} are the units")
+        return texts, settings, same, checkpoint, hooked, model_label, config
 
     def find_summary(self) -> str:
         """What ``find`` prints: token counts, the summary table, the overlap and the layer shares."""

@@ -803,3 +803,20 @@ def test_sweep_lcb_set_checked_before_the_model(found, tmp_path, capsys, monkeyp
     code = main(["sweep", "--neurons", str(found), "--out", str(tmp_path / "s"), "--quiet", *args])
     one_line_error(capsys, code, msg)
     assert not (tmp_path / "s").exists()
+
+
+def test_find_sae_without_sae_lens_is_one_line_before_the_model(tmp_path, capsys, monkeypatch):
+    """find --sae where SAELens cannot attach SAEs (sae-lens absent, or transformer-lens 4.x): one line naming the
+    install, before the model loads. In the transformer-lens 3.x + sae-lens environment the missing package is
+    simulated."""
+    import importlib.util
+
+    from tl_langneurons.model.load import ModelConfig
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "sae_lens" else real(name, *a))
+    monkeypatch.setattr(ModelConfig, "load", lambda *a, **k: pytest.fail("the model loaded"))
+    code = main(["find", "--corpus", "bundled", "--n-per-lang", "2", "--sae", str(tmp_path / "sae"), "--out",
+                 str(tmp_path / "out"), "--quiet"])
+    one_line_error(capsys, code, "--sae needs sae-lens, which is not installed", 'transformer-lens>=3.9,<4')
+    assert not (tmp_path / "out").exists()

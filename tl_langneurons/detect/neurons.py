@@ -26,6 +26,7 @@ from ..errors import LangNeuronsError
 from ..model.identity import activation_signature, check_same_model
 from ..model.load import model_name, model_source, weights_fingerprint
 from ..model.protocol import HookedModel
+from ..model.sae import sae_meta
 from ..model.sites import NeuronIndex, resolve_sites
 from ..provenance import package_versions, peak_rss_gb
 from ..registry import steering
@@ -391,6 +392,7 @@ def find_neurons(model: HookedModel, corpus: MultilingualCorpus, config: FindCon
     timings: dict[str, float] = {}
     expect = {"model": model_name(model), "weights_sha": weights_fingerprint(model), "sites": index.spec, "pooling": config.pooling,
               "include_bos": config.include_bos, "corpus_sha256": corpus.sha256(), "max_length": config.max_length}
+    expect.update(sae_meta(model, [s.hook for s in index.slices]))  # an attached SAE's latents: its record
     if cache is not None and store is not None:
         raise LangNeuronsError("use either cache (in-memory matrix saved to a file) or store (matrix kept on disk), not both")
     shard = dist_context(distributed)

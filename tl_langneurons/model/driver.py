@@ -123,12 +123,14 @@ class Runner:
         return (self.resid_post(last_layer), stop)
 
     def resid_post(self, layer: int) -> str:
-        """The hook of block ``layer``'s output: ``blocks.L.hook_resid_post``, or, where SAELens' HookedSAETransformer
-        has spliced an SAE in there (the name is then the SAE, not a hook point), the SAE's output hook, which
-        is what the next block reads."""
-        name = f"blocks.{layer}.hook_resid_post"
-        spliced = f"{name}.hook_sae_output"
-        return spliced if name not in self.model.hook_dict and spliced in self.model.hook_dict else name
+        """The hook of block ``layer``'s output: ``blocks.L.hook_resid_post``, or, where SAELens has spliced an SAE
+        in there (the name is then the SAE, not a hook point; ``blocks.L.hook_out`` on SAELens' bridge), the SAE's
+        output hook, which is what the next block reads."""
+        name, hooks = f"blocks.{layer}.hook_resid_post", self.model.hook_dict
+        for spliced in (f"{name}.hook_sae_output", f"blocks.{layer}.hook_out.hook_sae_output"):
+            if name not in hooks and spliced in hooks:
+                return spliced
+        return name
 
     @torch.no_grad()
     def step(self, input_ids: torch.Tensor, past: Any = None, attention_mask: torch.Tensor | None = None,
