@@ -65,7 +65,8 @@ def test_paper_sites_on_a_hooked_transformer(pair):
     bridge, ht = pair
     ib, ih = resolve_sites(bridge, "paper"), resolve_sites(ht, "paper")
     assert ib.n_neurons == ih.n_neurons
-    assert {s.template for s in ih.slices} >= {"blocks.{l}.attn.hook_q", "blocks.{l}.mlp.hook_pre_linear"}
+    assert {s.hook.split(".", 2)[2] for s in ih.slices} >= {"attn.hook_q", "mlp.hook_pre_linear"}  # its own hooks
+    assert ih == ib  # recorded under the bridge's names (tests/integration/test_hooked_sites.py)
 
 
 @needs_hooked
@@ -230,3 +231,33 @@ def test_a_users_own_hooked_transformer_and_the_cli_share_neurons(pair, found_pa
         other.blocks[1].mlp.W_in.mul_(1.01)
     with pytest.raises(LangNeuronsError, match="weights differ"):
         bridges.check_model(other)
+
+
+@needs_hooked
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_hooked_transformer_shares_the_weights_and_equals_transformer_lens_own_build(tiny_dirs, dtype):
+    """load_model builds it on the meta device and hands it the converted tensors (the MLP matrices and the
+    unembedding as views of the Hugging Face weights); every parameter equals the classic build's (allocate,
+    initialise, copy) in value, dtype and stride, every buffer too, and the logits are bit-identical."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tl_langneurons.model.hooked import to_hooked
+
+    hf = AutoModelForCausalLM.from_pretrained(str(tiny_dirs["llama"]), dtype=dtype).eval()
+    tok = AutoTokenizer.from_pretrained(str(tiny_dirs["llama"]))
+    classic, shared = to_hooked(hf, tok, dtype, classic=True), to_hooked(hf, tok, dtype)
+    a, b = dict(classic.named_parameters()), dict(shared.named_parameters())
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]) and a[name].dtype == b[name].dtype, name
+        assert a[name].stride() == b[name].stride() and a[name].requires_grad == b[name].requires_grad, name
+    assert all(torch.equal(x, y) for x, y in zip(classic.buffers(), shared.buffers()))
+    hf_storages = {p.untyped_storage().data_ptr() for p in hf.parameters()}
+    views = {n for n, p in b.items() if p.untyped_storage().data_ptr() in hf_storages}
+    assert {"unembed.W_U", "blocks.0.mlp.W_in", "blocks.0.mlp.W_gate", "blocks.0.mlp.W_out"} <= views
+    assert not {n for n, p in a.items() if p.untyped_storage().data_ptr() in hf_storages}
+    ids = torch.tensor([[1, 5, 9, 30, 40, 7], [0, 0, 1, 5, 9, 30]])
+    mask = torch.tensor([[1] * 6, [0, 0, 1, 1, 1, 1]])
+    with torch.no_grad():
+        assert torch.equal(classic(ids, attention_mask=mask), shared(ids, attention_mask=mask))
+    assert classic._tl_langneurons_fingerprint == shared._tl_langneurons_fingerprint

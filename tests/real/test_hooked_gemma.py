@@ -92,3 +92,24 @@ def test_a_users_own_hooked_gemma_shares_neurons_with_the_command_line(gemma, tm
     assert main(["find", "--model", "gemma-3-270m", "--n-per-lang", "6", "--k", "50", "--out", str(tmp_path / "cli"),
                  "--quiet"]) == 0
     LanguageNeurons.load(tmp_path / "cli").check_model(user)  # the reverse: no refusal
+
+
+def test_the_bridges_paper_sites_on_hooked_gemma_are_refused_where_a_post_norm_differs(gemma, gemma_hooked):
+    """Gemma normalises the attention and MLP outputs before the residual add (sandwich norms): a
+    HookedTransformer's hook_attn_out / hook_mlp_out come after that norm, the bridge's o / down projection hooks
+    before it. The q, k, v, gate and up sites are the same on both; those two are refused, in one line naming them."""
+    from tl_langneurons import LangNeuronsError, resolve_sites
+    from tl_langneurons.model.identity import check_same_model
+    from tl_langneurons.model.load import weights_fingerprint
+
+    ib, ih = resolve_sites(gemma, "paper"), resolve_sites(gemma_hooked, "paper")
+    assert ib.n_neurons == ih.n_neurons
+    assert {s.template for s in ih.slices} ^ {s.template for s in ib.slices} == {
+        "blocks.{l}.hook_attn_out", "blocks.{l}.hook_mlp_out", "blocks.{l}.attn.o.hook_out", "blocks.{l}.mlp.out.hook_out"}
+    meta = {"weights_sha": weights_fingerprint(gemma), "model": "gemma-3-270m"}
+    with pytest.raises(LangNeuronsError, match=r"site blocks\.0\.attn\.o\.hook_out .*hook_attn_out comes after the "
+                                               r"norm that follows its attention") as e:
+        check_same_model(ib, meta, gemma_hooked)
+    assert "\n" not in str(e.value)
+    with pytest.raises(LangNeuronsError, match=r"site blocks\.0\.hook_attn_out .*no counterpart on this TransformerBridge"):
+        check_same_model(ih, meta, gemma)

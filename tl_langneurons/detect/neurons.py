@@ -356,8 +356,10 @@ class LanguageNeurons:
     def check_model(self, model: HookedModel) -> None:
         """Refuse to steer a model other than the one these neurons were found on: its sites, its weights (or,
         under another wrapper of the same weights, its activations at these sites: the activation signature),
-        its neuron index (:func:`~tl_langneurons.model.identity.check_same_model`)."""
-        check_same_model(self.index, self.meta, model)
+        its neuron index (:func:`~tl_langneurons.model.identity.check_same_model`). Accepted, the neurons are bound
+        to ``model``: their hooks are then its names for their sites (a HookedTransformer names the paper's sites
+        its own way; folders record the bridge's names)."""
+        self.index = check_same_model(self.index, self.meta, model)
 
 
 def find_neurons(model: HookedModel, corpus: MultilingualCorpus, config: FindConfig | None = None, *,
@@ -449,8 +451,9 @@ def _read_cache(cache: str | Path | None, expect: dict, index: NeuronIndex, conf
     if cache is None or not Path(cache).exists():
         return None
     pooled = PooledActivations.load(cache, expect=expect)
-    if pooled.index != index:
+    if pooled.index.mismatch(index) is not None:
         raise LangNeuronsError(f"activation cache {cache} has another neuron index than this model; delete it")
+    pooled.index = index  # the cache records canonical site names; the hooks are this model's
     if pooled.resid is None:  # without them the neurons could not steer with diffmean or sparse
         raise LangNeuronsError(f"activation cache {cache} holds no residual-stream means (made before they "
                                "were kept in the cache), which find records for diffmean and sparse steering; "

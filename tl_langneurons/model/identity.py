@@ -23,7 +23,7 @@ from ..errors import LangNeuronsError
 from .driver import Runner
 from .fingerprint import legacy_fingerprint, model_dtype, weights_fingerprint
 from .protocol import HookedModel
-from .sites import NeuronIndex, flat_units, resolve_sites
+from .sites import NeuronIndex, canonical_hook, counterpart_note, flat_units, resolve_sites
 
 log = logging.getLogger(__name__)
 _NOTED: set[tuple[str, str]] = set()  # (found-on, this model) weights fingerprints already accepted by signature
@@ -97,11 +97,12 @@ def signature_distance(recorded: dict, model: HookedModel, index: NeuronIndex) -
     return diff / rms if math.isfinite(diff) else math.inf
 
 
-def check_same_model(index: NeuronIndex, meta: dict, model: HookedModel) -> None:
+def check_same_model(index: NeuronIndex, meta: dict, model: HookedModel) -> NeuronIndex:
     """Refuse a model other than the one neurons at ``index`` (with a find result's ``meta``) were found on: one
     that lacks their sites, whose weights differ (unless its activation signature at those sites agrees: the same
     weights under another wrapper or construction, accepted with a note said once per process), in another dtype,
-    or whose neuron index differs."""
+    or whose neuron index differs. Returns ``index`` on ``model``: the same units, by the model's hook names (a
+    HookedTransformer's for the sites it names its own way)."""
     try:
         other = resolve_sites(model, index.spec)
     except LangNeuronsError as e:
@@ -114,13 +115,13 @@ def check_same_model(index: NeuronIndex, meta: dict, model: HookedModel) -> None
             distance = signature_distance(signature, model, other)
             if distance <= SIGNATURE_RTOL:  # the same function under another layout or construction
                 if (theirs, mine) in _NOTED:
-                    return _check_index(index, meta, other)
+                    return _check_index(index, meta, other, model)
                 _NOTED.add((theirs, mine))  # said once per process
                 log.warning("these neurons were found on %s (weights %s), this model's weights hash to %s (another "
                             "wrapper or construction of the same weights); the activations at their sites agree "
                             "(max difference %.1e of their RMS): accepted", meta.get("model", "a model"),
                             theirs, mine, distance)
-                return _check_index(index, meta, other)
+                return _check_index(index, meta, other, model)
         found_in, dtype = meta.get("dtype"), model_dtype(model)
         if found_in and found_in != dtype:  # the same model in another precision: say so
             raise LangNeuronsError(
@@ -131,26 +132,31 @@ def check_same_model(index: NeuronIndex, meta: dict, model: HookedModel) -> None
             f"these neurons were found on {meta.get('model', 'another model')} (weights {theirs}); this model's "
             f"weights differ ({mine}){_processed(model)}. Use neurons found on this model"
         )
-    _check_index(index, meta, other)
+    return _check_index(index, meta, other, model)
 
 
-def _check_index(index: NeuronIndex, meta: dict, other: NeuronIndex) -> None:
-    """Refuse a model whose neuron index differs from these neurons' (other hooks, sizes or order)."""
-    if other != index:
+def _check_index(index: NeuronIndex, meta: dict, other: NeuronIndex, model: HookedModel) -> NeuronIndex:
+    """``other``, this model's index of these neurons' sites; refuse it where it differs from theirs (other hooks,
+    sizes or order; a site without a counterpart on this backend)."""
+    pair = index.mismatch(other)
+    if pair is None:
+        return other
+    a, b = pair
+    if b is None:
         where = f"{len(index.slices)} hooks there, {len(other.slices)} here"
-        for a, b in zip(index.slices, other.slices):
-            if a != b:
-                if a.hook != b.hook:
-                    where = f"hook {a.hook} there, {b.hook} here"
-                elif (a.size, a.offset) != (b.size, b.offset):
-                    where = f"{a.hook}: {a.size} neurons at offset {a.offset} there, {b.size} at offset {b.offset} here"
-                else:
-                    where = f"{a.hook}: {a} there, {b} here"
-                break
+    elif (a.layer, a.size, a.offset) == (b.layer, b.size, b.offset):
         raise LangNeuronsError(
-            f"these neurons were found on {meta.get('model', 'another model')} at sites {index.spec!r} that "
-            f"differ from this model's, first at {where}. Use neurons found on this model"
-        )
+            f"these neurons' site {canonical_hook(a)} (found on {meta.get('model', 'another model')}, sites "
+            f"{index.spec!r}) has no counterpart on this {type(model).__name__}: {counterpart_note(a.template, b.template)}"
+            "; steer them on the backend they were found on (--backend), or find neurons on this one")
+    elif (a.size, a.offset) != (b.size, b.offset):
+        where = f"{a.hook}: {a.size} neurons at offset {a.offset} there, {b.size} at offset {b.offset} here"
+    else:
+        where = f"{a.hook}: {a} there, {b} here"
+    raise LangNeuronsError(
+        f"these neurons were found on {meta.get('model', 'another model')} at sites {index.spec!r} that "
+        f"differ from this model's, first at {where}. Use neurons found on this model"
+    )
 
 
 def _processed(model: HookedModel) -> str:

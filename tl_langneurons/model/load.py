@@ -9,7 +9,6 @@ where it does not.
 from __future__ import annotations
 
 import atexit
-import contextlib
 import logging
 import os
 import re
@@ -18,7 +17,7 @@ import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from torch import nn
@@ -28,6 +27,8 @@ from ..errors import LangNeuronsError
 from .cache import host_prefix, owned_prefix, remove_stale, writable
 from .gguf_models import ALIASES, check_gguf, gguf_model_dir
 from .hf_hooked import HFHookedModel
+from .hooked import hooked_config, hooked_transformer_class, to_hooked
+from .hooked import hooked_config as _hooked_config  # noqa: F401  (the name tests and earlier code import)
 from .fingerprint import (hf_fingerprint, legacy_fingerprint, model_dtype, model_name,  # noqa: F401  (re-exported)
                           model_source, runtime_info, weights_fingerprint)
 
@@ -94,20 +95,6 @@ def check_backend(backend: str) -> None:
         raise LangNeuronsError(f"unknown backend {backend!r}; use auto, bridge, hooked or hf")
     if backend == "hooked":
         hooked_transformer_class()
-
-
-def hooked_transformer_class() -> type:
-    """``transformer_lens.HookedTransformer``, or one line saying which transformer-lens has it."""
-    try:
-        from transformer_lens import HookedTransformer
-    except ImportError as e:
-        from importlib.metadata import version
-
-        raise LangNeuronsError(
-            f"backend hooked needs HookedTransformer, which transformer-lens {version('transformer-lens')} does not "
-            "have (4.x has only TransformerBridge); install the 3.x line beside this package: "
-            "pip install 'transformer-lens>=3.9,<4' (or use --backend bridge)") from e
-    return HookedTransformer
 
 
 def torch_dtype(dtype: str | torch.dtype) -> torch.dtype:
@@ -234,7 +221,7 @@ def _to_bridge(hf: nn.Module, tok: Any, name: str, backend: str) -> nn.Module:
     if backend == "hf":
         return HFHookedModel(hf, tok)
     if backend == "hooked":
-        return _to_hooked(hf, tok, next(hf.parameters()).dtype)
+        return to_hooked(hf, tok, next(hf.parameters()).dtype)
     from transformer_lens.model_bridge import TransformerBridge
 
     try:
@@ -252,103 +239,6 @@ def _to_bridge(hf: nn.Module, tok: Any, name: str, backend: str) -> nn.Module:
         log.warning("TransformerBridge cannot wrap %s (%s); using the forward-hook fallback",
                     type(hf).__name__, e)
         return HFHookedModel(hf, tok)
-
-
-_NAME_ONLY = ("GemmaForCausalLM", "Gemma2ForCausalLM", "Gemma3ForCausalLM")
-"""Architectures whose HookedTransformer config transformer-lens takes from the official model name only."""
-
-
-def _hooked_name(c: Any, tmp: Path) -> str:
-    """What to give transformer-lens' loaders for a model of Hugging Face config ``c``: for a name-only
-    architecture the official name whose config matches ``c``'s sizes, else a folder holding only ``c``
-    as config.json (a neutral name: transformer-lens guesses the architecture from substrings such as
-    "llama" in a name)."""
-    from transformer_lens import loading_from_pretrained as loading
-
-    arch = (getattr(c, "architectures", None) or [type(c).__name__])[0]
-    if arch in _NAME_ONLY:
-        want = (c.hidden_size, c.num_hidden_layers, c.intermediate_size, c.vocab_size)
-        for name in loading.OFFICIAL_MODEL_NAMES:
-            if "gemma" not in name.lower():
-                continue
-            try:
-                d = loading.convert_hf_model_config(name)
-            except Exception:  # noqa: BLE001 - a name whose config needs the hub: not this model
-                continue
-            if (d.get("d_model"), d.get("n_layers"), d.get("d_mlp"), d.get("d_vocab")) == want:
-                return name
-        raise LangNeuronsError(f"transformer-lens knows no {arch} with d_model={want[0]}, {want[1]} layers, "
-                               f"d_mlp={want[2]}; use --backend bridge")
-    folder = tmp / "model"
-    folder.mkdir()
-    c.to_json_file(str(folder / "config.json"))
-    return str(folder)
-
-
-@contextlib.contextmanager
-def _hooked_config(config: Any, dtype: torch.dtype, device: str) -> Iterator[tuple[str, Any]]:
-    """(name for transformer-lens' loaders, ``HookedTransformerConfig``) of a Hugging Face config, or one
-    line saying that transformer-lens cannot build it; needs no weights, so it runs before they load."""
-    from transformer_lens import loading_from_pretrained as loading
-
-    arch = (getattr(config, "architectures", None) or ["this model"])[0]
-    with tempfile.TemporaryDirectory(prefix=".hooked-") as tmp, _quiet_transformer_lens():
-        try:
-            name = _hooked_name(config, Path(tmp))
-            cfg = loading.get_pretrained_model_config(name, hf_cfg=config.to_dict(), fold_ln=False, device=device,
-                                                      dtype=dtype)
-        except LangNeuronsError:
-            raise
-        except Exception as e:  # noqa: BLE001 - transformer-lens raises many kinds for an architecture it lacks
-            raise LangNeuronsError(f"HookedTransformer cannot build {arch} ({type(e).__name__}: "
-                                   f"{str(e).splitlines()[0][:200] if str(e) else ''}); use --backend bridge or hf"
-                                   ) from e
-        yield name, cfg
-
-
-@contextlib.contextmanager
-def _quiet_transformer_lens() -> Iterator[None]:
-    """transformer-lens warns and logs for every weight it fills in; a failure is reported by the caller."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        root = logging.getLogger()
-        level = root.level
-        root.setLevel(logging.ERROR)
-        try:
-            yield
-        finally:
-            root.setLevel(level)
-
-
-def _to_hooked(hf: nn.Module, tok: Any, dtype: torch.dtype) -> nn.Module:
-    """A ``HookedTransformer`` with ``hf``'s weights, built offline (no hub call) and unprocessed: no
-    LayerNorm folding or centering, so its activations are the Hugging Face model's, as the bridge's are
-    (``HookedTransformer.from_pretrained_no_processing``). The result records ``hf``'s weights fingerprint,
-    so neurons found with the bridge steer it and back."""
-    HookedTransformer = hooked_transformer_class()
-    from transformer_lens import loading_from_pretrained as loading
-
-    fingerprint = hf_fingerprint(hf)
-    dev = str(next(hf.parameters()).device)  # where _load_hf put the weights
-    with _hooked_config(hf.config, dtype, dev) as (name, cfg), _quiet_transformer_lens():
-        try:
-            state = loading.get_pretrained_state_dict(name, cfg, hf, dtype=dtype)
-            model = HookedTransformer(cfg, tokenizer=tok, move_to_device=False, default_padding_side="left")
-            model.load_and_process_state_dict(state, fold_ln=False, center_writing_weights=False,
-                                              center_unembed=False, fold_value_biases=False,
-                                              refactor_factored_attn_matrices=False)
-        except Exception as e:  # noqa: BLE001 - transformer-lens raises many kinds for an architecture it lacks
-            raise LangNeuronsError(f"HookedTransformer cannot build {type(hf).__name__} ({type(e).__name__}: "
-                                   f"{str(e).splitlines()[0][:200] if str(e) else ''}); use --backend bridge or hf"
-                                   ) from e
-    model.to(dev, print_details=False)
-    model.eval()
-    with torch.no_grad():  # the layout nn.Linear has: transformer-lens 3.x calls W.T.contiguous() on every forward
-        for name, p in model.named_parameters():
-            if name.rsplit(".", 1)[-1] in ("W_U", "W_in", "W_gate", "W_out") and p.dim() == 2:
-                p.data = p.data.T.contiguous().T
-    model._tl_langneurons_fingerprint = fingerprint
-    return model
 
 
 def load_model(spec: Any = DEFAULT_MODEL, *, backend: str = "auto", dtype: str | torch.dtype = torch.float32,
@@ -410,7 +300,7 @@ def load_model(spec: Any = DEFAULT_MODEL, *, backend: str = "auto", dtype: str |
         except (OSError, ValueError):
             config = None  # _load_hf says what is wrong with the folder or name
         if config is not None:
-            with _hooked_config(config, dtype, device or "cpu"):
+            with hooked_config(config, dtype, device or "cpu"):
                 pass
     hf, tok = _load_hf(path, dtype, device, device_map, max_memory, offload_folder)
     if tokenizer is not None:

@@ -43,18 +43,31 @@ _OPTIONAL = {"blocks.{l}.attn.qkv.hook_out", "blocks.{l}.mlp.gate.hook_out",
              "blocks.{l}.attn.q.hook_out", "blocks.{l}.attn.k.hook_out", "blocks.{l}.attn.v.hook_out"}
 
 
-# A HookedTransformer names the paper's sites its own way. Its attention and MLP outputs (hook_attn_out,
-# hook_mlp_out) come after a post-norm where the model has one (Gemma's sandwich norms), not straight
-# from the o / down projection as on the bridge; the counts are the same.
+# One canonical naming: the bridge's (the fallback's too), which neuron folders and caches record. A
+# HookedTransformer names the paper's sites its own way; where its hook holds the same tensor (the same values, and
+# a change there acts the same downstream) the index keeps the canonical template and binds the HookedTransformer's
+# hook. Its hook_attn_out / hook_mlp_out follow a post-norm where the model has one (Gemma's sandwich norms), not
+# the o / down projection as the bridge's hooks do: there they are sites of their own, named the HookedTransformer's
+# way, without a counterpart on the bridge (and the bridge's o / down outputs have none on a HookedTransformer).
 _HOOKED_EQUIV = {
     "blocks.{l}.attn.q.hook_out": "blocks.{l}.attn.hook_q", "blocks.{l}.attn.k.hook_out": "blocks.{l}.attn.hook_k",
     "blocks.{l}.attn.v.hook_out": "blocks.{l}.attn.hook_v", "blocks.{l}.attn.o.hook_out": "blocks.{l}.hook_attn_out",
     "blocks.{l}.mlp.out.hook_out": "blocks.{l}.hook_mlp_out",
 }
+_AFTER_PROJECTION = {"blocks.{l}.attn.o.hook_out", "blocks.{l}.mlp.out.hook_out"}
+_POST_NORM_ARCHITECTURES = ("Olmo2ForCausalLM", "Olmo3ForCausalLM")  # transformer-lens: the norm follows the sublayer
 
 
-def _hooked_equiv(template: str, layer: int, names: set[str]) -> str | None:
-    """The HookedTransformer hook for a bridge-named ``paper`` template, where the model has it."""
+def _post_norm(model: HookedModel) -> bool:
+    """Whether a HookedTransformer normalises the attention and MLP outputs before hook_attn_out / hook_mlp_out."""
+    cfg = getattr(model, "cfg", None)
+    return bool(getattr(cfg, "use_normalization_before_and_after", False)) or \
+        getattr(cfg, "original_architecture", None) in _POST_NORM_ARCHITECTURES
+
+
+def _hooked_site(template: str, layer: int, names: set[str], post_norm: bool) -> tuple[str, str] | None:
+    """(hook, template to record) of a bridge-named template on a HookedTransformer, where it has the hook: the
+    canonical template where the hook is its exact counterpart, the hook's own template where it is not."""
     gated = f"blocks.{layer}.mlp.hook_pre_linear" in names
     if template == "blocks.{l}.mlp.gate.hook_out":
         alt = "blocks.{l}.mlp.hook_pre" if gated else None
@@ -63,7 +76,24 @@ def _hooked_equiv(template: str, layer: int, names: set[str]) -> str | None:
     else:
         alt = _HOOKED_EQUIV.get(template)
     name = None if alt is None else alt.replace("{l}", str(layer))
-    return name if name in names else None
+    if name not in names:
+        return None
+    return name, alt if post_norm and template in _AFTER_PROJECTION else template
+
+
+def counterpart_note(recorded: str, here: str) -> str:
+    """Why site ``recorded`` (a template) is not ``here`` (this model's template at the same place), in words."""
+    hooked_out = {"blocks.{l}.hook_attn_out": "attention", "blocks.{l}.hook_mlp_out": "MLP"}
+    if here in hooked_out and recorded in _AFTER_PROJECTION:
+        return (f"this HookedTransformer's {here.rsplit('.', 1)[-1]} comes after the norm that follows its "
+                f"{hooked_out[here]}, not straight from the projection")
+    if recorded in hooked_out:
+        return (f"{recorded.rsplit('.', 1)[-1]} is a HookedTransformer's {hooked_out[recorded]} output, after its "
+                "post-norm where the model has one, and not among this model's sites")
+    if recorded in {*_HOOKED_EQUIV.values(), "blocks.{l}.mlp.hook_pre_linear"}:
+        return (f"{recorded.split('.', 2)[2]} is a HookedTransformer's own name, recorded by a version before site "
+                "names were recorded the bridge's way")
+    return f"this model has {here} there"
 
 
 @dataclass(frozen=True)
@@ -117,7 +147,8 @@ class NeuronIndex:
         return rows
 
     def to_dict(self) -> dict:
-        return {"spec": self.spec, "slices": [asdict(s) for s in self.slices]}
+        """What folders and caches record: every site by its canonical name (:func:`canonical_hook`)."""
+        return {"spec": self.spec, "slices": [{**asdict(s), "hook": canonical_hook(s)} for s in self.slices]}
 
     @classmethod
     def from_dict(cls, d: dict) -> "NeuronIndex":
@@ -125,6 +156,25 @@ class NeuronIndex:
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, NeuronIndex) and self.to_dict() == other.to_dict()
+
+    def mismatch(self, other: "NeuronIndex") -> tuple[SiteSlice, SiteSlice] | None:
+        """The first pair of sites (this index's, ``other``'s) that differ, None where ``other`` is this index
+        on another backend: the same units, each site the same by canonical name or by the hook it binds (a
+        folder that recorded a HookedTransformer's own names). A pair (slice, None) where one is longer."""
+        for a, b in zip(self.slices, other.slices):
+            if (a.layer, a.size, a.offset) != (b.layer, b.size, b.offset) or (
+                    canonical_hook(a) != canonical_hook(b) and a.hook != b.hook):
+                return a, b
+        if len(self.slices) != len(other.slices):
+            longer = self if len(self.slices) > len(other.slices) else other
+            return longer.slices[min(len(self.slices), len(other.slices))], None
+        return None
+
+
+def canonical_hook(site: SiteSlice) -> str:
+    """The name a site is recorded under, the same on every backend: its template at its layer (the bridge's
+    name; a HookedTransformer binds its own hook to it, :func:`resolve_sites`)."""
+    return site.template.replace("{l}", str(site.layer))
 
 
 def templates_for(spec: str) -> list[tuple[str, bool]]:
@@ -163,6 +213,7 @@ def resolve_sites(model: HookedModel | Runner, spec: str = "mlp_post") -> Neuron
     if beyond:
         raise LangNeuronsError(f"site {beyond[0]!r} is beyond this model's {runner.n_layers} layers (site spec {spec!r})")
     chosen: list[tuple[str, str, int]] = []
+    post_norm = _post_norm(runner.model)
     for layer in range(runner.n_layers):
         found = []
         for t, required in templates:
@@ -170,9 +221,8 @@ def resolve_sites(model: HookedModel | Runner, spec: str = "mlp_post") -> Neuron
             if one is not None and one != layer:  # a single hook: only at its own layer
                 continue
             name = t.replace("{l}", str(layer))
-            if name not in names and runner.hf is None:  # a HookedTransformer
-                alt = _hooked_equiv(t, layer, names)
-                name, t = (alt, alt.replace(f"blocks.{layer}.", "blocks.{l}.", 1)) if alt else (name, t)
+            if name not in names and runner.hf is None:  # a HookedTransformer: its own name for the site
+                name, t = _hooked_site(t, layer, names, post_norm) or (name, t)
             if name in names:
                 found.append((name, t, layer))
             elif required:
