@@ -49,7 +49,7 @@ def test_model_judge_equals_a_slow_loop_over_its_logits(tiny_llama, template):
         want = [_slow_score(tiny_llama, r, a, 8) for r, a in zip(requests + requests, answers + answers[::-1])]
         assert got == pytest.approx(want, abs=1e-4)
         g = gains(judge, answers, requests, requests[::-1])
-        assert g == pytest.approx([want[0] - want[2], want[1] - want[3]], abs=1e-4)
+        assert g == pytest.approx([want[0] - want[3], want[1] - want[2]], abs=1e-4)
         assert judge.score(["x"], [""])[0] != judge.score(["x"], [""])[0]  # no token: nan
     finally:
         tok.chat_template = had
