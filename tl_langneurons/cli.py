@@ -152,9 +152,12 @@ def cmd_compare(args) -> None:
 
 def cmd_lcb(args) -> None:
     from .evaluate.confusion import lcb_table, set_slug, write_lcb_table
+    from .evaluate.judge import judge_kind
 
+    if args.judge is not None:
+        judge_kind(args.judge)
     out = args.out or str(Path(args.dir) / ("lcb-" + set_slug(args.lcb_set) if set_slug(args.lcb_set) else "lcb"))
-    table = lcb_table(args.dir, args.sweeps, args.lcb_set)
+    table = lcb_table(args.dir, args.sweeps, args.lcb_set, args.judge)
     paths = write_lcb_table(table, out, args.overwrite)
     print(table.markdown())
     print(f"written: {', '.join(str(p) for p in paths)}")
@@ -285,6 +288,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "crosslingual/okapi; another set's name, e.g. crosslingual/sharegpt, or the folder a sweep read)")
     q.add_argument("--out", default=None, help="output folder (default DIR/lcb: lcb.md, .csv, .json; on another set "
                    "DIR/lcb-SET)")
+    q.add_argument("--judge", default=None, metavar="JUDGE", help="the independent relevance judge (sweep --lcb "
+                   "--judge) every sweep's relevance (judge) column must come from (default: whatever they share)")
     q.add_argument(*_OVERWRITE[:1], **_OVERWRITE[1])
     q.set_defaults(func=cmd_lcb)
     q = command("demo", "find, evaluate and report on the defaults")

@@ -148,9 +148,10 @@ def lcb_quality(model: HookedModel, rows: Sequence[dict], prompts: Sequence[Sequ
 
 
 LCB_COLUMNS = ("lpr", "lpr_gated", "lcb_acc", "wpr", "rate", "gated_rate", "fluent", "retention", "nll", "relevance",
-               "on_topic")
+               "on_topic", "relevance_judge", "on_topic_judge")
 LCB_HEADERS = ("LPR", "gated LPR", "line acc", "WPR", "rate", "gated", "fluent", "retention", "NLL", "relevance",
-               "on topic")
+               "on topic", "relevance (judge)", "on topic (judge)")
+JUDGE_COLUMNS = ("relevance_judge", "on_topic_judge")  # shown where a judge scored (sweep --lcb --judge)
 LCB_GATE_SEEDS = tuple(range(2001, 2011))  # answers per system-prompted validation request that set an LCB gate
 
 
@@ -176,13 +177,15 @@ def lcb_markdown(rows: Sequence[dict]) -> str:
     langs = list(dict.fromkeys(r["lang"] for r in rows))
     settings = list(dict.fromkeys(r["setting"] for r in rows))
     get = {(r["lang"], r["setting"]): r for r in rows}
+    judged = any(r.get(k) is not None for r in rows for k in JUDGE_COLUMNS)
+    cols = [(k, h) for k, h in zip(LCB_COLUMNS, LCB_HEADERS) if judged or k not in JUDGE_COLUMNS]
     body = []
     for s in settings:
         rs = [get[(l, s)] for l in langs if (l, s) in get]
-        mean = {k: _mean([_shown(r, k) for r in rs]) for k in LCB_COLUMNS}
-        body.append([s, *(_f(mean[k]) for k in LCB_COLUMNS), *(_f(_shown(get[(l, s)], "lpr")) if (l, s) in get
-                                                               else "-" for l in langs)])
-    table = markdown_table(["setting", *(f"{h} (mean)" for h in LCB_HEADERS), *(f"LPR {l}" for l in langs)], body)
+        mean = {k: _mean([_shown(r, k) for r in rs]) for k, _ in cols}
+        body.append([s, *(_f(mean[k]) for k, _ in cols), *(_f(_shown(get[(l, s)], "lpr")) if (l, s) in get
+                                                          else "-" for l in langs)])
+    table = markdown_table(["setting", *(f"{h} (mean)" for _, h in cols), *(f"LPR {l}" for l in langs)], body)
     unscored: dict[str, list[str]] = {}
     for r in rows:
         if r.get("lcb_scored") == 0:
@@ -210,7 +213,9 @@ LCB_SWEEP_FIELDS = {
     "test.[].lang": ("string",), "test.[].setting": ("string",), "test.[].label": ("string", "null"),
     **{f"test.[].{k}": ("number", "null") for k in LCB_COLUMNS}, "test.[].lcb_scored": ("integer", "null"),
     "meta.config.method": ("string", "null"), "meta.config.lcb_system": ("bool", "null"),
-    "meta.config.lcb_set": ("string", "null"),
+    "meta.config.lcb_set": ("string", "null"), "meta.config.judge": ("string", "null"),
+    "meta.judge": ("object", "null"), "meta.judge.name": ("string", "null"),
+    "meta.judge.fingerprint": ("string", "null"),
     **{f"meta.config.{k}": ("integer", "null") for k in ("val_prompts", "test_prompts", "test_samples", "max_new_tokens")},
     "meta.config.temperature": ("number", "null"),
     # what the sweep was made on (sweeps before these were recorded: null)
@@ -318,10 +323,12 @@ def lcb_sweeps(directory: str | Path, lcb_set: str | None = None) -> list[Path]:
     return out
 
 
-def lcb_table(directory: str | Path, folders: Sequence[str | Path] | None = None, lcb_set: str | None = None) -> LCBTable:
+def lcb_table(directory: str | Path, folders: Sequence[str | Path] | None = None, lcb_set: str | None = None,
+              judge: str | None = None) -> LCBTable:
     """The LCB table of ``folders`` (default: every finished ``lcb-*`` sweep in ``directory`` on ``lcb_set``,
     default crosslingual/okapi); refused when there is none, when they were made on other models or neurons, or on
-    other requests, sets, seeds or generation settings (not comparable)."""
+    other requests, sets, seeds, generation settings or relevance judges (not comparable). ``judge``: the
+    independent judge the sweeps' relevance (judge) column must come from (``sweep --lcb --judge``)."""
     folders = [Path(f) for f in folders] if folders else lcb_sweeps(directory, lcb_set)
     if not folders:
         others = lcb_sweeps_any(directory)
@@ -330,8 +337,15 @@ def lcb_table(directory: str | Path, folders: Sequence[str | Path] | None = None
                                   if others else "")
                                + f"; run e.g. tl-langneurons sweep --neurons {directory} --lcb --method add first")
     same = ("val_prompts", "test_prompts", "test_samples", "max_new_tokens", "temperature", "languages", "lcb_gate",
-            "lcb_set")
+            "lcb_set", "judge")
     sweeps = [read_lcb_sweep(f) for f in folders]
+    if judge is not None:
+        for f, data in zip(folders, sweeps):
+            if data["meta"]["config"].get("judge") != judge:
+                made = data["meta"]["config"].get("judge")
+                raise LangNeuronsError(f"{f} was {'judged by ' + made if made else 'made without a judge'}, not "
+                                       f"{judge}: rerun it with sweep --lcb ... --judge {judge} --overwrite (its answers "
+                                       "come from the sample store; only the judge runs)")
     for f, data in zip(folders[1:], sweeps[1:]):
         _same_neurons(folders[0], sweeps[0], f, data)
     if (Path(directory) / "neurons.json").exists():  # the table is written into these neurons' folder

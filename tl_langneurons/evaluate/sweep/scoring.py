@@ -16,6 +16,7 @@ from ...steer.setting import full_count, neuron_count
 from ..cells import Cell, CellRunner
 from ..confusion import LCB_GATE_SEEDS, gated_lpr, lcb_languages, lcb_quality
 from ..control import EvaluateConfig
+from ..judge import CachedJudge, judged_relevance, sweep_judge
 from ..metrics import answers_threshold
 from ..samples import SampleStore
 from .config import SweepConfig
@@ -29,12 +30,12 @@ class Scorer:
     """Scores a sweep's candidates on what :class:`~.prompts.SweepPrompts` gives each phase, generating what the
     cells (``cells``, a :class:`CellRunner`) do not hold yet. ``answers_gate``: an LCB sweep whose fluency gate
     comes from the model's own answers (:meth:`calibrate`) and whose pick is by gated LPR; ``model`` scores an
-    LCB answer's relevance. Settings that steer no neuron are never scored, and named in :attr:`empty`."""
+    LCB answer's relevance (``judge``: an independent judge's too). Settings that steer no neuron are never scored, and named in :attr:`empty`."""
 
     def __init__(self, cells: CellRunner, neurons: LanguageNeurons, prompts: SweepPrompts, langs: list[str],
-                 answers_gate: bool = False, model: HookedModel | None = None):
+                 answers_gate: bool = False, model: HookedModel | None = None, judge: CachedJudge | None = None):
         self.cells, self.neurons, self.prompts, self.langs = cells, neurons, prompts, langs
-        self.answers_gate, self.model = answers_gate, model
+        self.answers_gate, self.model, self.judge = answers_gate, model, judge
         self.n = neurons.index.n_neurons
         self.empty: dict[str, None] = {}  # settings that steer no neuron (lape, actprob): in the notes
         self.gate: dict = {}  # each language's gate from the model's answers (answers_gate)
@@ -49,7 +50,10 @@ class Scorer:
                               temperature=cfg.temperature, batch_size=cfg.batch_size, ablation_ks=[])
         cells = CellRunner(model, neurons, ecfg, references, cells_dir, progress, store, shard)
         prompts = SweepPrompts.of(model.tokenizer, neurons, cfg, langs, heldout)
-        scorer = cls(cells, neurons, prompts, langs, cfg.lcb and cfg.lcb_gate == "answers", model)
+        judge = None
+        if cfg.lcb and cfg.judge is not None:  # scores kept beside the samples: a rerun scores nothing again
+            judge = sweep_judge(cfg.judge, model, None if store.folder is None else store.folder / "judge")
+        scorer = cls(cells, neurons, prompts, langs, cfg.lcb and cfg.lcb_gate == "answers", model, judge)
         if scorer.answers_gate:
             scorer.calibrate()
         return scorer
@@ -156,4 +160,7 @@ class Scorer:
         if lcb and phase == "test":
             asked = self.prompts.prompts["test"] if prompts is None else lcb[prompts]
             out.update(lcb_quality(self.model, rows, asked[lang], lang, len(self.prompts.seeds["test"])))
+            if self.judge is not None:  # judged against the bare request, whatever the prompt carried (a system message)
+                out.update(judged_relevance(self.judge, [r["text"] for r in rows], lcb["requests"]["test"][lang],
+                                            len(self.prompts.seeds["test"])))
         return out

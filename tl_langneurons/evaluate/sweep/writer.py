@@ -158,7 +158,10 @@ def sweep_markdown(res: SweepTables) -> str:
                 "lid.176 labels the language, above 0.3; gated LPR = share of all answers that pass LPR and the "
                 "fluency gate; line acc = mean share of such lines; WPR (ja, zh) = share "
                 "of passing answers without an English word; relevance = NLL of the answer after another request "
-                "minus after its own, nats/token, under the unsteered model; on topic = share with a positive gain):",
+                "minus after its own, nats/token, under the unsteered model; on topic = share with a positive gain"
+                + (f"; relevance (judge) = the same gain under the judge {res.meta['judge']['name']} (not steered; "
+                   f"{_judge_words(res.meta['judge'])}), on topic (judge) its share" if res.meta.get("judge") else "")
+                + "):",
                 "", lcb_markdown(lrows).rstrip("\n")]
     ref = res.meta.get("reference_nll", {})
     if ref:
@@ -246,3 +249,13 @@ def write_sweep(res: SweepTables, out: str | Path) -> None:
     if any(r.get("genres") for r in res.test):  # a sweep on several genres: the test settings genre by genre
         plots.genres(res.test, out / "genres.png", title=f"{res.meta['config'].get('method', 'clamp')}: test prompts by "
                      "genre, target rate against fluency retention (small: a language; large: the mean)")
+
+
+def _judge_words(judge: dict) -> str:
+    """What a sweep's judge measured, for the LCB table's legend."""
+    kind = judge.get("kind")
+    if kind == "model":
+        return "its NLL of the answer's text after the request through its own chat template"
+    if kind == "encoder":
+        return "cosine of request and answer, multilingual sentence encoder"
+    return "word overlap of request and answer"
