@@ -39,8 +39,8 @@ def mask_table(tokenizer) -> tuple[str, str]:
     t0 = time.perf_counter()
     sg.code_point_classes()
     t_table = time.perf_counter() - t0
-    rows = []
-    for i, lang in enumerate(LANGUAGE_NAMES):
+    rows, first = [], True
+    for lang in LANGUAGE_NAMES:
         for latin in (False, True):
             if latin and sg.SCRIPTS[lang] == sg.LATIN:
                 continue
@@ -48,7 +48,8 @@ def mask_table(tokenizer) -> tuple[str, str]:
             m = sg.script_mask(tokenizer, lang, latin)
             dt = time.perf_counter() - t0
             rows.append([lang, "yes" if latin else "no", f"{m.float().mean().item():.3f}", f"{int(m.sum())}",
-                         f"{dt * 1000:.1f}" + (" (first: decodes the vocabulary)" if i == 0 else "")])
+                         f"{dt * 1000:.1f}" + (" (first: decodes the vocabulary)" if first else "")])
+            first = False
     special = len(sg.special_ids(tokenizer))
     frag = sum(1 for t in tokenizer.batch_decode([[i] for i in range(len(tokenizer))]) if "\ufffd" in t)
     notes = (f"Vocabulary {len(tokenizer)} tokens; the code-point table (once per process) {t_table:.2f} s; "
@@ -87,7 +88,7 @@ def answers_table(model, n: int) -> str:
     from tl_langneurons.steer.generation import generate_many, sample_nll
 
     prompts = lcb_prompts(model.tokenizer, NON_LATIN, 3, n)["test"]
-    rows = []
+    rows, examples = [], []
     for lang in NON_LATIN:
         for name, gate in (("none", None), ("gate, strict", sg.ScriptGate(lang)),
                            ("gate, Latin allowed", sg.ScriptGate(lang, latin=True))):
@@ -99,9 +100,12 @@ def answers_table(model, n: int) -> str:
             got = [{"text": s.text, "tokens": s.tokens, "nll": x} for s, x in zip(out, nll)]
             q = lcb_quality(model, got, prompts[lang], lang, 1)
             mean_nll = sum(x for x in nll if x == x) / max(sum(1 for x in nll if x == x), 1)
-            rows.append([lang, name, f"{q['lpr']:.2f}", q["lcb_scored"], f"{mean_nll:.2f}",
+            if name == "gate, strict":
+                examples.append(f"{lang}: {out[0].text[:60]!r}")
+            rows.append([lang, name, f"{q['lpr']:.2f}" if q["lcb_scored"] else "-", q["lcb_scored"], f"{mean_nll:.2f}",
                          "-" if q["relevance"] is None else f"{q['relevance']:.3f}", f"{dt:.0f}"])
-    return table(["language", "answers", "LPR", "scored", "NLL", "relevance", "seconds"], rows)
+    return (table(["language", "answers", "LPR", "scored", "NLL", "relevance", "seconds"], rows)
+            + "\n\nThe first strict-gated answer of each language: " + "; ".join(examples))
 
 
 def main() -> None:
@@ -121,7 +125,8 @@ def main() -> None:
                 f"test requests ({args.requests} per language, 1 answer, seed 1, 48 tokens, T=0.8):\n\n"
                 + answers_table(model, args.requests))
         publish(f"Script gate: Latin letters in non-Latin targets ({args.model})", body,
-                "Strict: only the language's scripts' letters; Latin allowed: Latin letters too (code, names).",
+                "Strict: only the language's scripts' letters; Latin allowed: Latin letters too (code, names). LPR "
+                "'-': LCB scored no answer (none has a line of 5 tokens or more).",
                 args.no_record)
 
 

@@ -17,7 +17,8 @@ from ...steer.add import EQUAL_NORMS, parse_bands
 from ...steer.base import ks
 from ...steer.positions import POSITIONS
 from ...steer.setting import SteeringConfig, check_not_empty, parse_setting
-from ..confusion import BEHIND, lcb_languages, lcb_split, set_slug
+from ...steer.script_gate import scripts_of
+from ..confusion import BEHIND, GATED, SCRIPT_GATE, lcb_languages, lcb_split, set_slug
 from ..lcb_data import DEFAULT_SET, is_folder_set, is_monolingual, phrasings_per_request, set_languages
 
 SHARED_PICKS = ("mean", "worst", "floor")  # how the shared setting is ranked (SweepConfig.shared_pick)
@@ -145,6 +146,14 @@ class SweepConfig:
     lcb_system: bool = option(False, "with --lcb: the steered requests carry the system prompt too (steering on top "
                               "of prompting, searched and reported so); the system-prompt row is then their "
                               "unsteered twin, the bar steering has to raise, and none stays the bare request")
+    script_gate: bool = option(False, "with --lcb: a decoding-time baseline beside steering (not the fluency gate of "
+                               "--lcb-gate): tokens whose letters fall outside the target language's scripts are "
+                               "masked at every sampled step (digits, punctuation, symbols and code stay), as the "
+                               "Language Confusion Gate does with a learned gate; adds the rows 'script gate' (the "
+                               "unsteered answers gated) and each pick + script gate, on the same requests and seeds")
+    script_gate_latin: bool = option(False, "with --script-gate: Latin letters allowed too in the answers of the "
+                                     "languages of other scripts (ar hi ja ko ru zh: names, code identifiers); by "
+                                     "default only the language's own scripts")
     val_prompts: int | None = option(None, "with --heldout: validation prompts per prompt language and genre (none: 4); with "
                                      "--lcb: per target language, whole requests (okapi, complex_prompts: 3 phrasings "
                                      "each; sharegpt: 2 or 3; monolingual: 1) (none: 6)", parse=int, at_least=1)
@@ -180,8 +189,8 @@ class SweepConfig:
         self._check_axes()
         names = [parse_setting(t, "--test-settings")[0] for t in self.test_settings]
         for name in names:
-            if (name in ("none", "system prompt", "paper clamp k=1000") or name.startswith(("best ", "shared "))
-                    or name.endswith(BEHIND)):
+            if (name in ("none", "system prompt", "paper clamp k=1000", SCRIPT_GATE)
+                    or name.startswith(("best ", "shared ")) or name.endswith((BEHIND, GATED))):
                 raise LangNeuronsError(f"--test-settings: the name {name!r} is the sweep's own row; choose another")
         if len(set(names)) < len(names):
             raise LangNeuronsError(f"--test-settings: a name is given twice ({', '.join(names)})")
@@ -191,6 +200,10 @@ class SweepConfig:
             raise LangNeuronsError("--lcb-gate is for --lcb sweeps")
         if self.lcb_system and not self.lcb:
             raise LangNeuronsError("--lcb-system steers LCB's requests behind the system prompt: give --lcb too")
+        if self.script_gate and not self.lcb:
+            raise LangNeuronsError("--script-gate is a baseline on LCB's requests: give --lcb too")
+        if self.script_gate_latin and not self.script_gate:
+            raise LangNeuronsError("--script-gate-latin says which letters the script gate allows: give --script-gate")
         if self.lcb_gate not in (None, "answers", "references"):
             raise LangNeuronsError(f"--lcb-gate must be answers or references, got {self.lcb_gate!r}")
         if self.shared_floor is not None and self.shared_pick != "floor":
@@ -289,6 +302,11 @@ def check_sweep(cfg: SweepConfig, neurons: LanguageNeurons) -> None:
                 st.for_prompt(None if st.source == "prompt" else st.source, lang).hooks(neurons, lang)
             except LangNeuronsError as e:
                 raise LangNeuronsError(f"--test-settings {name} towards {lang}: {e}") from None
+    for lang in langs if cfg.script_gate else ():
+        try:
+            scripts_of(lang)
+        except LangNeuronsError as e:
+            raise LangNeuronsError(f"--script-gate: {e}") from None
     if cfg.lcb and "prompt" in cfg.sources:
         neurons.check_language("en")  # LCB's requests are English: the source steered away from
     cls = intervention(cfg.method)
