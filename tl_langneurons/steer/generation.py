@@ -189,10 +189,7 @@ def generate_many(model: HookedModel, requests: Sequence[tuple[Prompt, int]], ma
     fwd_hooks) that steers request ``i``, so cells of different languages, conditions or methods
     share batches (small cells alone leave the matrix products half idle). Each group's hooks see
     only its own rows (``x[rows]``, written back), so a request gets the tokens it gets in a run of
-    its group alone; ``fwd_hooks`` apply to every row.
-
-    ``gates[i]``: the script gate request ``i`` samples under (None: none), its masked tokens' logits set to -inf
-    at every step (:func:`sample_next`'s ``blocked``); a request's tokens do not depend on the other rows' gates.
+    its group alone; ``fwd_hooks`` apply to every row. ``gates[i]``: the script gate of request ``i`` (or None).
 
     The hooks see the padded batch: a clamp at ``positions="all"`` also writes the pad positions.
     That is harmless, since no real token attends to them, but a hook that reads activations
