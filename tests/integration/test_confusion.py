@@ -365,6 +365,7 @@ def test_sweep_lcb_with_the_script_gate(tiny_dirs, tmp_path, capsys, monkeypatch
     args = ["sweep", "--neurons", str(n), "--languages", "de,ja", "--val-prompts", "3", "--test-prompts", "6",
             "--max-new-tokens", "6", "--quiet", "--method", "add", "--k-fractions", "5%", "--alphas", "1",
             "--layer-sets", "all"]
+    capsys.readouterr()  # find's lines
     _one_line(capsys, main([*args, "--script-gate"]), "--script-gate is a baseline on LCB's requests: give --lcb")
     _one_line(capsys, main([*args, "--lcb", "--script-gate-latin"]), "give --script-gate")
     with monkeypatch.context() as mp:

@@ -6,7 +6,8 @@ machines is masked (timings, the run's counts, versions, paths, the model's fold
 hold it); floats compare to 6 significant digits. A rerun reads every cell back and generates nothing.
 Issue 42 (every LCB test set) changed the recorded meta alone, by four lines of the golden file: ``config.lcb_set``
 (null, or crosslingual/okapi for the LCB sweep) and ``prompts.lcb`` naming the shipped archive the okapi files
-are now read from; every result and sweep.md stayed as they were.
+are now read from; every result and sweep.md stayed as they were. The script gate (issue 42) added
+``config.script_gate`` and ``config.script_gate_latin`` (false) alone.
 
 ``TL_RECORD_SWEEP_GOLDEN=1`` writes the golden file anew (only on code known to be right)."""
 
