@@ -393,7 +393,7 @@ def test_sweep_lcb_with_the_script_gate(tiny_dirs, tmp_path, capsys, monkeypatch
         mask = sg.script_mask(tok, d["settings"]["script_gate"]["lang"])
         assert all(mask[t] for s in d["samples"] for t in s["tokens"])
     assert main(["lcb", str(n)]) == 0
-    got = [r["setting"] for r in json.loads((n / "lcb" / "lcb.json").read_text())["rows"]]
+    got = list(dict.fromkeys(r["setting"] for r in json.loads((n / "lcb" / "lcb.json").read_text())["rows"]))
     assert got == ["none", "system prompt", "script gate", "paper clamp k=1000", "best add", "shared add",
                    "best add + script gate", "shared add + script gate"]
     assert "a decoding-time baseline, not the fluency gate" in (n / "lcb" / "lcb.md").read_text()
