@@ -349,3 +349,51 @@ def test_sweep_on_sharegpt_from_the_command_line(short_lcb, tmp_path, capsys):
     capsys.readouterr()
     _one_line(capsys, main(["lcb", str(empty)]), "no finished LCB sweep on crosslingual/okapi",
               "it has lcb-crosslingual-sharegpt-add: name their set with --lcb-set")
+
+
+@pytest.mark.slow  # a sweep end to end
+def test_sweep_lcb_with_the_script_gate(tiny_dirs, tmp_path, capsys, monkeypatch):
+    """``sweep --lcb --script-gate``: the rows script gate and each pick + script gate, scored as the others, their
+    answers free of masked tokens and cached apart from the ungated ones; the lcb table shows them; bad input is
+    one line before the model loads."""
+    from tl_langneurons.cli import main
+    from tl_langneurons.steer import script_gate as sg
+
+    n = tmp_path / "n"
+    assert main(["find", "--model", str(tiny_dirs["llama"]), "--corpus", "bundled", "--n-per-lang", "6", "--k", "20",
+                 "--out", str(n), "--device", "cpu", "--quiet"]) == 0
+    args = ["sweep", "--neurons", str(n), "--languages", "de,ja", "--val-prompts", "3", "--test-prompts", "6",
+            "--max-new-tokens", "6", "--quiet", "--method", "add", "--k-fractions", "5%", "--alphas", "1",
+            "--layer-sets", "all"]
+    capsys.readouterr()  # find's lines
+    _one_line(capsys, main([*args, "--script-gate"]), "--script-gate is a baseline on LCB's requests: give --lcb")
+    _one_line(capsys, main([*args, "--lcb", "--script-gate-latin"]), "give --script-gate")
+    with monkeypatch.context() as mp:
+        mp.delitem(sg.SCRIPTS, "ja")
+        _one_line(capsys, main([*args, "--lcb", "--script-gate"]), "--script-gate: the script gate has no scripts "
+                                                                   "for 'ja'")
+    assert not list(n.glob("lcb*"))
+    assert main([*args, "--lcb", "--script-gate"]) == 0
+    data = json.loads((n / "lcb-add" / "sweep.json").read_text())
+    rows = {(r["lang"], r["setting"]): r for r in data["test"]}
+    for lang in ("de", "ja"):
+        for name in ("none", "system prompt", "script gate", "best add", "shared add", "best add + script gate",
+                     "shared add + script gate"):
+            r = rows[(lang, name)]
+            assert all(r[k] is not None for k in ("lpr", "retention", "nll", "relevance")), (lang, name)
+    assert rows[("ja", "script gate")]["lpr"] != rows[("ja", "none")]["lpr"] or \
+        rows[("ja", "script gate")]["nll"] != rows[("ja", "none")]["nll"]
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(tiny_dirs["llama"]))
+    gated = [json.loads(f.read_text()) for f in (n / "samples").glob("*.json")]
+    gated = [d for d in gated if "script_gate" in d.get("settings", {})]
+    assert {d["settings"]["script_gate"]["lang"] for d in gated} == {"de", "ja"}
+    for d in gated:
+        mask = sg.script_mask(tok, d["settings"]["script_gate"]["lang"])
+        assert all(mask[t] for s in d["samples"] for t in s["tokens"])
+    assert main(["lcb", str(n)]) == 0
+    got = list(dict.fromkeys(r["setting"] for r in json.loads((n / "lcb" / "lcb.json").read_text())["rows"]))
+    assert got == ["none", "system prompt", "script gate", "paper clamp k=1000", "best add", "shared add",
+                   "best add + script gate", "shared add + script gate"]
+    assert "a decoding-time baseline, not the fluency gate" in (n / "lcb" / "lcb.md").read_text()

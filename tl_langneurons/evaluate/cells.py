@@ -39,6 +39,7 @@ from ..model.protocol import HookedModel
 from ..provenance import atomic_write_json, package_versions, sha256_texts
 from ..results import fault_point
 from ..steer.generation import SAMPLER, generate_many, sample_nll
+from ..steer.script_gate import ScriptGate
 from ..steer.setting import SteeringConfig
 from .samples import SampleStore, sample_problem, setting_key, sha256_problem, with_sha256
 from .metrics import (
@@ -73,13 +74,16 @@ class Cell:
 
     The steering's ``which`` (the neuron set: top, bottom, both) and ``k`` are the cell's condition and
     neuron count; ``k`` must be set for clamp and add. An unsteered cell's samples do not depend on its
-    target (it is kept for scoring): every target shares them.
+    target (it is kept for scoring): every target shares them. ``gate``: a script gate towards the target
+    (:class:`~tl_langneurons.steer.script_gate.ScriptGate`) the samples are drawn under, steered or not; it keys
+    them apart from ungated ones.
     """
 
     target: str | None
     steering: SteeringConfig | None = None
     seeds: Sequence[int] = (1,)  # kept as a tuple
     prompt: Sequence[int] | None = None  # kept as a tuple
+    gate: ScriptGate | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "seeds", tuple(int(s) for s in self.seeds))
@@ -90,6 +94,8 @@ class Cell:
                 raise LangNeuronsError("a steered cell needs a target language")
             if self.steering.neuron_level and self.steering.k is None:
                 raise LangNeuronsError(f"a {self.steering.method} cell needs its k (neurons per set)")
+        if self.gate is not None and self.gate.lang != self.target:
+            raise LangNeuronsError(f"a gated cell's gate is towards its target: {self.gate.lang} is not {self.target}")
 
     @property
     def condition(self) -> str:
@@ -102,8 +108,8 @@ class Cell:
         return 0 if self.steering is None else int(self.steering.k or 0)
 
     def twin(self) -> "Cell":
-        """The same prompt and seeds, unsteered: the baseline of this cell's retention and rate."""
-        return replace(self, steering=None)
+        """The same prompt and seeds, unsteered and ungated: the baseline of this cell's retention and rate."""
+        return replace(self, steering=None, gate=None)
 
 
 def steered(target: str, steering: SteeringConfig, which: str, k: int, seeds: Sequence[int],
@@ -245,6 +251,7 @@ class CellRunner:
         requests = [(res[g]["prompt"], seed) for (_, seed), g in todo_list]
         groups = [g for _, g in todo_list]
         hooks = [r["hooks"] for r in res]
+        gates = [res[g]["gate"] for g in groups]
         starts = list(range(0, len(requests), cfg.batch_size))
         t_cell: dict[int, float] = {}
         # rounds of ``world`` batches: rank r runs batch j + r; rank 0 caches the round's samples (the unit of resume)
@@ -252,13 +259,14 @@ class CellRunner:
             mine = j + rank < len(starts)
             b = starts[j + rank] if mine else 0
             req, grp = (requests[b:b + cfg.batch_size], groups[b:b + cfg.batch_size]) if mine else ([], [])
+            gts = gates[b:b + cfg.batch_size] if mine and any(gates) else None
             t1 = time.perf_counter()
             rows: list[tuple[int, dict]] = []
             with agreed(shard):
                 if req:
                     out = generate_many(self.model, req, max_new_tokens=cfg.max_new_tokens,
                                         temperature=cfg.temperature, batch_size=cfg.batch_size,
-                                        progress=self.progress, groups=grp, group_hooks=hooks,
+                                        progress=self.progress, groups=grp, group_hooks=hooks, gates=gts,
                                         desc=f"generate {b + len(req)}/{len(requests)}")
                     t2 = time.perf_counter()
                     nll = sample_nll(self.model, out, cfg.prompt)  # fluency under the unclamped model
@@ -313,13 +321,17 @@ class CellRunner:
         clamp = None if steer is None else {"lang": lang, "k": k, **steer.key()}
         prompt = self.cfg.prompt if cell.prompt is None else list(cell.prompt)
         settings = {**self.base, "prompt": prompt, "condition": cond, "clamp": clamp, "seeds": seeds}
+        if cell.gate is not None:  # only gated cells carry the key: every earlier key stays as it was
+            settings["script_gate"] = cell.gate.key()
+            cond = f"{cond}-gated"
         key = setting_key(settings)
         sample_settings = {k: v for k, v in settings.items() if k != "seeds"}
         r = {"settings": settings, "sample_settings": sample_settings, "skey": setting_key(sample_settings),
              "seeds": seeds, "path": None, "rows": None, "missing": [], "hooks": [], "prompt": prompt,
-             "name": f"{cond}-{lang}-{k}-{key}"}
+             "name": f"{cond}-{lang}-{k}-{key}", "gate": cell.gate}
         if self.cells_dir is not None:
-            path = self.cells_dir / f"{cond}-{lang if clamp else 'all'}-k{k if clamp else 0}-{key}.json"
+            where = lang if clamp or cell.gate else "all"
+            path = self.cells_dir / f"{cond}-{where}-k{k if clamp else 0}-{key}.json"
             r["path"], r["name"] = path, path.name
             self.used.append(path.name)
             if path.exists():

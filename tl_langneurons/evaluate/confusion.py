@@ -34,6 +34,8 @@ LANGUAGE_NAMES = {"ar": "Arabic", "de": "German", "en": "English", "es": "Spanis
 SYSTEM_PROMPT = "You are a helpful assistant. Always answer in {name}, whatever the language of the request."
 SPLIT_SEED = 0
 BEHIND = " + system prompt"  # the lcb table's suffix of the rows of an --lcb-system sweep
+GATED = " + script gate"  # the suffix of a steered row whose answers were sampled under the script gate
+SCRIPT_GATE = "script gate"  # the row of the unsteered answers sampled under the script gate (--script-gate)
 FIRST_FIVE = ("de", "es", "fr", "ja", "zh")  # the okapi languages shipped first: the default order of a sweep's targets
 
 
@@ -215,7 +217,8 @@ LCB_SWEEP_FIELDS = {
     "meta.config.method": ("string", "null"), "meta.config.lcb_system": ("bool", "null"),
     "meta.config.lcb_set": ("string", "null"), "meta.config.judge": ("string", "null"),
     "meta.judge": ("object", "null"), "meta.judge.name": ("string", "null"),
-    "meta.judge.fingerprint": ("string", "null"),
+    "meta.judge.fingerprint": ("string", "null"), "meta.config.script_gate": ("bool", "null"),
+    "meta.config.script_gate_latin": ("bool", "null"),
     **{f"meta.config.{k}": ("integer", "null") for k in ("val_prompts", "test_prompts", "test_samples", "max_new_tokens")},
     "meta.config.temperature": ("number", "null"),
     # what the sweep was made on (sweeps before these were recorded: null)
@@ -243,17 +246,24 @@ def gather_lcb(sweeps: Sequence[dict]) -> list[dict]:
     """The LCB rows of finished ``sweep --lcb`` results (:func:`read_lcb_sweep`), each method's picks named by
     method (``+ system prompt`` when steered behind it, ``--lcb-system``); the unsteered, system-prompt and
     paper-clamp rows once (every sweep measures them on the same answers), the paper's clamp behind the system
-    prompt apart."""
+    prompt apart. The rows under the script gate (``--script-gate``) keep their name (``script gate``, ``... +
+    script gate``), ``(Latin allowed)`` after it where the gate let Latin letters through."""
     rows, seen = [], set()
     for data in sweeps:
         cfg = data["meta"]["config"]
         method, behind = cfg.get("method", "clamp"), BEHIND if cfg.get("lcb_system") else ""
+        latin = " (Latin allowed)" if cfg.get("script_gate_latin") else ""
         for r in lcb_rows(data["test"]):
-            name = r["setting"]
-            if name.startswith(("best ", "shared ")):
+            name, gated = r["setting"], ""
+            if name.endswith(GATED):
+                name, gated = name[:-len(GATED)], GATED + latin
+            if name == SCRIPT_GATE:
+                name += latin
+            elif name.startswith(("best ", "shared ")):
                 name = f"{name.split()[0]} {method}{behind}"
             elif name not in ("none", "system prompt"):  # the paper's clamp and the user's own settings
                 name += behind
+            name += gated
             key = (r["lang"], name)
             if key in seen:
                 continue
@@ -277,7 +287,11 @@ class LCBTable:
         return (f"Language confusion on LCB's {words}; sweeps: {', '.join(self.sweeps)}\n\n"
                 + lcb_markdown(self.rows)
                 + ("\nRetention: against the unsteered answers to the same requests, so the system prompt's is against "
-                   f"none's and the rows ending{BEHIND} are against the system prompt's.\n" if behind else ""))
+                   f"none's and the rows ending{BEHIND} are against the system prompt's.\n" if behind else "")
+                + (f"\n{SCRIPT_GATE}: a decoding-time baseline, not the fluency gate: the tokens whose letters fall "
+                   "outside the language's scripts are masked at every sampled step (digits, punctuation, symbols and "
+                   "code stay allowed); its rows' retention is against the ungated answers to the same requests.\n"
+                   if any(SCRIPT_GATE in r["setting"] for r in self.rows) else ""))
 
     def save(self, out: str | Path) -> list[Path]:
         out = Path(out)

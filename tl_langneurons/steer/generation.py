@@ -17,7 +17,7 @@ from typing import Callable, Sequence
 
 import einops
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from ..config import check_number, check_numbers, option
@@ -27,6 +27,7 @@ from ..model.protocol import HookedModel
 from ..model.unembed import Unembed
 from ..progress import progress_bar
 from .positions import generation_step
+from .script_gate import ScriptGate, blocked_rows
 
 
 @dataclass
@@ -70,7 +71,8 @@ _BLOCK = 1024
 
 
 def sample_next(logits: Float[Tensor, "batch vocab"], temperature: float,
-                gens: Sequence[torch.Generator], rows_per_chunk: int = 4) -> Int[Tensor, "batch"]:
+                gens: Sequence[torch.Generator], rows_per_chunk: int = 4,
+                blocked: Bool[Tensor, "batch vocab"] | None = None) -> Int[Tensor, "batch"]:
     """One token per row by inverse-CDF sampling with the row's own generator.
 
     Exact for the softmax at ``temperature`` over the full vocabulary: each row draws u ~ U(0, 1)
@@ -83,6 +85,10 @@ def sample_next(logits: Float[Tensor, "batch vocab"], temperature: float,
     stay in the L3 cache; a fresh 100-row tensor per operation costs page faults and memory
     traffic): the operations and their order per row are those of the one-shot version, so the
     tokens are the same (``tests/data/golden_samples.json``).
+
+    ``blocked``: per row the tokens it may not take (a script gate, :mod:`.script_gate`): their logits are set to
+    -inf before the softmax, so they get probability 0 and the row samples from the others renormalised; a row
+    with nothing blocked gets the tokens it gets without ``blocked``.
     """
     b, v = logits.shape
     u = torch.stack([torch.rand((), generator=g, dtype=torch.float64) for g in gens])
@@ -94,6 +100,8 @@ def sample_next(logits: Float[Tensor, "batch vocab"], temperature: float,
         n = rows.stop - rows.start
         x = buf[:n, :v]
         torch.div(logits[rows].float(), temperature, out=x)
+        if blocked is not None:
+            x.masked_fill_(blocked[rows], float("-inf"))
         x.sub_(x.max(-1, keepdim=True).values).exp_()
         if pad:
             buf[:n, v:] = 0.0
@@ -140,12 +148,14 @@ def start_ids(runner: Runner, prompt: Prompt) -> list[int]:
 
 @torch.no_grad()
 def generate(model: HookedModel, config: GenerationConfig | None = None, fwd_hooks: Sequence[tuple[str, Callable]] = (),
-             progress: bool = False, desc: str = "generate") -> list[Sample]:
-    """Samples (one per seed) with ``fwd_hooks`` active; hooks are removed afterwards, also on errors."""
+             progress: bool = False, desc: str = "generate", gate: ScriptGate | None = None) -> list[Sample]:
+    """Samples (one per seed) with ``fwd_hooks`` active (and the script ``gate``, if any); hooks are removed
+    afterwards, also on errors."""
     cfg = config or GenerationConfig()
     return generate_many(model, [(cfg.prompt, s) for s in cfg.seeds], max_new_tokens=cfg.max_new_tokens,
                          temperature=cfg.temperature, batch_size=cfg.batch_size, fwd_hooks=fwd_hooks,
-                         progress=progress, stop_at_eos=cfg.stop_at_eos, use_cache=cfg.use_cache, desc=desc)
+                         progress=progress, stop_at_eos=cfg.stop_at_eos, use_cache=cfg.use_cache, desc=desc,
+                         gates=None if gate is None else [gate] * len(cfg.seeds))
 
 
 @torch.no_grad()
@@ -153,7 +163,8 @@ def generate_many(model: HookedModel, requests: Sequence[tuple[Prompt, int]], ma
                   temperature: float = 0.8, batch_size: int = 100, fwd_hooks: Sequence[tuple[str, Callable]] = (),
                   progress: bool = False, stop_at_eos: bool = True, use_cache: bool = True,
                   desc: str = "generate", groups: Sequence[int] | None = None,
-                  group_hooks: Sequence[Sequence[tuple[str, Callable]]] = ()) -> list[Sample]:
+                  group_hooks: Sequence[Sequence[tuple[str, Callable]]] = (),
+                  gates: Sequence[ScriptGate | None] | None = None) -> list[Sample]:
     """One sample per ``(prompt, seed)`` request, in the order of ``requests``, with ``fwd_hooks`` active
     (removed afterwards, also on errors).
 
@@ -178,7 +189,7 @@ def generate_many(model: HookedModel, requests: Sequence[tuple[Prompt, int]], ma
     fwd_hooks) that steers request ``i``, so cells of different languages, conditions or methods
     share batches (small cells alone leave the matrix products half idle). Each group's hooks see
     only its own rows (``x[rows]``, written back), so a request gets the tokens it gets in a run of
-    its group alone; ``fwd_hooks`` apply to every row.
+    its group alone; ``fwd_hooks`` apply to every row. ``gates[i]``: the script gate of request ``i`` (or None).
 
     The hooks see the padded batch: a clamp at ``positions="all"`` also writes the pad positions.
     That is harmless, since no real token attends to them, but a hook that reads activations
@@ -208,6 +219,8 @@ def generate_many(model: HookedModel, requests: Sequence[tuple[Prompt, int]], ma
             raise LangNeuronsError(f"a group index is outside 0..{len(group_hooks) - 1}")
         # requests of one group next to each other within a prompt length: fewer row slices per hook
         order = sorted(range(len(requests)), key=lambda i: (len(starts[i]), groups[i]))
+    if gates is not None and len(gates) != len(requests):
+        raise LangNeuronsError(f"gates has {len(gates)} entries for {len(requests)} requests")
     try:
         with runner.hooks(list(fwd_hooks)):
             for b in range(0, len(order), batch_size):
@@ -216,7 +229,7 @@ def generate_many(model: HookedModel, requests: Sequence[tuple[Prompt, int]], ma
                 batch_hooks = [] if groups is None else _row_group_hooks([groups[i] for i in idx], group_hooks)
                 with runner.hooks(batch_hooks):
                     rows = _sample_batch(runner, head, [starts[i] for i in idx], seeds, max_new_tokens, temperature,
-                                         eos, use_cache, bar)
+                                         eos, use_cache, bar, None if gates is None else [gates[i] for i in idx])
                 for i, seed, row in zip(idx, seeds, rows):
                     prompt = requests[i][0]
                     if prompt is not None and not isinstance(prompt, str):
@@ -250,8 +263,10 @@ def _row_group_hooks(row_groups: Sequence[int], group_hooks: Sequence[Sequence[t
 
 
 def _sample_batch(runner: Runner, head: Unembed, starts: Sequence[list[int]], seeds: Sequence[int], max_new_tokens: int,
-                  temperature: float, eos: int | None, use_cache: bool, bar) -> list[list[int]]:
-    """New tokens of each row (cut at EOS when ``eos`` is given) for left-padded ``starts``."""
+                  temperature: float, eos: int | None, use_cache: bool, bar,
+                  gates: Sequence[ScriptGate | None] | None = None) -> list[list[int]]:
+    """New tokens of each row (cut at EOS when ``eos`` is given) for left-padded ``starts``, each row under its
+    script gate (``gates``; its mask built at the first step, when the logits' width is known)."""
     n, longest = len(starts), max(len(s) for s in starts)
     dev = runner.device
     ids = torch.full((n, longest), runner.pad_id, dtype=torch.long)
@@ -266,7 +281,7 @@ def _sample_batch(runner: Runner, head: Unembed, starts: Sequence[list[int]], se
     gens = [torch.Generator().manual_seed(s) for s in seeds]
     new = torch.empty((n, 0), dtype=torch.long, device=dev)
     done = torch.zeros(n, dtype=torch.bool)
-    past, step_in = None, ids
+    past, step_in, blocked = None, ids, None
     for step in range(max_new_tokens):
         if use_cache:
             # the first pass holds the prompt: hooks for positions="generated" leave it alone
@@ -277,7 +292,9 @@ def _sample_batch(runner: Runner, head: Unembed, starts: Sequence[list[int]], se
             with generation_step(step):
                 logits, _ = runner.step(torch.cat([ids, new], 1), None, attention_mask=mask if padded else None,
                                         position_ids=pos, use_cache=False)
-        tok = sample_next(logits, temperature, gens)
+        if step == 0 and gates is not None:
+            blocked = blocked_rows(runner.tokenizer, gates, logits.shape[-1], logits.device)
+        tok = sample_next(logits, temperature, gens, blocked=blocked)
         new = torch.cat([new, tok.unsqueeze(1)], 1)
         step_in = tok.unsqueeze(1)
         if padded:

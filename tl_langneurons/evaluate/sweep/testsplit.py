@@ -1,6 +1,7 @@
-"""The test split of a sweep: unsteered, the system prompt (LCB), the paper's clamp, each language's pick, the
-shared setting and the user's own settings (``--test-settings``), per language on fresh seeds or prompts; on
-held-out prompts beside the model's own fluency in the language (overall and genre by genre)."""
+"""The test split of a sweep: unsteered, the system prompt (LCB), the script gate (LCB, ``--script-gate``), the
+paper's clamp, each language's pick, the shared setting, the user's own settings (``--test-settings``) and the picks
+under the script gate, per language on fresh seeds or prompts; on held-out prompts beside the model's own fluency in
+the language (overall and genre by genre)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from dataclasses import asdict, replace
 from typing import Callable
 
 from ...steer.setting import parse_setting
+from ..confusion import GATED, SCRIPT_GATE
 from .config import SweepConfig
 from .prompts import SweepPrompts
 from .rows import Candidate, Pick, Scored, SharedPick
@@ -49,10 +51,13 @@ class SplitReport:
                 r.own["own_fluent"] = own[r.lang]
                 for g, x in (r.genres or {}).items():
                     x["own_fluent"] = own_g[r.lang].get(g)
-        test += self.system_rows(fluent)
-        named = self.named(picks, shared)
-        scores = iter(self.scorer.evaluate_many([(lang, per[lang]) for _, per in named for lang in self.langs], "test"))
-        for name, per in named:
+        test += self.system_rows(fluent) + self.gate_rows(fluent)
+        named = [(name, per, False) for name, per in self.named(picks, shared)]
+        if self.scorer.gates:  # each pick again, its answers sampled under the script gate
+            named += [(name + GATED, per, True) for name, per, _ in named if name.startswith(("best ", "shared "))]
+        scores = iter(self.scorer.evaluate_many([(lang, per[lang]) for _, per, _ in named for lang in self.langs],
+                                                "test", [g for _, _, g in named for _ in self.langs]))
+        for name, per, _ in named:
             for lang in self.langs:
                 r = next(scores)
                 if r is None:
@@ -106,6 +111,16 @@ class SplitReport:
         return [Scored(lang, scorer.cells.score(rows, lang).steering_row(fluent[lang]), setting="system prompt",
                        lcb=scorer.lcb_scores(lang, "test", rows, "system"))
                 for lang, rows in scorer.answers(p.lcb["system"], p.seeds["test"]).items()]
+
+    def gate_rows(self, fluent: dict[str, float]) -> list[Scored]:
+        """LCB with ``--script-gate``: decoding alone, the bare requests' unsteered answers sampled under each
+        language's script gate (the same seeds; retention against the ungated answers)."""
+        p, scorer = self.prompts, self.scorer
+        if not p.lcb or not scorer.gates:
+            return []
+        return [Scored(lang, scorer.cells.score(rows, lang).steering_row(fluent[lang]), setting=SCRIPT_GATE,
+                       lcb=scorer.lcb_scores(lang, "test", rows, "test"))
+                for lang, rows in scorer.answers(p.lcb["test"], p.seeds["test"], gated=True).items()]
 
     def named(self, picks: dict[str, Pick], shared: SharedPick | None) -> list[tuple[str, dict[str, Candidate]]]:
         """The steered rows, each a setting per language: the paper's clamp, each language's pick, the shared

@@ -129,7 +129,11 @@ def sweep_markdown(res: SweepTables) -> str:
                     f"asking for the language, unsteered"
                     + ("; every steered setting answers the requests behind that system message too (--lcb-system: "
                        "steering on top of prompting; retention against the system prompt's answers)"
-                       if c.get("lcb_system") else ""))
+                       if c.get("lcb_system") else "")
+                    + ("; script gate: the unsteered answers sampled with the tokens whose letters fall outside the "
+                       "language's scripts masked" + (" (Latin letters allowed too)" if c.get("script_gate_latin")
+                                                      else "") + ", and each pick so (+ script gate)"
+                       if c.get("script_gate") else ""))
     elif c.get("heldout"):
         protocol = (f"from prompts of {c['heldout']}: a setting towards a language continues the other languages' "
                     f"prompts (the off-diagonal cells of cross-steering; {c['max_new_tokens']} tokens). Picked on "
