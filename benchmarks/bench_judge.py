@@ -54,7 +54,7 @@ def read_outputs(repo: Path, models: list[str]) -> list[dict]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     ap.add_argument("--repo", type=Path, default=None, help="a clone or bare git directory of for-ai/language-confusion")
     ap.add_argument("--fixture", action="store_true", help="the test fixture's few dozen answers instead")
     ap.add_argument("--judges", default="gemma-3-270m,encoder:e5,lexical")

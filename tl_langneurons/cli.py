@@ -84,11 +84,10 @@ def _ranked_study(args, run) -> None:
 
 
 def cmd_find(args) -> None:
-    # --sites given with --sae must name the SAE's latents (left out, it reads as them)
-    if args.sae is not None and args.sites is not None and not args.sites.endswith(".hook_sae_acts_post"):
+    # with --sae the units are that SAE's latents: --sites left at its default reads as them
+    if args.sae is not None and args.sites != FindConfig.sites and not args.sites.endswith(".hook_sae_acts_post"):
         raise LangNeuronsError(f"--sae ranks that SAE's latents; --sites {args.sites} names other units: leave --sites "
                                "out, or find those without --sae")
-    args.sites = FindConfig.sites if args.sites is None else args.sites
     # under torchrun (WORLD_SIZE > 1) every rank runs a share of the batches and rank 0 writes the folder
     with _process_group(args) as (model_cfg, main_rank):
         study = Study.find(args.out, model_cfg, from_args(CorpusConfig, args), from_args(FindConfig, args),
@@ -265,8 +264,6 @@ def build_parser() -> argparse.ArgumentParser:
         for flag, kw in own:
             q.add_argument(flag, **kw)
         q.set_defaults(func=func)
-        if name == "find":
-            q.set_defaults(sites=None)  # None: not given (cmd_find tells --sae's latents from an explicit --sites)
 
     q = command("report", "write report.md and report.html for a find output folder (layers.png and overlap.png "
                 "drawn again from its saved neurons)")

@@ -243,11 +243,15 @@ class Study:
         n, st = self.neurons, self.find_stats
         lines = [f"{n.meta.get('tokens')} tokens, padded share {100 * (n.meta.get('padded_share') or 0):.1f}%",
                  n.summary(), (self.dir / "overlap.md").read_text(encoding="utf-8")]
-        if st:
+        one = {s.layer for s in n.index.slices}
+        if st and len(one) == 1:  # a one-layer site (an SAE's latents): quarters of the layers say nothing
+            lines.append(f"every unit sits at layer {one.pop()} (a one-layer site: no spread over the layers)")
+        elif st:
             sh = st["quarter_shares"]
             lines.append("share in first / last quarter of layers: " + ", ".join(
                 f"{w} {100 * sh[w]['first_quarter']:.0f}% / {100 * sh[w]['last_quarter']:.0f}%" if sh.get(w)
                 else f"{w} empty" for w in ("top", "middle", "bottom")))
+        if st:
             lines.append(f"find took {st['seconds']:.1f}s, peak memory {st['peak_rss_gb']:.2f} GB; results in {self.dir}")
         return "\n".join(lines)
 

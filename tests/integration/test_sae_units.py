@@ -165,8 +165,8 @@ def test_bad_sae_input_is_one_line(tiny_dirs, sae_dir, tmp_path, capsys, monkeyp
         (tmp_path / "empty").mkdir()
         assert "is not an SAE folder: it lacks cfg.json and sae_weights.safetensors" in _error(
             capsys, main(base + ["--sae", str(tmp_path / "empty"), "--out", str(tmp_path / "b")]))
-        assert "--sites mlp_post names other units" in _error(
-            capsys, main(base + ["--sae", str(sae_dir), "--sites", "mlp_post", "--out", str(tmp_path / "c")]))
+        assert "--sites mlp_pre names other units" in _error(
+            capsys, main(base + ["--sae", str(sae_dir), "--sites", "mlp_pre", "--out", str(tmp_path / "c")]))
     wrong_layer = tmp_path / "sae-l9"
     make_sae(32, "blocks.9.hook_resid_post").save_model(wrong_layer)
     assert "reads 'blocks.9.hook_resid_post', which this model lacks" in _error(

@@ -143,3 +143,20 @@ def test_report_draws_the_placement_figures_again_from_saved_neurons(tmp_path):
     assert 1.5 * h < w < 2.5 * h  # 6 languages: 2 rows of 3 panels, not one row of 6
     build_report(d)
     assert first == {n: (d / n).read_bytes() for n in ("layers.png", "overlap.png")}
+
+
+def test_a_one_layer_site_is_drawn_as_bars_at_its_layer_and_named_so(tmp_path):
+    counts = {l: {w: np.zeros(12, dtype=int) for w in ("top", "middle", "bottom")} for l in L6}
+    for c in counts.values():
+        for w in c:
+            c[w][11] = 10  # an SAE's latents on blocks.11: every unit at layer 11
+    site = "blocks.11.hook_resid_post.hook_sae_acts_post"
+    fig = plots.layer_histograms(counts, 10, site, tmp_path / "layers.png")
+    axes = [ax for ax in fig.axes if ax.get_visible()]
+    assert "one-layer site, every unit at layer 11" in fig._suptitle.get_text()
+    for ax in axes:  # three bars at layer 11 (top, middle, bottom), no curve rising to it from the layers before
+        assert not ax.get_lines() and len(ax.patches) == 3
+        assert sorted(round(p.get_x() + p.get_width() / 2, 2) for p in ax.patches) == [10.73, 11.0, 11.27]
+        assert [p.get_height() for p in ax.patches] == [10, 10, 10] and ax.get_xlim() == (-0.5, 11.5)
+    many = plots.layer_histograms(counts_of(L2), 10, "mlp_post", tmp_path / "many.png")
+    assert "one-layer" not in many._suptitle.get_text()

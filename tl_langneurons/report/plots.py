@@ -85,9 +85,16 @@ def layer_histograms(counts: dict[str, dict[str, np.ndarray]], k: int, spec: str
     fig, items = _panels(len(langs), 1, (2.9, 2.2), sharex=True, sharey=True, layout="constrained")
     cols, x = grid_shape(len(langs))[1], np.arange(n_layers)
     several = len({script_of(l) for l in langs}) > 1
+    used = {int(i) for c in counts.values() for v in c.values() for i in np.flatnonzero(v)}
+    one = used.pop() if len(used) == 1 else None  # a one-layer site (an SAE's latents): points, not a curve
     for i, (lang, (ax,)) in enumerate(zip(langs, items)):
         for which, color in (("top", "tab:red"), ("middle", "tab:gray"), ("bottom", "tab:blue")):
-            ax.plot(x, counts[lang][which], marker=".", ms=3, lw=1.1, color=color, label=which)
+            if one is None:
+                ax.plot(x, counts[lang][which], marker=".", ms=3, lw=1.1, color=color, label=which)
+            else:  # three bars side by side at that layer, on the axis of the layers before it
+                shift = {"top": -0.27, "middle": 0.0, "bottom": 0.27}[which]
+                ax.bar([one + shift], [counts[lang][which][one]], width=0.27, color=color, label=which)
+                ax.set_xlim(-0.5, n_layers - 0.5)
         ax.set_title(f"{lang} ({script_of(lang)})" if several else lang, fontsize=10)
         ax.grid(alpha=0.3)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -97,7 +104,8 @@ def layer_histograms(counts: dict[str, dict[str, np.ndarray]], k: int, spec: str
         if i % cols == 0:
             ax.set_ylabel(f"neurons (k={k})")
     fig.legend(*items[0][0].get_legend_handles_labels(), loc="outside lower center", ncol=3, fontsize=8)
-    fig.suptitle(f"Layer of top / middle / bottom-{k} neurons ({spec})")
+    fig.suptitle(f"Layer of top / middle / bottom-{k} neurons ({spec})" if one is None else
+                 f"Top / middle / bottom-{k} units ({spec}): a one-layer site, every unit at layer {one}")
     return _save(fig, path)
 
 
