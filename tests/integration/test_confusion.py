@@ -377,12 +377,17 @@ def test_sweep_lcb_with_the_script_gate(tiny_dirs, tmp_path, capsys, monkeypatch
     data = json.loads((n / "lcb-add" / "sweep.json").read_text())
     rows = {(r["lang"], r["setting"]): r for r in data["test"]}
     for lang in ("de", "ja"):
-        for name in ("none", "system prompt", "script gate", "best add", "shared add", "best add + script gate",
-                     "shared add + script gate"):
+        for name in ("none", "system prompt", "script gate", "system prompt + script gate", "best add", "shared add",
+                     "best add + script gate", "shared add + script gate"):
             r = rows[(lang, name)]
             assert all(r[k] is not None for k in ("lpr", "retention", "nll", "relevance")), (lang, name)
     assert rows[("ja", "script gate")]["lpr"] != rows[("ja", "none")]["lpr"] or \
         rows[("ja", "script gate")]["nll"] != rows[("ja", "none")]["nll"]
+    for lang in ("de", "ja"):  # each gated row's retention is against its ungated twin
+        for gated, twin in (("script gate", "none"), ("system prompt + script gate", "system prompt")):
+            g, t = rows[(lang, gated)], rows[(lang, twin)]
+            if t["fluent"]:
+                assert g["retention"] == pytest.approx(g["fluent"] / t["fluent"]), (lang, gated)
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(str(tiny_dirs["llama"]))
@@ -394,6 +399,46 @@ def test_sweep_lcb_with_the_script_gate(tiny_dirs, tmp_path, capsys, monkeypatch
         assert all(mask[t] for s in d["samples"] for t in s["tokens"])
     assert main(["lcb", str(n)]) == 0
     got = list(dict.fromkeys(r["setting"] for r in json.loads((n / "lcb" / "lcb.json").read_text())["rows"]))
-    assert got == ["none", "system prompt", "script gate", "paper clamp k=1000", "best add", "shared add",
-                   "best add + script gate", "shared add + script gate"]
+    assert got == ["none", "system prompt", "script gate", "system prompt + script gate", "paper clamp k=1000",
+                   "best add", "shared add", "best add + script gate", "shared add + script gate"]
     assert "a decoding-time baseline, not the fluency gate" in (n / "lcb" / "lcb.md").read_text()
+
+
+@pytest.mark.slow  # sweeps end to end
+def test_sweep_lcb_with_a_language_as_source_and_no_paper_row(tiny_dirs, tmp_path, capsys):
+    """``--sources en`` names one source for every request: on LCB's cross-lingual requests (written in English)
+    its cells are those of ``--sources prompt`` (read back, nothing generated); on a monolingual set, where
+    ``prompt`` is refused, it steers away from English. ``--no-paper-row`` leaves the paper's clamp out."""
+    from tl_langneurons.cli import main
+
+    n = tmp_path / "n"
+    assert main(["find", "--model", str(tiny_dirs["llama"]), "--corpus", "bundled", "--n-per-lang", "6", "--k", "20",
+                 "--out", str(n), "--device", "cpu", "--quiet"]) == 0
+    args = ["sweep", "--neurons", str(n), "--lcb", "--languages", "de,ja", "--val-prompts", "3", "--test-prompts", "6",
+            "--max-new-tokens", "6", "--quiet", "--method", "add", "--k-fractions", "5%", "--alphas", "1",
+            "--layer-sets", "all", "--no-paper-row"]
+    capsys.readouterr()
+    _one_line(capsys, main([*args, "--sources", "xx"]), "--sources xx: each is none, prompt or a language of the "
+                                                              "neurons")
+    _one_line(capsys, main([*args, "--sources", "en", "--lcb-set", "monolingual/okapi", "--languages", "de,xx"]),
+              "not xx")
+    assert not list(n.glob("lcb*"))
+    assert main([*args, "--sources", "prompt", "--out", str(tmp_path / "p")]) == 0
+    made = {f.name for f in (n / "samples").glob("*.json")}
+    assert main([*args, "--sources", "en", "--out", str(tmp_path / "e")]) == 0
+    assert {f.name for f in (n / "samples").glob("*.json")} == made  # the same cells: nothing generated
+    p, e = (json.loads((tmp_path / d / "sweep.json").read_text()) for d in ("p", "e"))
+    assert [r["setting"] for r in e["test"] if r["lang"] == "de"] == ["none", "system prompt", "best add",
+                                                                       "shared add"]
+    assert [(r["lang"], r["setting"], r["lpr"], r["nll"]) for r in e["test"]] == \
+        [(r["lang"], r["setting"], r["lpr"], r["nll"]) for r in p["test"]]
+    assert all(e["best"][l]["source"] == "en" and p["best"][l]["source"] == "prompt" for l in ("de", "ja"))
+    capsys.readouterr()  # the sweeps' lines
+    _one_line(capsys, main([*args, "--sources", "prompt", "--lcb-set", "monolingual/okapi",
+                            "--out", str(tmp_path / "m")]), "--sources prompt steers away from the request's language")
+    assert main([*args, "--sources", "en", "--lcb-set", "monolingual/okapi", "--languages", "de,es",
+                 "--val-prompts", "2", "--test-prompts", "6", "--out", str(tmp_path / "m")]) == 0
+    m = json.loads((tmp_path / "m" / "sweep.json").read_text())
+    assert m["meta"]["config"]["sources"] == ["en"] and m["meta"]["config"]["paper_row"] is False
+    assert all(m["best"][l]["source"] == "en" for l in ("de", "es"))
+    assert {r["setting"] for r in m["test"]} == {"none", "system prompt", "best add", "shared add"}

@@ -68,10 +68,12 @@ class SweepConfig:
     neuron_sets: Sequence[str] = option(("both",), "neuron sets searched (clamp, add) after the layers: both, top "
                                         "(the language's own neurons only), bottom",
                                         items=Items("str", "some of both,top,bottom", choices=("both", "top", "bottom")))
-    sources: Sequence[str] = option(("none",), "with --heldout, a first stage: none, prompt (each prompt's "
-                                    "language is the source: add deactivates its neurons, diffmean and sparse steer "
-                                    "away from its mean; Gurgurov et al. and CLaS-Bench steer from a known source)",
-                                    items=Items("str", "none and/or prompt", choices=("none", "prompt")))
+    sources: Sequence[str] = option(("none",), "with --heldout or --lcb, a first stage: none, prompt (each "
+                                    "prompt's language is the source: add deactivates its neurons, diffmean and "
+                                    "sparse steer away from its mean; Gurgurov et al. and CLaS-Bench steer from a "
+                                    "known source) or a language such as en (one source for every prompt: on LCB's "
+                                    "monolingual sets, the English the model falls back to)",
+                                    items=Items("str", "none, prompt and/or languages such as en"))
     steer_tokens: Sequence[int] = option((), "a late stage: steer only while the first N tokens are written, these "
                                          "N searched against steering every token (none: no such stage)",
                                          items=Items("int", "whole numbers of at least 1 such as 8,16 (none: no such "
@@ -115,6 +117,8 @@ class SweepConfig:
                                         "quarter of the depth), against as found (none: no such stage)",
                                         items=Items("str", "total and/or quarters (none: no such stage)",
                                                     choices=EQUAL_NORMS, empty=True, none="empty"))
+    paper_row: bool = option(True, "leave out the test row of the paper's clamp (k=1000, x1 at every position), "
+                             "reported beside the picks by default", flag="--no-paper-row")
     test_settings: Sequence[str] = option((), "settings of your own reported on the test split beside the picks "
                                           "(not picked: to measure a setting on the same prompts, seeds and gate), "
                                           "separated by ; each NAME=METHOD[:key=value,...] with SteeringConfig's "
@@ -322,6 +326,11 @@ def check_sweep(cfg: SweepConfig, neurons: LanguageNeurons) -> None:
             raise LangNeuronsError(f"--script-gate: {e}") from None
     if cfg.lcb and "prompt" in cfg.sources:
         neurons.check_language("en")  # LCB's requests are English: the source steered away from
+    for src in cfg.sources:  # a language named as the source of every prompt
+        if src not in ("none", "prompt"):
+            if src not in neurons.languages:
+                raise LangNeuronsError(f"--sources {src}: each is none, prompt or a language of the neurons "
+                                       f"({', '.join(neurons.languages)})")
     cls = intervention(cfg.method)
     if cls.neuron_level:
         k_values, _ = ks(cfg.k_fractions, neurons.index.n_neurons)

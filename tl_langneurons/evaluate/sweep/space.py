@@ -31,8 +31,8 @@ def _search_space(cfg: SweepConfig, neurons: LanguageNeurons, n: int) -> tuple[d
         elif "last" in cfg.positions and tuple(cfg.positions) != tuple(SweepConfig.positions):
             notes.append(f"positions=last skipped: it is for {spoken(owners('last', 'positions'))}, not {cfg.method}")
     fixed = {"positions": moved[0]} if len(moved) == 1 and moved[0] != "all" else {}
-    if list(cfg.sources) == ["prompt"]:
-        fixed["source"] = "prompt"
+    if len(cfg.sources) == 1 and cfg.sources[0] != "none":  # one source (prompt or a language): every setting's
+        fixed["source"] = cfg.sources[0]
     start = {"method": cfg.method, **cls.sweep_start(cfg, neurons, n), **fixed}
     if "which" in cls.axes and (len(cfg.neuron_sets) > 1 or list(cfg.neuron_sets) != ["both"]):
         start["which"] = cfg.neuron_sets[0]

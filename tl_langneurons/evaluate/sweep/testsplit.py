@@ -51,7 +51,8 @@ class SplitReport:
                 r.own["own_fluent"] = own[r.lang]
                 for g, x in (r.genres or {}).items():
                     x["own_fluent"] = own_g[r.lang].get(g)
-        test += self.system_rows(fluent) + self.gate_rows(fluent)
+        system = self.system_rows(fluent)
+        test += system + self.gate_rows(fluent, {r.lang: r["fluent"] for r in system})
         named = [(name, per, False) for name, per in self.named(picks, shared)]
         if self.scorer.gates:  # each pick again, its answers sampled under the script gate
             named += [(name + GATED, per, True) for name, per, _ in named if name.startswith(("best ", "shared "))]
@@ -112,15 +113,18 @@ class SplitReport:
                        lcb=scorer.lcb_scores(lang, "test", rows, "system"))
                 for lang, rows in scorer.answers(p.lcb["system"], p.seeds["test"]).items()]
 
-    def gate_rows(self, fluent: dict[str, float]) -> list[Scored]:
+    def gate_rows(self, fluent: dict[str, float], system_fluent: dict[str, float]) -> list[Scored]:
         """LCB with ``--script-gate``: decoding alone, the bare requests' unsteered answers sampled under each
-        language's script gate (the same seeds; retention against the ungated answers)."""
+        language's script gate, and prompting with decoding, the requests behind the system prompt sampled so
+        (the same seeds; each row's retention against its ungated twin: the unsteered answers, the system prompt's)."""
         p, scorer = self.prompts, self.scorer
         if not p.lcb or not scorer.gates:
             return []
-        return [Scored(lang, scorer.cells.score(rows, lang).steering_row(fluent[lang]), setting=SCRIPT_GATE,
-                       lcb=scorer.lcb_scores(lang, "test", rows, "test"))
-                for lang, rows in scorer.answers(p.lcb["test"], p.seeds["test"], gated=True).items()]
+        return [Scored(lang, scorer.cells.score(rows, lang).steering_row(base[lang]), setting=name,
+                       lcb=scorer.lcb_scores(lang, "test", rows, prompts))
+                for name, prompts, base in ((SCRIPT_GATE, "test", fluent), ("system prompt" + GATED, "system",
+                                                                             system_fluent))
+                for lang, rows in scorer.answers(p.lcb[prompts], p.seeds["test"], gated=True).items()]
 
     def named(self, picks: dict[str, Pick], shared: SharedPick | None) -> list[tuple[str, dict[str, Candidate]]]:
         """The steered rows, each a setting per language: the paper's clamp, each language's pick, the shared
@@ -128,8 +132,8 @@ class SplitReport:
         cfg, langs = self.cfg, self.langs
         paper = Candidate.of({"method": "clamp", "k": min(1000, self.scorer.n), "scale": 1.0, "positions": "all",
                               "layers": None})
-        named = [("paper clamp k=1000", {l: paper for l in langs}),
-                 (f"best {cfg.method}", {l: picks[l].candidate for l in langs})]
+        named = [("paper clamp k=1000", {l: paper for l in langs})] if cfg.paper_row else []
+        named.append((f"best {cfg.method}", {l: picks[l].candidate for l in langs}))
         if shared is not None:
             named.append((f"shared {cfg.method}", {l: shared.candidate for l in langs}))
         for spec in cfg.test_settings:  # the user's own settings, on the same test cells
