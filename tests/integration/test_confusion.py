@@ -442,3 +442,42 @@ def test_sweep_lcb_with_a_language_as_source_and_no_paper_row(tiny_dirs, tmp_pat
     assert m["meta"]["config"]["sources"] == ["en"] and m["meta"]["config"]["paper_row"] is False
     assert all(m["best"][l]["source"] == "en" for l in ("de", "es"))
     assert {r["setting"] for r in m["test"]} == {"none", "system prompt", "best add", "shared add"}
+
+
+@pytest.mark.slow  # sweeps end to end
+def test_relevance_margin_puts_the_judge_in_the_pick(tiny_dirs, tmp_path, capsys):
+    """``--relevance-margin M``: every validation setting carries the judge's relevance and whether it keeps the
+    system prompt's (``meta.relevance_pick``) within M; each language's pick is the best by (keeps, gated LPR,
+    lower NLL), recomputed here from the stages; a margin no setting falls outside picks as no margin does; bad
+    input is one line before the model loads."""
+    from tl_langneurons.cli import main
+
+    n = tmp_path / "n"
+    assert main(["find", "--model", str(tiny_dirs["llama"]), "--corpus", "bundled", "--n-per-lang", "6", "--k", "20",
+                 "--out", str(n), "--device", "cpu", "--quiet"]) == 0
+    args = ["sweep", "--neurons", str(n), "--lcb", "--languages", "de,ja", "--val-prompts", "6", "--test-prompts", "6",
+            "--max-new-tokens", "8", "--quiet", "--method", "add", "--k-fractions", "2%,5%", "--alphas", "0.5,8",
+            "--layer-sets", "all", "--no-paper-row", "--test-samples", "1"]
+    capsys.readouterr()
+    _one_line(capsys, main([*args, "--relevance-margin", "0.05"]), "--relevance-margin picks by the independent "
+                                                                    "judge's relevance: give --judge too")
+    _one_line(capsys, main([*args, "--judge", "lexical", "--relevance-margin", "-1"]), "--relevance-margin must be")
+    _one_line(capsys, main([*args, "--judge", "lexical", "--relevance-margin", "0.05", "--val-prompts", "3"]),
+              "give --val-prompts 6 or more")
+    assert not list(n.glob("lcb*"))
+    runs = {}
+    for name, extra in (("plain", []), ("m0", ["--relevance-margin", "0"]), ("wide", ["--relevance-margin", "100"])):
+        assert main([*args, "--judge", "lexical", *extra, "--out", str(tmp_path / name)]) == 0
+        runs[name] = json.loads((tmp_path / name / "sweep.json").read_text())
+    m0 = runs["m0"]
+    bar = m0["meta"]["relevance_pick"]["system_prompt"]
+    assert m0["meta"]["relevance_pick"]["margin"] == 0 and set(bar) == {"de", "ja"}
+    assert all(isinstance(bar[l], float) for l in bar)
+    for lang in ("de", "ja"):
+        rows = [r for r in m0["stages"] if r["lang"] == lang]
+        assert rows and all(r["relevance_judge"] is not None for r in rows)
+        assert all(r["keeps_relevance"] == (r["relevance_judge"] >= bar[lang]) for r in rows)
+        best = max(rows, key=lambda r: (r["keeps_relevance"], r["lpr_gated"], -r["nll"]))
+        assert m0["best"][lang]["val"]["label"] == best["label"]
+        assert runs["wide"]["best"][lang]["val"]["label"] == runs["plain"]["best"][lang]["val"]["label"]
+    assert "relevance_pick" not in runs["plain"]["meta"]

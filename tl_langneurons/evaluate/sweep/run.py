@@ -84,6 +84,12 @@ def _sweep(model: HookedModel, neurons: LanguageNeurons, references: dict[str, l
         meta["lcb_gate"] = {"from": "the unsteered answers to the validation requests behind the system prompt, "
                                     f"seeds {LCB_GATE_SEEDS[0]}..{LCB_GATE_SEEDS[-1]}; 5th percentile of the "
                                     "distinct-token ratio", "pick": "gated LPR (ties: lower NLL)", **scorer.gate}
+    if scorer.margin is not None:  # the judge in the pick: each language's bar
+        meta["relevance_pick"] = {
+            "margin": scorer.margin, "pick": "settings keeping relevance (judge) >= the system prompt's - margin on "
+            "the validation requests first, then the objective, then NLL",
+            "system_prompt": scorer.bar, "from": "the system prompt's answers to the validation requests, seeds "
+            f"{LCB_GATE_SEEDS[0]}..{LCB_GATE_SEEDS[-1]}"}
     if scorer.judge is not None:  # what judged the relevance (judge) column, and what this run scored anew
         meta["judge"] = {**scorer.judge.identity, "scored": scorer.judge.scored, "cached": scorer.judge.cached}
     prompts = scorer.prompts.meta(cfg.heldout, dropped or {})

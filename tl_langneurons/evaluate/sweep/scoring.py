@@ -37,9 +37,11 @@ class Scorer:
 
     def __init__(self, cells: CellRunner, neurons: LanguageNeurons, prompts: SweepPrompts, langs: list[str],
                  answers_gate: bool = False, model: HookedModel | None = None, judge: CachedJudge | None = None,
-                 gates: dict[str, ScriptGate] | None = None):
+                 gates: dict[str, ScriptGate] | None = None, margin: float | None = None):
         self.cells, self.neurons, self.prompts, self.langs = cells, neurons, prompts, langs
         self.answers_gate, self.model, self.judge, self.gates = answers_gate, model, judge, gates or {}
+        self.margin = margin  # --relevance-margin: the judge in the pick
+        self.bar: dict[str, float | None] = {}  # each language's system-prompt relevance (judge) on validation
         self.n = neurons.index.n_neurons
         self.empty: dict[str, None] = {}  # settings that steer no neuron (lape, actprob): in the notes
         self.gate: dict = {}  # each language's gate from the model's answers (answers_gate)
@@ -58,8 +60,9 @@ class Scorer:
         if cfg.lcb and cfg.judge is not None:  # scores kept beside the samples: a rerun scores nothing again
             judge = sweep_judge(cfg.judge, model, None if store.folder is None else store.folder / "judge")
         gates = {l: ScriptGate(l, cfg.script_gate_latin) for l in langs} if cfg.script_gate else None
-        scorer = cls(cells, neurons, prompts, langs, cfg.lcb and cfg.lcb_gate == "answers", model, judge, gates)
-        if scorer.answers_gate:
+        scorer = cls(cells, neurons, prompts, langs, cfg.lcb and cfg.lcb_gate == "answers", model, judge, gates,
+                     cfg.relevance_margin)
+        if scorer.answers_gate or scorer.margin is not None:
             scorer.calibrate()
         return scorer
 
@@ -70,9 +73,11 @@ class Scorer:
         return "lpr_gated" if self.answers_gate else "gated_rate"
 
     def better(self, a: Scored, b: Scored) -> bool:
-        """The pick: the higher objective, ties broken by the lower NLL."""
+        """The pick: the higher objective, ties broken by the lower NLL; with a relevance margin, settings that keep
+        the system prompt's relevance (judge) within it first."""
         o = self.objective
-        return (a[o], -(a["nll"] or 99)) > (b[o], -(b["nll"] or 99))
+        keep = (lambda r: (bool(r.get("keeps_relevance")),)) if self.margin is not None else (lambda r: ())
+        return (*keep(a), a[o], -(a["nll"] or 99)) > (*keep(b), b[o], -(b["nll"] or 99))
 
     # ---- samples ---------------------------------------------------------------------------------
     def calibrate(self) -> None:
@@ -80,6 +85,12 @@ class Scorer:
         the system prompt (seeds 2001..2010 each): the 5th percentile of their distinct-token ratios, in place
         of the reference corpus's (whose running text repeats itself far less than a chat answer does)."""
         for lang, rows in self.answers(self.prompts.lcb["system_val"], list(LCB_GATE_SEEDS)).items():
+            if self.margin is not None:  # the bar of --relevance-margin: the system prompt's answers, judged
+                self.bar[lang] = judged_relevance(self.judge, [r["text"] for r in rows],
+                                                  self.prompts.lcb["requests"]["val"][lang],
+                                                  len(LCB_GATE_SEEDS))["relevance_judge"]
+            if not self.answers_gate:
+                continue
             before = self.cells.thresholds[lang]
             self.cells.thresholds[lang] = answers_threshold([r["tokens"] for r in rows])
             self.gate[lang] = {"threshold": self.cells.thresholds[lang], "answers": len(rows),
@@ -167,6 +178,12 @@ class Scorer:
         answers continue (``test``: bare, ``system``: behind the system prompt; None: the steered cells')."""
         out = gated_lpr(rows, lang, self.cells.thresholds[lang]) if self.answers_gate else {}
         lcb = self.prompts.lcb
+        if lcb and phase == "val" and self.margin is not None:  # the judge in the pick
+            rel = judged_relevance(self.judge, [r["text"] for r in rows], lcb["requests"]["val"][lang],
+                                   len(self.prompts.seeds["val"]))["relevance_judge"]
+            bar = self.bar.get(lang)
+            out.update({"relevance_judge": rel, "keeps_relevance": rel is not None and (
+                bar is None or rel >= bar - self.margin - 1e-12)})
         if lcb and phase == "test":
             asked = self.prompts.prompts["test"] if prompts is None else lcb[prompts]
             out.update(lcb_quality(self.model, rows, asked[lang], lang, len(self.prompts.seeds["test"])))

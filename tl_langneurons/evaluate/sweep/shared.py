@@ -43,6 +43,13 @@ class SharedSearch:
         option = shared_option(rs, self.scorer.objective)
         nll = -mean_of([{"nll": r["nll"] if r["nll"] is not None else 99} for r in rs], "nll")  # as better()
         pick = self.cfg.shared_pick
+        if getattr(self.scorer, "margin", None) is not None:  # --relevance-margin: settings keeping every language's relevance first
+            key, option = self._rank(rs, option, nll, pick)
+            return (all(r.get("keeps_relevance") for r in rs), *key), option
+        return self._rank(rs, option, nll, pick)
+
+    def _rank(self, rs: list[Scored], option: SharedOption, nll: float, pick: str) -> tuple[tuple, SharedOption]:
+        """:meth:`rank`'s key by ``--shared-pick`` alone."""
         if pick == "floor":  # a language without a retention (no fluent unsteered sample) cannot show it keeps one
             kept = all(keeps_floor(r.get("retention"), self.cfg.shared_floor) for r in rs)
             return (kept, option.mean, nll), option
