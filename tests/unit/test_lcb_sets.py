@@ -167,3 +167,18 @@ def test_fifteen_languages_have_names_and_a_system_prompt():
     assert lcb_languages(None, ["en", "ko", "de", "zh", "ar"]) == ["de", "zh", "ar", "ko"]
     assert lcb_languages(None, ["de", "en"], "monolingual/okapi") == ["de", "en"]
     assert [len(v + t) for v, t in lcb_split(["ar", "vi"], 6, 30).values()] == [36, 36]
+
+
+def test_the_languages_a_sweep_leaves_out_are_named():
+    """A sweep over LCB's set without --languages takes the targets the neurons know; the rest are named in its
+    notes (:func:`lcb_left_out`), not dropped silently."""
+    from tl_langneurons.evaluate.confusion import lcb_languages, lcb_left_out
+
+    known = ["en", "de", "fr", "es", "zh", "ja"]
+    taken = lcb_languages(None, known)
+    left = lcb_left_out(None, known)
+    assert taken == ["de", "es", "fr", "ja", "zh"]
+    assert left == ["ar", "hi", "id", "it", "ko", "pt", "ru", "tr", "vi"]
+    assert sorted(taken + left) == sorted(d.set_languages("crosslingual/okapi"))
+    assert lcb_left_out(["de"], known) == []  # languages asked for: nothing is left out by the sweep
+    assert lcb_left_out(None, known, "monolingual/okapi") == ["ar", "id", "it", "pt", "vi"]

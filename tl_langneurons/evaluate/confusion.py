@@ -61,6 +61,14 @@ def lcb_languages(languages: Sequence[str] | None, known: Sequence[str], lcb_set
     return out
 
 
+def lcb_left_out(languages: Sequence[str] | None, known: Sequence[str], lcb_set: str = DEFAULT_SET) -> list[str]:
+    """The target languages of ``lcb_set`` an LCB sweep leaves out when none are asked for (``languages`` None):
+    those the neurons do not know (what :func:`lcb_languages` drops, said in the sweep's notes)."""
+    if languages:
+        return []
+    return [l for l in set_languages(lcb_set) if l not in known or l not in LANGUAGE_NAMES]
+
+
 def set_source(lcb_set: str | None) -> str:
     """Where an LCB set's prompts come from, as a sweep records it (``meta.prompts.lcb``)."""
     lcb_set = lcb_set or DEFAULT_SET

@@ -12,7 +12,7 @@ from ...distributed import Shard
 from ...distributed import context as dist_context
 from ...errors import LangNeuronsError
 from ...model.protocol import HookedModel
-from ..confusion import LCB_GATE_SEEDS
+from ..confusion import LCB_GATE_SEEDS, lcb_left_out
 from ..control import result_settings, run_ranked
 from ..samples import SampleStore, store_of
 from .config import SweepConfig, check_sweep
@@ -73,6 +73,10 @@ def _sweep(model: HookedModel, neurons: LanguageNeurons, references: dict[str, l
     shared = shared_search.pick(found.picks)
     test = SplitReport(cfg, langs, scorer, neurons.k).rows(found.picks, shared)
     notes = list(found.notes)
+    left = lcb_left_out(cfg.languages, neurons.languages, cfg.lcb_set) if cfg.lcb else []
+    if left:  # LCB asks for them, the neurons were found without them
+        notes.append(f"LCB's {cfg.lcb_set} also asks for {', '.join(left)}, which these neurons do not know (find "
+                     "was run without them): left out; find on a corpus with them to sweep them")
     if scorer.empty:
         notes.append(f"not scored, as they steer no neuron ({neurons.method} chose none): {'; '.join(scorer.empty)}")
     meta = {**scorer.cells.meta(), "config": asdict(cfg), "languages": langs, "notes": notes,
