@@ -66,7 +66,8 @@ def lcb_left_out(languages: Sequence[str] | None, known: Sequence[str], lcb_set:
     those the neurons do not know (what :func:`lcb_languages` drops, said in the sweep's notes)."""
     if languages:
         return []
-    return [l for l in set_languages(lcb_set) if l not in known or l not in LANGUAGE_NAMES]
+    taken = lcb_languages(None, known, lcb_set)
+    return [l for l in set_languages(lcb_set) if l not in taken]
 
 
 def set_source(lcb_set: str | None) -> str:

@@ -342,10 +342,9 @@ def check_sweep(cfg: SweepConfig, neurons: LanguageNeurons) -> None:
     if cfg.lcb and "prompt" in cfg.sources:
         neurons.check_language("en")  # LCB's requests are English: the source steered away from
     for src in cfg.sources:  # a language named as the source of every prompt
-        if src not in ("none", "prompt"):
-            if src not in neurons.languages:
-                raise LangNeuronsError(f"--sources {src}: each is none, prompt or a language of the neurons "
-                                       f"({', '.join(neurons.languages)})")
+        if src not in ("none", "prompt", *neurons.languages):
+            raise LangNeuronsError(f"--sources {src}: each is none, prompt or a language of the neurons "
+                                   f"({', '.join(neurons.languages)})")
     cls = intervention(cfg.method)
     if cls.neuron_level:
         k_values, _ = ks(cfg.k_fractions, neurons.index.n_neurons)
