@@ -316,7 +316,6 @@ def test_sweep_on_prompts_searches_the_prompt_as_source_and_generated_positions(
     assert start["positions"] == "generated" and "positions" not in [s[0] for s in stages]
     for bad, msg in [(dict(sources=["prompt"]), "needs --heldout"),
                      (dict(positions=["last"]), "--positions last: add steers all or generated"),
-                     (dict(sources=["de"], heldout="bundled"), "none and/or prompt"),
                      (dict(method="clamp", sources=["none", "prompt"], heldout="bundled"), "--sources prompt is for add, diffmean and sparse"),
                      (dict(positions=["everywhere"]), "--positions must be"),
                      (dict(neuron_sets=["middle"]), "--neuron-sets must be"),

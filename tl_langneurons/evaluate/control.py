@@ -92,7 +92,8 @@ _LATER_FIELDS = {"lcb": (False,), "lcb_gate": (None, "references"), "lcb_system"
                  "band_alphas": ((), []), "resid_alphas": ((), []), "keep_norm_stage": (False,), "spreads": ((), []),
                  "shared_pick": ("mean",), "shared_floor": (None,), "shared_search": (False,), "equal_norms": ((), []),
                  "test_settings": ((), []), "lcb_set": (None, "crosslingual/okapi"),
-                 "judge": (None,), "script_gate": (False,), "script_gate_latin": (False,)}
+                 "judge": (None,), "script_gate": (False,), "script_gate_latin": (False,), "paper_row": (True,),
+                 "relevance_margin": (None,)}
 
 
 # SteeringConfig fields added after results were written, dropped from a nested steering config at their default
