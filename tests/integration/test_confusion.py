@@ -481,3 +481,33 @@ def test_relevance_margin_puts_the_judge_in_the_pick(tiny_dirs, tmp_path, capsys
         assert m0["best"][lang]["val"]["label"] == best["label"]
         assert runs["wide"]["best"][lang]["val"]["label"] == runs["plain"]["best"][lang]["val"]["label"]
     assert "relevance_pick" not in runs["plain"]["meta"]
+
+
+def test_relevance_proxy_is_kept_in_the_store(tiny_llama, tmp_path):
+    """The relevance proxy's NLL after the other requests is scored once per weights and answers: a second store on
+    the same folder reads it back (no forward pass), the figures equal the storeless ones, and other answers are
+    scored afresh."""
+    import tl_langneurons.evaluate.confusion as confusion
+    from tl_langneurons.evaluate.samples import SampleStore
+    from tl_langneurons.steer.generation import generate_many, sample_nll
+
+    tok = tiny_llama.tokenizer
+    prompts = [chat_ids(tok, t) for t in (f"Write about topic {i} in German." for i in range(6))]
+    out = generate_many(tiny_llama, [(p, 1) for p in prompts], max_new_tokens=6, temperature=0.3)
+    own = sample_nll(tiny_llama, out)
+    rows = [{"text": s.text, "tokens": s.tokens, "nll": n} for s, n in zip(out, own)]
+    calls = []
+
+    def spy(model, samples, *a, **kw):
+        calls.append(len(samples))
+        return sample_nll(model, samples, *a, **kw)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(confusion, "sample_nll", spy)
+        plain = confusion.lcb_quality(tiny_llama, rows, prompts, "de", 1)
+        first = confusion.lcb_quality(tiny_llama, rows, prompts, "de", 1, SampleStore(tmp_path))
+        again = confusion.lcb_quality(tiny_llama, rows, prompts, "de", 1, SampleStore(tmp_path))
+        assert calls == [6, 6] and plain == first == again and plain["relevance"] is not None
+        confusion.lcb_quality(tiny_llama, rows[::-1], prompts, "de", 1, SampleStore(tmp_path))
+        assert calls == [6, 6, 6]
+    assert len(list(tmp_path.glob("**/relevance-nll-*.json"))) == 2

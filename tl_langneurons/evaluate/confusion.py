@@ -12,11 +12,14 @@ proxy: the judge is the model being steered, and an answer that repeats the requ
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from ..errors import LangNeuronsError
+from ..model.load import model_name, weights_fingerprint
 from ..model.protocol import HookedModel
 from ..provenance import atomic_write_json, atomic_write_text
 from ..results import check_target, read_json, staged_folder
@@ -27,6 +30,9 @@ from .lcb import lcb_metrics, line_pass
 from .lcb_data import (DEFAULT_SET, LCB_SETS, is_monolingual, load_lcb_prompts, set_languages, split_by_prompts,
                        whole_requests)
 from .metrics import is_degenerate
+
+if TYPE_CHECKING:
+    from .samples import SampleStore
 
 LANGUAGE_NAMES = {"ar": "Arabic", "de": "German", "en": "English", "es": "Spanish", "fr": "French", "hi": "Hindi",
                   "id": "Indonesian", "it": "Italian", "ja": "Japanese", "ko": "Korean", "pt": "Portuguese",
@@ -135,11 +141,13 @@ def gated_lpr(rows: Sequence[dict], lang: str, threshold: float) -> dict:
 
 
 def lcb_quality(model: HookedModel, rows: Sequence[dict], prompts: Sequence[Sequence[int]], lang: str,
-                per_prompt: int) -> dict:
+                per_prompt: int, store: "SampleStore | None" = None) -> dict:
     """LCB's scores of one cell's answers (``rows``: ``per_prompt`` answers of each of ``prompts`` in turn)
     and the relevance proxy: ``lpr`` (line-level pass rate), ``lcb_acc`` (mean share of lines in the language),
     ``wpr`` (word-level pass rate, ar hi ja ko ru zh), ``relevance`` (mean NLL gain of an answer after its own request
-    over another request of the language, nats per token) and ``on_topic`` (share of answers with a gain)."""
+    over another request of the language, nats per token) and ``on_topic`` (share of answers with a gain).
+    ``store``: the answers' NLL after the other requests is kept there (keyed by the model's weights and the
+    token sequences), so a rerun of a sweep scores nothing again."""
     texts = [r["text"] for r in rows]
     m = lcb_metrics(texts, lang)
     out = {"lpr": m["lpr"], "lcb_acc": m["acc"], "wpr": m.get("wpr"), "lcb_scored": m["n_scored"],
@@ -149,13 +157,26 @@ def lcb_quality(model: HookedModel, rows: Sequence[dict], prompts: Sequence[Sequ
     if n_prompts < 6 or len(rows) != n_prompts * per_prompt:
         return out
     other = [list(prompts[(i // per_prompt + 3) % n_prompts]) for i in range(len(rows))]
-    away = sample_nll(model, [Sample(seed=0, tokens=list(r["tokens"]), text=r["text"], prompt=p)
-                              for r, p in zip(rows, other)])
+    samples = [Sample(seed=0, tokens=list(r["tokens"]), text=r["text"], prompt=p) for r, p in zip(rows, other)]
+    away = _away_nll(model, samples, store)
     gains = [a - r["nll"] for a, r in zip(away, rows) if a == a and r.get("nll") is not None and r["nll"] == r["nll"]]
     if gains:
         out["relevance"] = sum(gains) / len(gains)
         out["on_topic"] = sum(g > 0 for g in gains) / len(gains)
     return out
+
+
+def _away_nll(model: HookedModel, samples: list[Sample], store: "SampleStore | None") -> list[float]:
+    """Each sample's NLL per token after its (other) prompt, read from ``store`` when it was scored before by the
+    same weights."""
+    def make() -> dict:
+        return {"nll": sample_nll(model, samples)}
+    if store is None:
+        return make()["nll"]
+    seqs = json.dumps([[list(s.prompt), list(s.tokens)] for s in samples])
+    key = {"model": model_name(model), "weights_sha": weights_fingerprint(model),
+           "sequences_sha": hashlib.sha256(seqs.encode()).hexdigest()[:32], "n": len(samples)}
+    return [float(x) for x in store.memo("relevance-nll", key, make)["nll"]]
 
 
 LCB_COLUMNS = ("lpr", "lpr_gated", "lcb_acc", "wpr", "rate", "gated_rate", "fluent", "retention", "nll", "relevance",

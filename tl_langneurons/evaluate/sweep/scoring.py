@@ -86,9 +86,7 @@ class Scorer:
         of the reference corpus's (whose running text repeats itself far less than a chat answer does)."""
         for lang, rows in self.answers(self.prompts.lcb["system_val"], list(LCB_GATE_SEEDS)).items():
             if self.margin is not None:  # the bar of --relevance-margin: the system prompt's answers, judged
-                self.bar[lang] = judged_relevance(self.judge, [r["text"] for r in rows],
-                                                  self.prompts.lcb["requests"]["val"][lang],
-                                                  len(LCB_GATE_SEEDS))["relevance_judge"]
+                self.bar[lang] = self._judged(rows, "val", lang, len(LCB_GATE_SEEDS))["relevance_judge"]
             if not self.answers_gate:
                 continue
             before = self.cells.thresholds[lang]
@@ -179,15 +177,20 @@ class Scorer:
         out = gated_lpr(rows, lang, self.cells.thresholds[lang]) if self.answers_gate else {}
         lcb = self.prompts.lcb
         if lcb and phase == "val" and self.margin is not None:  # the judge in the pick
-            rel = judged_relevance(self.judge, [r["text"] for r in rows], lcb["requests"]["val"][lang],
-                                   len(self.prompts.seeds["val"]))["relevance_judge"]
+            rel = self._judged(rows, "val", lang, len(self.prompts.seeds["val"]))["relevance_judge"]
             bar = self.bar.get(lang)
             out.update({"relevance_judge": rel, "keeps_relevance": rel is not None and (
                 bar is None or rel >= bar - self.margin - 1e-12)})
         if lcb and phase == "test":
             asked = self.prompts.prompts["test"] if prompts is None else lcb[prompts]
-            out.update(lcb_quality(self.model, rows, asked[lang], lang, len(self.prompts.seeds["test"])))
-            if self.judge is not None:  # judged against the bare request, whatever the prompt carried (a system message)
-                out.update(judged_relevance(self.judge, [r["text"] for r in rows], lcb["requests"]["test"][lang],
-                                            len(self.prompts.seeds["test"])))
+            out.update(lcb_quality(self.model, rows, asked[lang], lang, len(self.prompts.seeds["test"]),
+                                   self.cells.store))
+            if self.judge is not None:
+                out.update(self._judged(rows, "test", lang, len(self.prompts.seeds["test"])))
         return out
+
+    def _judged(self, rows: list[dict], split: str, lang: str, per_request: int) -> dict:
+        """The judge's relevance of ``rows`` (``per_request`` answers to each of the split's requests in turn),
+        judged against the bare requests whatever the prompt carried (a system message)."""
+        return judged_relevance(self.judge, [r["text"] for r in rows], self.prompts.lcb["requests"][split][lang],
+                                per_request)
