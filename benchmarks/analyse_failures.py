@@ -113,16 +113,17 @@ def genre_row(lang: str, genre: str, parts: dict[str, list[dict]], threshold: fl
             show(prs[0]["loops"])]
 
 
-def lcb_lines(study, runner, cfg: dict, picks: dict, seeds: list[int], args) -> str:
+def lcb_lines(study, runner, data: dict, picks: dict, seeds: list[int], args) -> str:
     """An LCB sweep's test answers (its pick, behind the system prompt too after --lcb-system; unsteered; behind
     the system prompt) against LCB's line check: the answers failing it and their failing lines by kind
     (:func:`~tl_langneurons.evaluate.lcb.failing_lines`), and LPR as it would be if the lines lid.176 misreads
-    counted as the target's (zh, ja)."""
+    counted as the target's (zh, ja). The requests are the sweep's own (``meta.prompts``: whatever its set)."""
     from tl_langneurons.evaluate.cells import Cell, steered
-    from tl_langneurons.evaluate.confusion import BEHIND, lcb_prompts
+    from tl_langneurons.evaluate.confusion import BEHIND
     from tl_langneurons.evaluate.lcb import LINE_FAILURES, failing_lines, line_pass
 
-    lcb = lcb_prompts(study.model.tokenizer, list(picks), cfg["val_prompts"], cfg["test_prompts"])
+    cfg, prompts = data["meta"]["config"], data["meta"]["prompts"]
+    lcb = {part: {lang: [tuple(p) for p in ps] for lang, ps in prompts[part].items()} for part in ("test", "system")}
     body, examples = [], []
     steered_on, behind = ("system", BEHIND) if cfg.get("lcb_system") else ("test", "")  # --lcb-system
     for lang, st in picks.items():
@@ -146,7 +147,8 @@ def lcb_lines(study, runner, cfg: dict, picks: dict, seeds: list[int], args) -> 
             examples += [[lang, name, kind, line[:80]] for f in fails for line, kind in f][:3]
     header = ["target", "answers", "n", "LPR", "failing answers", *(f"lines: {k}" for k in LINE_FAILURES),
               "LPR, misread lines as the target's"]
-    return (f"Sweep {args.sweep} (pick: {args.pick}), LCB test requests ({cfg['test_prompts']} per language x "
+    return (f"Sweep {args.sweep} (pick: {args.pick}), LCB test requests of {prompts.get('lcb') or 'crosslingual/okapi'} "
+            f"({cfg['test_prompts']} per language x "
             f"{len(seeds)} answer{'s' if len(seeds) > 1 else ''}, {cfg['max_new_tokens']} tokens at T = {cfg['temperature']}). A failing line is "
             "a line of 5 tokens or more that lid.176 (.ftz) does not label the target above 0.3; its kind: math or "
             "code (LaTeX, code symbols), English words (zh, ja: Latin words; else lid.176 says English), misread "
@@ -271,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     runner = CellRunner(study.model, study.neurons, ecfg, None, None, False, SampleStore(Path(args.neurons) / "samples"))
     command = "python benchmarks/analyse_failures.py " + " ".join(argv if argv is not None else sys.argv[1:])
     if cfg.get("lcb"):
-        return _report("Why answers fail LCB's line check, by language", lcb_lines(study, runner, cfg, picks, seeds,
+        return _report("Why answers fail LCB's line check, by language", lcb_lines(study, runner, data, picks, seeds,
                                                                                     args), command, args.no_record)
     return _report("Why steered text fails the fluency gate, by language",
                    fluency_text(study, runner, cfg, picks, seeds, data, args), command, args.no_record)

@@ -58,11 +58,13 @@ def test_failure_profile_matches_the_sweep(tiny_dirs, tmp_path, capsys):
 
 
 @pytest.mark.slow  # end to end: the full suite and CI run it, -m fast leaves it out
-@pytest.mark.parametrize("behind", [[], ["--lcb-system"]], ids=["bare", "lcb-system"])
+@pytest.mark.parametrize("behind", [[], ["--lcb-system"], ["--lcb-set", "monolingual/okapi", "--sources", "en"]],
+                         ids=["bare", "lcb-system", "monolingual"])
 def test_lcb_line_failures_match_the_sweep(tiny_dirs, tmp_path, capsys, behind):
     """On an LCB sweep the script reads the test answers from the store (nothing generated): its LPR of the pick,
     the unsteered answers and the system prompt equals the sweep's, and its failing answers are those LCB fails;
-    with ``--lcb-system`` the pick's answers are those to the requests behind the system prompt."""
+    with ``--lcb-system`` the pick's answers are those to the requests behind the system prompt; on another set
+    (monolingual okapi) the requests are that set's (the sweep's own, not okapi's cross-lingual ones)."""
     pytest.importorskip("jieba", reason="LCB's metric tokenizes Chinese with jieba: pip install 'tl-langneurons[lcb]'")
     mod, n = _script(), _find(tiny_dirs, tmp_path / "n")
     assert main(["sweep", "--neurons", str(n), "--method", "add", "--lcb", "--languages", "de", "--k-fractions", "5%",
