@@ -73,6 +73,9 @@ def test_lcb_line_failures_match_the_sweep(tiny_dirs, tmp_path, capsys, behind):
                  "--out", str(n / "lcb-add"), *behind]) == 0
     before = len(list((n / "samples").glob("*.json")))
     capsys.readouterr()
+    # the reference gate on chat answers: the sweep's notes say what its retention is not
+    assert "--lcb-gate references: fluent, gated LPR and retention use the reference corpus's fluency gate" in \
+        (n / "lcb-add" / "sweep.md").read_text()
     assert mod.main(["--neurons", str(n), "--sweep", str(n / "lcb-add"), "--no-record"]) == 0
     out = capsys.readouterr().out
     assert len(list((n / "samples").glob("*.json"))) == before  # read from the store, nothing generated

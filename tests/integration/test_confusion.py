@@ -373,7 +373,13 @@ def test_sweep_lcb_with_the_script_gate(tiny_dirs, tmp_path, capsys, monkeypatch
         _one_line(capsys, main([*args, "--lcb", "--script-gate"]), "--script-gate: the script gate has no scripts "
                                                                    "for 'ja'")
     assert not list(n.glob("lcb*"))
-    assert main([*args, "--lcb", "--script-gate"]) == 0
+    capsys.readouterr()
+    assert main([*[a for a in args if a != "--quiet"], "--lcb", "--script-gate"]) == 0
+    # the scoring says where it is: a tick per (row, language) of the test split, 9 rows (4 unsteered, the paper's
+    # clamp, best, shared, and best and shared under the gate) x 2 languages, and a last line once all are scored
+    err = capsys.readouterr().err.splitlines()
+    assert "score the test rows: started, 18 cell" in err
+    assert any(ln.startswith("score the test rows: done in") for ln in err)
     data = json.loads((n / "lcb-add" / "sweep.json").read_text())
     rows = {(r["lang"], r["setting"]): r for r in data["test"]}
     for lang in ("de", "ja"):

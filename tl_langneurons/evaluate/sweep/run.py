@@ -77,6 +77,10 @@ def _sweep(model: HookedModel, neurons: LanguageNeurons, references: dict[str, l
     if left:  # LCB asks for them, the neurons were found without them
         notes.append(f"LCB's {cfg.lcb_set} also asks for {', '.join(left)}, which these neurons do not know (find "
                      "was run without them): left out; find on a corpus with them to sweep them")
+    if cfg.lcb and cfg.lcb_gate == "references":  # chat answers seldom pass a gate set on running text
+        notes.append("--lcb-gate references: fluent, gated LPR and retention use the reference corpus's fluency gate, "
+                     "set on running text, which a chat answer (lists, headings, code) seldom passes; sweep with "
+                     "--lcb-gate answers (the default) for a retention that measures the answers")
     if scorer.empty:
         notes.append(f"not scored, as they steer no neuron ({neurons.method} chose none): {'; '.join(scorer.empty)}")
     meta = {**scorer.cells.meta(), "config": asdict(cfg), "languages": langs, "notes": notes,

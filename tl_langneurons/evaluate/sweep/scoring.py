@@ -45,6 +45,7 @@ class Scorer:
         self.n = neurons.index.n_neurons
         self.empty: dict[str, None] = {}  # settings that steer no neuron (lape, actprob): in the notes
         self.gate: dict = {}  # each language's gate from the model's answers (answers_gate)
+        self.score_bar = None  # the test split's scoring progress (:meth:`SplitReport.rows`, LCB): a tick per cell
 
     @classmethod
     def for_sweep(cls, model: HookedModel, neurons: LanguageNeurons, references: dict[str, list[str]] | None,
@@ -187,6 +188,8 @@ class Scorer:
                                    self.cells.store))
             if self.judge is not None:
                 out.update(self._judged(rows, "test", lang, len(self.prompts.seeds["test"])))
+            if self.score_bar is not None:
+                self.score_bar.update(1)
         return out
 
     def _judged(self, rows: list[dict], split: str, lang: str, per_request: int) -> dict:

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import asdict, replace
 from typing import Callable
 
+from ...progress import progress_bar
 from ...steer.setting import parse_setting
 from ..confusion import GATED, SCRIPT_GATE
 from .config import SweepConfig
@@ -42,7 +43,23 @@ class SplitReport:
         self.prompts = scorer.prompts
 
     def rows(self, picks: dict[str, Pick], shared: SharedPick | None) -> list[Scored]:
-        """Every row of the test split, language by language."""
+        """Every row of the test split, language by language; on LCB with a progress line as the rows are scored
+        (LCB's check, the relevance proxy's forward passes and the judge take minutes a row on a CPU)."""
+        scorer = self.scorer
+        if self.prompts.lcb:
+            named = self.named(picks, shared)
+            kinds = 2 + (2 if scorer.gates else 0) + len(named) + (
+                sum(name.startswith(("best ", "shared ")) for name, _ in named) if scorer.gates else 0)
+            scorer.score_bar = progress_bar(kinds * len(self.langs), "score the test rows", unit="cell",
+                                            disable=not scorer.cells.progress)
+        try:
+            return self._rows(picks, shared)
+        finally:
+            if scorer.score_bar is not None:
+                scorer.score_bar.close()
+                scorer.score_bar = None
+
+    def _rows(self, picks: dict[str, Pick], shared: SharedPick | None) -> list[Scored]:
         test, fluent = self.unsteered_rows()
         own_g = self.own_fluency()
         own = {lang: by[None] for lang, by in own_g.items()}
