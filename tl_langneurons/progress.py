@@ -39,8 +39,8 @@ class LogBar:
             dt = time.perf_counter() - self.t0
             rate = (self.n - self._start_n) / dt if dt > 0 else float("nan")
             eta = (self.total - self.n) / rate if rate > 0 else float("nan")
-            self._line(f"{self.desc}: {100 * frac:.0f}% ({self.n}/{self.total} {self.unit}, {rate:.1f} {self.unit}/s, "
-                       f"ETA {eta:.0f}s)")
+            pace = f"{rate:.1f} {self.unit}/s" if not 0 < rate < 1 else f"{1 / rate:.0f} s/{self.unit}"  # slow: s each
+            self._line(f"{self.desc}: {100 * frac:.0f}% ({self.n}/{self.total} {self.unit}, {pace}, ETA {eta:.0f}s)")
 
     def close(self) -> None:
         if self.n >= self.total:

@@ -27,3 +27,18 @@ def test_progress_bar_off_a_terminal_is_a_log_bar(capsys):
     with progress_bar(10, "y", disable=True) as bar:
         bar.update(10)
     assert capsys.readouterr().err == ""
+
+
+def test_log_bar_gives_a_slow_pace_in_seconds_each(monkeypatch):
+    """A unit that takes minutes (a test row scored) reads as seconds per unit, not 0.0 per second."""
+    import tl_langneurons.progress as progress
+
+    clock = iter([0.0, 100.0, 200.0, 300.0, 400.0, 400.0])
+    monkeypatch.setattr(progress.time, "perf_counter", lambda: next(clock))
+    out = io.StringIO()
+    bar = LogBar(4, "score", "cell", file=out)
+    for _ in range(4):
+        bar.update(1)
+    lines = out.getvalue().splitlines()
+    assert lines[1] == "score: 25% (1/4 cell, 100 s/cell, ETA 300s)"
+    assert lines[3] == "score: 75% (3/4 cell, 100 s/cell, ETA 100s)"
