@@ -45,21 +45,28 @@ class SplitReport:
     def rows(self, picks: dict[str, Pick], shared: SharedPick | None) -> list[Scored]:
         """Every row of the test split, language by language; on LCB with a progress line as the rows are scored
         (LCB's check, the relevance proxy's forward passes and the judge take minutes a row on a CPU)."""
-        scorer = self.scorer
-        if self.prompts.lcb:
-            named = self.named(picks, shared)
-            kinds = 2 + (2 if scorer.gates else 0) + len(named) + (
-                sum(name.startswith(("best ", "shared ")) for name, _ in named) if scorer.gates else 0)
+        scorer, steered = self.scorer, self.steered(picks, shared)
+        if self.prompts.lcb:  # a tick per (row, language): none, system prompt, the two gate rows, the steered rows
+            kinds = 2 + (2 if scorer.gates else 0) + len(steered)
             scorer.score_bar = progress_bar(kinds * len(self.langs), "score the test rows", unit="cell",
                                             disable=not scorer.cells.progress)
         try:
-            return self._rows(picks, shared)
+            return self._rows(steered)
         finally:
             if scorer.score_bar is not None:
                 scorer.score_bar.close()
                 scorer.score_bar = None
 
-    def _rows(self, picks: dict[str, Pick], shared: SharedPick | None) -> list[Scored]:
+    def steered(self, picks: dict[str, Pick],
+                shared: SharedPick | None) -> list[tuple[str, dict[str, Candidate], bool]]:
+        """The steered rows (:meth:`named`), each with whether its answers are sampled under the script gate: with
+        ``--script-gate`` each pick (best, shared) again under the gate."""
+        named = [(name, per, False) for name, per in self.named(picks, shared)]
+        if self.scorer.gates:
+            named += [(name + GATED, per, True) for name, per, _ in named if name.startswith(("best ", "shared "))]
+        return named
+
+    def _rows(self, named: list[tuple[str, dict[str, Candidate], bool]]) -> list[Scored]:
         test, fluent = self.unsteered_rows()
         own_g = self.own_fluency()
         own = {lang: by[None] for lang, by in own_g.items()}
@@ -70,9 +77,6 @@ class SplitReport:
                     x["own_fluent"] = own_g[r.lang].get(g)
         system = self.system_rows(fluent)
         test += system + self.gate_rows(fluent, {r.lang: r["fluent"] for r in system})
-        named = [(name, per, False) for name, per in self.named(picks, shared)]
-        if self.scorer.gates:  # each pick again, its answers sampled under the script gate
-            named += [(name + GATED, per, True) for name, per, _ in named if name.startswith(("best ", "shared "))]
         scores = iter(self.scorer.evaluate_many([(lang, per[lang]) for _, per, _ in named for lang in self.langs],
                                                 "test", [g for _, _, g in named for _ in self.langs]))
         for name, per, _ in named:
